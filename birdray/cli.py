@@ -1,0 +1,116 @@
+"""``birdray <job>``: one argument parser and one code path per job, shared with ``jobs/*.py``.
+
+Each job is a config dataclass plus a function taking it. The parser is built from the dataclass
+(``birdray.config``), so a flag, its YAML key and its field are the same name. Job modules are
+imported only when their job runs: ``birdray synth`` need not import torch or Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from birdray import config as cfglib
+
+
+@dataclass(frozen=True)
+class Job:
+    module: str
+    config_cls: str
+    function: str
+    help: str
+
+
+JOBS: dict[str, Job] = {
+    "synth": Job("birdray.data.synthetic", "SynthConfig", "generate", "generate a CUB-layout dataset"),
+    "download": Job("birdray.data.download", "DownloadConfig", "download_cub", "download + verify CUB"),
+    "ingest": Job("birdray.data.ingest", "IngestConfig", "run_ingest", "CUB -> Parquet shards"),
+    "train": Job("birdray.train.job", "TrainConfig", "run_training", "train with Ray Train"),
+    "evaluate": Job("birdray.evaluate", "EvaluateConfig", "run_evaluation", "test metrics, calibration"),
+    "tune": Job("birdray.tune.sweep", "SweepConfig", "run_sweep", "compare models with Ray Tune"),
+    "registry": Job("birdray.registry", "RegistryConfig", "run_registry", "list|show|promote|rollback"),
+    "serve": Job("birdray.serve.run", "ServeConfig", "run_serve", "serve a model over HTTP"),
+    "score": Job("birdray.score", "ScoreConfig", "run_scoring", "batch-score an image folder"),
+    "explain": Job("birdray.explain.job", "ExplainConfig", "run_explain", "explain one image"),
+    "explain-eval": Job(
+        "birdray.explain.evaluation", "ExplainEvalConfig", "run_explain_eval", "score saliency vs parts"
+    ),
+    "dashboard": Job("birdray.dashboard_launcher", "DashboardConfig", "run_dashboard", "Streamlit UI"),
+    "benchmark": Job("birdray.benchmark", "BenchmarkConfig", "run_benchmark", "measure every stage"),
+    "demo": Job("birdray.demo", "DemoConfig", "run_demo", "run the whole system end to end"),
+}
+
+
+def _available() -> dict[str, Job]:
+    """Jobs whose module exists in this checkout (the table lists the whole product)."""
+    return {
+        name: job for name, job in JOBS.items() if importlib.util.find_spec(job.module) is not None
+    }
+
+
+def _load(job: Job) -> tuple[type, Any]:
+    module = importlib.import_module(job.module)
+    return getattr(module, job.config_cls), getattr(module, job.function)
+
+
+def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, Any]:
+    config_cls, function = _load(job)
+    parser = argparse.ArgumentParser(
+        prog=f"birdray {name}",
+        description=(function.__doc__ or job.help).strip().splitlines()[0],
+    )
+    extra = getattr(config_cls, "positional", None)
+    if extra:
+        parser.add_argument(extra, nargs="?", default=None)
+    cfglib.add_config_arguments(parser, config_cls)
+    return parser, config_cls, function
+
+
+def _show(result: Any) -> str:
+    if result is None:
+        return ""
+    if isinstance(result, (str, Path)):
+        return f"result: {result}"
+    try:
+        return json.dumps(result, indent=2, default=str)
+    except TypeError:
+        return str(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    jobs = _available()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: birdray <job> [--config FILE] [--flag VALUE ...]\n\njobs:")
+        for name, job in jobs.items():
+            print(f"  {name:<13} {job.help}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in jobs:
+        print(f"birdray: unknown job {name!r}; choose from {', '.join(jobs)}", file=sys.stderr)
+        return 2
+    parser, config_cls, function = build_parser(name, jobs[name])
+    args = parser.parse_args(rest)
+    try:
+        cfg = cfglib.resolve(config_cls, args)
+    except cfglib.ConfigError as exc:
+        parser.error(str(exc))
+    result = function(cfg)
+    text = _show(result)
+    if text:
+        print(text)
+    return 0
+
+
+def run_job(name: str, argv: list[str] | None = None) -> int:
+    """Entry point for ``jobs/<name>.py``: the same parser and code path as ``birdray <name>``."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

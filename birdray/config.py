@@ -1,0 +1,159 @@
+"""The one config source: typed dataclasses, a YAML file for defaults, CLI flags on top.
+
+timm-style two stages: ``--config file.yaml`` sets the defaults, every dataclass field is
+also a kebab-case flag that overrides it, and the resolved config is saved next to the run
+(``save_config``) so a result can always be traced back to the exact knobs that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or flag that cannot be turned into the job's dataclass."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return True, args[0]
+    return False, tp
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Turn a YAML/CLI value into the field's declared type, or say clearly why not."""
+    optional, inner = _is_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: null is not allowed")
+    if isinstance(value, str) and optional and value.lower() in ("none", "null", ""):
+        return None
+    origin = typing.get_origin(inner)
+    try:
+        if inner is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if inner in (int, float, str):
+            if inner is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return inner(value)
+        if origin in (list, tuple, dict) or inner in (list, dict):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if origin in (list, tuple) or inner is list:
+                if not isinstance(value, (list, tuple)):
+                    value = [value]
+                args = typing.get_args(inner)
+                item_tp = args[0] if args else Any
+                items = [
+                    v if item_tp is Any else _coerce(f"{name}[]", item_tp, v) for v in value
+                ]
+                return tuple(items) if origin is tuple else items
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot read {value!r} as {inner}") from exc
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build the dataclass, refusing unknown keys (a typo must not be silently ignored)."""
+    hints = _field_types(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    kwargs = {k: _coerce(k, hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add ``--config`` and one flag per field; defaults stay None so we know what was set."""
+    parser.add_argument("--config", help="YAML file with defaults for the flags below")
+    hints = _field_types(cls)
+    for field in dataclasses.fields(cls):
+        tp = hints[field.name]
+        _, inner = _is_optional(tp)
+        default = (
+            field.default
+            if field.default is not dataclasses.MISSING
+            else (
+                field.default_factory()  # type: ignore[misc]
+                if field.default_factory is not dataclasses.MISSING
+                else None
+            )
+        )
+        doc = (field.metadata or {}).get("help", "")
+        help_text = f"{doc} (default: {default!r})" if doc else f"default: {default!r}"
+        metavar = "YAML" if typing.get_origin(inner) in (list, dict) or inner in (list, dict) else None
+        parser.add_argument(
+            flag(field.name), dest=field.name, default=None, metavar=metavar, help=help_text
+        )
+
+
+def resolve(cls: type[T], args: argparse.Namespace | dict[str, Any]) -> T:
+    """Dataclass defaults < YAML file < CLI flags."""
+    values = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    merged: dict[str, Any] = {}
+    config_path = values.pop("config", None)
+    if config_path:
+        merged.update(load_yaml(config_path))
+    hints = _field_types(cls)
+    merged.update({k: v for k, v in values.items() if k in hints and v is not None})
+    return from_dict(cls, merged)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config (what actually ran) as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's word
+    """A dataclass field with a help text shown by ``--help``."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})

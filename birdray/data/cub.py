@@ -1,0 +1,257 @@
+"""Read the official CUB-200-2011 layout: images, labels, split, boxes, 15 parts, 312 attributes.
+
+Structural problems (a missing ``images.txt``, ids that don't match across files, a line whose
+id can't be read) stop the reader with one error naming the file and line: there is no sensible
+dataset to build. Problems of one image (a malformed box or part line) quarantine that image
+with a reason, so ingest can report it instead of crashing or silently dropping it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT_NAME = "CUB_200_2011"
+NUM_PARTS = 15
+
+
+class CubFormatError(ValueError):
+    """The folder is not a readable CUB layout; the message names the file and line."""
+
+
+@dataclass
+class CubRecord:
+    image_id: int
+    rel_path: str
+    label: int  # 0-based
+    class_name: str
+    is_train: bool
+    bbox: list[float] | None = None  # x, y, w, h
+    parts: list[list[float]] = field(default_factory=list)  # 15 x [x, y, visible]
+    attributes: list[int] = field(default_factory=list)  # present attribute ids (1-based)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CubDataset:
+    root: Path  # the CUB_200_2011 folder
+    class_names: list[str]  # "001.Black_footed_Albatross", index = label
+    part_names: list[str]
+    attribute_names: list[str]
+    records: list[CubRecord]
+    certainty_names: list[str] = field(default_factory=list)
+    class_attributes: list[list[float]] = field(default_factory=list)  # per class, % present
+
+
+def find_root(path: str | Path) -> Path:
+    """The ``CUB_200_2011`` folder given it or its parent."""
+    path = Path(path)
+    for candidate in (path, path / ROOT_NAME):
+        if (candidate / "images.txt").is_file():
+            return candidate
+    raise CubFormatError(
+        f"{path}: no images.txt here or in {path / ROOT_NAME} (not a CUB-200-2011 folder)"
+    )
+
+
+def _lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) for non-empty lines; undecodable bytes become U+FFFD, not a crash."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return [(n, line.split()) for n, line in enumerate(fh, 1) if line.strip()]
+
+
+def _int(value: str, path: Path, lineno: int, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise CubFormatError(f"{path}:{lineno}: {what} {value!r} is not an integer") from None
+
+
+def _read_pairs(path: Path, required: bool = True) -> dict[int, tuple[int, str]]:
+    """``id rest`` files: id -> (line number, rest of the line)."""
+    if not path.is_file():
+        if required:
+            raise CubFormatError(f"required file missing: {path}")
+        return {}
+    out: dict[int, tuple[int, str]] = {}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            head, _, rest = line.strip().partition(" ")
+            key = _int(head, path, lineno, "id")
+            if key in out:
+                raise CubFormatError(f"{path}:{lineno}: id {key} appears twice")
+            out[key] = (lineno, rest.strip())
+    return out
+
+
+def _read_named(path: Path, required: bool = True) -> list[str]:
+    """``id name`` files with consecutive 1-based ids (classes, parts, attributes)."""
+    pairs = _read_pairs(path, required)
+    names = []
+    for expected, key in enumerate(sorted(pairs), 1):
+        if key != expected:
+            raise CubFormatError(f"{path}:{pairs[key][0]}: ids must run 1..N, found {key}")
+        names.append(pairs[key][1])
+    return names
+
+
+def _check_ids(name: Path, ids: set[int], image_ids: set[int], lines: dict) -> None:
+    extra = sorted(ids - image_ids)
+    if extra:
+        raise CubFormatError(
+            f"{name}:{lines[extra[0]][0]}: image id {extra[0]} is not in images.txt"
+        )
+    missing = sorted(image_ids - ids)
+    if missing:
+        raise CubFormatError(f"{name}: no line for image id {missing[0]} listed in images.txt")
+
+
+def _floats(fields: list[str], count: int) -> list[float] | None:
+    if len(fields) < count:
+        return None
+    try:
+        return [float(v) for v in fields[:count]]
+    except ValueError:
+        return None
+
+
+def read_cub(path: str | Path) -> CubDataset:
+    """Parse every metadata file of the layout (see GUIDE §4 for the formats)."""
+    root = find_root(path)
+    images = _read_pairs(root / "images.txt")
+    if not images:
+        raise CubFormatError(f"{root / 'images.txt'}: lists no images")
+    class_names = _read_named(root / "classes.txt")
+    image_ids = set(images)
+    labels = _read_pairs(root / "image_class_labels.txt")
+    splits = _read_pairs(root / "train_test_split.txt")
+    for fname, table in (("image_class_labels.txt", labels), ("train_test_split.txt", splits)):
+        _check_ids(root / fname, set(table), image_ids, table)
+    boxes = _read_pairs(root / "bounding_boxes.txt", required=False)
+    if boxes:
+        _check_ids(root / "bounding_boxes.txt", set(boxes), image_ids, boxes)
+
+    records: dict[int, CubRecord] = {}
+    for image_id, (lineno, rel) in sorted(images.items()):
+        if not rel:
+            raise CubFormatError(f"{root / 'images.txt'}:{lineno}: no path for id {image_id}")
+        lab_line, lab = labels[image_id]
+        class_id = _int(lab.split()[0] if lab else "", root / "image_class_labels.txt", lab_line, "class id")
+        if not 1 <= class_id <= len(class_names):
+            raise CubFormatError(
+                f"{root / 'image_class_labels.txt'}:{lab_line}: class id {class_id} "
+                f"not in classes.txt (1..{len(class_names)})"
+            )
+        split_line, split = splits[image_id]
+        if split not in ("0", "1"):
+            raise CubFormatError(
+                f"{root / 'train_test_split.txt'}:{split_line}: is_train must be 0 or 1, got {split!r}"
+            )
+        rec = CubRecord(image_id, rel, class_id - 1, class_names[class_id - 1], split == "1")
+        if image_id in boxes:
+            box = _floats(boxes[image_id][1].split(), 4)
+            if box is None or box[2] <= 0 or box[3] <= 0:
+                rec.problems.append(f"malformed bounding box (bounding_boxes.txt:{boxes[image_id][0]})")
+            else:
+                rec.bbox = box
+        records[image_id] = rec
+
+    part_names = _read_parts(root, records)
+    attribute_names = _read_attributes(root, records)
+    return CubDataset(
+        root,
+        class_names,
+        part_names,
+        attribute_names,
+        list(records.values()),
+        certainty_names=_read_named(root / "attributes" / "certainties.txt", required=False),
+        class_attributes=_read_class_attributes(root, len(class_names)),
+    )
+
+
+def _read_class_attributes(root: Path, num_classes: int) -> list[list[float]]:
+    path = root / "attributes" / "class_attribute_labels_continuous.txt"
+    if not path.is_file():
+        return []
+    rows = []
+    for lineno, fields in _lines(path):
+        vals = _floats(fields, len(fields))
+        if vals is None:
+            raise CubFormatError(f"{path}:{lineno}: non-numeric value")
+        rows.append(vals)
+    if len(rows) != num_classes:
+        raise CubFormatError(f"{path}: {len(rows)} rows for {num_classes} classes")
+    return rows
+
+
+def read_part_clicks(path: str | Path) -> dict[int, list[list[float]]]:
+    """Per-image MTurk clicks (``part_id x y visible time``); rarely needed, so read on demand."""
+    clicks_file = find_root(path) / "parts" / "part_click_locs.txt"
+    clicks: dict[int, list[list[float]]] = defaultdict(list)
+    if not clicks_file.is_file():
+        return clicks
+    for lineno, fields in _lines(clicks_file):
+        vals = _floats(fields, 5)
+        if vals is None:
+            raise CubFormatError(f"{clicks_file}:{lineno}: expected image part x y visible")
+        clicks[int(vals[0])].append(vals[1:] + [float(v) for v in fields[5:6]])
+    return clicks
+
+
+def _read_parts(root: Path, records: dict[int, CubRecord]) -> list[str]:
+    parts_file = root / "parts" / "parts.txt"
+    part_names = _read_named(parts_file, required=False)
+    locs_file = root / "parts" / "part_locs.txt"
+    if not part_names or not locs_file.is_file():
+        return part_names
+    table: dict[int, dict[int, list[float]]] = defaultdict(dict)
+    for lineno, fields in _lines(locs_file):
+        image_id = _int(fields[0], locs_file, lineno, "image id")
+        if image_id not in records:
+            raise CubFormatError(f"{locs_file}:{lineno}: image id {image_id} is not in images.txt")
+        vals = _floats(fields[1:], 4)
+        if vals is None or not 1 <= int(vals[0]) <= len(part_names) or vals[3] not in (0.0, 1.0):
+            records[image_id].problems.append(f"malformed part line ({locs_file.name}:{lineno})")
+            continue
+        table[image_id][int(vals[0])] = [vals[1], vals[2], vals[3]]
+    for image_id, rec in records.items():
+        found = table.get(image_id, {})
+        rec.parts = [found.get(p, [0.0, 0.0, 0.0]) for p in range(1, len(part_names) + 1)]
+    return part_names
+
+
+def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
+    """Attribute names sit beside CUB_200_2011/ in the archive; accept them inside too."""
+    names_file = next(
+        (p for p in (root.parent / "attributes.txt", root / "attributes" / "attributes.txt",
+                     root / "attributes.txt") if p.is_file()),
+        None,
+    )
+    names = _read_named(names_file) if names_file else []
+    labels_file = root / "attributes" / "image_attribute_labels.txt"
+    if not labels_file.is_file():
+        return names
+    present: dict[int, list[int]] = defaultdict(list)
+    with open(labels_file, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            # Real CUB has lines with extra fields; id, attr, is_present are always first.
+            if len(fields) < 3 or not (fields[0].isdigit() and fields[1].isdigit()):
+                raise CubFormatError(f"{labels_file}:{lineno}: cannot read {line.strip()!r}")
+            image_id = int(fields[0])
+            if image_id not in records:
+                raise CubFormatError(f"{labels_file}:{lineno}: image id {image_id} not in images.txt")
+            if fields[2] == "1":
+                present[image_id].append(int(fields[1]))
+            elif fields[2] != "0":
+                records[image_id].problems.append(
+                    f"malformed attribute line ({labels_file.name}:{lineno})"
+                )
+    for image_id, rec in records.items():
+        rec.attributes = sorted(present.get(image_id, []))
+    return names

@@ -1,0 +1,147 @@
+"""Fetch and unpack the official CUB-200-2011 archive: resumable, checksum-verified, safe.
+
+A 1.1 GB download over a flaky link must resume where it stopped (HTTP Range), a corrupted or
+substituted archive must be refused before anything reads it (MD5 from Caltech's record), and an
+archive must never write outside its target folder (path traversal, links, devices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from birdray.config import field
+
+CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
+CUB_MD5 = "97eceeb196236b17998738112f37df78"
+EXTRACT_MARKER = ".birdray-extracted"
+
+
+class ArchiveError(ValueError):
+    """A download or archive that must not be used (bad checksum, unsafe member, not a tar)."""
+
+
+@dataclass
+class DownloadConfig:
+    out: str = field("data/raw", "folder for the archive and the extracted CUB_200_2011/")
+    url: str = field(CUB_URL, "archive URL")
+    md5: str = field(CUB_MD5, "expected MD5 of the archive ('' skips the check: not advised)")
+    extract: bool = field(True, "unpack after verifying")
+    timeout_s: float = field(60.0, "per-request network timeout")
+
+
+def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_md5(path: str | Path, expected: str) -> None:
+    if not expected:
+        return
+    actual = md5sum(path)
+    if actual != expected.lower():
+        raise ArchiveError(f"{path}: MD5 {actual} does not match the expected {expected}; refusing it")
+
+
+def fetch(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
+    """Download to ``dest``, resuming a previous ``.part`` file with an HTTP Range request."""
+    import requests
+    from tqdm import tqdm
+
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout_s) as resp:
+        if resp.status_code == 416:  # the part file is already complete
+            os.replace(part, dest)
+            return dest
+        resp.raise_for_status()
+        if have and resp.status_code != 206:  # server ignored Range: start over
+            have = 0
+        total = int(resp.headers.get("Content-Length", 0)) + have
+        mode = "ab" if have else "wb"
+        with open(part, mode) as fh, tqdm(
+            total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name
+        ) as bar:
+            for block in resp.iter_content(1 << 20):
+                fh.write(block)
+                bar.update(len(block))
+    os.replace(part, dest)
+    return dest
+
+
+def _check_member(member: tarfile.TarInfo, target: Path) -> None:
+    resolved = (target / member.name).resolve()
+    if not resolved.is_relative_to(target):
+        raise ArchiveError(f"unsafe archive member {member.name!r}: escapes {target}")
+    if member.issym() or member.islnk():
+        link = (resolved.parent / member.linkname).resolve()
+        if os.path.isabs(member.linkname) or not link.is_relative_to(target):
+            raise ArchiveError(f"unsafe link {member.name!r} -> {member.linkname!r}")
+    if member.isdev() or member.isfifo():
+        raise ArchiveError(f"archive member {member.name!r} is a device or pipe")
+
+
+def safe_extract(archive: str | Path, target: str | Path) -> Path:
+    """Extract into ``target`` after checking every member; returns ``target``.
+
+    A marker file is written last, so a half-finished extraction is redone, not trusted.
+    """
+    archive, target = Path(archive), Path(target).resolve()
+    if (target / EXTRACT_MARKER).is_file():
+        return target
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise ArchiveError(f"{archive}: not a readable tar archive ({exc})") from exc
+    with tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_member(member, target)
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tar.extractall(tmp, members=members, filter="data")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    (target / EXTRACT_MARKER).write_text(str(archive))
+    return target
+
+
+def extracted_dir(archive: str | Path) -> Path:
+    """Where ``open_source`` unpacks an archive: beside it, named after it."""
+    archive = Path(archive)
+    return archive.with_name(archive.name.split(".")[0] + "_extracted")
+
+
+def open_source(source: str | Path, md5: str = "") -> Path:
+    """A folder to read CUB from: the folder itself, or a verified, safely extracted archive."""
+    source = Path(source)
+    if source.is_dir():
+        return source
+    if not source.is_file():
+        raise FileNotFoundError(f"CUB source not found: {source}")
+    verify_md5(source, md5)
+    return safe_extract(source, extracted_dir(source))
+
+
+def download_cub(cfg: DownloadConfig) -> Path:
+    """Download (resuming), verify and extract the official archive; returns the folder."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / Path(cfg.url).name
+    if not archive.exists():
+        fetch(cfg.url, archive, cfg.timeout_s)
+    try:
+        verify_md5(archive, cfg.md5)
+    except ArchiveError:
+        archive.rename(archive.with_name(archive.name + ".bad"))
+        raise
+    return safe_extract(archive, out / "extracted") if cfg.extract else archive

@@ -1,0 +1,275 @@
+"""Ingest CUB (folder or archive) into Parquet shards + a manifest with Ray Data.
+
+The driver reads the small metadata files and assigns splits; Ray Data tasks read, validate and
+(optionally) shrink the images in parallel and write shards partitioned by split. Every listed
+image ends either in a shard or in the manifest's quarantine list with a reason: counts always
+reconcile. Shards go to a fresh folder and the manifest is replaced atomically last, so readers
+never see a mix of old and new shards, and a folder without a valid manifest is not a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from birdray.config import field, to_dict
+from birdray.data.cub import CubDataset, CubRecord, read_cub
+from birdray.data.download import open_source
+from birdray.data.manifest import MANIFEST_FILE, SCHEMA_VERSION, load_manifest, write_manifest
+from birdray.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, reencode_max_side
+
+PART_TYPE = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("visible", pa.bool_())])
+SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int32()),
+        ("path", pa.string()),
+        ("image", pa.binary()),
+        ("format", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("label", pa.int32()),
+        ("class_name", pa.string()),
+        ("split", pa.string()),
+        ("bbox", pa.list_(pa.float32())),
+        ("parts", pa.list_(PART_TYPE)),
+        ("attributes", pa.list_(pa.int16())),
+        ("content_hash", pa.string()),
+        ("source_mode", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+SPLITS = ("train", "val", "test")
+QUARANTINE = "quarantine"
+
+
+@dataclass
+class IngestConfig:
+    source: str = field("data/synth", "CUB folder (or its parent) or CUB_200_2011.tgz")
+    out: str = field("data/cub_parquet", "output folder: shards + manifest.json")
+    val_fraction: float = field(0.1, "share of each class's official train images kept for val")
+    seed: int = field(0, "seed of the stratified val split")
+    max_side: int = field(0, "re-encode images whose longer side exceeds this (0 keeps originals)")
+    max_pixels: int = field(DEFAULT_MAX_PIXELS, "larger images are quarantined as bombs")
+    rows_per_shard: int = field(256, "upper bound of rows per Parquet file (keeps blocks small)")
+    md5: str = field("", "expected MD5 when the source is an archive")
+    force: bool = field(False, "re-ingest even if the manifest says this source is done")
+    address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
+
+
+def assign_splits(records: list[CubRecord], val_fraction: float, seed: int) -> dict[int, str]:
+    """Official test stays test; per class, a seeded ``val_fraction`` of train becomes val."""
+    by_class: dict[int, list[int]] = {}
+    split = {}
+    for rec in records:
+        if rec.is_train:
+            by_class.setdefault(rec.label, []).append(rec.image_id)
+        split[rec.image_id] = "train" if rec.is_train else "test"
+    for label, ids in sorted(by_class.items()):
+        ids = sorted(ids)
+        n_val = int(round(len(ids) * val_fraction)) if val_fraction > 0 else 0
+        if val_fraction > 0 and len(ids) >= 2:
+            n_val = min(max(n_val, 1), len(ids) - 1)
+        rng = np.random.default_rng([seed, label])
+        for idx in rng.permutation(len(ids))[:n_val]:
+            split[ids[idx]] = "val"
+    return split
+
+
+def source_fingerprint(cub: CubDataset) -> str:
+    """Hash of the metadata files and each image's path and size: changes when the source does."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in cub.root.rglob("*.txt") if p.is_file()):
+        digest.update(str(path.relative_to(cub.root)).encode())
+        digest.update(path.read_bytes())
+    for rec in cub.records:
+        image = cub.root / "images" / rec.rel_path
+        size = image.stat().st_size if image.is_file() else -1
+        digest.update(f"{rec.rel_path}\0{size}\n".encode())
+    return digest.hexdigest()
+
+
+def _item(rec: CubRecord, split: str) -> dict[str, Any]:
+    return {
+        "image_id": rec.image_id,
+        "path": rec.rel_path,
+        "label": rec.label,
+        "class_name": rec.class_name,
+        "split": split,
+        "bbox": rec.bbox,
+        "parts": rec.parts,
+        "attributes": rec.attributes,
+        "problems": "; ".join(rec.problems),
+    }
+
+
+def load_images(batch: dict[str, np.ndarray], root: str, max_side: int, max_pixels: int) -> pa.Table:
+    """Ray Data task: read + validate each file; bad ones become rows with an ``error``."""
+    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for i in range(len(batch["image_id"])):
+        item = {k: batch[k][i] for k in batch}
+        error, data, decoded = item["problems"] or None, None, None
+        if error is None:
+            try:
+                data = (Path(root) / "images" / str(item["path"])).read_bytes()
+                decoded = decode_image(data, max_pixels)
+            except FileNotFoundError:
+                error = "missing: file listed in images.txt does not exist"
+            except (OSError, ImageError) as exc:
+                error = str(exc)
+        row = _row(item, data, decoded, max_side, error)
+        for name in SCHEMA.names:
+            rows[name].append(row[name])
+    return pa.table(rows, schema=SCHEMA)
+
+
+def _row(item: dict, data: bytes | None, decoded, max_side: int, error: str | None) -> dict:
+    bbox = None if item["bbox"] is None else [float(v) for v in item["bbox"]]
+    parts = [[float(v) for v in p] for p in (item["parts"] if item["parts"] is not None else [])]
+    row = {
+        "image_id": int(item["image_id"]), "path": str(item["path"]), "label": int(item["label"]),
+        "class_name": str(item["class_name"]), "attributes": [int(a) for a in item["attributes"]],
+        "image": None, "format": None, "width": None, "height": None, "source_mode": None,
+        "content_hash": None, "error": error,
+        "split": QUARANTINE if error else str(item["split"]),
+        "bbox": bbox, "parts": [{"x": p[0], "y": p[1], "visible": bool(p[2])} for p in parts],
+    }
+    if error:
+        return row
+    fmt, stored = decoded.format, data
+    if decoded.source_mode not in ("RGB", "L") or fmt not in ("JPEG", "PNG"):
+        stored, fmt = _encode(decoded.image, "PNG"), "PNG"  # one plain RGB format downstream
+    shrunk = reencode_max_side(decoded, max_side)
+    scale = 1.0
+    if shrunk is not None:
+        scale, stored, fmt = max_side / max(decoded.width, decoded.height), shrunk, "JPEG"
+        row["bbox"] = None if bbox is None else [v * scale for v in bbox]
+        row["parts"] = [{"x": p[0] * scale, "y": p[1] * scale, "visible": bool(p[2])} for p in parts]
+    row.update(
+        image=stored, format=fmt, source_mode=decoded.source_mode,
+        width=max(1, round(decoded.width * scale)), height=max(1, round(decoded.height * scale)),
+        content_hash=hashlib.sha256(data).hexdigest(),
+    )
+    return row
+
+
+def _encode(image, fmt: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _split_counts(shard_root: Path) -> tuple[dict[str, Any], str]:
+    """Per-split row/class counts read back from the written files, and a content checksum."""
+    table = pads.dataset(shard_root, format="parquet", partitioning="hive").to_table(
+        columns=["image_id", "label", "split", "content_hash"]
+    )
+    splits: dict[str, Any] = {}
+    frame = table.to_pandas().sort_values("image_id")
+    for split, group in frame.groupby("split"):
+        splits[str(split)] = {
+            "rows": len(group),
+            "files": len(list((shard_root / f"split={split}").glob("*.parquet"))),
+            "per_class": {int(k): int(v) for k, v in group["label"].value_counts().sort_index().items()},
+        }
+    payload = "\n".join(f"{r.image_id} {r.label} {r.split} {r.content_hash}" for r in frame.itertuples())
+    return splits, hashlib.sha256(payload.encode()).hexdigest()
+
+
+def run_ingest(cfg: IngestConfig) -> Path:
+    """Ingest CUB into ``cfg.out``; returns the manifest path (unchanged if already ingested)."""
+    import ray
+
+    from birdray.runtime import init_ray
+
+    started = time.time()
+    cub = read_cub(open_source(cfg.source, cfg.md5))
+    fingerprint = source_fingerprint(cub)
+    out = Path(cfg.out).resolve()
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "force", "address", "source")}
+    if not cfg.force and (out / MANIFEST_FILE).is_file():
+        try:
+            old = load_manifest(out)
+            if old["source"]["checksum"] == fingerprint and old["ingest_config"] == settings:
+                print(f"already ingested (manifest matches the source): {out / MANIFEST_FILE}")
+                return out / MANIFEST_FILE
+        except ValueError:
+            pass  # invalid manifest: ingest again
+    split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
+    items = [_item(rec, split[rec.image_id]) for rec in cub.records]
+
+    init_ray(cfg.address or None)
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    staging = out / f".staging-{run_id}"
+    batch = 32
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch, 400)))
+    ds = ds.map_batches(
+        load_images, batch_size=batch, batch_format="numpy", zero_copy_batch=True,
+        fn_kwargs={"root": str(cub.root), "max_side": cfg.max_side, "max_pixels": cfg.max_pixels},
+    )
+    ds.write_parquet(str(staging), partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
+
+    quarantine = _collect_quarantine(staging)
+    splits, content_checksum = _split_counts(staging) if any(staging.glob("split=*")) else ({}, "")
+    ingested = sum(s["rows"] for s in splits.values())
+    if ingested + len(quarantine) != len(items):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError(
+            f"counts do not reconcile: {ingested} ingested + {len(quarantine)} quarantined "
+            f"!= {len(items)} listed"
+        )
+    shards = out / f"shards-{run_id}"
+    os.replace(staging, shards)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.time(),
+        "shards_dir": shards.name,
+        "source": {"path": str(cfg.source), "root": str(cub.root), "checksum": fingerprint},
+        "ingest_config": settings,
+        "counts": {"listed": len(items), "ingested": ingested, "quarantined": len(quarantine)},
+        "splits": splits,
+        "content_checksum": content_checksum,
+        "class_names": cub.class_names,
+        "part_names": cub.part_names,
+        "attribute_names": cub.attribute_names,
+        "columns": [f.name for f in SCHEMA if f.name != "split"],
+        "quarantine": quarantine,
+        "seconds": round(time.time() - started, 2),
+    }
+    path = write_manifest(out, manifest)
+    for old in out.iterdir():  # only now is it safe to drop what the old manifest pointed to
+        if old.is_dir() and old.name != shards.name and old.name.startswith(("shards-", ".staging-")):
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _collect_quarantine(staging: Path) -> list[dict[str, Any]]:
+    folder = staging / f"split={QUARANTINE}"
+    if not folder.exists():
+        return []
+    table = pads.dataset(folder, format="parquet").to_table(columns=["image_id", "path", "error"])
+    shutil.rmtree(folder)
+    rows = sorted(table.to_pylist(), key=lambda r: r["image_id"])
+    return [{"image_id": r["image_id"], "path": r["path"], "reason": r["error"]} for r in rows]
+
+
+def summary(manifest_path: str | Path) -> str:
+    manifest = json.loads(Path(manifest_path).read_text())
+    parts = [f"{k}={v['rows']}" for k, v in manifest["splits"].items()]
+    return (
+        f"{manifest['counts']['ingested']} images ingested ({', '.join(parts)}), "
+        f"{manifest['counts']['quarantined']} quarantined"
+    )

@@ -1,0 +1,1 @@
+"""Model creation, preprocessing, the model package and calibrated inference."""

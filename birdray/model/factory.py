@@ -1,0 +1,73 @@
+"""Create timm models by name: from scratch, from hub weights, or from a local weights file.
+
+The three ways a user starts a model live here so that training, the sweep and the model package
+loader build the network the same way (``pretrained: false | true`` or ``pretrained_file: PATH``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+
+
+class ModelError(ValueError):
+    """A model name, weights file or package that cannot be used."""
+
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    drop_rate: float = 0.0,
+) -> torch.nn.Module:
+    """A timm model with a fresh ``num_classes`` head.
+
+    ``pretrained_file`` loads a local safetensors/.pth file through timm's own
+    ``pretrained_cfg_overlay`` path (classifier weights are dropped by timm when the class count
+    differs), so offline machines can fine-tune from real ImageNet weights.
+    """
+    if not timm.is_model(arch):
+        raise ModelError(f"unknown timm model {arch!r} (see timm.list_models())")
+    kwargs: dict = {"num_classes": num_classes, "drop_rate": drop_rate}
+    if pretrained_file:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise ModelError(f"pretrained_file not found: {path}")
+        return timm.create_model(
+            arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        )
+    return timm.create_model(arch, pretrained=pretrained, **kwargs)
+
+
+def pick_device(prefer_gpu: bool = True) -> torch.device:
+    """CUDA when asked for and present, CPU otherwise (a GPU config still runs on a laptop)."""
+    return torch.device("cuda" if prefer_gpu and torch.cuda.is_available() else "cpu")
+
+
+def set_threads(num_threads: int | None) -> None:
+    """Ray sets OMP_NUM_THREADS=1 in workers and replicas; give torch its cores back."""
+    if num_threads and num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+def prepare_for_device(
+    model: torch.nn.Module, device: torch.device, channels_last: bool | None = None
+) -> torch.nn.Module:
+    """Move to the device in the faster memory format (channels_last helps CNNs on CPU and GPU)."""
+    use_cl = True if channels_last is None else channels_last
+    model = model.to(device)
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 autocast on GPUs that support it and on CPU when asked; None means full precision."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16

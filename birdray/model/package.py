@@ -1,0 +1,160 @@
+"""The one model artifact: ``model.safetensors`` + ``metadata.json``, loaded by every consumer.
+
+Evaluation, the registry, Serve, batch scoring, explanations and the dashboard all read a model
+through ``load_package``. Weights are safetensors (no pickle, so a package from elsewhere cannot
+run code on load) and carry a content hash that is checked on every load; the metadata holds what
+a consumer needs to use the model correctly: the class names, the timm data config (the one
+preprocessing path), the calibration temperature and where the model came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from birdray.model.factory import ModelError, create_model
+
+SCHEMA_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+METADATA_FILE = "metadata.json"
+
+
+@dataclass
+class PackageMetadata:
+    arch: str
+    num_classes: int
+    class_names: list[str]
+    data_config: dict[str, Any]
+    image_size: int
+    temperature: float = 1.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)  # manifest checksum, path, counts
+    run_id: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)  # sweep, trial, checkpoint
+    created_at: float = field(default_factory=time.time)
+    content_hash: str = ""
+    version: str | None = None  # set by the registry
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PackageMetadata:
+        known = {f for f in cls.__dataclass_fields__}
+        missing = [k for k in ("arch", "num_classes", "class_names", "data_config") if k not in data]
+        if missing:
+            raise ModelError(f"metadata.json lacks {', '.join(missing)}")
+        if data.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise ModelError(
+                f"package schema {data['schema_version']} is newer than this birdray "
+                f"({SCHEMA_VERSION}); upgrade birdray"
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class ModelPackage:
+    path: Path
+    metadata: PackageMetadata
+    model: torch.nn.Module
+
+    @property
+    def name(self) -> str:
+        return f"{self.metadata.arch}@{self.metadata.version or self.metadata.content_hash[:12]}"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unwrap DDP, make tensors contiguous CPU copies (safetensors refuses shared storage)."""
+    module = getattr(model, "module", model)
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_package(
+    out_dir: str | Path, model: torch.nn.Module, metadata: PackageMetadata
+) -> Path:
+    """Write a package atomically: a half-written package is never visible under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file(_state_dict_for_saving(model), str(tmp / WEIGHTS_FILE))
+        metadata.content_hash = file_sha256(tmp / WEIGHTS_FILE)
+        (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, default=str))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_metadata(path: str | Path) -> PackageMetadata:
+    meta_path = Path(path) / METADATA_FILE
+    if not meta_path.is_file():
+        raise ModelError(f"not a model package (no {METADATA_FILE}): {path}")
+    try:
+        data = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{meta_path} is not valid JSON: {exc}") from exc
+    return PackageMetadata.from_json(data)
+
+
+def verify_package(path: str | Path) -> PackageMetadata:
+    """Metadata of a complete, untampered package; a clear ``ModelError`` otherwise."""
+    meta = read_metadata(path)
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"model package {path} has no {WEIGHTS_FILE}")
+    actual = file_sha256(weights)
+    if meta.content_hash and actual != meta.content_hash:
+        raise ModelError(
+            f"model package {path}: weights hash {actual[:12]} does not match "
+            f"metadata {meta.content_hash[:12]} (corrupt or half-written)"
+        )
+    return meta
+
+
+def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelPackage:
+    """Load and verify a package directory; the model is returned in eval mode."""
+    path = Path(path)
+    meta = verify_package(path)
+    model = create_model(meta.arch, num_classes=meta.num_classes, pretrained=False)
+    state = load_file(str(path / WEIGHTS_FILE), device="cpu")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"weights in {path} do not fit {meta.arch}: {exc}") from exc
+    model.eval().to(device)
+    return ModelPackage(path=path, metadata=meta, model=model)
+
+
+def update_metadata(path: str | Path, **changes: Any) -> PackageMetadata:
+    """Rewrite metadata fields (e.g. temperature, metrics) atomically, keeping the weights hash."""
+    meta = read_metadata(path)
+    for key, value in changes.items():
+        if not hasattr(meta, key):
+            raise ModelError(f"unknown metadata field {key!r}")
+        setattr(meta, key, value)
+    meta_path = Path(path) / METADATA_FILE
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(meta), indent=2, default=str))
+    os.replace(tmp, meta_path)
+    return meta

@@ -1,0 +1,123 @@
+"""Ingest end to end on a live local Ray: schema, counts, quarantine, stratified split, idempotence."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from birdray.data.ingest import IngestConfig, assign_splits, run_ingest
+from birdray.data.manifest import DatasetError, load_manifest, read_split, split_path
+from birdray.data.cub import read_cub
+from tests.cub_fixture import jpeg_bytes, real_photos, write_layout
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+def _broken_layout(tmp_path):
+    good = [(c, jpeg_bytes(color=(40 * c, 90, 200)), t) for c in (1, 2, 3) for t in (1, 1, 1, 1, 0)]
+    photos = [(1, p.read_bytes(), True) for p in real_photos()]
+    odd = [
+        (2, jpeg_bytes(mode="CMYK"), True),
+        (2, jpeg_bytes(mode="L"), True),
+        (3, jpeg_bytes(mode="P", fmt="PNG"), True),
+        (3, jpeg_bytes(mode="RGBA", fmt="PNG"), True),
+        (3, jpeg_bytes(mode="I;16", fmt="PNG"), False),
+    ]
+    bad = [
+        (1, b"", True),  # zero bytes
+        (1, b"this is not an image at all", True),
+        (2, jpeg_bytes()[:200], True),  # truncated
+        (2, None, False),  # listed but missing
+    ]
+    return write_layout(tmp_path / "src", good + photos + odd + bad), len(photos)
+
+
+def test_ingest_end_to_end(ray_cluster, tmp_path):
+    root, n_photos = _broken_layout(tmp_path)
+    bomb = Image.new("L", (5000, 5000))
+    buf = io.BytesIO()
+    bomb.save(buf, format="PNG")
+    (root / "images" / "001.Species_1" / "img_1.jpg").write_bytes(buf.getvalue())
+    out = tmp_path / "ds"
+    cfg = IngestConfig(source=str(root.parent), out=str(out), val_fraction=0.25, max_pixels=10_000_000)
+    manifest_path = run_ingest(cfg)
+    manifest = load_manifest(out)
+    listed = 15 + n_photos + 5 + 4
+    counts = manifest["counts"]
+    assert counts["listed"] == listed
+    assert counts["ingested"] + counts["quarantined"] == listed
+    reasons = {q["path"].split("/")[-1]: q["reason"] for q in manifest["quarantine"]}
+    assert len(reasons) == 5
+    assert reasons["img_1.jpg"].startswith("too_large")
+    assert any(r.startswith("empty") for r in reasons.values())
+    assert any(r.startswith("not_an_image") for r in reasons.values())
+    assert any(r.startswith("corrupt") for r in reasons.values())
+    assert any(r.startswith("missing") for r in reasons.values())
+    assert sum(s["rows"] for s in manifest["splits"].values()) == counts["ingested"]
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+
+    table = pq.read_table(split_path(out, "train"))  # pyarrow alone reads the shards
+    assert {"image_id", "image", "label", "bbox", "parts", "attributes", "content_hash"} <= set(
+        table.column_names
+    )
+    row = table.slice(0, 1).to_pylist()[0]
+    assert len(row["parts"]) == 15 and set(row["parts"][0]) == {"x", "y", "visible"}
+    assert len(row["bbox"]) == 4
+    modes = {
+        m for split in ("train", "val", "test")
+        for m in pq.read_table(split_path(out, split), columns=["source_mode"]).column(0).to_pylist()
+    }
+    assert {"CMYK", "P", "RGBA", "L", "I;16"} <= modes
+    for data, fmt in zip(table.column("image").to_pylist(), table.column("format").to_pylist()):
+        assert Image.open(io.BytesIO(data)).convert("RGB").size  # every stored image decodes
+        assert fmt in ("JPEG", "PNG")
+
+    ds = read_split(out, "test")  # and Ray Data reads them too
+    assert ds.count() == manifest["splits"]["test"]["rows"]
+
+    # idempotent: same source + config -> the same manifest, untouched
+    before = manifest_path.read_text()
+    assert run_ingest(cfg) == manifest_path and manifest_path.read_text() == before
+    # forced re-run replaces shards atomically: only one shard folder remains
+    run_ingest(IngestConfig(**{**cfg.__dict__, "force": True}))
+    new = load_manifest(out)
+    assert new["shards_dir"] != manifest["shards_dir"]
+    assert [p.name for p in out.iterdir() if p.is_dir()] == [new["shards_dir"]]
+    assert new["content_checksum"] == manifest["content_checksum"]
+
+
+def test_max_side_reencodes_and_scales_annotations(ray_cluster, tmp_path):
+    images = [(1, jpeg_bytes(size=(400, 200)), True), (2, jpeg_bytes(size=(40, 20)), False)]
+    root = write_layout(tmp_path / "src", images, ["001.A", "002.B"])
+    out = tmp_path / "ds"
+    run_ingest(IngestConfig(source=str(root), out=str(out), max_side=100, val_fraction=0))
+    big = pq.read_table(split_path(out, "train")).to_pylist()[0]
+    assert (big["width"], big["height"]) == (100, 50)
+    assert Image.open(io.BytesIO(big["image"])).size == (100, 50)
+    assert big["bbox"] == pytest.approx([0.5, 0.75, 5.0, 3.75])
+    small = pq.read_table(split_path(out, "test")).to_pylist()[0]
+    assert (small["width"], small["height"]) == (40, 20)
+
+
+def test_val_split_is_stratified_and_deterministic(tmp_path):
+    images = [(c, b"x", True) for c in (1, 2, 3) for _ in range(20)]
+    cub = read_cub(write_layout(tmp_path, images))
+    split = assign_splits(cub.records, 0.1, seed=3)
+    assert split == assign_splits(cub.records, 0.1, seed=3)
+    assert split != assign_splits(cub.records, 0.1, seed=4)
+    for label in range(3):
+        ids = [r.image_id for r in cub.records if r.label == label]
+        assert sum(split[i] == "val" for i in ids) == 2
+
+
+def test_folder_without_manifest_is_not_a_dataset(tmp_path):
+    (tmp_path / "shards-x").mkdir()
+    with pytest.raises(DatasetError, match="no manifest.json"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(DatasetError, match="lacks"):
+        load_manifest(tmp_path)
