@@ -1,0 +1,82 @@
+"""The model package: round trip, hash verification, safe loading, calibrated predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from birdray.model.factory import ModelError
+from birdray.model.inference import Predictor
+from birdray.model.package import load_package, read_metadata, update_metadata
+from birdray.model.preprocess import build_transform, eval_geometry
+from tests.model_fixture import make_package
+
+
+def test_round_trip_same_logits(tmp_path):
+    path = make_package(tmp_path / "pkg", num_classes=5)
+    pkg = load_package(path)
+    again = load_package(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(pkg.model(x), again.model(x))
+    meta = read_metadata(path)
+    assert meta.num_classes == 5 and len(meta.class_names) == 5
+    assert meta.data_config["input_size"] == [3, 64, 64]
+    assert len(meta.content_hash) == 64
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    path = make_package(tmp_path / "pkg")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match"):
+        load_package(path)
+
+
+def test_pickle_file_is_never_loaded(tmp_path):
+    path = make_package(tmp_path / "pkg")
+    (path / "model.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle, not safetensors
+    update_metadata(path, content_hash="")
+    with pytest.raises(Exception) as info:
+        load_package(path)
+    assert "pickle" not in type(info.value).__name__.lower()
+
+
+def test_missing_metadata_field_is_clear(tmp_path):
+    path = make_package(tmp_path / "pkg")
+    meta = json.loads((path / "metadata.json").read_text())
+    del meta["class_names"]
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="class_names"):
+        load_package(path)
+
+
+def test_temperature_softens_confidence(tmp_path):
+    path = make_package(tmp_path / "pkg", num_classes=4)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8))
+    sharp = Predictor(str(path), device="cpu").predict_images([img], top_k=3)[0]
+    update_metadata(path, temperature=50.0)
+    soft = Predictor(str(path), device="cpu").predict_images([img], top_k=3)[0]
+    assert sharp.label == soft.label
+    assert soft.confidence < sharp.confidence
+    assert abs(sum(t["probability"] for t in soft.top_k) - 1) > 0  # top-3 of 4 classes
+    assert soft.confidence == pytest.approx(0.25, abs=0.02)
+
+
+def test_eval_geometry_inverts_the_eval_transform():
+    cfg = {"input_size": [3, 64, 64], "interpolation": "bilinear", "mean": [0.5] * 3,
+           "std": [0.5] * 3, "crop_pct": 0.875, "crop_mode": "center"}
+    w, h = 300, 180
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[90:100, 160:170] = 255  # a bright patch at original (165, 95)
+    tensor = build_transform(cfg, training=False)(Image.fromarray(img))
+    ys, xs = np.nonzero(tensor[0].numpy() > 0.5)
+    geom = eval_geometry(cfg, w, h)
+    ox, oy = geom.to_original(np.array([xs.mean()]), np.array([ys.mean()]))
+    assert ox[0] == pytest.approx(165, abs=2.5) and oy[0] == pytest.approx(95, abs=2.5)
