@@ -9,6 +9,7 @@ node add one with ``add_node`` and remove it afterwards.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,41 @@ def synth_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(SynthConfig(out=str(out), classes=6, per_class=12, seed=7, workers=1))
     return out
+
+
+@dataclass
+class TrainedModel:
+    package: Path  # a trained, calibrated model package
+    dataset: Path  # the ingested dataset it was trained on
+    source: Path  # the generated CUB-layout folder (has synthetic_species.json)
+    train_summary: dict
+    eval_summary: dict
+
+
+TRAINED_RECIPE = dict(
+    arch="resnet18", image_size=128, epochs=8, batch_size=16, opt="adamw", lr=0.02,
+    weight_decay=0.05, warmup_epochs=1, label_smoothing=0.0, num_workers=2, cpus_per_worker=1.0,
+)
+
+
+@pytest.fixture(scope="session")
+def trained_package(ray_cluster, tmp_path_factory) -> TrainedModel:
+    """A model really trained with ``birdray train`` on generated birds, then evaluated.
+
+    Shared by the training, explanation, Serve and dashboard tests that need a model that has
+    learned something (e.g. where sibling species differ). A couple of minutes on 2 cores.
+    """
+    from birdray.data.ingest import IngestConfig, run_ingest
+    from birdray.data.synthetic import SynthConfig, generate
+    from birdray.evaluate import EvaluateConfig, run_evaluation
+    from birdray.train.job import TrainConfig, run_training
+
+    root = tmp_path_factory.mktemp("trained")
+    source = generate(SynthConfig(out=str(root / "src"), classes=6, per_class=40, seed=3,
+                                  min_side=160, max_side=256, workers=1))
+    dataset = root / "ds"
+    run_ingest(IngestConfig(source=str(source), out=str(dataset), val_fraction=0.25))
+    summary = run_training(TrainConfig(dataset=str(dataset), storage_path=str(root / "runs"),
+                                       name="trained", **TRAINED_RECIPE))
+    evaluation = run_evaluation(EvaluateConfig(model=summary["package"], dataset=str(dataset)))
+    return TrainedModel(Path(summary["package"]), dataset, Path(source), summary, evaluation)

@@ -113,7 +113,9 @@ def _item(rec: CubRecord, split: str) -> dict[str, Any]:
     }
 
 
-def load_images(batch: dict[str, np.ndarray], root: str, max_side: int, max_pixels: int) -> pa.Table:
+def load_images(
+    batch: dict[str, np.ndarray], root: str, max_side: int, max_pixels: int
+) -> pa.Table:
     """Ray Data task: read + validate each file; bad ones become rows with an ``error``."""
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     for i in range(len(batch["image_id"])):
@@ -137,12 +139,21 @@ def _row(item: dict, data: bytes | None, decoded, max_side: int, error: str | No
     bbox = None if item["bbox"] is None else [float(v) for v in item["bbox"]]
     parts = [[float(v) for v in p] for p in (item["parts"] if item["parts"] is not None else [])]
     row = {
-        "image_id": int(item["image_id"]), "path": str(item["path"]), "label": int(item["label"]),
-        "class_name": str(item["class_name"]), "attributes": [int(a) for a in item["attributes"]],
-        "image": None, "format": None, "width": None, "height": None, "source_mode": None,
-        "content_hash": None, "error": error,
+        "image_id": int(item["image_id"]),
+        "path": str(item["path"]),
+        "label": int(item["label"]),
+        "class_name": str(item["class_name"]),
+        "attributes": [int(a) for a in item["attributes"]],
+        "image": None,
+        "format": None,
+        "width": None,
+        "height": None,
+        "source_mode": None,
+        "content_hash": None,
+        "error": error,
         "split": QUARANTINE if error else str(item["split"]),
-        "bbox": bbox, "parts": [{"x": p[0], "y": p[1], "visible": bool(p[2])} for p in parts],
+        "bbox": bbox,
+        "parts": [{"x": p[0], "y": p[1], "visible": bool(p[2])} for p in parts],
     }
     if error:
         return row
@@ -154,10 +165,15 @@ def _row(item: dict, data: bytes | None, decoded, max_side: int, error: str | No
     if shrunk is not None:
         scale, stored, fmt = max_side / max(decoded.width, decoded.height), shrunk, "JPEG"
         row["bbox"] = None if bbox is None else [v * scale for v in bbox]
-        row["parts"] = [{"x": p[0] * scale, "y": p[1] * scale, "visible": bool(p[2])} for p in parts]
+        row["parts"] = [
+            {"x": p[0] * scale, "y": p[1] * scale, "visible": bool(p[2])} for p in parts
+        ]
     row.update(
-        image=stored, format=fmt, source_mode=decoded.source_mode,
-        width=max(1, round(decoded.width * scale)), height=max(1, round(decoded.height * scale)),
+        image=stored,
+        format=fmt,
+        source_mode=decoded.source_mode,
+        width=max(1, round(decoded.width * scale)),
+        height=max(1, round(decoded.height * scale)),
         content_hash=hashlib.sha256(data).hexdigest(),
     )
     return row
@@ -182,9 +198,13 @@ def _split_counts(shard_root: Path) -> tuple[dict[str, Any], str]:
         splits[str(split)] = {
             "rows": len(group),
             "files": len(list((shard_root / f"split={split}").glob("*.parquet"))),
-            "per_class": {int(k): int(v) for k, v in group["label"].value_counts().sort_index().items()},
+            "per_class": {
+                int(k): int(v) for k, v in group["label"].value_counts().sort_index().items()
+            },
         }
-    payload = "\n".join(f"{r.image_id} {r.label} {r.split} {r.content_hash}" for r in frame.itertuples())
+    payload = "\n".join(
+        f"{r.image_id} {r.label} {r.split} {r.content_hash}" for r in frame.itertuples()
+    )
     return splits, hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -198,7 +218,9 @@ def run_ingest(cfg: IngestConfig) -> Path:
     cub = read_cub(open_source(cfg.source, cfg.md5))
     fingerprint = source_fingerprint(cub)
     out = Path(cfg.out).resolve()
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "force", "address", "source")}
+    settings = {
+        k: v for k, v in to_dict(cfg).items() if k not in ("out", "force", "address", "source")
+    }
     if not cfg.force and (out / MANIFEST_FILE).is_file():
         try:
             old = load_manifest(out)
@@ -209,6 +231,8 @@ def run_ingest(cfg: IngestConfig) -> Path:
             pass  # invalid manifest: ingest again
     split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
     items = [_item(rec, split[rec.image_id]) for rec in cub.records]
+    # Shards come out class-mixed, so a shard-local shuffle while training sees many classes.
+    items = [items[i] for i in np.random.default_rng(cfg.seed).permutation(len(items))]
 
     init_ray(cfg.address or None)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,7 +241,10 @@ def run_ingest(cfg: IngestConfig) -> Path:
     batch = 32
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch, 400)))
     ds = ds.map_batches(
-        load_images, batch_size=batch, batch_format="numpy", zero_copy_batch=True,
+        load_images,
+        batch_size=batch,
+        batch_format="numpy",
+        zero_copy_batch=True,
         fn_kwargs={"root": str(cub.root), "max_side": cfg.max_side, "max_pixels": cfg.max_pixels},
     )
     ds.write_parquet(str(staging), partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
@@ -251,7 +278,11 @@ def run_ingest(cfg: IngestConfig) -> Path:
     }
     path = write_manifest(out, manifest)
     for old in out.iterdir():  # only now is it safe to drop what the old manifest pointed to
-        if old.is_dir() and old.name != shards.name and old.name.startswith(("shards-", ".staging-")):
+        if (
+            old.is_dir()
+            and old.name != shards.name
+            and old.name.startswith(("shards-", ".staging-"))
+        ):
             shutil.rmtree(old, ignore_errors=True)
     return path
 

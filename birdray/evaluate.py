@@ -1,0 +1,178 @@
+"""``birdray evaluate``: test metrics, calibration and plots for a model package.
+
+The val and test splits are scored in parallel by a Ray Data actor pool holding the package's
+model. Temperature scaling is fitted on val (never on test) and written into the package, so every
+consumer's confidence is calibrated; the report shows ECE before and after on test.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdray.config import field
+
+ECE_BINS = 15
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = field("", "model package folder, or a version in --registry")
+    registry: str = field("", "registry folder or URI (when --model is a version)")
+    dataset: str = field("data/cub_parquet", "ingested dataset folder")
+    split: str = field("test", "split to report on")
+    exclude_ids: str = field("", "file of image ids to leave out (e.g. ImageNet overlaps)")
+    calibrate: bool = field(True, "fit the temperature on val and store it in the package")
+    batch_size: int = field(32, "images per model call")
+    actors: int = field(1, "model replicas scoring in parallel")
+    num_gpus: float = field(0.0, "GPUs per scoring actor")
+    out: str = field("", "report folder (default: <package>/eval)")
+    address: str = field("", "Ray address")
+
+
+class LogitScorer:
+    """Ray Data actor: the package's model, its eval transform, raw logits per image."""
+
+    def __init__(self, package: str, threads: int = 1):
+        from birdray.model.inference import Predictor
+
+        self.predictor = Predictor(package, num_threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from birdray.images import decode_image
+
+        images = [decode_image(bytes(b)).image for b in batch["image"]]
+        logits = self.predictor.logits(self.predictor.preprocess(images)).numpy()
+        return {"image_id": batch["image_id"], "label": batch["label"], "logits": logits}
+
+
+def score_split(package: Path, dataset: str, split: str, cfg: EvaluateConfig) -> dict[str, np.ndarray]:
+    import ray
+
+    from birdray.data.manifest import read_split
+
+    ds = read_split(dataset, split, columns=["image_id", "image", "label"])
+    out = ds.map_batches(
+        LogitScorer,
+        fn_constructor_kwargs={"package": str(package), "threads": 2},
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=0.5,
+        num_gpus=cfg.num_gpus,
+    ).to_pandas()
+    out = out.sort_values("image_id")
+    return {
+        "image_id": out["image_id"].to_numpy(),
+        "label": out["label"].to_numpy(),
+        "logits": np.stack(out["logits"].to_numpy()).astype(np.float64),
+    }
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    probs = softmax(logits, temperature)
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising val NLL (1-D bounded search over log T)."""
+    from scipy.optimize import minimize_scalar
+
+    result = minimize_scalar(
+        lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=(-3.0, 4.0), method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS):
+    """Expected calibration error and per-bin (confidence, accuracy, count)."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = (conf > lo) & (conf <= hi)
+        count = int(mask.sum())
+        acc = float(correct[mask].mean()) if count else 0.0
+        mean_conf = float(conf[mask].mean()) if count else 0.0
+        ece += count / max(len(labels), 1) * abs(acc - mean_conf)
+        rows.append({"lo": float(lo), "hi": float(hi), "count": count,
+                     "accuracy": acc, "confidence": mean_conf})
+    return float(ece), rows
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    order = np.argsort(-logits, axis=1)
+    top1 = order[:, 0] == labels
+    top5 = (order[:, : min(5, num_classes)] == labels[:, None]).any(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, order[:, 0]), 1)
+    per_class = [
+        float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else None
+        for c in range(num_classes)
+    ]
+    return {"top1": float(top1.mean()), "top5": float(top5.mean()), "count": len(labels),
+            "per_class_accuracy": per_class, "confusion": confusion}
+
+
+def _excluded(path: str) -> set[int]:
+    if not path:
+        return set()
+    return {int(tok) for tok in Path(path).read_text().split() if tok.strip().isdigit()}
+
+
+def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Score val + the report split, fit calibration, write metrics.json and plots."""
+    from birdray import plots
+    from birdray.data.manifest import load_manifest
+    from birdray.model.package import read_metadata, update_metadata
+    from birdray.registry import resolve
+    from birdray.runtime import init_ray
+
+    package = resolve(cfg.model, cfg.registry or None)
+    meta = read_metadata(package)
+    manifest = load_manifest(cfg.dataset)
+    if manifest["class_names"] != meta.class_names:
+        raise ValueError("the dataset's classes differ from the model's: wrong dataset for this model")
+    init_ray(cfg.address or None)
+    report = score_split(package, cfg.dataset, cfg.split, cfg)
+    keep = ~np.isin(report["image_id"], list(_excluded(cfg.exclude_ids)))
+    logits, labels = report["logits"][keep], report["label"][keep]
+    temperature = meta.temperature or 1.0
+    if cfg.calibrate and "val" in manifest["splits"]:
+        val = score_split(package, cfg.dataset, "val", cfg)
+        temperature = fit_temperature(val["logits"], val["label"])
+    metrics = classification_metrics(logits, labels, meta.num_classes)
+    ece_before, bins_before = calibration_bins(softmax(logits), labels)
+    ece_after, bins_after = calibration_bins(softmax(logits, temperature), labels)
+    bins = [{**{f"before_{k}": v for k, v in b.items()}, **{f"after_{k}": v for k, v in a.items()}}
+            for b, a in zip(bins_before, bins_after, strict=True)]
+    out = Path(cfg.out or package / "eval")
+    confusion = metrics.pop("confusion")
+    result = {
+        "split": cfg.split, "excluded": int((~keep).sum()), **metrics,
+        "ece_before": ece_before, "ece_after": ece_after, "temperature": temperature,
+        "reliability_bins": bins, "confusion_matrix": confusion.tolist(),
+        "class_names": meta.class_names, "model_version": meta.version or meta.content_hash[:12],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    plots.confusion_matrix(confusion, out / "confusion_matrix.png", meta.class_names)
+    plots.reliability_diagram(bins, out / "reliability.png", ece_before, ece_after)
+    history = meta.provenance.get("history") or []
+    if history:
+        plots.training_curves(history, out / "train_val_losses.png")
+    summary = {f"{cfg.split}_top1": metrics["top1"], f"{cfg.split}_top5": metrics["top5"],
+               "ece_before": ece_before, "ece_after": ece_after}
+    update_metadata(package, temperature=temperature, metrics={**meta.metrics, **summary})
+    return {"report": str(out), **summary, "temperature": temperature}

@@ -1,0 +1,54 @@
+"""The training recipe: one dataclass read by ``birdray train``, the Tune sweep and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from birdray.config import field
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = field("data/cub_parquet", "ingested dataset folder (with manifest.json)")
+    # model
+    arch: str = field("resnet50", "any timm model name")
+    pretrained: bool = field(False, "start from timm hub weights (needs internet)")
+    pretrained_file: str = field("", "start from a local weights file (safetensors/.pth)")
+    image_size: int = field(224, "train/eval resolution (448 for the fine-tune recipe)")
+    drop_rate: float = field(0.0, "dropout before the classifier")
+    # recipe
+    epochs: int = field(30, "epochs")
+    batch_size: int = field(32, "images per worker per step")
+    opt: str = field("sgd", "timm optimizer name (sgd, momentum, adamw, ...)")
+    lr: float = field(0.01, "peak learning rate for a global batch of 256 (scaled linearly)")
+    momentum: float = field(0.9, "SGD momentum")
+    weight_decay: float = field(1e-4, "weight decay")
+    warmup_epochs: int = field(1, "linear warmup epochs")
+    min_lr: float = field(1e-6, "cosine floor")
+    label_smoothing: float = field(0.1, "label smoothing")
+    hflip: float = field(0.5, "horizontal flip probability (CUB parts are mirrored)")
+    scale_min: float = field(0.35, "random-resized-crop minimum area (CUB birds are small)")
+    auto_augment: str = field("", "timm auto-augment policy, e.g. rand-m9-mstd0.5 (empty: off)")
+    amp: bool = field(True, "bf16 autocast on GPU")
+    amp_cpu: bool = field(False, "bf16 autocast on CPU too")
+    channels_last: bool = field(True, "channels_last memory format")
+    seed: int = field(0, "seed")
+    # scaling
+    num_workers: int = field(2, "data-parallel training workers")
+    use_gpu: bool = field(False, "one GPU per worker (falls back to CPU in the model if absent)")
+    cpus_per_worker: float = field(1.0, "logical CPUs reserved per worker")
+    torch_threads: int = field(0, "torch threads per worker (0: cpus_per_worker, at least 1)")
+    dist_backend: str = field("", "torch.distributed backend (empty: nccl on GPU, gloo on CPU)")
+    data_cpus: float = field(0.5, "logical CPUs per Ray Data decode/augment task")
+    # run
+    storage_path: str = field("runs/train", "where Ray Train keeps checkpoints (path or URI)")
+    name: str = field("", "run name; submitting again with the same name resumes it")
+    checkpoints_to_keep: int = field(2, "best checkpoints kept (by val_top1)")
+    max_failures: int = field(2, "worker failures to recover from (restart from last checkpoint)")
+    package_out: str = field("", "model package folder (default: <storage>/<name>/package)")
+    registry: str = field("", "register the package here when training ends (empty: don't)")
+    address: str = field("", "Ray address (empty: RAY_ADDRESS or a local Ray)")
+    inject_failure_at_epoch: int = field(
+        -1, "chaos test: rank 0 raises once during this epoch, to prove recovery (-1: never)"
+    )

@@ -1,0 +1,78 @@
+"""Ray Data pipelines feeding the trainer: Parquet -> decode -> timm transform -> uint8 tensors.
+
+Decoding and augmentation run as Ray Data tasks (fractional CPUs, so they never starve the
+training workers of the scheduler's attention), and ship uint8 arrays: 4x less to move than
+floats, normalised on the training device. Random augmentation is re-drawn every epoch because
+Ray Data re-executes the lazy pipeline on each pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import numpy as np
+
+from birdray.images import decode_image
+from birdray.model.preprocess import build_transform
+
+
+@functools.lru_cache(maxsize=8)
+def _transform(config_json: str, training: bool, train_kwargs_json: str):
+    return build_transform(
+        json.loads(config_json), training, uint8=True, **json.loads(train_kwargs_json)
+    )
+
+
+def train_transform_kwargs(hflip: float, scale_min: float, auto_augment: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"hflip": hflip, "scale": (scale_min, 1.0)}
+    if auto_augment:
+        kwargs["auto_augment"] = auto_augment
+    return kwargs
+
+
+def decode_and_transform(
+    batch: dict[str, np.ndarray],
+    data_config: dict[str, Any],
+    training: bool,
+    train_kwargs: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Ray Data batch fn: image bytes -> uint8 CHW arrays (the model's own preprocessing)."""
+    transform = _transform(
+        json.dumps(data_config, sort_keys=True), training, json.dumps(train_kwargs or {}, sort_keys=True)
+    )
+    images = [
+        np.asarray(transform(decode_image(bytes(data)).image), dtype=np.uint8)
+        for data in batch["image"]
+    ]
+    return {"image": np.stack(images), "label": batch["label"].astype(np.int64)}
+
+
+def build_datasets(
+    dataset_dir: str,
+    data_config: dict[str, Any],
+    train_kwargs: dict[str, Any],
+    data_cpus: float,
+    splits: tuple[str, ...] = ("train", "val"),
+) -> dict[str, Any]:
+    """Lazy Ray Datasets per split, augmentation only on ``train``."""
+    from birdray.data.manifest import read_split
+
+    datasets = {}
+    for split in splits:
+        training = split == "train"
+        ds = read_split(dataset_dir, split, columns=["image", "label"])
+        if training:
+            ds = ds.randomize_block_order()
+        datasets[split] = ds.map_batches(
+            decode_and_transform,
+            batch_size=32,
+            num_cpus=data_cpus,
+            fn_kwargs={
+                "data_config": data_config,
+                "training": training,
+                "train_kwargs": train_kwargs if training else None,
+            },
+        )
+    return datasets

@@ -1,0 +1,174 @@
+"""``birdray train``: build the TorchTrainer from the recipe, fit, export the best model package.
+
+The same function works under ``ray job submit`` on a GPU cluster and on a laptop: scaling,
+storage and failure handling come from the config; resubmitting with the same ``--name`` resumes
+the run from its latest checkpoint (Ray Train restores it from ``storage_path/name``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from birdray.config import save_config
+from birdray.data.manifest import load_manifest, manifest_checksum
+from birdray.model.factory import ModelError, create_model
+from birdray.model.preprocess import resolve_data_config
+from birdray.train.config import TrainConfig
+from birdray.train.data import build_datasets, train_transform_kwargs
+from birdray.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
+
+__all__ = ["TrainConfig", "build_trainer", "export_package", "run_training"]
+
+
+class ResourceError(ValueError):
+    """A request the cluster can never satisfy (it would sit PENDING forever)."""
+
+
+def check_resources(cfg: TrainConfig, cluster: dict[str, float], share: int = 1) -> None:
+    """Fail fast, saying what the cluster has, instead of waiting forever for resources."""
+    need_cpu = cfg.num_workers * cfg.cpus_per_worker * share
+    need_gpu = cfg.num_workers * share if cfg.use_gpu else 0
+    have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        raise ResourceError(
+            f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPU"
+            + (" + 1 GPU" if cfg.use_gpu else "")
+            + f"{f' x {share} concurrent trials' if share > 1 else ''} need {need_cpu:g} CPU"
+            + f" and {need_gpu:g} GPU; the cluster has {have_cpu:g} CPU and {have_gpu:g} GPU"
+        )
+
+
+def default_name(cfg: TrainConfig) -> str:
+    return cfg.name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
+    """A TorchTrainer for the recipe (used by ``run_training`` and each Tune trial)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    manifest = load_manifest(cfg.dataset)
+    if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
+        raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
+    probe = create_model(cfg.arch, num_classes=len(manifest["class_names"]))
+    data_config = resolve_data_config(probe, cfg.image_size)
+    del probe
+    datasets = build_datasets(
+        cfg.dataset, data_config,
+        train_transform_kwargs(cfg.hflip, cfg.scale_min, cfg.auto_augment), cfg.data_cpus,
+    )
+    resources = {"CPU": cfg.cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": asdict(cfg),
+            "num_classes": len(manifest["class_names"]),
+            "data_config": data_config,
+            "train_rows": manifest["splits"]["train"]["rows"],
+        },
+        torch_config=TorchConfig(backend=cfg.dist_backend or None),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=_storage(cfg.storage_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.checkpoints_to_keep,
+                checkpoint_score_attribute="val_top1",
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+    )
+    return trainer, data_config, manifest
+
+
+def _storage(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def export_package(
+    checkpoint, cfg: TrainConfig, data_config: dict[str, Any], manifest: dict[str, Any],
+    out: str | Path, provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Turn a training checkpoint into the one model artifact (safetensors + metadata)."""
+    import torch
+
+    from birdray.model.package import PackageMetadata, save_package
+
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+    model = create_model(cfg.arch, num_classes=len(manifest["class_names"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ModelError(f"checkpoint does not fit {cfg.arch}: {exc}") from exc
+    best = history[int(state["epoch"])] if int(state["epoch"]) < len(history) else history[-1]
+    meta = PackageMetadata(
+        arch=cfg.arch,
+        num_classes=len(manifest["class_names"]),
+        class_names=manifest["class_names"],
+        data_config=data_config,
+        image_size=cfg.image_size,
+        metrics={k: v for k, v in best.items() if isinstance(v, (int, float))},
+        train_config=asdict(cfg),
+        dataset={
+            "path": str(Path(cfg.dataset).resolve()),
+            "manifest_checksum": manifest_checksum(cfg.dataset),
+            "content_checksum": manifest.get("content_checksum", ""),
+        },
+        run_id=cfg.name,
+        provenance={"checkpoint": str(checkpoint.path), "history": history, **(provenance or {})},
+    )
+    return save_package(out, model, meta)
+
+
+def write_history(history: list[dict[str, Any]], run_dir: Path) -> Path:
+    """timm-style ``summary.csv`` plus the training-curves plot next to it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "summary.csv"
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    from birdray.plots import training_curves
+
+    training_curves(history, run_dir / "train_val_losses.png")
+    return path
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Train with Ray Train and export the best checkpoint as a model package."""
+    from birdray.runtime import init_ray
+
+    cfg.name = default_name(cfg)
+    cluster = init_ray(cfg.address or None)
+    check_resources(cfg, cluster)
+    run_dir = Path(cfg.storage_path) / cfg.name
+    save_config(cfg, run_dir / "config.yaml")
+    trainer, data_config, manifest = build_trainer(cfg)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    best = result.get_best_checkpoint(metric="val_top1", mode="max") or result.checkpoint
+    out = Path(cfg.package_out or run_dir / "package")
+    package = export_package(best, cfg, data_config, manifest, out)
+    history = json.loads((package / "metadata.json").read_text())["provenance"]["history"]
+    write_history(history, run_dir)
+    summary: dict[str, Any] = {"package": str(package), "run_dir": str(run_dir),
+                               "best": result.metrics}
+    if cfg.registry:
+        from birdray.registry import register
+
+        summary["registered_version"] = register(cfg.registry, package, {"run": cfg.name})
+    return summary

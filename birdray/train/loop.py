@@ -1,0 +1,207 @@
+"""The one training function: what each Ray Train worker runs, for ``birdray train`` and the sweep.
+
+Workers receive decoded, augmented uint8 batches from Ray Data (the decode/augment happens in
+Ray Data tasks, off the step's critical path), normalise on the device, and step a DDP-wrapped
+timm model. Every epoch each worker reports the same metrics (val metrics are all-reduced across
+workers) and rank 0 attaches a checkpoint; a restarted or resubmitted run resumes from the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from birdray.model.factory import autocast_dtype, create_model, set_threads
+from birdray.model.preprocess import normalize_uint8
+from birdray.train.config import TrainConfig
+
+STATE_FILE = "train_state.pt"
+HISTORY_FILE = "history.json"
+
+
+def worker_device() -> torch.device:
+    """The GPU Ray assigned to this worker, or the CPU when CUDA is absent (logical GPUs)."""
+    import ray.train.torch
+
+    return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return float((top == labels.unsqueeze(1)).any(dim=1).sum())
+
+
+def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
+    """Chaos hook: fail once (marker file in the run folder) so tests can prove recovery."""
+    if cfg.inject_failure_at_epoch != epoch or rank != 0:
+        return
+    marker = Path(cfg.storage_path) / cfg.name / ".injected_failure"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(epoch))
+    raise RuntimeError(f"injected failure in epoch {epoch} (inject_failure_at_epoch)")
+
+
+def _load_state(model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        history = json.loads(Path(folder, HISTORY_FILE).read_text())
+    getattr(model, "module", model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]) + 1, history
+
+
+def _save_state(folder: str, model, optimizer, scheduler, epoch: int, history: list) -> None:
+    module = getattr(model, "module", model)
+    state = {
+        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+    }
+    torch.save(state, os.path.join(folder, STATE_FILE))
+    Path(folder, HISTORY_FILE).write_text(json.dumps(history))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``config`` = {"train": TrainConfig as dict, "num_classes",
+    "data_config", "train_rows"}."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import timm.optim
+    import timm.scheduler
+
+    cfg = TrainConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    set_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
+    torch.manual_seed(cfg.seed + rank)
+    device = worker_device()
+    data_config = config["data_config"]
+
+    model = create_model(cfg.arch, config["num_classes"], cfg.pretrained,
+                         cfg.pretrained_file or None, cfg.drop_rate)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
+    global_batch = cfg.batch_size * world
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=cfg.opt, lr=cfg.lr * global_batch / 256, weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+    )
+    steps_per_epoch = max(1, config["train_rows"] // global_batch)
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+        min_lr=cfg.min_lr, warmup_lr=cfg.min_lr, updates_per_epoch=steps_per_epoch,
+        step_on_epochs=False,
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    amp_dtype = autocast_dtype(device, cfg.amp if device.type == "cuda" else cfg.amp_cpu)
+    start_epoch, history = _load_state(model, optimizer, scheduler)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.time()
+        train_loss, seen, step = _train_epoch(
+            model, optimizer, scheduler, loss_fn, cfg, data_config, device, amp_dtype,
+            epoch, epoch * steps_per_epoch, rank,
+        )
+        train_seconds = time.time() - started
+        val = _validate(model, loss_fn, cfg, data_config, device, amp_dtype)
+        gpu_assigned = float(bool(ray.get_gpu_ids()))  # Ray's assignment, CUDA or not
+        totals = _all_reduce([train_loss, seen, train_seconds, gpu_assigned], device)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": totals[0] / max(totals[1], 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": totals[1] / max(totals[2] / world, 1e-9),
+            "epoch_seconds": time.time() - started,
+            "workers": world,
+            "gpu_workers": int(totals[3]),
+            "device": device.type,
+            **val,
+        }
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if rank == 0:
+                _save_state(folder, model, optimizer, scheduler, epoch, history)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _train_epoch(model, optimizer, scheduler, loss_fn, cfg, data_config, device, amp_dtype,
+                 epoch, num_updates, rank) -> tuple[float, float, int]:
+    import ray.train
+
+    model.train()
+    shard = ray.train.get_dataset_shard("train")
+    total_loss, seen = 0.0, 0.0
+    for step, batch in enumerate(shard.iter_torch_batches(
+        batch_size=cfg.batch_size, drop_last=True, prefetch_batches=2, device=device,
+        local_shuffle_buffer_size=cfg.batch_size * 4, local_shuffle_seed=cfg.seed + epoch,
+    )):
+        if step == 1:
+            _maybe_inject_failure(cfg, epoch, rank)
+        images = normalize_uint8(batch["image"], data_config)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = batch["label"].long()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        num_updates += 1
+        scheduler.step_update(num_updates=num_updates)
+        total_loss += float(loss.detach()) * len(labels)
+        seen += len(labels)
+    return total_loss, seen, num_updates
+
+
+@torch.no_grad()
+def _validate(model, loss_fn, cfg, data_config, device, amp_dtype) -> dict[str, float]:
+    import ray.train
+
+    model.eval()
+    shard = ray.train.get_dataset_shard("val")
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
+    for batch in shard.iter_torch_batches(
+        batch_size=cfg.batch_size * 2, drop_last=False, device=device
+    ):
+        images = normalize_uint8(batch["image"], data_config)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = batch["label"].long()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images).float()
+        sums[0] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        sums[1] += _topk_correct(logits, labels, 1)
+        sums[2] += _topk_correct(logits, labels, 5)
+        sums[3] += len(labels)
+    loss, top1, top5, count = _all_reduce(sums, device)
+    count = max(count, 1)
+    return {"val_loss": loss / count, "val_top1": top1 / count, "val_top5": top5 / count}

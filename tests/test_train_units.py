@@ -1,0 +1,64 @@
+"""Device, AMP and memory-format choices; the uint8 path; calibration maths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from birdray.evaluate import calibration_bins, classification_metrics, fit_temperature, softmax
+from birdray.model.factory import autocast_dtype, create_model, pick_device, prepare_for_device
+from birdray.model.preprocess import build_transform, normalize_uint8, resolve_data_config
+
+
+def test_device_and_amp_choices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device(prefer_gpu=True).type == "cpu"  # GPU config still runs on a laptop
+    assert autocast_dtype(torch.device("cpu"), amp=False) is None
+    assert autocast_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert autocast_dtype(torch.device("cuda"), amp=True) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert autocast_dtype(torch.device("cuda"), amp=True) is torch.float16
+
+
+def test_channels_last_is_applied():
+    model = prepare_for_device(create_model("test_resnet", 3), torch.device("cpu"), True)
+    weight = next(p for p in model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    plain = prepare_for_device(create_model("test_resnet", 3), torch.device("cpu"), False)
+    assert next(p for p in plain.parameters() if p.ndim == 4).is_contiguous()
+
+
+def test_uint8_path_matches_float_eval_transform():
+    cfg = resolve_data_config(create_model("resnet18", 3), 96)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 170, 3), dtype=np.uint8))
+    reference = build_transform(cfg, training=False)(img)
+    raw = build_transform(cfg, training=False, uint8=True)(img)
+    assert raw.dtype == torch.uint8
+    assert torch.allclose(normalize_uint8(raw.unsqueeze(0), cfg)[0], reference, atol=1e-5)
+
+
+def test_temperature_scaling_fixes_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    n, k = 2000, 10
+    labels = rng.integers(0, k, n)
+    preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, k, n))  # ~64% correct
+    logits = np.full((n, k), 0.0)
+    logits[np.arange(n), preds] = 8.0  # ~99.7% confident: badly over-confident
+    t = fit_temperature(logits[:1000], labels[:1000])
+    assert t > 1.5
+    before, _ = calibration_bins(softmax(logits[1000:]), labels[1000:])
+    after, bins = calibration_bins(softmax(logits[1000:], t), labels[1000:])
+    assert before > 0.25 and after < before / 3
+    assert sum(b["count"] for b in bins) == 1000
+
+
+def test_classification_metrics():
+    logits = np.array([[3.0, 1, 0], [0, 3, 1], [0, 3, 1], [1, 0, 3]])
+    m = classification_metrics(logits, np.array([0, 1, 2, 2]), 3)
+    assert m["top1"] == pytest.approx(0.75)
+    assert m["top5"] == 1.0
+    assert m["per_class_accuracy"] == [1.0, 1.0, 0.5]
+    assert m["confusion"][2].tolist() == [0, 1, 1]
