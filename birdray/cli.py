@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from birdray import config as cfglib
+from birdray.runtime import keep_local_ray_on_loopback
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,16 @@ JOBS: dict[str, Job] = {
 }
 
 
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (e.g. birdray.tune) is not there yet
+        return False
+
+
 def _available() -> dict[str, Job]:
     """Jobs whose module exists in this checkout (the table lists the whole product)."""
-    return {
-        name: job for name, job in JOBS.items() if importlib.util.find_spec(job.module) is not None
-    }
+    return {name: job for name, job in JOBS.items() if _module_exists(job.module)}
 
 
 def _load(job: Job) -> tuple[type, Any]:
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<13} {job.help}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    if not os.environ.get("RAY_ADDRESS"):
+        keep_local_ray_on_loopback()  # before any job imports Ray
     if name not in jobs:
         print(f"birdray: unknown job {name!r}; choose from {', '.join(jobs)}", file=sys.stderr)
         return 2

@@ -8,11 +8,25 @@ nothing listens on a public address and small machines are not starved by Ray's 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
-import ray
-
 LOOPBACK = "127.0.0.1"
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make a locally started Ray bind 127.0.0.1 instead of the machine's network address.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported; the CLI calls this before
+    importing any job. For library use after ``import ray`` the constant is set directly too.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in (
+            "0", "false", "False",
+        )
 
 
 def init_ray(
@@ -21,16 +35,23 @@ def init_ray(
     num_gpus: int | None = None,
     **kwargs: Any,
 ) -> dict[str, float]:
-    """Start or join Ray once per process; returns the cluster's resources."""
+    """Start or join Ray once per process; returns the cluster's resources.
+
+    An address (argument or RAY_ADDRESS, as under ``ray job submit``) joins that cluster; none
+    starts a private local Ray on loopback (never silently joining some other local cluster).
+    """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
-        ray.init(address=address, log_to_driver=True, **kwargs)
+        ray.init(address=address, **kwargs)
     else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        keep_local_ray_on_loopback()
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             include_dashboard=kwargs.pop("include_dashboard", False),
@@ -42,4 +63,6 @@ def init_ray(
 
 def cpu_count() -> float:
     """Logical CPUs of the running cluster (for sizing pools without over-subscription)."""
+    import ray
+
     return float(ray.cluster_resources().get("CPU", 1.0))
