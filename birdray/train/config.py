@@ -39,6 +39,7 @@ class TrainConfig:
     use_gpu: bool = field(False, "one GPU per worker (falls back to CPU in the model if absent)")
     cpus_per_worker: float = field(1.0, "logical CPUs reserved per worker")
     torch_threads: int = field(0, "torch threads per worker (0: cpus_per_worker, at least 1)")
+    placement_strategy: str = field("PACK", "PACK | SPREAD | STRICT_SPREAD (one worker per node)")
     dist_backend: str = field("", "torch.distributed backend (empty: nccl on GPU, gloo on CPU)")
     data_cpus: float = field(0.5, "logical CPUs per Ray Data decode/augment task")
     # run

@@ -73,7 +73,8 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
         },
         torch_config=TorchConfig(backend=cfg.dist_backend or None),
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
             name=cfg.name,

@@ -41,6 +41,18 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def _distinct_nodes() -> int:
+    """How many machines the worker group spans (reported so placement is visible)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return len(set(nodes))
+
+
 def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     k = min(k, logits.shape[1])
     top = logits.topk(k, dim=1).indices
@@ -122,6 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp_dtype = autocast_dtype(device, cfg.amp if device.type == "cuda" else cfg.amp_cpu)
     start_epoch, history = _load_state(model, optimizer, scheduler)
+    nodes = _distinct_nodes()
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.time()
@@ -140,6 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "images_per_s": totals[1] / max(totals[2] / world, 1e-9),
             "epoch_seconds": time.time() - started,
             "workers": world,
+            "nodes": nodes,
             "gpu_workers": int(totals[3]),
             "device": device.type,
             **val,

@@ -1,0 +1,77 @@
+"""Multi-node for real on one machine: two Ray nodes, one training worker on each, node loss."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from birdray.data.ingest import IngestConfig, run_ingest
+from birdray.data.synthetic import SynthConfig, generate
+from birdray.train.job import TrainConfig, run_training
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def spread_dataset(ray_cluster, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("spread")
+    src = generate(SynthConfig(out=str(root / "src"), classes=3, per_class=12, seed=2,
+                               min_side=96, max_side=128, workers=1))
+    run_ingest(IngestConfig(source=str(src), out=str(root / "ds"), val_fraction=0.25))
+    return root / "ds"
+
+
+def _recipe(dataset: Path, storage: Path, name: str, epochs: int) -> TrainConfig:
+    return TrainConfig(dataset=str(dataset), arch="test_resnet", image_size=64, batch_size=8,
+                       lr=0.05, warmup_epochs=0, epochs=epochs, num_workers=2,
+                       cpus_per_worker=1.0, placement_strategy="STRICT_SPREAD",
+                       storage_path=str(storage), name=name, max_failures=2)
+
+
+@pytest.mark.timeout(900)
+def test_strict_spread_training_uses_two_nodes(ray_cluster, spread_dataset, tmp_path):
+    node = ray_cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    ray_cluster.wait_for_nodes()
+    try:
+        summary = run_training(_recipe(spread_dataset, tmp_path, "spread", epochs=1))
+        assert summary["best"]["nodes"] == 2 and summary["best"]["workers"] == 2
+    finally:
+        ray_cluster.remove_node(node)
+
+
+@pytest.mark.timeout(900)
+def test_training_survives_losing_a_node(ray_cluster, spread_dataset, tmp_path):
+    """A worker node disappears mid-run; a replacement joins (as an autoscaler would) and the
+    run resumes from its last checkpoint instead of starting over."""
+    doomed = ray_cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    ray_cluster.wait_for_nodes()
+    run_dir = tmp_path / "nodeloss"
+    events: dict = {}
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 600
+        while time.time() < deadline and not list(run_dir.glob("checkpoint_*")):
+            time.sleep(0.5)
+        events["killed"] = time.time()
+        ray_cluster.remove_node(doomed, allow_graceful=False)
+        time.sleep(5)
+        events["replacement"] = time.time()
+        events["node"] = ray_cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+
+    chaos = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    chaos.start()
+    try:
+        summary = run_training(_recipe(spread_dataset, tmp_path, "nodeloss", epochs=4))
+    finally:
+        chaos.join(timeout=60)
+        if "node" in events:
+            ray_cluster.remove_node(events["node"])
+    assert "killed" in events, "the node was never removed"
+    history = json.loads((Path(summary["package"]) / "metadata.json").read_text())
+    epochs = [h["epoch"] for h in history["provenance"]["history"]]
+    assert epochs == [1, 2, 3, 4]
+    assert summary["best"]["nodes"] == 2
