@@ -100,5 +100,89 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _done(t, registry=registry, production=pointer["version"])
     results.update(package=trained["package"], registry=str(registry), version=version,
                    evaluation=evaluation)
+    results.update(_consumers(cfg, out, registry, source, recipe.dataset))
     print("\nDemo finished: everything is under", out)
+    return results
+
+
+def _test_ids(source: Path, count: int) -> list[tuple[int, Path]]:
+    """A few official-test-split images (id, path) of the generated dataset, unseen in training."""
+    root = source / "CUB_200_2011"
+    split = dict(line.split() for line in (root / "train_test_split.txt").read_text().splitlines())
+    paths = dict(line.split(" ", 1) for line in (root / "images.txt").read_text().splitlines())
+    test_ids = [i for i, is_train in split.items() if is_train == "0"]
+    step = max(1, len(test_ids) // count)
+    return [(int(i), root / "images" / paths[i]) for i in test_ids[::step][:count]]
+
+
+def _test_images(source: Path, count: int) -> list[Path]:
+    return [path for _, path in _test_ids(source, count)]
+
+
+def _score_folder(out: Path, source: Path) -> Path:
+    """Generated test photos plus deliberately broken files: every file must get a row."""
+    import shutil
+
+    folder = out / "score_input"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "birds").mkdir(parents=True)
+    for path in _test_images(source, 24):
+        shutil.copy(path, folder / "birds" / path.name)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "empty.jpg").write_bytes(b"")
+    (folder / "broken" / "not an image.jpg").write_text("this is text, not a JPEG")
+    first = next((folder / "birds").iterdir()).read_bytes()
+    (folder / "broken" / "truncated.jpg").write_bytes(first[: len(first) // 3])
+    return folder
+
+
+def _consumers(cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset: str) -> dict:
+    """Serve over real HTTP, batch scoring, explanations: all on the production model."""
+    import requests
+
+    from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
+    from birdray.explain.job import ExplainConfig, run_explain
+    from birdray.score import ScoreConfig, run_scoring
+    from birdray.serve.run import shutdown, start_local
+
+    results: dict[str, Any] = {}
+    t = _stage("6. explain-eval: saliency vs CUB part annotations")
+    ev = run_explain_eval(ExplainEvalConfig(dataset=dataset, model="production",
+                                            registry=str(registry), methods="gradcam",
+                                            limit=60, address=cfg.address))
+    _done(t, results=ev["package"] + "/explain", **{k: v for k, v in ev.items()
+                                                     if k not in ("package", "files")})
+
+    t = _stage("7. serve: Ray Serve on the production model, real HTTP")
+    app = start_local(model="production", registry=str(registry), port=0)
+    try:
+        for path in _test_images(source, 3):
+            with open(path, "rb") as fh:
+                reply = requests.post(f"{app.url}/v1/predict?top_k=3",
+                                      files={"files": (path.name, fh, "image/jpeg")}, timeout=60)
+            reply.raise_for_status()
+            res = reply.json()["results"][0]
+            truth = path.parent.name
+            print(f"  {path.name}: {res['prediction']['species']} "
+                  f"({res['prediction']['confidence']:.2f}); true species {truth}")
+        _done(t, url=app.url, model_version=app.model_version)
+    finally:
+        app.stop()
+        shutdown()
+
+    t = _stage("8. score: batch-score a folder with Ray Data (with broken files)")
+    score_out = out / "scored"
+    scored = run_scoring(ScoreConfig(input=str(_score_folder(out, source)), output=str(score_out),
+                                     model="production", registry=str(registry), csv=True,
+                                     overwrite=True, explain_lowest=3, address=cfg.address))
+    _done(t, output=score_out, summary=score_out / "summary.json",
+          counts=f"{scored['files_seen']} files: {scored['scored']} scored, "
+                 f"{scored['failed']} failed (rows = files seen)")
+
+    t = _stage("9. explain: which parts drove one decision")
+    image_id = _test_ids(source, 1)[0][0]
+    explained = run_explain(ExplainConfig(dataset=dataset, image_id=image_id, model="production",
+                                          registry=str(registry), out=str(out / "explain")))
+    _done(t, explanation=explained)
+    results.update(serve_url=app.url, scored=str(score_out), explanation=str(explained))
     return results

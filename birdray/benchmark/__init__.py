@@ -1,0 +1,131 @@
+"""``birdray benchmark <stage>``: every stage against its practical limit, in one run.
+
+Results go to ``<out>/results.json`` (rows + machine) and ``<out>/results.md`` (the table that
+BENCHMARKS.md quotes). Ratios, never absolute timings, are what the goals are stated in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from birdray.config import field
+
+STAGES = ("ingest", "train", "score", "serve", "explain", "scaling", "gpu", "all")
+
+
+@dataclass
+class BenchmarkConfig:
+    positional = "stage"
+    stage: str = field("all", " | ".join(STAGES))
+    out: str = field("runs/benchmark", "results folder (data is generated under it)")
+    classes: int = field(20, "species in the generated data (1x size)")
+    per_class: int = field(20, "images per species (1x size)")
+    scales: list[int] = field([1, 4, 16], "dataset multiples for the scaling run")
+    arch: str = field("resnet18", "model for train/score/serve")
+    image_size: int = field(128, "resolution for train/score/serve")
+    batch_size: int = field(16, "batch size")
+    threads: int = field(2, "torch threads (the machine's cores)")
+    repeats: int = field(3, "repeats per timing (median and spread reported)")
+    requests: int = field(200, "Serve requests per concurrency level")
+    explain_arch: str = field("resnet50", "model for explanation timings")
+    explain_sizes: list[int] = field([224, 448], "resolutions for explanation timings")
+    device: str = field("cpu", "cpu | cuda (cuda runs the GPU check, no Ray needed)")
+    smoke: bool = field(False, "tiny sizes: checks the harness works (CI), numbers mean nothing")
+    address: str = field("", "Ray address")
+
+
+def _smoke(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    return BenchmarkConfig(**{**asdict(cfg), "classes": 2, "per_class": 4, "scales": [1, 2],
+                              "arch": "test_resnet", "image_size": 64, "batch_size": 4,
+                              "repeats": 1, "requests": 8, "explain_arch": "test_resnet",
+                              "explain_sizes": [64]})
+
+
+def _package(cfg: BenchmarkConfig, out: Path, classes: int) -> Path:
+    """A model package of the benchmark arch (weights don't change the speed)."""
+    from birdray.model.factory import create_model
+    from birdray.model.package import PackageMetadata, save_package
+    from birdray.model.preprocess import resolve_data_config
+
+    model = create_model(cfg.arch, classes)
+    meta = PackageMetadata(arch=cfg.arch, num_classes=classes,
+                           class_names=[f"{i:03d}.Bench_{i}" for i in range(1, classes + 1)],
+                           data_config=resolve_data_config(model, cfg.image_size),
+                           image_size=cfg.image_size)
+    return save_package(out / "package", model, meta)
+
+
+def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
+    lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'};"
+             f" torch {machine['torch']}, timm {machine['timm']}, Ray {machine['ray']}.",
+             f"Command: `{command}`", "",
+             "| stage | metric | birdray | baseline | ratio | goal | met |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = f"{r['baseline']:.3g} {r['unit']}" if r.get("baseline") else "—"
+        ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "—"
+        met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
+        lines.append(f"| {r['stage']} | {r['metric']} | {r['value']:.3g} {r['unit']} | {base} "
+                     f"| {ratio} | {r.get('goal', '')} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Run the chosen stage(s); write results.json and results.md under ``cfg.out``."""
+    from birdray.benchmark import stages
+    from birdray.benchmark.measure import machine
+
+    if cfg.stage not in STAGES:
+        raise ValueError(f"unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
+    if cfg.smoke:
+        cfg = _smoke(cfg)
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    if cfg.stage == "gpu" or cfg.device == "cuda":
+        from birdray.benchmark.gpu import run as gpu_run
+
+        rows.append({"stage": "gpu", **gpu_run(cfg.device, cfg.arch, cfg.image_size,
+                                               cfg.batch_size, cfg.repeats * 3)})
+        (out / "gpu.json").write_text(json.dumps(rows, indent=2))
+        return {"results": str(out / "gpu.json"), "rows": rows}
+
+    from birdray.data.ingest import IngestConfig, run_ingest
+    from birdray.runtime import init_ray
+
+    init_ray(cfg.address or None, num_cpus=4)
+    want = {cfg.stage} if cfg.stage != "all" else set(STAGES) - {"gpu", "all"}
+    source = stages.make_folder(out / "data-1x", cfg.classes, cfg.per_class)
+    dataset = out / "dataset-1x"
+    run_ingest(IngestConfig(source=str(source), out=str(dataset)))
+    package = _package(cfg, out, cfg.classes)
+    if "ingest" in want:
+        rows += stages.bench_ingest(source, out / "ingest-bench", cfg.repeats)
+    if "train" in want:
+        rows += stages.bench_train(dataset, out / "train", cfg.arch, cfg.image_size,
+                                   cfg.batch_size, cfg.threads, epochs=2)
+    if "score" in want:
+        rows += stages.bench_score(source, dataset, package, out / "score", cfg.batch_size,
+                                   cfg.threads)
+    if "serve" in want:
+        rows += stages.bench_serve(source, package, cfg.requests, cfg.threads)
+    if "explain" in want:
+        rows += stages.bench_explain(cfg.explain_arch, tuple(cfg.explain_sizes), cfg.repeats)
+    if "scaling" in want:
+        for scale in cfg.scales:
+            data = stages.make_folder(out / f"data-{scale}x", cfg.classes, cfg.per_class * scale)
+            rows += stages.bench_ingest(data, out / f"ingest-{scale}x", 1, f"{scale}x")
+            rows += stages.bench_score(data, None, package, out / f"score-{scale}x",
+                                       cfg.batch_size, cfg.threads, f"{scale}x")
+    info = machine()
+    command = f"birdray benchmark {cfg.stage}" + (" --smoke true" if cfg.smoke else "")
+    (out / "results.json").write_text(json.dumps(
+        {"machine": info, "config": asdict(cfg), "rows": rows, "finished_at": time.time()},
+        indent=2, default=str))
+    (out / "results.md").write_text(_markdown(rows, info, command))
+    print(_markdown(rows, info, command))
+    return {"results": str(out / "results.json"), "table": str(out / "results.md")}

@@ -1,0 +1,115 @@
+"""The GPU check: one short run of the device-bound core, no Ray needed on the GPU machine.
+
+Training step and inference with bf16 autocast and channels_last against fp32/contiguous, and
+JPEG decoding on the GPU (torchvision.io.decode_jpeg) against Pillow on the CPU. Ray's path is
+proven on CPU; this measures what a GPU worker or replica would do with its device.
+
+    python -m birdray.benchmark.gpu --out gpu.json     # ~1-2 minutes on one H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from birdray.benchmark.measure import timed
+from birdray.model.factory import create_model
+
+
+def _throughput(model, x, steps: int, train: bool, amp: bool, channels_last: bool) -> float:
+    dev = x.device
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01) if train else None
+    labels = torch.randint(0, 200, (len(x),), device=dev)
+    model.train(train)
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            if train:
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.inference_mode():
+                    model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return len(x) / timed(step, steps, warmup=3)["median_s"]
+
+
+def _jpegs(count: int, size=(500, 375)) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def decode_rates(count: int, device: str) -> dict[str, float]:
+    import torchvision.io as tvio
+
+    data = _jpegs(count)
+    started = time.perf_counter()
+    for blob in data:
+        Image.open(io.BytesIO(blob)).convert("RGB").load()
+    pil = count / (time.perf_counter() - started)
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
+    out = {"pillow_img_s": pil}
+    if device == "cuda":
+        tvio.decode_jpeg(tensors[:4], device="cuda")
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for i in range(0, count, 64):
+            tvio.decode_jpeg(tensors[i : i + 64], device="cuda")
+        torch.cuda.synchronize()
+        out["gpu_decode_img_s"] = count / (time.perf_counter() - started)
+    return out
+
+
+def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict:
+    dev = torch.device(device)
+    model = create_model(arch, 200).to(dev)
+    x = torch.randn(batch, 3, image_size, image_size, device=dev)
+    results = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+               "arch": arch, "image_size": image_size, "batch": batch}
+    for train in (True, False):
+        for amp, cl in ((False, False), (True, True)):
+            key = f"{'train' if train else 'infer'}_{'bf16_cl' if amp else 'fp32'}_img_s"
+            results[key] = _throughput(create_model(arch, 200).to(dev) if train else model,
+                                       x, steps, train, amp, cl)
+    results.update(decode_rates(256 if dev.type == "cuda" else 32, device))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    results = run(args.device, args.arch, args.image_size, args.batch, args.steps)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

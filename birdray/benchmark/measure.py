@@ -1,0 +1,100 @@
+"""Measuring helpers: repeated timings with median and spread, peak memory, the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> dict[str, Any]:
+    """Median, min and max wall seconds of ``repeats`` calls (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    result = None
+    for _ in range(max(1, repeats)):
+        started = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - started)
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds),
+            "max_s": max(seconds), "repeats": len(seconds), "last": result}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _rss_kb(pid: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _is_ray_worker(pid: str) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ray::" in cmd or b"default_worker.py" in cmd
+
+
+class PeakMemory:
+    """Samples RSS of this driver and of Ray worker processes; keeps the peaks (Linux /proc)."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s = interval_s
+        self.driver_peak_mb = 0.0
+        self.workers_peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = str(os.getpid())
+        while not self._stop.is_set():
+            self.driver_peak_mb = max(self.driver_peak_mb, _rss_kb(me) / 1024)
+            workers = sum(_rss_kb(p) for p in os.listdir("/proc") if p.isdigit() and
+                          p != me and _is_ray_worker(p))
+            self.workers_peak_mb = max(self.workers_peak_mb, workers / 1024)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark: CPU model, cores, GPU, versions."""
+    import ray
+    import timm
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__, "ray": ray.__version__,
+            "platform": platform.platform()}
