@@ -139,7 +139,9 @@ def read_cub(path: str | Path) -> CubDataset:
         if not rel:
             raise CubFormatError(f"{root / 'images.txt'}:{lineno}: no path for id {image_id}")
         lab_line, lab = labels[image_id]
-        class_id = _int(lab.split()[0] if lab else "", root / "image_class_labels.txt", lab_line, "class id")
+        class_id = _int(
+            lab.split()[0] if lab else "", root / "image_class_labels.txt", lab_line, "class id"
+        )
         if not 1 <= class_id <= len(class_names):
             raise CubFormatError(
                 f"{root / 'image_class_labels.txt'}:{lab_line}: class id {class_id} "
@@ -154,7 +156,9 @@ def read_cub(path: str | Path) -> CubDataset:
         if image_id in boxes:
             box = _floats(boxes[image_id][1].split(), 4)
             if box is None or box[2] <= 0 or box[3] <= 0:
-                rec.problems.append(f"malformed bounding box (bounding_boxes.txt:{boxes[image_id][0]})")
+                rec.problems.append(
+                    f"malformed bounding box (bounding_boxes.txt:{boxes[image_id][0]})"
+                )
             else:
                 rec.bbox = box
         records[image_id] = rec
@@ -226,8 +230,15 @@ def _read_parts(root: Path, records: dict[int, CubRecord]) -> list[str]:
 def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
     """Attribute names sit beside CUB_200_2011/ in the archive; accept them inside too."""
     names_file = next(
-        (p for p in (root.parent / "attributes.txt", root / "attributes" / "attributes.txt",
-                     root / "attributes.txt") if p.is_file()),
+        (
+            p
+            for p in (
+                root.parent / "attributes.txt",
+                root / "attributes" / "attributes.txt",
+                root / "attributes.txt",
+            )
+            if p.is_file()
+        ),
         None,
     )
     names = _read_named(names_file) if names_file else []
@@ -245,7 +256,9 @@ def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
                 raise CubFormatError(f"{labels_file}:{lineno}: cannot read {line.strip()!r}")
             image_id = int(fields[0])
             if image_id not in records:
-                raise CubFormatError(f"{labels_file}:{lineno}: image id {image_id} not in images.txt")
+                raise CubFormatError(
+                    f"{labels_file}:{lineno}: image id {image_id} not in images.txt"
+                )
             if fields[2] == "1":
                 present[image_id].append(int(fields[1]))
             elif fields[2] != "0":

@@ -47,7 +47,9 @@ def verify_md5(path: str | Path, expected: str) -> None:
         return
     actual = md5sum(path)
     if actual != expected.lower():
-        raise ArchiveError(f"{path}: MD5 {actual} does not match the expected {expected}; refusing it")
+        raise ArchiveError(
+            f"{path}: MD5 {actual} does not match the expected {expected}; refusing it"
+        )
 
 
 def fetch(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
@@ -67,9 +69,12 @@ def fetch(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
             have = 0
         total = int(resp.headers.get("Content-Length", 0)) + have
         mode = "ab" if have else "wb"
-        with open(part, mode) as fh, tqdm(
-            total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name
-        ) as bar:
+        with (
+            open(part, mode) as fh,
+            tqdm(
+                total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name
+            ) as bar,
+        ):
             for block in resp.iter_content(1 << 20):
                 fh.write(block)
                 bar.update(len(block))

@@ -37,7 +37,9 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     dataset_dir = Path(dataset_dir)
     path = dataset_dir / MANIFEST_FILE
     if not path.is_file():
-        raise DatasetError(f"{dataset_dir} is not a birdray dataset: no {MANIFEST_FILE} (run ingest)")
+        raise DatasetError(
+            f"{dataset_dir} is not a birdray dataset: no {MANIFEST_FILE} (run ingest)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -1,0 +1,319 @@
+"""A generated dataset in CUB-200-2011's exact layout: every stage runs without the 1.1 GB archive.
+
+Species are trait combinations (``synth_species``); each photo is drawn procedurally
+(``synth_draw``) with the true pixel location of all 15 parts. Output is deterministic: every
+photo's randomness comes from ``(seed, image id)`` alone, so the bytes do not depend on how many
+processes drew them. The folder appears atomically: it is built under a hidden name and renamed
+into place only when complete, and ``synthetic_species.json`` inside records the config, so a
+second run with the same config returns the existing dataset instead of redrawing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from birdray.config import field
+from birdray.data.synth_draw import render
+from birdray.data.synth_species import (
+    ATTRIBUTE_NAMES,
+    COLORS,
+    PAIR_TRAITS,
+    PART_NAMES,
+    TRAITS,
+    Species,
+    class_attribute_ids,
+    make_species,
+)
+
+FORMAT_VERSION = 1
+MARKER = "synthetic_species.json"
+CERTAINTIES = ("not visible", "guessing", "probably", "definitely")
+_IMAGE_STREAM, _SPLIT_STREAM, _GRAY_STREAM = 0x1A6E, 0x5E1F, 0x6AE7  # independent RNG streams
+
+
+@dataclass
+class SynthConfig:
+    out: str = field(
+        "data/synth", "output folder; CUB_200_2011/ and attributes.txt are written inside"
+    )
+    classes: int = field(200, "number of species")
+    per_class: int = field(59, "images per species (CUB has ~59)")
+    seed: int = field(0, "random seed: the same seed and sizes give byte-identical files")
+    workers: int = field(0, "processes; 0 = all cores (does not change the output)")
+    min_side: int = field(300, "smallest image side in pixels")
+    max_side: int = field(500, "largest image side in pixels (CUB photos are mostly 500 wide)")
+    test_fraction: float = field(0.5, "share of each species' images in the test split (CUB: ~0.5)")
+
+
+@dataclass(frozen=True)
+class _Job:
+    image_id: int
+    class_index: int
+    relpath: str
+    gray: bool
+
+
+def _validate(cfg: SynthConfig) -> None:
+    if not 1 <= cfg.classes <= 999:
+        raise ValueError(f"classes must be 1..999 (3-digit CUB folder numbers), got {cfg.classes}")
+    if cfg.per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {cfg.per_class}")
+    if not 64 <= cfg.min_side <= cfg.max_side:
+        raise ValueError(f"need 64 <= min_side <= max_side, got {cfg.min_side}, {cfg.max_side}")
+    if not 0.0 <= cfg.test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {cfg.test_fraction}")
+
+
+def _fingerprint(cfg: SynthConfig) -> dict:
+    """What determines the bytes written (not where, nor how many processes)."""
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "workers")}
+    return {"format_version": FORMAT_VERSION, **keep}
+
+
+def _rng(seed: int, stream: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, *key]))
+
+
+# --- one photo and its annotations (runs in worker processes) ----------------------------------
+def _image_size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
+    long_side = int(rng.integers(lo, hi + 1))
+    short_side = int(np.clip(round(long_side * rng.uniform(0.66, 1.0)), lo, long_side))
+    return (long_side, short_side) if rng.random() < 0.8 else (short_side, long_side)
+
+
+def _clicks(rng: np.random.Generator, image_id: int, parts: np.ndarray, box, size) -> list[str]:
+    """A few noisy worker clicks per part, like CUB's part_click_locs.txt."""
+    sigma = 0.02 * max(box[2], box[3]) + 1.0
+    lines = []
+    for pid, (x, y, vis) in enumerate(parts, start=1):
+        for _ in range(int(rng.integers(3, 6))):
+            seen = rng.random() < (0.95 if vis else 0.05)
+            if seen and vis:
+                cx, cy = np.clip(np.array([x, y]) + rng.normal(0, sigma, 2), 0, np.array(size) - 1)
+            elif seen:  # a worker who clicks a part that is not there
+                cx, cy = box[0] + rng.uniform(0, box[2]), box[1] + rng.uniform(0, box[3])
+            else:
+                cx = cy = 0.0
+            lines.append(
+                f"{image_id} {pid} {round(cx)}.0 {round(cy)}.0 {int(seen)} {rng.gamma(2, 1.5):.3f}"
+            )
+    return lines
+
+
+def _attribute_labels(
+    rng: np.random.Generator, image_id: int, attrs: list[int]
+) -> tuple[str, np.ndarray]:
+    """One noisy annotator: misses some true attributes, marks a few false ones, rates certainty."""
+    n = len(ATTRIBUTE_NAMES)
+    truth = np.zeros(n, dtype=bool)
+    truth[np.asarray(attrs) - 1] = True
+    certainty = rng.choice(4, size=n, p=[0.03, 0.1, 0.32, 0.55]) + 1
+    hit = np.where(certainty == 2, 0.7, 0.92)
+    false_alarm = np.where(certainty == 2, 0.05, 0.01)
+    present = np.where(truth, rng.random(n) < hit, rng.random(n) < false_alarm) & (certainty > 1)
+    times = rng.gamma(2.0, 4.0, n)
+    lines = [
+        f"{image_id} {a} {int(p)} {c} {t:.4f}"
+        for a, p, c, t in zip(range(1, n + 1), present, certainty, times, strict=True)
+    ]
+    return "\n".join(lines), present
+
+
+_SPECIES: list[Species] = []
+
+
+def _init_worker(species: list[Species]) -> None:
+    _SPECIES[:] = species
+
+
+def _draw_chunk(args: tuple[str, int, int, int, list[_Job]]) -> list[dict]:
+    """Draw, save and annotate a run of images; returns their metadata lines in id order."""
+    images_dir, seed, lo, hi, jobs = args
+    records = []
+    for job in jobs:
+        species = _SPECIES[job.class_index]
+        rng = _rng(seed, _IMAGE_STREAM, job.image_id)
+        width, height = _image_size(rng, lo, hi)
+        drawn = render(species.traits, rng, width, height, gray=job.gray)
+        path = Path(images_dir) / job.relpath
+        drawn.image.save(path, format="JPEG", quality=90)
+        labels, present = _attribute_labels(rng, job.image_id, class_attribute_ids(species.traits))
+        records.append({
+            "bbox": " ".join(f"{v}.0" for v in drawn.bbox),
+            "parts": [f"{x}.0 {y}.0 {v}" if v else "0.0 0.0 0" for x, y, v in drawn.parts],
+            "clicks": _clicks(rng, job.image_id, drawn.parts, drawn.bbox, (width, height)),
+            "attributes": labels,
+            "present": present,
+        })  # fmt: skip
+    return records
+
+
+# --- the dataset --------------------------------------------------------------------------------
+def _plan(cfg: SynthConfig, species: list[Species]) -> tuple[list[_Job], list[int]]:
+    """Image ids, file names, split and the few grayscale photos, all fixed before drawing."""
+    jobs, is_train = [], []
+    n_test = int(
+        cfg.per_class * cfg.test_fraction + 1e-9
+    )  # 59 -> 29 test, 30 train (CUB: ~5.8k/6k)
+    if cfg.per_class >= 2 and 0 < cfg.test_fraction < 1:  # every species in both splits, as in CUB
+        n_test = min(max(n_test, 1), cfg.per_class - 1)
+    total = cfg.classes * cfg.per_class
+    n_gray = min(total, max(2, total // 2000))
+    gray = set((_rng(cfg.seed, _GRAY_STREAM).choice(total, n_gray, replace=False) + 1).tolist())
+    for index, sp in enumerate(species):
+        split_rng = _rng(cfg.seed, _SPLIT_STREAM, sp.class_id)
+        test = set(split_rng.choice(cfg.per_class, n_test, replace=False).tolist())
+        for n in range(cfg.per_class):
+            image_id = len(jobs) + 1
+            relpath = f"{sp.folder}/{sp.name}_{n + 1:04d}_{image_id}.jpg"
+            jobs.append(_Job(image_id, index, relpath, image_id in gray))
+            is_train.append(0 if n in test else 1)
+    return jobs, is_train
+
+
+def _write(path: Path, lines: list[str] | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = lines if isinstance(lines, str) else "\n".join(lines)
+    path.write_text(text + "\n" if text else "")
+
+
+def _draw_all(
+    cfg: SynthConfig, species: list[Species], jobs: list[_Job], images_dir: Path
+) -> list[dict]:
+    workers = cfg.workers or os.cpu_count() or 1
+    chunk = 32
+    tasks = [
+        (str(images_dir), cfg.seed, cfg.min_side, cfg.max_side, jobs[i : i + chunk])
+        for i in range(0, len(jobs), chunk)
+    ]
+    if workers == 1 or len(tasks) == 1:
+        _init_worker(species)
+        return [r for task in tasks for r in _draw_chunk(task)]
+    # spawn: forking a parent that may hold Ray or torch threads is unsafe.
+    with ProcessPoolExecutor(
+        min(workers, len(tasks)),
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(species,),
+    ) as pool:
+        return [r for records in pool.map(_draw_chunk, tasks) for r in records]
+
+
+def _species_json(cfg: SynthConfig, species: list[Species]) -> dict:
+    return {
+        "generator": "birdray.data.synthetic",
+        "config": _fingerprint(cfg),
+        "colors": COLORS,
+        "pair_traits": list(PAIR_TRAITS),
+        "trait_parts": {t: parts for t, (_, parts) in TRAITS.items()},
+        "classes": [
+            {
+                "class_id": sp.class_id,
+                "name": sp.folder,
+                "traits": sp.traits,
+                "attribute_ids": class_attribute_ids(sp.traits),
+                "sibling": sp.sibling,
+                "paired": sp.paired,
+                "differing_traits": sp.differing_traits,
+                "discriminative_parts": sp.discriminative_parts,
+            }
+            for sp in species
+        ],
+    }
+
+
+def _build(cfg: SynthConfig, cub: Path) -> None:
+    """Write the whole CUB_200_2011 tree into ``cub`` (a fresh folder)."""
+    species = make_species(cfg.classes, cfg.seed)
+    jobs, is_train = _plan(cfg, species)
+    for sp in species:
+        (cub / "images" / sp.folder).mkdir(parents=True, exist_ok=True)
+    records = _draw_all(cfg, species, jobs, cub / "images")
+    ids = [job.image_id for job in jobs]
+    _write(cub / "images.txt", [f"{i} {job.relpath}" for i, job in zip(ids, jobs, strict=True)])
+    _write(cub / "classes.txt", [f"{sp.class_id} {sp.folder}" for sp in species])
+    _write(
+        cub / "image_class_labels.txt",
+        [f"{j.image_id} {species[j.class_index].class_id}" for j in jobs],
+    )
+    _write(cub / "train_test_split.txt", [f"{i} {t}" for i, t in zip(ids, is_train, strict=True)])
+    _write(
+        cub / "bounding_boxes.txt", [f"{i} {r['bbox']}" for i, r in zip(ids, records, strict=True)]
+    )
+    _write(
+        cub / "parts" / "parts.txt", [f"{k} {name}" for k, name in enumerate(PART_NAMES, start=1)]
+    )
+    _write(
+        cub / "parts" / "part_locs.txt",
+        [
+            f"{i} {k} {loc}"
+            for i, r in zip(ids, records, strict=True)
+            for k, loc in enumerate(r["parts"], 1)
+        ],
+    )
+    _write(cub / "parts" / "part_click_locs.txt", [line for r in records for line in r["clicks"]])
+    _write(
+        cub / "attributes" / "certainties.txt", [f"{k} {c}" for k, c in enumerate(CERTAINTIES, 1)]
+    )
+    _write(cub / "attributes" / "image_attribute_labels.txt", [r["attributes"] for r in records])
+    present = np.zeros((len(species), len(ATTRIBUTE_NAMES)))
+    for job, r in zip(jobs, records, strict=True):
+        present[job.class_index] += r["present"]
+    percent = 100.0 * present / cfg.per_class
+    _write(
+        cub / "attributes" / "class_attribute_labels_continuous.txt",
+        [" ".join(f"{v:.12f}" for v in row) for row in percent],
+    )
+    _write(cub / MARKER, json.dumps(_species_json(cfg, species), indent=1))
+
+
+def _previous_config(cub: Path) -> dict | None:
+    try:
+        data = json.loads((cub / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("config") if data.get("generator") == "birdray.data.synthetic" else None
+
+
+def generate(cfg: SynthConfig) -> Path:
+    """Generate a synthetic CUB-200-2011 (images, labels, split, boxes, parts, attributes).
+
+    Returns ``cfg.out``, the folder that contains ``CUB_200_2011/`` and ``attributes.txt``.
+    An existing dataset made with the same config is returned as is; any other non-empty
+    ``CUB_200_2011`` (real CUB, or another config) is never overwritten.
+    """
+    _validate(cfg)
+    root = Path(cfg.out)
+    cub = root / "CUB_200_2011"
+    attributes_txt = [f"{k} {name}" for k, name in enumerate(ATTRIBUTE_NAMES, start=1)]
+    if cub.exists() and any(cub.iterdir()):
+        previous = _previous_config(cub)
+        if previous is None:
+            raise FileExistsError(
+                f"{cub} exists and is not a birdray synthetic dataset; not touching it"
+            )
+        if previous != _fingerprint(cfg):
+            raise FileExistsError(
+                f"{cub} was generated with another config ({previous}); "
+                "delete it or choose another --out"
+            )
+        if not (root / "attributes.txt").is_file():
+            _write(root / "attributes.txt", attributes_txt)
+        return root
+    partial = root / ".CUB_200_2011.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # leftovers of an interrupted run
+    partial.mkdir(parents=True)
+    _build(cfg, partial)
+    _write(root / "attributes.txt", attributes_txt)
+    if cub.exists():
+        cub.rmdir()  # empty, checked above
+    partial.rename(cub)
+    return root
