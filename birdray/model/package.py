@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
 from birdray.model.factory import ModelError, create_model
@@ -144,6 +145,29 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
         raise ModelError(f"weights in {path} do not fit {meta.arch}: {exc}") from exc
     model.eval().to(device)
     return ModelPackage(path=path, metadata=meta, model=model)
+
+
+def package_files(path: str | Path) -> dict[str, bytes]:
+    """A verified package's files as bytes, to ship through Ray's object store to other nodes."""
+    verify_package(path)
+    return {name: (Path(path) / name).read_bytes() for name in (METADATA_FILE, WEIGHTS_FILE)}
+
+
+def load_package_files(files: dict[str, bytes], path: str | Path = "<memory>") -> ModelPackage:
+    """``load_package`` for a package held in memory: the same hash check and strict weights load.
+
+    Workers on other machines cannot see the driver's package folder; they get the bytes instead.
+    """
+    meta = PackageMetadata.from_json(json.loads(files[METADATA_FILE]))
+    actual = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
+    if meta.content_hash and actual != meta.content_hash:
+        raise ModelError(f"model package {path}: weights hash {actual[:12]} != metadata's")
+    model = create_model(meta.arch, num_classes=meta.num_classes, pretrained=False)
+    try:
+        model.load_state_dict(load_bytes(files[WEIGHTS_FILE]), strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"weights in {path} do not fit {meta.arch}: {exc}") from exc
+    return ModelPackage(path=Path(path), metadata=meta, model=model.eval())
 
 
 def update_metadata(path: str | Path, **changes: Any) -> PackageMetadata:

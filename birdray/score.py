@@ -1,0 +1,287 @@
+"""``birdray score``: batch-score every image under a folder or URI (or an ingested split).
+
+    birdray score --input photos/ --model production --registry runs/registry --output scored/
+    birdray score --input data/cub_parquet --split test --model runs/pkg --output out/ --resume true
+
+The driver lists the files (that list is "files seen"); Ray Data reads, decodes and preprocesses
+them in CPU tasks with the model's own data config, and a pool of actors, each holding the model
+(on a GPU when ``--num-gpus`` is set), scores them. Every listed file comes back as exactly one row;
+the driver streams the rows into Parquet inside the output folder's staging area, checks that the
+counts reconcile, and only then commits (see ``birdray.scoring.output``).
+
+``--resume`` keeps the rows this model version already scored OK (in the finished output, or in
+the finished files of an interrupted run) for files that have not changed, and scores the rest.
+Failed rows are retried. Files no longer listed drop out: the output always describes the input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from birdray.config import ConfigError, field, to_dict
+from birdray.images import DEFAULT_MAX_PIXELS
+from birdray.scoring.output import (
+    CSV_FILE,
+    EXPLANATIONS,
+    PARTIAL_PREFIX,
+    PREDICTIONS,
+    SUCCESS,
+    SUMMARY_FILE,
+    OutputError,
+    PartWriter,
+    commit,
+    locked,
+    reusable_rows,
+    summarize,
+    write_csv,
+    write_json,
+)
+from birdray.scoring.sources import DEFAULT_EXTENSIONS, Source, list_inputs, normalize_extensions
+from birdray.scoring.stages import SCHEMA, Scorer, prepare_batch
+
+EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients")
+
+
+@dataclass
+class ScoreConfig:
+    input: str = field("", "image folder or URI (s3://bucket/prefix), or an ingested dataset")
+    output: str = field("", "local output folder: predictions/, summary.json, _SUCCESS")
+    model: str = field("production", "package folder, or production|latest|v0003 in --registry")
+    registry: str = field("", "registry folder or URI that --model names a version of")
+    split: str = field("test", "split to score when --input is an ingested dataset")
+    extensions: list[str] = field(  # noqa: RUF009 - config.field gives lists a default_factory
+        DEFAULT_EXTENSIONS, "extensions to score; [] or '*': every file"
+    )
+    batch_size: int = field(32, "images per model call (and per preprocessing batch)")
+    pool_size: int = field(1, "scoring actors; each holds one copy of the model")
+    actor_cpus: float = field(1.0, "CPUs reserved per scoring actor")
+    num_gpus: float = field(0.0, "GPUs per scoring actor (0: CPU actors)")
+    torch_threads: int = field(0, "torch threads per actor (0: actor_cpus rounded up)")
+    preprocess_cpus: float = field(1.0, "CPUs reserved per decode/preprocess task")
+    preprocess_memory_mb: int = field(512, "memory reserved per decode task (torch+timm: ~0.5 GB)")
+    amp: bool = field(False, "bf16/fp16 autocast in the actors")
+    top_k: int = field(5, "species kept per row, best first")
+    low_confidence: float = field(0.5, "the summary counts scored rows below this confidence")
+    max_file_mb: float = field(50.0, "larger files become error rows without being read")
+    max_pixels: int = field(DEFAULT_MAX_PIXELS, "larger images (width x height) become error rows")
+    rows_per_file: int = field(50_000, "rows per output Parquet file")
+    csv: bool = field(False, "also write predictions.csv")
+    resume: bool = field(False, "keep rows already scored OK by this model; score only the rest")
+    overwrite: bool = field(False, "replace a finished output (refused otherwise)")
+    explain_lowest: int = field(0, "write explanation overlays for the N lowest-confidence images")
+    explain_method: str = field("gradcam", "gradcam | saliency | integrated_gradients")
+    address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
+
+    def __post_init__(self) -> None:
+        problems = [
+            ("--input is required", not self.input),
+            ("--output is required", not self.output),
+            ("--batch-size must be >= 1", self.batch_size < 1),
+            ("--pool-size must be >= 1", self.pool_size < 1),
+            ("--top-k must be >= 1", self.top_k < 1),
+            ("--low-confidence must be within [0, 1]", not 0.0 <= self.low_confidence <= 1.0),
+            ("--actor-cpus and --num-gpus must be >= 0", self.actor_cpus < 0 or self.num_gpus < 0),
+            (
+                f"--explain-method must be one of {EXPLAIN_METHODS}",
+                self.explain_method not in EXPLAIN_METHODS,
+            ),
+            ("--resume and --overwrite exclude each other", self.resume and self.overwrite),
+        ]
+        wrong = [text for text, bad in problems if bad]
+        if wrong:
+            raise ConfigError("; ".join(wrong))
+
+
+def build_dataset(
+    source: Source,
+    todo: pa.Table,
+    cfg: ScoreConfig,
+    package: dict[str, Any],
+    data_config_json: str,
+    scorer_cls: type = Scorer,
+    resumed: bool = False,
+):
+    """The Ray Data pipeline: listed rows -> CPU decode/preprocess tasks -> model actor pool."""
+    import ray
+
+    if source.kind == "dataset":
+        from ray.data.expressions import col
+
+        ds = ray.data.read_parquet(source.split_dir, columns=["image_id", "path", "image"])
+        if resumed:  # Arrow-native filter: only the rows still to score are decoded
+            ds = ds.filter(expr=col("path").is_in(todo["path"].to_pylist()))
+    else:
+        per_block = max(cfg.batch_size, math.ceil(len(todo) / 1000))  # bounded block count
+        ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, len(todo), per_block)])
+    ds = ds.map_batches(
+        prepare_batch,
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        num_cpus=cfg.preprocess_cpus,
+        # A reservation the actors do not share also keeps Ray from fusing this stage into the
+        # actor pool: decoding stays in parallel CPU tasks, the actors only run the model.
+        memory=max(1, cfg.preprocess_memory_mb) * 2**20,
+        udf_modifying_row_count=False,
+        fn_kwargs={
+            "source": source,
+            "data_config_json": data_config_json,
+            "max_bytes": int(cfg.max_file_mb * 2**20),
+            "max_pixels": cfg.max_pixels,
+        },
+    )
+    threads = cfg.torch_threads or max(1, math.ceil(cfg.actor_cpus))
+    return ds.map_batches(
+        scorer_cls,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
+        num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.num_gpus or None,
+        udf_modifying_row_count=False,
+        fn_constructor_kwargs={
+            "package": package,
+            "top_k": cfg.top_k,
+            "num_threads": threads,
+            "amp": cfg.amp,
+        },
+    )
+
+
+def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
+    """Score every image under --input; writes <output>/predictions/, summary.json, _SUCCESS."""
+    from birdray.model.package import verify_package
+    from birdray.registry import resolve
+    from birdray.scoring.sources import open_source
+
+    started = time.time()
+    if cfg.explain_lowest > 0 and importlib.util.find_spec("birdray.explain") is None:
+        raise ConfigError("--explain-lowest needs birdray.explain, which this install lacks")
+    source = open_source(cfg.input, cfg.split)
+    root = Path(cfg.output).expanduser().resolve()
+    package_path = resolve(cfg.model, cfg.registry or None)
+    meta = verify_package(package_path)
+    version = meta.version or meta.content_hash[:12]
+    if source.kind == "folder" and not source.prefix and root == Path(source.uri):
+        raise OutputError("--output must not be the --input folder itself (use a subfolder)")
+    with locked(root):
+        if (root / SUCCESS).is_file() and not (cfg.resume or cfg.overwrite):
+            raise OutputError(f"{root} already holds a finished run: pass --resume or --overwrite")
+        listing = list_inputs(source, normalize_extensions(cfg.extensions), exclude=root)
+        listed_at = time.time()
+        reused = reusable_rows(root, listing, version) if cfg.resume else SCHEMA.empty_table()
+        todo = listing.filter(pc.invert(pc.is_in(listing["path"], reused["path"])))
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        staging = root / f"{PARTIAL_PREFIX}{run_id}"
+        pred_dir = staging / PREDICTIONS
+        kept = PartWriter(pred_dir, "reused", cfg.rows_per_file)
+        kept.write(reused)
+        kept.close()
+        scored = PartWriter(pred_dir, "part", cfg.rows_per_file)
+        package: dict[str, Any] = {}
+        if len(todo) or cfg.explain_lowest > 0:
+            package = _ship_package(cfg, package_path)
+        scoring_started = time.time()
+        stream: dict[str, Any] = {}
+        if len(todo):
+            ds = build_dataset(
+                source, todo, cfg, package, _json(meta.data_config), scorer_cls, len(reused) > 0
+            )
+            stream = _stream_rows(ds, scored)
+        scoring_s = time.time() - scoring_started
+        summary = summarize(pred_dir, listing, cfg.low_confidence)
+        if cfg.csv:
+            write_csv(pred_dir, staging / CSV_FILE)
+        if cfg.explain_lowest > 0:
+            from birdray.scoring.explanations import write_explanations
+
+            summary["explanations"] = write_explanations(
+                pred_dir,
+                staging / EXPLANATIONS,
+                source,
+                package,
+                cfg.explain_lowest,
+                cfg.explain_method,
+                cfg.max_pixels,
+                cfg.num_gpus,
+            )
+        summary.update(
+            input=cfg.input,
+            input_kind=source.kind,
+            output=str(root),
+            run_id=run_id,
+            model={
+                "version": version,
+                "arch": meta.arch,
+                "num_classes": meta.num_classes,
+                "path": str(package_path),
+            },
+            resume={"reused": len(reused), "scored_now": scored.total},
+            timing={
+                "listing_s": round(listed_at - started, 3),
+                "scoring_s": round(scoring_s, 3),
+                "images_per_s": round(scored.total / scoring_s, 2) if scored.total else None,
+                **stream,
+                "total_s": round(time.time() - started, 3),
+            },
+            config=to_dict(cfg),
+        )
+        write_json(staging / SUMMARY_FILE, summary)
+        commit(root, staging, {"run_id": run_id, "rows": summary["files_seen"]})
+    print(_headline(summary))
+    return summary
+
+
+def _stream_rows(ds: Any, writer: PartWriter) -> dict[str, Any]:
+    """Write result blocks as they arrive; time to the first block is start-up (workers, model)."""
+    started, first_at, first_rows = time.time(), None, 0
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.write(batch)
+            if first_at is None:
+                first_at, first_rows = time.time(), len(batch)
+    finally:
+        writer.close()  # an interrupted run still leaves whole files for --resume
+    if first_at is None:
+        return {}
+    steady_s = time.time() - first_at
+    rest = writer.total - first_rows
+    return {
+        "first_rows_s": round(first_at - started, 3),
+        "steady_images_per_s": round(rest / steady_s, 2) if rest and steady_s > 0 else None,
+    }
+
+
+def _ship_package(cfg: ScoreConfig, package_path: Path) -> dict[str, Any]:
+    """Put the package bytes in Ray's object store once: actors on any node load from there."""
+    import ray
+
+    from birdray.model.package import package_files
+    from birdray.runtime import init_ray
+
+    init_ray(cfg.address or None)
+    return {"ref": ray.put(package_files(package_path)), "name": str(package_path)}
+
+
+def _json(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, sort_keys=True)
+
+
+def _headline(s: dict[str, Any]) -> str:
+    rate = s["timing"]["images_per_s"]
+    return (
+        f"scored {s['scored']} of {s['files_seen']} files ({s['failed']} failed, "
+        f"{s['low_confidence']['count']} below {s['low_confidence']['threshold']:.2f} confidence; "
+        f"{s['resume']['reused']} reused) with model {s['model']['version']} in "
+        f"{s['timing']['total_s']:.1f} s{f' ({rate} img/s)' if rate else ''} -> {s['output']}"
+    )

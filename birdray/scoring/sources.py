@@ -1,0 +1,155 @@
+"""Where the images come from: a folder or filesystem URI listed recursively, or an ingested split.
+
+The driver lists the files once (one row each: that list is what "files seen" means and what the
+output must reconcile with); Ray tasks then read the bytes themselves through the same pyarrow
+filesystem, so an unreadable file becomes an error row in a task instead of failing the listing.
+Local paths must be visible to every node (one machine, or a shared filesystem); object-store
+URIs (``s3://``, ``gs://``) work from anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from birdray.data.manifest import MANIFEST_FILE, split_path
+
+DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+LISTING_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("image_id", pa.int64()),
+        ("file_size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+    ]
+)
+
+
+class SourceError(ValueError):
+    """An input that cannot be listed (missing folder, unknown split, bad URI)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A picklable description of the input that tasks on any node can reopen."""
+
+    kind: str  # "folder" or "dataset"
+    uri: str  # the filesystem URI or absolute local path that was listed
+    prefix: str  # "" for local files, "s3://" etc.: filesystem path -> the path users see
+    split_dir: str = ""  # dataset input: the split's Parquet folder
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        return _filesystem(self.uri)
+
+    def fs_path(self, path: str) -> str:
+        return path[len(self.prefix) :]
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """One filesystem client per process and URI (S3 clients are slow to build)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri
+
+
+def open_source(input_uri: str, split: str = "test") -> Source:
+    """A folder/URI of images, or an ingested dataset folder (it has a manifest.json)."""
+    if not input_uri:
+        raise SourceError("--input is required (a folder, a file URI, or an ingested dataset)")
+    if "://" in input_uri and not input_uri.startswith("file://"):
+        try:
+            fs, root = pafs.FileSystem.from_uri(input_uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise SourceError(f"cannot open {input_uri}: {exc}") from exc
+        if fs.get_file_info(root).type == pafs.FileType.NotFound:
+            raise SourceError(f"input not found: {input_uri}")
+        return Source("folder", input_uri, input_uri.split("://", 1)[0] + "://")
+    local = Path(input_uri.removeprefix("file://")).expanduser().resolve()
+    if not local.exists():
+        raise SourceError(f"input not found: {local}")
+    if local.is_dir() and (local / MANIFEST_FILE).is_file():
+        return Source("dataset", str(local), "", split_path(local, split))
+    return Source("folder", str(local), "")
+
+
+def normalize_extensions(extensions: list[str]) -> tuple[str, ...] | None:
+    """``["jpg", ".PNG"]`` -> ``(".jpg", ".png")``; empty or ``*`` means every file."""
+    items = [e.strip().lower() for ext in extensions for e in str(ext).split(",") if e.strip()]
+    if not items or "*" in items:
+        return None
+    return tuple(e if e.startswith(".") else f".{e}" for e in items)
+
+
+def list_inputs(
+    source: Source, extensions: tuple[str, ...] | None, exclude: Path | None
+) -> pa.Table:
+    """Every file (or dataset row) to score, sorted by path: what "files seen" means."""
+    if source.kind == "dataset":
+        table = pads.dataset(source.split_dir, format="parquet").to_table(
+            columns=["image_id", "path"]
+        )
+        rows = {
+            "path": table["path"],
+            "image_id": pc.cast(table["image_id"], pa.int64()),
+            "file_size": pa.nulls(len(table), pa.int64()),
+            "mtime_ns": pa.nulls(len(table), pa.int64()),
+        }
+        return pa.table(rows, schema=LISTING_SCHEMA).sort_by("path")
+    fs, root = source.filesystem()
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    skip = str(exclude) + "/" if exclude is not None and not source.prefix else None
+    paths, sizes, mtimes = [], [], []
+    for item in infos:
+        if item.type != pafs.FileType.File:
+            continue
+        if extensions is not None and not item.path.lower().endswith(extensions):
+            continue
+        if skip and (item.path + "/").startswith(skip):
+            continue  # our own output folder inside the input: never score results
+        paths.append(source.prefix + item.path)
+        sizes.append(item.size)
+        mtimes.append(item.mtime_ns)
+    table = pa.table(
+        {
+            "path": paths,
+            "image_id": pa.nulls(len(paths), pa.int64()),
+            "file_size": sizes,
+            "mtime_ns": mtimes,
+        },
+        schema=LISTING_SCHEMA,
+    )
+    return table.sort_by("path")
+
+
+def read_file(source: Source, path: str) -> bytes:
+    """The bytes of one listed file (raises OSError when it cannot be read)."""
+    fs, _ = source.filesystem()
+    with fs.open_input_file(source.fs_path(path)) as fh:
+        return fh.read()
+
+
+def read_many(source: Source, paths: list[str]) -> dict[str, bytes]:
+    """Bytes for a few paths (explanations); unreadable ones are left out."""
+    if source.kind == "dataset":
+        table = pads.dataset(source.split_dir, format="parquet").to_table(
+            columns=["path", "image"], filter=pc.field("path").isin(paths)
+        )
+        return dict(zip(table["path"].to_pylist(), table["image"].to_pylist(), strict=True))
+    out = {}
+    for path in paths:
+        try:
+            out[path] = read_file(source, path)
+        except OSError:
+            continue
+    return out

@@ -1,0 +1,210 @@
+"""Batch-scoring parts that need no Ray: listing, config checks, the atomic output folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from birdray.cli import main
+from birdray.config import ConfigError
+from birdray.score import ScoreConfig
+from birdray.scoring.output import (
+    SUCCESS,
+    OutputError,
+    PartWriter,
+    commit,
+    locked,
+    read_rows,
+    reusable_rows,
+)
+from birdray.scoring.sources import (
+    SourceError,
+    list_inputs,
+    normalize_extensions,
+    open_source,
+    read_file,
+)
+from birdray.scoring.stages import SCHEMA
+
+
+def _row(path: str, ok: bool = True, version: str = "v1", size: int = 10, mtime: int = 5) -> dict:
+    return {
+        "path": path, "ok": ok, "error": None if ok else "corrupt: x", "label": 1 if ok else None,
+        "species": "002.B" if ok else None, "confidence": 0.9 if ok else None,
+        "top_k": [{"label": 1, "species": "002.B", "probability": 0.9}] if ok else None,
+        "model_version": version, "width": 8, "height": 8, "image_id": None,
+        "file_size": size, "mtime_ns": mtime, "node_id": "n", "device": "cpu",
+    }  # fmt: skip
+
+
+def test_extension_filter_normalises():
+    assert normalize_extensions(["jpg", ".PNG", "tif,webp"]) == (".jpg", ".png", ".tif", ".webp")
+    assert normalize_extensions([]) is None
+    assert normalize_extensions(["*"]) is None
+
+
+def test_listing_is_recursive_filtered_and_skips_own_output(tmp_path):
+    src = tmp_path / "in"
+    (src / "a b" / "ünï 鸟").mkdir(parents=True)
+    (src / "a b" / "ünï 鸟" / "x #1.JPG").write_bytes(b"1")
+    (src / "y.png").write_bytes(b"22")
+    (src / "notes.txt").write_text("no")
+    (src / "out" / "predictions").mkdir(parents=True)
+    (src / "out" / "overlay.png").write_bytes(b"3")  # results written inside the input folder
+    source = open_source(str(src))
+    listing = list_inputs(source, normalize_extensions(["jpg", "png"]), exclude=src / "out")
+    names = [p.removeprefix(str(src) + "/") for p in listing["path"].to_pylist()]
+    assert names == ["a b/ünï 鸟/x #1.JPG", "y.png"]
+    assert listing["file_size"].to_pylist() == [1, 2]
+    assert read_file(source, listing["path"][0].as_py()) == b"1"
+    every = list_inputs(source, None, exclude=None)
+    assert len(every) == 4
+    via_uri = list_inputs(open_source(f"file://{src}"), (".png",), exclude=src / "out")
+    assert via_uri["path"].to_pylist() == [str(src / "y.png")]
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="not found"):
+        open_source(str(tmp_path / "nope"))
+
+
+def test_config_is_checked_before_anything_runs(capsys):
+    with pytest.raises(ConfigError, match="--output is required"):
+        ScoreConfig(input="x")
+    with pytest.raises(ConfigError, match="exclude each other"):
+        ScoreConfig(input="x", output="y", resume=True, overwrite=True)
+    with pytest.raises(SystemExit):
+        main(["score", "--input", "x", "--output", "y", "--batch-size", "0"])
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+def test_extensions_flag_accepts_a_plain_list():
+    from birdray import config as cfglib
+
+    cfg = cfglib.resolve(ScoreConfig, {"input": "x", "output": "y", "extensions": "jpg,PNG"})
+    assert normalize_extensions(cfg.extensions) == (".jpg", ".png")
+
+
+def test_part_files_are_invisible_until_closed(tmp_path):
+    writer = PartWriter(tmp_path, "part", rows_per_file=3)
+    writer.write(pa.Table.from_pylist([_row(f"/p{i}") for i in range(4)], SCHEMA))
+    assert [p.name for p in tmp_path.glob("*.parquet")] == ["part-00000.parquet"]
+    assert len(read_rows([tmp_path])) == 3  # the open file is not read
+    writer.close()
+    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == [
+        "part-00000.parquet", "part-00001.parquet",
+    ]  # fmt: skip
+    assert len(read_rows([tmp_path])) == 4 and writer.total == 4
+
+
+def test_resume_reuses_only_ok_unchanged_rows_of_this_model(tmp_path):
+    old = [
+        _row("/keep"), _row("/failed", ok=False), _row("/other-model", version="v0"),
+        _row("/changed"), _row("/gone"),
+    ]  # fmt: skip
+    (tmp_path / "predictions").mkdir()
+    pq.write_table(pa.Table.from_pylist(old, SCHEMA), tmp_path / "predictions" / "part-0.parquet")
+    (tmp_path / ".partial-x" / "predictions").mkdir(parents=True)
+    crashed = pa.Table.from_pylist([_row("/from-crash")], SCHEMA)
+    pq.write_table(crashed, tmp_path / ".partial-x" / "predictions" / "part-0.parquet")
+    (tmp_path / ".partial-x" / "predictions" / "part-1.parquet").write_bytes(b"PAR1 torn")
+    listing = pa.table(
+        {
+            "path": ["/keep", "/failed", "/other-model", "/changed", "/from-crash", "/new"],
+            "image_id": pa.nulls(6, pa.int64()),
+            "file_size": [10, 10, 10, 11, 10, 10],
+            "mtime_ns": [5] * 6,
+        }
+    )
+    kept = reusable_rows(tmp_path, listing, "v1")
+    assert sorted(kept["path"].to_pylist()) == ["/from-crash", "/keep"]
+
+
+def test_commit_swaps_results_and_writes_success_last(tmp_path):
+    root = tmp_path / "out"
+    (root / "predictions").mkdir(parents=True)
+    (root / "predictions" / "old.parquet").write_bytes(b"old")
+    (root / "summary.json").write_text("{}")
+    (root / SUCCESS).write_text("{}")
+    staging = root / ".partial-run2"
+    (staging / "predictions").mkdir(parents=True)
+    (staging / "predictions" / "new.parquet").write_bytes(b"new")
+    (staging / "summary.json").write_text('{"run": 2}')
+    (root / ".partial-crashed").mkdir()
+    commit(root, staging, {"run_id": "run2"})
+    assert [p.name for p in (root / "predictions").iterdir()] == ["new.parquet"]
+    assert json.loads((root / "summary.json").read_text()) == {"run": 2}
+    assert json.loads((root / SUCCESS).read_text())["run_id"] == "run2"
+    assert sorted(p.name for p in root.iterdir()) == ["_SUCCESS", "predictions", "summary.json"]
+
+
+def test_one_job_per_output_folder(tmp_path):
+    with (
+        locked(tmp_path),
+        pytest.raises(OutputError, match="another scoring job"),
+        locked(tmp_path),
+    ):
+        pass
+
+
+def test_package_travels_as_bytes_and_is_still_verified(tmp_path):
+    """Scoring actors on other nodes load the package from bytes, with the same checks."""
+    import torch
+
+    from birdray.model.factory import ModelError
+    from birdray.model.package import load_package, load_package_files, package_files
+    from tests.model_fixture import make_package
+
+    path = make_package(tmp_path / "pkg")
+    files = package_files(path)
+    loaded = load_package_files(files, "shipped")
+    reference = load_package(path)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), reference.model(x))
+    assert loaded.metadata.content_hash == reference.metadata.content_hash
+    tampered = dict(files, **{"model.safetensors": files["model.safetensors"][:-1] + b"\x00"})
+    with pytest.raises(ModelError, match="weights hash"):
+        load_package_files(tampered)
+
+
+def test_decode_stage_turns_every_failure_into_an_error_string(tmp_path):
+    """The CPU stage on its own: one output row per input row, whatever the bytes are."""
+    import io
+
+    from PIL import Image
+
+    from birdray.scoring.sources import Source
+    from birdray.scoring.stages import prepare_batch
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
+    (tmp_path / "ok.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    names = ["ok.jpg", "empty.jpg", "text.jpg", "gone.jpg", "huge.jpg"]
+    batch = pa.table(
+        {
+            "path": [str(tmp_path / n) for n in names],
+            "image_id": pa.nulls(5, pa.int64()),
+            "file_size": [len(buf.getvalue()), 0, 5, 10, 10**9],
+            "mtime_ns": [1, 2, 3, 4, 5],
+        }
+    )
+    config = {"input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.5] * 3,
+              "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+    out = prepare_batch(
+        batch, Source("folder", str(tmp_path), ""), json.dumps(config), 2**20, 10**6
+    )
+    codes = [e.split(":", 1)[0] for e in out["error"]]
+    assert codes == ["", "empty", "not_an_image", "unreadable", "file_too_big"]
+    assert out["pixels"].shape == (5, 3, 16, 16) and out["pixels"].dtype == np.uint8
+    assert out["pixels"][0].mean() > 0 and out["pixels"][1:].max() == 0
+    assert (out["width"][0], out["height"][0]) == (40, 30) and out["width"][1] == -1
+    rows = pa.table({"path": ["a"], "image_id": [7], "image": pa.array([None], pa.binary())})
+    out = prepare_batch(rows, Source("dataset", "/d", "", "/d/s"), json.dumps(config), 0, 10**6)
+    assert out["error"][0].startswith("missing:") and out["image_id"][0] == 7
