@@ -29,21 +29,36 @@ class Job:
 
 
 JOBS: dict[str, Job] = {
-    "synth": Job("birdray.data.synthetic", "SynthConfig", "generate", "generate a CUB-layout dataset"),
-    "download": Job("birdray.data.download", "DownloadConfig", "download_cub", "download + verify CUB"),
+    "synth": Job(
+        "birdray.data.synthetic", "SynthConfig", "generate", "generate a CUB-layout dataset"
+    ),
+    "download": Job(
+        "birdray.data.download", "DownloadConfig", "download_cub", "download + verify CUB"
+    ),
     "ingest": Job("birdray.data.ingest", "IngestConfig", "run_ingest", "CUB -> Parquet shards"),
     "train": Job("birdray.train.job", "TrainConfig", "run_training", "train with Ray Train"),
-    "evaluate": Job("birdray.evaluate", "EvaluateConfig", "run_evaluation", "test metrics, calibration"),
+    "evaluate": Job(
+        "birdray.evaluate", "EvaluateConfig", "run_evaluation", "test metrics, calibration"
+    ),
     "tune": Job("birdray.tune.sweep", "SweepConfig", "run_sweep", "compare models with Ray Tune"),
-    "registry": Job("birdray.registry", "RegistryConfig", "run_registry", "list|show|promote|rollback"),
+    "registry": Job(
+        "birdray.registry", "RegistryConfig", "run_registry", "list|show|promote|rollback"
+    ),
     "serve": Job("birdray.serve.run", "ServeConfig", "run_serve", "serve a model over HTTP"),
     "score": Job("birdray.score", "ScoreConfig", "run_scoring", "batch-score an image folder"),
     "explain": Job("birdray.explain.job", "ExplainConfig", "run_explain", "explain one image"),
     "explain-eval": Job(
-        "birdray.explain.evaluation", "ExplainEvalConfig", "run_explain_eval", "score saliency vs parts"
+        "birdray.explain.evaluation",
+        "ExplainEvalConfig",
+        "run_explain_eval",
+        "score saliency vs parts",
     ),
-    "dashboard": Job("birdray.dashboard_launcher", "DashboardConfig", "run_dashboard", "Streamlit UI"),
-    "benchmark": Job("birdray.benchmark", "BenchmarkConfig", "run_benchmark", "measure every stage"),
+    "dashboard": Job(
+        "birdray.dashboard_launcher", "DashboardConfig", "run_dashboard", "Streamlit UI"
+    ),
+    "benchmark": Job(
+        "birdray.benchmark", "BenchmarkConfig", "run_benchmark", "measure every stage"
+    ),
     "demo": Job("birdray.demo", "DemoConfig", "run_demo", "run the whole system end to end"),
 }
 

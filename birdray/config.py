@@ -68,9 +68,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
                     value = [value]
                 args = typing.get_args(inner)
                 item_tp = args[0] if args else Any
-                items = [
-                    v if item_tp is Any else _coerce(f"{name}[]", item_tp, v) for v in value
-                ]
+                items = [v if item_tp is Any else _coerce(f"{name}[]", item_tp, v) for v in value]
                 return tuple(items) if origin is tuple else items
             if not isinstance(value, dict):
                 raise ValueError(value)
@@ -122,7 +120,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         )
         doc = (field.metadata or {}).get("help", "")
         help_text = f"{doc} (default: {default!r})" if doc else f"default: {default!r}"
-        metavar = "YAML" if typing.get_origin(inner) in (list, dict) or inner in (list, dict) else None
+        metavar = (
+            "YAML" if typing.get_origin(inner) in (list, dict) or inner in (list, dict) else None
+        )
         parser.add_argument(
             flag(field.name), dest=field.name, default=None, metavar=metavar, help=help_text
         )
@@ -152,8 +152,10 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's word
+def field(default: Any, help: str) -> Any:
     """A dataclass field with a help text shown by ``--help``."""
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help}
+        )
     return dataclasses.field(default=default, metadata={"help": help})

@@ -20,6 +20,7 @@ class DemoConfig:
     classes: int = field(10, "species to generate")
     per_class: int = field(40, "images per species (half train, half test, as in CUB)")
     seed: int = field(0, "seed for data and training")
+    sweep_config: str = field("jobs/configs/sweep_demo.yaml", "Tune sweep (YAML)")
     train_config: str = field("jobs/configs/demo.yaml", "training recipe (YAML)")
     epochs: int = field(0, "override the recipe's epochs (0: keep)")
     address: str = field("", "Ray address (empty: a private local Ray on 127.0.0.1)")
@@ -49,19 +50,43 @@ def _recipe(cfg: DemoConfig, out: Path):
 
         recipe.pretrained_file = str(convert_lite0(weights))
     return replace(
-        recipe, dataset=str(out / "dataset"), storage_path=str(out / "train"), seed=cfg.seed,
-        epochs=cfg.epochs or recipe.epochs, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+        recipe,
+        dataset=str(out / "dataset"),
+        storage_path=str(out / "train"),
+        seed=cfg.seed,
+        epochs=cfg.epochs or recipe.epochs,
+        name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+    )
+
+
+def _sweep(cfg: DemoConfig, out: Path, registry: Path):
+    from birdray.tune.sweep import SweepConfig
+
+    path = Path(cfg.sweep_config)
+    if not path.is_file():
+        path = Path(__file__).resolve().parents[1] / cfg.sweep_config
+    sweep = from_dict(SweepConfig, load_yaml(path))
+    return replace(
+        sweep,
+        dataset=str(out / "dataset"),
+        storage_path=str(out / "tune"),
+        registry=str(registry),
+        name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+        seed=cfg.seed,
+        address=cfg.address,
     )
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Generate birds, ingest, train, evaluate, register and promote: print where it all went."""
+    """Generate birds, ingest, sweep, train, evaluate, promote, explain, serve, score."""
     from birdray.data.ingest import IngestConfig, run_ingest, summary
     from birdray.data.synthetic import SynthConfig, generate
     from birdray.evaluate import EvaluateConfig, run_evaluation
-    from birdray.registry import promote, register
+    from birdray.registry import read_pointer
     from birdray.runtime import init_ray
     from birdray.train.job import run_training
+    from birdray.tune.promote import register_winner
+    from birdray.tune.sweep import run_sweep
 
     out = Path(cfg.out).resolve()
     results: dict[str, Any] = {}
@@ -69,37 +94,70 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
 
     t = _stage("1. synth: generate a CUB-layout dataset")
-    source = generate(SynthConfig(out=str(out / "synth"), classes=cfg.classes,
-                                  per_class=cfg.per_class, seed=cfg.seed, min_side=160,
-                                  max_side=256))
+    source = generate(
+        SynthConfig(
+            out=str(out / "synth"),
+            classes=cfg.classes,
+            per_class=cfg.per_class,
+            seed=cfg.seed,
+            min_side=160,
+            max_side=256,
+        )
+    )
     _done(t, dataset=source / "CUB_200_2011")
 
     t = _stage("2. ingest: Ray Data -> Parquet shards + manifest")
-    manifest = run_ingest(IngestConfig(source=str(source), out=str(out / "dataset"),
-                                       val_fraction=0.2, seed=cfg.seed))
+    manifest = run_ingest(
+        IngestConfig(source=str(source), out=str(out / "dataset"), val_fraction=0.2, seed=cfg.seed)
+    )
     _done(t, manifest=manifest, summary=summary(manifest))
 
-    t = _stage("3. train: Ray Train, 2 data-parallel workers")
+    registry = out / "registry"
+    t = _stage("3. tune: compare two architectures with Ray Tune, promote the winner")
+    sweep = run_sweep(_sweep(cfg, out, registry))
+    _done(
+        t,
+        report=sweep["report"],
+        winner=f"{sweep['arch']} ({sweep['best_trial']})",
+        registry=sweep.get("registry"),
+    )
+
+    t = _stage("4. train: fine-tune ImageNet weights with Ray Train, 2 data-parallel workers")
     recipe = _recipe(cfg, out)
     trained = run_training(recipe)
     best = trained["best"]
-    _done(t, package=trained["package"], curves=Path(trained["run_dir"]) / "train_val_losses.png",
-          best=f"val top-1 {best['val_top1']:.3f} at epoch {best['epoch']}")
+    _done(
+        t,
+        package=trained["package"],
+        curves=Path(trained["run_dir"]) / "train_val_losses.png",
+        best=f"val top-1 {best['val_top1']:.3f} at epoch {best['epoch']}",
+    )
 
-    t = _stage("4. evaluate: test split, calibration")
+    t = _stage("5. evaluate: test split, calibration")
     evaluation = run_evaluation(EvaluateConfig(model=trained["package"], dataset=recipe.dataset))
-    _done(t, report=evaluation["report"],
-          metrics=(f"test top-1 {evaluation['test_top1']:.3f}, top-5 {evaluation['test_top5']:.3f}, "
-                   f"ECE {evaluation['ece_before']:.3f} -> {evaluation['ece_after']:.3f} "
-                   f"(T={evaluation['temperature']:.2f})"))
+    _done(
+        t,
+        report=evaluation["report"],
+        metrics=(
+            f"test top-1 {evaluation['test_top1']:.3f}, top-5 {evaluation['test_top5']:.3f}, "
+            f"ECE {evaluation['ece_before']:.3f} -> {evaluation['ece_after']:.3f} "
+            f"(T={evaluation['temperature']:.2f})"
+        ),
+    )
 
-    t = _stage("5. registry: register and promote to production")
-    registry = out / "registry"
-    version = register(str(registry), trained["package"], {"run": recipe.name, "source": "demo"})
-    pointer = promote(str(registry), version)
-    _done(t, registry=registry, production=pointer["version"])
-    results.update(package=trained["package"], registry=str(registry), version=version,
-                   evaluation=evaluation)
+    t = _stage("5b. registry: register the fine-tune, promote it if it beats production")
+    decision = register_winner(
+        str(registry), Path(trained["package"]), {"run": recipe.name, "source": "demo"}, force=False
+    )
+    version = read_pointer(str(registry))["version"]
+    _done(t, registry=registry, decision=decision["reason"], production=version)
+    results.update(
+        package=trained["package"],
+        registry=str(registry),
+        version=version,
+        evaluation=evaluation,
+        sweep=sweep["report"],
+    )
     results.update(_consumers(cfg, out, registry, source, recipe.dataset))
     print("\nDemo finished: everything is under", out)
     return results
@@ -147,24 +205,39 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset
 
     results: dict[str, Any] = {}
     t = _stage("6. explain-eval: saliency vs CUB part annotations")
-    ev = run_explain_eval(ExplainEvalConfig(dataset=dataset, model="production",
-                                            registry=str(registry), methods="gradcam",
-                                            limit=60, address=cfg.address))
-    _done(t, results=ev["package"] + "/explain", **{k: v for k, v in ev.items()
-                                                     if k not in ("package", "files")})
+    ev = run_explain_eval(
+        ExplainEvalConfig(
+            dataset=dataset,
+            model="production",
+            registry=str(registry),
+            methods="gradcam",
+            limit=60,
+            address=cfg.address,
+        )
+    )
+    _done(
+        t,
+        results=ev["package"] + "/explain",
+        **{k: v for k, v in ev.items() if k not in ("package", "files")},
+    )
 
     t = _stage("7. serve: Ray Serve on the production model, real HTTP")
     app = start_local(model="production", registry=str(registry), port=0)
     try:
         for path in _test_images(source, 3):
             with open(path, "rb") as fh:
-                reply = requests.post(f"{app.url}/v1/predict?top_k=3",
-                                      files={"files": (path.name, fh, "image/jpeg")}, timeout=60)
+                reply = requests.post(
+                    f"{app.url}/v1/predict?top_k=3",
+                    files={"files": (path.name, fh, "image/jpeg")},
+                    timeout=60,
+                )
             reply.raise_for_status()
             res = reply.json()["results"][0]
             truth = path.parent.name
-            print(f"  {path.name}: {res['prediction']['species']} "
-                  f"({res['prediction']['confidence']:.2f}); true species {truth}")
+            print(
+                f"  {path.name}: {res['prediction']['species']} "
+                f"({res['prediction']['confidence']:.2f}); true species {truth}"
+            )
         _done(t, url=app.url, model_version=app.model_version)
     finally:
         app.stop()
@@ -172,17 +245,37 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset
 
     t = _stage("8. score: batch-score a folder with Ray Data (with broken files)")
     score_out = out / "scored"
-    scored = run_scoring(ScoreConfig(input=str(_score_folder(out, source)), output=str(score_out),
-                                     model="production", registry=str(registry), csv=True,
-                                     overwrite=True, explain_lowest=3, address=cfg.address))
-    _done(t, output=score_out, summary=score_out / "summary.json",
-          counts=f"{scored['files_seen']} files: {scored['scored']} scored, "
-                 f"{scored['failed']} failed (rows = files seen)")
+    scored = run_scoring(
+        ScoreConfig(
+            input=str(_score_folder(out, source)),
+            output=str(score_out),
+            model="production",
+            registry=str(registry),
+            csv=True,
+            overwrite=True,
+            explain_lowest=3,
+            address=cfg.address,
+        )
+    )
+    _done(
+        t,
+        output=score_out,
+        summary=score_out / "summary.json",
+        counts=f"{scored['files_seen']} files: {scored['scored']} scored, "
+        f"{scored['failed']} failed (rows = files seen)",
+    )
 
     t = _stage("9. explain: which parts drove one decision")
     image_id = _test_ids(source, 1)[0][0]
-    explained = run_explain(ExplainConfig(dataset=dataset, image_id=image_id, model="production",
-                                          registry=str(registry), out=str(out / "explain")))
+    explained = run_explain(
+        ExplainConfig(
+            dataset=dataset,
+            image_id=image_id,
+            model="production",
+            registry=str(registry),
+            out=str(out / "explain"),
+        )
+    )
     _done(t, explanation=explained)
     results.update(serve_url=app.url, scored=str(score_out), explanation=str(explained))
     return results

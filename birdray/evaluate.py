@@ -7,6 +7,7 @@ consumer's confidence is calibrated; the report shows ECE before and after on te
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ class LogitScorer:
         return {"image_id": batch["image_id"], "label": batch["label"], "logits": logits}
 
 
-def score_split(package: Path, dataset: str, split: str, cfg: EvaluateConfig) -> dict[str, np.ndarray]:
+def score_split(
+    package: Path, dataset: str, split: str, cfg: EvaluateConfig
+) -> dict[str, np.ndarray]:
     import ray
 
     from birdray.data.manifest import read_split
@@ -89,7 +92,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     result = minimize_scalar(
-        lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=(-3.0, 4.0), method="bounded"
+        lambda log_t: nll(logits, labels, float(np.exp(log_t))),
+        bounds=(-3.0, 4.0),
+        method="bounded",
     )
     return float(np.exp(result.x))
 
@@ -100,18 +105,27 @@ def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
     correct = (probs.argmax(axis=1) == labels).astype(float)
     edges = np.linspace(0, 1, bins + 1)
     rows, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         mask = (conf > lo) & (conf <= hi)
         count = int(mask.sum())
         acc = float(correct[mask].mean()) if count else 0.0
         mean_conf = float(conf[mask].mean()) if count else 0.0
         ece += count / max(len(labels), 1) * abs(acc - mean_conf)
-        rows.append({"lo": float(lo), "hi": float(hi), "count": count,
-                     "accuracy": acc, "confidence": mean_conf})
+        rows.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "count": count,
+                "accuracy": acc,
+                "confidence": mean_conf,
+            }
+        )
     return float(ece), rows
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int
+) -> dict[str, Any]:
     order = np.argsort(-logits, axis=1)
     top1 = order[:, 0] == labels
     top5 = (order[:, : min(5, num_classes)] == labels[:, None]).any(axis=1)
@@ -121,8 +135,13 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
         float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else None
         for c in range(num_classes)
     ]
-    return {"top1": float(top1.mean()), "top5": float(top5.mean()), "count": len(labels),
-            "per_class_accuracy": per_class, "confusion": confusion}
+    return {
+        "top1": float(top1.mean()),
+        "top5": float(top5.mean()),
+        "count": len(labels),
+        "per_class_accuracy": per_class,
+        "confusion": confusion,
+    }
 
 
 def _excluded(path: str) -> set[int]:
@@ -143,7 +162,9 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     meta = read_metadata(package)
     manifest = load_manifest(cfg.dataset)
     if manifest["class_names"] != meta.class_names:
-        raise ValueError("the dataset's classes differ from the model's: wrong dataset for this model")
+        raise ValueError(
+            "the dataset's classes differ from the model's: wrong dataset for this model"
+        )
     init_ray(cfg.address or None)
     report = score_split(package, cfg.dataset, cfg.split, cfg)
     keep = ~np.isin(report["image_id"], list(_excluded(cfg.exclude_ids)))
@@ -155,15 +176,23 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     metrics = classification_metrics(logits, labels, meta.num_classes)
     ece_before, bins_before = calibration_bins(softmax(logits), labels)
     ece_after, bins_after = calibration_bins(softmax(logits, temperature), labels)
-    bins = [{**{f"before_{k}": v for k, v in b.items()}, **{f"after_{k}": v for k, v in a.items()}}
-            for b, a in zip(bins_before, bins_after, strict=True)]
+    bins = [
+        {**{f"before_{k}": v for k, v in b.items()}, **{f"after_{k}": v for k, v in a.items()}}
+        for b, a in zip(bins_before, bins_after, strict=True)
+    ]
     out = Path(cfg.out or package / "eval")
     confusion = metrics.pop("confusion")
     result = {
-        "split": cfg.split, "excluded": int((~keep).sum()), **metrics,
-        "ece_before": ece_before, "ece_after": ece_after, "temperature": temperature,
-        "reliability_bins": bins, "confusion_matrix": confusion.tolist(),
-        "class_names": meta.class_names, "model_version": meta.version or meta.content_hash[:12],
+        "split": cfg.split,
+        "excluded": int((~keep).sum()),
+        **metrics,
+        "ece_before": ece_before,
+        "ece_after": ece_after,
+        "temperature": temperature,
+        "reliability_bins": bins,
+        "confusion_matrix": confusion.tolist(),
+        "class_names": meta.class_names,
+        "model_version": meta.version or meta.content_hash[:12],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -172,7 +201,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     history = meta.provenance.get("history") or []
     if history:
         plots.training_curves(history, out / "train_val_losses.png")
-    summary = {f"{cfg.split}_top1": metrics["top1"], f"{cfg.split}_top5": metrics["top5"],
-               "ece_before": ece_before, "ece_after": ece_after}
+    summary = {
+        f"{cfg.split}_top1": metrics["top1"],
+        f"{cfg.split}_top5": metrics["top5"],
+        "ece_before": ece_before,
+        "ece_after": ece_after,
+    }
     update_metadata(package, temperature=temperature, metrics={**meta.metrics, **summary})
     return {"report": str(out), **summary, "temperature": temperature}

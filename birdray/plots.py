@@ -70,10 +70,15 @@ def reliability_diagram(
     plt, fig = _figure(5.5, 5)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    for key, label in (("before", f"raw (ECE {ece_before:.3f})"),
-                       ("after", f"calibrated (ECE {ece_after:.3f})")):
-        pts = [(b[f"{key}_confidence"], b[f"{key}_accuracy"]) for b in bins
-               if b.get(f"{key}_count", 0) > 0]
+    for key, label in (
+        ("before", f"raw (ECE {ece_before:.3f})"),
+        ("after", f"calibrated (ECE {ece_after:.3f})"),
+    ):
+        pts = [
+            (b[f"{key}_confidence"], b[f"{key}_accuracy"])
+            for b in bins
+            if b.get(f"{key}_count", 0) > 0
+        ]
         if pts:
             xs, ys = zip(*pts, strict=True)
             ax.plot(xs, ys, "o-", label=label)
@@ -85,16 +90,28 @@ def reliability_diagram(
     return _save(plt, fig, path)
 
 
-def bar_chart(values: dict[str, float], path: str | Path, title: str, xlabel: str,
-              reference: dict[str, float] | None = None) -> Path:
+def bar_chart(
+    values: dict[str, float],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    reference: dict[str, float] | None = None,
+) -> Path:
     """Horizontal bars (e.g. accuracy per architecture, attribution share per part vs chance)."""
     plt, fig = _figure(7, max(2.5, 0.35 * len(values) + 1))
     ax = fig.add_subplot(1, 1, 1)
     names = list(values)
     ax.barh(names, [values[n] for n in names], color="#4C72B0", label="measured")
     if reference:
-        ax.scatter([reference.get(n, np.nan) for n in names], names, color="#DD8452",
-                   marker="|", s=200, label="reference", zorder=3)
+        ax.scatter(
+            [reference.get(n, np.nan) for n in names],
+            names,
+            color="#DD8452",
+            marker="|",
+            s=200,
+            label="reference",
+            zorder=3,
+        )
         ax.legend()
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
@@ -102,8 +119,13 @@ def bar_chart(values: dict[str, float], path: str | Path, title: str, xlabel: st
     return _save(plt, fig, path)
 
 
-def line_chart(series: dict[str, tuple[list[float], list[float]]], path: str | Path,
-               title: str, xlabel: str, ylabel: str) -> Path:
+def line_chart(
+    series: dict[str, tuple[list[float], list[float]]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
     """Several named curves on one axis (val accuracy per trial, deletion curves, ...)."""
     plt, fig = _figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)

@@ -100,11 +100,30 @@ def local_copy(registry: str, version: str) -> Path:
         return Path(src)
     cache = Path.home() / ".cache" / "birdray" / hashlib.sha256(src.encode()).hexdigest()[:16]
     if not (cache / METADATA_FILE).is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=cache.parent if cache.parent.exists() else None))
-        pafs.copy_files(src, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        tmp = Path(
+            tempfile.mkdtemp(prefix=".dl-", dir=cache.parent if cache.parent.exists() else None)
+        )
+        pafs.copy_files(
+            src, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+        )
         cache.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, cache)
     return cache
+
+
+def find_version(registry: str, content_hash: str) -> str | None:
+    """The version holding exactly these weights, if any (so re-registering is a no-op)."""
+    if not content_hash:
+        return None
+    fs, root = _fs(registry)
+    for version in list_versions(registry):
+        try:
+            with fs.open_input_stream(f"{root}/models/{version}/{METADATA_FILE}") as fh:
+                if json.loads(fh.read()).get("content_hash") == content_hash:
+                    return version
+        except (OSError, json.JSONDecodeError):
+            continue  # a corrupt entry is never a match
+    return None
 
 
 def verified(registry: str, version: str) -> Path:
@@ -117,7 +136,9 @@ def verified(registry: str, version: str) -> Path:
     return path
 
 
-def register(registry: str, package_dir: str | Path, provenance: dict[str, Any] | None = None) -> str:
+def register(
+    registry: str, package_dir: str | Path, provenance: dict[str, Any] | None = None
+) -> str:
     """Copy a verified package in as the next version; returns the version name."""
     meta = verify_package(package_dir)
     fs, root = _fs(registry)
@@ -127,8 +148,12 @@ def register(registry: str, package_dir: str | Path, provenance: dict[str, Any] 
         version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
         staging = f"{root}/models/.tmp-{uuid.uuid4().hex}"
         fs.create_dir(staging, recursive=True)
-        pafs.copy_files(str(Path(package_dir).resolve()), staging,
-                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        pafs.copy_files(
+            str(Path(package_dir).resolve()),
+            staging,
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
         meta.version = version
         meta.provenance = {**meta.provenance, **(provenance or {}), "registered_at": time.time()}
         with fs.open_output_stream(f"{staging}/{METADATA_FILE}") as fh:
@@ -138,7 +163,7 @@ def register(registry: str, package_dir: str | Path, provenance: dict[str, Any] 
 
 
 def promote(registry: str, version: str) -> dict[str, Any]:
-    """Point ``production`` at ``version`` (verified first; a bad entry never becomes production)."""
+    """Point ``production`` at ``version``, verified first: a bad entry never becomes production."""
     verified(registry, version)
     with _lock(registry):
         pointer = read_pointer(registry)
@@ -203,8 +228,14 @@ def run_registry(cfg: RegistryConfig) -> Any:
             try:
                 meta = read_metadata(local_copy(cfg.registry, version))
                 top1 = meta.metrics.get("test_top1", meta.metrics.get("val_top1"))
-                rows.append({"version": version, "arch": meta.arch, "top1": top1,
-                             "production": version == current})
+                rows.append(
+                    {
+                        "version": version,
+                        "arch": meta.arch,
+                        "top1": top1,
+                        "production": version == current,
+                    }
+                )
             except (ModelError, RegistryError) as exc:
                 rows.append({"version": version, "error": str(exc)})
         return rows

@@ -25,7 +25,9 @@ def keep_local_ray_on_loopback() -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in (
-            "0", "false", "False",
+            "0",
+            "false",
+            "False",
         )
 
 

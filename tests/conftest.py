@@ -68,8 +68,17 @@ class TrainedModel:
 
 
 TRAINED_RECIPE = dict(
-    arch="tf_efficientnet_lite0", image_size=128, epochs=6, batch_size=16, opt="adamw", lr=0.01,
-    weight_decay=0.05, warmup_epochs=1, label_smoothing=0.0, scale_min=0.6, num_workers=2,
+    arch="tf_efficientnet_lite0",
+    image_size=128,
+    epochs=6,
+    batch_size=16,
+    opt="adamw",
+    lr=0.01,
+    weight_decay=0.05,
+    warmup_epochs=1,
+    label_smoothing=0.0,
+    scale_min=0.6,
+    num_workers=2,
     cpus_per_worker=1.0,
 )
 
@@ -84,18 +93,32 @@ def trained_package(ray_cluster, tmp_path_factory) -> TrainedModel:
     from birdray.data.ingest import IngestConfig, run_ingest
     from birdray.data.synthetic import SynthConfig, generate
     from birdray.evaluate import EvaluateConfig, run_evaluation
-    from birdray.train.job import TrainConfig, run_training
-
     from birdray.model.weights import convert_lite0
+    from birdray.train.job import TrainConfig, run_training
 
     root = tmp_path_factory.mktemp("trained")
     weights = convert_lite0(root / "lite0.safetensors")  # real ImageNet weights, offline
-    source = generate(SynthConfig(out=str(root / "src"), classes=6, per_class=40, seed=3,
-                                  min_side=160, max_side=256, workers=1))
+    source = generate(
+        SynthConfig(
+            out=str(root / "src"),
+            classes=6,
+            per_class=40,
+            seed=3,
+            min_side=160,
+            max_side=256,
+            workers=1,
+        )
+    )
     dataset = root / "ds"
     run_ingest(IngestConfig(source=str(source), out=str(dataset), val_fraction=0.25))
-    summary = run_training(TrainConfig(dataset=str(dataset), storage_path=str(root / "runs"),
-                                       name="trained", pretrained_file=str(weights),
-                                       **TRAINED_RECIPE))
+    summary = run_training(
+        TrainConfig(
+            dataset=str(dataset),
+            storage_path=str(root / "runs"),
+            name="trained",
+            pretrained_file=str(weights),
+            **TRAINED_RECIPE,
+        )
+    )
     evaluation = run_evaluation(EvaluateConfig(model=summary["package"], dataset=str(dataset)))
     return TrainedModel(Path(summary["package"]), dataset, Path(source), summary, evaluation)

@@ -9,8 +9,21 @@ import numpy as np
 from PIL import Image
 
 PART_NAMES = [
-    "back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg",
-    "left wing", "nape", "right eye", "right leg", "right wing", "tail", "throat",
+    "back",
+    "beak",
+    "belly",
+    "breast",
+    "crown",
+    "forehead",
+    "left eye",
+    "left leg",
+    "left wing",
+    "nape",
+    "right eye",
+    "right leg",
+    "right wing",
+    "tail",
+    "throat",
 ]
 
 
@@ -49,9 +62,7 @@ def write_layout(
     (root / "parts").mkdir(parents=True, exist_ok=True)
     (root / "attributes").mkdir(parents=True, exist_ok=True)
     class_names = class_names or [f"{i:03d}.Species_{i}" for i in range(1, 4)]
-    (root / "classes.txt").write_text(
-        "".join(f"{i} {n}\n" for i, n in enumerate(class_names, 1))
-    )
+    (root / "classes.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(class_names, 1)))
     lines = {k: [] for k in ("images", "labels", "split", "boxes", "parts", "attrs")}
     for image_id, (class_id, data, is_train) in enumerate(images, 1):
         rel = f"{class_names[class_id - 1]}/img_{image_id}.jpg"
@@ -71,9 +82,12 @@ def write_layout(
             present = int(attr_id % 50 == class_id)
             lines["attrs"].append(f"{image_id} {attr_id} {present} 3 10.0")
     files = {
-        "images.txt": "images", "image_class_labels.txt": "labels",
-        "train_test_split.txt": "split", "bounding_boxes.txt": "boxes",
-        "parts/part_locs.txt": "parts", "attributes/image_attribute_labels.txt": "attrs",
+        "images.txt": "images",
+        "image_class_labels.txt": "labels",
+        "train_test_split.txt": "split",
+        "bounding_boxes.txt": "boxes",
+        "parts/part_locs.txt": "parts",
+        "attributes/image_attribute_labels.txt": "attrs",
     }
     for name, key in files.items():
         (root / name).write_text("\n".join(lines[key]) + "\n")

@@ -12,8 +12,12 @@ from birdray.model.preprocess import resolve_data_config
 
 
 def make_package(
-    out: Path, arch: str = "test_resnet", num_classes: int = 4, image_size: int = 64,
-    seed: int = 0, temperature: float = 1.0,
+    out: Path,
+    arch: str = "test_resnet",
+    num_classes: int = 4,
+    image_size: int = 64,
+    seed: int = 0,
+    temperature: float = 1.0,
 ) -> Path:
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=num_classes)

@@ -1,4 +1,4 @@
-"""Ingest end to end on a live local Ray: schema, counts, quarantine, stratified split, idempotence."""
+"""Ingest on a live local Ray: schema, counts, quarantine, stratified split, idempotence."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from birdray.data.cub import read_cub
 from birdray.data.ingest import IngestConfig, assign_splits, run_ingest
 from birdray.data.manifest import DatasetError, load_manifest, read_split, split_path
-from birdray.data.cub import read_cub
 from tests.cub_fixture import jpeg_bytes, real_photos, write_layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -43,7 +43,9 @@ def test_ingest_end_to_end(ray_cluster, tmp_path):
     bomb.save(buf, format="PNG")
     (root / "images" / "001.Species_1" / "img_1.jpg").write_bytes(buf.getvalue())
     out = tmp_path / "ds"
-    cfg = IngestConfig(source=str(root.parent), out=str(out), val_fraction=0.25, max_pixels=10_000_000)
+    cfg = IngestConfig(
+        source=str(root.parent), out=str(out), val_fraction=0.25, max_pixels=10_000_000
+    )
     manifest_path = run_ingest(cfg)
     manifest = load_manifest(out)
     listed = 15 + n_photos + 5 + 4
@@ -68,11 +70,16 @@ def test_ingest_end_to_end(ray_cluster, tmp_path):
     assert len(row["parts"]) == 15 and set(row["parts"][0]) == {"x", "y", "visible"}
     assert len(row["bbox"]) == 4
     modes = {
-        m for split in ("train", "val", "test")
-        for m in pq.read_table(split_path(out, split), columns=["source_mode"]).column(0).to_pylist()
+        m
+        for split in ("train", "val", "test")
+        for m in pq.read_table(split_path(out, split), columns=["source_mode"])
+        .column(0)
+        .to_pylist()
     }
     assert {"CMYK", "P", "RGBA", "L", "I;16"} <= modes
-    for data, fmt in zip(table.column("image").to_pylist(), table.column("format").to_pylist()):
+    for data, fmt in zip(
+        table.column("image").to_pylist(), table.column("format").to_pylist(), strict=True
+    ):
         assert Image.open(io.BytesIO(data)).convert("RGB").size  # every stored image decodes
         assert fmt in ("JPEG", "PNG")
 

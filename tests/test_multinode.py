@@ -19,17 +19,37 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def spread_dataset(ray_cluster, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("spread")
-    src = generate(SynthConfig(out=str(root / "src"), classes=3, per_class=12, seed=2,
-                               min_side=96, max_side=128, workers=1))
+    src = generate(
+        SynthConfig(
+            out=str(root / "src"),
+            classes=3,
+            per_class=12,
+            seed=2,
+            min_side=96,
+            max_side=128,
+            workers=1,
+        )
+    )
     run_ingest(IngestConfig(source=str(src), out=str(root / "ds"), val_fraction=0.25))
     return root / "ds"
 
 
 def _recipe(dataset: Path, storage: Path, name: str, epochs: int) -> TrainConfig:
-    return TrainConfig(dataset=str(dataset), arch="test_resnet", image_size=64, batch_size=8,
-                       lr=0.05, warmup_epochs=0, epochs=epochs, num_workers=2,
-                       cpus_per_worker=1.0, placement_strategy="STRICT_SPREAD",
-                       storage_path=str(storage), name=name, max_failures=2)
+    return TrainConfig(
+        dataset=str(dataset),
+        arch="test_resnet",
+        image_size=64,
+        batch_size=8,
+        lr=0.05,
+        warmup_epochs=0,
+        epochs=epochs,
+        num_workers=2,
+        cpus_per_worker=1.0,
+        placement_strategy="STRICT_SPREAD",
+        storage_path=str(storage),
+        name=name,
+        max_failures=2,
+    )
 
 
 @pytest.mark.timeout(900)
@@ -75,3 +95,31 @@ def test_training_survives_losing_a_node(ray_cluster, spread_dataset, tmp_path):
     epochs = [h["epoch"] for h in history["provenance"]["history"]]
     assert epochs == [1, 2, 3, 4]
     assert summary["best"]["nodes"] == 2
+
+
+@pytest.mark.timeout(900)
+def test_batch_scoring_actors_spread_over_two_nodes(ray_cluster, spread_dataset, tmp_path):
+    """Two scoring actors that each need 3 CPUs cannot share the 4-CPU head: one per node."""
+    from birdray.score import ScoreConfig, run_scoring
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg", num_classes=3)
+    node = ray_cluster.add_node(num_cpus=4, node_ip_address="127.0.0.1")
+    ray_cluster.wait_for_nodes()
+    try:
+        summary = run_scoring(
+            ScoreConfig(
+                input=str(spread_dataset),
+                split="test",
+                output=str(tmp_path / "out"),
+                model=str(package),
+                pool_size=2,
+                actor_cpus=3.0,
+                preprocess_cpus=0.5,
+                batch_size=2,
+            )
+        )
+        assert summary["failed"] == 0 and summary["scored"] == summary["files_seen"]
+        assert len(summary["nodes"]) == 2, summary["nodes"]
+    finally:
+        ray_cluster.remove_node(node)

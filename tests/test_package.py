@@ -70,8 +70,14 @@ def test_temperature_softens_confidence(tmp_path):
 
 
 def test_eval_geometry_inverts_the_eval_transform():
-    cfg = {"input_size": [3, 64, 64], "interpolation": "bilinear", "mean": [0.5] * 3,
-           "std": [0.5] * 3, "crop_pct": 0.875, "crop_mode": "center"}
+    cfg = {
+        "input_size": [3, 64, 64],
+        "interpolation": "bilinear",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+    }
     w, h = 300, 180
     img = np.zeros((h, w, 3), dtype=np.uint8)
     img[90:100, 160:170] = 255  # a bright patch at original (165, 95)

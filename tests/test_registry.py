@@ -8,7 +8,13 @@ import threading
 import pytest
 
 from birdray.registry import (
-    RegistryError, list_versions, promote, read_pointer, register, resolve, rollback,
+    RegistryError,
+    list_versions,
+    promote,
+    read_pointer,
+    register,
+    resolve,
+    rollback,
 )
 from tests.model_fixture import make_package
 

@@ -18,15 +18,31 @@ from birdray.train.job import ResourceError, TrainConfig, check_resources, run_t
 
 pytestmark = [pytest.mark.ray]
 
-SMALL = dict(arch="test_resnet", image_size=64, batch_size=8, lr=0.05, warmup_epochs=0,
-             num_workers=2, cpus_per_worker=1.0)
+SMALL = dict(
+    arch="test_resnet",
+    image_size=64,
+    batch_size=8,
+    lr=0.05,
+    warmup_epochs=0,
+    num_workers=2,
+    cpus_per_worker=1.0,
+)
 
 
 @pytest.fixture(scope="module")
 def small_dataset(ray_cluster, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small")
-    src = generate(SynthConfig(out=str(root / "src"), classes=3, per_class=12, seed=1,
-                               min_side=96, max_side=128, workers=1))
+    src = generate(
+        SynthConfig(
+            out=str(root / "src"),
+            classes=3,
+            per_class=12,
+            seed=1,
+            min_side=96,
+            max_side=128,
+            workers=1,
+        )
+    )
     run_ingest(IngestConfig(source=str(src), out=str(root / "ds"), val_fraction=0.25))
     return root / "ds"
 
@@ -50,8 +66,15 @@ def test_two_worker_training_learns(trained_package):
 
 @pytest.mark.timeout(600)
 def test_worker_failure_recovers_from_checkpoint(small_dataset, tmp_path):
-    cfg = TrainConfig(dataset=str(small_dataset), epochs=3, storage_path=str(tmp_path),
-                      name="chaos", inject_failure_at_epoch=1, max_failures=1, **SMALL)
+    cfg = TrainConfig(
+        dataset=str(small_dataset),
+        epochs=3,
+        storage_path=str(tmp_path),
+        name="chaos",
+        inject_failure_at_epoch=1,
+        max_failures=1,
+        **SMALL,
+    )
     summary = run_training(cfg)
     assert (tmp_path / "chaos" / ".injected_failure").read_text() == "1"
     history = json.loads((Path(summary["package"]) / "metadata.json").read_text())
@@ -61,8 +84,15 @@ def test_worker_failure_recovers_from_checkpoint(small_dataset, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_failure_without_retries_fails_the_run(small_dataset, tmp_path):
-    cfg = TrainConfig(dataset=str(small_dataset), epochs=2, storage_path=str(tmp_path),
-                      name="fragile", inject_failure_at_epoch=0, max_failures=0, **SMALL)
+    cfg = TrainConfig(
+        dataset=str(small_dataset),
+        epochs=2,
+        storage_path=str(tmp_path),
+        name="fragile",
+        inject_failure_at_epoch=0,
+        max_failures=0,
+        **SMALL,
+    )
     with pytest.raises(Exception, match="injected failure"):
         run_training(cfg)
 
@@ -70,15 +100,32 @@ def test_failure_without_retries_fails_the_run(small_dataset, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resubmitting_an_interrupted_run_resumes_it(ray_cluster, small_dataset, tmp_path):
-    args = [sys.executable, "jobs/train.py", "--dataset", str(small_dataset),
-            "--storage-path", str(tmp_path), "--name", "resumable", "--epochs", "4",
-            "--address", ray_cluster.address]
+    args = [
+        sys.executable,
+        "jobs/train.py",
+        "--dataset",
+        str(small_dataset),
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "resumable",
+        "--epochs",
+        "4",
+        "--address",
+        ray_cluster.address,
+    ]
     for key, value in SMALL.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     run = tmp_path / "resumable"
     deadline = time.time() + 400
     while time.time() < deadline and len(list(run.glob("checkpoint_*"))) < 2:
@@ -90,8 +137,15 @@ def test_resubmitting_an_interrupted_run_resumes_it(ray_cluster, small_dataset, 
     before = json.loads((checkpoints[-1] / "history.json").read_text())
     assert len(before) < 4, "the run finished before it was interrupted"
     time.sleep(3)
-    summary = run_training(TrainConfig(dataset=str(small_dataset), epochs=4,
-                                       storage_path=str(tmp_path), name="resumable", **SMALL))
+    summary = run_training(
+        TrainConfig(
+            dataset=str(small_dataset),
+            epochs=4,
+            storage_path=str(tmp_path),
+            name="resumable",
+            **SMALL,
+        )
+    )
     history = json.loads((Path(summary["package"]) / "metadata.json").read_text())
     after = history["provenance"]["history"]
     assert [h["epoch"] for h in after] == [1, 2, 3, 4]
@@ -104,9 +158,15 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(ray_cluster, small_dataset, tmp_
     node = ray_cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address="127.0.0.1")
     ray_cluster.wait_for_nodes()
     try:
-        cfg = TrainConfig(dataset=str(small_dataset), epochs=1, storage_path=str(tmp_path),
-                          name="gpu", use_gpu=True, dist_backend="gloo",
-                          **{**SMALL, "cpus_per_worker": 0.5})
+        cfg = TrainConfig(
+            dataset=str(small_dataset),
+            epochs=1,
+            storage_path=str(tmp_path),
+            name="gpu",
+            use_gpu=True,
+            dist_backend="gloo",
+            **{**SMALL, "cpus_per_worker": 0.5},
+        )
         summary = run_training(cfg)
         assert summary["best"]["gpu_workers"] == 2  # both workers hold a (logical) GPU
         assert summary["best"]["device"] == "cpu"  # and fell back to CPU: no CUDA here

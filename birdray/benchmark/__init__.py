@@ -39,10 +39,21 @@ class BenchmarkConfig:
 
 
 def _smoke(cfg: BenchmarkConfig) -> BenchmarkConfig:
-    return BenchmarkConfig(**{**asdict(cfg), "classes": 2, "per_class": 4, "scales": [1, 2],
-                              "arch": "test_resnet", "image_size": 64, "batch_size": 4,
-                              "repeats": 1, "requests": 8, "explain_arch": "test_resnet",
-                              "explain_sizes": [64]})
+    return BenchmarkConfig(
+        **{
+            **asdict(cfg),
+            "classes": 2,
+            "per_class": 4,
+            "scales": [1, 2],
+            "arch": "test_resnet",
+            "image_size": 64,
+            "batch_size": 4,
+            "repeats": 1,
+            "requests": 8,
+            "explain_arch": "test_resnet",
+            "explain_sizes": [64],
+        }
+    )
 
 
 def _package(cfg: BenchmarkConfig, out: Path, classes: int) -> Path:
@@ -52,25 +63,33 @@ def _package(cfg: BenchmarkConfig, out: Path, classes: int) -> Path:
     from birdray.model.preprocess import resolve_data_config
 
     model = create_model(cfg.arch, classes)
-    meta = PackageMetadata(arch=cfg.arch, num_classes=classes,
-                           class_names=[f"{i:03d}.Bench_{i}" for i in range(1, classes + 1)],
-                           data_config=resolve_data_config(model, cfg.image_size),
-                           image_size=cfg.image_size)
+    meta = PackageMetadata(
+        arch=cfg.arch,
+        num_classes=classes,
+        class_names=[f"{i:03d}.Bench_{i}" for i in range(1, classes + 1)],
+        data_config=resolve_data_config(model, cfg.image_size),
+        image_size=cfg.image_size,
+    )
     return save_package(out / "package", model, meta)
 
 
 def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
-    lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'};"
-             f" torch {machine['torch']}, timm {machine['timm']}, Ray {machine['ray']}.",
-             f"Command: `{command}`", "",
-             "| stage | metric | birdray | baseline | ratio | goal | met |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'};"
+        f" torch {machine['torch']}, timm {machine['timm']}, Ray {machine['ray']}.",
+        f"Command: `{command}`",
+        "",
+        "| stage | metric | birdray | baseline | ratio | goal | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         base = f"{r['baseline']:.3g} {r['unit']}" if r.get("baseline") else "—"
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "—"
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
-        lines.append(f"| {r['stage']} | {r['metric']} | {r['value']:.3g} {r['unit']} | {base} "
-                     f"| {ratio} | {r.get('goal', '')} | {met} |")
+        lines.append(
+            f"| {r['stage']} | {r['metric']} | {r['value']:.3g} {r['unit']} | {base} "
+            f"| {ratio} | {r.get('goal', '')} | {met} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -89,8 +108,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     if cfg.stage == "gpu" or cfg.device == "cuda":
         from birdray.benchmark.gpu import run as gpu_run
 
-        rows.append({"stage": "gpu", **gpu_run(cfg.device, cfg.arch, cfg.image_size,
-                                               cfg.batch_size, cfg.repeats * 3)})
+        rows.append(
+            {
+                "stage": "gpu",
+                **gpu_run(cfg.device, cfg.arch, cfg.image_size, cfg.batch_size, cfg.repeats * 3),
+            }
+        )
         (out / "gpu.json").write_text(json.dumps(rows, indent=2))
         return {"results": str(out / "gpu.json"), "rows": rows}
 
@@ -106,11 +129,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     if "ingest" in want:
         rows += stages.bench_ingest(source, out / "ingest-bench", cfg.repeats)
     if "train" in want:
-        rows += stages.bench_train(dataset, out / "train", cfg.arch, cfg.image_size,
-                                   cfg.batch_size, cfg.threads, epochs=2)
+        rows += stages.bench_train(
+            dataset, out / "train", cfg.arch, cfg.image_size, cfg.batch_size, cfg.threads, epochs=2
+        )
     if "score" in want:
-        rows += stages.bench_score(source, dataset, package, out / "score", cfg.batch_size,
-                                   cfg.threads)
+        rows += stages.bench_score(
+            source, dataset, package, out / "score", cfg.batch_size, cfg.threads
+        )
     if "serve" in want:
         rows += stages.bench_serve(source, package, cfg.requests, cfg.threads)
     if "explain" in want:
@@ -119,13 +144,24 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         for scale in cfg.scales:
             data = stages.make_folder(out / f"data-{scale}x", cfg.classes, cfg.per_class * scale)
             rows += stages.bench_ingest(data, out / f"ingest-{scale}x", 1, f"{scale}x")
-            rows += stages.bench_score(data, None, package, out / f"score-{scale}x",
-                                       cfg.batch_size, cfg.threads, f"{scale}x")
+            rows += stages.bench_score(
+                data,
+                None,
+                package,
+                out / f"score-{scale}x",
+                cfg.batch_size,
+                cfg.threads,
+                f"{scale}x",
+            )
     info = machine()
     command = f"birdray benchmark {cfg.stage}" + (" --smoke true" if cfg.smoke else "")
-    (out / "results.json").write_text(json.dumps(
-        {"machine": info, "config": asdict(cfg), "rows": rows, "finished_at": time.time()},
-        indent=2, default=str))
+    (out / "results.json").write_text(
+        json.dumps(
+            {"machine": info, "config": asdict(cfg), "rows": rows, "finished_at": time.time()},
+            indent=2,
+            default=str,
+        )
+    )
     (out / "results.md").write_text(_markdown(rows, info, command))
     print(_markdown(rows, info, command))
     return {"results": str(out / "results.json"), "table": str(out / "results.md")}

@@ -84,13 +84,18 @@ def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict
     dev = torch.device(device)
     model = create_model(arch, 200).to(dev)
     x = torch.randn(batch, 3, image_size, image_size, device=dev)
-    results = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
-               "arch": arch, "image_size": image_size, "batch": batch}
+    results = {
+        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+        "arch": arch,
+        "image_size": image_size,
+        "batch": batch,
+    }
     for train in (True, False):
         for amp, cl in ((False, False), (True, True)):
             key = f"{'train' if train else 'infer'}_{'bf16_cl' if amp else 'fp32'}_img_s"
-            results[key] = _throughput(create_model(arch, 200).to(dev) if train else model,
-                                       x, steps, train, amp, cl)
+            results[key] = _throughput(
+                create_model(arch, 200).to(dev) if train else model, x, steps, train, amp, cl
+            )
     results.update(decode_rates(256 if dev.type == "cuda" else 32, device))
     return results
 

@@ -22,8 +22,13 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> dict[str, Any
         started = time.perf_counter()
         result = fn()
         seconds.append(time.perf_counter() - started)
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds),
-            "max_s": max(seconds), "repeats": len(seconds), "last": result}
+    return {
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "repeats": len(seconds),
+        "last": result,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,8 +71,11 @@ class PeakMemory:
         me = str(os.getpid())
         while not self._stop.is_set():
             self.driver_peak_mb = max(self.driver_peak_mb, _rss_kb(me) / 1024)
-            workers = sum(_rss_kb(p) for p in os.listdir("/proc") if p.isdigit() and
-                          p != me and _is_ray_worker(p))
+            workers = sum(
+                _rss_kb(p)
+                for p in os.listdir("/proc")
+                if p.isdigit() and p != me and _is_ray_worker(p)
+            )
             self.workers_peak_mb = max(self.workers_peak_mb, workers / 1024)
             self._stop.wait(self.interval_s)
 
@@ -95,6 +103,13 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__, "ray": ray.__version__,
-            "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "ray": ray.__version__,
+        "platform": platform.platform(),
+    }

@@ -19,19 +19,46 @@ from PIL import Image
 from birdray.benchmark.measure import PeakMemory, percentile, timed
 
 
-def row(stage: str, metric: str, value: float, baseline: float | None, unit: str,
-        goal: str = "", met: bool | None = None, **extra: Any) -> dict[str, Any]:
+def row(
+    stage: str,
+    metric: str,
+    value: float,
+    baseline: float | None,
+    unit: str,
+    goal: str = "",
+    met: bool | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     ratio = value / baseline if baseline else None
-    return {"stage": stage, "metric": metric, "value": value, "baseline": baseline,
-            "ratio": ratio, "unit": unit, "goal": goal, "met": met, **extra}
+    return {
+        "stage": stage,
+        "metric": metric,
+        "value": value,
+        "baseline": baseline,
+        "ratio": ratio,
+        "unit": unit,
+        "goal": goal,
+        "met": met,
+        **extra,
+    }
 
 
 def make_folder(out: Path, classes: int, per_class: int, seed: int = 0) -> Path:
     """Generated CUB-layout birds (the demo's data), reused across runs of the same size."""
     from birdray.data.synthetic import SynthConfig, generate
 
-    return Path(generate(SynthConfig(out=str(out), classes=classes, per_class=per_class,
-                                     seed=seed, min_side=300, max_side=500)))
+    return Path(
+        generate(
+            SynthConfig(
+                out=str(out),
+                classes=classes,
+                per_class=per_class,
+                seed=seed,
+                min_side=300,
+                max_side=500,
+            )
+        )
+    )
 
 
 def _image_files(source: Path) -> list[Path]:
@@ -47,10 +74,21 @@ def bench_ingest(source: Path, out: Path, repeats: int, label: str = "1x") -> li
     with PeakMemory() as memory:
         ingest = timed(lambda: run_ingest(cfg), repeats)
     ratio = ingest["median_s"] / read["median_s"]
-    return [row("ingest", f"seconds for {len(files)} images ({label})", ingest["median_s"],
-                read["median_s"], "s", "<= 2x reading the bytes", ratio <= 2.0,
-                spread=[ingest["min_s"], ingest["max_s"]], images=len(files),
-                driver_peak_mb=memory.driver_peak_mb, workers_peak_mb=memory.workers_peak_mb)]
+    return [
+        row(
+            "ingest",
+            f"seconds for {len(files)} images ({label})",
+            ingest["median_s"],
+            read["median_s"],
+            "s",
+            "<= 2x reading the bytes",
+            ratio <= 2.0,
+            spread=[ingest["min_s"], ingest["max_s"]],
+            images=len(files),
+            driver_peak_mb=memory.driver_peak_mb,
+            workers_peak_mb=memory.workers_peak_mb,
+        )
+    ]
 
 
 def _decoded(files: list[Path], data_config: dict, uint8: bool) -> torch.Tensor:
@@ -60,8 +98,15 @@ def _decoded(files: list[Path], data_config: dict, uint8: bool) -> torch.Tensor:
     return torch.stack([transform(Image.open(p).convert("RGB")) for p in files])
 
 
-def plain_train_throughput(arch: str, num_classes: int, batch: torch.Tensor, data_config: dict,
-                           steps: int, device: str = "cpu", amp: bool = False) -> float:
+def plain_train_throughput(
+    arch: str,
+    num_classes: int,
+    batch: torch.Tensor,
+    data_config: dict,
+    steps: int,
+    device: str = "cpu",
+    amp: bool = False,
+) -> float:
     """Images/s of the plain PyTorch loop on pre-decoded uint8 tensors: the training limit."""
     from birdray.model.factory import autocast_dtype, create_model
     from birdray.model.preprocess import normalize_uint8
@@ -87,8 +132,15 @@ def plain_train_throughput(arch: str, num_classes: int, batch: torch.Tensor, dat
     return len(batch) / result["median_s"]
 
 
-def bench_train(dataset: Path, storage: Path, arch: str, image_size: int, batch_size: int,
-                threads: int, epochs: int) -> list[dict]:
+def bench_train(
+    dataset: Path,
+    storage: Path,
+    arch: str,
+    image_size: int,
+    batch_size: int,
+    threads: int,
+    epochs: int,
+) -> list[dict]:
     """Ray Train's in-epoch images/s (Parquet -> decode -> augment -> step) vs the plain loop."""
     from birdray.data.manifest import load_manifest, split_path
     from birdray.model.factory import create_model, set_threads
@@ -108,20 +160,46 @@ def bench_train(dataset: Path, storage: Path, arch: str, image_size: int, batch_
     batch = torch.stack([transform(im) for im in tmp])
     set_threads(threads)
     plain = plain_train_throughput(arch, classes, batch, cfg, steps=5)
-    summary = run_training(TrainConfig(
-        dataset=str(dataset), arch=arch, image_size=image_size, batch_size=batch_size,
-        epochs=epochs, num_workers=1, cpus_per_worker=float(threads), torch_threads=threads,
-        storage_path=str(storage), name=f"bench-{time.time():.0f}", warmup_epochs=0,
-    ))
+    summary = run_training(
+        TrainConfig(
+            dataset=str(dataset),
+            arch=arch,
+            image_size=image_size,
+            batch_size=batch_size,
+            epochs=epochs,
+            num_workers=1,
+            cpus_per_worker=float(threads),
+            torch_threads=threads,
+            storage_path=str(storage),
+            name=f"bench-{time.time():.0f}",
+            warmup_epochs=0,
+        )
+    )
     history = summary["best"]
     ray_ips = float(history["images_per_s"])
-    return [row("train", f"{arch}@{image_size} images/s, batch {batch_size}", ray_ips, plain,
-                "img/s", ">= 0.95 of the plain loop", ray_ips / plain >= 0.95,
-                epoch_seconds=history["epoch_seconds"])]
+    return [
+        row(
+            "train",
+            f"{arch}@{image_size} images/s, batch {batch_size}",
+            ray_ips,
+            plain,
+            "img/s",
+            ">= 0.95 of the plain loop",
+            ray_ips / plain >= 0.95,
+            epoch_seconds=history["epoch_seconds"],
+        )
+    ]
 
 
-def bench_score(source: Path, dataset: Path | None, package: Path, out: Path,
-                batch_size: int, threads: int, label: str = "1x") -> list[dict]:
+def bench_score(
+    source: Path,
+    dataset: Path | None,
+    package: Path,
+    out: Path,
+    batch_size: int,
+    threads: int,
+    label: str = "1x",
+) -> list[dict]:
     """End-to-end batch scoring images/s vs the bare model forward on pre-decoded tensors."""
     from birdray.model.inference import Predictor
     from birdray.score import ScoreConfig, run_scoring
@@ -136,18 +214,35 @@ def bench_score(source: Path, dataset: Path | None, package: Path, out: Path,
     if dataset is not None:
         inputs.append(("parquet", str(dataset)))
     for kind, uri in inputs:
-        cfg = ScoreConfig(input=uri, output=str(out / kind), model=str(package), overwrite=True,
-                          batch_size=batch_size, torch_threads=threads, split="test")
+        cfg = ScoreConfig(
+            input=uri,
+            output=str(out / kind),
+            model=str(package),
+            overwrite=True,
+            batch_size=batch_size,
+            torch_threads=threads,
+            split="test",
+        )
         with PeakMemory() as memory:
             started = time.perf_counter()
             summary = run_scoring(cfg)
             seconds = time.perf_counter() - started
         count = summary.get("files_seen") or summary.get("rows") or len(files)
         ips = count / seconds
-        rows.append(row("score", f"{kind} images/s ({count} images, {label})", ips, bare_ips,
-                        "img/s", ">= 0.85 of the bare model", ips / bare_ips >= 0.85,
-                        seconds=seconds, driver_peak_mb=memory.driver_peak_mb,
-                        workers_peak_mb=memory.workers_peak_mb))
+        rows.append(
+            row(
+                "score",
+                f"{kind} images/s ({count} images, {label})",
+                ips,
+                bare_ips,
+                "img/s",
+                ">= 0.85 of the bare model",
+                ips / bare_ips >= 0.85,
+                seconds=seconds,
+                driver_peak_mb=memory.driver_peak_mb,
+                workers_peak_mb=memory.workers_peak_mb,
+            )
+        )
     return rows
 
 
@@ -173,9 +268,16 @@ def bench_serve(source: Path, package: Path, requests: int, threads: int) -> lis
     direct = [timed(lambda im=im: predictor.predict_images([im]), 1)["median_s"] for im in images]
     batch = predictor.preprocess(images)
     bare_ips = len(images) / timed(lambda: predictor.logits(batch), 3, warmup=1)["median_s"]
-    app = start_local(model=str(package), registry=None, name="bench", route_prefix="/bench",
-                      max_batch_size=32, torch_threads=threads, explain=False,
-                      max_ongoing_requests=64)
+    app = start_local(
+        model=str(package),
+        registry=None,
+        name="bench",
+        route_prefix="/bench",
+        max_batch_size=32,
+        torch_threads=threads,
+        explain=False,
+        max_ongoing_requests=64,
+    )
     session = http.Session()
 
     def call(i: int) -> float:
@@ -187,18 +289,37 @@ def bench_serve(source: Path, package: Path, requests: int, threads: int) -> lis
     try:
         latencies = [call(i) for i in range(min(requests, 100))]
         p50 = percentile(latencies, 50)
-        rows = [row("serve", "p50 one-image latency overhead", (p50 - np.median(direct)) * 1000,
-                    None, "ms", "<= 5 ms", (p50 - np.median(direct)) * 1000 <= 5,
-                    p50_ms=p50 * 1000, p99_ms=percentile(latencies, 99) * 1000,
-                    direct_p50_ms=float(np.median(direct)) * 1000)]
+        rows = [
+            row(
+                "serve",
+                "p50 one-image latency overhead",
+                (p50 - np.median(direct)) * 1000,
+                None,
+                "ms",
+                "<= 5 ms",
+                (p50 - np.median(direct)) * 1000 <= 5,
+                p50_ms=p50 * 1000,
+                p99_ms=percentile(latencies, 99) * 1000,
+                direct_p50_ms=float(np.median(direct)) * 1000,
+            )
+        ]
         for concurrency in (1, 8, 32):
             with ThreadPoolExecutor(concurrency) as pool:
                 started = time.perf_counter()
                 list(pool.map(call, range(requests)))
                 ips = requests / (time.perf_counter() - started)
             goal = ">= 0.8 of bare batched" if concurrency == 32 else ""
-            rows.append(row("serve", f"throughput at concurrency {concurrency}", ips, bare_ips,
-                            "img/s", goal, ips / bare_ips >= 0.8 if concurrency == 32 else None))
+            rows.append(
+                row(
+                    "serve",
+                    f"throughput at concurrency {concurrency}",
+                    ips,
+                    bare_ips,
+                    "img/s",
+                    goal,
+                    ips / bare_ips >= 0.8 if concurrency == 32 else None,
+                )
+            )
         return rows
     finally:
         app.stop()
@@ -217,6 +338,14 @@ def bench_explain(arch: str, sizes: tuple[int, ...], repeats: int) -> list[dict]
         cfg = resolve_data_config(model, size)
         for method in ("gradcam", "saliency", "integrated_gradients"):
             result = timed(lambda m=method, c=cfg: explain(model, c, image, m), repeats, warmup=1)
-            rows.append(row("explain", f"{arch}@{size} {method}", result["median_s"], None, "s",
-                            spread=[result["min_s"], result["max_s"]]))
+            rows.append(
+                row(
+                    "explain",
+                    f"{arch}@{size} {method}",
+                    result["median_s"],
+                    None,
+                    "s",
+                    spread=[result["min_s"], result["max_s"]],
+                )
+            )
     return rows

@@ -150,7 +150,8 @@ def read_cub(path: str | Path) -> CubDataset:
         split_line, split = splits[image_id]
         if split not in ("0", "1"):
             raise CubFormatError(
-                f"{root / 'train_test_split.txt'}:{split_line}: is_train must be 0 or 1, got {split!r}"
+                f"{root / 'train_test_split.txt'}:{split_line}: "
+                f"is_train must be 0 or 1, got {split!r}"
             )
         rec = CubRecord(image_id, rel, class_id - 1, class_names[class_id - 1], split == "1")
         if image_id in boxes:

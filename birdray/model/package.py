@@ -51,7 +51,9 @@ class PackageMetadata:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PackageMetadata:
         known = {f for f in cls.__dataclass_fields__}
-        missing = [k for k in ("arch", "num_classes", "class_names", "data_config") if k not in data]
+        missing = [
+            k for k in ("arch", "num_classes", "class_names", "data_config") if k not in data
+        ]
         if missing:
             raise ModelError(f"metadata.json lacks {', '.join(missing)}")
         if data.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
@@ -87,9 +89,7 @@ def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def save_package(
-    out_dir: str | Path, model: torch.nn.Module, metadata: PackageMetadata
-) -> Path:
+def save_package(out_dir: str | Path, model: torch.nn.Module, metadata: PackageMetadata) -> Path:
     """Write a package atomically: a half-written package is never visible under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

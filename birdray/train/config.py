@@ -1,4 +1,4 @@
-"""The training recipe: one dataclass read by ``birdray train``, the Tune sweep and the benchmarks."""
+"""The training recipe: one dataclass for ``birdray train``, the Tune sweep and the benchmarks."""
 
 from __future__ import annotations
 

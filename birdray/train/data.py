@@ -40,7 +40,9 @@ def decode_and_transform(
 ) -> dict[str, np.ndarray]:
     """Ray Data batch fn: image bytes -> uint8 CHW arrays (the model's own preprocessing)."""
     transform = _transform(
-        json.dumps(data_config, sort_keys=True), training, json.dumps(train_kwargs or {}, sort_keys=True)
+        json.dumps(data_config, sort_keys=True),
+        training,
+        json.dumps(train_kwargs or {}, sort_keys=True),
     )
     images = [
         np.asarray(transform(decode_image(bytes(data)).image), dtype=np.uint8)

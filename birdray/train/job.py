@@ -59,8 +59,10 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     data_config = resolve_data_config(probe, cfg.image_size)
     del probe
     datasets = build_datasets(
-        cfg.dataset, data_config,
-        train_transform_kwargs(cfg.hflip, cfg.scale_min, cfg.auto_augment), cfg.data_cpus,
+        cfg.dataset,
+        data_config,
+        train_transform_kwargs(cfg.hflip, cfg.scale_min, cfg.auto_augment),
+        cfg.data_cpus,
     )
     resources = {"CPU": cfg.cpus_per_worker}
     trainer = TorchTrainer(
@@ -73,7 +75,9 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
         },
         torch_config=TorchConfig(backend=cfg.dist_backend or None),
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=resources,
             placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
@@ -97,8 +101,12 @@ def _storage(path: str) -> str:
 
 
 def export_package(
-    checkpoint, cfg: TrainConfig, data_config: dict[str, Any], manifest: dict[str, Any],
-    out: str | Path, provenance: dict[str, Any] | None = None,
+    checkpoint,
+    cfg: TrainConfig,
+    data_config: dict[str, Any],
+    manifest: dict[str, Any],
+    out: str | Path,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Turn a training checkpoint into the one model artifact (safetensors + metadata)."""
     import torch
@@ -166,8 +174,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     package = export_package(best, cfg, data_config, manifest, out)
     history = json.loads((package / "metadata.json").read_text())["provenance"]["history"]
     write_history(history, run_dir)
-    summary: dict[str, Any] = {"package": str(package), "run_dir": str(run_dir),
-                               "best": result.metrics}
+    summary: dict[str, Any] = {
+        "package": str(package),
+        "run_dir": str(run_dir),
+        "best": result.metrics,
+    }
     if cfg.registry:
         from birdray.registry import register
 

@@ -115,20 +115,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = worker_device()
     data_config = config["data_config"]
 
-    model = create_model(cfg.arch, config["num_classes"], cfg.pretrained,
-                         cfg.pretrained_file or None, cfg.drop_rate)
+    model = create_model(
+        cfg.arch, config["num_classes"], cfg.pretrained, cfg.pretrained_file or None, cfg.drop_rate
+    )
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     global_batch = cfg.batch_size * world
     optimizer = timm.optim.create_optimizer_v2(
-        model, opt=cfg.opt, lr=cfg.lr * global_batch / 256, weight_decay=cfg.weight_decay,
+        model,
+        opt=cfg.opt,
+        lr=cfg.lr * global_batch / 256,
+        weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
     )
     steps_per_epoch = max(1, config["train_rows"] // global_batch)
     scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-        min_lr=cfg.min_lr, warmup_lr=cfg.min_lr, updates_per_epoch=steps_per_epoch,
+        optimizer,
+        sched="cosine",
+        num_epochs=cfg.epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        min_lr=cfg.min_lr,
+        warmup_lr=cfg.min_lr,
+        updates_per_epoch=steps_per_epoch,
         step_on_epochs=False,
     )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -138,9 +147,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.time()
-        train_loss, seen, step = _train_epoch(
-            model, optimizer, scheduler, loss_fn, cfg, data_config, device, amp_dtype,
-            epoch, epoch * steps_per_epoch, rank,
+        train_loss, seen, _ = _train_epoch(
+            model,
+            optimizer,
+            scheduler,
+            loss_fn,
+            cfg,
+            data_config,
+            device,
+            amp_dtype,
+            epoch,
+            epoch * steps_per_epoch,
+            rank,
         )
         train_seconds = time.time() - started
         val = _validate(model, loss_fn, cfg, data_config, device, amp_dtype)
@@ -167,24 +185,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _train_epoch(model, optimizer, scheduler, loss_fn, cfg, data_config, device, amp_dtype,
-                 epoch, num_updates, rank) -> tuple[float, float, int]:
+def _train_epoch(
+    model,
+    optimizer,
+    scheduler,
+    loss_fn,
+    cfg,
+    data_config,
+    device,
+    amp_dtype,
+    epoch,
+    num_updates,
+    rank,
+) -> tuple[float, float, int]:
     import ray.train
 
     model.train()
     shard = ray.train.get_dataset_shard("train")
     total_loss, seen = 0.0, 0.0
-    for step, batch in enumerate(shard.iter_torch_batches(
-        batch_size=cfg.batch_size, drop_last=True, prefetch_batches=2, device=device,
-        local_shuffle_buffer_size=cfg.batch_size * 4, local_shuffle_seed=cfg.seed + epoch,
-    )):
+    for step, batch in enumerate(
+        shard.iter_torch_batches(
+            batch_size=cfg.batch_size,
+            drop_last=True,
+            prefetch_batches=2,
+            device=device,
+            local_shuffle_buffer_size=cfg.batch_size * 4,
+            local_shuffle_seed=cfg.seed + epoch,
+        )
+    ):
         if step == 1:
             _maybe_inject_failure(cfg, epoch, rank)
         images = normalize_uint8(batch["image"], data_config)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = batch["label"].long()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             loss = loss_fn(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,7 +247,9 @@ def _validate(model, loss_fn, cfg, data_config, device, amp_dtype) -> dict[str, 
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = batch["label"].long()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             logits = model(images).float()
         sums[0] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
         sums[1] += _topk_correct(logits, labels, 1)
