@@ -24,6 +24,7 @@ class DemoConfig:
     train_config: str = field("jobs/configs/demo.yaml", "training recipe (YAML)")
     epochs: int = field(0, "override the recipe's epochs (0: keep)")
     address: str = field("", "Ray address (empty: a private local Ray on 127.0.0.1)")
+    dashboard: bool = field(False, "leave Serve and the Streamlit dashboard running at the end")
 
 
 def _stage(name: str) -> float:
@@ -90,7 +91,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     out = Path(cfg.out).resolve()
     results: dict[str, Any] = {}
-    resources = init_ray(cfg.address or None, num_cpus=4)
+    local_dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+    extra = local_dashboard if cfg.dashboard and not cfg.address else {}
+    resources = init_ray(cfg.address or None, num_cpus=4, **extra)
     print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
 
     t = _stage("1. synth: generate a CUB-layout dataset")
@@ -158,7 +161,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         evaluation=evaluation,
         sweep=sweep["report"],
     )
-    results.update(_consumers(cfg, out, registry, source, recipe.dataset))
+    results.update(_consumers(cfg, out, registry, source, recipe.dataset, sweep["experiment"]))
     print("\nDemo finished: everything is under", out)
     return results
 
@@ -194,7 +197,9 @@ def _score_folder(out: Path, source: Path) -> Path:
     return folder
 
 
-def _consumers(cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset: str) -> dict:
+def _consumers(
+    cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset: str, sweep_dir: str
+) -> dict:
     """Serve over real HTTP, batch scoring, explanations: all on the production model."""
     import requests
 
@@ -223,6 +228,7 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset
 
     t = _stage("7. serve: Ray Serve on the production model, real HTTP")
     app = start_local(model="production", registry=str(registry), port=0)
+    keep = cfg.dashboard
     try:
         for path in _test_images(source, 3):
             with open(path, "rb") as fh:
@@ -240,8 +246,9 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset
             )
         _done(t, url=app.url, model_version=app.model_version)
     finally:
-        app.stop()
-        shutdown()
+        if not keep:
+            app.stop()
+            shutdown()
 
     t = _stage("8. score: batch-score a folder with Ray Data (with broken files)")
     score_out = out / "scored"
@@ -278,4 +285,23 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset
     )
     _done(t, explanation=explained)
     results.update(serve_url=app.url, scored=str(score_out), explanation=str(explained))
+    if keep:
+        _keep_serving(app, registry, out, score_out, sweep_dir)
     return results
+
+
+def _keep_serving(app, registry: Path, out: Path, score_out: Path, sweep_dir: str) -> None:
+    """``--dashboard``: Serve and Streamlit stay up until Ctrl-C."""
+    from birdray.dashboard_launcher import start_dashboard
+    from birdray.serve.run import shutdown
+
+    url, process = start_dashboard(app.url, str(registry), sweep_dir, str(score_out))
+    print(f"\nServe API:  {app.url}/docs\nDashboard:  {url}\n(Ctrl-C stops both)", flush=True)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        process.terminate()
+        app.stop()
+        shutdown()
