@@ -1,0 +1,164 @@
+"""The HTTP API (FastAPI): routes, API key, and one JSON error shape for every failure.
+
+``create_api`` builds the app around a ``Service`` (the Serve ingress implements it), so the HTTP
+contract lives in one place and knows nothing of Ray. Routes are versioned under ``/v1`` and
+documented by FastAPI's OpenAPI (``/docs``); ``/healthz`` and ``/readyz`` stay unauthenticated for
+probes. Anything that goes wrong answers ``{"error": {"code", "message", "file"}}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from birdray.serve.errors import ApiError
+from birdray.serve.uploads import Limits, Upload, read_uploads
+
+logger = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+METHODS = ("gradcam", "saliency", "integrated_gradients")
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
+
+
+class Service(Protocol):
+    """What the routes need from the deployment behind them."""
+
+    async def model_info(self) -> dict[str, Any]: ...
+
+    async def readiness(self) -> dict[str, Any]: ...
+
+    async def predict(
+        self, uploads: list[Upload], top_k: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]: ...
+
+    async def explain(self, upload: Upload, method: str, target: str | None) -> dict[str, Any]: ...
+
+
+def _multipart_body(field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI description of a multipart upload (the body is parsed by hand, with limits)."""
+    binary = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": binary} if many else binary
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {field: schema}, "required": [field]}
+                }
+            },
+        }
+    }
+
+
+def _error(status: int, code: str, message: str, file: str | None = None) -> JSONResponse:
+    return JSONResponse(ApiError(status, code, message, file).body(), status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": API_KEY_HEADER} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'query')}: {err.get('msg')}"
+            for err in exc.errors()
+        ]
+        return _error(422, "invalid_parameter", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return _error(500, "internal_error", f"{type(exc).__name__}: the server failed")
+
+
+def create_api(service: Service, limits: Limits, api_key: str | None = None) -> FastAPI:
+    """The FastAPI app for ``service``; requests to ``/v1`` need ``X-API-Key`` when a key is set."""
+    app = FastAPI(
+        title="birdray",
+        version="1",
+        description="Bird species from photos: calibrated top-k predictions and explanations.",
+    )
+    _install_error_handlers(app)
+
+    async def authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        sent = request.headers.get(API_KEY_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), api_key.encode()):
+            raise ApiError(401, "unauthorized", f"missing or wrong {API_KEY_HEADER} header")
+
+    @app.get("/healthz", summary="The HTTP server is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="A model is loaded and answering (503 otherwise)")
+    async def readyz() -> dict[str, Any]:
+        return await service.readiness()
+
+    @app.get("/v1/model", summary="The served model", dependencies=[Depends(authorized)])
+    async def model() -> dict[str, Any]:
+        return await service.model_info()
+
+    @app.post(
+        "/v1/predict",
+        summary="Top-k species with calibrated probabilities for one or more images",
+        dependencies=[Depends(authorized)],
+        openapi_extra=_multipart_body("files", many=True),
+    )
+    async def predict(
+        request: Request, top_k: int = Query(5, ge=1, le=1000, description="species per image")
+    ) -> dict[str, Any]:
+        uploads = await read_uploads(request, "files", limits)
+        model_block, results = await service.predict(uploads, top_k)
+        if len(uploads) == 1 and isinstance(results[0], ApiError):
+            raise results[0]
+        return {
+            "model": model_block,
+            "results": [
+                {"file": r.file, "ok": False, "error": r.error()} if isinstance(r, ApiError) else r
+                for r in results
+            ],
+        }
+
+    @app.post(
+        "/v1/explain",
+        summary="Attribution map (overlay PNG), top regions and the species' part profile",
+        dependencies=[Depends(authorized)],
+        openapi_extra=_multipart_body("file", many=False),
+    )
+    async def explain(
+        request: Request,
+        method: str = Query("gradcam", description=" | ".join(METHODS)),
+        target: str | None = Query(None, description="class index or species; default: predicted"),
+    ) -> dict[str, Any]:
+        if method not in METHODS:
+            raise ApiError(422, "invalid_parameter", f"method must be one of {', '.join(METHODS)}")
+        uploads = await read_uploads(request, "file", limits)
+        if len(uploads) != 1:
+            raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
+        return await service.explain(uploads[0], method, target)
+
+    return app

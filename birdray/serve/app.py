@@ -1,0 +1,171 @@
+"""The Serve application: a CPU FastAPI ingress composed with the model (and explainer) deployments.
+
+``build_app(args)`` is the application builder used by ``serve run``/``serve deploy`` config files
+(``import_path: birdray.serve.app:build_app``), by ``birdray serve`` and by tests. Nothing is
+resolved at import time: the builder pins ``production``/``latest`` to a concrete registry version,
+and each replica loads that version when it starts. ``BirdIngress`` decodes and validates uploads
+and preprocesses them with the model's own data config, so model replicas only run the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from birdray import config as cfglib
+from birdray.config import field
+from birdray.registry import list_versions, read_pointer
+from birdray.serve.classifier import BirdClassifier
+from birdray.serve.explainer import BirdExplainer
+from birdray.serve.ingress import BirdIngress
+from birdray.serve.uploads import Limits
+
+__all__ = ["AppArgs", "BirdClassifier", "BirdExplainer", "BirdIngress", "bind_app", "build_app"]
+
+
+@dataclass
+class AppArgs:
+    """Everything ``build_app`` accepts (the ``args:`` of a Serve config file)."""
+
+    model: str = field("production", "production | latest | v0003 (registry) or a package folder")
+    registry: str | None = field("runs/registry", "registry folder or URI (None: model is a path)")
+    api_key_env: str | None = field(None, "env var with the API key; when set, /v1 needs X-API-Key")
+    max_upload_mb: float = field(16.0, "largest accepted image file")
+    max_request_mb: float = field(64.0, "largest accepted request body")
+    max_files: int = field(16, "most images per /v1/predict request")
+    max_pixels: int = field(40_000_000, "largest accepted width x height (decompression bombs)")
+    max_aspect_ratio: float = field(20.0, "most elongated accepted image (long / short side)")
+    device: str | None = field(None, "cuda | cpu for model replicas (default: CUDA when present)")
+    torch_threads: int = field(2, "torch threads per model replica (Ray sets OMP_NUM_THREADS=1)")
+    amp: bool = field(False, "bf16/fp16 autocast in model replicas")
+    max_batch_size: int = field(8, "@serve.batch size (user_config; live-tunable)")
+    batch_wait_timeout_s: float = field(0.002, "@serve.batch wait (user_config; live-tunable)")
+    max_ongoing_requests: int = field(16, "per model replica; raised to max_batch_size if lower")
+    max_queued_requests: int = field(-1, "per caller before 503 (-1: unbounded)")
+    num_gpus: float = field(0.0, "GPUs per model replica (1 or a fraction on a GPU cluster)")
+    model_num_cpus: float = field(1.0, "CPUs per model replica")
+    min_replicas: int = field(1, "model replicas at least")
+    max_replicas: int = field(1, "model replicas at most (> min_replicas turns on autoscaling)")
+    target_ongoing_requests: float = field(8.0, "autoscaling target per model replica")
+    upscale_delay_s: float = field(10.0, "sustained load needed before adding a replica")
+    downscale_delay_s: float = field(60.0, "sustained idleness needed before removing one")
+    metrics_interval_s: float = field(2.0, "how often replicas report load to the autoscaler")
+    look_back_period_s: float = field(10.0, "window the autoscaler averages load over")
+    max_surge_percent: int = field(100, "extra replicas while a redeploy restarts (0: stop first)")
+    ingress_replicas: int = field(1, "ingress (decode/preprocess) replicas")
+    ingress_num_cpus: float = field(0.5, "CPUs per ingress replica")
+    ingress_max_ongoing_requests: int = field(64, "concurrent HTTP requests per ingress replica")
+    explain: bool = field(True, "add the BirdExplainer deployment and /v1/explain")
+    explain_num_cpus: float = field(0.5, "CPUs per explainer replica")
+    explain_num_gpus: float = field(0.0, "GPUs per explainer replica")
+    explain_max_ongoing_requests: int = field(2, "explanations computed at once per replica")
+    explain_max_queued_requests: int = field(4, "explanations waiting before 503")
+
+
+def pin_model(model: str, registry: str | None) -> tuple[str, str | None]:
+    """Turn ``production``/``latest`` into a concrete version (a swap is then a config change)."""
+    if registry and "://" not in registry:
+        registry = str(Path(registry).resolve())
+    local = Path(model)
+    if local.is_dir() and (local / "metadata.json").is_file():
+        return str(local.resolve()), registry
+    if not registry:
+        raise ValueError(f"model {model!r} is not a package folder and no registry was given")
+    if model in ("production", ""):
+        version = read_pointer(registry).get("version")
+        if not version:
+            raise ValueError(f"{registry}: no production model yet (promote one first)")
+        return version, registry
+    if model == "latest":
+        versions = list_versions(registry)
+        if not versions:
+            raise ValueError(f"{registry}: registry is empty")
+        return versions[-1], registry
+    return model, registry
+
+
+def _limits(args: AppArgs) -> Limits:
+    return Limits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_request_bytes=int(args.max_request_mb * 2**20),
+        max_files=args.max_files,
+        max_pixels=args.max_pixels,
+        max_aspect_ratio=args.max_aspect_ratio,
+    )
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The birdray Serve application for ``args`` (keys: the fields of ``AppArgs``)."""
+    opts = args if isinstance(args, AppArgs) else cfglib.from_dict(AppArgs, dict(args or {}))
+    return bind_app(opts, *pin_model(opts.model, opts.registry))
+
+
+def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
+    """Deployments with their options bound to a model reference (no I/O, nothing resolved)."""
+    if opts.explain and importlib.util.find_spec("birdray.explain") is None:
+        raise ValueError("explain=true needs the birdray.explain package; build with explain=false")
+    replica_args = {"model": model, "registry": registry, "device": opts.device}
+    user_config = {
+        "model": model,
+        "registry": registry,
+        "max_batch_size": opts.max_batch_size,
+        "batch_wait_timeout_s": opts.batch_wait_timeout_s,
+    }
+    scaling: dict[str, Any] = {"num_replicas": opts.min_replicas}
+    if opts.max_replicas > opts.min_replicas:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": opts.min_replicas,
+                "max_replicas": opts.max_replicas,
+                "target_ongoing_requests": opts.target_ongoing_requests,
+                "upscale_delay_s": opts.upscale_delay_s,
+                "downscale_delay_s": opts.downscale_delay_s,
+                "metrics_interval_s": opts.metrics_interval_s,
+                "look_back_period_s": opts.look_back_period_s,
+            }
+        }
+    classifier = BirdClassifier.options(
+        **scaling,
+        max_ongoing_requests=max(opts.max_ongoing_requests, opts.max_batch_size),
+        max_queued_requests=opts.max_queued_requests,
+        ray_actor_options={"num_cpus": opts.model_num_cpus, "num_gpus": opts.num_gpus},
+        user_config=user_config,
+        max_surge_percent=opts.max_surge_percent,
+    ).bind(**replica_args, torch_threads=opts.torch_threads, amp=opts.amp)
+    explainer = None
+    if opts.explain:
+        explainer = BirdExplainer.options(
+            num_replicas=1,
+            max_ongoing_requests=opts.explain_max_ongoing_requests,
+            max_queued_requests=opts.explain_max_queued_requests,
+            ray_actor_options={
+                "num_cpus": opts.explain_num_cpus,
+                "num_gpus": opts.explain_num_gpus,
+            },
+            user_config={"model": model, "registry": registry},
+            max_surge_percent=opts.max_surge_percent,
+        ).bind(**replica_args, torch_threads=opts.torch_threads)
+    ingress_actor: dict[str, Any] = {"num_cpus": opts.ingress_num_cpus}
+    if opts.api_key_env and os.environ.get(opts.api_key_env):
+        # hand the key to the ingress replicas (they may run on other nodes than the builder)
+        ingress_actor["runtime_env"] = {
+            "env_vars": {opts.api_key_env: os.environ[opts.api_key_env]}
+        }
+    return BirdIngress.options(
+        num_replicas=opts.ingress_replicas,
+        max_ongoing_requests=opts.ingress_max_ongoing_requests,
+        ray_actor_options=ingress_actor,
+        max_surge_percent=opts.max_surge_percent,
+    ).bind(classifier, explainer, _limits(opts), opts.api_key_env)
+
+
+def app_args(cfg: Any) -> dict[str, Any]:
+    """The ``AppArgs`` part of a larger config (e.g. ``ServeConfig``) as a plain dict."""
+    names = {f.name for f in dataclasses.fields(AppArgs)}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}

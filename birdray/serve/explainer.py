@@ -1,0 +1,106 @@
+"""``BirdExplainer``: attribution maps from the exact model version that serves predictions.
+
+A separate deployment with a small ``max_ongoing_requests`` and a bounded queue, so slow
+explanations (Integrated Gradients takes seconds on CPU) never starve ``/v1/predict``: excess
+explain requests are refused with 503 instead of piling up. It follows the same ``user_config``
+model reference as ``BirdClassifier``, so a swap moves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+from PIL import Image
+from ray import serve
+
+from birdray.model.factory import set_threads
+from birdray.model.inference import Predictor
+from birdray.serve.classifier import load_predictor, model_ref
+
+
+def _jsonable(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numpy scalars and arrays become Python numbers and lists)."""
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+@serve.deployment(name="BirdExplainer", max_ongoing_requests=2, max_queued_requests=8)
+class BirdExplainer:
+    """Runs ``birdray.explain.explain`` on the served package's model, one image at a time."""
+
+    def __init__(
+        self,
+        model: str,
+        registry: str | None = None,
+        device: str | None = None,
+        torch_threads: int = 1,
+    ):
+        import birdray.explain  # noqa: F401  fail the replica clearly when explain is missing
+
+        self._default = {"model": model, "registry": registry}
+        self._device, self._threads = device, torch_threads
+        self._ref: tuple[str, str | None] | None = None
+        self._predictor: Predictor | None = None
+        self._profiles: dict[str, Any] | None = None
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        from birdray.explain import load_part_profiles
+
+        ref = model_ref(config, self._default)
+        if ref == self._ref:
+            return
+        # Captum hooks want plain NCHW modules: no channels_last conversion here
+        predictor = await asyncio.to_thread(
+            load_predictor, *ref, self._device, self._threads, False, False
+        )
+        profiles = load_part_profiles(predictor.package.path)
+        self._predictor, self._profiles, self._ref = predictor, profiles, ref
+
+    def check_health(self) -> None:
+        if self._predictor is None:
+            raise RuntimeError("model not loaded yet")
+
+    def _explain(self, image: Image.Image, method: str, target: int | None) -> dict[str, Any]:
+        from birdray.explain import explain, species_profile
+
+        set_threads(self._threads)  # torch's thread setting is per OS thread: set it here too
+        predictor, profiles = self._predictor, self._profiles
+        assert predictor is not None
+        meta = predictor.metadata
+        names = meta.class_names
+        start = time.perf_counter()
+        result = explain(
+            predictor.model,
+            meta.data_config,
+            image,
+            method=method,
+            target=target,
+            temperature=float(meta.temperature or 1.0),
+        )
+        explained, predicted = int(result.target), int(result.predicted)
+        overlay = result.overlay_png(image)
+        return {
+            "model_version": predictor.version,
+            "method": method,
+            "target": {"label": explained, "species": names[explained]},
+            "prediction": {
+                "label": predicted,
+                "species": names[predicted],
+                "confidence": result.confidence,
+            },
+            "overlay_png_base64": base64.b64encode(overlay).decode("ascii"),
+            "regions": _plain(result.regions(k=3)),
+            "part_profile": _plain(species_profile(profiles, explained)),
+            "timing_ms": {"explain": (time.perf_counter() - start) * 1000},
+        }
+
+    async def explain(self, image: Image.Image, method: str, target: int | None) -> dict[str, Any]:
+        self.check_health()
+        return await asyncio.to_thread(self._explain, image, method, target)

@@ -1,0 +1,168 @@
+"""``BirdIngress``: the CPU HTTP front of the app (decode, validate, preprocess, fan out).
+
+Uploads are checked and decoded here (``birdray.serve.uploads``), preprocessed with the served
+model's own eval transform, and sent to ``BirdClassifier`` as float32 arrays, so model replicas
+(GPUs on a cluster) only run the network. Each array carries the fingerprint of the data config
+it was made with; after a model swap that changes preprocessing, the classifier refuses stale
+arrays and the ingress redoes them once with the new transform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from birdray.model.factory import set_threads
+from birdray.model.preprocess import build_transform
+from birdray.serve.api import create_api
+from birdray.serve.errors import ApiError
+from birdray.serve.uploads import Limits, Upload, decode_upload
+
+logger = logging.getLogger("ray.serve")
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+async def _answer(response: DeploymentResponse, what: str) -> Any:
+    """Await a deployment call; overload and absence become 503s in the API's error shape."""
+    try:
+        return await response
+    except BackPressureError as exc:
+        raise ApiError(503, "busy", f"too many {what} requests queued; retry shortly") from exc
+    except DeploymentUnavailableError as exc:
+        raise ApiError(503, "unavailable", f"the {what} deployment is not available") from exc
+
+
+@serve.deployment(name="BirdIngress", max_ongoing_requests=64)
+@serve.ingress()
+class BirdIngress:
+    """HTTP front: validate and preprocess on CPU, then hand tensors to the model deployment."""
+
+    def __init__(
+        self,
+        classifier: DeploymentHandle,
+        explainer: DeploymentHandle | None,
+        limits: Limits,
+        api_key_env: str | None,
+    ):
+        set_threads(1)  # transforms are small; leave the cores to the model
+        self._classifier, self._explainer, self._limits = classifier, explainer, limits
+        # the key is checked when the named variable has a value (configs name it always)
+        self._api_key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not self._api_key:
+            logger.warning("%s is not set: /v1 is open (bound to loopback?)", api_key_env)
+        self._info: dict[str, Any] | None = None  # model info + its eval "transform"
+
+    def __serve_build_asgi_app__(self):
+        return create_api(self, self._limits, self._api_key)
+
+    async def _current(self, refresh: bool = False) -> dict[str, Any]:
+        """The served model's info with its eval transform (kept together so they always match)."""
+        if self._info is None or refresh:
+            info = await _answer(self._classifier.info.remote(), "model")
+            info["transform"] = build_transform(info["data_config"], training=False)
+            self._info = info
+        return self._info
+
+    async def model_info(self) -> dict[str, Any]:
+        info = await self._current(refresh=True)
+        hidden = ("data_config", "config_key", "transform")
+        return {k: v for k, v in info.items() if k not in hidden}
+
+    async def readiness(self) -> dict[str, Any]:
+        try:
+            info = await asyncio.wait_for(self._current(refresh=True), timeout=10)
+        except Exception as exc:
+            raise ApiError(503, "not_ready", f"model not answering: {type(exc).__name__}") from exc
+        return {"status": "ready", "model_version": info["version"]}
+
+    def _prepare(self, upload: Upload, info: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        decoded = decode_upload(upload, self._limits)
+        pixels = info["transform"](decoded.image).numpy()
+        return {
+            "decoded": decoded,
+            "pixels": pixels,
+            "key": info["config_key"],
+            "decode_ms": _ms(start),
+        }
+
+    async def _classify(self, upload: Upload, top_k: int) -> dict[str, Any] | ApiError:
+        start = time.perf_counter()
+        info = await self._current()
+        try:
+            item = await asyncio.to_thread(self._prepare, upload, info)
+        except ApiError as exc:
+            return exc
+        for _attempt in range(2):  # a swap may change the preprocessing: redo it once
+            queued = time.perf_counter()
+            request = {"pixels": item["pixels"], "key": item["key"], "top_k": top_k}
+            try:
+                result = await _answer(self._classifier.predict.remote(request), "model")
+            except ApiError as exc:
+                exc.file = upload.name
+                return exc
+            if not result.get("stale"):
+                break
+            info = await self._current(refresh=True)
+            item["pixels"] = info["transform"](item["decoded"].image).numpy()
+            item["key"] = info["config_key"]
+        else:
+            return ApiError(503, "model_updating", "the model changed twice; retry", upload.name)
+        decoded = item["decoded"]
+        return {
+            "file": upload.name,
+            "ok": True,
+            "prediction": result["prediction"],
+            "top_k": result["top_k"],
+            "model_version": result["model_version"],
+            "image": {"width": decoded.width, "height": decoded.height},
+            "timing_ms": {
+                "decode": item["decode_ms"],
+                "queue_and_model": _ms(queued),
+                "total": _ms(start),
+            },
+        }
+
+    async def predict(
+        self, uploads: list[Upload], top_k: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]:
+        results = await asyncio.gather(*(self._classify(u, top_k) for u in uploads))
+        served = [r["model_version"] for r in results if isinstance(r, dict)]
+        info = await self._current()
+        if served and served[0] != info["version"]:  # the model was swapped: describe the new one
+            info = await self._current(refresh=True)
+        model = {"name": info["name"], "version": info["version"], "arch": info["arch"]}
+        return model, list(results)
+
+    def _target(self, target: str | None, classes: list[str]) -> int | None:
+        if target is None or target == "":
+            return None
+        if target.isdigit() and int(target) < len(classes):
+            return int(target)
+        wanted = target.lower()
+        for index, name in enumerate(classes):
+            if wanted in (name.lower(), name.split(".", 1)[-1].lower()):
+                return index
+        raise ApiError(422, "invalid_parameter", f"unknown target class {target!r}")
+
+    async def explain(self, upload: Upload, method: str, target: str | None) -> dict[str, Any]:
+        if self._explainer is None:
+            raise ApiError(404, "explain_disabled", "this app was built with explain=false")
+        info = await self._current()
+        label = self._target(target, info["classes"])
+        decoded = await asyncio.to_thread(decode_upload, upload, self._limits)
+        result = await _answer(
+            self._explainer.explain.remote(decoded.image, method, label), "explain"
+        )
+        result["image"] = {"width": decoded.width, "height": decoded.height}
+        return result

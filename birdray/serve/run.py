@@ -1,0 +1,190 @@
+"""``birdray serve``: run the app on a local Ray (or a given cluster) bound to 127.0.0.1.
+
+``start_local`` is the programmatic door the demo and tests use: start Serve, deploy the app,
+wait until ``/readyz`` answers, return where it listens. ``LocalServe.swap`` redeploys with a
+new model reference; old replicas keep serving until the new ones are ready (``max_surge_percent``),
+so no request is dropped. Config-file deployments swap in place instead: change
+``user_config.model`` of ``BirdClassifier`` (and ``BirdExplainer``) and ``serve deploy`` again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from birdray.config import field
+from birdray.runtime import LOOPBACK, init_ray
+from birdray.serve.app import AppArgs, app_args, build_app
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig(AppArgs):
+    """``AppArgs`` plus where and how to run Serve."""
+
+    host: str = field(LOOPBACK, "HTTP bind address (loopback; set an API key before exposing)")
+    port: int = field(8000, "HTTP port (0 picks a free one)")
+    name: str = field("birdray", "Serve application name")
+    route_prefix: str = field("/", "URL prefix of the app")
+    address: str | None = field(None, "Ray address (default: RAY_ADDRESS, else a new local Ray)")
+    num_cpus: float | None = field(None, "logical CPUs for a new local Ray")
+    blocking: bool = field(True, "keep serving until Ctrl-C (false: return; needs a cluster)")
+    ready_timeout_s: float = field(120.0, "how long to wait for /readyz after deploying")
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_serve(host: str = LOOPBACK, port: int = 0) -> str:
+    """Start Serve's HTTP proxy on the head node (or join a running one); its base URL.
+
+    Serve's HTTP options are fixed once it runs, so when it already runs the URL reports the
+    port it really listens on, not the one asked for.
+    """
+    from ray import serve
+    from ray.serve.context import _get_global_client  # the only way to read the live options
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        port = port or free_port(host)
+        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        client = _get_global_client()
+    options = client.http_config
+    if port and options.port != port:
+        logger.warning("Serve already listens on port %s; port %s is not used", options.port, port)
+    shown = LOOPBACK if options.host in ("0.0.0.0", "::") else options.host
+    return f"http://{shown}:{options.port}"
+
+
+def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None) -> dict:
+    """Poll ``/readyz`` until it answers 200; its JSON (``model_version``) is returned."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(f"{url}/readyz", headers=headers or {})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/readyz not ready after {timeout_s:.0f}s: {last}")
+
+
+@dataclass
+class LocalServe:
+    """A running birdray app: where it listens and how to swap or stop it."""
+
+    url: str
+    name: str
+    route_prefix: str
+    args: dict[str, Any]
+    model_version: str
+
+    def swap(self, model: str, registry: str | None = None, timeout_s: float = 120.0) -> str:
+        """Redeploy on another model; returns the new version once it is serving."""
+        from ray import serve
+
+        args = {**self.args, "model": model}
+        if registry is not None:
+            args["registry"] = registry
+        # serve.run returns once the rollout is done (old replicas served until then)
+        serve.run(build_app(args), name=self.name, route_prefix=self.route_prefix)
+        self.args = args
+        self.model_version = wait_ready(self.url, timeout_s)["model_version"]
+        return self.model_version
+
+    def stop(self) -> None:
+        from ray import serve
+
+        serve.delete(self.name)
+
+
+def start_local(
+    model: str = "production",
+    registry: str | None = "runs/registry",
+    port: int = 0,
+    host: str = LOOPBACK,
+    name: str = "birdray",
+    route_prefix: str = "/",
+    address: str | None = None,
+    num_cpus: float | None = None,
+    ready_timeout_s: float = 120.0,
+    **app_kwargs: Any,
+) -> LocalServe:
+    """Start (or join) Ray, start Serve on ``host:port``, deploy the app, wait until it is ready.
+
+    ``app_kwargs`` are further ``AppArgs`` fields (``max_batch_size=16``, ``explain=False``...).
+    If Serve already runs in this cluster its HTTP options stay as they are (Ray's rule).
+    """
+    from ray import serve
+
+    args = {"model": model, "registry": registry, **app_kwargs}
+    app = build_app(args)  # validates args and the model reference before starting anything
+    init_ray(address=address, num_cpus=num_cpus)
+    base = ensure_serve(host, port)
+    serve.run(app, name=name, route_prefix=route_prefix)
+    prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
+    url = f"{base}{prefix}"
+    ready = wait_ready(url, ready_timeout_s)
+    return LocalServe(url, name, route_prefix, args, ready["model_version"])
+
+
+def serve_apps() -> list[str]:
+    """Names of the applications Serve runs in the connected cluster."""
+    from ray import serve
+
+    return list(serve.status().applications)
+
+
+def shutdown() -> None:
+    """Stop Serve entirely (all apps, proxies, controller) in the connected cluster."""
+    from ray import serve
+
+    serve.shutdown()
+
+
+def run_serve(cfg: ServeConfig) -> dict[str, Any]:
+    """Serve a model over HTTP (local Ray unless --address); Ctrl-C stops it."""
+    if cfg.host not in (LOOPBACK, "localhost") and not cfg.api_key_env:
+        logger.warning("serving on %s without an API key (set --api-key-env)", cfg.host)
+    args = app_args(cfg)
+    args.pop("model")
+    args.pop("registry")
+    local = start_local(
+        cfg.model,
+        cfg.registry,
+        port=cfg.port,
+        host=cfg.host,
+        name=cfg.name,
+        route_prefix=cfg.route_prefix,
+        address=cfg.address,
+        num_cpus=cfg.num_cpus,
+        ready_timeout_s=cfg.ready_timeout_s,
+        **args,
+    )
+    print(f"birdray serve: {local.url} (model {local.model_version}); docs at {local.url}/docs")
+    summary = {"url": local.url, "app": cfg.name, "model_version": local.model_version}
+    if not cfg.blocking:
+        return summary
+    print("serving; press Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping Serve")
+    finally:
+        local.stop()
+        if not serve_apps():  # leave Serve running for other apps on a shared cluster
+            shutdown()
+    return summary

@@ -1,0 +1,137 @@
+"""Bounded, in-memory multipart uploads and the per-file checks every image goes through.
+
+The request body is read with a byte limit before parsing (a client cannot make the replica hold
+more than ``max_request_bytes``), parsed by Starlette's multipart parser with spooling kept in
+memory (no temp files), and each file is checked for declared type and size, then decoded by
+``birdray.images.decode_image`` (the one definition of a valid image).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from birdray.images import DecodedImage, ImageError, decode_image
+from birdray.serve.errors import ApiError, from_image_error
+
+# Declared part types we accept; the real format is sniffed from the bytes by decode_image.
+ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int  # one file
+    max_request_bytes: int  # the whole body
+    max_files: int
+    max_pixels: int
+    max_aspect_ratio: float  # longest / shortest side; beyond it resizing explodes
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    content_type: str | None
+    data: bytes
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "request_too_large", f"request body exceeds {_mb(limit)}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "request_too_large", f"request body exceeds {_mb(limit)}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upload]:
+    """Files sent under multipart ``field``; request-level problems raise ``ApiError``."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        shown = content_type or "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send images as multipart/form-data field {field!r} (got content type {shown})",
+        )
+    body = await read_body(request, limits.max_request_bytes)
+
+    async def replay():
+        yield body
+
+    parser = MultiPartParser(
+        request.headers, replay(), max_files=math.inf, max_fields=32, max_part_size=64 * 1024
+    )
+    parser.spool_max_size = limits.max_request_bytes + 1  # keep every part in memory
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
+    files = [v for k, v in form.multi_items() if isinstance(v, UploadFile)]
+    wanted = [v for k, v in form.multi_items() if k == field and isinstance(v, UploadFile)]
+    if not wanted:
+        other = " (got files under other fields)" if files else ""
+        raise ApiError(422, "no_files", f"no files in multipart field {field!r}{other}")
+    if len(wanted) > limits.max_files:
+        raise ApiError(
+            400, "too_many_files", f"{len(wanted)} files; at most {limits.max_files} per request"
+        )
+    uploads = []
+    for index, item in enumerate(wanted):
+        data = await item.read()
+        name = item.filename or f"file{index}"
+        uploads.append(Upload(name, item.content_type, data))
+        await item.close()
+    return uploads
+
+
+def check_upload(upload: Upload, limits: Limits) -> None:
+    """Declared type and size of one file (before spending time decoding it)."""
+    declared = (upload.content_type or "").lower()
+    if declared and not declared.startswith(ACCEPTED_PART_TYPES):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"declared content type {upload.content_type!r} is not an image type",
+            upload.name,
+        )
+    if len(upload.data) > limits.max_upload_bytes:
+        raise ApiError(
+            413,
+            "file_too_large",
+            f"{_mb(len(upload.data))} exceeds the {_mb(limits.max_upload_bytes)} per-file limit",
+            upload.name,
+        )
+
+
+def decode_upload(upload: Upload, limits: Limits) -> DecodedImage:
+    """Checked, decoded RGB image; every failure is an ``ApiError`` naming the file, never a 500."""
+    check_upload(upload, limits)
+    try:
+        decoded = decode_image(upload.data, max_pixels=limits.max_pixels)
+    except ImageError as exc:
+        raise from_image_error(exc, upload.name) from exc
+    except Exception as exc:  # a decoder bug on hostile bytes is still the file's fault
+        raise ApiError(422, "corrupt_image", f"cannot decode: {exc}", upload.name) from exc
+    short, long = sorted((decoded.width, decoded.height))
+    if long / max(short, 1) > limits.max_aspect_ratio:
+        raise ApiError(
+            422,
+            "bad_dimensions",
+            f"{decoded.width}x{decoded.height} is more elongated than "
+            f"{limits.max_aspect_ratio:g}:1",
+            upload.name,
+        )
+    return decoded

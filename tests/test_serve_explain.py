@@ -1,0 +1,110 @@
+"""``POST /v1/explain`` over Serve: the same model version as ``/v1/predict``, bounded load."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.model_fixture import make_package
+from tests.serve_fixtures import (
+    deployed,
+    encode,
+    post_images,
+    random_rgb,
+    serve_http,  # noqa: F401
+    small_app_args,
+)
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+PROFILE = {"crown": 0.5, "breast": 0.3, "tail": 0.2}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    pkg = make_package(tmp_path_factory.mktemp("serve_explain") / "pkg", num_classes=4, seed=3)
+    (pkg / "explain").mkdir()
+    profiles = {"method": "gradcam", "classes": {str(i): PROFILE for i in range(4)}}
+    (pkg / "explain" / "part_profiles.json").write_text(json.dumps(profiles))
+    return pkg
+
+
+@pytest.fixture(scope="module")
+def app(serve_http, package):  # noqa: F811
+    args = small_app_args(
+        str(package), explain=True, explain_num_cpus=0.25,
+        explain_max_ongoing_requests=1, explain_max_queued_requests=1,
+    )  # fmt: skip
+    with deployed(serve_http, "explain", **args) as url:
+        yield url
+
+
+def post_explain(url: str, data: bytes, **params) -> requests.Response:
+    files = {"file": ("bird.png", data, "image/png")}
+    return requests.post(f"{url}/v1/explain", params=params, files=files, timeout=120)
+
+
+def test_explain_uses_the_served_model_version(app):
+    image = random_rgb(21, (130, 90))  # non-square: the overlay must keep the original size
+    data = encode(image, "PNG")
+    predicted = post_images(app, [("bird.png", data, "image/png")]).json()
+    resp = post_explain(app, data, method="gradcam")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    served = predicted["results"][0]
+    assert body["model_version"] == served["model_version"] == predicted["model"]["version"]
+    assert body["method"] == "gradcam"
+    assert body["prediction"]["label"] == served["prediction"]["label"]
+    assert body["prediction"]["confidence"] == pytest.approx(
+        served["prediction"]["confidence"], abs=1e-4
+    )
+    assert body["target"]["label"] == served["prediction"]["label"]  # default: predicted class
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
+    assert overlay.format == "PNG" and overlay.size == image.size
+    assert 1 <= len(body["regions"]) <= 3
+    assert {"x", "y", "w", "h", "share"} <= set(body["regions"][0])
+    assert body["part_profile"] == dict(sorted(PROFILE.items(), key=lambda kv: -kv[1]))
+
+
+def test_explain_target_method_and_errors(app):
+    data = encode(random_rgb(22), "PNG")
+    by_index = post_explain(app, data, method="saliency", target="2").json()
+    assert by_index["target"] == {"label": 2, "species": "003.Species_3"}
+    by_name = post_explain(app, data, method="integrated_gradients", target="Species_3").json()
+    assert by_name["target"]["label"] == 2 and by_name["method"] == "integrated_gradients"
+    for params, code in [
+        ({"method": "lime"}, "invalid_parameter"),
+        ({"target": "Dodo"}, "invalid_parameter"),
+    ]:
+        resp = post_explain(app, data, **params)
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == code
+    bad = post_explain(app, b"not an image at all")
+    assert bad.status_code == 415
+    assert bad.json()["error"] == {
+        "code": "not_an_image",
+        "message": bad.json()["error"]["message"],
+        "file": "bird.png",
+    }
+
+
+def test_explain_overload_is_refused_while_predict_answers(app):
+    data = encode(random_rgb(23, (200, 200)), "PNG")
+    with ThreadPoolExecutor(10) as pool:
+        explains = [
+            pool.submit(post_explain, app, data, method="integrated_gradients") for _ in range(8)
+        ]
+        predict = pool.submit(post_images, app, [("p.png", data, "image/png")])
+        statuses = [f.result().status_code for f in explains]
+        busy = [
+            f.result().json()["error"]["code"] for f in explains if f.result().status_code != 200
+        ]
+        assert predict.result().status_code == 200
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 1
+    assert busy and set(busy) == {"busy"}  # bounded: excess explanations refused, not queued
