@@ -123,3 +123,40 @@ def test_batch_scoring_actors_spread_over_two_nodes(ray_cluster, spread_dataset,
         assert len(summary["nodes"]) == 2, summary["nodes"]
     finally:
         ray_cluster.remove_node(node)
+
+
+@pytest.mark.timeout(900)
+def test_serve_replicas_spread_over_two_nodes(ray_cluster, tmp_path):
+    """Two model replicas of 3 CPUs each: one lands on the head, one on the second node."""
+    import ray
+    import requests
+
+    from birdray.serve.run import start_local
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg", num_classes=3)
+    node = ray_cluster.add_node(num_cpus=4, node_ip_address="127.0.0.1")
+    ray_cluster.wait_for_nodes()
+    app = None
+    try:
+        app = start_local(model=str(package), registry=None, name="spread",
+                          route_prefix="/spread", min_replicas=2, max_replicas=2,
+                          model_num_cpus=3.0, explain=False)
+        replicas = [
+            a for a in ray._private.state.actors().values()
+            if "BirdClassifier" in a.get("ActorClassName", "") and a["State"] == "ALIVE"
+        ]
+        nodes = {a["Address"]["NodeID"] for a in replicas}
+        assert len(replicas) == 2 and len(nodes) == 2, replicas
+        with open(tmp_path / "bird.jpg", "wb") as fh:
+            from tests.cub_fixture import jpeg_bytes
+
+            fh.write(jpeg_bytes())
+        for _ in range(4):  # both replicas answer through the one HTTP entry point
+            with open(tmp_path / "bird.jpg", "rb") as fh:
+                reply = requests.post(f"{app.url}/v1/predict", files={"files": fh}, timeout=60)
+            assert reply.status_code == 200 and reply.json()["results"][0]["ok"]
+    finally:
+        if app is not None:
+            app.stop()
+        ray_cluster.remove_node(node)
