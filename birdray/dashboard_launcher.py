@@ -1,0 +1,200 @@
+"""``birdray dashboard``: the Streamlit dashboard on 127.0.0.1, pointed at Serve and the cluster.
+
+The dashboard (``dashboard/app.py``) is a separate Streamlit process and a pure client: it talks
+to Serve over HTTP and to the Ray Jobs API, and reads report folders. Addresses and folders reach
+it as ``BIRDRAY_*`` environment variables; the Serve API key too, copied from the variable named by
+``--api-key-env`` (never a command-line flag, which ``ps`` would show to every local user).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from birdray.config import field
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP = REPO_ROOT / "dashboard" / "app.py"
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class DashboardConfig:
+    serve_url: str = field("http://127.0.0.1:8000", "the Serve app's URL (birdray serve prints it)")
+    api_key_env: str = field("BIRDRAY_API_KEY", "env var holding the Serve API key, if it has one")
+    jobs_address: str = field(
+        "http://127.0.0.1:8265", "Ray Jobs API address (the Ray dashboard URL)"
+    )
+    registry: str = field("runs/registry", "model registry folder or URI (Models page)")
+    sweep_dir: str = field(
+        "runs/tune", "Tune results: a sweep folder, its report/, or their parent"
+    )
+    score_dir: str = field("runs/scored", "default batch-scoring output folder (Batch page)")
+    job_runtime_env: str = field(
+        str(REPO_ROOT / "cluster" / "runtime_env.yaml"), "runtime_env YAML for submitted jobs"
+    )
+    host: str = field(LOOPBACK, "bind address (loopback: put an authenticating proxy in front)")
+    port: int = field(8501, "HTTP port (0 picks a free one)")
+    max_upload_mb: int = field(16, "largest photo the Classify page accepts (Serve's default)")
+    request_timeout_s: float = field(60.0, "how long to wait for Serve's answer to one request")
+    ready_timeout_s: float = field(120.0, "how long to wait for the dashboard to come up")
+    blocking: bool = field(True, "keep running until Ctrl-C (false: start it and return)")
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _absolute(location: str) -> str:
+    """Local paths relative to where the user ran the command; URIs as given."""
+    return location if "://" in location or not location else str(Path(location).resolve())
+
+
+def dashboard_env(cfg: DashboardConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The Streamlit process's environment: ``base`` (os.environ) plus the BIRDRAY_* settings."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        BIRDRAY_SERVE_URL=cfg.serve_url,
+        BIRDRAY_JOBS_ADDRESS=cfg.jobs_address,
+        BIRDRAY_REGISTRY=_absolute(cfg.registry),
+        BIRDRAY_SWEEP_DIR=_absolute(cfg.sweep_dir),
+        BIRDRAY_SCORE_DIR=_absolute(cfg.score_dir),
+        BIRDRAY_JOB_RUNTIME_ENV=_absolute(cfg.job_runtime_env),
+        BIRDRAY_MAX_UPLOAD_MB=str(cfg.max_upload_mb),
+        BIRDRAY_REQUEST_TIMEOUT_S=str(cfg.request_timeout_s),
+    )
+    if cfg.api_key_env and env.get(cfg.api_key_env):
+        env["BIRDRAY_API_KEY"] = env[cfg.api_key_env]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def dashboard_command(cfg: DashboardConfig) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.address",
+        cfg.host,
+        "--server.port",
+        str(cfg.port),
+        "--server.headless",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--server.maxUploadSize",
+        str(cfg.max_upload_mb),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+    ]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float, log: Path | None) -> None:
+    """Poll Streamlit's health endpoint; fail early (with the log) if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.is_file() else ""
+            raise RuntimeError(f"dashboard exited with code {process.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"dashboard at {url} did not come up within {timeout_s:.0f} s")
+
+
+def launch(cfg: DashboardConfig, log: Path | None = None) -> tuple[str, subprocess.Popen]:
+    """Start Streamlit; returns its URL once it answers, and the process (caller stops it)."""
+    if not APP.is_file():
+        raise FileNotFoundError(f"{APP} not found: run birdray from a checkout of the repository")
+    if cfg.port == 0:
+        cfg = replace(cfg, port=free_port(cfg.host))
+    url = f"http://{cfg.host}:{cfg.port}"
+    output = open(log, "ab") if log else None  # noqa: SIM115 - the child keeps writing to it
+    try:
+        process = subprocess.Popen(
+            dashboard_command(cfg),
+            env=dashboard_env(cfg),
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
+    finally:
+        if output:
+            output.close()
+    try:
+        wait_ready(url, process, cfg.ready_timeout_s, log)
+    except BaseException:
+        stop(process)
+        raise
+    return url, process
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_dashboard(
+    serve_url: str,
+    registry: str,
+    sweep_dir: str,
+    score_dir: str,
+    port: int = 0,
+    **overrides: Any,
+) -> tuple[str, subprocess.Popen]:
+    """For ``birdray demo --dashboard`` and tests: a running dashboard's URL and its process.
+
+    Output goes to ``<tmp>/birdray-dashboard-<port>.log``; ``overrides`` are further
+    ``DashboardConfig`` fields (``jobs_address=...``, ``api_key_env=...``).
+    """
+    cfg = DashboardConfig(
+        serve_url=serve_url,
+        registry=str(registry),
+        sweep_dir=str(sweep_dir),
+        score_dir=str(score_dir),
+        port=port,
+        **overrides,
+    )
+    if cfg.port == 0:
+        cfg = replace(cfg, port=free_port(cfg.host))
+    log = Path(tempfile.gettempdir()) / f"birdray-dashboard-{cfg.port}.log"
+    return launch(cfg, log)
+
+
+def run_dashboard(cfg: DashboardConfig) -> dict[str, Any]:
+    """Open the Streamlit dashboard (Classify, Batch scoring, Models) on 127.0.0.1."""
+    url, process = launch(cfg)
+    print(f"birdray dashboard: {url}  (Serve {cfg.serve_url}, Ray jobs {cfg.jobs_address})")
+    summary = {"url": url, "pid": process.pid}
+    if not cfg.blocking:
+        return summary
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        print("stopping the dashboard")
+    finally:
+        stop(process)
+    return summary

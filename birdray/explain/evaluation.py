@@ -1,0 +1,287 @@
+"""``birdray explain-eval``: do the model's explanations point at the bird, and are they faithful?
+
+The test split is explained in parallel by a Ray Data actor pool, each actor holding the package's
+model once. Per method it measures, always against chance:
+
+* pointing game: is the map's peak inside the bird's box / near a visible part
+  (chance: the box's / the parts' share of the image);
+* part shares: attribution mass near each part vs the part's area share, overall and per species
+  (the per-species profile is what Serve shows for uploads, which have no annotations);
+* deletion curve: accuracy as the most-attributed pixels are removed first, vs removed at random.
+  A faithful map makes accuracy fall faster than random removal does.
+
+Results go into the package folder (``explain/``) so Serve and the dashboard find them with the
+model they describe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from birdray.config import field
+from birdray.explain.attribution import METHODS, explain
+from birdray.explain.parts import EXPLAIN_DIR, PROFILES_FILE, score_parts
+
+
+@dataclass
+class ExplainEvalConfig:
+    dataset: str = field("data/cub_parquet", "ingested dataset folder (needs part annotations)")
+    model: str = field("production", "model package folder, or a version in --registry")
+    registry: str = field("", "registry folder or URI (when --model is a version)")
+    split: str = field("test", "split to explain")
+    methods: str = field(",".join(METHODS), "comma-separated methods to evaluate")
+    target: str = field("label", "explain the true 'label' or the 'predicted' class")
+    limit: int = field(0, "explain at most this many images (0 = the whole split)")
+    radius: float = field(0.1, "part radius, relative to sqrt(bbox w * h)")
+    steps: int = field(32, "Integrated Gradients steps")
+    baseline: str = field("blur", "Integrated Gradients baseline: blur | black | white | mean")
+    nt_samples: int = field(8, "SmoothGrad noisy samples")
+    nt_stdev: float = field(0.15, "SmoothGrad noise, as a fraction of the input range")
+    fractions: str = field("0,0.05,0.1,0.2,0.3,0.5,0.75", "deletion curve: fractions removed")
+    profile_method: str = field("gradcam", "method whose per-species profile Serve shows")
+    actors: int = field(1, "model replicas explaining in parallel")
+    actor_cpus: float = field(1.0, "CPUs reserved per actor (fractional keeps reads running)")
+    num_gpus: float = field(0.0, "GPUs per actor")
+    threads: int = field(2, "torch threads per actor (Ray sets 1)")
+    batch_size: int = field(4, "images per actor call")
+    seed: int = field(0, "seed of the random-removal order")
+    address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
+
+
+def deletion_curves(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    input_map: np.ndarray,
+    label: int,
+    fractions: list[float],
+    rng: np.random.Generator,
+    chunk: int = 8,
+) -> dict[str, list[float]]:
+    """Correct/probability of ``label`` as the top-attributed vs random pixels are removed.
+
+    Removed pixels are set to 0 in normalised space, i.e. the data config's mean colour.
+    Ties in the map (IG's zeros) are broken at random so no raster order sneaks in.
+    """
+    h, w = input_map.shape
+    n = h * w
+    ranked = np.lexsort((rng.random(n), -input_map.ravel()))
+    orders = {"deletion": ranked, "random": rng.permutation(n)}
+    inputs = []
+    for order in orders.values():
+        for frac in fractions:
+            keep = torch.ones(n, dtype=x.dtype, device=x.device)
+            keep[torch.from_numpy(order[: round(frac * n)]).to(x.device)] = 0
+            inputs.append(x[0] * keep.view(1, h, w))
+    batch = torch.stack(inputs)
+    with torch.no_grad():
+        logits = torch.cat(
+            [model(batch[i : i + chunk]).float() for i in range(0, len(batch), chunk)]
+        )
+    probs = torch.softmax(logits, dim=-1)[:, label].cpu().numpy()
+    correct = (logits.argmax(dim=-1) == label).float().cpu().numpy()
+    k = len(fractions)
+    return {
+        "deletion_correct": correct[:k].tolist(), "random_correct": correct[k:].tolist(),
+        "deletion_prob": probs[:k].tolist(), "random_prob": probs[k:].tolist(),
+    }  # fmt: skip
+
+
+class ExplainWorker:
+    """Ray Data actor: the package's model loaded once; explains and scores a batch of images."""
+
+    def __init__(self, files: dict[str, bytes], part_names: list[str], cfg: dict[str, Any]):
+        from birdray.model.factory import pick_device, set_threads
+        from birdray.model.package import load_package_files
+        from birdray.model.preprocess import build_transform
+
+        set_threads(cfg["threads"])
+        self.package = load_package_files(files)
+        self.device = pick_device(cfg["num_gpus"] > 0)
+        self.model = self.package.model.to(self.device).eval()
+        self.data_config = self.package.metadata.data_config
+        self.transform = build_transform(self.data_config, training=False)
+        self.part_names, self.cfg = part_names, cfg
+        self.kw = {k: cfg[k] for k in ("steps", "baseline", "nt_samples", "nt_stdev")}
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from birdray.images import decode_image
+
+        rows = []
+        for rec in batch.itertuples(index=False):
+            image = decode_image(bytes(rec.image)).image
+            parts, bbox = list(rec.parts), [float(v) for v in rec.bbox]
+            x = self.transform(image).unsqueeze(0).to(self.device)
+            rng = np.random.default_rng([self.cfg["seed"], int(rec.image_id)])
+            for method in self.cfg["methods"]:
+                target = int(rec.label) if self.cfg["target"] == "label" else None
+                exp = explain(self.model, self.data_config, image, method, target, **self.kw)
+                score = score_parts(
+                    exp.attribution, parts, bbox, self.part_names, self.cfg["radius"]
+                )
+                curves = deletion_curves(
+                    self.model, x, exp.input_attribution, int(rec.label), self.cfg["fractions"], rng
+                )
+                seen = [score.visible[p] for p in self.part_names]
+                rows.append({
+                    "image_id": int(rec.image_id), "label": int(rec.label), "method": method,
+                    "predicted": exp.predicted, "seconds": exp.seconds,
+                    "shares": _masked(score.shares, self.part_names, seen),
+                    "area_shares": _masked(score.area_shares, self.part_names, seen),
+                    "peak_in_bbox": score.peak_in_bbox, "peak_near_part": score.peak_near_part,
+                    "bbox_chance": score.bbox_area_share, "parts_chance": score.parts_area_share,
+                    **curves,
+                })  # fmt: skip
+        return pd.DataFrame(rows)
+
+
+def _masked(values: dict[str, float], names: list[str], seen: list[bool]) -> list[float]:
+    """Per-part values in manifest order, NaN where the part is not visible (left out of means)."""
+    return [values[p] if v else np.nan for p, v in zip(names, seen, strict=True)]
+
+
+def _by_part(values: np.ndarray, part_names: list[str]) -> dict[str, float]:
+    return {p: float(v) for p, v in zip(part_names, values, strict=True) if np.isfinite(v)}
+
+
+def summarize_method(rows: pd.DataFrame, part_names: list[str], fractions: list[float]) -> dict:
+    """One method's aggregate numbers (each with its chance level)."""
+    shares, areas = np.stack(rows["shares"].to_numpy()), np.stack(rows["area_shares"].to_numpy())
+    curves = {k: np.stack(rows[k].to_numpy()).mean(axis=0) for k in
+              ("deletion_correct", "random_correct", "deletion_prob", "random_prob")}  # fmt: skip
+    with warnings.catch_warnings():  # a part never visible in a class: NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        share, area = np.nanmean(shares, axis=0), np.nanmean(areas, axis=0)
+        per_class = {
+            int(label): _by_part(np.nanmean(shares[idx], axis=0), part_names)
+            for label, idx in rows.groupby("label").indices.items()
+        }
+    auc = {k: float(np.trapezoid(v, fractions) / (fractions[-1] - fractions[0] or 1.0))
+           for k, v in curves.items()}  # fmt: skip
+    return {
+        "images": len(rows),
+        "accuracy": float((rows["predicted"] == rows["label"]).mean()),
+        "seconds_per_image": float(rows["seconds"].mean()),
+        "pointing_bbox": float(rows["peak_in_bbox"].mean()),
+        "pointing_bbox_chance": float(rows["bbox_chance"].mean()),
+        "pointing_part": float(rows["peak_near_part"].mean()),
+        "pointing_part_chance": float(rows["parts_chance"].mean()),
+        "part_share": _by_part(share, part_names),
+        "part_area_share": _by_part(area, part_names),
+        "per_class": per_class,
+        "deletion": {
+            "fractions": list(fractions),
+            **{k: v.tolist() for k, v in curves.items()},
+            "auc": auc,  # lower deletion AUC than random AUC = faithful
+        },
+    }
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    """Atomic: Serve may be reading the previous file while this one is written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(package: Path, summary: dict[str, Any], profile_method: str) -> dict[str, str]:
+    """``explain/summary.json``, plots per method, and ``explain/part_profiles.json``."""
+    from birdray.explain.render import deletion_plot, part_share_plot
+
+    out = package / EXPLAIN_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"summary": str(_write_json(out / "summary.json", summary))}
+    for method, result in summary["methods"].items():
+        bars = part_share_plot(result, method, out / f"part_shares_{method}.png")
+        curve = deletion_plot(result["deletion"], method, out / f"deletion_{method}.png")
+        files[f"parts_{method}"], files[f"deletion_{method}"] = str(bars), str(curve)
+    methods = summary["methods"]
+    chosen = profile_method if profile_method in methods else next(iter(methods))
+    result = methods[chosen]
+    profiles = {
+        "method": chosen, "radius": summary["radius"], "model_version": summary["model_version"],
+        "chance": result["part_area_share"],
+        "classes": {str(k): v for k, v in result["per_class"].items()},
+    }  # fmt: skip
+    files["part_profiles"] = str(_write_json(out / PROFILES_FILE, profiles))
+    return files
+
+
+def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
+    """Explain the test split with every method; store the scores with the model package."""
+    import ray
+
+    from birdray.data.manifest import load_manifest, read_split
+    from birdray.model.package import package_files, read_metadata
+    from birdray.registry import resolve
+    from birdray.runtime import init_ray
+
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    fractions = sorted(float(f) for f in cfg.fractions.split(",") if f.strip())
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if cfg.target not in ("label", "predicted"):
+        raise ValueError(f"target must be 'label' or 'predicted', got {cfg.target!r}")
+    started = time.time()
+    package = resolve(cfg.model, cfg.registry or None)
+    meta = read_metadata(package)
+    part_names = load_manifest(cfg.dataset).get("part_names") or []
+    if not part_names:
+        raise ValueError(f"{cfg.dataset} has no part annotations (manifest lacks part_names)")
+    init_ray(cfg.address or None)
+    ds = read_split(cfg.dataset, cfg.split, columns=["image_id", "image", "label", "bbox", "parts"])
+    if cfg.limit > 0:
+        ds = ds.limit(cfg.limit)
+    worker_cfg = {
+        "methods": methods, "target": cfg.target, "radius": cfg.radius, "steps": cfg.steps,
+        "baseline": cfg.baseline, "nt_samples": cfg.nt_samples, "nt_stdev": cfg.nt_stdev,
+        "fractions": fractions, "seed": cfg.seed, "threads": cfg.threads,
+        "num_gpus": cfg.num_gpus,
+    }  # fmt: skip
+    files = package_files(package)  # actors on other nodes cannot read the driver's folder
+    rows = ds.map_batches(
+        ExplainWorker,
+        fn_constructor_kwargs={"files": files, "part_names": part_names, "cfg": worker_cfg},
+        batch_size=cfg.batch_size, batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus or None,
+    ).to_pandas()  # fmt: skip
+    if rows.empty:
+        raise ValueError(f"split {cfg.split!r} of {cfg.dataset} has no images to explain")
+    summary = {
+        "model_version": meta.version or meta.content_hash[:12], "arch": meta.arch,
+        "dataset": str(cfg.dataset), "split": cfg.split, "target": cfg.target,
+        "radius": cfg.radius, "part_names": part_names, "class_names": meta.class_names,
+        "settings": worker_cfg, "images": int(rows["image_id"].nunique()),
+        "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions)
+                    for m in methods},
+    }  # fmt: skip
+    summary["seconds"] = round(time.time() - started, 2)
+    files = write_results(package, summary, cfg.profile_method)
+    return {"package": str(package), "files": files, **headline(summary)}
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers worth printing, method by method."""
+    out = {}
+    for method, r in summary["methods"].items():
+        top = sorted(r["part_share"].items(), key=lambda kv: -kv[1])[:3]
+        out[method] = {
+            "pointing_bbox": f"{r['pointing_bbox']:.3f} (chance {r['pointing_bbox_chance']:.3f})",
+            "pointing_part": f"{r['pointing_part']:.3f} (chance {r['pointing_part_chance']:.3f})",
+            "deletion_auc": f"{r['deletion']['auc']['deletion_correct']:.3f} "
+                            f"(random {r['deletion']['auc']['random_correct']:.3f})",
+            "top_parts": {p: round(s, 3) for p, s in top},
+        }  # fmt: skip
+    return out

@@ -1,0 +1,168 @@
+"""What a person looks at: the heat map over the photo, and the few regions that carry it.
+
+The overlay is drawn at the photo's own size (the map is already in original pixels), so it can
+be laid over the upload in a browser without any rescaling. Regions come from a coarse grid of
+attribution mass: grow a blob around each peak while it stays above half the peak, box it, and
+report how much of the total mass the box holds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+GRID = 96  # cells on the long side of the grid regions are found on
+
+
+def heat_colors(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """RGB uint8 colours for a 0..1 map (matplotlib's colormap, no pyplot state)."""
+    from matplotlib import colormaps
+
+    return (colormaps[colormap](np.clip(heat, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
+
+
+def overlay_png(
+    image: Image.Image,
+    attribution: np.ndarray,
+    alpha: float = 0.55,
+    regions: list[dict[str, Any]] | None = None,
+    colormap: str = "jet",
+) -> bytes:
+    """PNG bytes: ``image`` with the map blended in where it is strong (same size as ``image``)."""
+    if attribution.shape != (image.height, image.width):
+        h, w = attribution.shape
+        raise ValueError(f"map is {w}x{h}, image is {image.width}x{image.height}")
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    peak = float(attribution.max())
+    heat = attribution / peak if peak > 0 else np.zeros_like(attribution)
+    # weak attribution leaves the photo visible; strong attribution shows the colour
+    weight = (alpha * np.sqrt(heat))[..., None]
+    blended = photo * (1.0 - weight) + heat_colors(heat, colormap).astype(np.float32) * weight
+    out = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
+    if regions:
+        draw = ImageDraw.Draw(out)
+        width = max(1, round(min(out.size) / 150))
+        for rank, box in enumerate(regions, 1):
+            x0, y0, x1, y1 = box["x"], box["y"], box["x"] + box["w"] - 1, box["y"] + box["h"] - 1
+            draw.rectangle([x0, y0, x1, y1], outline="white", width=width)
+            draw.text((x0 + 2 * width, y0 + width), str(rank), fill="white")
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def coarse_mass(attribution: np.ndarray, grid: int = GRID) -> tuple[np.ndarray, int]:
+    """Attribution mass per cell of a grid with ``grid`` cells on the long side; cell size."""
+    cell = max(1, int(np.ceil(max(attribution.shape) / grid)))
+    t = torch.from_numpy(np.ascontiguousarray(attribution, dtype=np.float32))[None, None]
+    mass = F.avg_pool2d(t, cell, stride=cell, ceil_mode=True) * cell * cell
+    return mass[0, 0].numpy(), cell
+
+
+def _smooth(grid: np.ndarray, size: int = 5) -> np.ndarray:
+    """Box blur over a few cells, so noisy maps (SmoothGrad, IG) form blobs rather than specks."""
+    t = torch.from_numpy(grid)[None, None]
+    return F.avg_pool2d(t, size, stride=1, padding=size // 2, count_include_pad=False)[0, 0].numpy()
+
+
+def _grow(values: np.ndarray, taken: np.ndarray, seed: tuple[int, int], level: float) -> list:
+    """4-connected cells around ``seed`` with value >= ``level`` not already in a region."""
+    rows, cols = values.shape
+    cells, queue = [], deque([seed])
+    taken[seed] = True
+    while queue:
+        r, c = queue.popleft()
+        cells.append((r, c))
+        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if 0 <= nr < rows and 0 <= nc < cols and not taken[nr, nc] and values[nr, nc] >= level:
+                taken[nr, nc] = True
+                queue.append((nr, nc))
+    return cells
+
+
+def top_regions(attribution: np.ndarray, k: int = 3, level: float = 0.5) -> list[dict[str, Any]]:
+    """Up to ``k`` boxes around the strongest blobs, strongest first, with their mass share."""
+    height, width = attribution.shape
+    mass, cell = coarse_mass(attribution)
+    values = _smooth(mass)
+    taken = np.zeros(values.shape, dtype=bool)
+    regions: list[dict[str, Any]] = []
+    while len(regions) < k:
+        free = np.where(taken, -np.inf, values)
+        r, c = np.unravel_index(int(np.argmax(free)), free.shape)
+        if not np.isfinite(free[r, c]) or free[r, c] <= 0:
+            break
+        cells = np.array(_grow(values, taken, (int(r), int(c)), level * float(values[r, c])))
+        y0, x0 = cells.min(axis=0) * cell
+        y1, x1 = np.minimum((cells.max(axis=0) + 1) * cell, (height, width))
+        peak_x, peak_y = (
+            min(width - 1, int((c + 0.5) * cell)),
+            min(height - 1, int((r + 0.5) * cell)),
+        )
+        regions.append({
+            "x": int(x0), "y": int(y0), "w": int(x1 - x0), "h": int(y1 - y0),
+            "share": float(attribution[y0:y1, x0:x1].sum()), "peak": {"x": peak_x, "y": peak_y},
+        })  # fmt: skip
+    return regions
+
+
+def _figure(width: float, height: float):
+    """A matplotlib figure on the Agg canvas, without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def part_share_plot(result: dict[str, Any], method: str, path: str | Path) -> Path:
+    """Bars: mean attribution share per part, next to its area share (what chance would give)."""
+    parts = sorted(result["part_share"], key=lambda p: -result["part_share"][p])
+    fig = _figure(8, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    pos = np.arange(len(parts))
+    ax.bar(pos - 0.2, [result["part_share"][p] for p in parts], 0.4, label="attribution share")
+    ax.bar(pos + 0.2, [result["part_area_share"].get(p, 0.0) for p in parts], 0.4,
+           label="area share (chance)", color="0.6")  # fmt: skip
+    ax.set_xticks(pos, parts, rotation=45, ha="right")
+    ax.set_ylabel("share of attribution mass")
+    ax.set_title(f"{method}: where the attribution goes ({result['images']} images)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def deletion_plot(deletion: dict[str, Any], method: str, path: str | Path) -> Path:
+    """Accuracy as most-attributed pixels are removed first, against random removal."""
+    fig = _figure(6, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    fractions = deletion["fractions"]
+    auc = deletion["auc"]
+    ax.plot(fractions, deletion["deletion_correct"], "o-",
+            label=f"most attributed first (AUC {auc['deletion_correct']:.2f})")  # fmt: skip
+    ax.plot(fractions, deletion["random_correct"], "s--", color="0.4",
+            label=f"random pixels (AUC {auc['random_correct']:.2f})")  # fmt: skip
+    ax.set_xlabel("fraction of pixels removed")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{method}: deletion curve (faithfulness)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,273 @@
+"""``birdray tune``: compare architectures and hyper-parameters with Ray Tune, promote the winner.
+
+Each Tune trial is a small driver function that builds the same ``TorchTrainer`` as
+``birdray train`` (``build_trainer``) and fits it; ``TuneReportCallback`` forwards every epoch's
+metrics, with the checkpoint path, to Tune, where ASHA stops weak trials early. How many trials run
+at once is derived from the cluster before anything starts, so no trial sits PENDING forever.
+
+Layout under ``<storage_path>/<name>/``: Tune's experiment (trial folders, experiment state), the
+trials' Train runs in ``trainers/<trial_id>/`` (checkpoints), the comparison in ``report/`` and
+the winner's model package in ``package/``. Running again with the same name resumes the sweep
+(``Tuner.restore``): finished trials are kept, interrupted ones continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from birdray.config import ConfigError, field, from_dict, save_config
+from birdray.train.config import TrainConfig
+from birdray.train.job import ResourceError, check_resources
+
+METRIC, MODE = "val_top1", "max"
+SEARCHED = ("arch", "lr", "weight_decay", "label_smoothing", "image_size", "pretrained")
+SWEEP_OWNED = ("dataset", "epochs", "storage_path", "name", "registry", "package_out", "address")
+
+
+@dataclass
+class SweepConfig:
+    # what to compare
+    dataset: str = field("data/cub_parquet", "ingested dataset folder (with manifest.json)")
+    archs: list[str] = field(
+        ["resnet50", "resnet101", "densenet121"], "timm architectures (a grid: all are tried)"
+    )
+    lr: list[float] = field([0.01, 0.1], "LR range [low, high], log-uniform; one value: fixed")
+    weight_decay: list[float] = field([1e-4], "range [low, high], log-uniform; one value: fixed")
+    label_smoothing: list[float] = field([0.1], "label-smoothing values to choose from")
+    image_size: list[int] = field([224], "image sizes to choose from")
+    pretrained: list[bool] = field([False], "pretrained weights or not, to choose from")
+    num_samples: int = field(1, "trials per architecture (each samples the hyper-parameters)")
+    train: dict[str, Any] = field(
+        {}, "TrainConfig settings shared by every trial (batch_size, num_workers, use_gpu, ...)"
+    )
+    # budget and early stopping
+    epochs: int = field(10, "most epochs a trial trains (ASHA's max_t)")
+    grace_period: int = field(1, "epochs every trial gets before ASHA may stop it")
+    reduction_factor: int = field(2, "ASHA keeps the best 1/reduction_factor at each rung")
+    seed: int = field(0, "seed of the hyper-parameter sampling")
+    # resources
+    max_concurrent_trials: int = field(0, "trials at once (0: as many as the cluster fits)")
+    trial_cpus: float = field(0.1, "logical CPUs of each trial's Tune function (the Train driver)")
+    data_cpus_per_trial: float = field(
+        1.0,
+        "CPUs kept free per running trial for its Ray Data pipeline (Ray Data's file "
+        "listing and reads take a whole CPU; without it a trial waits forever)",
+    )
+    cluster_resources: dict[str, float] = field(
+        {}, "plan for these, e.g. {CPU: 64, GPU: 8} on an autoscaling cluster (empty: what it has)"
+    )
+    trial_max_failures: int = field(1, "Tune restarts of a crashed trial (Train resumes it)")
+    # where
+    storage_path: str = field("runs/tune", "sweep results folder or URI")
+    name: str = field("", "sweep name; running again with the same name resumes it")
+    resume: bool = field(False, "insist on resuming (a sweep of this name resumes anyway)")
+    # hand-off
+    registry: str = field("runs/registry", "register the winner here, maybe promote (empty: skip)")
+    force: bool = field(False, "promote the winner even when it does not beat production")
+    eval_split: str = field("test", "split the winner is evaluated on")
+    address: str = field("", "Ray address (empty: RAY_ADDRESS or a local Ray)")
+
+
+@dataclass
+class TrialPlan:
+    """Resources of one trial and how many fit on the cluster at once."""
+
+    function_resources: dict[str, float]  # the Tune function's own bundle
+    trial_cpus: float  # function + Train workers + one data task
+    trial_gpus: float
+    max_concurrent: int
+
+
+def _join(root: str, *parts: str) -> str:
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *parts])
+    return str(Path(root).resolve().joinpath(*parts))
+
+
+def base_train_config(cfg: SweepConfig) -> TrainConfig:
+    """The recipe every trial starts from (absolute paths: trial functions run elsewhere)."""
+    clash = sorted(set(cfg.train) & set(SEARCHED + SWEEP_OWNED))
+    if clash:
+        raise ConfigError(f"train: {', '.join(clash)} are sweep settings, not train settings")
+    base = from_dict(TrainConfig, dict(cfg.train))
+    base.dataset = str(Path(cfg.dataset).resolve())
+    base.epochs = cfg.epochs
+    base.storage_path = _join(cfg.storage_path, cfg.name, "trainers")
+    if base.pretrained_file:
+        base.pretrained_file = str(Path(base.pretrained_file).resolve())
+    base.arch, base.registry, base.package_out = cfg.archs[0], "", ""
+    return base
+
+
+def search_space(cfg: SweepConfig) -> dict[str, Any]:
+    """Architectures as a grid (all compared); the other knobs sampled per trial."""
+    from ray import tune
+
+    def log_range(name: str, values: list[float]) -> Any:
+        if len(values) == 1 or values[0] == values[-1]:
+            return float(values[0])
+        if len(values) != 2 or not 0 < values[0] < values[1]:
+            raise ConfigError(f"{name}: give one value or a range [low, high] with 0 < low < high")
+        return tune.loguniform(values[0], values[1])
+
+    def choice(values: list) -> Any:
+        return values[0] if len(values) == 1 else tune.choice(list(values))
+
+    if not cfg.archs:
+        raise ConfigError("archs: name at least one timm architecture")
+    return {
+        "arch": tune.grid_search(list(cfg.archs)),
+        "lr": log_range("lr", cfg.lr),
+        "weight_decay": log_range("weight_decay", cfg.weight_decay),
+        "label_smoothing": choice(cfg.label_smoothing),
+        "image_size": choice(cfg.image_size),
+        "pretrained": choice(cfg.pretrained),
+    }
+
+
+def plan_trials(cfg: SweepConfig, base: TrainConfig, cluster: dict[str, float]) -> TrialPlan:
+    """How many trials fit at once; an error naming the cluster's resources if not even one does.
+
+    A running trial holds its Tune function (``trial_cpus``) and its Train workers, and its Ray
+    Data pipeline needs CPUs nobody holds: Ray Data lists and reads files in 1-CPU tasks and
+    budgets itself from what Train workers leave free. Without that share a trial never gets its
+    first batch (measured on a 2-CPU Ray: a 1-CPU worker plus a 0.1-CPU trial hung for good).
+    """
+    have_cpu, have_gpu = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
+    check_resources(base, cluster)  # the Train workers of a single trial
+    workers_cpu = base.num_workers * base.cpus_per_worker
+    data_share = max(cfg.data_cpus_per_trial, base.data_cpus)
+    per_cpu = workers_cpu + cfg.trial_cpus + data_share
+    per_gpu = float(base.num_workers) if base.use_gpu else 0.0
+    if per_cpu > have_cpu + 1e-9:
+        raise ResourceError(
+            f"one trial needs {per_cpu:g} CPU ({base.num_workers} workers x"
+            f" {base.cpus_per_worker:g} + {cfg.trial_cpus:g} for its Tune function + {data_share:g}"
+            f" kept free for its Ray Data pipeline); the cluster has {have_cpu:g} CPU and"
+            f" {have_gpu:g} GPU"
+        )
+    fits = math.floor(have_cpu / per_cpu + 1e-9)
+    if per_gpu:
+        fits = min(fits, math.floor(have_gpu / per_gpu + 1e-9))
+    total = len(cfg.archs) * cfg.num_samples
+    concurrent = max(1, min(fits, total, cfg.max_concurrent_trials or fits))
+    reserved = concurrent * (cfg.trial_cpus + data_share)
+    check_resources(base, {"CPU": have_cpu - reserved + 1e-6, "GPU": have_gpu}, concurrent)
+    return TrialPlan({"CPU": cfg.trial_cpus}, per_cpu, per_gpu, concurrent)
+
+
+def trial_config(base: dict[str, Any], config: dict[str, Any], trial_id: str) -> TrainConfig:
+    """The TrainConfig of one trial: the base recipe plus its sampled knobs."""
+    values = {**base, **{k: config[k] for k in SEARCHED if k in config}, "name": trial_id}
+    values["image_size"] = int(values["image_size"])
+    values["pretrained"] = bool(values["pretrained"])
+    return TrainConfig(**values)
+
+
+def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """Tune function: fit the trial's TorchTrainer (resuming its Train run if it has one)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from birdray.train.job import build_trainer
+
+    cfg = trial_config(base, config, tune.get_context().get_trial_id())
+    trainer, _, _ = build_trainer(cfg, callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def make_trainable(base: TrainConfig, plan: TrialPlan):
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(train_trial, base=asdict(base)), plan.function_resources
+    )
+
+
+def build_tuner(cfg: SweepConfig, base: TrainConfig, plan: TrialPlan):
+    """A fresh Tuner, or the restored one when this sweep already has an experiment folder."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    path = _join(cfg.storage_path, cfg.name)
+    trainable = make_trainable(base, plan)
+    if tune.Tuner.can_restore(path):
+        print(f"resuming sweep {path} (finished trials are kept)")
+        return tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        ), True
+    if cfg.resume:
+        raise FileNotFoundError(f"--resume: no sweep to resume at {path}")
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=cfg.epochs,
+        grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            num_samples=cfg.num_samples,
+            scheduler=scheduler,
+            max_concurrent_trials=plan.max_concurrent,
+            search_alg=BasicVariantGenerator(random_state=cfg.seed),
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=_join(cfg.storage_path),
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=cfg.trial_max_failures),
+        ),
+    )
+    return tuner, False
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """Run (or resume) the sweep, report every trial, then test, register and promote the winner."""
+    import time
+
+    from birdray.runtime import init_ray
+    from birdray.tune.promote import hand_off
+    from birdray.tune.report import build_rows, markdown_table, publish, staging_dir, write_report
+
+    cfg.name = cfg.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = base_train_config(cfg)
+    search_space(cfg)  # validate the search space before starting anything
+    cluster = init_ray(cfg.address or None)
+    plan = plan_trials(cfg, base, cfg.cluster_resources or cluster)
+    print(
+        f"sweep {cfg.name}: {len(cfg.archs) * cfg.num_samples} trials, {plan.max_concurrent} at "
+        f"once ({plan.trial_cpus:g} CPU + {plan.trial_gpus:g} GPU each)"
+    )
+    tuner, resumed = build_tuner(cfg, base, plan)
+    results = tuner.fit()
+    rows, curves = build_rows(results, base)
+    if all(r["val_top1"] is None for r in rows):
+        raise RuntimeError(f"every trial failed: {[r['error'] for r in rows]}")
+    report_dest = _join(cfg.storage_path, cfg.name, "report")
+    report_dir = staging_dir(report_dest)
+    write_report(rows, curves, report_dir)
+    save_config(cfg, report_dir / "sweep.yaml")
+    print(markdown_table(rows))
+    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+    summary = hand_off(cfg, base, best, report_dir)
+    publish(report_dir, report_dest)
+    summary.update(
+        {
+            "experiment": _join(cfg.storage_path, cfg.name),
+            "report": report_dest,
+            "resumed": resumed,
+            "trials": len(rows),
+            "concurrent_trials": plan.max_concurrent,
+        }
+    )
+    return summary

@@ -1,0 +1,170 @@
+"""Classify page: upload photos, get the species with calibrated confidence, ask why.
+
+Each photo goes to ``POST /v1/predict`` (a few per request); each answer, or the reason there is
+none, is shown next to its photo, so one bad file never hides the others. On request the photo's
+attribution overlay and part ranking come from ``POST /v1/explain``.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from client import (
+    EXPLAIN_METHODS,
+    IMAGE_TYPES,
+    ServiceError,
+    Settings,
+    classify,
+    error_text,
+    explain_file,
+    species_name,
+)
+
+settings: Settings = st.session_state.get("settings") or Settings.from_env()
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "saliency": "Saliency (SmoothGrad)",
+    "integrated_gradients": "Integrated Gradients (slow)",
+}
+
+
+def top_k_chart(top_k: list[dict]) -> alt.Chart:
+    """Horizontal bars of calibrated probabilities, best species on top."""
+    data = pd.DataFrame(
+        {
+            "species": [species_name(t["species"]) for t in top_k],
+            "probability": [t["probability"] for t in top_k],
+        }
+    )
+    bars = (
+        alt.Chart(data)
+        .mark_bar(color="#2e7d5b")
+        .encode(
+            x=alt.X(
+                "probability:Q",
+                title="calibrated confidence",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%"),
+            ),
+            y=alt.Y("species:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
+            tooltip=["species", alt.Tooltip("probability:Q", format=".1%")],
+        )
+    )
+    labels = bars.mark_text(align="left", dx=3).encode(text=alt.Text("probability:Q", format=".1%"))
+    return (bars + labels).properties(height=alt.Step(28))
+
+
+def show_explanation(name: str, data: bytes, method: str) -> None:
+    with st.spinner(f"Explaining {name} with {METHOD_NAMES[method]}..."):
+        try:
+            result = explain_file(
+                settings.serve_url,
+                settings.api_key,
+                name,
+                data,
+                method,
+                max(settings.timeout_s, 120.0),
+            )
+        except ServiceError as exc:
+            st.error(f"No explanation for **{name}**: {exc}")
+            return
+    overlay, parts = st.columns([1, 1])
+    target = species_name(result["target"]["species"])
+    overlay.image(
+        base64.b64decode(result["overlay_png_base64"]),
+        caption=f"What drove '{target}' ({METHOD_NAMES[method]}): bright = more",
+    )
+    regions, size = result.get("regions") or [], result.get("image") or {}
+    if regions and size.get("width") and size.get("height"):
+        top = regions[0]
+        area = top["w"] * top["h"] / (size["width"] * size["height"])
+        overlay.caption(
+            f"The strongest region holds {top['share']:.0%} of the attribution "
+            f"in {area:.0%} of the photo."
+        )
+    profile = result.get("part_profile")
+    if profile:
+        ranking = pd.DataFrame(
+            sorted(profile.items(), key=lambda kv: -kv[1]), columns=["part", "share"]
+        )
+        parts.markdown(f"**Parts that usually decide '{target}'** (from the test-set evaluation)")
+        parts.altair_chart(
+            alt.Chart(ranking)
+            .mark_bar(color="#c77c2e")
+            .encode(
+                x=alt.X("share:Q", title="share of attribution", axis=alt.Axis(format="%")),
+                y=alt.Y("part:N", sort="-x", title=None, axis=alt.Axis(labelLimit=200)),
+            )
+            .properties(height=alt.Step(24)),
+            width="stretch",
+        )
+    else:
+        parts.info("No part profile for this species yet (run `birdray explain-eval`).")
+
+
+def show_result(index: int, name: str, data: bytes, result: dict, method: str) -> None:
+    with st.container(border=True):
+        if not result.get("ok"):
+            reason = result.get("service_error") or error_text(result.get("error", {}))
+            st.error(f"**{name}** — {reason}")
+            return
+        photo, answer = st.columns([1, 2])
+        photo.image(data, caption=name, width="stretch")
+        prediction = result["prediction"]
+        answer.markdown(f"### {species_name(prediction['species'])}")
+        model = result.get("model") or {}
+        version = result.get("model_version") or model.get("version", "")
+        answer.markdown(
+            f"**{prediction['confidence']:.1%}** calibrated confidence · "
+            f"model {model.get('arch', '')} {version}"
+        )
+        answer.altair_chart(top_k_chart(result["top_k"]), width="stretch")
+        if answer.toggle("Why? Show what drove this decision", key=f"explain-{index}-{name}"):
+            show_explanation(name, data, method)
+
+
+st.title("Classify bird photos")
+st.write(
+    "Upload one or more photos: each gets its most likely species, with the calibrated "
+    "confidence of the top five, and on request the image regions and bird parts that "
+    "drove the decision."
+)
+uploads = st.file_uploader(
+    "Bird photos",
+    type=IMAGE_TYPES,
+    accept_multiple_files=True,
+    key="uploads",
+    max_upload_size=settings.max_upload_mb,
+    help="The service also checks every file: damaged or non-image files get a reason instead.",
+)
+st.caption(
+    f"Accepted: {', '.join(t.upper() for t in IMAGE_TYPES)} · up to "
+    f"{settings.max_upload_mb} MB per photo · photos are sent to {settings.serve_url} "
+    "and not stored."
+)
+method = st.selectbox(
+    "Explanation method", EXPLAIN_METHODS, format_func=METHOD_NAMES.get, key="explain_method"
+)
+
+if uploads:
+    files = [(f.name, f.getvalue()) for f in uploads]
+    bar = st.progress(0.0, text=f"Classifying {len(files)} photo(s)...")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Classified {done} of {total} photo(s)")
+
+    results = classify(settings, files, progress=progress)
+    bar.empty()
+    ok = sum(1 for r in results if r.get("ok"))
+    failed = len(results) - ok
+    st.markdown(
+        f"**{len(results)}** photo(s): **{ok}** classified"
+        + (f", **{failed}** could not be classified" if failed else "")
+    )
+    for index, ((name, data), result) in enumerate(zip(files, results, strict=True)):
+        show_result(index, name, data, result, method)
+else:
+    st.info("No photos yet: drop some above.")

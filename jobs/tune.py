@@ -1,0 +1,6 @@
+"""`ray job submit -- python jobs/tune.py --config jobs/configs/sweep_cub.yaml` = `birdray tune`."""
+
+from birdray.cli import run_job
+
+if __name__ == "__main__":
+    raise SystemExit(run_job("tune"))

@@ -1,0 +1,154 @@
+"""Dashboard plumbing without a cluster: job commands, credentials, filters, the launcher."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from birdray.dashboard_launcher import (
+    DashboardConfig,
+    dashboard_command,
+    dashboard_env,
+    start_dashboard,
+    stop,
+)
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
+sys.path.insert(0, str(DASHBOARD))  # the dashboard's modules, as `streamlit run` imports them
+
+from client import Settings, error_text, species_name  # noqa: E402
+from ray_jobs import ScoringRequest, ray_auth_headers, scoring_entrypoint  # noqa: E402
+from stage_reports import filter_rows  # noqa: E402
+
+
+def test_entrypoint_quotes_every_value(tmp_path):
+    hostile = str(tmp_path / "my photos; rm -rf ~ $(reboot)")
+    req = ScoringRequest(
+        input=hostile,
+        output="s3://bucket/out dir",
+        model="v0003",
+        registry=str(tmp_path / "reg"),
+        explain_lowest=4,
+    )
+    argv = shlex.split(scoring_entrypoint(req))
+    assert argv[:2] == ["python", "jobs/batch_score.py"]
+    args = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert args["--input"] == hostile  # one argument, unchanged: nothing for a shell to run
+    assert args["--output"] == "s3://bucket/out dir"
+    assert args["--model"] == "v0003"
+    assert args["--registry"] == str(tmp_path / "reg")
+    assert args["--explain-lowest"] == "4"
+
+
+def test_entrypoint_makes_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = shlex.split(
+        scoring_entrypoint(ScoringRequest(input="photos", output="out", model="pkg"))
+    )
+    args = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert args["--input"] == str(tmp_path / "photos")
+    assert args["--model"] == str(tmp_path / "pkg")  # not a registry ref: a package folder
+
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("input", "", "required"),
+        ("input", "--overwrite", "start with '-'"),
+        ("output", "out\n--overwrite true", "single line"),
+        ("model", "-x", "start with '-'"),
+    ],
+)
+def test_entrypoint_refuses_flag_injection(field, value, problem):
+    values = {"input": "photos", "output": "out", "model": "production", field: value}
+    with pytest.raises(ValueError, match=problem):
+        scoring_entrypoint(ScoringRequest(**values))
+
+
+def test_ray_token_from_env_file_or_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token here
+    assert ray_auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
+    assert ray_auth_headers() == {"Authorization": "Bearer home-token"}
+    token_file = tmp_path / "cluster_token"
+    token_file.write_text("file-token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
+    assert ray_auth_headers() == {"Authorization": "Bearer file-token"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token")
+    assert ray_auth_headers() == {"Authorization": "Bearer env-token"}
+
+
+def test_settings_come_from_the_launchers_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SECRET_FOR_SERVE", "k3y")
+    monkeypatch.chdir(tmp_path)
+    cfg = DashboardConfig(
+        serve_url="http://127.0.0.1:9000/",
+        api_key_env="SECRET_FOR_SERVE",
+        registry="/r",
+        sweep_dir="runs/tune",
+        score_dir="s3://bucket/scored",
+        max_upload_mb=3,
+    )
+    env = dashboard_env(cfg)
+    settings = Settings.from_env(env)
+    assert settings.serve_url == "http://127.0.0.1:9000"
+    assert settings.api_key == "k3y"
+    assert settings.registry == "/r"
+    assert settings.sweep_dir == str(tmp_path / "runs" / "tune")  # relative to where it ran
+    assert settings.score_dir == "s3://bucket/scored"
+    assert settings.max_upload_mb == 3
+    command = dashboard_command(cfg)
+    assert "k3y" not in " ".join(command)  # the key never appears on a command line
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    assert command[command.index("--server.maxUploadSize") + 1] == "3"
+
+
+def test_plain_words():
+    assert species_name("001.Black_footed_Albatross") == "Black footed Albatross"
+    assert species_name("Species_3") == "Species 3"
+    text = error_text({"code": "not_an_image", "message": "bytes are not a recognised image"})
+    assert text.startswith("This is not an image file") and "recognised" in text
+
+
+def test_result_filters():
+    rows = pd.DataFrame(
+        {
+            "path": ["a", "b", "c", "d"],
+            "ok": [True, True, True, False],
+            "species": ["001.A", "002.B", "001.A", None],
+            "confidence": [0.9, 0.3, 0.4, None],
+            "error": [None, None, None, "corrupt_image: x"],
+        }
+    )
+    assert filter_rows(rows, [], None, "errors")["path"].tolist() == ["d"]
+    assert filter_rows(rows, ["001.A"], None, "all")["path"].tolist() == ["a", "c"]
+    assert filter_rows(rows, [], 0.5, "all")["path"].tolist() == ["b", "c"]
+    assert filter_rows(rows, ["001.A"], 0.5, "scored")["path"].tolist() == ["c"]
+
+
+@pytest.mark.timeout(240)
+def test_launcher_serves_the_app_on_loopback(tmp_path):
+    url, process = start_dashboard(
+        "http://127.0.0.1:9",
+        tmp_path / "reg",
+        tmp_path / "tune",
+        tmp_path / "scored",
+        ready_timeout_s=180,
+    )
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as resp:
+            assert resp.read() == b"ok"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert b"<noscript>" in resp.read()  # Streamlit's page shell
+    finally:
+        stop(process)
+    assert process.returncode is not None

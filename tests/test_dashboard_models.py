@@ -1,0 +1,135 @@
+"""The Models page under ``AppTest``, from a real registry, Tune report and evaluation report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from birdray.registry import local_copy, promote, register
+from birdray.tune.report import COLUMNS, write_report
+from tests.dashboard_fixtures import app_test, no_exceptions, texts  # noqa: F401
+from tests.model_fixture import make_package
+
+PAGE = "views/models.py"
+
+
+def trial_row(trial: str, arch: str, top1: float) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(
+        trial=trial,
+        arch=arch,
+        lr=0.01,
+        val_top1=top1,
+        val_top5=min(1.0, top1 + 0.2),
+        best_epoch=2,
+        epochs=3,
+        status="finished",
+        error="",
+    )
+    return row
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory):
+    """A Tune report written by the sweep's own writer (two trials, three epochs each)."""
+    root = tmp_path_factory.mktemp("tune")
+    rows = [trial_row("t1", "resnet18", 0.62), trial_row("t2", "test_resnet", 0.41)]
+    curves = {
+        r["trial"]: [
+            {
+                "trial": r["trial"],
+                "arch": r["arch"],
+                "epoch": e,
+                "val_top1": r["val_top1"] * e / 3,
+                "val_top5": None,
+                "val_loss": 1.0 / e,
+                "train_loss": 1.2 / e,
+            }
+            for e in (1, 2, 3)
+        ]
+        for r in rows
+    }
+    report = root / "sweep-a" / "report"
+    write_report(rows, curves, report)
+    summary = {"best_trial": "t1", "arch": "resnet18", "val_top1": 0.62}
+    (report / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models_page")
+    registry = str(root / "registry")
+    for seed in (0, 1):
+        register(registry, make_package(root / f"pkg{seed}", seed=seed), {"run": f"run{seed}"})
+    promote(registry, "v0001")
+    promote(registry, "v0002")
+    return registry
+
+
+@pytest.mark.timeout(300)
+def test_registry_and_tune_comparison(small_registry, sweep_root, app_test):  # noqa: F811
+    at = app_test(PAGE, BIRDRAY_REGISTRY=small_registry, BIRDRAY_SWEEP_DIR=sweep_root)
+    no_exceptions(at)
+    version = at.selectbox(key="model_version")
+    assert version.options == ["v0001", "v0002 (production)"] and version.value == "v0002"
+    infos = texts(at, "info")
+    assert any("no evaluation report yet" in i for i in infos)  # said, not hidden or faked
+    assert any("No explainability evaluation" in i for i in infos)
+    tables = [t.value for t in at.dataframe]
+    trials = next(t for t in tables if "trial" in t.columns)
+    assert trials["trial"].tolist() == ["t1", "t2"]
+    assert trials["val_top1"].tolist() == [0.62, 0.41]
+    assert any("Winner: trial **t1** (resnet18)" in s for s in texts(at, "success"))
+    versions = next(t for t in tables if "version" in t.columns)
+    assert versions["version"].tolist() == ["v0001", "v0002"]
+    assert versions["production"].tolist() == [False, True]
+    assert any("v0001 → v0002" in str(c.value) for c in at.caption)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_production_model_report(trained_package, sweep_root, tmp_path, app_test):  # noqa: F811
+    """A trained, evaluated package in a registry, with its explainability evaluation."""
+    from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
+
+    registry = str(tmp_path / "registry")
+    version = register(registry, trained_package.package, {"run": "trained"})
+    promote(registry, version)
+    run_explain_eval(
+        ExplainEvalConfig(
+            dataset=str(trained_package.dataset),
+            model=version,
+            registry=registry,
+            methods="gradcam",
+            limit=6,
+            actor_cpus=0.5,
+            threads=1,
+            batch_size=3,
+        )
+    )
+    package = local_copy(registry, version)
+    metrics = json.loads((package / "eval" / "metrics.json").read_text())
+    summary = json.loads((package / "explain" / "summary.json").read_text())
+
+    at = app_test(PAGE, BIRDRAY_REGISTRY=registry, BIRDRAY_SWEEP_DIR=sweep_root)
+    no_exceptions(at)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown[f"{metrics['split']} top-1 accuracy"] == f"{metrics['top1']:.1%}"
+    assert shown["top-5 accuracy"] == f"{metrics['top5']:.1%}"
+    assert shown["calibration error (ECE)"] == f"{metrics['ece_after']:.3f}"
+    assert "**Per-species accuracy**" in texts(at, "markdown")
+    species = at.selectbox(key="profile_species")
+    assert len(species.options) == len(
+        json.loads((package / "explain" / "part_profiles.json").read_text())["classes"]
+    )
+    assert any("Where gradcam attribution falls on" in m for m in texts(at, "markdown"))
+    pointing = next(t.value for t in at.dataframe if "hits in box" in t.value.columns)
+    assert pointing["hits in box"].tolist() == pytest.approx(
+        [summary["methods"]["gradcam"]["pointing_bbox"]], abs=1e-3
+    )
+    versions = next(t.value for t in at.dataframe if "version" in t.value.columns)
+    row = versions.set_index("version").loc[version]
+    assert bool(row["production"]) and row["test_top1"] == pytest.approx(metrics["top1"])

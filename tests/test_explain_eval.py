@@ -1,0 +1,108 @@
+"""``explain-eval`` over Ray Data and ``birdray explain`` on a generated, ingested dataset."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from birdray.cli import main
+from birdray.data.ingest import IngestConfig, run_ingest
+from birdray.data.manifest import load_manifest
+from birdray.explain import METHODS, load_part_profiles
+from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
+from tests.model_fixture import make_package
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def explained(ray_cluster, synth_root, tmp_path_factory):
+    """An ingested generated dataset, an (untrained) package of the right size, explain-eval run."""
+    base = tmp_path_factory.mktemp("explain_eval")
+    dataset = base / "ds"
+    run_ingest(IngestConfig(source=str(synth_root), out=str(dataset), val_fraction=0.0))
+    classes = len(load_manifest(dataset)["class_names"])
+    package = make_package(base / "pkg", arch="test_resnet", num_classes=classes, image_size=64)
+    cfg = ExplainEvalConfig(
+        dataset=str(dataset), model=str(package), limit=6, steps=4, nt_samples=2,
+        fractions="0,0.25,0.5,1", actors=1, actor_cpus=1.0, threads=1, batch_size=3,
+    )  # fmt: skip
+    result = run_explain_eval(cfg)
+    return dataset, package, result
+
+
+def test_explain_eval_writes_scores_plots_and_profiles(explained):
+    dataset, package, result = explained
+    out = package / "explain"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 6 and summary["split"] == "test"
+    assert summary["part_names"] == load_manifest(dataset)["part_names"]
+    assert set(summary["methods"]) == set(METHODS) == set(result) - {"package", "files"}
+    for method, r in summary["methods"].items():
+        assert r["images"] == 6
+        for key in ("bbox", "bbox_chance", "part", "part_chance"):
+            assert 0.0 <= r[f"pointing_{key}"] <= 1.0
+        assert 0.0 < r["pointing_part_chance"] < r["pointing_bbox_chance"] < 1.0
+        assert r["part_share"] and set(r["part_share"]) <= set(summary["part_names"])
+        assert sum(r["part_share"].values()) <= 1.0 + 1e-6
+        assert sum(r["part_area_share"].values()) < 1.0
+        deletion = r["deletion"]
+        assert deletion["fractions"] == [0.0, 0.25, 0.5, 1.0]
+        assert len(deletion["deletion_correct"]) == len(deletion["random_correct"]) == 4
+        # nothing removed: both curves start at the model's accuracy; all removed: same image
+        assert deletion["deletion_correct"][0] == pytest.approx(r["accuracy"])
+        assert deletion["deletion_correct"][-1] == pytest.approx(deletion["random_correct"][-1])
+        for name in (f"part_shares_{method}.png", f"deletion_{method}.png"):
+            png = Image.open(io.BytesIO((out / name).read_bytes()))
+            assert png.format == "PNG" and png.size[0] > 300
+    profiles = load_part_profiles(package)
+    assert profiles["method"] == "gradcam"
+    assert profiles["classes"] and all(isinstance(k, int) for k in profiles["classes"])
+    labels = {int(k) for k in summary["methods"]["gradcam"]["per_class"]}
+    assert set(profiles["classes"]) == labels
+    for profile in profiles["classes"].values():
+        assert 0.0 < sum(profile.values()) <= 1.0 + 1e-6
+
+
+def test_explain_job_on_a_dataset_image_prints_the_part_ranking(explained, tmp_path, capsys):
+    dataset, package, _ = explained
+    manifest = load_manifest(dataset)
+    import pyarrow.dataset as pads
+
+    ids = pads.dataset(dataset / manifest["shards_dir"], format="parquet", partitioning="hive")
+    image_id = ids.to_table(columns=["image_id"])["image_id"][0].as_py()
+    code = main([
+        "explain", "--model", str(package), "--dataset", str(dataset), "--image-id", str(image_id),
+        "--method", "gradcam,saliency", "--nt-samples", "2", "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "part ranking" in printed and "peak in bird box" in printed
+    report = json.loads((tmp_path / f"image{image_id}.json").read_text())
+    assert [e["method"] for e in report["explanations"]] == ["gradcam", "saliency"]
+    entry = report["explanations"][0]
+    ranked = entry["parts"]["ranking"]
+    assert ranked == sorted(ranked, key=lambda r: -r["share"])
+    assert {r["part"] for r in ranked} <= set(manifest["part_names"])
+    overlay = Image.open(tmp_path / f"image{image_id}_gradcam.png")
+    assert overlay.size == (report["image"]["width"], report["image"]["height"])
+
+
+def test_explain_job_on_a_plain_file_shows_the_species_profile(explained, tmp_path, capsys):
+    _, package, _ = explained
+    photo = tmp_path / "upload.png"
+    Image.new("RGB", (230, 170), (90, 140, 60)).save(photo)
+    label, expected = next(iter(load_part_profiles(package)["classes"].items()))
+    code = main([
+        "explain", "--model", str(package), "--image", str(photo), "--target", str(label),
+        "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    assert "typical part profile" in capsys.readouterr().out
+    entry = json.loads((tmp_path / "upload.json").read_text())["explanations"][0]
+    assert entry["target"] == label
+    assert entry["part_profile"] == dict(sorted(expected.items(), key=lambda kv: -kv[1]))
+    assert Image.open(tmp_path / "upload_gradcam.png").size == (230, 170)
