@@ -43,11 +43,11 @@ def _smoke(cfg: BenchmarkConfig) -> BenchmarkConfig:
         **{
             **asdict(cfg),
             "classes": 2,
-            "per_class": 4,
+            "per_class": 8,  # a few training steps per epoch at batch 2
             "scales": [1, 2],
             "arch": "test_resnet",
             "image_size": 64,
-            "batch_size": 4,
+            "batch_size": 2,
             "repeats": 1,
             "requests": 8,
             "explain_arch": "test_resnet",
