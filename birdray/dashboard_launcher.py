@@ -128,7 +128,7 @@ def launch(cfg: DashboardConfig, log: Path | None = None) -> tuple[str, subproce
     if cfg.port == 0:
         cfg = replace(cfg, port=free_port(cfg.host))
     url = f"http://{cfg.host}:{cfg.port}"
-    output = open(log, "ab") if log else None  # noqa: SIM115 - the child keeps writing to it
+    output = open(log, "ab") if log else None  # the child process writes to it
     try:
         process = subprocess.Popen(
             dashboard_command(cfg),

@@ -106,7 +106,7 @@ def ray_head(num_cpus: int = 4, timeout_s: float = 400) -> Iterator[tuple[str, P
         "--temp-dir",
         str(tmp / "ray"),
     ]
-    log = open(tmp / "ray_start.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp / "ray_start.log", "wb")  # closed in the finally below
     process = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
