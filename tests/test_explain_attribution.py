@@ -181,3 +181,22 @@ def test_every_method_runs_on_real_architectures(arch):
         assert not exp.empty or method == "gradcam"
         png = Image.open(io.BytesIO(exp.overlay_png(image)))
         assert png.size == image.size
+
+
+def test_regions_are_disjoint_blobs_ranked_by_mass():
+    from birdray.explain.render import top_regions
+
+    yy, xx = np.mgrid[:200, :300]
+    tall_narrow = 2.0 * np.exp(-((xx - 60) ** 2 + (yy - 50) ** 2) / (2 * 8**2))
+    low_wide = 1.5 * np.exp(-((xx - 220) ** 2 + (yy - 150) ** 2) / (2 * 12**2))  # more mass
+    attr = (tall_narrow + low_wide).astype(np.float32)
+    regions = top_regions(attr / attr.sum(), k=3)
+    assert len(regions) == 2
+    wide, narrow = regions
+    assert wide["x"] <= 220 < wide["x"] + wide["w"] and wide["y"] <= 150 < wide["y"] + wide["h"]
+    assert (
+        narrow["x"] <= 60 < narrow["x"] + narrow["w"]
+        and narrow["y"] <= 50 < narrow["y"] + narrow["h"]
+    )
+    assert wide["share"] > narrow["share"] > 0.1 and wide["share"] + narrow["share"] <= 1.0
+    assert narrow["x"] + narrow["w"] <= wide["x"] or wide["y"] >= narrow["y"] + narrow["h"]

@@ -50,7 +50,7 @@ class ExplainEvalConfig:
     fractions: str = field("0,0.05,0.1,0.2,0.3,0.5,0.75", "deletion curve: fractions removed")
     profile_method: str = field("gradcam", "method whose per-species profile Serve shows")
     actors: int = field(1, "model replicas explaining in parallel")
-    actor_cpus: float = field(1.0, "CPUs reserved per actor (fractional keeps reads running)")
+    actor_cpus: float = field(0.5, "CPUs reserved per actor (fractional keeps reads running)")
     num_gpus: float = field(0.0, "GPUs per actor")
     threads: int = field(2, "torch threads per actor (Ray sets 1)")
     batch_size: int = field(4, "images per actor call")

@@ -2,8 +2,7 @@
 
 The overlay is drawn at the photo's own size (the map is already in original pixels), so it can
 be laid over the upload in a browser without any rescaling. Regions come from a coarse grid of
-attribution mass: grow a blob around each peak while it stays above half the peak, box it, and
-report how much of the total mass the box holds.
+attribution mass: the connected blobs above half the peak, boxed, ranked by the mass they hold.
 """
 
 from __future__ import annotations
@@ -73,43 +72,53 @@ def _smooth(grid: np.ndarray, size: int = 5) -> np.ndarray:
     return F.avg_pool2d(t, size, stride=1, padding=size // 2, count_include_pad=False)[0, 0].numpy()
 
 
-def _grow(values: np.ndarray, taken: np.ndarray, seed: tuple[int, int], level: float) -> list:
-    """4-connected cells around ``seed`` with value >= ``level`` not already in a region."""
-    rows, cols = values.shape
+def _component(inside: np.ndarray, free: np.ndarray, seed: tuple[int, int]) -> list:
+    """4-connected cells of ``inside`` reachable from ``seed``; marks them as no longer free."""
+    rows, cols = inside.shape
     cells, queue = [], deque([seed])
-    taken[seed] = True
+    free[seed] = False
     while queue:
         r, c = queue.popleft()
         cells.append((r, c))
         for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-            if 0 <= nr < rows and 0 <= nc < cols and not taken[nr, nc] and values[nr, nc] >= level:
-                taken[nr, nc] = True
+            if 0 <= nr < rows and 0 <= nc < cols and free[nr, nc] and inside[nr, nc]:
+                free[nr, nc] = False
                 queue.append((nr, nc))
     return cells
 
 
 def top_regions(attribution: np.ndarray, k: int = 3, level: float = 0.5) -> list[dict[str, Any]]:
-    """Up to ``k`` boxes around the strongest blobs, strongest first, with their mass share."""
+    """Up to ``k`` disjoint boxes, strongest first: blobs where the map is >= ``level`` x its peak.
+
+    ``share`` is the attribution mass of the blob itself; ``peak`` its strongest point.
+    """
     height, width = attribution.shape
     mass, cell = coarse_mass(attribution)
     values = _smooth(mass)
-    taken = np.zeros(values.shape, dtype=bool)
-    regions: list[dict[str, Any]] = []
-    while len(regions) < k:
-        free = np.where(taken, -np.inf, values)
-        r, c = np.unravel_index(int(np.argmax(free)), free.shape)
-        if not np.isfinite(free[r, c]) or free[r, c] <= 0:
-            break
-        cells = np.array(_grow(values, taken, (int(r), int(c)), level * float(values[r, c])))
+    top = float(values.max())
+    if top <= 0:
+        return []
+    inside = values >= level * top
+    free = inside.copy()
+    blobs = []
+    for flat in np.argsort(-values, axis=None):
+        seed = np.unravel_index(int(flat), values.shape)
+        if not inside[seed]:
+            break  # sorted: every remaining cell is below the level
+        if free[seed]:
+            cells = np.array(_component(inside, free, (int(seed[0]), int(seed[1]))))
+            blobs.append((float(mass[cells[:, 0], cells[:, 1]].sum()), seed, cells))
+    regions = []
+    for share, (r, c), cells in sorted(blobs, key=lambda b: -b[0])[:k]:
         y0, x0 = cells.min(axis=0) * cell
         y1, x1 = np.minimum((cells.max(axis=0) + 1) * cell, (height, width))
-        peak_x, peak_y = (
-            min(width - 1, int((c + 0.5) * cell)),
-            min(height - 1, int((r + 0.5) * cell)),
-        )
+        peak = {
+            "x": min(width - 1, int((c + 0.5) * cell)),
+            "y": min(height - 1, int((r + 0.5) * cell)),
+        }
         regions.append({
             "x": int(x0), "y": int(y0), "w": int(x1 - x0), "h": int(y1 - y0),
-            "share": float(attribution[y0:y1, x0:x1].sum()), "peak": {"x": peak_x, "y": peak_y},
+            "share": share, "peak": peak,
         })  # fmt: skip
     return regions
 
