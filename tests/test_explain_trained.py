@@ -43,7 +43,13 @@ def _sibling_test_rows(trained) -> tuple[list[dict], list[str], dict[int, list[s
     return table.to_pylist(), manifest["part_names"], paired
 
 
-@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
+# method: (share / area share, share / irrelevant share) to exceed. Measured on two
+# independently trained fixtures: Grad-CAM 2.4x / 1.9x and 2.2x / 1.8x (its map is only 4x4 at
+# 128 px, so it spreads onto neighbouring parts), IG 4.6x / 2.0x and 4.2x / 1.9x.
+MARGINS = {"gradcam": (1.75, 1.4), "integrated_gradients": (3.0, 1.5)}
+
+
+@pytest.mark.parametrize("method", sorted(MARGINS))
 def test_siblings_are_explained_by_the_part_that_differs(trained_package, method):
     package = load_package(trained_package.package)
     model, config = package.model, package.metadata.data_config
@@ -68,6 +74,7 @@ def test_siblings_are_explained_by_the_part_that_differs(trained_package, method
     print(f"{method}: share on differing part {share:.3f}, area share {area:.3f}, "
           f"same-size irrelevant parts {other:.3f}; pointing {np.mean(hits):.2f} "
           f"(chance {np.mean(hit_chance):.2f})")  # fmt: skip
-    assert share > 2.0 * area, (share, area)  # well above chance
-    assert share > 1.5 * other, (share, other)  # and above parts that cannot tell siblings apart
+    over_chance, over_irrelevant = MARGINS[method]
+    assert share > over_chance * area, (share, area)  # well above chance
+    assert share > over_irrelevant * other, (share, other)  # above parts that can't tell them apart
     assert np.mean(hits) > np.mean(hit_chance) + 0.2  # points at the bird, well above random
