@@ -91,9 +91,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     out = Path(cfg.out).resolve()
     results: dict[str, Any] = {}
-    local_dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
-    extra = local_dashboard if cfg.dashboard and not cfg.address else {}
-    resources = init_ray(cfg.address or None, num_cpus=4, **extra)
+    resources = init_ray(cfg.address or None, num_cpus=4)  # local: dashboard + Jobs API on loopback
     print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
 
     t = _stage("1. synth: generate a CUB-layout dataset")

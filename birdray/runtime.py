@@ -1,8 +1,10 @@
 """Connect to Ray the same way from every job: an existing cluster, or a local one on loopback.
 
 Under ``ray job submit`` the job joins the cluster it was submitted to (RAY_ADDRESS is set).
-Run by hand on a laptop, it starts a local Ray bound to 127.0.0.1 with the dashboard off, so
-nothing listens on a public address and small machines are not starved by Ray's own services.
+Run by hand on a laptop, it starts a local Ray bound to 127.0.0.1, dashboard included (on
+loopback only): Ray Train V2 frees the placement group of a run whose controller died (a trial
+stopped by Tune's scheduler) through the dashboard's state API, so without it a long-lived driver
+(the demo: a sweep, then training) leaks CPU reservations until nothing can be scheduled.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def init_ray(
             address="local",
             num_cpus=num_cpus,
             num_gpus=num_gpus,
-            include_dashboard=kwargs.pop("include_dashboard", False),
+            include_dashboard=kwargs.pop("include_dashboard", True),
+            dashboard_host=kwargs.pop("dashboard_host", LOOPBACK),
             _node_ip_address=LOOPBACK,
             **kwargs,
         )

@@ -58,9 +58,7 @@ class ScoreConfig:
     model: str = field("production", "package folder, or production|latest|v0003 in --registry")
     registry: str = field("", "registry folder or URI that --model names a version of")
     split: str = field("test", "split to score when --input is an ingested dataset")
-    extensions: list[str] = field(  # noqa: RUF009 - config.field gives lists a default_factory
-        DEFAULT_EXTENSIONS, "extensions to score; [] or '*': every file"
-    )
+    extensions: list[str] = field(DEFAULT_EXTENSIONS, "extensions to score; [] or '*': every file")
     batch_size: int = field(32, "images per model call (and per preprocessing batch)")
     pool_size: int = field(1, "scoring actors; each holds one copy of the model")
     actor_cpus: float = field(1.0, "CPUs reserved per scoring actor")
@@ -119,6 +117,9 @@ def build_dataset(
         ds = ray.data.read_parquet(source.split_dir, columns=["image_id", "path", "image"])
         if resumed:  # Arrow-native filter: only the rows still to score are decoded
             ds = ds.filter(expr=col("path").is_in(todo["path"].to_pylist()))
+        # Parquet shards arrive as a few big blocks: one batch a block lets every decode task
+        # and every actor in the pool (on every node) take a share instead of one taking all
+        ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     else:
         per_block = max(cfg.batch_size, math.ceil(len(todo) / 1000))  # bounded block count
         ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, len(todo), per_block)])

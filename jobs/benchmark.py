@@ -1,4 +1,4 @@
-"""`python jobs/benchmark.py {ingest,train,score,serve,explain,scaling,gpu,all}`: see BENCHMARKS.md."""
+"""`python jobs/benchmark.py {ingest,train,score,serve,explain,scaling,gpu,all}`: BENCHMARKS.md."""
 
 from birdray.cli import run_job
 

@@ -1,4 +1,4 @@
-"""`ray job submit -- python jobs/download.py ...`: the same parser and code as `birdray download`."""
+"""`ray job submit -- python jobs/download.py ...`: same parser and code as `birdray download`."""
 
 from birdray.cli import run_job
 

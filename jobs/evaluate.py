@@ -1,4 +1,4 @@
-"""`ray job submit -- python jobs/evaluate.py ...`: the same parser and code as `birdray evaluate`."""
+"""`ray job submit -- python jobs/evaluate.py ...`: same parser and code as `birdray evaluate`."""
 
 from birdray.cli import run_job
 

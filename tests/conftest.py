@@ -32,7 +32,9 @@ def ray_cluster():
         initialize_head=True,
         head_node_args={
             "num_cpus": HEAD_CPUS,
-            "include_dashboard": False,
+            # the state API behind it is how Train V2 frees a dead controller's placement group
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
             "node_ip_address": "127.0.0.1",
         },
     )

@@ -117,7 +117,7 @@ def ray_head(num_cpus: int = 4, timeout_s: float = 400) -> Iterator[tuple[str, P
     finally:
         process.terminate()  # the --block process drains the node and stops what it started
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(120)
+            process.wait(15)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # anything left in its process group
         log.close()

@@ -1,7 +1,10 @@
-"""Multi-node on one machine: two Ray nodes for training workers and Serve replicas."""
+"""Multi-node on one machine: training workers, scoring actors and Serve replicas on two nodes."""
 
 from __future__ import annotations
 
+import csv
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,14 +53,50 @@ def _recipe(dataset: Path, storage: Path, name: str, epochs: int) -> TrainConfig
 
 
 @pytest.mark.timeout(900)
-def test_strict_spread_training_uses_two_nodes(ray_cluster, spread_dataset, tmp_path):
-    node = ray_cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+def test_training_recovers_when_a_worker_node_is_lost(ray_cluster, spread_dataset, tmp_path):
+    """Two workers strictly spread over two nodes; kill the node under one of them after the
+    first checkpoint: the run restarts on the nodes that are left, from that checkpoint, and
+    finishes, still one worker per node."""
+    import ray
+
+    extra = [ray_cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(2)]
     ray_cluster.wait_for_nodes()
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["summary"] = run_training(_recipe(spread_dataset, tmp_path, "lossy", epochs=3))
+        except BaseException as exc:  # surfaced by the assertion below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=train, daemon=True)
+    runner.start()
+    run = tmp_path / "lossy"
+    victim = None
+    deadline = time.time() + 600
+    while victim is None and time.time() < deadline and runner.is_alive():
+        if any(run.glob("checkpoint_*/history.json")):
+            on_nodes = {
+                a["Address"]["NodeID"]
+                for a in ray._private.state.actors().values()
+                if "TrainWorker" in a.get("ActorClassName", "") and a["State"] == "ALIVE"
+            }
+            victim = next((n for n in extra if n.node_id in on_nodes), None)
+        time.sleep(0.5)
     try:
-        summary = run_training(_recipe(spread_dataset, tmp_path, "spread", epochs=1))
-        assert summary["best"]["nodes"] == 2 and summary["best"]["workers"] == 2
+        assert victim is not None, f"no worker on a removable node before the end: {outcome}"
+        ray_cluster.remove_node(victim)  # the node and the worker on it die mid-training
+        runner.join(timeout=780)
+        assert not runner.is_alive(), "training did not finish after the node loss"
+        assert "error" not in outcome, outcome.get("error")
     finally:
-        ray_cluster.remove_node(node)
+        for node in extra:
+            if node is not victim:
+                ray_cluster.remove_node(node)
+    with open(Path(outcome["summary"]["run_dir"]) / "summary.csv") as fh:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(fh)]
+    assert epochs == [1, 2, 3]
+    assert outcome["summary"]["best"]["nodes"] == 2
 
 
 @pytest.mark.timeout(900)
@@ -103,3 +142,38 @@ def test_serve_replicas_spread_over_two_nodes(ray_cluster, tmp_path):
         if app is not None:
             app.stop()
         ray_cluster.remove_node(node)
+
+
+@pytest.mark.timeout(900)
+def test_scoring_actors_spread_over_two_gpu_nodes(ray_cluster, tmp_path):
+    """One logical GPU per node and one per actor: the pool of two must use both nodes."""
+    from birdray.score import ScoreConfig, run_scoring
+    from tests.cub_fixture import jpeg_bytes
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg", num_classes=3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(16):
+        (photos / f"bird {i}.jpg").write_bytes(jpeg_bytes(color=(10 * i, 120, 200 - 10 * i)))
+    nodes = [ray_cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")]
+    nodes.append(ray_cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1"))
+    ray_cluster.wait_for_nodes()
+    try:
+        cfg = ScoreConfig(
+            input=str(photos),
+            output=str(tmp_path / "out"),
+            model=str(package),
+            batch_size=2,
+            pool_size=2,
+            num_gpus=1.0,
+            actor_cpus=0.5,
+            preprocess_cpus=0.5,
+        )
+        summary = run_scoring(cfg)
+    finally:
+        for node in nodes:
+            ray_cluster.remove_node(node)
+    assert summary["scored"] == 16
+    assert set(summary["nodes"]) == {node.node_id for node in nodes}, summary["nodes"]
+    assert all(count > 0 for count in summary["nodes"].values())

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,7 +69,7 @@ def test_two_worker_training_learns(trained_package):
 def test_worker_failure_recovers_from_checkpoint(small_dataset, tmp_path):
     cfg = TrainConfig(
         dataset=str(small_dataset),
-        epochs=3,
+        epochs=2,
         storage_path=str(tmp_path),
         name="chaos",
         inject_failure_at_epoch=1,
@@ -72,9 +78,63 @@ def test_worker_failure_recovers_from_checkpoint(small_dataset, tmp_path):
     )
     summary = run_training(cfg)
     assert (tmp_path / "chaos" / ".injected_failure").read_text() == "1"
-    history = json.loads((Path(summary["package"]) / "metadata.json").read_text())
-    epochs = [h["epoch"] for h in history["provenance"]["history"]]
-    assert epochs == [1, 2, 3]  # epoch 1 (0-based) was redone from the epoch-0 checkpoint
+    with open(Path(summary["run_dir"]) / "summary.csv") as fh:  # the whole run, not the best
+        epochs = [int(row["epoch"]) for row in csv.DictReader(fh)]
+    assert epochs == [1, 2]  # epoch 1 (0-based) was redone from the epoch-0 checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_resubmitting_an_interrupted_run_by_name_resumes_it(ray_cluster, small_dataset, tmp_path):
+    flags = {
+        "--dataset": str(small_dataset),
+        "--epochs": "3",
+        "--storage-path": str(tmp_path),
+        "--name": "interrupted",
+        "--address": ray_cluster.address,
+        **{"--" + k.replace("_", "-"): str(v) for k, v in SMALL.items()},
+    }
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "jobs/train.py", *[x for kv in flags.items() for x in kv]],
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    run = tmp_path / "interrupted"
+    deadline = time.time() + 600
+    try:  # kill once Ray Train has committed a checkpoint (its snapshot names it)
+        while time.time() < deadline and proc.poll() is None and not _committed(run):
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run
+        proc.wait()
+    committed = _committed(run)
+    assert committed, "the first submission never committed a checkpoint"
+    before = json.loads((run / committed / "history.json").read_text())
+    assert len(before) < 3, "the run finished before it was interrupted"
+    time.sleep(3)  # let Ray reap the dead driver's workers
+
+    again = TrainConfig(dataset=str(small_dataset), epochs=3, storage_path=str(tmp_path), **SMALL)
+    again.name = "interrupted"  # the same name: Ray Train restores the run from its storage
+    summary = run_training(again)
+    with open(Path(summary["run_dir"]) / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # the stored epochs were kept, not retrained: their rows are the first submission's own
+    for old, new in zip(before, rows, strict=False):
+        assert float(new["epoch_seconds"]) == pytest.approx(old["epoch_seconds"], rel=1e-9)
+
+
+def _committed(run: Path) -> str | None:
+    """The latest checkpoint Ray Train has committed for this run (what a resume starts from)."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return None
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return latest.get("checkpoint_dir_name")
 
 
 @pytest.mark.timeout(600)

@@ -202,17 +202,21 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_cluster, 
     )
     experiment = Path(cfg.storage_path) / cfg.name
     finished = running = None
+    statuses: dict[str, str] = {}
     deadline = time.time() + 1200
-    while time.time() < deadline and proc.poll() is None:
-        statuses = _statuses(experiment)
-        done = [t for t, s in statuses.items() if s == "TERMINATED"]
-        others = [t for t in statuses if t not in done]
-        if done and others and _checkpoints(experiment / "trainers" / others[0]):
-            finished, running = done[0], others[0]
-            break
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the sweep's driver dies mid-sweep
-    proc.wait()
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            statuses = _statuses(experiment)
+            assert list(statuses.values()).count("RUNNING") <= 1, statuses  # one at a time
+            done = [t for t, s in statuses.items() if s == "TERMINATED"]
+            others = [t for t in statuses if t not in done]
+            if done and others and _checkpoints(experiment / "trainers" / others[0]):
+                finished, running = done[0], others[0]
+                break
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep's driver dies mid-sweep
+        proc.wait()
     assert finished, f"never saw one trial finished and the next one checkpointed: {statuses}"
     before = json.loads(
         (_checkpoints(experiment / "trainers" / running)[-1] / "history.json").read_text()

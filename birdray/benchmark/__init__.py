@@ -44,7 +44,7 @@ def _smoke(cfg: BenchmarkConfig) -> BenchmarkConfig:
             **asdict(cfg),
             "classes": 2,
             "per_class": 8,  # a few training steps per epoch at batch 2
-            "scales": [1, 2],
+            "scales": [1],
             "arch": "test_resnet",
             "image_size": 64,
             "batch_size": 2,
@@ -130,7 +130,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         rows += stages.bench_ingest(source, out / "ingest-bench", cfg.repeats)
     if "train" in want:
         rows += stages.bench_train(
-            dataset, out / "train", cfg.arch, cfg.image_size, cfg.batch_size, cfg.threads, epochs=2
+            dataset,
+            out / "train",
+            cfg.arch,
+            cfg.image_size,
+            cfg.batch_size,
+            cfg.threads,
+            epochs=1 if cfg.smoke else 2,
         )
     if "score" in want:
         rows += stages.bench_score(

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import timm
-import timm.data
 import torch
 from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
 
 
 def resolve_data_config(model: torch.nn.Module, image_size: int | None = None) -> dict[str, Any]:
     """timm's data config for the model, at ``image_size`` when given (e.g. 448 for fine-tunes)."""
     args = {"input_size": (3, image_size, image_size)} if image_size else {}
-    cfg = timm.data.resolve_model_data_config(model, args=args)
+    cfg = resolve_model_data_config(model, args=args)
     return _plain(cfg)
 
 
@@ -39,7 +38,7 @@ def build_transform(
     smaller uint8 tensors and ``normalize_uint8`` finishes the job on the training device.
     """
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
-    return timm.data.create_transform(
+    return create_transform(
         use_prefetcher=uint8,
         input_size=cfg["input_size"],
         interpolation=cfg.get("interpolation", "bilinear"),

@@ -141,6 +141,12 @@ def export_package(
     return save_package(out, model, meta)
 
 
+def _run_history(checkpoint) -> list[dict[str, Any]]:
+    """The whole run's per-epoch history, from its last checkpoint (the best may be earlier)."""
+    with checkpoint.as_directory() as folder:
+        return json.loads((Path(folder) / HISTORY_FILE).read_text())
+
+
 def write_history(history: list[dict[str, Any]], run_dir: Path) -> Path:
     """timm-style ``summary.csv`` plus the training-curves plot next to it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +178,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     best = result.get_best_checkpoint(metric="val_top1", mode="max") or result.checkpoint
     out = Path(cfg.package_out or run_dir / "package")
     package = export_package(best, cfg, data_config, manifest, out)
-    history = json.loads((package / "metadata.json").read_text())["provenance"]["history"]
-    write_history(history, run_dir)
+    write_history(_run_history(result.checkpoint or best), run_dir)
     summary: dict[str, Any] = {
         "package": str(package),
         "run_dir": str(run_dir),

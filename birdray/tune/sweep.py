@@ -218,8 +218,11 @@ def build_tuner(cfg: SweepConfig, base: TrainConfig, plan: TrialPlan):
             mode=MODE,
             num_samples=cfg.num_samples,
             scheduler=scheduler,
-            max_concurrent_trials=plan.max_concurrent,
-            search_alg=BasicVariantGenerator(random_state=cfg.seed),
+            # the limit goes on the generator: Tune ignores TuneConfig.max_concurrent_trials
+            # when a BasicVariantGenerator is passed in (it only wraps Searchers)
+            search_alg=BasicVariantGenerator(
+                max_concurrent=plan.max_concurrent, random_state=cfg.seed
+            ),
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
