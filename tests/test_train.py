@@ -167,8 +167,8 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(ray_cluster, small_dataset, tmp_
             **{**SMALL, "cpus_per_worker": 0.5},
         )
         summary = run_training(cfg)
-        assert summary["best"]["gpu_workers"] == 2  # both workers hold a (logical) GPU
-        assert summary["best"]["device"] == "cpu"  # and fell back to CPU: no CUDA here
+        assert summary["last"]["gpu_workers"] == 2  # both workers hold a (logical) GPU
+        assert summary["last"]["device"] == "cpu"  # and fell back to CPU: no CUDA here
         with pytest.raises(ResourceError, match="the cluster has .* 2 GPU"):
             check_resources(TrainConfig(num_workers=4, use_gpu=True), {"CPU": 6, "GPU": 2})
     finally:

@@ -38,7 +38,7 @@ def row(
         "ratio": ratio,
         "unit": unit,
         "goal": goal,
-        "met": met,
+        "met": None if met is None else bool(met),  # numpy bools would serialise as text
         **extra,
     }
 
@@ -175,7 +175,7 @@ def bench_train(
             warmup_epochs=0,
         )
     )
-    history = summary["best"]
+    history = summary["last"]  # the warm final epoch
     ray_ips = float(history["images_per_s"])
     return [
         row(

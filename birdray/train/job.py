@@ -182,7 +182,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "package": str(package),
         "run_dir": str(run_dir),
-        "best": result.metrics,
+        "best": json.loads((package / "metadata.json").read_text())["metrics"],  # exported
+        "last": result.metrics,  # the final epoch's report
     }
     if cfg.registry:
         from birdray.registry import register
