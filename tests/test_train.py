@@ -153,14 +153,16 @@ def test_failure_without_retries_fails_the_run(small_dataset, tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_gpu_workers_are_scheduled_on_gpu_nodes(ray_cluster, small_dataset, tmp_path):
+def test_gpu_workers_are_scheduled_on_gpu_nodes(ray_cluster, small_dataset, tmp_path, monkeypatch):
+    """Logical GPUs on a second node; the storage is a URI, as a bucket would be on a cluster."""
+    monkeypatch.chdir(tmp_path)  # the local staging copy of a bucket-stored run goes under ./runs
     node = ray_cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address="127.0.0.1")
     ray_cluster.wait_for_nodes()
     try:
         cfg = TrainConfig(
             dataset=str(small_dataset),
             epochs=1,
-            storage_path=str(tmp_path),
+            storage_path=f"file://{tmp_path}/bucket",
             name="gpu",
             use_gpu=True,
             dist_backend="gloo",
@@ -169,6 +171,11 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(ray_cluster, small_dataset, tmp_
         summary = run_training(cfg)
         assert summary["last"]["gpu_workers"] == 2  # both workers hold a (logical) GPU
         assert summary["last"]["device"] == "cpu"  # and fell back to CPU: no CUDA here
+        stored = tmp_path / "bucket" / "gpu"  # checkpoints by Ray Train, the rest uploaded
+        assert summary["uploaded_to"] == f"file://{stored}"
+        assert any(stored.glob("checkpoint_*/train_state.pt"))
+        for name in ("config.yaml", "summary.csv", "package/model.safetensors"):
+            assert (stored / name).is_file(), name
         with pytest.raises(ResourceError, match="the cluster has .* 2 GPU"):
             check_resources(TrainConfig(num_workers=4, use_gpu=True), {"CPU": 6, "GPU": 2})
     finally:

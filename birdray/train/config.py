@@ -47,7 +47,11 @@ class TrainConfig:
     name: str = field("", "run name; submitting again with the same name resumes it")
     checkpoints_to_keep: int = field(2, "best checkpoints kept (by val_top1)")
     max_failures: int = field(2, "worker failures to recover from (restart from last checkpoint)")
-    package_out: str = field("", "model package folder (default: <storage>/<name>/package)")
+    package_out: str = field(
+        "",
+        "model package folder (default: <storage>/<name>/package; with a URI storage:"
+        " runs/train/<name>/package here, then copied next to the checkpoints)",
+    )
     registry: str = field("", "register the package here when training ends (empty: don't)")
     address: str = field("", "Ray address (empty: RAY_ADDRESS or a local Ray)")
     inject_failure_at_epoch: int = field(

@@ -96,6 +96,17 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     return trainer, data_config, manifest
 
 
+LOCAL_STAGING = "runs/train"  # this machine's copy of a run whose storage is a bucket
+
+
+def _upload(run_dir: Path, uri: str) -> str:
+    """Copy the run's local outputs (config, summary, plots, package) next to its checkpoints."""
+    from pyarrow import fs
+
+    fs.copy_files(str(run_dir.resolve()), uri, destination_filesystem=None)
+    return uri
+
+
 def _storage(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
@@ -169,7 +180,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     cfg.name = default_name(cfg)
     cluster = init_ray(cfg.address or None)
     check_resources(cfg, cluster)
-    run_dir = Path(cfg.storage_path) / cfg.name
+    remote = "://" in cfg.storage_path
+    # a bucket (s3://, gs://) keeps the checkpoints; config, summary, plots and the package are
+    # written on this machine first, then copied next to them
+    run_dir = Path(LOCAL_STAGING if remote else cfg.storage_path) / cfg.name
     save_config(cfg, run_dir / "config.yaml")
     trainer, data_config, manifest = build_trainer(cfg)
     result = trainer.fit()
@@ -182,6 +196,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "package": str(package),
         "run_dir": str(run_dir),
+        "uploaded_to": _upload(run_dir, f"{cfg.storage_path.rstrip('/')}/{cfg.name}")
+        if remote
+        else None,
         "best": json.loads((package / "metadata.json").read_text())["metrics"],  # exported
         "last": result.metrics,  # the final epoch's report
     }
