@@ -6,6 +6,7 @@ where its results went. The Quickstart's first command runs this.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,9 @@ class DemoConfig:
     dashboard: bool = field(False, "leave Serve and the Streamlit dashboard running at the end")
 
 
+DEMO_WEIGHTS = "runs/demo/weights/tf_efficientnet_lite0.safetensors"  # as demo.yaml names them
+
+
 def _stage(name: str) -> float:
     print(f"\n=== {name} " + "=" * max(3, 66 - len(name)), flush=True)
     return time.time()
@@ -46,6 +50,8 @@ def _recipe(cfg: DemoConfig, out: Path):
         path = Path(__file__).resolve().parents[1] / cfg.train_config
     recipe = from_dict(TrainConfig, load_yaml(path))
     weights = out / "weights" / "tf_efficientnet_lite0.safetensors"
+    if recipe.pretrained_file == DEMO_WEIGHTS:  # the shipped recipe: converted into --out
+        recipe.pretrained_file = str(weights)
     if recipe.pretrained_file and not Path(recipe.pretrained_file).is_file():
         from birdray.model.weights import convert_lite0
 
@@ -293,6 +299,9 @@ def _keep_serving(app, registry: Path, out: Path, score_out: Path, sweep_dir: st
     from birdray.dashboard_launcher import start_dashboard
     from birdray.serve.run import shutdown
 
+    # Ray Train's fit() leaves its own SIGINT handler (abort the training run) installed after
+    # the run: put Python's back so that Ctrl-C reaches the wait below
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     url, process = start_dashboard(app.url, str(registry), sweep_dir, str(score_out))
     print(f"\nServe API:  {app.url}/docs\nDashboard:  {url}\n(Ctrl-C stops both)", flush=True)
     try:

@@ -76,7 +76,9 @@ def test_worker_failure_recovers_from_checkpoint(small_dataset, tmp_path):
         max_failures=1,
         **SMALL,
     )
+    sigint = signal.getsignal(signal.SIGINT)
     summary = run_training(cfg)
+    assert signal.getsignal(signal.SIGINT) is sigint  # Train's handler (and its run) let go
     assert (tmp_path / "chaos" / ".injected_failure").read_text() == "1"
     with open(Path(summary["run_dir"]) / "summary.csv") as fh:  # the whole run, not the best
         epochs = [int(row["epoch"]) for row in csv.DictReader(fh)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +54,10 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    for name in ("dataset", "pretrained_file"):  # workers don't run in the driver's folder
+        value = getattr(cfg, name)
+        if value and "://" not in value:
+            setattr(cfg, name, str(Path(value).resolve()))
     manifest = load_manifest(cfg.dataset)
     if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
@@ -186,7 +192,15 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     run_dir = Path(LOCAL_STAGING if remote else cfg.storage_path) / cfg.name
     save_config(cfg, run_dir / "config.yaml")
     trainer, data_config, manifest = build_trainer(cfg)
-    result = trainer.fit()
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    finally:
+        # fit() leaves Ray Train's Ctrl-C handler behind, and with it a handle that keeps the
+        # finished run's controller, dataset actors and a CPU-holding pipeline alive in a
+        # long-lived driver (the demo): put the previous handler back
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous_sigint)
     if result.error:
         raise result.error
     best = result.get_best_checkpoint(metric="val_top1", mode="max") or result.checkpoint
