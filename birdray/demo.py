@@ -299,8 +299,8 @@ def _keep_serving(app, registry: Path, out: Path, score_out: Path, sweep_dir: st
     from birdray.dashboard_launcher import start_dashboard
     from birdray.serve.run import shutdown
 
-    # Ray Train's fit() leaves its own SIGINT handler (abort the training run) installed after
-    # the run: put Python's back so that Ctrl-C reaches the wait below
+    # Ray's fit() calls install Ctrl-C handlers of their own (Train's outlives the run unless
+    # run_training puts the previous one back): make sure Python's reaches the wait below
     signal.signal(signal.SIGINT, signal.default_int_handler)
     url, process = start_dashboard(app.url, str(registry), sweep_dir, str(score_out))
     print(f"\nServe API:  {app.url}/docs\nDashboard:  {url}\n(Ctrl-C stops both)", flush=True)
