@@ -144,6 +144,14 @@ def _statuses(experiment: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
+def _committed(trainer: Path) -> bool:
+    try:
+        snapshot = json.loads((trainer / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
+
+
 def _checkpoints(trainer: Path) -> list[Path]:
     return sorted(p for p in trainer.glob("checkpoint_*") if p.is_dir())
 
@@ -210,7 +218,8 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_cluster, 
             assert list(statuses.values()).count("RUNNING") <= 1, statuses  # one at a time
             done = [t for t, s in statuses.items() if s == "TERMINATED"]
             others = [t for t in statuses if t not in done]
-            if done and others and _checkpoints(experiment / "trainers" / others[0]):
+            # committed by Ray Train (its snapshot names it), not merely a folder being written
+            if done and others and _committed(experiment / "trainers" / others[0]):
                 finished, running = done[0], others[0]
                 break
             time.sleep(1)
