@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from birdray import storage
 from birdray.config import field
 from birdray.model.factory import ModelError
 from birdray.model.package import METADATA_FILE, read_metadata, verify_package
@@ -41,9 +42,7 @@ class RegistryError(ValueError):
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    return storage.filesystem(uri)
 
 
 def _is_local(uri: str) -> bool:

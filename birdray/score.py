@@ -83,6 +83,12 @@ class ScoreConfig:
         problems = [
             ("--input is required", not self.input),
             ("--output is required", not self.output),
+            (
+                "--output must be a folder (local, or a filesystem mounted where the job driver "
+                "runs): results are committed with atomic renames, which buckets lack; copy the "
+                "finished folder to the bucket afterwards",
+                "://" in self.output and not self.output.startswith("file://"),
+            ),
             ("--batch-size must be >= 1", self.batch_size < 1),
             ("--pool-size must be >= 1", self.pool_size < 1),
             ("--top-k must be >= 1", self.top_k < 1),
@@ -167,7 +173,7 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     if cfg.explain_lowest > 0 and importlib.util.find_spec("birdray.explain") is None:
         raise ConfigError("--explain-lowest needs birdray.explain, which this install lacks")
     source = open_source(cfg.input, cfg.split)
-    root = Path(cfg.output).expanduser().resolve()
+    root = Path(cfg.output.removeprefix("file://")).expanduser().resolve()
     package_path = resolve(cfg.model, cfg.registry or None)
     meta = verify_package(package_path)
     version = meta.version or meta.content_hash[:12]

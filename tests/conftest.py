@@ -9,6 +9,7 @@ node add one with ``add_node`` and remove it afterwards.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,23 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TQDM_MININTERVAL", "5")
 
 HEAD_CPUS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# S3 in this session is a local moto server (see ``s3_bucket``), never a real account. Set before
+# the cluster starts, so Ray's workers reach it the way a cluster's workers reach their bucket.
+S3_PORT = _free_port()
+os.environ.update(
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
+    AWS_ACCESS_KEY_ID="birdray-test",
+    AWS_SECRET_ACCESS_KEY="birdray-test",
+    AWS_DEFAULT_REGION="us-east-1",
+)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +66,19 @@ def ray_cluster():
         pass
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> str:
+    """``s3://birds`` on a moto server speaking the S3 protocol over HTTP on 127.0.0.1."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket="birds")
+    yield "s3://birds"
+    server.stop()
 
 
 @pytest.fixture(scope="session")

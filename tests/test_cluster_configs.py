@@ -440,6 +440,34 @@ def test_rayjob_entrypoint_parses_with_the_jobs_own_cli(name, script):
         assert cfg.registry, "a registry alias needs --registry"
 
 
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-score.yaml"])
+def test_rayjob_paths_are_in_the_bucket_or_on_a_volume_the_driver_pod_mounts(name):
+    """Pods keep nothing: a path outside the image must be a bucket URI or a mounted volume."""
+    spec = load(KUBERAY / name)["spec"]
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]  # job drivers run here
+    mounts = [m["mountPath"] for m in head["containers"][0].get("volumeMounts", [])]
+    volumes = {v["name"]: v for v in head.get("volumes", [])}
+    for mount in head["containers"][0].get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        assert "emptyDir" in volume or "persistentVolumeClaim" in volume, volume
+    argv = shlex.split(spec["entrypoint"])
+    values = [a for a in argv[2:] if not a.startswith("--")]
+    paths = [v for v in values if v.startswith("/") and not v.startswith(IMAGE_ROOT)]
+    for path in paths:
+        (mount,) = [m for m in mounts if path.startswith(m.rstrip("/") + "/")]
+        persistent = [
+            m["name"]
+            for m in head["containers"][0]["volumeMounts"]
+            if m["mountPath"] == mount and "persistentVolumeClaim" in volumes[m["name"]]
+        ]
+        assert persistent, f"{path} is on {mount}, which does not outlive the pod"
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
+    for flag in ("--dataset", "--registry", "--storage-path", "--input"):
+        if flag in flags:
+            assert flags[flag].startswith("s3://"), (flag, flags[flag])
+    assert ("--output" in flags) == bool(paths)  # scoring results: the one local path
+
+
 def test_cluster_readme_mentions_only_files_that_exist():
     text = (CLUSTER / "README.md").read_text()
     for path in set(re.findall(r"\bcluster/[\w./-]+\.(?:yaml|md)\b", text)):

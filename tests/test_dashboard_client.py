@@ -30,7 +30,7 @@ def test_entrypoint_quotes_every_value(tmp_path):
     hostile = str(tmp_path / "my photos; rm -rf ~ $(reboot)")
     req = ScoringRequest(
         input=hostile,
-        output="s3://bucket/out dir",
+        output="/mnt/birdray/out dir",
         model="v0003",
         registry=str(tmp_path / "reg"),
         explain_lowest=4,
@@ -39,7 +39,7 @@ def test_entrypoint_quotes_every_value(tmp_path):
     assert argv[:2] == ["python", "jobs/batch_score.py"]
     args = dict(zip(argv[2::2], argv[3::2], strict=True))
     assert args["--input"] == hostile  # one argument, unchanged: nothing for a shell to run
-    assert args["--output"] == "s3://bucket/out dir"
+    assert args["--output"] == "/mnt/birdray/out dir"
     assert args["--model"] == "v0003"
     assert args["--registry"] == str(tmp_path / "reg")
     assert args["--explain-lowest"] == "4"
@@ -94,7 +94,7 @@ def test_settings_come_from_the_launchers_environment(monkeypatch, tmp_path):
         api_key_env="SECRET_FOR_SERVE",
         registry="/r",
         sweep_dir="runs/tune",
-        score_dir="s3://bucket/scored",
+        score_dir="/mnt/birdray/scored",
         max_upload_mb=3,
     )
     env = dashboard_env(cfg)
@@ -103,7 +103,7 @@ def test_settings_come_from_the_launchers_environment(monkeypatch, tmp_path):
     assert settings.api_key == "k3y"
     assert settings.registry == "/r"
     assert settings.sweep_dir == str(tmp_path / "runs" / "tune")  # relative to where it ran
-    assert settings.score_dir == "s3://bucket/scored"
+    assert settings.score_dir == "/mnt/birdray/scored"
     assert settings.max_upload_mb == 3
     command = dashboard_command(cfg)
     assert "k3y" not in " ".join(command)  # the key never appears on a command line

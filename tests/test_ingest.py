@@ -87,8 +87,9 @@ def test_ingest_end_to_end(ray_cluster, tmp_path):
     assert ds.count() == manifest["splits"]["test"]["rows"]
 
     # idempotent: same source + config -> the same manifest, untouched
-    before = manifest_path.read_text()
-    assert run_ingest(cfg) == manifest_path and manifest_path.read_text() == before
+    assert manifest_path == str(out / "manifest.json")
+    before = (out / "manifest.json").read_text()
+    assert run_ingest(cfg) == manifest_path and (out / "manifest.json").read_text() == before
     # forced re-run replaces shards atomically: only one shard folder remains
     run_ingest(IngestConfig(**{**cfg.__dict__, "force": True}))
     new = load_manifest(out)

@@ -155,16 +155,25 @@ def test_failure_without_retries_fails_the_run(small_dataset, tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_gpu_workers_are_scheduled_on_gpu_nodes(ray_cluster, small_dataset, tmp_path, monkeypatch):
-    """Logical GPUs on a second node; the storage is a URI, as a bucket would be on a cluster."""
+def test_gpu_workers_are_scheduled_on_gpu_nodes(
+    ray_cluster, small_dataset, s3_bucket, tmp_path, monkeypatch
+):
+    """Logical GPUs on a second node; dataset and checkpoints in an S3 bucket, as on a cluster."""
+    import pyarrow.fs as pafs
+
+    from birdray import storage
+
     monkeypatch.chdir(tmp_path)  # the local staging copy of a bucket-stored run goes under ./runs
+    dataset = f"{s3_bucket}/gpu-test/dataset"
+    fs, path = storage.filesystem(dataset)
+    pafs.copy_files(str(small_dataset), path, destination_filesystem=fs)
     node = ray_cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address="127.0.0.1")
     ray_cluster.wait_for_nodes()
     try:
         cfg = TrainConfig(
-            dataset=str(small_dataset),
+            dataset=dataset,
             epochs=1,
-            storage_path=f"file://{tmp_path}/bucket",
+            storage_path=f"{s3_bucket}/gpu-test/runs",
             name="gpu",
             use_gpu=True,
             dist_backend="gloo",
@@ -173,11 +182,18 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(ray_cluster, small_dataset, tmp_
         summary = run_training(cfg)
         assert summary["last"]["gpu_workers"] == 2  # both workers hold a (logical) GPU
         assert summary["last"]["device"] == "cpu"  # and fell back to CPU: no CUDA here
-        stored = tmp_path / "bucket" / "gpu"  # checkpoints by Ray Train, the rest uploaded
-        assert summary["uploaded_to"] == f"file://{stored}"
-        assert any(stored.glob("checkpoint_*/train_state.pt"))
+        stored = f"{s3_bucket}/gpu-test/runs/gpu"  # checkpoints by Ray Train, the rest uploaded
+        assert summary["uploaded_to"] == stored
+        fs, root = storage.filesystem(stored)
+        files = [
+            info.path.removeprefix(root + "/")
+            for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        ]
+        assert any(f.startswith("checkpoint_") and f.endswith("/train_state.pt") for f in files)
         for name in ("config.yaml", "summary.csv", "package/model.safetensors"):
-            assert (stored / name).is_file(), name
+            assert name in files, name
+        meta = json.loads((Path(summary["package"]) / "metadata.json").read_text())
+        assert meta["dataset"]["path"] == dataset  # read from the bucket, and it says so
         with pytest.raises(ResourceError, match="the cluster has .* 2 GPU"):
             check_resources(TrainConfig(num_workers=4, use_gpu=True), {"CPU": 6, "GPU": 2})
     finally:

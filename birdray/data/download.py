@@ -11,9 +11,11 @@ import hashlib
 import os
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from birdray import storage
 from birdray.config import field
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
@@ -127,14 +129,44 @@ def extracted_dir(archive: str | Path) -> Path:
 
 
 def open_source(source: str | Path, md5: str = "") -> Path:
-    """A folder to read CUB from: the folder itself, or a verified, safely extracted archive."""
-    source = Path(source)
+    """A folder to read CUB from: the folder itself, or a verified, safely extracted archive.
+
+    An archive in a bucket (``s3://bucket/raw/CUB_200_2011.tgz``) is copied next to the driver
+    first: ingest reads the source where its driver runs.
+    """
+    if storage.is_uri(source) and not str(source).startswith("file://"):
+        source = _copy_from_bucket(str(source))
+    source = Path(str(source).removeprefix("file://"))
     if source.is_dir():
         return source
     if not source.is_file():
         raise FileNotFoundError(f"CUB source not found: {source}")
     verify_md5(source, md5)
     return safe_extract(source, extracted_dir(source))
+
+
+def _copy_from_bucket(uri: str) -> Path:
+    """The archive's local copy (kept while the object is unchanged: a re-run does not re-copy)."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        kind = "a folder" if info.type == pafs.FileType.Directory else "not found"
+        raise FileNotFoundError(
+            f"CUB source {uri} is {kind}: in a bucket, give the archive (CUB_200_2011.tgz)"
+        )
+    local = Path(tempfile.gettempdir()) / "birdray-sources" / Path(path).name
+    stamp = local.with_name(local.name + ".from")  # which object version the copy is
+    version = f"{uri} {info.size} {info.mtime_ns}"
+    if not (local.is_file() and stamp.is_file() and stamp.read_text() == version):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        part = local.with_name(local.name + ".part")
+        pafs.copy_files(path, str(part), source_filesystem=fs)
+        shutil.rmtree(extracted_dir(local), ignore_errors=True)  # unpacked from the old copy
+        os.replace(part, local)
+        stamp.write_text(version)
+    return local
 
 
 def download_cub(cfg: DownloadConfig) -> Path:

@@ -1,18 +1,19 @@
 """Ingest CUB (folder or archive) into Parquet shards + a manifest with Ray Data.
 
-The driver reads the small metadata files and assigns splits; Ray Data tasks read, validate and
+The driver reads the metadata files and the image bytes (the source sits where the driver runs:
+on a cluster the workers cannot see it) and assigns splits; Ray Data tasks validate, decode and
 (optionally) shrink the images in parallel and write shards partitioned by split. Every listed
 image ends either in a shard or in the manifest's quarantine list with a reason: counts always
 reconcile. Shards go to a fresh folder and the manifest is replaced atomically last, so readers
 never see a mix of old and new shards, and a folder without a valid manifest is not a dataset.
+The output may be a local folder or a bucket URI (``s3://bucket/cub``): Ray Data writes the
+shards there directly and the manifest is one object written last.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,10 +24,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from birdray import storage
 from birdray.config import field, to_dict
 from birdray.data.cub import CubDataset, CubRecord, read_cub
 from birdray.data.download import open_source
-from birdray.data.manifest import MANIFEST_FILE, SCHEMA_VERSION, load_manifest, write_manifest
+from birdray.data.manifest import (
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    is_dataset,
+    load_manifest,
+    write_manifest,
+)
 from birdray.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, reencode_max_side
 
 PART_TYPE = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("visible", pa.bool_())])
@@ -56,7 +64,7 @@ QUARANTINE = "quarantine"
 @dataclass
 class IngestConfig:
     source: str = field("data/synth", "CUB folder (or its parent) or CUB_200_2011.tgz")
-    out: str = field("data/cub_parquet", "output folder: shards + manifest.json")
+    out: str = field("data/cub_parquet", "output folder or bucket URI: shards + manifest.json")
     val_fraction: float = field(0.1, "share of each class's official train images kept for val")
     seed: int = field(0, "seed of the stratified val split")
     max_side: int = field(0, "re-encode images whose longer side exceeds this (0 keeps originals)")
@@ -99,7 +107,15 @@ def source_fingerprint(cub: CubDataset) -> str:
     return digest.hexdigest()
 
 
-def _item(rec: CubRecord, split: str) -> dict[str, Any]:
+def _item(rec: CubRecord, split: str, images: Path) -> dict[str, Any]:
+    problems, data = list(rec.problems), None
+    if not problems:
+        try:
+            data = (images / rec.rel_path).read_bytes()
+        except FileNotFoundError:
+            problems.append("missing: file listed in images.txt does not exist")
+        except OSError as exc:
+            problems.append(f"unreadable: {exc}")
     return {
         "image_id": rec.image_id,
         "path": rec.rel_path,
@@ -109,24 +125,21 @@ def _item(rec: CubRecord, split: str) -> dict[str, Any]:
         "bbox": rec.bbox,
         "parts": rec.parts,
         "attributes": rec.attributes,
-        "problems": "; ".join(rec.problems),
+        "problems": "; ".join(problems),
+        "data": data,
     }
 
 
-def load_images(
-    batch: dict[str, np.ndarray], root: str, max_side: int, max_pixels: int
-) -> pa.Table:
-    """Ray Data task: read + validate each file; bad ones become rows with an ``error``."""
+def load_images(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) -> pa.Table:
+    """Ray Data task: validate + decode each image; bad ones become rows with an ``error``."""
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     for i in range(len(batch["image_id"])):
         item = {k: batch[k][i] for k in batch}
-        error, data, decoded = item["problems"] or None, None, None
+        error, data, decoded = item["problems"] or None, item["data"], None
         if error is None:
             try:
-                data = (Path(root) / "images" / str(item["path"])).read_bytes()
-                decoded = decode_image(data, max_pixels)
-            except FileNotFoundError:
-                error = "missing: file listed in images.txt does not exist"
+                decoded = decode_image(bytes(data), max_pixels)
+                data = bytes(data)
             except (OSError, ImageError) as exc:
                 error = str(exc)
         row = _row(item, data, decoded, max_side, error)
@@ -187,9 +200,10 @@ def _encode(image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _split_counts(shard_root: Path) -> tuple[dict[str, Any], str]:
+def _split_counts(shard_root: str) -> tuple[dict[str, Any], str]:
     """Per-split row/class counts read back from the written files, and a content checksum."""
-    table = pads.dataset(shard_root, format="parquet", partitioning="hive").to_table(
+    fs, root = storage.filesystem(shard_root)
+    table = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table(
         columns=["image_id", "label", "split", "content_hash"]
     )
     splits: dict[str, Any] = {}
@@ -197,7 +211,7 @@ def _split_counts(shard_root: Path) -> tuple[dict[str, Any], str]:
     for split, group in frame.groupby("split"):
         splits[str(split)] = {
             "rows": len(group),
-            "files": len(list((shard_root / f"split={split}").glob("*.parquet"))),
+            "files": storage.count_files(storage.join(shard_root, f"split={split}"), ".parquet"),
             "per_class": {
                 int(k): int(v) for k, v in group["label"].value_counts().sort_index().items()
             },
@@ -208,8 +222,8 @@ def _split_counts(shard_root: Path) -> tuple[dict[str, Any], str]:
     return splits, hashlib.sha256(payload.encode()).hexdigest()
 
 
-def run_ingest(cfg: IngestConfig) -> Path:
-    """Ingest CUB into ``cfg.out``; returns the manifest path (unchanged if already ingested)."""
+def run_ingest(cfg: IngestConfig) -> str:
+    """Ingest CUB into ``cfg.out``; returns the manifest's location (unchanged if up to date)."""
     import ray
 
     from birdray.runtime import init_ray
@@ -217,27 +231,31 @@ def run_ingest(cfg: IngestConfig) -> Path:
     started = time.time()
     cub = read_cub(open_source(cfg.source, cfg.md5))
     fingerprint = source_fingerprint(cub)
-    out = Path(cfg.out).resolve()
+    out = storage.absolute(cfg.out)
+    manifest_path = storage.join(out, MANIFEST_FILE)
     settings = {
         k: v for k, v in to_dict(cfg).items() if k not in ("out", "force", "address", "source")
     }
-    if not cfg.force and (out / MANIFEST_FILE).is_file():
+    if not cfg.force and is_dataset(out):
         try:
             old = load_manifest(out)
             if old["source"]["checksum"] == fingerprint and old["ingest_config"] == settings:
-                print(f"already ingested (manifest matches the source): {out / MANIFEST_FILE}")
-                return out / MANIFEST_FILE
+                print(f"already ingested (manifest matches the source): {manifest_path}")
+                return manifest_path
         except ValueError:
             pass  # invalid manifest: ingest again
     split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
-    items = [_item(rec, split[rec.image_id]) for rec in cub.records]
+    images = cub.root / "images"
+    items = [_item(rec, split[rec.image_id], images) for rec in _progress(cub.records)]
     # Shards come out class-mixed, so a shard-local shuffle while training sees many classes.
     items = [items[i] for i in np.random.default_rng(cfg.seed).permutation(len(items))]
 
     init_ray(cfg.address or None)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(out)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    staging = out / f".staging-{run_id}"
+    # No manifest points here until the end, so an interrupted run's folder is never read.
+    shards_name = f"shards-{run_id}"
+    shards = storage.join(out, shards_name)
     batch = 32
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch, 400)))
     ds = ds.map_batches(
@@ -245,25 +263,23 @@ def run_ingest(cfg: IngestConfig) -> Path:
         batch_size=batch,
         batch_format="numpy",
         zero_copy_batch=True,
-        fn_kwargs={"root": str(cub.root), "max_side": cfg.max_side, "max_pixels": cfg.max_pixels},
+        fn_kwargs={"max_side": cfg.max_side, "max_pixels": cfg.max_pixels},
     )
-    ds.write_parquet(str(staging), partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
+    ds.write_parquet(shards, partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
 
-    quarantine = _collect_quarantine(staging)
-    splits, content_checksum = _split_counts(staging) if any(staging.glob("split=*")) else ({}, "")
+    quarantine = _collect_quarantine(shards)
+    splits, content_checksum = _split_counts(shards) if storage.child_dirs(shards) else ({}, "")
     ingested = sum(s["rows"] for s in splits.values())
     if ingested + len(quarantine) != len(items):
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.delete_dir(shards)
         raise RuntimeError(
             f"counts do not reconcile: {ingested} ingested + {len(quarantine)} quarantined "
             f"!= {len(items)} listed"
         )
-    shards = out / f"shards-{run_id}"
-    os.replace(staging, shards)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.time(),
-        "shards_dir": shards.name,
+        "shards_dir": shards_name,
         "source": {"path": str(cfg.source), "root": str(cub.root), "checksum": fingerprint},
         "ingest_config": settings,
         "counts": {"listed": len(items), "ingested": ingested, "quarantined": len(quarantine)},
@@ -276,29 +292,35 @@ def run_ingest(cfg: IngestConfig) -> Path:
         "quarantine": quarantine,
         "seconds": round(time.time() - started, 2),
     }
-    path = write_manifest(out, manifest)
-    for old in out.iterdir():  # only now is it safe to drop what the old manifest pointed to
-        if (
-            old.is_dir()
-            and old.name != shards.name
-            and old.name.startswith(("shards-", ".staging-"))
-        ):
-            shutil.rmtree(old, ignore_errors=True)
-    return path
+    write_manifest(out, manifest)
+    for name in storage.child_dirs(out):  # only now is it safe to drop what the old one named
+        if name != shards_name and name.startswith(("shards-", ".staging-")):
+            storage.delete_dir(storage.join(out, name))
+    return manifest_path
 
 
-def _collect_quarantine(staging: Path) -> list[dict[str, Any]]:
-    folder = staging / f"split={QUARANTINE}"
-    if not folder.exists():
+def _progress(records: list[CubRecord]):
+    from tqdm.auto import tqdm
+
+    return tqdm(records, desc="reading images", unit="img", disable=len(records) < 1000)
+
+
+def _collect_quarantine(shards: str) -> list[dict[str, Any]]:
+    """Rejected rows move from their Parquet folder into the manifest, with their reasons."""
+    folder = storage.join(shards, f"split={QUARANTINE}")
+    if QUARANTINE not in {name.removeprefix("split=") for name in storage.child_dirs(shards)}:
         return []
-    table = pads.dataset(folder, format="parquet").to_table(columns=["image_id", "path", "error"])
-    shutil.rmtree(folder)
+    fs, path = storage.filesystem(folder)
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+        columns=["image_id", "path", "error"]
+    )
+    storage.delete_dir(folder)
     rows = sorted(table.to_pylist(), key=lambda r: r["image_id"])
     return [{"image_id": r["image_id"], "path": r["path"], "reason": r["error"]} for r in rows]
 
 
 def summary(manifest_path: str | Path) -> str:
-    manifest = json.loads(Path(manifest_path).read_text())
+    manifest = json.loads(storage.read_bytes(manifest_path))
     parts = [f"{k}={v['rows']}" for k, v in manifest["splits"].items()]
     return (
         f"{manifest['counts']['ingested']} images ingested ({', '.join(parts)}), "

@@ -1,17 +1,22 @@
 """The dataset manifest: the only way a folder of Parquet shards becomes a dataset.
 
-Consumers (training, evaluation, explanation, benchmarks) find shards through ``load_manifest``
-and ``split_path``, never by globbing, so a folder whose ingest did not finish (no manifest, or a
-manifest pointing at missing shards) is refused with a clear error instead of half-read.
+Consumers (training, evaluation, explanation, scoring, benchmarks) find shards through
+``load_manifest`` and ``split_path``, never by globbing, so a folder whose ingest did not finish
+(no manifest, or a manifest pointing at missing shards) is refused with a clear error instead of
+half-read. A dataset is a local folder or a bucket URI (``s3://bucket/cub``): both are read
+through ``birdray.storage``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
+
+from birdray import storage
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -22,26 +27,28 @@ class DatasetError(ValueError):
     """A folder that is not a complete birdray dataset."""
 
 
-def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
-    """Atomic replace: readers see the old manifest or the new one, never a torn file."""
-    path = out / MANIFEST_FILE
-    tmp = out / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def write_manifest(dataset: str | Path, manifest: dict[str, Any]) -> str:
+    """Written last and atomically: readers see the old manifest or the new one, never a mix."""
+    path = storage.join(dataset, MANIFEST_FILE)
+    storage.write_bytes_atomic(path, json.dumps(manifest, indent=2).encode())
     return path
 
 
-def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
-    dataset_dir = Path(dataset_dir)
-    path = dataset_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise DatasetError(
-            f"{dataset_dir} is not a birdray dataset: no {MANIFEST_FILE} (run ingest)"
-        )
+def _manifest_bytes(dataset: str | Path) -> bytes:
     try:
-        manifest = json.loads(path.read_text())
+        return storage.read_bytes(storage.join(dataset, MANIFEST_FILE))
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{dataset} is not a birdray dataset: no {MANIFEST_FILE} (run ingest)"
+        ) from None
+    except (OSError, ValueError) as exc:  # unreachable bucket, bad URI
+        raise DatasetError(f"cannot read {storage.join(dataset, MANIFEST_FILE)}: {exc}") from exc
+
+
+def load_manifest(dataset: str | Path) -> dict[str, Any]:
+    path = storage.join(dataset, MANIFEST_FILE)
+    try:
+        manifest = json.loads(_manifest_bytes(dataset))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
     missing = [k for k in REQUIRED if k not in manifest]
@@ -49,27 +56,37 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{path} lacks {', '.join(missing)}")
     if manifest["schema_version"] > SCHEMA_VERSION:
         raise DatasetError(f"{path}: schema {manifest['schema_version']} is newer than birdray's")
-    if not (dataset_dir / manifest["shards_dir"]).is_dir():
+    shards = storage.join(dataset, manifest["shards_dir"])
+    if storage.file_type(shards) != pafs.FileType.Directory:
         raise DatasetError(f"{path} points at missing shards {manifest['shards_dir']}")
     return manifest
 
 
-def manifest_checksum(dataset_dir: str | Path) -> str:
+def is_dataset(location: str | Path) -> bool:
+    """Whether ``location`` holds a manifest (complete or not: ``load_manifest`` judges that)."""
+    try:
+        return storage.file_type(storage.join(location, MANIFEST_FILE)) == pafs.FileType.File
+    except (OSError, ValueError):
+        return False
+
+
+def manifest_checksum(dataset: str | Path) -> str:
     """What a model records to say which data it was trained on."""
-    return hashlib.sha256((Path(dataset_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
+    return hashlib.sha256(_manifest_bytes(dataset)).hexdigest()
 
 
-def split_path(dataset_dir: str | Path, split: str) -> str:
-    manifest = load_manifest(dataset_dir)
+def split_path(dataset: str | Path, split: str) -> str:
+    """The split's Parquet folder, a path or a URI like ``dataset`` itself."""
+    manifest = load_manifest(dataset)
     if split not in manifest["splits"]:
         raise DatasetError(
-            f"{dataset_dir}: split {split!r} is empty or unknown; have {sorted(manifest['splits'])}"
+            f"{dataset}: split {split!r} is empty or unknown; have {sorted(manifest['splits'])}"
         )
-    return str(Path(dataset_dir) / manifest["shards_dir"] / f"split={split}")
+    return storage.join(dataset, manifest["shards_dir"], f"split={split}")
 
 
-def read_split(dataset_dir: str | Path, split: str, columns: list[str] | None = None):
+def read_split(dataset: str | Path, split: str, columns: list[str] | None = None):
     """A Ray Dataset of one split (lazy; blocks are the small Parquet files)."""
     import ray
 
-    return ray.data.read_parquet(split_path(dataset_dir, split), columns=columns)
+    return ray.data.read_parquet(split_path(dataset, split), columns=columns)

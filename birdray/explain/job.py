@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from birdray import storage
 from birdray.config import field
 from birdray.explain.attribution import METHODS, explain
 from birdray.explain.parts import load_part_profiles, score_parts, species_profile
@@ -48,9 +49,8 @@ def load_dataset_image(dataset: str, image_id: int) -> tuple[Image.Image, dict[s
     from birdray.images import decode_image
 
     manifest = load_manifest(dataset)
-    shards = pads.dataset(
-        Path(dataset) / manifest["shards_dir"], format="parquet", partitioning="hive"
-    )
+    fs, shards_path = storage.filesystem(storage.join(dataset, manifest["shards_dir"]))
+    shards = pads.dataset(shards_path, filesystem=fs, format="parquet", partitioning="hive")
     columns = ["image_id", "image", "label", "class_name", "bbox", "parts", "split"]
     rows = shards.to_table(columns=columns, filter=pads.field("image_id") == image_id).to_pylist()
     if not rows:

@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from birdray.data.manifest import MANIFEST_FILE, split_path
+from birdray import storage
+from birdray.data.manifest import is_dataset, split_path
 
 DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
 LISTING_SCHEMA = pa.schema(
@@ -60,7 +61,7 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def open_source(input_uri: str, split: str = "test") -> Source:
-    """A folder/URI of images, or an ingested dataset folder (it has a manifest.json)."""
+    """A folder/URI of images, or an ingested dataset (folder or URI with a manifest.json)."""
     if not input_uri:
         raise SourceError("--input is required (a folder, a file URI, or an ingested dataset)")
     if "://" in input_uri and not input_uri.startswith("file://"):
@@ -70,11 +71,14 @@ def open_source(input_uri: str, split: str = "test") -> Source:
             raise SourceError(f"cannot open {input_uri}: {exc}") from exc
         if fs.get_file_info(root).type == pafs.FileType.NotFound:
             raise SourceError(f"input not found: {input_uri}")
+        prefix = input_uri.split("://", 1)[0] + "://"
+        if is_dataset(input_uri):
+            return Source("dataset", input_uri, prefix, split_path(input_uri, split))
         return Source("folder", input_uri, input_uri.split("://", 1)[0] + "://")
     local = Path(input_uri.removeprefix("file://")).expanduser().resolve()
     if not local.exists():
         raise SourceError(f"input not found: {local}")
-    if local.is_dir() and (local / MANIFEST_FILE).is_file():
+    if local.is_dir() and is_dataset(local):
         return Source("dataset", str(local), "", split_path(local, split))
     return Source("folder", str(local), "")
 
@@ -92,9 +96,7 @@ def list_inputs(
 ) -> pa.Table:
     """Every file (or dataset row) to score, sorted by path: what "files seen" means."""
     if source.kind == "dataset":
-        table = pads.dataset(source.split_dir, format="parquet").to_table(
-            columns=["image_id", "path"]
-        )
+        table = _split_dataset(source).to_table(columns=["image_id", "path"])
         rows = {
             "path": table["path"],
             "image_id": pc.cast(table["image_id"], pa.int64()),
@@ -132,6 +134,11 @@ def list_inputs(
     return table.sort_by("path")
 
 
+def _split_dataset(source: Source) -> pads.Dataset:
+    fs, path = storage.filesystem(source.split_dir)
+    return pads.dataset(path, filesystem=fs, format="parquet")
+
+
 def read_file(source: Source, path: str) -> bytes:
     """The bytes of one listed file (raises OSError when it cannot be read)."""
     fs, _ = source.filesystem()
@@ -142,7 +149,7 @@ def read_file(source: Source, path: str) -> bytes:
 def read_many(source: Source, paths: list[str]) -> dict[str, bytes]:
     """Bytes for a few paths (explanations); unreadable ones are left out."""
     if source.kind == "dataset":
-        table = pads.dataset(source.split_dir, format="parquet").to_table(
+        table = _split_dataset(source).to_table(
             columns=["path", "image"], filter=pc.field("path").isin(paths)
         )
         return dict(zip(table["path"].to_pylist(), table["image"].to_pylist(), strict=True))

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from birdray import storage
 from birdray.config import save_config
 from birdray.data.manifest import load_manifest, manifest_checksum
 from birdray.model.factory import ModelError, create_model
@@ -56,8 +57,8 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
 
     for name in ("dataset", "pretrained_file"):  # workers don't run in the driver's folder
         value = getattr(cfg, name)
-        if value and "://" not in value:
-            setattr(cfg, name, str(Path(value).resolve()))
+        if value:
+            setattr(cfg, name, storage.absolute(value))
     manifest = load_manifest(cfg.dataset)
     if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
@@ -148,7 +149,7 @@ def export_package(
         metrics={k: v for k, v in best.items() if isinstance(v, (int, float))},
         train_config=asdict(cfg),
         dataset={
-            "path": str(Path(cfg.dataset).resolve()),
+            "path": storage.absolute(cfg.dataset),
             "manifest_checksum": manifest_checksum(cfg.dataset),
             "content_checksum": manifest.get("content_checksum", ""),
         },

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from birdray import storage
 from birdray.config import ConfigError, field, from_dict, save_config
 from birdray.train.config import TrainConfig
 from birdray.train.job import ResourceError, check_resources
@@ -82,9 +83,7 @@ class TrialPlan:
 
 
 def _join(root: str, *parts: str) -> str:
-    if "://" in root:
-        return "/".join([root.rstrip("/"), *parts])
-    return str(Path(root).resolve().joinpath(*parts))
+    return storage.join(storage.absolute(root), *parts)
 
 
 def base_train_config(cfg: SweepConfig) -> TrainConfig:
@@ -93,7 +92,7 @@ def base_train_config(cfg: SweepConfig) -> TrainConfig:
     if clash:
         raise ConfigError(f"train: {', '.join(clash)} are sweep settings, not train settings")
     base = from_dict(TrainConfig, dict(cfg.train))
-    base.dataset = str(Path(cfg.dataset).resolve())
+    base.dataset = storage.absolute(cfg.dataset)
     base.epochs = cfg.epochs
     base.storage_path = _join(cfg.storage_path, cfg.name, "trainers")
     if base.pretrained_file:

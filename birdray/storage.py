@@ -1,0 +1,94 @@
+"""A location is a local path or a bucket URI (``s3://``, ``gs://``, ``file://``); one API for both.
+
+Datasets, checkpoints and the registry may live in a bucket on a cluster, so code that reads or
+writes them goes through these helpers (pyarrow filesystems underneath) instead of ``pathlib``.
+Local paths are made absolute, because Ray workers do not run in the driver's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def absolute(location: str | Path) -> str:
+    """URIs unchanged; local paths resolved (workers see the same file)."""
+    return str(location) if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The filesystem holding ``location`` and the path on it."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), absolute(location)
+
+
+def join(location: str | Path, *parts: str) -> str:
+    if is_uri(location):
+        return "/".join([str(location).rstrip("/"), *parts])
+    return str(Path(location, *parts))
+
+
+def file_type(location: str | Path) -> pafs.FileType:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type
+
+
+def read_bytes(location: str | Path) -> bytes:
+    """Raises ``FileNotFoundError`` for a missing file on any filesystem."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes_atomic(location: str | Path, data: bytes) -> None:
+    """Readers see the old content or the new, never a torn file.
+
+    Locally: write a hidden temporary, fsync, rename. Object stores: one PUT is already atomic.
+    """
+    if is_uri(location) and not str(location).startswith("file://"):
+        fs, path = filesystem(location)
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    path = Path(filesystem(location)[1])
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def make_dirs(location: str | Path) -> None:
+    """Local folders only: buckets have no folders to create."""
+    if not is_uri(location) or str(location).startswith("file://"):
+        Path(filesystem(location)[1]).mkdir(parents=True, exist_ok=True)
+
+
+def child_dirs(location: str | Path) -> list[str]:
+    """Names of the folders directly under ``location`` (empty if it does not exist)."""
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def count_files(location: str | Path, suffix: str) -> int:
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    return sum(1 for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+
+
+def delete_dir(location: str | Path) -> None:
+    """Remove a folder and everything in it; a missing folder is not an error."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
