@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as pads
 
 from birdray import storage
@@ -35,30 +34,10 @@ from birdray.data.manifest import (
     load_manifest,
     write_manifest,
 )
-from birdray.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, reencode_max_side
+from birdray.data.rows import QUARANTINE, SCHEMA, item_row, load_images, put_blocks
+from birdray.images import DEFAULT_MAX_PIXELS
 
-PART_TYPE = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("visible", pa.bool_())])
-SCHEMA = pa.schema(
-    [
-        ("image_id", pa.int32()),
-        ("path", pa.string()),
-        ("image", pa.binary()),
-        ("format", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("label", pa.int32()),
-        ("class_name", pa.string()),
-        ("split", pa.string()),
-        ("bbox", pa.list_(pa.float32())),
-        ("parts", pa.list_(PART_TYPE)),
-        ("attributes", pa.list_(pa.int16())),
-        ("content_hash", pa.string()),
-        ("source_mode", pa.string()),
-        ("error", pa.string()),
-    ]
-)
 SPLITS = ("train", "val", "test")
-QUARANTINE = "quarantine"
 
 
 @dataclass
@@ -107,99 +86,6 @@ def source_fingerprint(cub: CubDataset) -> str:
     return digest.hexdigest()
 
 
-def _item(rec: CubRecord, split: str, images: Path) -> dict[str, Any]:
-    problems, data = list(rec.problems), None
-    if not problems:
-        try:
-            data = (images / rec.rel_path).read_bytes()
-        except FileNotFoundError:
-            problems.append("missing: file listed in images.txt does not exist")
-        except OSError as exc:
-            problems.append(f"unreadable: {exc}")
-    return {
-        "image_id": rec.image_id,
-        "path": rec.rel_path,
-        "label": rec.label,
-        "class_name": rec.class_name,
-        "split": split,
-        "bbox": rec.bbox,
-        "parts": rec.parts,
-        "attributes": rec.attributes,
-        "problems": "; ".join(problems),
-        "data": data,
-    }
-
-
-def load_images(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) -> pa.Table:
-    """Ray Data task: validate + decode each image; bad ones become rows with an ``error``."""
-    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
-    for i in range(len(batch["image_id"])):
-        item = {k: batch[k][i] for k in batch}
-        error, data, decoded = item["problems"] or None, item["data"], None
-        if error is None:
-            try:
-                decoded = decode_image(bytes(data), max_pixels)
-                data = bytes(data)
-            except (OSError, ImageError) as exc:
-                error = str(exc)
-        row = _row(item, data, decoded, max_side, error)
-        for name in SCHEMA.names:
-            rows[name].append(row[name])
-    return pa.table(rows, schema=SCHEMA)
-
-
-def _row(item: dict, data: bytes | None, decoded, max_side: int, error: str | None) -> dict:
-    bbox = None if item["bbox"] is None else [float(v) for v in item["bbox"]]
-    parts = [[float(v) for v in p] for p in (item["parts"] if item["parts"] is not None else [])]
-    row = {
-        "image_id": int(item["image_id"]),
-        "path": str(item["path"]),
-        "label": int(item["label"]),
-        "class_name": str(item["class_name"]),
-        "attributes": [int(a) for a in item["attributes"]],
-        "image": None,
-        "format": None,
-        "width": None,
-        "height": None,
-        "source_mode": None,
-        "content_hash": None,
-        "error": error,
-        "split": QUARANTINE if error else str(item["split"]),
-        "bbox": bbox,
-        "parts": [{"x": p[0], "y": p[1], "visible": bool(p[2])} for p in parts],
-    }
-    if error:
-        return row
-    fmt, stored = decoded.format, data
-    if decoded.source_mode not in ("RGB", "L") or fmt not in ("JPEG", "PNG"):
-        stored, fmt = _encode(decoded.image, "PNG"), "PNG"  # one plain RGB format downstream
-    shrunk = reencode_max_side(decoded, max_side)
-    scale = 1.0
-    if shrunk is not None:
-        scale, stored, fmt = max_side / max(decoded.width, decoded.height), shrunk, "JPEG"
-        row["bbox"] = None if bbox is None else [v * scale for v in bbox]
-        row["parts"] = [
-            {"x": p[0] * scale, "y": p[1] * scale, "visible": bool(p[2])} for p in parts
-        ]
-    row.update(
-        image=stored,
-        format=fmt,
-        source_mode=decoded.source_mode,
-        width=max(1, round(decoded.width * scale)),
-        height=max(1, round(decoded.height * scale)),
-        content_hash=hashlib.sha256(data).hexdigest(),
-    )
-    return row
-
-
-def _encode(image, fmt: str) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def _split_counts(shard_root: str) -> tuple[dict[str, Any], str]:
     """Per-split row/class counts read back from the written files, and a content checksum."""
     fs, root = storage.filesystem(shard_root)
@@ -245,8 +131,7 @@ def run_ingest(cfg: IngestConfig) -> str:
         except ValueError:
             pass  # invalid manifest: ingest again
     split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
-    images = cub.root / "images"
-    items = [_item(rec, split[rec.image_id], images) for rec in _progress(cub.records)]
+    items = [item_row(rec, split[rec.image_id]) for rec in cub.records]
     # Shards come out class-mixed, so a shard-local shuffle while training sees many classes.
     items = [items[i] for i in np.random.default_rng(cfg.seed).permutation(len(items))]
 
@@ -257,7 +142,8 @@ def run_ingest(cfg: IngestConfig) -> str:
     shards_name = f"shards-{run_id}"
     shards = storage.join(out, shards_name)
     batch = 32
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch, 400)))
+    rows_per_block = max(batch, -(-len(items) // 400))  # at most ~400 blocks
+    ds = ray.data.from_arrow_refs(put_blocks(items, cub.root / "images", rows_per_block))
     ds = ds.map_batches(
         load_images,
         batch_size=batch,
@@ -297,12 +183,6 @@ def run_ingest(cfg: IngestConfig) -> str:
         if name != shards_name and name.startswith(("shards-", ".staging-")):
             storage.delete_dir(storage.join(out, name))
     return manifest_path
-
-
-def _progress(records: list[CubRecord]):
-    from tqdm.auto import tqdm
-
-    return tqdm(records, desc="reading images", unit="img", disable=len(records) < 1000)
 
 
 def _collect_quarantine(shards: str) -> list[dict[str, Any]]:

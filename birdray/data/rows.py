@@ -1,0 +1,168 @@
+"""What one image becomes: the input row the driver builds, the shard row a Ray Data task writes.
+
+The driver reads each image's bytes (the source sits where it runs) into object-store blocks;
+tasks on any node validate and decode them and turn each into a row of ``SCHEMA``, or into a
+quarantine row whose ``error`` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from birdray.data.cub import CubRecord
+from birdray.images import ImageError, decode_image, reencode_max_side
+
+QUARANTINE = "quarantine"
+
+PART_TYPE = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("visible", pa.bool_())])
+SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int32()),
+        ("path", pa.string()),
+        ("image", pa.binary()),
+        ("format", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("label", pa.int32()),
+        ("class_name", pa.string()),
+        ("split", pa.string()),
+        ("bbox", pa.list_(pa.float32())),
+        ("parts", pa.list_(PART_TYPE)),
+        ("attributes", pa.list_(pa.int16())),
+        ("content_hash", pa.string()),
+        ("source_mode", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+
+ITEM_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int32()),
+        ("path", pa.string()),
+        ("label", pa.int32()),
+        ("class_name", pa.string()),
+        ("split", pa.string()),
+        ("bbox", pa.list_(pa.float32())),
+        ("parts", pa.list_(pa.list_(pa.float32()))),
+        ("attributes", pa.list_(pa.int16())),
+        ("problems", pa.string()),
+        ("data", pa.binary()),
+    ]
+)
+
+
+def item_row(rec: CubRecord, split: str) -> dict[str, Any]:
+    return {
+        "image_id": rec.image_id,
+        "path": rec.rel_path,
+        "label": rec.label,
+        "class_name": rec.class_name,
+        "split": split,
+        "bbox": rec.bbox,
+        "parts": rec.parts,
+        "attributes": rec.attributes,
+        "problems": "; ".join(rec.problems),
+        "data": None,
+    }
+
+
+def _read_bytes(item: dict[str, Any], images: Path) -> dict[str, Any]:
+    if item["problems"]:
+        return item
+    try:
+        return {**item, "data": (images / item["path"]).read_bytes()}
+    except FileNotFoundError:
+        return {**item, "problems": "missing: file listed in images.txt does not exist"}
+    except OSError as exc:
+        return {**item, "problems": f"unreadable: {exc}"}
+
+
+def put_blocks(items: list[dict[str, Any]], images: Path, rows_per_block: int) -> list:
+    """The driver reads the bytes (the source sits where it runs) one block at a time into the
+    object store, so its own memory holds one block, not the dataset."""
+    import ray
+    from tqdm.auto import tqdm
+
+    refs = []
+    with tqdm(
+        total=len(items), desc="reading images", unit="img", disable=len(items) < 1000
+    ) as bar:
+        for start in range(0, len(items), rows_per_block):
+            chunk = [_read_bytes(item, images) for item in items[start : start + rows_per_block]]
+            refs.append(ray.put(pa.Table.from_pylist(chunk, schema=ITEM_SCHEMA)))
+            bar.update(len(chunk))
+    return refs
+
+
+def load_images(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) -> pa.Table:
+    """Ray Data task: validate + decode each image; bad ones become rows with an ``error``."""
+    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for i in range(len(batch["image_id"])):
+        item = {k: batch[k][i] for k in batch}
+        error, data, decoded = item["problems"] or None, item["data"], None
+        if error is None:
+            try:
+                decoded = decode_image(bytes(data), max_pixels)
+                data = bytes(data)
+            except (OSError, ImageError) as exc:
+                error = str(exc)
+        row = _row(item, data, decoded, max_side, error)
+        for name in SCHEMA.names:
+            rows[name].append(row[name])
+    return pa.table(rows, schema=SCHEMA)
+
+
+def _row(item: dict, data: bytes | None, decoded, max_side: int, error: str | None) -> dict:
+    bbox = None if item["bbox"] is None else [float(v) for v in item["bbox"]]
+    parts = [[float(v) for v in p] for p in (item["parts"] if item["parts"] is not None else [])]
+    row = {
+        "image_id": int(item["image_id"]),
+        "path": str(item["path"]),
+        "label": int(item["label"]),
+        "class_name": str(item["class_name"]),
+        "attributes": [int(a) for a in item["attributes"]],
+        "image": None,
+        "format": None,
+        "width": None,
+        "height": None,
+        "source_mode": None,
+        "content_hash": None,
+        "error": error,
+        "split": QUARANTINE if error else str(item["split"]),
+        "bbox": bbox,
+        "parts": [{"x": p[0], "y": p[1], "visible": bool(p[2])} for p in parts],
+    }
+    if error:
+        return row
+    fmt, stored = decoded.format, data
+    if decoded.source_mode not in ("RGB", "L") or fmt not in ("JPEG", "PNG"):
+        stored, fmt = _encode(decoded.image, "PNG"), "PNG"  # one plain RGB format downstream
+    shrunk = reencode_max_side(decoded, max_side)
+    scale = 1.0
+    if shrunk is not None:
+        scale, stored, fmt = max_side / max(decoded.width, decoded.height), shrunk, "JPEG"
+        row["bbox"] = None if bbox is None else [v * scale for v in bbox]
+        row["parts"] = [
+            {"x": p[0] * scale, "y": p[1] * scale, "visible": bool(p[2])} for p in parts
+        ]
+    row.update(
+        image=stored,
+        format=fmt,
+        source_mode=decoded.source_mode,
+        width=max(1, round(decoded.width * scale)),
+        height=max(1, round(decoded.height * scale)),
+        content_hash=hashlib.sha256(data).hexdigest(),
+    )
+    return row
+
+
+def _encode(image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
