@@ -45,6 +45,7 @@ from birdray.scoring.output import (
     write_csv,
     write_json,
 )
+from birdray.scoring.remote import is_remote, mirror_of, publish, pull
 from birdray.scoring.sources import DEFAULT_EXTENSIONS, Source, list_inputs, normalize_extensions
 from birdray.scoring.stages import SCHEMA, Scorer, prepare_batch
 
@@ -54,7 +55,7 @@ EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients")
 @dataclass
 class ScoreConfig:
     input: str = field("", "image folder or URI (s3://bucket/prefix), or an ingested dataset")
-    output: str = field("", "local output folder: predictions/, summary.json, _SUCCESS")
+    output: str = field("", "output folder or bucket URI: predictions/, summary.json, _SUCCESS")
     model: str = field("production", "package folder, or production|latest|v0003 in --registry")
     registry: str = field("", "registry folder or URI that --model names a version of")
     split: str = field("test", "split to score when --input is an ingested dataset")
@@ -83,12 +84,6 @@ class ScoreConfig:
         problems = [
             ("--input is required", not self.input),
             ("--output is required", not self.output),
-            (
-                "--output must be a folder (local, or a filesystem mounted where the job driver "
-                "runs): results are committed with atomic renames, which buckets lack; copy the "
-                "finished folder to the bucket afterwards",
-                "://" in self.output and not self.output.startswith("file://"),
-            ),
             ("--batch-size must be >= 1", self.batch_size < 1),
             ("--pool-size must be >= 1", self.pool_size < 1),
             ("--top-k must be >= 1", self.top_k < 1),
@@ -173,16 +168,27 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     if cfg.explain_lowest > 0 and importlib.util.find_spec("birdray.explain") is None:
         raise ConfigError("--explain-lowest needs birdray.explain, which this install lacks")
     source = open_source(cfg.input, cfg.split)
-    root = Path(cfg.output.removeprefix("file://")).expanduser().resolve()
+    remote = cfg.output.rstrip("/") if is_remote(cfg.output) else ""
+    # a bucket output is worked on in a local mirror and published when committed
+    root = (
+        mirror_of(remote)
+        if remote
+        else Path(cfg.output.removeprefix("file://")).expanduser().resolve()
+    )
     package_path = resolve(cfg.model, cfg.registry or None)
     meta = verify_package(package_path)
     version = meta.version or meta.content_hash[:12]
-    if source.kind == "folder" and not source.prefix and root == Path(source.uri):
+    same = remote == source.uri.rstrip("/") if remote else root == Path(source.uri)
+    if source.kind == "folder" and same:
         raise OutputError("--output must not be the --input folder itself (use a subfolder)")
     with locked(root):
+        if remote and not cfg.overwrite:
+            pull(remote, root)  # what the bucket holds decides "finished" and what resume keeps
         if (root / SUCCESS).is_file() and not (cfg.resume or cfg.overwrite):
-            raise OutputError(f"{root} already holds a finished run: pass --resume or --overwrite")
-        listing = list_inputs(source, normalize_extensions(cfg.extensions), exclude=root)
+            raise OutputError(
+                f"{cfg.output} already holds a finished run: pass --resume or --overwrite"
+            )
+        listing = list_inputs(source, normalize_extensions(cfg.extensions), exclude=remote or root)
         listed_at = time.time()
         reused = reusable_rows(root, listing, version) if cfg.resume else SCHEMA.empty_table()
         todo = listing.filter(pc.invert(pc.is_in(listing["path"], reused["path"])))
@@ -223,7 +229,7 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
         summary.update(
             input=cfg.input,
             input_kind=source.kind,
-            output=str(root),
+            output=remote or str(root),
             run_id=run_id,
             model={
                 "version": version,
@@ -243,6 +249,8 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
         )
         write_json(staging / SUMMARY_FILE, summary)
         commit(root, staging, {"run_id": run_id, "rows": summary["files_seen"]})
+        if remote:
+            publish(root, remote)
     print(_headline(summary))
     return summary
 

@@ -41,8 +41,20 @@ def scoring_results(output: str) -> dict[str, Any]:
     """``{"state": "missing" | "running" | "finished", "rows", "summary", "overlays"}``.
 
     Only an output with ``_SUCCESS`` is read: without it the folder may hold a half-written run.
+    A bucket output (``s3://...``) is read from a local copy of its finished result.
     """
+    import pyarrow.fs as pafs
+
+    from birdray import storage
+    from birdray.scoring.remote import is_remote, mirror_of, pull
+
     root = Path(output).expanduser()
+    if is_remote(output):
+        uri = output.rstrip("/")
+        root = mirror_of(uri, reader="dashboard")  # never the job's own working mirror
+        if not pull(uri, root):
+            exists = storage.file_type(uri) != pafs.FileType.NotFound
+            return {"state": "running" if exists else "missing"}
     if not root.is_dir():
         return {"state": "missing"}
     if not (root / SUCCESS).is_file():

@@ -441,31 +441,24 @@ def test_rayjob_entrypoint_parses_with_the_jobs_own_cli(name, script):
 
 
 @pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-score.yaml"])
-def test_rayjob_paths_are_in_the_bucket_or_on_a_volume_the_driver_pod_mounts(name):
-    """Pods keep nothing: a path outside the image must be a bucket URI or a mounted volume."""
+def test_rayjob_reads_and_writes_only_the_bucket(name):
+    """Pods keep nothing: every location a job uses is a bucket URI or inside the image."""
     spec = load(KUBERAY / name)["spec"]
-    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]  # job drivers run here
-    mounts = [m["mountPath"] for m in head["containers"][0].get("volumeMounts", [])]
-    volumes = {v["name"]: v for v in head.get("volumes", [])}
-    for mount in head["containers"][0].get("volumeMounts", []):
-        volume = volumes[mount["name"]]
-        assert "emptyDir" in volume or "persistentVolumeClaim" in volume, volume
     argv = shlex.split(spec["entrypoint"])
-    values = [a for a in argv[2:] if not a.startswith("--")]
-    paths = [v for v in values if v.startswith("/") and not v.startswith(IMAGE_ROOT)]
-    for path in paths:
-        (mount,) = [m for m in mounts if path.startswith(m.rstrip("/") + "/")]
-        persistent = [
-            m["name"]
-            for m in head["containers"][0]["volumeMounts"]
-            if m["mountPath"] == mount and "persistentVolumeClaim" in volumes[m["name"]]
-        ]
-        assert persistent, f"{path} is on {mount}, which does not outlive the pod"
-    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
-    for flag in ("--dataset", "--registry", "--storage-path", "--input"):
-        if flag in flags:
-            assert flags[flag].startswith("s3://"), (flag, flags[flag])
-    assert ("--output" in flags) == bool(paths)  # scoring results: the one local path
+    flags = dict(zip(argv[2::2], argv[3::2], strict=True))
+    locations = {f: v for f, v in flags.items() if "/" in v and not v.startswith(IMAGE_ROOT)}
+    assert locations, flags
+    for flag, value in locations.items():
+        assert value.startswith("s3://my-birdray-bucket/"), (flag, value)
+    assert {"--dataset", "--storage-path", "--registry"} <= set(locations) or {
+        "--input",
+        "--output",
+        "--registry",
+    } <= set(locations)
+    pods = [spec["rayClusterSpec"]["headGroupSpec"]] + spec["rayClusterSpec"]["workerGroupSpecs"]
+    for pod in pods:
+        for volume in pod["template"]["spec"].get("volumes", []):
+            assert set(volume) == {"name", "emptyDir"}, volume  # scratch only
 
 
 def test_cluster_readme_mentions_only_files_that_exist():

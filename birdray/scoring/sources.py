@@ -92,7 +92,7 @@ def normalize_extensions(extensions: list[str]) -> tuple[str, ...] | None:
 
 
 def list_inputs(
-    source: Source, extensions: tuple[str, ...] | None, exclude: Path | None
+    source: Source, extensions: tuple[str, ...] | None, exclude: str | Path | None
 ) -> pa.Table:
     """Every file (or dataset row) to score, sorted by path: what "files seen" means."""
     if source.kind == "dataset":
@@ -110,16 +110,18 @@ def list_inputs(
         infos = [info]
     else:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    skip = str(exclude) + "/" if exclude is not None and not source.prefix else None
+    # the output folder (a path, or a URI in the input's own bucket) is never scored
+    skip = str(exclude).rstrip("/") + "/" if exclude is not None else None
     paths, sizes, mtimes = [], [], []
     for item in infos:
         if item.type != pafs.FileType.File:
             continue
         if extensions is not None and not item.path.lower().endswith(extensions):
             continue
-        if skip and (item.path + "/").startswith(skip):
+        path = source.prefix + item.path
+        if skip and (path + "/").startswith(skip):
             continue  # our own output folder inside the input: never score results
-        paths.append(source.prefix + item.path)
+        paths.append(path)
         sizes.append(item.size)
         mtimes.append(item.mtime_ns)
     table = pa.table(

@@ -1,0 +1,102 @@
+"""Batch scoring whose photos and results live in a bucket (the session's local moto S3 server).
+
+Results are published ``_SUCCESS`` last from a local mirror; a finished result in the bucket is
+what "already finished" and ``--resume`` go by, from whichever machine the next run starts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+
+from birdray import storage
+from birdray.score import ScoreConfig, run_scoring
+from birdray.scoring import remote
+from birdray.scoring.output import OutputError
+from tests.cub_fixture import jpeg_bytes
+from tests.model_fixture import make_package
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+
+def _put(uri: str, data: bytes) -> None:
+    fs, path = storage.filesystem(uri)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def _exists(uri: str) -> bool:
+    return storage.file_type(uri) != pafs.FileType.NotFound
+
+
+def _remote_rows(uri: str):
+    fs, path = storage.filesystem(f"{uri}/predictions")
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()
+
+
+def test_results_go_to_the_bucket_success_last_and_resume_from_it(ray_cluster, s3_bucket, tmp_path):
+    package = make_package(tmp_path / "pkg", num_classes=3)
+    photos = f"{s3_bucket}/photos"
+    for i in range(4):
+        _put(f"{photos}/bird_{i}.jpg", jpeg_bytes(color=(50 * i, 90, 200)))
+    _put(f"{photos}/broken.jpg", b"not a photo")
+    output = f"{photos}/scored"  # inside the input: its own files must never be scored
+    cfg = dict(input=photos, output=output, model=str(package), batch_size=2,
+               preprocess_cpus=0.5, actor_cpus=1.0)  # fmt: skip
+
+    first = run_scoring(ScoreConfig(**cfg, explain_lowest=1))
+    assert first["output"] == output and first["files_seen"] == 5 and first["failed"] == 1
+    assert _exists(f"{output}/_SUCCESS") and _exists(f"{output}/summary.json")
+    assert _exists(f"{output}/explanations/index.json")  # a PNG now sits under the input
+    rows = _remote_rows(output)
+    assert sorted(rows["path"]) == sorted(
+        [f"{photos}/bird_{i}.jpg" for i in range(4)] + [f"{photos}/broken.jpg"]
+    )
+    with pytest.raises(OutputError, match="already holds a finished run"):
+        run_scoring(ScoreConfig(**cfg))
+
+    # a later run on another machine: nothing local survives, the bucket is the truth
+    shutil.rmtree(remote.mirror_of(output))
+    _put(f"{photos}/bird_new.jpg", jpeg_bytes(color=(10, 200, 10)))
+    again = run_scoring(ScoreConfig(**cfg, resume=True))
+    assert again["files_seen"] == 6  # the output's PNG, JSON and Parquet were not listed
+    assert again["resume"] == {"reused": 4, "scored_now": 2}  # the new file and the broken one
+    assert len(_remote_rows(output)) == 6
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
+    from stage_reports import scoring_results  # the dashboard reads the bucket's result
+
+    shown = scoring_results(output)
+    assert shown["state"] == "finished" and len(shown["rows"]) == 6
+    assert shown["summary"]["run_id"] == again["run_id"]
+    assert scoring_results(f"{s3_bucket}/nothing-here")["state"] == "missing"
+
+
+def test_a_publish_that_dies_midway_never_looks_finished(s3_bucket, tmp_path, monkeypatch):
+    mirror, uri = tmp_path / "mirror", f"{s3_bucket}/publish-test"
+    (mirror / "predictions").mkdir(parents=True)
+    (mirror / "predictions" / "part-00000.parquet").write_bytes(b"rows v1")
+    (mirror / "summary.json").write_text('{"run_id": "v1"}')
+    (mirror / "_SUCCESS").write_text('{"run_id": "v1"}')
+    remote.publish(mirror, uri)
+    assert storage.read_bytes(f"{uri}/_SUCCESS") == b'{"run_id": "v1"}'
+
+    (mirror / "summary.json").write_text('{"run_id": "v2"}')
+    (mirror / "_SUCCESS").write_text('{"run_id": "v2"}')
+
+    def dies(*args, **kwargs):
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(remote.pafs, "copy_files", dies)
+    with pytest.raises(OSError, match="connection reset"):
+        remote.publish(mirror, uri)
+    assert not _exists(f"{uri}/_SUCCESS")  # half old, half new: marked unfinished
+    monkeypatch.undo()
+    remote.publish(mirror, uri)  # the next attempt completes it
+    assert storage.read_bytes(f"{uri}/_SUCCESS") == b'{"run_id": "v2"}'
+    assert storage.read_bytes(f"{uri}/summary.json") == b'{"run_id": "v2"}'
