@@ -45,7 +45,7 @@ from birdray.scoring.output import (
     write_csv,
     write_json,
 )
-from birdray.scoring.remote import is_remote, mirror_of, publish, pull
+from birdray.scoring.remote import is_remote, marker, mirror_of, publish, pull
 from birdray.scoring.sources import DEFAULT_EXTENSIONS, Source, list_inputs, normalize_extensions
 from birdray.scoring.stages import SCHEMA, Scorer, prepare_batch
 
@@ -182,6 +182,7 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     if source.kind == "folder" and same:
         raise OutputError("--output must not be the --input folder itself (use a subfolder)")
     with locked(root):
+        seen = marker(remote) if remote else None  # publish refuses if this changes meanwhile
         if remote and not cfg.overwrite:
             pull(remote, root)  # what the bucket holds decides "finished" and what resume keeps
         if (root / SUCCESS).is_file() and not (cfg.resume or cfg.overwrite):
@@ -250,7 +251,7 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
         write_json(staging / SUMMARY_FILE, summary)
         commit(root, staging, {"run_id": run_id, "rows": summary["files_seen"]})
         if remote:
-            publish(root, remote)
+            publish(root, remote, seen)
     print(_headline(summary))
     return summary
 

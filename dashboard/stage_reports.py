@@ -48,7 +48,7 @@ def scoring_results(output: str) -> dict[str, Any]:
     from birdray import storage
     from birdray.scoring.remote import is_remote, mirror_of, pull
 
-    root = Path(output).expanduser()
+    root = Path(output.removeprefix("file://")).expanduser()
     if is_remote(output):
         uri = output.rstrip("/")
         root = mirror_of(uri, reader="dashboard")  # never the job's own working mirror

@@ -30,7 +30,7 @@ def test_entrypoint_quotes_every_value(tmp_path):
     hostile = str(tmp_path / "my photos; rm -rf ~ $(reboot)")
     req = ScoringRequest(
         input=hostile,
-        output="/mnt/birdray/out dir",
+        output="s3://bucket/out dir",
         model="v0003",
         registry=str(tmp_path / "reg"),
         explain_lowest=4,
@@ -39,7 +39,7 @@ def test_entrypoint_quotes_every_value(tmp_path):
     assert argv[:2] == ["python", "jobs/batch_score.py"]
     args = dict(zip(argv[2::2], argv[3::2], strict=True))
     assert args["--input"] == hostile  # one argument, unchanged: nothing for a shell to run
-    assert args["--output"] == "/mnt/birdray/out dir"
+    assert args["--output"] == "s3://bucket/out dir"
     assert args["--model"] == "v0003"
     assert args["--registry"] == str(tmp_path / "reg")
     assert args["--explain-lowest"] == "4"

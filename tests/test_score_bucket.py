@@ -77,26 +77,53 @@ def test_results_go_to_the_bucket_success_last_and_resume_from_it(ray_cluster, s
     assert scoring_results(f"{s3_bucket}/nothing-here")["state"] == "missing"
 
 
+def _finished(mirror: Path, run: str) -> None:
+    (mirror / "predictions").mkdir(parents=True, exist_ok=True)
+    (mirror / "predictions" / "part-00000.parquet").write_bytes(f"rows {run}".encode())
+    (mirror / "summary.json").write_text(f'{{"run_id": "{run}"}}')
+    (mirror / "_SUCCESS").write_text(f'{{"run_id": "{run}"}}')
+
+
 def test_a_publish_that_dies_midway_never_looks_finished(s3_bucket, tmp_path, monkeypatch):
     mirror, uri = tmp_path / "mirror", f"{s3_bucket}/publish-test"
-    (mirror / "predictions").mkdir(parents=True)
-    (mirror / "predictions" / "part-00000.parquet").write_bytes(b"rows v1")
-    (mirror / "summary.json").write_text('{"run_id": "v1"}')
-    (mirror / "_SUCCESS").write_text('{"run_id": "v1"}')
-    remote.publish(mirror, uri)
-    assert storage.read_bytes(f"{uri}/_SUCCESS") == b'{"run_id": "v1"}'
+    _finished(mirror, "v1")
+    remote.publish(mirror, uri, seen=None)
+    assert remote.marker(uri) == b'{"run_id": "v1"}'
 
-    (mirror / "summary.json").write_text('{"run_id": "v2"}')
-    (mirror / "_SUCCESS").write_text('{"run_id": "v2"}')
+    _finished(mirror, "v2")
+    copies = []
+    real_copy = remote.pafs.copy_files
 
-    def dies(*args, **kwargs):
-        raise OSError("connection reset")
+    def dies_on_the_second_copy(*args, **kwargs):
+        copies.append(args[0])
+        if len(copies) == 2:
+            raise OSError("connection reset")
+        return real_copy(*args, **kwargs)
 
-    monkeypatch.setattr(remote.pafs, "copy_files", dies)
+    monkeypatch.setattr(remote.pafs, "copy_files", dies_on_the_second_copy)
     with pytest.raises(OSError, match="connection reset"):
-        remote.publish(mirror, uri)
-    assert not _exists(f"{uri}/_SUCCESS")  # half old, half new: marked unfinished
+        remote.publish(mirror, uri, seen=b'{"run_id": "v1"}')
     monkeypatch.undo()
-    remote.publish(mirror, uri)  # the next attempt completes it
-    assert storage.read_bytes(f"{uri}/_SUCCESS") == b'{"run_id": "v2"}'
+    # new predictions, no summary (deleted, not yet copied), and no _SUCCESS: "unfinished"
+    assert storage.read_bytes(f"{uri}/predictions/part-00000.parquet") == b"rows v2"
+    assert not _exists(f"{uri}/summary.json") and remote.marker(uri) is None
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
+    from stage_reports import scoring_results
+
+    assert scoring_results(uri)["state"] == "running"  # shown as still being written
+    reader = tmp_path / "reader"
+    _finished(reader, "v1")  # a mirror that still holds v1 as finished
+    assert not remote.pull(uri, reader)  # the bucket has no finished result now...
+    assert not (reader / "_SUCCESS").exists()  # ...so neither does the mirror
+    assert (reader / "predictions" / "part-00000.parquet").exists()  # rows kept for --resume
+
+    remote.publish(mirror, uri, seen=None)  # the next attempt completes it
+    assert remote.marker(uri) == b'{"run_id": "v2"}'
     assert storage.read_bytes(f"{uri}/summary.json") == b'{"run_id": "v2"}'
+    assert remote.pull(uri, reader) and (reader / "summary.json").read_text() == '{"run_id": "v2"}'
+
+    _finished(mirror, "v3")  # a run that started before v2 was published must not clobber it
+    with pytest.raises(OutputError, match="another run published"):
+        remote.publish(mirror, uri, seen=b'{"run_id": "v1"}')
+    assert remote.marker(uri) == b'{"run_id": "v2"}'

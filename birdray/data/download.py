@@ -152,9 +152,9 @@ def _copy_from_bucket(uri: str) -> Path:
     fs, path = storage.filesystem(uri)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
-        kind = "a folder" if info.type == pafs.FileType.Directory else "not found"
+        what = "is a folder" if info.type == pafs.FileType.Directory else "was not found"
         raise FileNotFoundError(
-            f"CUB source {uri} is {kind}: in a bucket, give the archive (CUB_200_2011.tgz)"
+            f"CUB source {uri} {what}: in a bucket, give the archive (CUB_200_2011.tgz)"
         )
     local = Path(tempfile.gettempdir()) / "birdray-sources" / Path(path).name
     stamp = local.with_name(local.name + ".from")  # which object version the copy is

@@ -132,6 +132,8 @@ def run_ingest(cfg: IngestConfig) -> str:
             pass  # invalid manifest: ingest again
     split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
     items = [item_row(rec, split[rec.image_id]) for rec in cub.records]
+    if not items:
+        raise ValueError(f"{cub.root / 'images.txt'} lists no images: nothing to ingest")
     # Shards come out class-mixed, so a shard-local shuffle while training sees many classes.
     items = [items[i] for i in np.random.default_rng(cfg.seed).permutation(len(items))]
 

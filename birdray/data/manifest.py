@@ -66,7 +66,7 @@ def is_dataset(location: str | Path) -> bool:
     """Whether ``location`` holds a manifest (complete or not: ``load_manifest`` judges that)."""
     try:
         return storage.file_type(storage.join(location, MANIFEST_FILE)) == pafs.FileType.File
-    except (OSError, ValueError):
+    except ValueError:  # not a URI pyarrow knows; unreachable buckets raise, never "no"
         return False
 
 

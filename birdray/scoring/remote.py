@@ -6,20 +6,28 @@ on the driver's machine, then publishes: it deletes the bucket's ``_SUCCESS`` fi
 on readers see "unfinished"), replaces each result object, and writes ``_SUCCESS`` last. A run
 that dies mid-publish leaves no ``_SUCCESS``, so nobody mistakes the mix for a finished result,
 and the next run publishes again. ``pull`` brings a finished bucket result into the mirror, so
-``--resume`` and the "already finished" check see what the bucket holds, from any machine.
+``--resume`` and the "already finished" check see what the bucket holds, from any machine (rows
+of an interrupted, never-published run stay in the mirror of the machine that ran it).
+
+One writer per bucket output at a time: object stores have no lock, so a run refuses to publish
+if another run published to the same URI after it started (a check, not a lock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from birdray import storage
-from birdray.scoring.output import RESULTS, SUCCESS
+from birdray.scoring.output import RESULTS, SUCCESS, OutputError
 
 
 def is_remote(output: str) -> bool:
@@ -35,39 +43,76 @@ def mirror_of(uri: str, reader: str = "job") -> Path:
     return Path(tempfile.gettempdir()) / "birdray-score-mirror" / reader / digest
 
 
-def _marker(location: str) -> bytes | None:
+def marker(location: str) -> bytes | None:
+    """The content of ``location``'s ``_SUCCESS`` (which run finished it), or None."""
     try:
         return storage.read_bytes(storage.join(location, SUCCESS))
     except FileNotFoundError:
         return None
 
 
+@contextlib.contextmanager
+def _pull_lock(mirror: Path) -> Iterator[None]:
+    """Readers sharing a mirror (dashboard sessions) take turns refreshing it."""
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    with open(mirror.parent / f".{mirror.name}.pull.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def pull(uri: str, mirror: Path) -> bool:
-    """Make the mirror's finished result the bucket's; returns whether the bucket has one."""
-    remote = _marker(uri)
-    local = (mirror / SUCCESS).read_bytes() if (mirror / SUCCESS).is_file() else None
-    if remote == local:
-        return remote is not None
-    mirror.mkdir(parents=True, exist_ok=True)
-    (mirror / SUCCESS).unlink(missing_ok=True)
-    if remote is None:  # never published, or a publish died: local rows stay for --resume
-        return False
-    fs, root = storage.filesystem(uri)
-    for name in RESULTS:
-        _remove_local(mirror / name)
-        kind = fs.get_file_info(f"{root}/{name}").type
-        if kind == pafs.FileType.Directory:
-            (mirror / name).mkdir()  # copy_files fills a folder but does not create it
-        if kind != pafs.FileType.NotFound:
-            pafs.copy_files(f"{root}/{name}", str(mirror / name), source_filesystem=fs)
-    (mirror / SUCCESS).write_bytes(remote)
-    return True
+    """Make the mirror's finished result the bucket's; returns whether the bucket has one.
+
+    The copy goes to a temporary folder first and is used only if ``_SUCCESS`` did not change
+    while it was taken: a copy made during someone's publish is thrown away, not trusted.
+    """
+    with _pull_lock(mirror):
+        remote = marker(uri)
+        local = (mirror / SUCCESS).read_bytes() if (mirror / SUCCESS).is_file() else None
+        if remote == local:
+            return remote is not None
+        mirror.mkdir(parents=True, exist_ok=True)
+        (mirror / SUCCESS).unlink(missing_ok=True)
+        if remote is None:  # never published, or a publish died: local rows stay for --resume
+            return False
+        fs, root = storage.filesystem(uri)
+        fresh = mirror.parent / f".{mirror.name}.pull-{uuid.uuid4().hex[:8]}"
+        try:
+            fresh.mkdir()
+            for name in RESULTS:
+                kind = fs.get_file_info(f"{root}/{name}").type
+                if kind == pafs.FileType.Directory:
+                    (fresh / name).mkdir()  # copy_files fills a folder but does not create it
+                if kind != pafs.FileType.NotFound:
+                    pafs.copy_files(f"{root}/{name}", str(fresh / name), source_filesystem=fs)
+            if marker(uri) != remote:
+                return False  # published over while copying: "unfinished" until it settles
+            for name in RESULTS:
+                _remove_local(mirror / name)
+                if (fresh / name).exists():
+                    (fresh / name).rename(mirror / name)
+            (mirror / SUCCESS).write_bytes(remote)
+            return True
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
 
 
-def publish(mirror: Path, uri: str) -> None:
-    """Copy the mirror's committed result to the bucket, ``_SUCCESS`` last."""
+def publish(mirror: Path, uri: str, seen: bytes | None) -> None:
+    """Copy the mirror's committed result to the bucket, ``_SUCCESS`` last.
+
+    ``seen`` is the bucket's ``_SUCCESS`` when this run started: if it changed since, another
+    run published to this URI meanwhile and this one refuses to overwrite it.
+    """
+    current = marker(uri)
+    if current is not None and current != seen:
+        raise OutputError(
+            f"another run published to {uri} while this one ran; this result stays in {mirror}"
+        )
     fs, root = storage.filesystem(uri)
-    if fs.get_file_info(f"{root}/{SUCCESS}").type == pafs.FileType.File:
+    if current is not None:
         fs.delete_file(f"{root}/{SUCCESS}")  # from here until the end: "unfinished"
     for name in RESULTS:
         target = f"{root}/{name}"

@@ -52,12 +52,8 @@ class Source:
         return path[len(self.prefix) :]
 
 
-@functools.lru_cache(maxsize=8)
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """One filesystem client per process and URI (S3 clients are slow to build)."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
+# one filesystem client per process and URI (S3 clients are slow to build)
+_filesystem = functools.lru_cache(maxsize=8)(storage.filesystem)
 
 
 def open_source(input_uri: str, split: str = "test") -> Source:

@@ -89,7 +89,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
         ),
         run_config=RunConfig(
             name=cfg.name,
-            storage_path=_storage(cfg.storage_path),
+            storage_path=storage.absolute(cfg.storage_path),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.checkpoints_to_keep,
                 checkpoint_score_attribute="val_top1",
@@ -112,10 +112,6 @@ def _upload(run_dir: Path, uri: str) -> str:
 
     fs.copy_files(str(run_dir.resolve()), uri, destination_filesystem=None)
     return uri
-
-
-def _storage(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 def export_package(

@@ -20,11 +20,9 @@ def best_checkpoint(result, storage_path: str):
     import pyarrow.fs as pafs
     from ray.train import Checkpoint
 
-    fs = (
-        pafs.FileSystem.from_uri(storage_path)[0]
-        if "://" in storage_path
-        else pafs.LocalFileSystem()
-    )
+    from birdray import storage
+
+    fs = storage.filesystem(storage_path)[0]
     frame = result.metrics_dataframe
     if frame is None or "checkpoint_path" not in frame:
         raise RuntimeError(f"trial {result.path} reported no checkpoints")
