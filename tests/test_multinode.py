@@ -145,8 +145,10 @@ def test_serve_replicas_spread_over_two_nodes(ray_cluster, tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_scoring_actors_spread_over_two_gpu_nodes(ray_cluster, tmp_path):
+def test_scoring_actors_spread_over_two_gpu_nodes(ray_cluster, tmp_path, monkeypatch):
     """One logical GPU per node and one per actor: the pool of two must use both nodes."""
+    import ray
+
     from birdray.score import ScoreConfig, run_scoring
     from tests.cub_fixture import jpeg_bytes
     from tests.model_fixture import make_package
@@ -159,6 +161,9 @@ def test_scoring_actors_spread_over_two_gpu_nodes(ray_cluster, tmp_path):
     nodes = [ray_cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")]
     nodes.append(ray_cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1"))
     ray_cluster.wait_for_nodes()
+    # Ray Data starts dispatching as soon as one actor is up; on 2 busy cores the first can
+    # finish all 8 batches before the second has loaded the model. Start the whole pool first.
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 300)
     try:
         cfg = ScoreConfig(
             input=str(photos),
