@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from birdray import storage
 from birdray.config import ConfigError, field, to_dict
 from birdray.images import DEFAULT_MAX_PIXELS
 from birdray.scoring.output import (
@@ -45,7 +46,7 @@ from birdray.scoring.output import (
     write_csv,
     write_json,
 )
-from birdray.scoring.remote import is_remote, marker, mirror_of, publish, pull
+from birdray.scoring.remote import marker, mirror_of, publish, pull
 from birdray.scoring.sources import DEFAULT_EXTENSIONS, Source, list_inputs, normalize_extensions
 from birdray.scoring.stages import SCHEMA, Scorer, prepare_batch
 
@@ -168,13 +169,9 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     if cfg.explain_lowest > 0 and importlib.util.find_spec("birdray.explain") is None:
         raise ConfigError("--explain-lowest needs birdray.explain, which this install lacks")
     source = open_source(cfg.input, cfg.split)
-    remote = cfg.output.rstrip("/") if is_remote(cfg.output) else ""
+    remote = cfg.output.rstrip("/") if storage.is_remote(cfg.output) else ""
     # a bucket output is worked on in a local mirror and published when committed
-    root = (
-        mirror_of(remote)
-        if remote
-        else Path(cfg.output.removeprefix("file://")).expanduser().resolve()
-    )
+    root = mirror_of(remote) if remote else storage.local_path(cfg.output)
     package_path = resolve(cfg.model, cfg.registry or None)
     meta = verify_package(package_path)
     version = meta.version or meta.content_hash[:12]

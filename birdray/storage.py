@@ -17,6 +17,16 @@ def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+def is_remote(location: str | Path) -> bool:
+    """A bucket (``s3://``, ``gs://``...), as opposed to this machine's files (``file://`` too)."""
+    return is_uri(location) and not str(location).startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    """The absolute local path of a non-remote location (a path or a ``file://`` URI)."""
+    return Path(str(location).removeprefix("file://")).expanduser().resolve()
+
+
 def absolute(location: str | Path) -> str:
     """URIs unchanged; local paths resolved (workers see the same file)."""
     return str(location) if is_uri(location) else str(Path(location).expanduser().resolve())
@@ -54,12 +64,12 @@ def write_bytes_atomic(location: str | Path, data: bytes) -> None:
 
     Locally: write a hidden temporary, fsync, rename. Object stores: one PUT is already atomic.
     """
-    if is_uri(location) and not str(location).startswith("file://"):
+    if is_remote(location):
         fs, path = filesystem(location)
         with fs.open_output_stream(path) as stream:
             stream.write(data)
         return
-    path = Path(filesystem(location)[1])
+    path = local_path(location)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -70,8 +80,17 @@ def write_bytes_atomic(location: str | Path, data: bytes) -> None:
 
 def make_dirs(location: str | Path) -> None:
     """Local folders only: buckets have no folders to create."""
-    if not is_uri(location) or str(location).startswith("file://"):
-        Path(filesystem(location)[1]).mkdir(parents=True, exist_ok=True)
+    if not is_remote(location):
+        local_path(location).mkdir(parents=True, exist_ok=True)
+
+
+def upload_dir(local: str | Path, location: str | Path) -> None:
+    """Copy a local folder's contents to ``location`` (a bucket prefix or another folder)."""
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(
+        str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )
 
 
 def child_dirs(location: str | Path) -> list[str]:

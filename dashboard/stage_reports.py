@@ -46,15 +46,16 @@ def scoring_results(output: str) -> dict[str, Any]:
     import pyarrow.fs as pafs
 
     from birdray import storage
-    from birdray.scoring.remote import is_remote, mirror_of, pull
+    from birdray.scoring.remote import mirror_of, pull
 
-    root = Path(output.removeprefix("file://")).expanduser()
-    if is_remote(output):
+    if storage.is_remote(output):
         uri = output.rstrip("/")
         root = mirror_of(uri, reader="dashboard")  # never the job's own working mirror
         if not pull(uri, root):
             exists = storage.file_type(uri) != pafs.FileType.NotFound
             return {"state": "running" if exists else "missing"}
+    else:
+        root = storage.local_path(output)
     if not root.is_dir():
         return {"state": "missing"}
     if not (root / SUCCESS).is_file():

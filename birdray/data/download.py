@@ -134,9 +134,9 @@ def open_source(source: str | Path, md5: str = "") -> Path:
     An archive in a bucket (``s3://bucket/raw/CUB_200_2011.tgz``) is copied next to the driver
     first: ingest reads the source where its driver runs.
     """
-    if storage.is_uri(source) and not str(source).startswith("file://"):
-        source = _copy_from_bucket(str(source))
-    source = Path(str(source).removeprefix("file://"))
+    source = (
+        _copy_from_bucket(str(source)) if storage.is_remote(source) else storage.local_path(source)
+    )
     if source.is_dir():
         return source
     if not source.is_file():

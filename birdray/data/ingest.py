@@ -30,7 +30,6 @@ from birdray.data.download import open_source
 from birdray.data.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
-    is_dataset,
     load_manifest,
     write_manifest,
 )
@@ -122,14 +121,14 @@ def run_ingest(cfg: IngestConfig) -> str:
     settings = {
         k: v for k, v in to_dict(cfg).items() if k not in ("out", "force", "address", "source")
     }
-    if not cfg.force and is_dataset(out):
+    if not cfg.force:
         try:
             old = load_manifest(out)
             if old["source"]["checksum"] == fingerprint and old["ingest_config"] == settings:
                 print(f"already ingested (manifest matches the source): {manifest_path}")
                 return manifest_path
         except ValueError:
-            pass  # invalid manifest: ingest again
+            pass  # no manifest, or not a valid one: ingest
     split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
     items = [item_row(rec, split[rec.image_id]) for rec in cub.records]
     if not items:
@@ -155,7 +154,7 @@ def run_ingest(cfg: IngestConfig) -> str:
     )
     ds.write_parquet(shards, partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
 
-    quarantine = _collect_quarantine(shards)
+    quarantine = _collect_quarantine(shards)  # leaves only the split=train/val/test folders
     splits, content_checksum = _split_counts(shards) if storage.child_dirs(shards) else ({}, "")
     ingested = sum(s["rows"] for s in splits.values())
     if ingested + len(quarantine) != len(items):

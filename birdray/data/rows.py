@@ -105,11 +105,11 @@ def load_images(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) ->
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     for i in range(len(batch["image_id"])):
         item = {k: batch[k][i] for k in batch}
-        error, data, decoded = item["problems"] or None, item["data"], None
+        error, decoded = item["problems"] or None, None
+        data = None if item["data"] is None else bytes(item["data"])
         if error is None:
             try:
-                decoded = decode_image(bytes(data), max_pixels)
-                data = bytes(data)
+                decoded = decode_image(data, max_pixels)
             except (OSError, ImageError) as exc:
                 error = str(exc)
         row = _row(item, data, decoded, max_side, error)

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from birdray import storage
 from birdray.scoring.stages import SCHEMA
 
 SUCCESS = "_SUCCESS"
@@ -194,9 +195,7 @@ def write_csv(pred_dir: Path, dest: Path) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    storage.write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode())
 
 
 def commit(root: Path, staging: Path, marker: dict[str, Any]) -> None:

@@ -30,10 +30,6 @@ from birdray import storage
 from birdray.scoring.output import RESULTS, SUCCESS, OutputError
 
 
-def is_remote(output: str) -> bool:
-    return storage.is_uri(output) and not output.startswith("file://")
-
-
 def mirror_of(uri: str, reader: str = "job") -> Path:
     """The local folder standing in for ``uri`` (stable per URI, so partial runs can resume).
 

@@ -60,7 +60,7 @@ def open_source(input_uri: str, split: str = "test") -> Source:
     """A folder/URI of images, or an ingested dataset (folder or URI with a manifest.json)."""
     if not input_uri:
         raise SourceError("--input is required (a folder, a file URI, or an ingested dataset)")
-    if "://" in input_uri and not input_uri.startswith("file://"):
+    if storage.is_remote(input_uri):
         try:
             fs, root = pafs.FileSystem.from_uri(input_uri)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
@@ -71,7 +71,7 @@ def open_source(input_uri: str, split: str = "test") -> Source:
         if is_dataset(input_uri):
             return Source("dataset", input_uri, prefix, split_path(input_uri, split))
         return Source("folder", input_uri, input_uri.split("://", 1)[0] + "://")
-    local = Path(input_uri.removeprefix("file://")).expanduser().resolve()
+    local = storage.local_path(input_uri)
     if not local.exists():
         raise SourceError(f"input not found: {local}")
     if local.is_dir() and is_dataset(local):

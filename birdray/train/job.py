@@ -108,9 +108,7 @@ LOCAL_STAGING = "runs/train"  # this machine's copy of a run whose storage is a 
 
 def _upload(run_dir: Path, uri: str) -> str:
     """Copy the run's local outputs (config, summary, plots, package) next to its checkpoints."""
-    from pyarrow import fs
-
-    fs.copy_files(str(run_dir.resolve()), uri, destination_filesystem=None)
+    storage.upload_dir(run_dir.resolve(), uri)
     return uri
 
 

@@ -184,10 +184,6 @@ def publish(local: Path, dest: str) -> None:
     """Copy a locally written report to a cloud destination (no-op when it is already there)."""
     if "://" not in dest:
         return
-    import pyarrow.fs as pafs
+    from birdray import storage
 
-    fs, path = pafs.FileSystem.from_uri(dest)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(
-        str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
-    )
+    storage.upload_dir(local, dest)
