@@ -8,7 +8,7 @@ from typing import Any
 from birdray.config import field
 from birdray.model.factory import ModelError
 from birdray.registry.pointer import read_pointer
-from birdray.registry.versions import RegistryError, check_ref, list_versions
+from birdray.registry.versions import RegistryError, check_ref, check_version, list_versions
 from birdray.registry.views import promote, rollback, version_metadata, version_of
 
 ACTIONS = ("list", "show", "promote", "rollback")
@@ -19,7 +19,7 @@ class RegistryConfig:
     positional = "action"
     action: str = field("list", "list | show | promote | rollback")
     registry: str = field("runs/registry", "registry folder or URI")
-    version: str = field("production", "version for show/promote (v0003, latest, production)")
+    version: str = field("production", "show: v0003|latest|production; promote: v0003|latest")
 
 
 def list_rows(registry: str) -> list[dict[str, Any]]:
@@ -50,8 +50,11 @@ def run_registry(cfg: RegistryConfig) -> Any:
         raise RegistryError(
             f"unknown registry action {cfg.action!r} (expected {'|'.join(ACTIONS)})"
         )
-    if cfg.action in ("show", "promote"):
-        check_ref(cfg.version)  # before anything is read: a typo is one clear line
+    # checked before anything is read: a typo is one clear line
+    if cfg.action == "show":
+        check_ref(cfg.version)
+    if cfg.action == "promote" and cfg.version != "latest":
+        check_version(cfg.version)
     if cfg.action == "list":
         return list_rows(cfg.registry)
     if cfg.action == "show":
