@@ -2,10 +2,11 @@
 
 Every promotion or rollback is a new object ``<registry>/production/<seq>-<ns>-<id>-<action>-<v>``
 (the name says everything; the body repeats it for people). Nothing is ever overwritten, so two
-promoters racing on a bucket (no rename, no conditional PUT in pyarrow's S3/GCS filesystems) both
-land their entry. The pointer is derived by replaying the entries in name order: ``seq`` is one
-more than the entries the writer saw, so an entry always sorts after those it was based on;
-clock time and a random id only break ties between writers that saw the same log.
+promoters racing on a bucket both land their entry: pyarrow's S3/GCS filesystems offer no rename
+and no conditional PUT (``open_output_stream`` takes only a few fixed headers; apache/arrow#44281).
+The pointer is derived by replaying the entries in name order: ``seq`` is one more than the
+entries the writer saw, so an entry always sorts after those it was based on; clock time and a
+random id only break ties between writers that saw the same log.
 """
 
 from __future__ import annotations
