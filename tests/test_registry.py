@@ -119,7 +119,8 @@ def test_concurrent_registrations_get_distinct_whole_versions(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert sorted(got.values()) == list_versions(reg) and len(set(got.values())) == 4
+    assert sorted(got.values(), key=lambda v: int(v[1:])) == list_versions(reg)
+    assert len(set(got.values())) == 4  # numbers may skip after a race, never repeat
     for i, version in got.items():
         want = json.loads((packages[i] / "metadata.json").read_text())["content_hash"]
         assert (

@@ -121,7 +121,8 @@ def test_racing_writers_in_a_bucket_lose_nothing(s3_bucket, tmp_path):
             t.join()
 
     start([(lambda p=p: registered.append(register(reg, p)),) for p in packages])
-    assert not errors and sorted(registered) == list_versions(reg) == ["v0001", "v0002", "v0003"]
+    assert not errors and len(set(registered)) == 3  # numbers may skip after a race, never repeat
+    assert sorted(registered, key=lambda v: int(v[1:])) == list_versions(reg)
     for p in packages:  # each version holds exactly one writer's files
         version = registry_versions.find_version(reg, _hash(p))
         assert _hash(resolve(version, reg)) == _hash(p)
@@ -134,7 +135,7 @@ def test_racing_writers_in_a_bucket_lose_nothing(s3_bucket, tmp_path):
     assert not errors
     pointer = read_pointer(reg)
     assert pointer["entries"] == 12  # every promoter's every entry landed
-    assert sorted(pointer["history"]) == registered and pointer["version"] in registered
+    assert sorted(pointer["history"]) == sorted(registered) and pointer["version"] in registered
 
 
 @pytest.mark.ray

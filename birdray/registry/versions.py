@@ -7,7 +7,8 @@ stores cannot rename a folder, so "copy then rename" is not available there). Th
 on local folders, where the marker write is an atomic rename.
 
 Two writers that pick the same number both see each other's claim (S3 and GCS list strongly after
-a write), so at most one proceeds; the others drop their claim and try the next number.
+a write), so at most one proceeds; the others drop their claim and try a higher number (so after
+a race numbers may skip one; they never repeat).
 """
 
 from __future__ import annotations
