@@ -89,6 +89,9 @@ def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, An
     extra = getattr(config_cls, "positional", None)
     if extra:
         parser.add_argument(extra, nargs="?", default=None)
+    rest = getattr(config_cls, "positional_rest", None)  # e.g. ``registry alias set NAME V``
+    if rest:
+        parser.add_argument(rest, nargs="*", default=None)
     cfglib.add_config_arguments(parser, config_cls)
     return parser, config_cls, function
 
