@@ -42,7 +42,7 @@ JOBS: dict[str, Job] = {
     ),
     "tune": Job("birdray.tune.sweep", "SweepConfig", "run_sweep", "compare models with Ray Tune"),
     "registry": Job(
-        "birdray.registry", "RegistryConfig", "run_registry", "list|show|promote|rollback"
+        "birdray.registry", "RegistryConfig", "run_registry", "list|show|add|promote|rollback|alias"
     ),
     "serve": Job("birdray.serve.run", "ServeConfig", "run_serve", "serve a model over HTTP"),
     "score": Job("birdray.score", "ScoreConfig", "run_scoring", "batch-score an image folder"),

@@ -217,3 +217,37 @@ def test_racing_alias_moves_lose_nothing(registry):
     candidate = read_aliases(registry)["candidate"]
     assert candidate["entries"] == 15 and sorted(candidate["history"]) == list_versions(registry)
     assert read_pointer(registry)["entries"] == 0  # other aliases untouched
+
+
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "birdray.cli", "registry", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_registry_add_and_alias_through_the_cli(tmp_path):
+    reg = str(tmp_path / "reg")
+    package = make_package(tmp_path / "runs" / "train" / "a" / "package", seed=5)
+    done = _cli("add", str(package), "--promote", "--registry", reg)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout[done.stdout.index("{") :])
+    assert out == {"version": "v0001", "added": True, "production": "v0001"}
+    moved = _cli("alias", "set", "candidate", "latest", "--registry", reg)
+    assert moved.returncode == 0 and '"alias": "candidate"' in moved.stdout, moved.stderr
+    add = RegistryConfig(action="add", args=[str(package)], registry=reg)
+    assert run_registry(add) == {"version": "v0001", "added": False}  # same weights: no new one
+    (package / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(RegistryError, match="not a usable model package"):
+        run_registry(add)
+    with pytest.raises(RegistryError, match="not a model package folder"):
+        run_registry(RegistryConfig(action="add", args=[str(tmp_path)], registry=reg))
+    assert list_versions(reg) == ["v0001"]
