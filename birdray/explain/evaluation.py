@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -223,7 +224,7 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
 
     from birdray.data.manifest import load_manifest, read_split
     from birdray.model.package import package_files, read_metadata
-    from birdray.registry import resolve
+    from birdray.registry import is_package_dir, resolve, version_of
     from birdray.runtime import init_ray
 
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
@@ -234,7 +235,10 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     if cfg.target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {cfg.target!r}")
     started = time.time()
-    package = resolve(cfg.model, cfg.registry or None)
+    version = None  # a registry version is immutable: results become a record beside it
+    if cfg.registry and not is_package_dir(cfg.model):
+        version = version_of(cfg.model or "production", cfg.registry)  # pinned once, up front
+    package = resolve(version or cfg.model, cfg.registry or None)
     meta = read_metadata(package)
     part_names = load_manifest(cfg.dataset).get("part_names") or []
     if not part_names:
@@ -268,8 +272,22 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
                     for m in methods},
     }  # fmt: skip
     summary["seconds"] = round(time.time() - started, 2)
+    if version:
+        return {**_record(cfg.registry, version, summary, cfg.profile_method), **headline(summary)}
     files = write_results(package, summary, cfg.profile_method)
     return {"package": str(package), "files": files, **headline(summary)}
+
+
+def _record(registry: str, version: str, summary: dict, profile_method: str) -> dict[str, Any]:
+    """Write the results as an explanation record of ``version`` (works for buckets too)."""
+    from birdray.registry import local_copy, record_explanation
+
+    with tempfile.TemporaryDirectory(prefix="birdray-explain-") as staging:
+        written = write_results(Path(staging), summary, profile_method)
+        record = record_explanation(registry, version, Path(staging) / EXPLAIN_DIR)
+    package = local_copy(registry, version)  # the view consumers load now has explain/
+    files = {k: str(package / EXPLAIN_DIR / Path(v).name) for k, v in written.items()}
+    return {"package": str(package), "record": record, "files": files}
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
