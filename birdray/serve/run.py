@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from birdray.config import field
+from birdray.resources import plan_serve
 from birdray.runtime import LOOPBACK, init_ray
 from birdray.serve.app import AppArgs, app_args, build_app
 
@@ -131,7 +132,7 @@ def start_local(
 
     args = {"model": model, "registry": registry, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
-    init_ray(address=address, num_cpus=num_cpus)
+    plan_serve(args, init_ray(address=address, num_cpus=num_cpus))  # fits, or fails now
     base = ensure_serve(host, port)
     serve.run(app, name=name, route_prefix=route_prefix)
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
