@@ -113,7 +113,7 @@ def _admission(limits: Limits):
     @contextlib.asynccontextmanager
     async def admitted() -> AsyncIterator[None]:
         nonlocal active
-        if active >= limits.max_concurrent_requests:
+        if 0 < limits.max_concurrent_requests <= active:
             raise ApiError(503, "busy", "too many requests in progress; retry shortly")
         active += 1
         try:

@@ -23,7 +23,7 @@ from birdray.config import field
 from birdray.registry import list_versions, read_pointer
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.explainer import BirdExplainer
-from birdray.serve.ingress import BirdIngress
+from birdray.serve.ingress import PROBE_SLOTS, BirdIngress
 from birdray.serve.uploads import Limits
 
 __all__ = ["AppArgs", "BirdClassifier", "BirdExplainer", "BirdIngress", "bind_app", "build_app"]
@@ -67,7 +67,7 @@ class AppArgs:
         64, "HTTP requests the proxy holds for a busy ingress before its (plain-text) 503"
     )
     max_concurrent_requests: int = field(
-        32, "/v1 requests in progress per ingress replica; beyond: 503 busy (JSON), body unread"
+        0, "/v1 requests at once per ingress replica, then 503 busy (0: max_ongoing_requests - 8)"
     )
     request_timeout_s: float = field(
         50.0, "a /v1 request's limit (upload, queue, model) before 504; below the proxy's"
@@ -125,9 +125,9 @@ def check_bounds(opts: AppArgs) -> None:
             )
     if not opts.request_timeout_s > 0:
         raise ValueError(f"request_timeout_s must be > 0 (got {opts.request_timeout_s})")
-    if opts.max_concurrent_requests < 1:
+    if opts.max_concurrent_requests < 0:
         got = opts.max_concurrent_requests
-        raise ValueError(f"max_concurrent_requests must be >= 1 (got {got})")
+        raise ValueError(f"max_concurrent_requests must be >= 0 (got {got})")
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -192,7 +192,7 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
         num_replicas=opts.ingress_replicas,
         # above the app's own admission limit, so overload gets its JSON 503, not the proxy's
         max_ongoing_requests=max(
-            opts.ingress_max_ongoing_requests, opts.max_concurrent_requests + 8
+            opts.ingress_max_ongoing_requests, opts.max_concurrent_requests + PROBE_SLOTS
         ),
         max_queued_requests=opts.ingress_max_queued_requests,
         ray_actor_options=ingress_actor,

@@ -10,6 +10,7 @@ arrays and the ingress redoes them once with the new transform.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from typing import Any
@@ -24,6 +25,8 @@ from birdray.serve.api import create_api
 from birdray.serve.errors import ApiError
 from birdray.serve.uploads import Limits, Upload, decode_upload
 
+PROBE_SLOTS = 8  # requests Serve lets in beyond the app's own limit: probes, quick 503s
+
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
@@ -37,6 +40,17 @@ async def _answer(response: DeploymentResponse, what: str) -> Any:
         raise ApiError(503, "busy", f"too many {what} requests queued; retry shortly") from exc
     except DeploymentUnavailableError as exc:
         raise ApiError(503, "unavailable", f"the {what} deployment is not available") from exc
+
+
+def admission_limit(limits: Limits) -> Limits:
+    """``limits`` with ``max_concurrent_requests`` set: when 0, this replica's Serve
+    ``max_ongoing_requests`` (as a config file may have set it) less ``PROBE_SLOTS``, so the app
+    turns overload away in its JSON shape before Serve's proxy queues or drops it in plain text."""
+    if limits.max_concurrent_requests:
+        return limits
+    # Serve has no public getter for a running replica's own options
+    ongoing = serve.get_replica_context()._deployment_config.max_ongoing_requests
+    return dataclasses.replace(limits, max_concurrent_requests=max(1, ongoing - PROBE_SLOTS))
 
 
 def api_key_from_env(name: str | None) -> str | None:
@@ -69,8 +83,9 @@ class BirdIngress:
         api_key_env: str | None,
     ):
         set_threads(1)  # transforms are small; leave the cores to the model
-        self._classifier, self._explainer, self._limits = classifier, explainer, limits
         self._api_key = api_key_from_env(api_key_env)
+        self._classifier, self._explainer = classifier, explainer
+        self._limits = admission_limit(limits)
         self._info: dict[str, Any] | None = None  # model info + its eval "transform"
 
     def __serve_build_asgi_app__(self):

@@ -33,7 +33,7 @@ class Limits:
     max_pixels: int
     max_aspect_ratio: float  # longest / shortest side; beyond it resizing explodes
     request_timeout_s: float = 50.0  # upload + decode + queue + model, then 504
-    max_concurrent_requests: int = 32  # /v1 requests in progress per replica, then 503 busy
+    max_concurrent_requests: int = 0  # /v1 requests in progress, then 503 busy (0: no limit)
 
 
 @dataclass(frozen=True)
