@@ -146,7 +146,7 @@ def test_ingest_never_reads_a_path_outside_the_source(ray_cluster, tmp_path):
     (tmp_path / "secret.jpg").write_bytes(secret)
     (tmp_path / "src" / "secret.jpg").write_bytes(secret)
     lines = (root / "images.txt").read_text().splitlines()
-    lines[1], lines[2] = "2 ../secret.jpg", f"3 {tmp_path / 'secret.jpg'}"
+    lines[1], lines[2] = "2 ../../secret.jpg", f"3 {tmp_path / 'secret.jpg'}"
     (root / "images.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "ds"
     run_ingest(IngestConfig(source=str(root), out=str(out), val_fraction=0))
