@@ -176,3 +176,26 @@ def test_every_job_checks_its_flags_before_starting(places, monkeypatch, capsys,
     monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
     assert main([a.format(tmp=places) for a in argv]) == 2
     _one_line(capsys.readouterr().err, argv[0], flag)
+
+
+@pytest.mark.timeout(300)
+def test_with_a_real_package_the_remaining_input_errors_are_one_line(places, monkeypatch, capsys):
+    """A usable model, but an unset API key variable (exit 2) or a finished output (a job error,
+    exit 1): still one line, still no Ray."""
+    import ray
+
+    from birdray.cli import main
+    from tests.model_fixture import make_package
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    package = str(make_package(places / "pkg"))
+    monkeypatch.delenv("BIRDRAY_TEST_NO_SUCH_KEY", raising=False)
+    argv = ["serve", "--model", package, "--api-key-env", "BIRDRAY_TEST_NO_SUCH_KEY"]
+    assert main(argv) == 2
+    _one_line(capsys.readouterr().err, "serve", "--api-key-env")
+    (places / "done").mkdir()
+    (places / "done" / "_SUCCESS").write_text("")
+    argv = ["score", "--input", str(places / "photos"), "--output", str(places / "done")]
+    assert main([*argv, "--model", package]) == 1
+    line = _one_line(capsys.readouterr().err, "score", "--resume")
+    assert "already holds a finished run" in line
