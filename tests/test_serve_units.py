@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -171,3 +172,19 @@ def test_explain_target_that_is_not_a_class_is_422(target):
     assert (info.value.status, info.value.code) == (422, "invalid_parameter")
     assert BirdIngress.func_or_class._target(None, "2", classes) == 2
     assert BirdIngress.func_or_class._target(None, "laysan_albatross", classes) == 1
+
+
+def test_birdray_serve_with_a_missing_key_stops_before_ray_starts(tmp_path):
+    """The user's door: ``birdray serve --api-key-env NAME`` with NAME unset never serves."""
+    package = make_package(tmp_path / "pkg")
+    env = {k: v for k, v in os.environ.items() if k not in ("BIRDRAY_NOPE_KEY", "RAY_ADDRESS")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "birdray.cli", "serve", "--model", str(package),
+         "--registry", "none", "--explain", "false", "--blocking", "false",
+         "--api-key-env", "BIRDRAY_NOPE_KEY"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "BIRDRAY_NOPE_KEY" in output and "unset or empty" in output
+    assert "Started a local Ray instance" not in output and "birdray serve:" not in output
