@@ -2,13 +2,16 @@
 
 The val and test splits are scored in parallel by a Ray Data actor pool holding the package's
 model. Temperature scaling is fitted on val (never on test) and written into the package, so every
-consumer's confidence is calibrated; the report shows ECE before and after on test.
+consumer's confidence is calibrated; the report shows ECE before and after on test. A registry
+version is never edited: its temperature, metrics and reports become an evaluation record in the
+registry (folder or bucket) that every consumer resolving the version applies.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,8 @@ class EvaluateConfig:
     batch_size: int = field(32, "images per model call")
     actors: int = field(1, "model replicas scoring in parallel")
     num_gpus: float = field(0.0, "GPUs per scoring actor")
-    out: str = field("", "report folder (default: <package>/eval)")
+    stall_timeout_s: float = field(300.0, "stop when no scores arrive this long (0: never)")
+    out: str = field("", "report folder (default: <package>/eval; registry: the version's record)")
     address: str = field("", "Ray address")
 
 
@@ -54,19 +58,24 @@ class LogitScorer:
 def score_split(
     package: Path, dataset: str, split: str, cfg: EvaluateConfig
 ) -> dict[str, np.ndarray]:
+    import pandas as pd
     import ray
 
     from birdray.data.manifest import read_split
+    from birdray.resources import plan_pool, watched
+    from birdray.runtime import init_ray
 
+    actors = plan_pool("evaluation", cfg.actors, 0.5, cfg.num_gpus, init_ray(cfg.address or None))
     ds = read_split(dataset, split, columns=["image_id", "image", "label"])
-    out = ds.map_batches(
+    scored = ds.map_batches(
         LogitScorer,
         fn_constructor_kwargs={"package": str(package), "threads": 2},
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=0.5,
         num_gpus=cfg.num_gpus,
-    ).to_pandas()
+    ).iter_batches(batch_size=None, batch_format="pandas")
+    out = pd.concat(list(watched(scored, cfg.stall_timeout_s, f"evaluation of {split}")))
     out = out.sort_values("image_id")
     return {
         "image_id": out["image_id"].to_numpy(),
@@ -155,10 +164,14 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     from birdray import plots
     from birdray.data.manifest import load_manifest
     from birdray.model.package import read_metadata, update_metadata
-    from birdray.registry import resolve
+    from birdray.registry import is_package_dir, record_evaluation, resolve, version_of
     from birdray.runtime import init_ray
 
-    package = resolve(cfg.model, cfg.registry or None)
+    # a registry version is immutable: its evaluation becomes a record beside it (see below)
+    version = None
+    if cfg.registry and not is_package_dir(cfg.model):
+        version = version_of(cfg.model or "production", cfg.registry)  # pinned once, up front
+    package = resolve(version or cfg.model, cfg.registry or None)
     meta = read_metadata(package)
     manifest = load_manifest(cfg.dataset)
     if manifest["class_names"] != meta.class_names:
@@ -180,7 +193,10 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         {**{f"before_{k}": v for k, v in b.items()}, **{f"after_{k}": v for k, v in a.items()}}
         for b, a in zip(bins_before, bins_after, strict=True)
     ]
-    out = Path(cfg.out or package / "eval")
+    staging = (
+        tempfile.TemporaryDirectory(prefix="birdray-eval-") if version and not cfg.out else None
+    )
+    out = Path(cfg.out or (staging.name if staging else package / "eval"))
     confusion = metrics.pop("confusion")
     result = {
         "split": cfg.split,
@@ -207,5 +223,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         "ece_before": ece_before,
         "ece_after": ece_after,
     }
-    update_metadata(package, temperature=temperature, metrics={**meta.metrics, **summary})
-    return {"report": str(out), **summary, "temperature": temperature}
+    report = str(out)
+    if version:  # into the registry, where every consumer of the version applies it
+        report = record_evaluation(cfg.registry, version, out, temperature, summary) + "/eval"
+        if staging:
+            staging.cleanup()
+    else:
+        update_metadata(package, temperature=temperature, metrics={**meta.metrics, **summary})
+    return {"report": report, **summary, "temperature": temperature, "version": version}

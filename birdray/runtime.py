@@ -33,6 +33,24 @@ def keep_local_ray_on_loopback() -> None:
         )
 
 
+def quiet_progress_when_logged(interactive: bool | None = None) -> bool:
+    """Turn Ray Data's progress bars off unless stderr is a terminal; returns whether they stay.
+
+    Redrawn bars are fine on a terminal, but in a file or ``ray job submit``'s log each redraw is
+    a line (a one-minute training run wrote over 1,100); jobs print one line per epoch/stage
+    instead. Datasets copy the current DataContext when created, so this runs before any.
+    """
+    interactive = sys.stderr.isatty() if interactive is None else interactive
+    if not interactive:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # processes started later
+    return interactive
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: float | None = None,
@@ -47,6 +65,7 @@ def init_ray(
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     import ray
 
+    quiet_progress_when_logged()
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None

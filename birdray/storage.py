@@ -70,12 +70,16 @@ def write_bytes_atomic(location: str | Path, data: bytes) -> None:
             stream.write(data)
         return
     path = local_path(location)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # A temporary of its own per writer: two concurrent writers never rename each other's file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def make_dirs(location: str | Path) -> None:
@@ -111,3 +115,54 @@ def delete_dir(location: str | Path) -> None:
     fs, path = filesystem(location)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir(path)
+
+
+def put_bytes(location: str | Path, data: bytes) -> None:
+    """Write a new object/file under a unique name (one PUT; local parents are created)."""
+    if not is_remote(location):
+        local_path(location).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(location, data)
+
+
+def list_files(location: str | Path) -> list[str]:
+    """Every file under ``location``, as paths relative to it (one listing; empty if missing).
+
+    On an object store this is one paginated LIST, so a reader sees a consistent set of names.
+    """
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    base = path.rstrip("/") + "/"
+    return sorted(i.path[len(base) :] for i in infos if i.type == pafs.FileType.File)
+
+
+def download_file(location: str | Path, local: str | Path) -> None:
+    """Copy one file to a local path: a hard link when both sides are this machine's disk."""
+    local = Path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if not is_remote(location):
+        try:
+            os.link(local_path(location), local)
+            return
+        except OSError:  # another device, or links unsupported: copy instead
+            pass
+    fs, path = filesystem(location)
+    pafs.copy_files(
+        path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
+
+
+def delete_file(location: str | Path) -> None:
+    """Remove one file; a missing file is not an error."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def upload_file(local: str | Path, location: str | Path) -> None:
+    """Copy one local file to ``location`` (streamed; local parents are created)."""
+    fs, path = filesystem(location)
+    if not is_remote(location):
+        local_path(location).parent.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )

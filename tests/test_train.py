@@ -162,6 +162,7 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(
     import pyarrow.fs as pafs
 
     from birdray import storage
+    from birdray.registry import list_versions
 
     monkeypatch.chdir(tmp_path)  # the local staging copy of a bucket-stored run goes under ./runs
     dataset = f"{s3_bucket}/gpu-test/dataset"
@@ -175,6 +176,7 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(
             epochs=1,
             storage_path=f"{s3_bucket}/gpu-test/runs",
             name="gpu",
+            registry=f"{s3_bucket}/gpu-test/registry",  # `train --registry s3://...`
             use_gpu=True,
             dist_backend="gloo",
             **{**SMALL, "cpus_per_worker": 0.5},
@@ -194,6 +196,8 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(
             assert name in files, name
         meta = json.loads((Path(summary["package"]) / "metadata.json").read_text())
         assert meta["dataset"]["path"] == dataset  # read from the bucket, and it says so
+        assert summary["registered_version"] == "v0001"
+        assert list_versions(f"{s3_bucket}/gpu-test/registry") == ["v0001"]
         with pytest.raises(ResourceError, match="the cluster has .* 2 GPU"):
             check_resources(TrainConfig(num_workers=4, use_gpu=True), {"CPU": 6, "GPU": 2})
     finally:

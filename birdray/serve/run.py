@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from birdray.config import field
+from birdray.resources import plan_serve
 from birdray.runtime import LOOPBACK, init_ray
 from birdray.serve.app import AppArgs, app_args, build_app
 
@@ -141,7 +142,7 @@ def start_local(
 
     args = {"model": model, "registry": registry, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
-    init_ray(address=address, num_cpus=num_cpus)
+    plan_serve(args, init_ray(address=address, num_cpus=num_cpus))  # fits, or fails now
     app_timeout = app_kwargs.get("request_timeout_s") or AppArgs().request_timeout_s
     base = ensure_serve(host, port, float(app_timeout) + PROXY_TIMEOUT_MARGIN_S)
     serve.run(app, name=name, route_prefix=route_prefix)

@@ -3,6 +3,8 @@
 The winner becomes production only when it beats the current production model on val top-1
 (the metric the sweep optimised; test stays untouched by every choice) or when forced. Running the
 hand-off again for the same weights reuses their registry version instead of adding a duplicate.
+The package is evaluated (calibrated, reports in ``eval/``) before it is registered, so the
+registered version, in a folder or a bucket, carries its temperature and reports from the start.
 """
 
 from __future__ import annotations
@@ -36,18 +38,17 @@ def best_checkpoint(result, storage_path: str):
 def decide(registry: str, version: str, force: bool) -> tuple[bool, str]:
     """Whether ``version`` should replace production, and why (in words for the log)."""
     from birdray.model.factory import ModelError
-    from birdray.model.package import read_metadata
-    from birdray.registry import RegistryError, local_copy, read_pointer
+    from birdray.registry import RegistryError, read_pointer, version_metadata
 
     current = read_pointer(registry).get("version")
-    new = read_metadata(local_copy(registry, version)).metrics.get(METRIC)
+    new = version_metadata(registry, version).metrics.get(METRIC)  # metadata only, no weights
     if current is None:
         return True, f"no production model yet; {version} ({METRIC} {new:.4f}) becomes production"
     if current == version:
         return False, f"{version} is already production"
     try:
-        old = read_metadata(local_copy(registry, current)).metrics.get(METRIC)
-    except (ModelError, RegistryError) as exc:
+        old = version_metadata(registry, current).metrics.get(METRIC)
+    except (ModelError, RegistryError, OSError) as exc:
         return True, f"production {current} is unreadable ({exc}); replacing it with {version}"
     compared = f"{version} {METRIC} {new:.4f} vs production {current} {old or 0:.4f}"
     if force:

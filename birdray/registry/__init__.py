@@ -1,0 +1,61 @@
+"""The model registry: immutable versioned model packages and a ``production`` pointer.
+
+A registry is a folder or a bucket URI (any pyarrow filesystem), written the same way on both::
+
+    <registry>/models/v0001/{model.safetensors, metadata.json, eval/...}   the package as registered
+    <registry>/models/v0001/_COMMITTED                                     written last
+    <registry>/models/v0001/evaluations/<id>/{eval/..., calibration.json}  later evaluations
+    <registry>/production/<seq>-<ns>-<id>-promote-v0001.json               append-only pointer log
+
+Nothing is ever renamed or overwritten (object stores cannot rename a folder, and two writers
+must not clobber each other): see ``versions`` (register, commit marker), ``pointer`` (promotion
+log) and ``views`` (the local, calibrated folder consumers load). Serve, batch scoring,
+explanations and the dashboard resolve ``production``/``latest``/``v0003``/a package path here.
+"""
+
+from birdray.registry.cli import RegistryConfig, run_registry
+from birdray.registry.pointer import read_pointer
+from birdray.registry.versions import (
+    VERSION_RE,
+    RegistryError,
+    check_ref,
+    check_version,
+    find_version,
+    list_versions,
+    register,
+)
+from birdray.registry.views import (
+    is_package_dir,
+    latest_calibration,
+    local_copy,
+    promote,
+    record_evaluation,
+    resolve,
+    rollback,
+    verified,
+    version_metadata,
+    version_of,
+)
+
+__all__ = [
+    "VERSION_RE",
+    "RegistryConfig",
+    "RegistryError",
+    "check_ref",
+    "check_version",
+    "find_version",
+    "is_package_dir",
+    "latest_calibration",
+    "list_versions",
+    "local_copy",
+    "promote",
+    "read_pointer",
+    "record_evaluation",
+    "register",
+    "resolve",
+    "rollback",
+    "run_registry",
+    "verified",
+    "version_metadata",
+    "version_of",
+]

@@ -1,0 +1,177 @@
+"""Model versions in a registry folder or bucket: no directory moves, a commit marker written last.
+
+A version is ``<registry>/models/vNNNN/``. Registering claims the next number with a unique claim
+object, copies the package files to the final prefix, and writes ``_COMMITTED`` last; readers list
+only versions that have the marker, so a crash mid-copy leaves nothing a reader can see (object
+stores cannot rename a folder, so "copy then rename" is not available there). The same code runs
+on local folders, where the marker write is an atomic rename.
+
+Two writers that pick the same number both see each other's claim (S3 and GCS list strongly after
+a write), so at most one proceeds; the others drop their claim and try a higher number (so after
+a race numbers may skip one; they never repeat).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from birdray import storage
+from birdray.model.factory import ModelError
+from birdray.model.package import METADATA_FILE, PackageMetadata, verify_package
+
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+COMMITTED = "_COMMITTED"
+CLAIM_PREFIX = ".claim-"
+EVALUATIONS = "evaluations"
+REFS = ("production", "latest")
+CLAIM_ATTEMPTS = 30
+
+
+class RegistryError(ValueError):
+    """A registry operation refused: unknown or malformed version, corrupt entry, empty history."""
+
+
+def check_version(version: str) -> str:
+    """``version`` if it is a version name (``v0003``); a clear error otherwise."""
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise RegistryError(f"{version!r} is not a registry version (expected vNNNN, e.g. v0003)")
+    return version
+
+
+def check_ref(ref: str) -> str:
+    """A registry reference: ``production``, ``latest`` or a version name."""
+    if ref in REFS:
+        return ref
+    try:
+        return check_version(ref)
+    except RegistryError:
+        raise RegistryError(
+            f"{ref!r} is neither a model package folder nor a registry reference "
+            "(production, latest or vNNNN)"
+        ) from None
+
+
+def version_uri(registry: str, version: str) -> str:
+    return storage.join(storage.absolute(registry), "models", check_version(version))
+
+
+def _number(version: str) -> int:
+    return int(version[1:])
+
+
+def _scan(registry: str) -> tuple[list[str], set[str]]:
+    """(committed versions in order, every version prefix in use) from one listing."""
+    committed, used = set(), set()
+    for name in storage.list_files(storage.join(storage.absolute(registry), "models")):
+        parts = name.split("/")
+        if len(parts) < 2 or not VERSION_RE.match(parts[0]):
+            continue
+        used.add(parts[0])
+        if parts[1:] == [COMMITTED]:
+            committed.add(parts[0])
+    return sorted(committed, key=_number), used
+
+
+def list_versions(registry: str) -> list[str]:
+    """Committed versions, oldest first (half-registered ones are invisible)."""
+    return _scan(registry)[0]
+
+
+def read_marker(registry: str, version: str) -> dict[str, Any]:
+    """The version's commit marker; ``RegistryError`` when the version is not committed."""
+    try:
+        return json.loads(
+            storage.read_bytes(storage.join(version_uri(registry, version), COMMITTED))
+        )
+    except FileNotFoundError:
+        raise RegistryError(
+            f"{registry}: no version {version!r}; have {list_versions(registry)}"
+        ) from None
+
+
+def stored_metadata(registry: str, version: str) -> dict[str, Any]:
+    """``metadata.json`` as registered (without later calibration)."""
+    read_marker(registry, version)
+    data = storage.read_bytes(storage.join(version_uri(registry, version), METADATA_FILE))
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"registry entry {version} has corrupt metadata: {exc}") from exc
+
+
+def find_version(registry: str, content_hash: str) -> str | None:
+    """The version holding exactly these weights, if any (so re-registering is a no-op)."""
+    if not content_hash:
+        return None
+    for version in list_versions(registry):
+        try:
+            if stored_metadata(registry, version).get("content_hash") == content_hash:
+                return version
+        except (OSError, RegistryError):
+            continue  # a corrupt entry is never a match
+    return None
+
+
+def _claim(registry: str) -> tuple[str, str]:
+    """Reserve the next free version number; returns (version, claim object's URI)."""
+    me = f"{CLAIM_PREFIX}{uuid.uuid4().hex}"
+    for _ in range(CLAIM_ATTEMPTS):
+        used = _scan(registry)[1]
+        version = f"v{max((_number(v) for v in used), default=0) + 1:04d}"
+        claim = storage.join(version_uri(registry, version), me)
+        storage.put_bytes(claim, json.dumps({"claimed_at": time.time()}).encode())
+        others = [n for n in storage.list_files(version_uri(registry, version)) if n != me]
+        if not others:
+            return version, claim
+        storage.delete_file(claim)  # someone else is writing this number: take another
+        time.sleep(random.uniform(0.01, 0.2))
+    raise RegistryError(f"{registry}: could not claim a version number (too many writers)")
+
+
+def _package_files(package_dir: Path) -> list[Path]:
+    files = [p for p in package_dir.rglob("*") if p.is_file()]
+    return [
+        p
+        for p in files
+        if not any(part.startswith(".") for part in p.relative_to(package_dir).parts)
+        and p.name != METADATA_FILE
+    ]
+
+
+def register(
+    registry: str, package_dir: str | Path, provenance: dict[str, Any] | None = None
+) -> str:
+    """Copy a verified package in as the next version; returns the version name."""
+    package_dir = Path(package_dir).resolve()
+    meta: PackageMetadata = verify_package(package_dir)
+    version, claim = _claim(registry)
+    target = version_uri(registry, version)
+    for path in _package_files(package_dir):  # weights, and reports made before registering
+        storage.upload_file(path, storage.join(target, *path.relative_to(package_dir).parts))
+    meta.version = version
+    meta.provenance = {**meta.provenance, **(provenance or {}), "registered_at": time.time()}
+    metadata = json.dumps(asdict(meta), indent=2, default=str).encode()
+    storage.put_bytes(storage.join(target, METADATA_FILE), metadata)
+    marker = {
+        "version": version,
+        "commit": uuid.uuid4().hex,
+        "content_hash": meta.content_hash,
+        "committed_at": time.time(),
+    }
+    storage.put_bytes(storage.join(target, COMMITTED), json.dumps(marker).encode())  # last
+    storage.delete_file(claim)
+    return version
+
+
+def verify_files(path: Path, version: str) -> PackageMetadata:
+    try:
+        return verify_package(path)
+    except ModelError as exc:
+        raise RegistryError(f"registry entry {version} is unusable: {exc}") from exc

@@ -1,0 +1,200 @@
+"""What consumers load: a local folder for a committed version, with its latest calibration applied.
+
+Versions are immutable; evaluation adds to them instead of editing them. ``birdray evaluate`` on a
+registry version writes an *evaluation record*: ``models/vNNNN/evaluations/<seq>-<ns>-<id>/eval/``
+(the reports) and then ``calibration.json`` (temperature and metrics) as that record's commit
+marker. ``local_copy`` builds the folder every consumer reads (Serve replicas, batch scoring,
+explanations, the dashboard): the version's files with the newest committed record's temperature
+and metrics merged into ``metadata.json`` and its reports as ``eval/``. Such a folder lives in a
+cache keyed by the version's commit id and the record's id, so it is never stale; a local version
+without records is used where it lies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from birdray import storage
+from birdray.model.package import METADATA_FILE, PackageMetadata
+from birdray.registry import pointer
+from birdray.registry.versions import (
+    COMMITTED,
+    EVALUATIONS,
+    RegistryError,
+    check_ref,
+    check_version,
+    list_versions,
+    read_marker,
+    stored_metadata,
+    verify_files,
+    version_uri,
+)
+
+CALIBRATION = "calibration.json"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BIRDRAY_CACHE", Path.home() / ".cache" / "birdray")) / "registry"
+
+
+def _records(files: list[str]) -> list[str]:
+    """Committed evaluation records (ids, oldest first) among a version's files."""
+    done = {f.split("/")[1] for f in files if f.count("/") == 2 and f.endswith(f"/{CALIBRATION}")}
+    return sorted(r for r in done if f"{EVALUATIONS}/{r}/{CALIBRATION}" in files)
+
+
+def latest_calibration(registry: str, version: str) -> dict[str, Any] | None:
+    """The newest committed evaluation record's ``calibration.json`` (``None`` if none)."""
+    records = _records(storage.list_files(version_uri(registry, version)))
+    if not records:
+        return None
+    path = storage.join(version_uri(registry, version), EVALUATIONS, records[-1], CALIBRATION)
+    return {**json.loads(storage.read_bytes(path)), "record": records[-1]}
+
+
+def _merged(meta: dict[str, Any], calibration: dict[str, Any] | None) -> dict[str, Any]:
+    if not calibration:
+        return meta
+    provenance = {**meta.get("provenance", {}), "evaluation": calibration["record"]}
+    metrics = {**meta.get("metrics", {}), **calibration.get("metrics", {})}
+    return {
+        **meta,
+        "temperature": calibration["temperature"],
+        "metrics": metrics,
+        "provenance": provenance,
+    }
+
+
+def version_metadata(registry: str, version: str) -> PackageMetadata:
+    """The metadata a consumer of ``version`` sees (calibration applied), without the weights."""
+    meta = _merged(stored_metadata(registry, version), latest_calibration(registry, version))
+    return PackageMetadata.from_json(meta)
+
+
+def _own_file(name: str) -> bool:
+    first = name.split("/")[0]
+    return first not in (COMMITTED, EVALUATIONS, METADATA_FILE) and not first.startswith(".")
+
+
+def local_copy(registry: str, version: str) -> Path:
+    """A local folder with the committed version's files and its latest calibration applied."""
+    src = version_uri(registry, version)
+    marker = read_marker(registry, version)
+    files = storage.list_files(src)
+    records = _records(files)
+    if not storage.is_remote(src) and not records:
+        return storage.local_path(src)
+    key = f"{src}|{marker.get('commit')}|{records[-1] if records else ''}"
+    cache = cache_root() / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (cache / METADATA_FILE).is_file():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=cache.parent))
+    try:
+        skip_eval = bool(records)  # the record's reports replace those registered with the package
+        for name in files:
+            if _own_file(name) and not (skip_eval and name.startswith("eval/")):
+                storage.download_file(storage.join(src, name), tmp / name)
+        calibration = None
+        if records:
+            record = f"{EVALUATIONS}/{records[-1]}/"
+            for name in files:
+                if name.startswith(record) and name != record + CALIBRATION:
+                    storage.download_file(storage.join(src, name), tmp / name[len(record) :])
+            calibration = {
+                **json.loads(storage.read_bytes(storage.join(src, record + CALIBRATION))),
+                "record": records[-1],
+            }
+        meta = _merged(stored_metadata(registry, version), calibration)
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        try:
+            os.replace(tmp, cache)
+        except OSError:  # another process built the same folder first: theirs is identical
+            if not (cache / METADATA_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def verified(registry: str, version: str) -> Path:
+    """The version's local folder after checking metadata and weights hash."""
+    path = local_copy(registry, check_version(version))
+    verify_files(path, version)
+    return path
+
+
+def version_of(ref: str, registry: str) -> str:
+    """The concrete version a reference names now (``production``/``latest`` looked up)."""
+    ref = check_ref(ref)
+    if ref == "production":
+        version = pointer.read_pointer(registry)["version"]
+        if not version:
+            raise RegistryError(f"{registry}: no production model yet (promote one first)")
+        return version
+    if ref == "latest":
+        versions = list_versions(registry)
+        if not versions:
+            raise RegistryError(f"{registry}: registry is empty")
+        return versions[-1]
+    return ref
+
+
+def is_package_dir(ref: str | Path | None) -> bool:
+    return bool(ref) and Path(ref).is_dir() and (Path(ref) / METADATA_FILE).is_file()
+
+
+def resolve(ref: str, registry: str | None = None) -> Path:
+    """A local, verified package folder for ``ref``: a package path, or a version in ``registry``.
+
+    ``ref`` may be ``production``, ``latest`` or ``v0003`` (with ``registry``), or a package path.
+    """
+    if is_package_dir(ref):
+        verify_files(Path(ref), str(ref))
+        return Path(ref)
+    if not registry:
+        raise RegistryError(f"model {ref!r} is not a package folder and no registry was given")
+    return verified(registry, version_of(ref or "production", registry))
+
+
+def promote(registry: str, version: str) -> dict[str, Any]:
+    """Point ``production`` at ``version``, verified first: a bad entry never becomes production."""
+    verified(registry, check_version(version))
+    pointer.append(registry, "promote", version)
+    return pointer.read_pointer(registry)
+
+
+def rollback(registry: str) -> dict[str, Any]:
+    """Return ``production`` to the version promoted before the current one."""
+    current, previous = pointer.rollback_target(registry)
+    verified(registry, previous)
+    pointer.append(registry, "rollback", previous, current)
+    return pointer.read_pointer(registry)
+
+
+def record_evaluation(
+    registry: str, version: str, report_dir: str | Path, temperature: float, metrics: dict
+) -> str:
+    """Attach an evaluation (reports + calibration) to a committed version; returns its URI.
+
+    The reports are copied first and ``calibration.json`` last, so a record is used only once
+    whole; the version's own files are never touched.
+    """
+    read_marker(registry, check_version(version))
+    seq = len(_records(storage.list_files(version_uri(registry, version)))) + 1
+    record = f"{seq:08d}-{time.time_ns():019d}-{uuid.uuid4().hex[:12]}"
+    target = storage.join(version_uri(registry, version), EVALUATIONS, record)
+    report_dir = Path(report_dir)
+    for path in sorted(p for p in report_dir.rglob("*") if p.is_file()):
+        storage.upload_file(path, storage.join(target, "eval", *path.relative_to(report_dir).parts))
+    body = {"temperature": float(temperature), "metrics": metrics, "evaluated_at": time.time()}
+    storage.put_bytes(storage.join(target, CALIBRATION), json.dumps(body, indent=2).encode())
+    return target

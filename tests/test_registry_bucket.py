@@ -1,0 +1,213 @@
+"""The registry in a bucket (the session's local moto S3 server), as ``cluster/README.md`` puts it.
+
+Object stores cannot rename a folder, so registering copies to the final prefix and commits with a
+marker written last; the production pointer is an append-only log. The end-to-end test walks the
+user's path: register a trained model, ``evaluate --model latest --registry s3://...``, promote,
+then Serve and batch scoring resolve ``production`` from the bucket with the evaluated calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import requests
+
+from birdray import storage
+from birdray.registry import (
+    RegistryConfig,
+    RegistryError,
+    list_versions,
+    local_copy,
+    promote,
+    read_pointer,
+    register,
+    resolve,
+    rollback,
+    run_registry,
+    version_metadata,
+)
+from birdray.registry import versions as registry_versions
+from tests.model_fixture import make_package
+from tests.serve_fixtures import deployed, post_images, serve_http, small_app_args  # noqa: F401
+
+
+def _fresh(bucket: str) -> str:
+    return f"{bucket}/{uuid.uuid4().hex[:8]}/registry"
+
+
+def _hash(package) -> str:
+    return json.loads((package / "metadata.json").read_text())["content_hash"]
+
+
+def test_register_promote_rollback_list_resolve_in_a_bucket(s3_bucket, tmp_path):
+    reg = _fresh(s3_bucket)
+    packages = [make_package(tmp_path / f"p{i}", seed=i) for i in range(3)]
+    assert [register(reg, p, {"trial": i}) for i, p in enumerate(packages)] == [
+        "v0001",
+        "v0002",
+        "v0003",
+    ]
+    assert list_versions(reg) == ["v0001", "v0002", "v0003"]
+    promote(reg, "v0001")
+    promote(reg, "v0003")
+    path = resolve("production", reg)  # a local, verified copy of the bucket's version
+    assert json.loads((path / "metadata.json").read_text())["content_hash"] == _hash(packages[2])
+    assert _hash(resolve("latest", reg)) == _hash(packages[2])
+    assert rollback(reg)["version"] == "v0001"
+    assert _hash(resolve("production", reg)) == _hash(packages[0])
+    rows = run_registry(RegistryConfig(action="list", registry=reg))
+    assert [(r["version"], r["production"]) for r in rows] == [
+        ("v0001", True),
+        ("v0002", False),
+        ("v0003", False),
+    ]
+    shown = run_registry(RegistryConfig(action="show", registry=reg, version="v0002"))
+    assert shown["version"] == "v0002" and shown["provenance"]["trial"] == 1
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollback(reg)
+    with pytest.raises(RegistryError, match="vNNNN"):
+        run_registry(RegistryConfig(action="promote", registry=reg, version="../v0001"))
+    with pytest.raises(RegistryError, match="no version"):
+        promote(reg, "v0042")
+
+
+def test_a_crash_mid_register_is_invisible_in_a_bucket(s3_bucket, tmp_path, monkeypatch):
+    reg = _fresh(s3_bucket)
+    register(reg, make_package(tmp_path / "a", seed=1))
+    real_put = registry_versions.storage.put_bytes
+
+    def crash_before_commit(location, data):
+        if str(location).endswith(registry_versions.COMMITTED):
+            raise OSError("node lost")
+        real_put(location, data)
+
+    monkeypatch.setattr(registry_versions.storage, "put_bytes", crash_before_commit)
+    with pytest.raises(OSError, match="node lost"):
+        register(reg, make_package(tmp_path / "b", seed=2))
+    monkeypatch.undo()
+    files = storage.list_files(f"{reg}/models/v0002")
+    assert "model.safetensors" in files and "metadata.json" in files  # copied, not committed
+    assert list_versions(reg) == ["v0001"]
+    assert resolve("latest", reg).exists()
+    assert version_metadata(reg, "v0001").version == "v0001"
+    with pytest.raises(RegistryError, match="no version"):
+        resolve("v0002", reg)
+    assert register(reg, make_package(tmp_path / "c", seed=3)) == "v0003"
+
+
+def test_racing_writers_in_a_bucket_lose_nothing(s3_bucket, tmp_path):
+    reg = _fresh(s3_bucket)
+    packages = [make_package(tmp_path / f"p{i}", seed=30 + i) for i in range(3)]
+    registered: list[str] = []
+    errors: list[Exception] = []
+
+    def run(fn, *args):
+        try:
+            fn(*args)
+        except Exception as exc:  # pragma: no cover - reported by the assertion below
+            errors.append(exc)
+
+    def start(targets):
+        threads = [threading.Thread(target=run, args=t) for t in targets]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    start([(lambda p=p: registered.append(register(reg, p)),) for p in packages])
+    assert not errors and len(set(registered)) == 3  # numbers may skip after a race, never repeat
+    assert sorted(registered, key=lambda v: int(v[1:])) == list_versions(reg)
+    for p in packages:  # each version holds exactly one writer's files
+        version = registry_versions.find_version(reg, _hash(p))
+        assert _hash(resolve(version, reg)) == _hash(p)
+
+    def promoter(version):
+        for _ in range(4):
+            promote(reg, version)
+
+    start([(promoter, v) for v in registered])
+    assert not errors
+    pointer = read_pointer(reg)
+    assert pointer["entries"] == 12  # every promoter's every entry landed
+    assert sorted(pointer["history"]) == sorted(registered) and pointer["version"] in registered
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_path):  # noqa: F811
+    """Train's registration, evaluate into the bucket, the Tune hand-off, Serve and scoring."""
+    from birdray.evaluate import EvaluateConfig, run_evaluation
+    from birdray.images import decode_image
+    from birdray.model.inference import Predictor, softmax_np
+    from birdray.model.package import update_metadata
+    from birdray.score import ScoreConfig, run_scoring
+    from birdray.tune.promote import register_winner
+
+    reg = _fresh(s3_bucket)
+    # what `birdray train --registry` registers: the package before any evaluation
+    raw = tmp_path / "raw"
+    shutil.copytree(trained_package.package, raw, ignore=shutil.ignore_patterns("eval"))
+    update_metadata(raw, temperature=1.0)
+    version = register(reg, raw, {"run": "trained"})
+    evaluation = run_evaluation(
+        EvaluateConfig(model="latest", registry=reg, dataset=str(trained_package.dataset))
+    )
+    temperature = evaluation["temperature"]
+    assert temperature != 1.0 and evaluation["version"] == version
+    assert evaluation["report"].startswith(f"{reg}/models/{version}/evaluations/")
+    assert "metrics.json" in storage.list_files(evaluation["report"])  # reports kept
+    stored = json.loads(storage.read_bytes(f"{reg}/models/{version}/metadata.json"))
+    assert stored["temperature"] == 1.0  # the version itself is not edited
+    promote(reg, version)
+    view = resolve("production", reg)
+    assert json.loads((view / "metadata.json").read_text())["temperature"] == temperature
+    assert (view / "eval" / "reliability.png").is_file()
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    species = sorted(p for p in (trained_package.source / "CUB_200_2011" / "images").iterdir())
+    for i, folder in enumerate(species[:2]):
+        shutil.copy(sorted(folder.iterdir())[0], photos / f"bird{i}.jpg")
+
+    predictor = Predictor(str(view), device="cpu", num_threads=1)
+    image = decode_image((photos / "bird0.jpg").read_bytes()).image
+    logits = predictor.logits(predictor.preprocess([image])).numpy()[0]
+    calibrated = float(softmax_np(logits, temperature).max())
+    assert abs(calibrated - float(softmax_np(logits).max())) > 1e-4  # calibration shows
+
+    with deployed(serve_http, "bucketreg", **small_app_args("production", registry=reg)) as url:
+        model = requests.get(f"{url}/v1/model", timeout=30).json()
+        assert model["version"] == version and model["temperature"] == temperature
+        data = (photos / "bird0.jpg").read_bytes()
+        resp = post_images(url, [("bird0.jpg", data, "image/jpeg")])
+        assert resp.status_code == 200, resp.text
+        served = resp.json()["results"][0]["prediction"]["confidence"]
+        assert served == pytest.approx(calibrated, abs=1e-4)
+
+    score_cfg = dict(batch_size=2, preprocess_cpus=0.5, actor_cpus=1.0)
+    out = str(tmp_path / "scored")
+    scored = run_scoring(
+        ScoreConfig(input=str(photos), output=out, model="production", registry=reg, **score_cfg)
+    )
+    assert scored["model"]["version"] == version
+    rows = pads.dataset(str(tmp_path / "scored" / "predictions")).to_table().to_pandas()
+    row = rows[rows["path"].str.endswith("bird0.jpg")].iloc[0]
+    assert row["confidence"] == pytest.approx(calibrated, abs=1e-4)
+
+    # the Tune hand-off evaluates before registering: the bucket version carries it from the start
+    handoff = _fresh(s3_bucket)
+    first = register_winner(handoff, trained_package.package, {"sweep": "s"}, force=False)
+    assert first["promoted"] and first["version"] == "v0001"
+    meta = version_metadata(handoff, "v0001")
+    assert meta.temperature == trained_package.eval_summary["temperature"] != 1.0
+    assert (local_copy(handoff, "v0001") / "eval" / "metrics.json").is_file()
+    again = register_winner(handoff, trained_package.package, {"sweep": "s"}, force=False)
+    assert again == {**again, "version": "v0001", "promoted": False}
+    assert list_versions(handoff) == ["v0001"] and np.isfinite(meta.temperature)
