@@ -3,6 +3,9 @@
 Each job is a config dataclass plus a function taking it. The parser is built from the dataclass
 (``birdray.config``), so a flag, its YAML key and its field are the same name. Job modules are
 imported only when their job runs: ``birdray synth`` need not import torch or Ray.
+
+A user's mistake is one line on stderr naming the flag, exit status 2, no traceback, and it is
+found before Ray starts (``birdray.checks``); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,10 +17,32 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from birdray import checks
 from birdray import config as cfglib
 from birdray.runtime import keep_local_ray_on_loopback
+
+# Errors a job raises about its inputs (a corrupt CUB line, a finished output, a broken registry
+# entry): one line, exit 1, like a usage error but found while running. By (module, class) name,
+# looked up only in modules already imported: listing them costs no import.
+JOB_ERRORS = (
+    ("birdray.data.cub", "CubFormatError"),
+    ("birdray.data.download", "ArchiveError"),
+    ("birdray.data.manifest", "DatasetError"),
+    ("birdray.model.factory", "ModelError"),
+    ("birdray.registry", "RegistryError"),
+    ("birdray.scoring.output", "OutputError"),
+    ("birdray.scoring.sources", "SourceError"),
+    ("birdray.train.job", "ResourceError"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as ``UsageError``: one line instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise cfglib.UsageError(f"{message} (see {self.prog} --help)")
 
 
 @dataclass(frozen=True)
@@ -64,10 +89,11 @@ JOBS: dict[str, Job] = {
 
 
 def _module_exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package (e.g. birdray.tune) is not there yet
-        return False
+    """Whether the job's module is in this checkout, found by file: ``find_spec`` would import
+    its parent packages (``birdray.explain`` pulls in torch, timm and Captum), and listing the
+    jobs must not cost that: ``birdray synth`` and a usage error stay quick."""
+    base = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:])
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
 def _available() -> dict[str, Job]:
@@ -82,7 +108,7 @@ def _load(job: Job) -> tuple[type, Any]:
 
 def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, Any]:
     config_cls, function = _load(job)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"birdray {name}",
         description=(function.__doc__ or job.help).strip().splitlines()[0],
     )
@@ -93,6 +119,9 @@ def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, An
     if rest:
         parser.add_argument(rest, nargs="*", default=None)
     cfglib.add_config_arguments(parser, config_cls)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     return parser, config_cls, function
 
 
@@ -121,17 +150,45 @@ def main(argv: list[str] | None = None) -> int:
     if name not in jobs:
         print(f"birdray: unknown job {name!r}; choose from {', '.join(jobs)}", file=sys.stderr)
         return 2
-    parser, config_cls, function = build_parser(name, jobs[name])
-    args = parser.parse_args(rest)
+    debug = "--debug" in rest or os.environ.get("BIRDRAY_DEBUG", "") not in ("", "0")
     try:
-        cfg = cfglib.resolve(config_cls, args)
-    except cfglib.ConfigError as exc:
-        parser.error(str(exc))
+        return _run(name, jobs[name], rest)
+    except cfglib.ConfigError as exc:  # UsageError included: the flags, found before starting
+        if debug:
+            raise
+        _say(name, exc)
+        return 2
+    except Exception as exc:
+        if debug or not _is_job_error(exc):
+            raise
+        _say(name, exc)
+        return 1
+
+
+def _run(name: str, job: Job, argv: list[str]) -> int:
+    parser, config_cls, function = build_parser(name, job)
+    args = parser.parse_args(argv)
+    del args.debug
+    cfg = cfglib.resolve(config_cls, args)
+    checks.check(name, cfg)  # before the job starts anything (Ray, Serve, downloads)
     result = function(cfg)
     text = _show(result)
     if text:
         print(text)
     return 0
+
+
+def _say(name: str, exc: BaseException) -> None:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"birdray {name}: error: {text}", file=sys.stderr)
+
+
+def _is_job_error(exc: BaseException) -> bool:
+    for module, cls_name in JOB_ERRORS:
+        cls = getattr(sys.modules.get(module), cls_name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def run_job(name: str, argv: list[str] | None = None) -> int:

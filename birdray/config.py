@@ -23,6 +23,14 @@ class ConfigError(ValueError):
     """A config file or flag that cannot be turned into the job's dataclass."""
 
 
+class UsageError(ConfigError):
+    """A flag whose value cannot work (a missing path, an unknown model): the user's to fix.
+
+    The message starts with the flag and says what was expected; the CLI prints it as one line
+    and exits with status 2 (``birdray.checks`` raises it before anything is started).
+    """
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -42,7 +50,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{name}: null is not allowed")
+        raise ConfigError(f"{flag(name)} ({name}): null is not allowed")
     if isinstance(value, str) and optional and value.lower() in ("none", "null", ""):
         return None
     origin = typing.get_origin(inner)
@@ -75,7 +83,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return dict(value)
         return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: cannot read {value!r} as {inner}") from exc
+        what = getattr(inner, "__name__", str(inner))
+        raise ConfigError(f"{flag(name)} ({name}): cannot read {value!r} as {what}") from exc
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

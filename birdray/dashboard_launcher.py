@@ -3,7 +3,9 @@
 The dashboard (``dashboard/app.py``) is a separate Streamlit process and a pure client: it talks
 to Serve over HTTP and to the Ray Jobs API, and reads report folders. Addresses and folders reach
 it as ``BIRDRAY_*`` environment variables; the Serve API key too, copied from the variable named by
-``--api-key-env`` (never a command-line flag, which ``ps`` would show to every local user).
+``--api-key-env`` (never a command-line flag, which ``ps`` would show to every local user). The
+addresses given here are the only ones the dashboard talks to (its sidebar chooses among them):
+the API key and the Ray token go to them and nowhere else, and never to the browser.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class DashboardConfig:
     jobs_address: str = field(
         "http://127.0.0.1:8265", "Ray Jobs API address (the Ray dashboard URL)"
     )
+    serve_urls: list[str] = field(
+        [], "more Serve URLs the sidebar may switch to (the only others it will talk to)"
+    )
+    jobs_addresses: list[str] = field(
+        [], "more Ray Jobs addresses the sidebar may switch to (and send the Ray token to)"
+    )
     registry: str = field("runs/registry", "model registry folder or URI (Models page)")
     sweep_dir: str = field(
         "runs/tune", "Tune results: a sweep folder, its report/, or their parent"
@@ -63,10 +71,13 @@ def _absolute(location: str) -> str:
 
 def dashboard_env(cfg: DashboardConfig, base: dict[str, str] | None = None) -> dict[str, str]:
     """The Streamlit process's environment: ``base`` (os.environ) plus the BIRDRAY_* settings."""
-    env = dict(os.environ if base is None else base)
+    source = os.environ if base is None else base
+    env = dict(source)
     env.update(
         BIRDRAY_SERVE_URL=cfg.serve_url,
         BIRDRAY_JOBS_ADDRESS=cfg.jobs_address,
+        BIRDRAY_SERVE_URLS=",".join(cfg.serve_urls),
+        BIRDRAY_JOBS_ADDRESSES=",".join(cfg.jobs_addresses),
         BIRDRAY_REGISTRY=_absolute(cfg.registry),
         BIRDRAY_SWEEP_DIR=_absolute(cfg.sweep_dir),
         BIRDRAY_SCORE_DIR=_absolute(cfg.score_dir),
@@ -74,8 +85,9 @@ def dashboard_env(cfg: DashboardConfig, base: dict[str, str] | None = None) -> d
         BIRDRAY_MAX_UPLOAD_MB=str(cfg.max_upload_mb),
         BIRDRAY_REQUEST_TIMEOUT_S=str(cfg.request_timeout_s),
     )
-    if cfg.api_key_env and env.get(cfg.api_key_env):
-        env["BIRDRAY_API_KEY"] = env[cfg.api_key_env]
+    env.pop("BIRDRAY_API_KEY", None)  # only the variable --api-key-env names gives the key
+    if cfg.api_key_env and source.get(cfg.api_key_env):
+        env["BIRDRAY_API_KEY"] = source[cfg.api_key_env]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     return env
 

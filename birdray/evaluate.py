@@ -34,6 +34,7 @@ class EvaluateConfig:
     batch_size: int = field(32, "images per model call")
     actors: int = field(1, "model replicas scoring in parallel")
     num_gpus: float = field(0.0, "GPUs per scoring actor")
+    stall_timeout_s: float = field(300.0, "stop when no scores arrive this long (0: never)")
     out: str = field("", "report folder (default: <package>/eval; registry: the version's record)")
     address: str = field("", "Ray address")
 
@@ -57,19 +58,24 @@ class LogitScorer:
 def score_split(
     package: Path, dataset: str, split: str, cfg: EvaluateConfig
 ) -> dict[str, np.ndarray]:
+    import pandas as pd
     import ray
 
     from birdray.data.manifest import read_split
+    from birdray.resources import plan_pool, watched
+    from birdray.runtime import init_ray
 
+    actors = plan_pool("evaluation", cfg.actors, 0.5, cfg.num_gpus, init_ray(cfg.address or None))
     ds = read_split(dataset, split, columns=["image_id", "image", "label"])
-    out = ds.map_batches(
+    scored = ds.map_batches(
         LogitScorer,
         fn_constructor_kwargs={"package": str(package), "threads": 2},
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=0.5,
         num_gpus=cfg.num_gpus,
-    ).to_pandas()
+    ).iter_batches(batch_size=None, batch_format="pandas")
+    out = pd.concat(list(watched(scored, cfg.stall_timeout_s, f"evaluation of {split}")))
     out = out.sort_values("image_id")
     return {
         "image_id": out["image_id"].to_numpy(),

@@ -37,16 +37,55 @@ class DecodedImage:
     frames: int
 
 
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_CHUNK_PIXELS = 1 << 18  # rows scaled at a time: float32 temporaries stay ~1 MB
+
+
+def _extrema(img: Image.Image) -> tuple[float, float]:
+    """Smallest and largest finite sample, read by Pillow (no copy of the image)."""
+    lo, hi = img.getextrema()
+    if np.isfinite(lo) and np.isfinite(hi):
+        return float(lo), float(hi)
+    finite = [  # float images with NaN/inf: look at finite samples, a few rows at a time
+        c[np.isfinite(c)] for c in (np.asarray(img.crop(box)) for box in _row_chunks(img))
+    ]
+    values = [(float(c.min()), float(c.max())) for c in finite if c.size]
+    return (min(v[0] for v in values), max(v[1] for v in values)) if values else (0.0, 0.0)
+
+
+def _row_chunks(img: Image.Image):
+    rows = max(1, _CHUNK_PIXELS // max(1, img.width))
+    for top in range(0, img.height, rows):
+        yield (0, top, img.width, min(img.height, top + rows))
+
+
+def _wide_to_gray(img: Image.Image) -> Image.Image:
+    """16/32-bit and float samples stretched min..max to 8-bit gray, a few rows at a time.
+
+    A 4-Mpixel 16-bit PNG is a few kB on disk; converting it whole through float64 would hold
+    ~100 MB of temporaries per request. Here the only full-size allocation is the 8-bit result.
+    """
+    lo, hi = _extrema(img)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = np.empty((img.height, img.width), dtype=np.uint8)
+    for box in _row_chunks(img):
+        chunk = np.array(img.crop(box), dtype=np.float32)  # a writable copy
+        np.nan_to_num(chunk, copy=False, nan=lo, posinf=hi, neginf=lo)
+        chunk -= lo
+        chunk *= scale
+        np.rint(chunk, out=chunk)
+        np.clip(chunk, 0, 255, out=chunk)
+        out[box[1] : box[3]] = chunk
+    return Image.fromarray(out, "L").convert("RGB")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB the way a person would expect to see it."""
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
-        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if mode in _WIDE_MODES:
+        return _wide_to_gray(img)
     if mode == "P":
         img = img.convert("RGBA")
         mode = "RGBA"
@@ -59,37 +98,52 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode bytes to RGB; raise ``ImageError`` for empty, non-image, truncated or bomb input."""
+    """Decode bytes to RGB; raise ``ImageError`` for empty, non-image, truncated or bomb input.
+
+    Every ``Exception`` the decoders raise becomes the file's ``ImageError``: Pillow's plugins
+    answer hostile bytes with ``TypeError``, ``IndexError``, ``struct.error``... and one bad file
+    must be that file's quarantine row / 4xx / error row, never the end of a job. A
+    ``MemoryError`` while decoding one file is that file asking for too much (``too_large``).
+    ``KeyboardInterrupt``/``SystemExit`` are not ``Exception``s and still stop the process.
+    """
     if not data:
         raise ImageError("empty", "zero-byte file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise ImageError("bad_dimensions", f"{width}x{height}")
-            if width * height > max_pixels:
-                raise ImageError(
-                    "too_large", f"{width}x{height} exceeds the {max_pixels:,}-pixel limit"
-                )
-            fmt = img.format or "unknown"
-            if fmt not in ALLOWED_FORMATS:
-                raise ImageError("unsupported_format", f"format {fmt} is not accepted")
-            frames = int(getattr(img, "n_frames", 1) or 1)
-            source_mode = img.mode
-            img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            rgb = _to_rgb(img)
+        return _decode(data, max_pixels)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError("too_large", str(exc)) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
+        raise ImageError("too_large", str(exc) or type(exc).__name__) from exc
     except UnidentifiedImageError as exc:
         raise ImageError("not_an_image", "bytes are not a recognised image format") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("corrupt", f"cannot decode: {exc}") from exc
+    except Exception as exc:
+        raise ImageError("corrupt", f"cannot decode: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(data: bytes, max_pixels: int) -> DecodedImage:
+    with warnings.catch_warnings():
+        # Pillow's per-file warnings about broken metadata would flood a million-file job's log
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ImageError("bad_dimensions", f"{width}x{height}")
+        if width * height > max_pixels:
+            limit = f"{max_pixels:,}-pixel limit"
+            raise ImageError("too_large", f"{width}x{height} exceeds the {limit}")
+        fmt = img.format or "unknown"
+        if fmt not in ALLOWED_FORMATS:
+            raise ImageError("unsupported_format", f"format {fmt} is not accepted")
+        frames = int(getattr(img, "n_frames", 1) or 1)
+        source_mode = img.mode
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        rgb = _to_rgb(img)
+        rgb.load()
+    if rgb.mode != "RGB" or min(rgb.size) <= 0:  # what every caller relies on
+        raise ImageError("corrupt", f"decoded to {rgb.mode} {rgb.width}x{rgb.height}")
     return DecodedImage(rgb, fmt, source_mode, rgb.width, rgb.height, frames)
 
 

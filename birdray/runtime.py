@@ -9,8 +9,11 @@ stopped by Tune's scheduler) through the dashboard's state API, so without it a 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
@@ -33,6 +36,24 @@ def keep_local_ray_on_loopback() -> None:
         )
 
 
+def quiet_progress_when_logged(interactive: bool | None = None) -> bool:
+    """Turn Ray Data's progress bars off unless stderr is a terminal; returns whether they stay.
+
+    Redrawn bars are fine on a terminal, but in a file or ``ray job submit``'s log each redraw is
+    a line (a one-minute training run wrote over 1,100); jobs print one line per epoch/stage
+    instead. Datasets copy the current DataContext when created, so this runs before any.
+    """
+    interactive = sys.stderr.isatty() if interactive is None else interactive
+    if not interactive:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # processes started later
+    return interactive
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: float | None = None,
@@ -47,6 +68,7 @@ def init_ray(
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     import ray
 
+    quiet_progress_when_logged()
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -54,16 +76,42 @@ def init_ray(
         ray.init(address=address, **kwargs)
     else:
         keep_local_ray_on_loopback()
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=kwargs.pop("include_dashboard", True),
-            dashboard_host=kwargs.pop("dashboard_host", LOOPBACK),
-            _node_ip_address=LOOPBACK,
-            **kwargs,
-        )
+        with _own_address_for_cluster_processes():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=kwargs.pop("include_dashboard", True),
+                dashboard_host=kwargs.pop("dashboard_host", LOOPBACK),
+                _node_ip_address=LOOPBACK,
+                **kwargs,
+            )
     return ray.cluster_resources()
+
+
+@contextlib.contextmanager
+def _own_address_for_cluster_processes() -> Iterator[None]:
+    """Start the local Ray on a chosen GCS port, with RAY_ADDRESS naming it in its processes.
+
+    Ray Train's placement-group cleaner asks the state API with no address; with a second Ray
+    on the machine (another user's, the test session's) that lookup fails, and the reservation
+    of a Tune trial stopped by its scheduler is never freed: the next trial waits forever.
+    The raylet and its workers inherit this environment; the driver's own is put back.
+    """
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port = sock.getsockname()[1]
+    env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{LOOPBACK}:{port}"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def cpu_count() -> float:

@@ -68,6 +68,9 @@ class ScoreConfig:
     torch_threads: int = field(0, "torch threads per actor (0: actor_cpus rounded up)")
     preprocess_cpus: float = field(1.0, "CPUs reserved per decode/preprocess task")
     preprocess_memory_mb: int = field(512, "memory reserved per decode task (torch+timm: ~0.5 GB)")
+    stall_timeout_s: float = field(
+        300.0, "stop with Ray's pending-resource view when no rows arrive this long (0: never)"
+    )
     amp: bool = field(False, "bf16/fp16 autocast in the actors")
     top_k: int = field(5, "species kept per row, best first")
     low_confidence: float = field(0.5, "the summary counts scored rows below this confidence")
@@ -203,10 +206,11 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
         scoring_started = time.time()
         stream: dict[str, Any] = {}
         if len(todo):
+            cfg.pool_size = _fit_pool(cfg, source)
             ds = build_dataset(
                 source, todo, cfg, package, _json(meta.data_config), scorer_cls, len(reused) > 0
             )
-            stream = _stream_rows(ds, scored)
+            stream = _stream_rows(ds, scored, cfg.stall_timeout_s)
         scoring_s = time.time() - scoring_started
         summary = summarize(pred_dir, listing, cfg.low_confidence)
         if cfg.csv:
@@ -253,11 +257,24 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     return summary
 
 
-def _stream_rows(ds: Any, writer: PartWriter) -> dict[str, Any]:
+def _fit_pool(cfg: ScoreConfig, source: Source) -> int:
+    """The actor pool that fits beside the decode tasks (and a dataset's 1-CPU read tasks)."""
+    from birdray.resources import DATA_CPUS, plan_pool
+    from birdray.runtime import init_ray
+
+    data = max(cfg.preprocess_cpus, DATA_CPUS if source.kind == "dataset" else 0.0)
+    cluster = init_ray(cfg.address or None)
+    return plan_pool("scoring", cfg.pool_size, cfg.actor_cpus, cfg.num_gpus, cluster, data)
+
+
+def _stream_rows(ds: Any, writer: PartWriter, stall_timeout_s: float = 0.0) -> dict[str, Any]:
     """Write result blocks as they arrive; time to the first block is start-up (workers, model)."""
+    from birdray.resources import watched
+
     started, first_at, first_rows = time.time(), None, 0
+    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in watched(batches, stall_timeout_s, "scoring"):
             writer.write(batch)
             if first_at is None:
                 first_at, first_rows = time.time(), len(batch)

@@ -1,8 +1,10 @@
 """birdray dashboard: ``streamlit run dashboard/app.py`` (or ``birdray dashboard``).
 
 A client of the Serve HTTP API (Classify) and of the Ray Jobs API (Batch), and a reader of the
-reports other stages write (Models). It loads no model. Defaults come from ``BIRDRAY_*``
-environment variables (set by ``birdray dashboard``); the sidebar can change the addresses.
+reports other stages write (Models). It loads no model. Settings come from ``BIRDRAY_*``
+environment variables (set by ``birdray dashboard``). The sidebar chooses among the configured
+addresses and nothing else: the API key and the Ray token are sent only to them, and no secret is
+ever a widget's value or in session state (both reach, or could reach, the browser).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import streamlit as st
-from client import Settings, service_status
+from client import Settings, api_key_for, service_status
 
 PAGES = {
     "classify": st.Page(
@@ -21,28 +23,36 @@ PAGES = {
 }
 
 
+def _choose(label: str, options: tuple[str, ...], key: str, hint: str) -> str:
+    """One of the configured addresses: a choice when there are several, else plain text."""
+    if len(options) > 1:
+        return st.selectbox(label, options, key=key, help=hint)
+    st.markdown(f"**{label}**  \n`{options[0]}`", help=hint)
+    return options[0]
+
+
 def sidebar_settings() -> Settings:
-    """The environment's settings, with the addresses a person typed in the sidebar."""
+    """The environment's settings, with the configured addresses a person chose in the sidebar."""
     base = Settings.from_env()
     with st.sidebar:
         st.subheader("Connections")
-        serve_url = st.text_input("Serve URL", base.serve_url, key="serve_url")
-        api_key = st.text_input(
-            "API key (if the service needs one)", base.api_key, type="password", key="api_key"
+        serve_url = _choose(
+            "Serve URL",
+            base.serve_urls,
+            "serve_url",
+            "Configured with birdray dashboard --serve-url (and --serve-urls).",
         )
-        jobs = st.text_input(
+        jobs = _choose(
             "Ray Jobs address",
-            base.jobs_address,
-            key="jobs_address",
-            help="The Ray dashboard URL of the cluster that runs batch jobs.",
+            base.jobs_addresses,
+            "jobs_address",
+            "The Ray dashboard URL of the cluster that runs batch jobs; configured with "
+            "birdray dashboard --jobs-address (and --jobs-addresses).",
         )
-        settings = replace(
-            base,
-            serve_url=serve_url.strip().rstrip("/"),
-            api_key=api_key.strip(),
-            jobs_address=jobs.strip().rstrip("/"),
-        )
-        status = service_status(settings.serve_url, settings.api_key)
+        settings = replace(base, serve_url=serve_url, jobs_address=jobs)
+        if api_key_for(settings.serve_url):
+            st.caption("API key: configured (sent only to the configured Serve URLs)")
+        status = service_status(settings.serve_url)
         if status["ready"] and status["model"]:
             model = status["model"]
             st.success(

@@ -5,15 +5,23 @@ scoring is a Ray job: ``ray_jobs.py``). Answers that depend only on what was sen
 bad-file error) are cached with ``st.cache_data``; failures that may pass (service down, timeout,
 busy, refused key) raise ``ServiceError`` instead, which Streamlit never caches, so the next
 rerun tries again.
+
+Credentials never pass through the browser or a person's typing. The addresses the dashboard may
+talk to are configuration (``birdray dashboard --serve-url/--jobs-address`` and their allow-lists,
+as ``BIRDRAY_*`` variables); the sidebar can only choose among them. The API key is read from the
+environment at the moment of each request, attached only to a configured Serve origin, never
+followed through a redirect, and never stored in ``Settings``, session state or a widget.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import streamlit as st
@@ -38,13 +46,58 @@ ERROR_TITLES = {
 }
 
 
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL, lower-cased with the default port filled in ('' if none):
+    what a credential is bound to."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:  # a bad port
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port is None:
+        return ""
+    return f"{parts.scheme.lower()}://{parts.hostname.lower()}:{port}"
+
+
+def _addresses(env: Mapping[str, str], one: str, many: str, default: str) -> tuple[str, ...]:
+    """The configured address (first) plus its allow-list, without duplicates or blanks."""
+    first = env.get(one, default).strip().rstrip("/")
+    rest = [a.strip().rstrip("/") for a in env.get(many, "").split(",")]
+    return tuple(dict.fromkeys(a for a in (first, *rest) if a))
+
+
+def configured_serve_urls(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    env = os.environ if environ is None else environ
+    return _addresses(env, "BIRDRAY_SERVE_URL", "BIRDRAY_SERVE_URLS", Settings.serve_url)
+
+
+def configured_jobs_addresses(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    env = os.environ if environ is None else environ
+    return _addresses(env, "BIRDRAY_JOBS_ADDRESS", "BIRDRAY_JOBS_ADDRESSES", Settings.jobs_address)
+
+
+def is_configured(url: str, configured: tuple[str, ...]) -> bool:
+    return bool(origin(url)) and origin(url) in {origin(a) for a in configured}
+
+
+def api_key_for(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """The Serve API key, for a configured Serve origin only ('' for anything else)."""
+    env = os.environ if environ is None else environ
+    return env.get("BIRDRAY_API_KEY", "") if is_configured(url, configured_serve_urls(env)) else ""
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Where the dashboard finds everything; defaults come from the launcher's environment."""
+    """Where the dashboard finds everything; defaults come from the launcher's environment.
+
+    Holds no secret: pages keep it in session state.
+    """
 
     serve_url: str = "http://127.0.0.1:8000"
-    api_key: str = ""
     jobs_address: str = "http://127.0.0.1:8265"
+    serve_urls: tuple[str, ...] = ()  # what the sidebar may choose from (configured)
+    jobs_addresses: tuple[str, ...] = ()
     registry: str = "runs/registry"
     sweep_dir: str = "runs/tune"
     score_dir: str = "runs/scored"
@@ -56,10 +109,12 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         base = cls()
+        serve_urls, jobs_addresses = configured_serve_urls(env), configured_jobs_addresses(env)
         return cls(
-            serve_url=env.get("BIRDRAY_SERVE_URL", base.serve_url).rstrip("/"),
-            api_key=env.get("BIRDRAY_API_KEY", base.api_key),
-            jobs_address=env.get("BIRDRAY_JOBS_ADDRESS", base.jobs_address).rstrip("/"),
+            serve_url=serve_urls[0],
+            jobs_address=jobs_addresses[0],
+            serve_urls=serve_urls,
+            jobs_addresses=jobs_addresses,
             registry=env.get("BIRDRAY_REGISTRY", base.registry),
             sweep_dir=env.get("BIRDRAY_SWEEP_DIR", base.sweep_dir),
             score_dir=env.get("BIRDRAY_SCORE_DIR", base.score_dir),
@@ -90,11 +145,22 @@ def error_text(error: dict[str, Any]) -> str:
 # --- Serve HTTP API ------------------------------------------------------------------------------
 
 
-def _request(method: str, url: str, api_key: str, timeout: float, **kwargs: Any):
+def _request(method: str, url: str, timeout: float, **kwargs: Any):
+    """One request to a configured Serve URL (anything else is refused before connecting),
+    with the API key attached and redirects not followed (they would carry the key along)."""
     base = url.split("/v1/")[0].split("/readyz")[0]
+    if not is_configured(url, configured_serve_urls()):
+        raise ServiceError(
+            "not_configured",
+            f"{base} is not a configured Serve URL; the dashboard talks only to the addresses it "
+            "was started with (birdray dashboard --serve-url / --serve-urls).",
+        )
+    api_key = api_key_for(url)
     headers = {API_KEY_HEADER: api_key} if api_key else {}
     try:
-        return requests.request(method, url, headers=headers, timeout=timeout, **kwargs)
+        return requests.request(
+            method, url, headers=headers, timeout=timeout, allow_redirects=False, **kwargs
+        )
     except requests.Timeout as exc:
         raise ServiceError(
             "timeout",
@@ -105,7 +171,7 @@ def _request(method: str, url: str, api_key: str, timeout: float, **kwargs: Any)
         raise ServiceError(
             "unreachable",
             f"Cannot reach the classification service at {base}. Is it running? Start it with "
-            "`birdray serve`, or correct the Serve URL in the sidebar.",
+            "`birdray serve`, or choose another configured Serve URL in the sidebar.",
         ) from exc
 
 
@@ -121,7 +187,9 @@ def _raise_if_service_fault(resp: requests.Response) -> None:
     """Faults of the service or of the credentials (not of a file) become ``ServiceError``."""
     if resp.status_code in (401, 403):
         raise ServiceError(
-            "unauthorized", "The service refused the API key: enter the right key in the sidebar."
+            "unauthorized",
+            "The service refused the API key: start the dashboard with the service's key "
+            "(birdray dashboard --api-key-env NAME).",
         )
     if resp.status_code == 429 or resp.status_code >= 500:
         error = _error_of(resp)
@@ -138,12 +206,12 @@ class RequestRejected(Exception):
 
 @st.cache_data(show_spinner=False, max_entries=1024, ttl=3600)
 def predict_files(
-    serve_url: str, api_key: str, files: tuple[tuple[str, bytes], ...], top_k: int, timeout: float
+    serve_url: str, files: tuple[tuple[str, bytes], ...], top_k: int, timeout: float
 ) -> list[dict[str, Any]]:
     """One ``POST /v1/predict``: one result per file, in order (``ok`` or a per-file ``error``)."""
     parts = [("files", (name, data, "application/octet-stream")) for name, data in files]
     resp = _request(
-        "POST", f"{serve_url}/v1/predict", api_key, timeout, params={"top_k": top_k}, files=parts
+        "POST", f"{serve_url}/v1/predict", timeout, params={"top_k": top_k}, files=parts
     )
     _raise_if_service_fault(resp)
     if resp.status_code >= 400:
@@ -170,14 +238,10 @@ def classify(
         chunk = tuple(files[start : start + per_request])
         try:
             try:
-                results += predict_files(
-                    settings.serve_url, settings.api_key, chunk, top_k, settings.timeout_s
-                )
+                results += predict_files(settings.serve_url, chunk, top_k, settings.timeout_s)
             except RequestRejected:  # e.g. together too large: each file gets its own answer
                 for item in chunk:
-                    results += predict_files(
-                        settings.serve_url, settings.api_key, (item,), top_k, settings.timeout_s
-                    )
+                    results += predict_files(settings.serve_url, (item,), top_k, settings.timeout_s)
         except ServiceError as exc:
             results += [{"file": name, "ok": False, "service_error": str(exc)} for name, _ in chunk]
         if progress is not None:
@@ -187,13 +251,12 @@ def classify(
 
 @st.cache_data(show_spinner=False, max_entries=256, ttl=3600)
 def explain_file(
-    serve_url: str, api_key: str, name: str, data: bytes, method: str, timeout: float
+    serve_url: str, name: str, data: bytes, method: str, timeout: float
 ) -> dict[str, Any]:
     """``POST /v1/explain``: overlay PNG (base64), regions and the species' part profile."""
     resp = _request(
         "POST",
         f"{serve_url}/v1/explain",
-        api_key,
         timeout,
         params={"method": method},
         files={"file": (name, data, "application/octet-stream")},
@@ -205,10 +268,10 @@ def explain_file(
 
 
 @st.cache_data(show_spinner=False, ttl=10)
-def service_status(serve_url: str, api_key: str, timeout: float = 10.0) -> dict[str, Any]:
+def service_status(serve_url: str, timeout: float = 10.0) -> dict[str, Any]:
     """``{"ready": bool, "message": str, "model": {...} | None}`` for the sidebar and pages."""
     try:
-        ready = _request("GET", f"{serve_url}/readyz", api_key, timeout)
+        ready = _request("GET", f"{serve_url}/readyz", timeout)
         if ready.status_code != 200:
             message = _error_of(ready).get("message", "")
             return {
@@ -216,7 +279,7 @@ def service_status(serve_url: str, api_key: str, timeout: float = 10.0) -> dict[
                 "model": None,
                 "message": f"The service at {serve_url} is up but not ready: {message}",
             }
-        model = _request("GET", f"{serve_url}/v1/model", api_key, timeout)
+        model = _request("GET", f"{serve_url}/v1/model", timeout)
         _raise_if_service_fault(model)
     except ServiceError as exc:
         return {"ready": False, "model": None, "message": str(exc)}

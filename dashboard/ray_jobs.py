@@ -20,7 +20,14 @@ from typing import Any
 
 import streamlit as st
 import yaml
-from client import REPO_ROOT, ServiceError, Settings, first_line
+from client import (
+    REPO_ROOT,
+    ServiceError,
+    Settings,
+    configured_jobs_addresses,
+    first_line,
+    is_configured,
+)
 
 SCORING_JOB = "batch_score"  # metadata["birdray"] of the jobs this dashboard submits
 
@@ -39,7 +46,17 @@ def ray_auth_headers() -> dict[str, str]:
 
 
 def jobs_client(address: str):
-    """The cached ``JobSubmissionClient`` for this address and the token in use now."""
+    """The cached ``JobSubmissionClient`` for this address and the token in use now.
+
+    Only for a configured Jobs address: the token lets its holder run code on the cluster, so it
+    is never sent anywhere else (refused before connecting).
+    """
+    if not is_configured(address, configured_jobs_addresses()):
+        raise ServiceError(
+            "jobs_not_configured",
+            f"{address} is not a configured Ray Jobs address; the dashboard submits only to the "
+            "addresses it was started with (birdray dashboard --jobs-address / --jobs-addresses).",
+        )
     headers = ray_auth_headers()
     fingerprint = hashlib.sha256(repr(sorted(headers.items())).encode()).hexdigest()[:16]
     return _client(address, fingerprint, headers)
@@ -56,7 +73,8 @@ def _client(address: str, fingerprint: str, _headers: dict[str, str]):
         raise ServiceError(
             "jobs_unreachable",
             f"Cannot use the Ray Jobs API at {address}: {first_line(exc)}. "
-            "Check the Ray address in the sidebar (the Ray dashboard URL, port 8265 by default).",
+            "Check the Ray Jobs address it was started with (the Ray dashboard URL, port 8265 "
+            "by default).",
         ) from exc
 
 

@@ -113,9 +113,65 @@ def test_every_ray_version_in_the_repo_agrees_with_pyproject():
     assert expected <= pinned
 
 
-def test_dockerfile_builds_on_the_pinned_ray_image_and_the_layout_rayjobs_use():
+def _dockerfile_base_guard() -> str:
+    """The Dockerfile's RUN step that checks BASE_IMAGE, as one shell command."""
     text = (REPO / "Dockerfile").read_text()
-    assert re.findall(r"^FROM\s+(\S+)", text, re.M) == [OFFICIAL_GPU_IMAGE]
+    run = re.search(r"^RUN (case .*?esac)$", text, re.M | re.S).group(1)
+    return run.replace("\\\n", "\n")
+
+
+@pytest.mark.parametrize(
+    ("base", "accepted"),
+    [
+        (f"{OFFICIAL_GPU_IMAGE}@sha256:{'ab' * 32}", True),
+        (f"docker.io/{OFFICIAL_GPU_IMAGE}@sha256:{'0f' * 32}", True),
+        (OFFICIAL_GPU_IMAGE, False),  # a tag alone can be re-pushed
+        (f"{OFFICIAL_GPU_IMAGE}@sha256:abc", False),
+        (f"rayproject/ray:2.9.0-{PY_TAG}-gpu@sha256:{'ab' * 32}", False),
+        ("", False),
+    ],
+)
+def test_dockerfile_base_image_must_be_pinned_by_digest(base, accepted):
+    """Docker's own ARG/FROM, then the Dockerfile's guard run in sh as the build runs it."""
+    text = (REPO / "Dockerfile").read_text()
+    assert re.findall(r"^FROM\s+(\S+)", text, re.M) == ["${BASE_IMAGE}"]
+    assert re.search(r"^ARG BASE_IMAGE$", text, re.M)  # no default: a tag cannot sneak in
+    env = {"PATH": "/usr/bin:/bin", "BASE_IMAGE": base, "RAY_VERSION": RAY_PIN}
+    done = subprocess.run(["sh", "-c", _dockerfile_base_guard()], env=env, capture_output=True)
+    assert (done.returncode == 0) is accepted, done.stderr
+    if not accepted:
+        assert b"BASE_IMAGE must be" in done.stderr
+
+
+def test_dockerfile_installs_what_ci_tested():
+    """Every pip install in the image is held to CI's constraints, which pin every dependency."""
+    text = (REPO / "Dockerfile").read_text()
+    copies = dict(
+        (src, dst) for src, dst in re.findall(r"^COPY(?:\s+--\S+)*\s+(\S+)\s+(\S+)$", text, re.M)
+    )
+    constraints = copies[".ci/constraints.txt"]
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    installs = re.findall(r"pip install [^\n&]*", code)
+    assert len(installs) >= 2, installs
+    for install in installs:
+        assert f"-c {constraints.removeprefix('./')}" in install, install
+    pinned = dict(
+        line.split("==", 1)
+        for line in (REPO / ".ci" / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    pinned = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in pinned.items()}
+    import tomllib
+
+    deps = tomllib.loads(_pyproject())["project"]["dependencies"]
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", dep).group(0)).lower()
+        assert name in pinned, f"{name} floats: not pinned in .ci/constraints.txt"
+    assert pinned["ray"] == RAY_PIN
+
+
+def test_dockerfile_layout_rayjobs_use():
+    text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^WORKDIR\s+(\S+)", text, re.M).group(1) == IMAGE_ROOT.rstrip("/")
     allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
     for source in re.findall(r"^COPY(?:\s+--\S+)*\s+(\S+)\s+\S+$", text, re.M):
@@ -162,7 +218,9 @@ def test_launcher_keeps_auth_on_and_the_dashboard_on_loopback(name):
     config = load(CLUSTER / name)
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     for command in (c for c in starts if "ray start" in c):
-        assert command.startswith("source ~/.birdray_env;"), command
+        # `&&`, not `;`: when the environment refuses (a missing secret), Ray does not start.
+        assert command.startswith("source ~/.birdray_env &&"), command
+        assert ";" not in command, command
         assert "0.0.0.0" not in command
     (head_start,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
     assert "--dashboard-host=127.0.0.1" in head_start
@@ -176,6 +234,7 @@ def test_launcher_environment_script_enables_token_auth_and_names_the_buckets(na
     home = str(tmp_path)
     (tmp_path / Path(secrets_dir).relative_to("/home/ray")).mkdir(parents=True)
     (tmp_path / Path(secrets_dir).relative_to("/home/ray") / "api_key").write_text("k3y")
+    (tmp_path / Path(secrets_dir).relative_to("/home/ray") / "ray_auth_token").write_text("t0k")
     (writer,) = [c for c in config["setup_commands"] if "~/.birdray_env" in c]
     env = {"HOME": home, "PATH": "/usr/bin:/bin"}
     for _ in range(2):  # `ray up` re-runs setup commands: must stay idempotent
@@ -198,6 +257,48 @@ def test_launcher_environment_script_enables_token_auth_and_names_the_buckets(na
 
 
 @pytest.mark.parametrize("name", LAUNCHER)
+@pytest.mark.parametrize(
+    ("secret", "content"), [("api_key", None), ("api_key", ""), ("ray_auth_token", None)]
+)
+def test_launcher_refuses_to_set_up_a_node_without_its_secrets(name, secret, content, tmp_path):
+    """A missing or empty secret file fails the setup command (so `ray up`), and a later
+    `source ~/.birdray_env` (every `ray start`) fails too: never a key of "" served to anyone."""
+    config = load(CLUSTER / name)
+    secrets_dir = next(r for r, local in config["file_mounts"].items() if "secrets" in local)
+    home = str(tmp_path)
+    local_secrets = tmp_path / Path(secrets_dir).relative_to("/home/ray")
+    local_secrets.mkdir(parents=True)
+    for f in ("api_key", "ray_auth_token"):
+        (local_secrets / f).write_text("s3cret")
+    (local_secrets / secret).unlink()
+    if content is not None:
+        (local_secrets / secret).write_text(content)
+    (writer,) = [c for c in config["setup_commands"] if "~/.birdray_env" in c]
+    env = {"HOME": home, "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        ["bash", "-c", writer.replace("/home/ray", home)], env=env, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert f"secrets/{secret} is missing or empty" in run.stderr
+    (start,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "ray").write_text("#!/bin/sh\necho RAY STARTED\n")
+    (fake_bin / "ray").chmod(0o755)
+
+    def start_ray() -> subprocess.CompletedProcess:
+        # A fake `ray`; ulimit's raise is left out (CI's hard limit may be lower).
+        command = start.replace("ulimit -n 65536", "true")
+        env_path = {**env, "PATH": f"{fake_bin}:/usr/bin:/bin"}
+        return subprocess.run(["bash", "-c", command], env=env_path, capture_output=True, text=True)
+
+    assert "RAY STARTED" not in start_ray().stdout
+    (local_secrets / secret).write_text("s3cret")  # the secret arrives: now it starts
+    subprocess.run(["bash", "-c", writer.replace("/home/ray", home)], env=env, check=True)
+    assert "RAY STARTED" in start_ray().stdout
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
 def test_launcher_installs_the_mounted_birdray_wheel_without_touching_ray(name):
     config = load(CLUSTER / name)
     assert "." not in config["file_mounts"].values()  # the launcher would hash all of .venv
@@ -206,6 +307,10 @@ def test_launcher_installs_the_mounted_birdray_wheel_without_touching_ray(name):
     wheel_glob = next(a for a in shlex.split(install) if a.startswith(wheel_dir))
     assert fnmatch.fnmatch(f"{wheel_dir}/birdray-{PROJECT_VERSION}-py3-none-any.whl", wheel_glob)
     assert f"ray[train,tune,serve,data]=={RAY_PIN}" in shlex.split(install)
+    ci_dir = next(r for r, local in config["file_mounts"].items() if local == "./.ci")
+    assert (REPO / ".ci" / "constraints.txt").is_file()
+    argv = shlex.split(install.split("&&")[0])
+    assert argv[argv.index("-c") + 1] == f"{ci_dir}/constraints.txt"  # the versions CI tested
     assert "--force-reinstall" in install  # same version number, new code: still replaced
 
 
@@ -378,6 +483,28 @@ def test_kuberay_manifest_is_pinned_autoscaled_and_authenticated(name):
             assert tag == BIRDRAY_TAG, container["image"]
             assert {"cpu", "memory"} <= set(container["resources"]["limits"])
     assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"  # never a public LoadBalancer
+
+
+def _secret_refs(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        found = [node["secretKeyRef"]] if "secretKeyRef" in node else []
+        return found + [r for v in node.values() for r in _secret_refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _secret_refs(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", list(KUBERAY_KINDS))
+def test_kuberay_secrets_are_never_optional(name):
+    """A missing Secret must stop the pod (CreateContainerConfigError), not run it keyless."""
+    doc = load(KUBERAY / name)
+    for ref in _secret_refs(doc):
+        assert ref.get("optional", False) is False, ref
+    for group in pod_groups(cluster_spec(doc)):
+        for container in _containers(group):
+            for var in container.get("env", []):
+                if var["name"] == "BIRDRAY_API_KEY":
+                    assert "value" not in var and var["valueFrom"]["secretKeyRef"]["key"]
 
 
 @pytest.mark.parametrize("name", list(KUBERAY_KINDS))

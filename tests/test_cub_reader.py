@@ -76,3 +76,26 @@ def test_malformed_per_image_lines_become_problems_not_crashes(tmp_path):
     assert cub.records[0].problems == []
     assert "malformed bounding box" in cub.records[1].problems[0]
     assert "malformed part line" in cub.records[2].problems[0]
+
+
+def test_images_txt_paths_are_confined_to_the_images_folder(tmp_path):
+    """Absolute paths, `..` and symlinks pointing out are quarantined rows, never opened."""
+    root = write_layout(tmp_path / "src", [(1, jpeg_bytes(), True)] * 6)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(jpeg_bytes())
+    link = root / "images" / "001.Species_1" / "img_5.jpg"
+    link.unlink()
+    link.symlink_to(secret)  # a file inside whose target is outside
+    inside = root / "images" / "001.Species_1" / "img_6.jpg"
+    inside.unlink()
+    inside.symlink_to(root / "images" / "001.Species_1" / "img_1.jpg")  # stays inside: fine
+    lines = (root / "images.txt").read_text().splitlines()
+    lines[1] = "2 ../../secret.jpg"
+    lines[2] = f"3 {secret}"
+    lines[3] = "4 001.Species_1/../../../secret.jpg"
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    problems = {rec.image_id: rec.problems for rec in read_cub(root).records}
+    assert problems[1] == [] and problems[6] == []
+    for image_id in (2, 3, 4, 5):
+        assert problems[image_id][0].startswith("unsafe_path: images.txt:"), problems[image_id]
+        assert "leaves the images folder" in problems[image_id][0]

@@ -21,7 +21,7 @@ from birdray.dashboard_launcher import (
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
 sys.path.insert(0, str(DASHBOARD))  # the dashboard's modules, as `streamlit run` imports them
 
-from client import Settings, error_text, species_name  # noqa: E402
+from client import Settings, api_key_for, error_text, species_name  # noqa: E402
 from ray_jobs import ScoringRequest, ray_auth_headers, scoring_entrypoint  # noqa: E402
 from stage_reports import filter_rows  # noqa: E402
 
@@ -89,8 +89,11 @@ def test_ray_token_from_env_file_or_home(tmp_path, monkeypatch):
 def test_settings_come_from_the_launchers_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SECRET_FOR_SERVE", "k3y")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BIRDRAY_API_KEY", "inherited")  # only --api-key-env's variable counts
     cfg = DashboardConfig(
         serve_url="http://127.0.0.1:9000/",
+        serve_urls=["http://10.0.0.5:8000"],
+        jobs_addresses=["http://10.0.0.5:8265"],
         api_key_env="SECRET_FOR_SERVE",
         registry="/r",
         sweep_dir="runs/tune",
@@ -100,7 +103,14 @@ def test_settings_come_from_the_launchers_environment(monkeypatch, tmp_path):
     env = dashboard_env(cfg)
     settings = Settings.from_env(env)
     assert settings.serve_url == "http://127.0.0.1:9000"
-    assert settings.api_key == "k3y"
+    assert settings.serve_urls == ("http://127.0.0.1:9000", "http://10.0.0.5:8000")
+    assert settings.jobs_addresses == ("http://127.0.0.1:8265", "http://10.0.0.5:8265")
+    assert "k3y" not in repr(settings)  # settings live in session state: no secret in them
+    assert api_key_for("http://127.0.0.1:9000/v1/predict", env) == "k3y"
+    assert api_key_for("http://10.0.0.5:8000/readyz", env) == "k3y"
+    assert api_key_for("http://10.0.0.6:8000/readyz", env) == ""
+    assert api_key_for("https://127.0.0.1:9000/v1/predict", env) == ""  # another origin
+    assert dashboard_env(DashboardConfig(api_key_env="")).get("BIRDRAY_API_KEY") is None
     assert settings.registry == "/r"
     assert settings.sweep_dir == str(tmp_path / "runs" / "tune")  # relative to where it ran
     assert settings.score_dir == "/mnt/birdray/scored"

@@ -185,3 +185,50 @@ def test_download_cub_verifies_then_extracts_and_sets_a_bad_download_aside(tmp_p
     assert bad.read_bytes() == payload  # kept for inspection, never used
     assert not (tmp_path / "raw2" / "CUB_200_2011.tgz").exists()
     assert not (tmp_path / "raw2" / "extracted").exists()
+
+
+def _hardlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.LNKTYPE, target
+    return info
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        lambda: _link("CUB_200_2011/images/a.jpg", "b.jpg"),  # points inside: still refused
+        lambda: _hardlink("CUB_200_2011/images/a.jpg", "CUB_200_2011/images/b.jpg"),
+    ],
+)
+def test_every_link_is_refused_even_one_pointing_inside(tmp_path, link):
+    archive = tmp_path / "links.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        real = tarfile.TarInfo("CUB_200_2011/images/b.jpg")
+        real.size = 3
+        tar.addfile(real, io.BytesIO(b"jpg"))
+        tar.addfile(link())
+    target = tmp_path / "out"
+    with pytest.raises(ArchiveError, match="link.*a CUB archive holds none"):
+        safe_extract(archive, target)
+    assert not target.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_archive_larger_than_the_cap_is_refused_before_writing(tmp_path):
+    member = tarfile.TarInfo("CUB_200_2011/images/big.bin")
+    member.size = 50_000
+    archive = _tar_with(tmp_path / "bomb.tgz", member, b"\0" * member.size)  # compresses to ~100 B
+    target = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"would unpack to 0\.00 GB, more than the cap"):
+        safe_extract(archive, target, max_bytes=10_000)
+    assert not target.exists() and not (tmp_path / "out.partial").exists()
+    with pytest.raises(ArchiveError, match="--max-extract-gb"):
+        open_source(archive, max_extract_gb=1e-5)
+    assert not extracted_dir(archive).exists()
+    assert (safe_extract(archive, target, max_bytes=60_000) / "CUB_200_2011").is_dir()
+
+
+def test_archive_without_md5_has_its_checksum_printed(tmp_path, capsys):
+    archive = _cub_archive(tmp_path)
+    open_source(archive)
+    out = capsys.readouterr().out
+    assert f"MD5 {md5sum(archive)}" in out and "no --md5 given" in out

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from birdray.data.cub import read_cub
-from birdray.data.ingest import IngestConfig, assign_splits, run_ingest
-from birdray.data.manifest import DatasetError, load_manifest, read_split, split_path
+from birdray.data.ingest import IngestConfig, assign_splits, reconcile, run_ingest
+from birdray.data.manifest import (
+    DatasetError,
+    load_manifest,
+    read_split,
+    split_path,
+    write_manifest,
+)
 from tests.cub_fixture import jpeg_bytes, real_photos, write_layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -129,3 +136,60 @@ def test_folder_without_manifest_is_not_a_dataset(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1}))
     with pytest.raises(DatasetError, match="lacks"):
         load_manifest(tmp_path)
+
+
+def test_ingest_never_reads_a_path_outside_the_source(ray_cluster, tmp_path):
+    """images.txt rows pointing out of images/ are quarantined; the outside file's bytes are
+    never read into the dataset."""
+    root = write_layout(tmp_path / "src", [(c, jpeg_bytes(), True) for c in (1, 2, 3, 1)])
+    secret = jpeg_bytes(color=(1, 2, 3), size=(33, 21))
+    (tmp_path / "secret.jpg").write_bytes(secret)
+    (tmp_path / "src" / "secret.jpg").write_bytes(secret)
+    lines = (root / "images.txt").read_text().splitlines()
+    lines[1], lines[2] = "2 ../../secret.jpg", f"3 {tmp_path / 'secret.jpg'}"
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "ds"
+    run_ingest(IngestConfig(source=str(root), out=str(out), val_fraction=0))
+    manifest = load_manifest(out)
+    assert manifest["counts"] == {"listed": 4, "ingested": 2, "quarantined": 2}
+    assert {q["image_id"]: q["reason"].split(":")[0] for q in manifest["quarantine"]} == {
+        2: "unsafe_path",
+        3: "unsafe_path",
+    }
+    table = pq.read_table(split_path(out, "train"))
+    assert sorted(table.column("image_id").to_pylist()) == [1, 4]
+    assert secret not in table.column("image").to_pylist()
+
+
+def test_reconcile_checks_the_set_of_ids_not_only_counts():
+    reconcile([1, 2, 3, 4], [1, 2], [3, 4])
+    reconcile([1, 2], [], [2, 1])
+    with pytest.raises(RuntimeError, match=r"more than once \[2\], missing \[3\]"):
+        reconcile([1, 2, 3], [1, 2], [2])  # 2 + 1 == 3 listed, yet id 3 is lost
+    with pytest.raises(RuntimeError, match=r"not listed \[9\]"):
+        reconcile([1, 2], [1, 9], [])
+
+
+def test_concurrent_manifest_writers_never_clobber_each_others_temp_file(tmp_path):
+    """Two ingests finishing together: each write lands whole, none fails on a vanished temp."""
+    errors: list[BaseException] = []
+    docs = [{"writer": w, "pad": "x" * 50_000} for w in range(2)]
+    together = threading.Barrier(2, timeout=30)
+
+    def write(doc):
+        try:
+            for _ in range(20):
+                together.wait()  # both writers in the same moment, every round
+                write_manifest(tmp_path, doc)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            together.abort()  # the other writer stops waiting
+
+    threads = [threading.Thread(target=write, args=(doc,)) for doc in docs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert json.loads((tmp_path / "manifest.json").read_text()) in docs
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp left behind

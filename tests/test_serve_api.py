@@ -6,8 +6,14 @@ asserts the status, the error shape and that the server still answers a good ima
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import socket
 import struct
+import time
 import zlib
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -16,6 +22,7 @@ from PIL import Image
 
 from birdray.images import decode_image
 from birdray.model.inference import Predictor
+from tests.hostile_files import hostile_gif, hostile_tiff
 from tests.model_fixture import make_package
 from tests.serve_fixtures import (
     deployed,
@@ -172,6 +179,8 @@ def test_several_files_with_one_bad_gives_per_file_errors(app, predictor):
         ),
         ("doc.txt", encode(random_rgb(8), "PNG"), "text/plain", 415, "unsupported_media_type"),
         ("pdf.pdf", b"%PDF-1.4 ...", "application/pdf", 415, "unsupported_media_type"),
+        ("hostile.tif", hostile_tiff(), "image/tiff", 422, "corrupt_image"),  # TypeError inside
+        ("hostile.gif", hostile_gif(), "image/gif", 422, "corrupt_image"),  # IndexError inside
         (
             "thin.png",
             encode(Image.new("RGB", (2000, 20), "red"), "PNG"),
@@ -180,6 +189,7 @@ def test_several_files_with_one_bad_gives_per_file_errors(app, predictor):
             "bad_dimensions",
         ),
     ],
+    ids=lambda value: "bytes" if isinstance(value, bytes) else None,
 )
 def test_bad_single_file(app, name, data, ctype, status, code):
     assert_error(post_images(app, [(name, data, ctype)]), status, code, name)
@@ -331,18 +341,74 @@ def test_exif_orientation_is_applied(app, predictor):
     assert not np.allclose(served_probs(result), expected_probs(predictor, stored), atol=1e-6)
 
 
-# --- security: optional API key -------------------------------------------------------------
+# --- security and overload: API key, admission limit, deadline -----------------------------
+
+KEY = "s3cret-key"
+GUARD = {"max_concurrent_requests": 1, "request_timeout_s": 6.0}
 
 
-def test_api_key_required_when_configured(serve_http, package, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("BIRDRAY_TEST_KEY", "s3cret-key")
-    args = small_app_args(str(package), api_key_env="BIRDRAY_TEST_KEY")
-    with deployed(serve_http, "keyed", **args) as url:
-        data = encode(random_rgb(13), "PNG")
-        assert_error(post_images(url, [("a.png", data, "image/png")]), 401, "unauthorized", None)
-        wrong = post_images(url, [("a.png", data, "image/png")], headers={"X-API-Key": "nope"})
-        assert_error(wrong, 401, "unauthorized", None)
-        assert requests.get(f"{url}/v1/model", timeout=10).status_code == 401
-        good = post_images(url, [("a.png", data, "image/png")], headers={"X-API-Key": "s3cret-key"})
-        assert good.status_code == 200 and good.json()["results"][0]["ok"]
-        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+@pytest.fixture(scope="module")
+def guarded(serve_http, package):  # noqa: F811
+    """An app with an API key, one /v1 request at a time and a 6 s deadline."""
+    os.environ["BIRDRAY_TEST_KEY"] = KEY  # read by build_app and handed to the replicas
+    try:
+        args = small_app_args(str(package), api_key_env="BIRDRAY_TEST_KEY", **GUARD)
+        with deployed(serve_http, "guarded", **args) as url:
+            yield url
+    finally:
+        os.environ.pop("BIRDRAY_TEST_KEY", None)
+
+
+def test_api_key_required_when_configured(guarded):
+    url, data = guarded, encode(random_rgb(13), "PNG")
+    assert_error(post_images(url, [("a.png", data, "image/png")]), 401, "unauthorized", None)
+    for wrong in ("nope", ""):
+        sent = post_images(url, [("a.png", data, "image/png")], headers={"X-API-Key": wrong})
+        assert_error(sent, 401, "unauthorized", None)
+    assert requests.get(f"{url}/v1/model", timeout=10).status_code == 401
+    good = post_images(url, [("a.png", data, "image/png")], headers={"X-API-Key": KEY})
+    assert good.status_code == 200 and good.json()["results"][0]["ok"]
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+
+
+def _slow_upload(url: str) -> socket.socket:
+    """A client that sends the headers and the first bytes of a 100 kB body, then stalls."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
+    head = (
+        f"POST {parts.path}/v1/predict HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"X-API-Key: {KEY}\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
+        "Content-Length: 100000\r\n\r\n--xyz\r\n"
+    )
+    sock.sendall(head.encode())
+    return sock
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, json.loads(response.read())
+
+
+def test_overload_and_slow_clients_get_503_and_504_in_the_error_shape(guarded):
+    from ray.serve.context import _get_global_client
+
+    assert _get_global_client().http_config.request_timeout_s  # the proxy's backstop is set
+    data, headers = encode(random_rgb(14), "PNG"), {"X-API-Key": KEY}
+    stalled = _slow_upload(guarded)
+    try:
+        # while the stalled upload holds the only slot, others are turned away at once
+        deadline = time.monotonic() + GUARD["request_timeout_s"]
+        busy = post_images(guarded, [("a.png", data, "image/png")], headers=headers)
+        while busy.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the stalled request may not have reached the app yet
+            busy = post_images(guarded, [("a.png", data, "image/png")], headers=headers)
+        assert_error(busy, 503, "busy", None)
+        assert busy.headers["Retry-After"] == "1"
+        # the stalled upload ends at the app's deadline, in the same JSON shape
+        status, body = _read_response(stalled)
+    finally:
+        stalled.close()
+    assert status == 504 and body["error"]["code"] == "timeout", body
+    ok = post_images(guarded, [("a.png", data, "image/png")], headers=headers)  # slot freed
+    assert ok.status_code == 200 and ok.json()["results"][0]["ok"]

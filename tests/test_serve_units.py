@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 import yaml
 from PIL import Image
+from starlette.requests import Request
 
 from birdray.config import ConfigError
 from birdray.registry import promote, register
+from birdray.serve.api import create_api
 from birdray.serve.app import build_app, pin_model
 from birdray.serve.errors import ApiError
-from birdray.serve.uploads import Limits, Upload, decode_upload
+from birdray.serve.ingress import BirdIngress, api_key_from_env
+from birdray.serve.uploads import Limits, Upload, decode_upload, read_uploads
 from tests.model_fixture import make_package
 from tests.serve_fixtures import encode, random_rgb
 
@@ -93,3 +98,104 @@ def test_serve_build_writes_a_config_from_code(tmp_path):
         "batch_wait_timeout_s",
     }
     assert classifier["ray_actor_options"]["num_gpus"] == 0
+    for deployment in deployments.values():  # every queue is bounded: overload answers 503
+        assert deployment["max_queued_requests"] > 0, deployment["name"]
+
+
+# --- issue 14: fail-closed API key, parser limits, explain target -----------------------------
+
+
+def test_named_api_key_that_is_unset_or_blank_refuses_to_build(registry, monkeypatch):
+    monkeypatch.delenv("BIRDRAY_UNSET_KEY", raising=False)
+    args = {"registry": registry, "explain": False}
+    with pytest.raises(ValueError, match="BIRDRAY_UNSET_KEY.*unset or empty"):
+        build_app({**args, "api_key_env": "BIRDRAY_UNSET_KEY"})
+    for blank in ("", "   "):
+        monkeypatch.setenv("BIRDRAY_BLANK_KEY", blank)
+        with pytest.raises(ValueError, match="unset or empty"):
+            build_app({**args, "api_key_env": "BIRDRAY_BLANK_KEY"})
+    monkeypatch.setenv("BIRDRAY_BLANK_KEY", "k3y")
+    assert build_app({**args, "api_key_env": "BIRDRAY_BLANK_KEY"}) is not None
+    # the deployment checks again where it runs (a secret may be missing on that node only)
+    monkeypatch.delenv("BIRDRAY_UNSET_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="refusing to serve /v1 without an API key"):
+        api_key_from_env("BIRDRAY_UNSET_KEY")
+    assert api_key_from_env(None) is None
+    with pytest.raises(ValueError, match="API key is empty"):
+        create_api(None, LIMITS, api_key="")
+
+
+BIG_BODIES = dataclasses.replace(LIMITS, max_request_bytes=4 * 2**20)
+
+
+def _multipart(body: bytes) -> tuple[int, str] | list:
+    """``read_uploads`` on a real Starlette request carrying ``body`` (4 MB allowed)."""
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    headers = [(b"content-type", b"multipart/form-data; boundary=xyz")]
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": headers}, receive)
+    try:
+        return asyncio.run(read_uploads(request, "files", BIG_BODIES))
+    except ApiError as exc:
+        return exc.status, exc.code
+
+
+def _file_part(i: int) -> bytes:
+    return (
+        b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="f%d.png"\r\n'
+        b"Content-Type: image/png\r\n\r\nx\r\n" % i
+    )
+
+
+def test_multipart_parser_stops_at_the_first_file_past_the_limit():
+    broken_tail = b"--xyz\r\nno colon in this header line\r\n\r\n"
+    within = b"".join(_file_part(i) for i in range(LIMITS.max_files - 1)) + broken_tail
+    assert _multipart(within) == (400, "bad_multipart")  # the parser reads up to the tail
+    # one file more than allowed, then the same broken tail: parsing stopped before reaching it
+    beyond = b"".join(_file_part(i) for i in range(LIMITS.max_files + 1)) + broken_tail
+    assert _multipart(beyond) == (400, "too_many_files")
+    flood = b"".join(_file_part(i) for i in range(20_000)) + b"--xyz--\r\n"  # ~2 MB of parts
+    assert _multipart(flood) == (400, "too_many_files")
+    fields = b"".join(
+        b'--xyz\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i
+        for i in range(20_000)
+    )
+    assert _multipart(fields + b"--xyz--\r\n") == (400, "bad_multipart")  # too many fields
+    ok = _multipart(b"".join(_file_part(i) for i in range(LIMITS.max_files)) + b"--xyz--\r\n")
+    assert [u.name for u in ok] == [f"f{i}.png" for i in range(LIMITS.max_files)]
+
+
+@pytest.mark.parametrize("target", ["²", "٣", "3.0", "-1", "99", "no_such_bird"])
+def test_explain_target_that_is_not_a_class_is_422(target):
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
+    with pytest.raises(ApiError) as info:
+        BirdIngress.func_or_class._target(None, target, classes)
+    assert (info.value.status, info.value.code) == (422, "invalid_parameter")
+    assert BirdIngress.func_or_class._target(None, "2", classes) == 2
+    assert BirdIngress.func_or_class._target(None, "laysan_albatross", classes) == 1
+
+
+def test_birdray_serve_with_a_missing_key_stops_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """The user's door: ``birdray serve --api-key-env NAME`` with NAME unset never serves."""
+    import ray
+
+    from birdray.cli import main
+
+    package = make_package(tmp_path / "pkg")
+    monkeypatch.delenv("BIRDRAY_NOPE_KEY", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    argv = ["serve", "--model", str(package), "--registry", "none", "--explain", "false",
+            "--blocking", "false", "--api-key-env", "BIRDRAY_NOPE_KEY"]  # fmt: skip
+    ray_before = ray.is_initialized()  # a whole-suite run may have a session cluster already
+    try:
+        status, message = main(argv), ""
+    except SystemExit as exc:  # a CLI that reports user errors itself exits non-zero
+        status, message = exc.code, ""
+    except ValueError as exc:
+        status, message = "raised", str(exc)
+    output = message + "".join(capsys.readouterr())
+    assert status not in (0, None), output
+    assert "BIRDRAY_NOPE_KEY" in output and "unset or empty" in output
+    assert ray.is_initialized() == ray_before  # refused before any Ray or Serve started

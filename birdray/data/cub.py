@@ -3,14 +3,17 @@
 Structural problems (a missing ``images.txt``, ids that don't match across files, a line whose
 id can't be read) stop the reader with one error naming the file and line: there is no sensible
 dataset to build. Problems of one image (a malformed box or part line) quarantine that image
-with a reason, so ingest can report it instead of crashing or silently dropping it.
+with a reason, so ingest can report it instead of crashing or silently dropping it. An
+``images.txt`` path that would leave the ``images/`` folder (absolute, ``..``, a symlink pointing
+elsewhere) is such a problem of one image: the row is quarantined as ``unsafe_path`` and its file
+is never opened.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 ROOT_NAME = "CUB_200_2011"
 NUM_PARTS = 15
@@ -42,6 +45,21 @@ class CubDataset:
     records: list[CubRecord]
     certainty_names: list[str] = field(default_factory=list)
     class_attributes: list[list[float]] = field(default_factory=list)  # per class, % present
+
+
+def image_path(root: Path, rel_path: str) -> Path | None:
+    """``root/images/rel_path`` if it stays inside ``root/images`` (links resolved), else None."""
+    if "\\" in rel_path or "\0" in rel_path or PureWindowsPath(rel_path).drive:
+        return None
+    rel = PurePosixPath(rel_path)
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    images = root / "images"
+    try:
+        inside = (images / rel).resolve().is_relative_to(images.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+    return images / rel if inside else None
 
 
 def find_root(path: str | Path) -> Path:
@@ -154,6 +172,10 @@ def read_cub(path: str | Path) -> CubDataset:
                 f"is_train must be 0 or 1, got {split!r}"
             )
         rec = CubRecord(image_id, rel, class_id - 1, class_names[class_id - 1], split == "1")
+        if image_path(root, rel) is None:
+            rec.problems.append(
+                f"unsafe_path: images.txt:{lineno} path {rel!r} leaves the images folder"
+            )
         if image_id in boxes:
             box = _floats(boxes[image_id][1].split(), 4)
             if box is None or box[2] <= 0 or box[3] <= 0:

@@ -1,8 +1,11 @@
 """Fetch and unpack the official CUB-200-2011 archive: resumable, checksum-verified, safe.
 
 A 1.1 GB download over a flaky link must resume where it stopped (HTTP Range), a corrupted or
-substituted archive must be refused before anything reads it (MD5 from Caltech's record), and an
-archive must never write outside its target folder (path traversal, links, devices).
+substituted archive must be refused before anything reads it (MD5 from Caltech's record; with no
+MD5 given, the computed one is printed so a person can compare it), and an archive must never
+write outside its target folder nor fill the disk: path traversal, every link (CUB has none, so
+any link is refused, even one pointing inside), devices, more than ``max_bytes`` of files or
+``MAX_MEMBERS`` entries are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from birdray.config import field
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
 EXTRACT_MARKER = ".birdray-extracted"
+DEFAULT_MAX_EXTRACT_GB = 4.0  # CUB unpacks to ~1.2 GB
+MAX_MEMBERS = 200_000  # CUB has ~12,000 entries; millions of empty files would exhaust inodes
 
 
 class ArchiveError(ValueError):
@@ -33,6 +38,9 @@ class DownloadConfig:
     url: str = field(CUB_URL, "archive URL")
     md5: str = field(CUB_MD5, "expected MD5 of the archive ('' skips the check: not advised)")
     extract: bool = field(True, "unpack after verifying")
+    max_extract_gb: float = field(
+        DEFAULT_MAX_EXTRACT_GB, "refuse archives that would unpack to more than this many GB"
+    )
     timeout_s: float = field(60.0, "per-request network timeout")
 
 
@@ -44,14 +52,20 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_md5(path: str | Path, expected: str) -> None:
-    if not expected:
-        return
+def verify_md5(path: str | Path, expected: str) -> str:
+    """The archive's MD5, checked against ``expected``; with none expected, printed instead."""
     actual = md5sum(path)
-    if actual != expected.lower():
+    if not expected:
+        note = " (the official CUB_200_2011.tgz)" if actual == CUB_MD5 else ""
+        print(
+            f"{path}: MD5 {actual}{note}; no --md5 given, so it was not checked: compare it with "
+            "the publisher's and pass --md5 next time"
+        )
+    elif actual != expected.lower():
         raise ArchiveError(
             f"{path}: MD5 {actual} does not match the expected {expected}; refusing it"
         )
+    return actual
 
 
 def fetch(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
@@ -89,15 +103,35 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
     if not resolved.is_relative_to(target):
         raise ArchiveError(f"unsafe archive member {member.name!r}: escapes {target}")
     if member.issym() or member.islnk():
-        link = (resolved.parent / member.linkname).resolve()
-        if os.path.isabs(member.linkname) or not link.is_relative_to(target):
-            raise ArchiveError(f"unsafe link {member.name!r} -> {member.linkname!r}")
+        kind = "symbolic" if member.issym() else "hard"
+        raise ArchiveError(
+            f"unsafe link {member.name!r} -> {member.linkname!r}: the archive holds a {kind} "
+            "link, and a CUB archive holds none; refusing it"
+        )
     if member.isdev() or member.isfifo():
         raise ArchiveError(f"archive member {member.name!r} is a device or pipe")
+    if not (member.isfile() or member.isdir()):
+        raise ArchiveError(f"archive member {member.name!r} is not a file or folder")
 
 
-def safe_extract(archive: str | Path, target: str | Path) -> Path:
-    """Extract into ``target`` after checking every member; returns ``target``.
+def _check_size(members: list[tarfile.TarInfo], max_bytes: int) -> None:
+    """The bytes the members would write, checked before one is written (a tar bomb stops here)."""
+    if len(members) > MAX_MEMBERS:
+        raise ArchiveError(
+            f"the archive has {len(members):,} entries, more than {MAX_MEMBERS:,}; refusing it"
+        )
+    total = sum(m.size for m in members if m.isfile())
+    if total > max_bytes:
+        raise ArchiveError(
+            f"the archive would unpack to {total / 1e9:.2f} GB, more than the cap of "
+            f"{max_bytes / 1e9:.2f} GB (raise --max-extract-gb if this archive is trusted)"
+        )
+
+
+def safe_extract(
+    archive: str | Path, target: str | Path, max_bytes: int = int(DEFAULT_MAX_EXTRACT_GB * 1e9)
+) -> Path:
+    """Extract into ``target`` after checking every member and the total size; returns it.
 
     A marker file is written last, so a half-finished extraction is redone, not trusted.
     """
@@ -109,9 +143,13 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
     except (tarfile.TarError, OSError) as exc:
         raise ArchiveError(f"{archive}: not a readable tar archive ({exc})") from exc
     with tar:
-        members = tar.getmembers()
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ArchiveError(f"{archive}: damaged tar archive ({exc})") from exc
         for member in members:
             _check_member(member, target)
+        _check_size(members, max_bytes)
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -128,7 +166,9 @@ def extracted_dir(archive: str | Path) -> Path:
     return archive.with_name(archive.name.split(".")[0] + "_extracted")
 
 
-def open_source(source: str | Path, md5: str = "") -> Path:
+def open_source(
+    source: str | Path, md5: str = "", max_extract_gb: float = DEFAULT_MAX_EXTRACT_GB
+) -> Path:
     """A folder to read CUB from: the folder itself, or a verified, safely extracted archive.
 
     An archive in a bucket (``s3://bucket/raw/CUB_200_2011.tgz``) is copied next to the driver
@@ -142,7 +182,7 @@ def open_source(source: str | Path, md5: str = "") -> Path:
     if not source.is_file():
         raise FileNotFoundError(f"CUB source not found: {source}")
     verify_md5(source, md5)
-    return safe_extract(source, extracted_dir(source))
+    return safe_extract(source, extracted_dir(source), int(max_extract_gb * 1e9))
 
 
 def _copy_from_bucket(uri: str) -> Path:
@@ -181,4 +221,6 @@ def download_cub(cfg: DownloadConfig) -> Path:
     except ArchiveError:
         archive.rename(archive.with_name(archive.name + ".bad"))
         raise
-    return safe_extract(archive, out / "extracted") if cfg.extract else archive
+    if not cfg.extract:
+        return archive
+    return safe_extract(archive, out / "extracted", int(cfg.max_extract_gb * 1e9))

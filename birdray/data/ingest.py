@@ -3,9 +3,10 @@
 The driver reads the metadata files and the image bytes (the source sits where the driver runs:
 on a cluster the workers cannot see it) and assigns splits; Ray Data tasks validate, decode and
 (optionally) shrink the images in parallel and write shards partitioned by split. Every listed
-image ends either in a shard or in the manifest's quarantine list with a reason: counts always
-reconcile. Shards go to a fresh folder and the manifest is replaced atomically last, so readers
-never see a mix of old and new shards, and a folder without a valid manifest is not a dataset.
+image ends either in a shard or in the manifest's quarantine list with a reason: the ids
+reconcile as sets (each listed id exactly once, nothing unlisted), not only as counts. Shards go
+to a fresh folder and the manifest is replaced atomically last, so readers never see a mix of
+old and new shards, and a folder without a valid manifest is not a dataset.
 The output may be a local folder or a bucket URI (``s3://bucket/cub``): Ray Data writes the
 shards there directly and the manifest is one object written last.
 """
@@ -25,8 +26,8 @@ import pyarrow.dataset as pads
 
 from birdray import storage
 from birdray.config import field, to_dict
-from birdray.data.cub import CubDataset, CubRecord, read_cub
-from birdray.data.download import open_source
+from birdray.data.cub import CubDataset, CubRecord, image_path, read_cub
+from birdray.data.download import DEFAULT_MAX_EXTRACT_GB, open_source
 from birdray.data.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
@@ -48,7 +49,10 @@ class IngestConfig:
     max_side: int = field(0, "re-encode images whose longer side exceeds this (0 keeps originals)")
     max_pixels: int = field(DEFAULT_MAX_PIXELS, "larger images are quarantined as bombs")
     rows_per_shard: int = field(256, "upper bound of rows per Parquet file (keeps blocks small)")
-    md5: str = field("", "expected MD5 when the source is an archive")
+    md5: str = field("", "expected MD5 when the source is an archive (none: it is printed)")
+    max_extract_gb: float = field(
+        DEFAULT_MAX_EXTRACT_GB, "refuse archives that would unpack to more than this many GB"
+    )
     force: bool = field(False, "re-ingest even if the manifest says this source is done")
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
@@ -79,14 +83,35 @@ def source_fingerprint(cub: CubDataset) -> str:
         digest.update(str(path.relative_to(cub.root)).encode())
         digest.update(path.read_bytes())
     for rec in cub.records:
-        image = cub.root / "images" / rec.rel_path
-        size = image.stat().st_size if image.is_file() else -1
+        image = image_path(cub.root, rec.rel_path)  # never stat a path outside the source
+        size = image.stat().st_size if image is not None and image.is_file() else -1
         digest.update(f"{rec.rel_path}\0{size}\n".encode())
     return digest.hexdigest()
 
 
-def _split_counts(shard_root: str) -> tuple[dict[str, Any], str]:
-    """Per-split row/class counts read back from the written files, and a content checksum."""
+def reconcile(listed: list[int], ingested: list[int], quarantined: list[int]) -> None:
+    """Every listed id exactly once in ``ingested`` + ``quarantined``, and nothing else.
+
+    Equal counts are not enough: a row written twice hides a row lost.
+    """
+    seen = list(ingested) + list(quarantined)
+    counts: dict[int, int] = {}
+    for image_id in seen:
+        counts[image_id] = counts.get(image_id, 0) + 1
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    missing = sorted(set(listed) - set(counts))
+    unlisted = sorted(set(counts) - set(listed))
+    if twice or missing or unlisted:
+        raise RuntimeError(
+            f"image ids do not reconcile ({len(ingested)} ingested + {len(quarantined)} "
+            f"quarantined, {len(listed)} listed): written more than once {twice[:10]}, "
+            f"missing {missing[:10]}, not listed {unlisted[:10]}"
+        )
+
+
+def _split_counts(shard_root: str) -> tuple[dict[str, Any], str, list[int]]:
+    """Per-split row/class counts read back from the written files, a content checksum, and
+    every image id written (to reconcile against the list)."""
     fs, root = storage.filesystem(shard_root)
     table = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table(
         columns=["image_id", "label", "split", "content_hash"]
@@ -104,7 +129,7 @@ def _split_counts(shard_root: str) -> tuple[dict[str, Any], str]:
     payload = "\n".join(
         f"{r.image_id} {r.label} {r.split} {r.content_hash}" for r in frame.itertuples()
     )
-    return splits, hashlib.sha256(payload.encode()).hexdigest()
+    return splits, hashlib.sha256(payload.encode()).hexdigest(), frame["image_id"].tolist()
 
 
 def run_ingest(cfg: IngestConfig) -> str:
@@ -114,12 +139,14 @@ def run_ingest(cfg: IngestConfig) -> str:
     from birdray.runtime import init_ray
 
     started = time.time()
-    cub = read_cub(open_source(cfg.source, cfg.md5))
+    cub = read_cub(open_source(cfg.source, cfg.md5, cfg.max_extract_gb))
     fingerprint = source_fingerprint(cub)
     out = storage.absolute(cfg.out)
     manifest_path = storage.join(out, MANIFEST_FILE)
     settings = {
-        k: v for k, v in to_dict(cfg).items() if k not in ("out", "force", "address", "source")
+        k: v
+        for k, v in to_dict(cfg).items()
+        if k not in ("out", "force", "address", "source", "max_extract_gb")
     }
     if not cfg.force:
         try:
@@ -155,14 +182,17 @@ def run_ingest(cfg: IngestConfig) -> str:
     ds.write_parquet(shards, partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
 
     quarantine = _collect_quarantine(shards)  # leaves only the split=train/val/test folders
-    splits, content_checksum = _split_counts(shards) if storage.child_dirs(shards) else ({}, "")
-    ingested = sum(s["rows"] for s in splits.values())
-    if ingested + len(quarantine) != len(items):
-        storage.delete_dir(shards)
-        raise RuntimeError(
-            f"counts do not reconcile: {ingested} ingested + {len(quarantine)} quarantined "
-            f"!= {len(items)} listed"
+    splits, content_checksum, written = (
+        _split_counts(shards) if storage.child_dirs(shards) else ({}, "", [])
+    )
+    ingested = len(written)
+    try:
+        reconcile(
+            [item["image_id"] for item in items], written, [q["image_id"] for q in quarantine]
         )
+    except RuntimeError:
+        storage.delete_dir(shards)
+        raise
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.time(),

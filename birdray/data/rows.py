@@ -105,14 +105,17 @@ def load_images(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) ->
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     for i in range(len(batch["image_id"])):
         item = {k: batch[k][i] for k in batch}
-        error, decoded = item["problems"] or None, None
+        error = item["problems"] or None
         data = None if item["data"] is None else bytes(item["data"])
-        if error is None:
+        if error:
+            row = _row(item, data, None, max_side, error)
+        else:
             try:
-                decoded = decode_image(data, max_pixels)
-            except (OSError, ImageError) as exc:
-                error = str(exc)
-        row = _row(item, data, decoded, max_side, error)
+                row = _row(item, data, decode_image(data, max_pixels), max_side, None)
+            except ImageError as exc:
+                row = _row(item, data, None, max_side, str(exc))
+            except Exception as exc:  # re-encoding a decoded image failed: still this file's row
+                row = _row(item, data, None, max_side, f"corrupt: {type(exc).__name__}: {exc}")
         for name in SCHEMA.names:
             rows[name].append(row[name])
     return pa.table(rows, schema=SCHEMA)

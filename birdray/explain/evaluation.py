@@ -225,6 +225,7 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     from birdray.data.manifest import load_manifest, read_split
     from birdray.model.package import package_files, read_metadata
     from birdray.registry import is_package_dir, resolve, version_of
+    from birdray.resources import plan_pool
     from birdray.runtime import init_ray
 
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
@@ -243,7 +244,8 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     part_names = load_manifest(cfg.dataset).get("part_names") or []
     if not part_names:
         raise ValueError(f"{cfg.dataset} has no part annotations (manifest lacks part_names)")
-    init_ray(cfg.address or None)
+    cluster = init_ray(cfg.address or None)
+    actors = plan_pool("explanation", cfg.actors, cfg.actor_cpus, cfg.num_gpus, cluster)
     ds = read_split(cfg.dataset, cfg.split, columns=["image_id", "image", "label", "bbox", "parts"])
     if cfg.limit > 0:
         ds = ds.limit(cfg.limit)
@@ -258,7 +260,7 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
         ExplainWorker,
         fn_constructor_kwargs={"files": files, "part_names": part_names, "cfg": worker_cfg},
         batch_size=cfg.batch_size, batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus or None,
     ).to_pandas()  # fmt: skip
     if rows.empty:

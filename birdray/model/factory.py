@@ -6,6 +6,10 @@ loader build the network the same way (``pretrained: false | true`` or ``pretrai
 
 from __future__ import annotations
 
+# First, before torch/timm: the thread-safe import of the stack (see _stack.py).
+from birdray.model import _stack  # noqa: F401
+
+# isort: split
 from pathlib import Path
 
 import timm

@@ -6,6 +6,10 @@ confidence a user sees is the same number wherever they look (logits / temperatu
 
 from __future__ import annotations
 
+# First, before torch/timm: the thread-safe import of the stack (see _stack.py).
+from birdray.model import _stack  # noqa: F401
+
+# isort: split
 from dataclasses import dataclass
 from typing import Any
 

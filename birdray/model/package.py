@@ -9,6 +9,10 @@ preprocessing path), the calibration temperature and where the model came from.
 
 from __future__ import annotations
 
+# First, before torch/timm: the thread-safe import of the stack (see _stack.py).
+from birdray.model import _stack  # noqa: F401
+
+# isort: split
 import hashlib
 import json
 import os

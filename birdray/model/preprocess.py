@@ -7,6 +7,10 @@ resize and crop can never drift between the place a model learns and the places 
 
 from __future__ import annotations
 
+# First, before torch/timm: the thread-safe import of the stack (see _stack.py).
+from birdray.model import _stack  # noqa: F401
+
+# isort: split
 import math
 from dataclasses import dataclass
 from typing import Any

@@ -10,6 +10,10 @@ them into a safetensors file that ``pretrained_file:`` loads through timm's own 
 
 from __future__ import annotations
 
+# First, before torch/timm: the thread-safe import of the stack (see _stack.py).
+from birdray.model import _stack  # noqa: F401
+
+# isort: split
 import sys
 from pathlib import Path
 

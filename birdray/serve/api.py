@@ -3,13 +3,20 @@
 ``create_api`` builds the app around a ``Service`` (the Serve ingress implements it), so the HTTP
 contract lives in one place and knows nothing of Ray. Routes are versioned under ``/v1`` and
 documented by FastAPI's OpenAPI (``/docs``); ``/healthz`` and ``/readyz`` stay unauthenticated for
-probes. Anything that goes wrong answers ``{"error": {"code", "message", "file"}}``.
+probes. Anything that goes wrong answers ``{"error": {"code", "message", "file"}}``, overload and
+slow requests included: beyond ``max_concurrent_requests`` a ``/v1`` request is answered 503
+``busy`` at once (before its body is read), and one that takes longer than ``request_timeout_s``
+(a slow upload, a long queue) 504 ``timeout``; Serve's own proxy limits sit behind these as a
+backstop and answer in plain text.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -32,7 +39,9 @@ HTTP_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
     503: "unavailable",
+    504: "timeout",
 }
+RETRY_AFTER_S = "1"
 
 
 class Service(Protocol):
@@ -73,6 +82,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": API_KEY_HEADER} if exc.status == 401 else None
+        if exc.status == 503:
+            headers = {"Retry-After": RETRY_AFTER_S}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -94,8 +105,38 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", f"{type(exc).__name__}: the server failed")
 
 
+def _admission(limits: Limits):
+    """An async context for one ``/v1`` request: a slot among ``max_concurrent_requests`` (503
+    ``busy`` when none is free) and the ``request_timeout_s`` deadline (504 ``timeout``)."""
+    active = 0
+
+    @contextlib.asynccontextmanager
+    async def admitted() -> AsyncIterator[None]:
+        nonlocal active
+        if 0 < limits.max_concurrent_requests <= active:
+            raise ApiError(503, "busy", "too many requests in progress; retry shortly")
+        active += 1
+        try:
+            async with asyncio.timeout(limits.request_timeout_s):
+                yield
+        except TimeoutError as exc:
+            raise ApiError(
+                504, "timeout", f"the request took longer than {limits.request_timeout_s:g} s"
+            ) from exc
+        finally:
+            active -= 1
+
+    return admitted
+
+
 def create_api(service: Service, limits: Limits, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app for ``service``; requests to ``/v1`` need ``X-API-Key`` when a key is set."""
+    """The FastAPI app for ``service``; requests to ``/v1`` need ``X-API-Key`` when a key is set.
+
+    A key that is set must be non-blank: an empty key would let every request in (fail closed).
+    """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty: refusing to build an app that lets anyone in")
+    admitted = _admission(limits)
     app = FastAPI(
         title="birdray",
         version="1",
@@ -131,8 +172,9 @@ def create_api(service: Service, limits: Limits, api_key: str | None = None) -> 
     async def predict(
         request: Request, top_k: int = Query(5, ge=1, le=1000, description="species per image")
     ) -> dict[str, Any]:
-        uploads = await read_uploads(request, "files", limits)
-        model_block, results = await service.predict(uploads, top_k)
+        async with admitted():
+            uploads = await read_uploads(request, "files", limits)
+            model_block, results = await service.predict(uploads, top_k)
         if len(uploads) == 1 and isinstance(results[0], ApiError):
             raise results[0]
         return {
@@ -156,9 +198,10 @@ def create_api(service: Service, limits: Limits, api_key: str | None = None) -> 
     ) -> dict[str, Any]:
         if method not in METHODS:
             raise ApiError(422, "invalid_parameter", f"method must be one of {', '.join(METHODS)}")
-        uploads = await read_uploads(request, "file", limits)
-        if len(uploads) != 1:
-            raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
-        return await service.explain(uploads[0], method, target)
+        async with admitted():
+            uploads = await read_uploads(request, "file", limits)
+            if len(uploads) != 1:
+                raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
+            return await service.explain(uploads[0], method, target)
 
     return app

@@ -23,7 +23,7 @@ from birdray.config import field
 from birdray.registry import version_of
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.explainer import BirdExplainer
-from birdray.serve.ingress import BirdIngress
+from birdray.serve.ingress import PROBE_SLOTS, BirdIngress
 from birdray.serve.uploads import Limits
 
 __all__ = ["AppArgs", "BirdClassifier", "BirdExplainer", "BirdIngress", "bind_app", "build_app"]
@@ -35,7 +35,9 @@ class AppArgs:
 
     model: str = field("production", "production | latest | v0003 (registry) or a package folder")
     registry: str | None = field("runs/registry", "registry folder or URI (None: model is a path)")
-    api_key_env: str | None = field(None, "env var with the API key; when set, /v1 needs X-API-Key")
+    api_key_env: str | None = field(
+        None, "env var with the API key; when named, /v1 needs X-API-Key (unset/empty: refused)"
+    )
     max_upload_mb: float = field(16.0, "largest accepted image file")
     max_request_mb: float = field(64.0, "largest accepted request body")
     max_files: int = field(16, "most images per /v1/predict request")
@@ -47,7 +49,7 @@ class AppArgs:
     max_batch_size: int = field(8, "@serve.batch size (user_config; live-tunable)")
     batch_wait_timeout_s: float = field(0.002, "@serve.batch wait (user_config; live-tunable)")
     max_ongoing_requests: int = field(16, "per model replica; raised to max_batch_size if lower")
-    max_queued_requests: int = field(-1, "per caller before 503 (-1: unbounded)")
+    max_queued_requests: int = field(128, "model requests waiting per caller before 503 busy")
     num_gpus: float = field(0.0, "GPUs per model replica (1 or a fraction on a GPU cluster)")
     model_num_cpus: float = field(1.0, "CPUs per model replica")
     min_replicas: int = field(1, "model replicas at least")
@@ -61,6 +63,15 @@ class AppArgs:
     ingress_replicas: int = field(1, "ingress (decode/preprocess) replicas")
     ingress_num_cpus: float = field(0.5, "CPUs per ingress replica")
     ingress_max_ongoing_requests: int = field(64, "concurrent HTTP requests per ingress replica")
+    ingress_max_queued_requests: int = field(
+        64, "HTTP requests the proxy holds for a busy ingress before its (plain-text) 503"
+    )
+    max_concurrent_requests: int = field(
+        0, "/v1 requests at once per ingress replica, then 503 busy (0: max_ongoing_requests - 8)"
+    )
+    request_timeout_s: float = field(
+        50.0, "a /v1 request's limit (upload, queue, model) before 504; below the proxy's"
+    )
     explain: bool = field(True, "add the BirdExplainer deployment and /v1/explain")
     explain_num_cpus: float = field(0.5, "CPUs per explainer replica")
     explain_num_gpus: float = field(0.0, "GPUs per explainer replica")
@@ -87,7 +98,26 @@ def _limits(args: AppArgs) -> Limits:
         max_files=args.max_files,
         max_pixels=args.max_pixels,
         max_aspect_ratio=args.max_aspect_ratio,
+        request_timeout_s=args.request_timeout_s,
+        max_concurrent_requests=args.max_concurrent_requests,
     )
+
+
+def check_bounds(opts: AppArgs) -> None:
+    """Fail closed before anything starts: a named API key must be there, limits must bound."""
+    if opts.api_key_env is not None:
+        if not opts.api_key_env.strip():
+            raise ValueError("api_key_env is empty: name the variable that holds the API key")
+        if not os.environ.get(opts.api_key_env, "").strip():
+            raise ValueError(
+                f"api_key_env names {opts.api_key_env}, which is unset or empty: "
+                "refusing to serve /v1 without an API key"
+            )
+    if not opts.request_timeout_s > 0:
+        raise ValueError(f"request_timeout_s must be > 0 (got {opts.request_timeout_s})")
+    if opts.max_concurrent_requests < 0:
+        got = opts.max_concurrent_requests
+        raise ValueError(f"max_concurrent_requests must be >= 0 (got {got})")
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -98,6 +128,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
 def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
     """Deployments with their options bound to a model reference (no I/O, nothing resolved)."""
+    check_bounds(opts)
     if opts.explain and importlib.util.find_spec("birdray.explain") is None:
         raise ValueError("explain=true needs the birdray.explain package; build with explain=false")
     replica_args = {"model": model, "registry": registry, "device": opts.device}
@@ -142,14 +173,18 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
             max_surge_percent=opts.max_surge_percent,
         ).bind(**replica_args, torch_threads=opts.torch_threads)
     ingress_actor: dict[str, Any] = {"num_cpus": opts.ingress_num_cpus}
-    if opts.api_key_env and os.environ.get(opts.api_key_env):
+    if opts.api_key_env:
         # hand the key to the ingress replicas (they may run on other nodes than the builder)
         ingress_actor["runtime_env"] = {
             "env_vars": {opts.api_key_env: os.environ[opts.api_key_env]}
         }
     return BirdIngress.options(
         num_replicas=opts.ingress_replicas,
-        max_ongoing_requests=opts.ingress_max_ongoing_requests,
+        # above the app's own admission limit, so overload gets its JSON 503, not the proxy's
+        max_ongoing_requests=max(
+            opts.ingress_max_ongoing_requests, opts.max_concurrent_requests + PROBE_SLOTS
+        ),
+        max_queued_requests=opts.ingress_max_queued_requests,
         ray_actor_options=ingress_actor,
         max_surge_percent=opts.max_surge_percent,
     ).bind(classifier, explainer, _limits(opts), opts.api_key_env)

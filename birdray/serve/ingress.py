@@ -10,7 +10,7 @@ arrays and the ingress redoes them once with the new transform.
 from __future__ import annotations
 
 import asyncio
-import logging
+import dataclasses
 import os
 import time
 from typing import Any
@@ -25,7 +25,7 @@ from birdray.serve.api import create_api
 from birdray.serve.errors import ApiError
 from birdray.serve.uploads import Limits, Upload, decode_upload
 
-logger = logging.getLogger("ray.serve")
+PROBE_SLOTS = 8  # requests Serve lets in beyond the app's own limit: probes, quick 503s
 
 
 def _ms(start: float) -> float:
@@ -42,6 +42,34 @@ async def _answer(response: DeploymentResponse, what: str) -> Any:
         raise ApiError(503, "unavailable", f"the {what} deployment is not available") from exc
 
 
+def admission_limit(limits: Limits) -> Limits:
+    """``limits`` with ``max_concurrent_requests`` set: when 0, this replica's Serve
+    ``max_ongoing_requests`` (as a config file may have set it) less ``PROBE_SLOTS``, so the app
+    turns overload away in its JSON shape before Serve's proxy queues or drops it in plain text."""
+    if limits.max_concurrent_requests:
+        return limits
+    # Serve has no public getter for a running replica's own options
+    ongoing = serve.get_replica_context()._deployment_config.max_ongoing_requests
+    return dataclasses.replace(limits, max_concurrent_requests=max(1, ongoing - PROBE_SLOTS))
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The key in variable ``name`` (None: no key configured); fails closed on unset or blank.
+
+    A named but missing key is a deployment mistake (a secret that did not mount), never a
+    reason to serve ``/v1`` to anyone: the replica refuses to start and Serve reports why.
+    """
+    if not name:
+        return None
+    key = os.environ.get(name, "")
+    if not key.strip():
+        raise RuntimeError(
+            f"api_key_env names {name}, but {name} is unset or empty in this replica: "
+            "refusing to serve /v1 without an API key"
+        )
+    return key
+
+
 @serve.deployment(name="BirdIngress", max_ongoing_requests=64)
 @serve.ingress()
 class BirdIngress:
@@ -55,11 +83,9 @@ class BirdIngress:
         api_key_env: str | None,
     ):
         set_threads(1)  # transforms are small; leave the cores to the model
-        self._classifier, self._explainer, self._limits = classifier, explainer, limits
-        # the key is checked when the named variable has a value (configs name it always)
-        self._api_key = os.environ.get(api_key_env) if api_key_env else None
-        if api_key_env and not self._api_key:
-            logger.warning("%s is not set: /v1 is open (bound to loopback?)", api_key_env)
+        self._api_key = api_key_from_env(api_key_env)
+        self._classifier, self._explainer = classifier, explainer
+        self._limits = admission_limit(limits)
         self._info: dict[str, Any] | None = None  # model info + its eval "transform"
 
     def __serve_build_asgi_app__(self):
@@ -147,7 +173,7 @@ class BirdIngress:
     def _target(self, target: str | None, classes: list[str]) -> int | None:
         if target is None or target == "":
             return None
-        if target.isdigit() and int(target) < len(classes):
+        if target.isascii() and target.isdigit() and int(target) < len(classes):  # not "²"
             return int(target)
         wanted = target.lower()
         for index, name in enumerate(classes):

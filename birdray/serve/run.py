@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from birdray.config import field
+from birdray.resources import plan_serve
 from birdray.runtime import LOOPBACK, init_ray
 from birdray.serve.app import AppArgs, app_args, build_app
 
@@ -45,11 +46,17 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
-def ensure_serve(host: str = LOOPBACK, port: int = 0) -> str:
+PROXY_TIMEOUT_MARGIN_S = 10.0  # the proxy's backstop waits longer than the app's own JSON 504
+
+
+def ensure_serve(
+    host: str = LOOPBACK, port: int = 0, request_timeout_s: float | None = None
+) -> str:
     """Start Serve's HTTP proxy on the head node (or join a running one); its base URL.
 
     Serve's HTTP options are fixed once it runs, so when it already runs the URL reports the
-    port it really listens on, not the one asked for.
+    port it really listens on, not the one asked for. ``request_timeout_s`` bounds every request
+    at the proxy (default: the app's own limit plus a margin, so the app answers first).
     """
     from ray import serve
     from ray.serve.context import _get_global_client  # the only way to read the live options
@@ -57,7 +64,11 @@ def ensure_serve(host: str = LOOPBACK, port: int = 0) -> str:
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
         port = port or free_port(host)
-        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        timeout = request_timeout_s or AppArgs().request_timeout_s + PROXY_TIMEOUT_MARGIN_S
+        serve.start(
+            http_options={"host": host, "port": port, "request_timeout_s": timeout},
+            proxy_location="HeadOnly",
+        )
         client = _get_global_client()
     options = client.http_config
     if port and options.port != port:
@@ -131,8 +142,9 @@ def start_local(
 
     args = {"model": model, "registry": registry, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
-    init_ray(address=address, num_cpus=num_cpus)
-    base = ensure_serve(host, port)
+    plan_serve(args, init_ray(address=address, num_cpus=num_cpus))  # fits, or fails now
+    app_timeout = app_kwargs.get("request_timeout_s") or AppArgs().request_timeout_s
+    base = ensure_serve(host, port, float(app_timeout) + PROXY_TIMEOUT_MARGIN_S)
     serve.run(app, name=name, route_prefix=route_prefix)
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
     url = f"{base}{prefix}"

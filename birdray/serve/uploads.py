@@ -2,13 +2,13 @@
 
 The request body is read with a byte limit before parsing (a client cannot make the replica hold
 more than ``max_request_bytes``), parsed by Starlette's multipart parser with spooling kept in
-memory (no temp files), and each file is checked for declared type and size, then decoded by
-``birdray.images.decode_image`` (the one definition of a valid image).
+memory (no temp files) and its own part limits (it stops at the ``max_files + 1``-th file part,
+so 20,000 tiny parts cost no more than 17), and each file is checked for declared type and size,
+then decoded by ``birdray.images.decode_image`` (the one definition of a valid image).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
@@ -20,15 +20,20 @@ from birdray.serve.errors import ApiError, from_image_error
 
 # Declared part types we accept; the real format is sniffed from the bytes by decode_image.
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
+MAX_FIELDS = 8  # non-file form fields (the API reads none; a few are tolerated)
 
 
 @dataclass(frozen=True)
 class Limits:
+    """What one request may cost the ingress replica."""
+
     max_upload_bytes: int  # one file
     max_request_bytes: int  # the whole body
     max_files: int
     max_pixels: int
     max_aspect_ratio: float  # longest / shortest side; beyond it resizing explodes
+    request_timeout_s: float = 50.0  # upload + decode + queue + model, then 504
+    max_concurrent_requests: int = 0  # /v1 requests in progress, then 503 busy (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -72,22 +77,26 @@ async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upl
         yield body
 
     parser = MultiPartParser(
-        request.headers, replay(), max_files=math.inf, max_fields=32, max_part_size=64 * 1024
+        request.headers,
+        replay(),
+        max_files=limits.max_files,  # raises at the next file part, while parsing
+        max_fields=MAX_FIELDS,
+        max_part_size=64 * 1024,
     )
     parser.spool_max_size = limits.max_request_bytes + 1  # keep every part in memory
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise ApiError(
+                400, "too_many_files", f"more than {limits.max_files} files per request"
+            ) from exc
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
     files = [v for k, v in form.multi_items() if isinstance(v, UploadFile)]
     wanted = [v for k, v in form.multi_items() if k == field and isinstance(v, UploadFile)]
     if not wanted:
         other = " (got files under other fields)" if files else ""
         raise ApiError(422, "no_files", f"no files in multipart field {field!r}{other}")
-    if len(wanted) > limits.max_files:
-        raise ApiError(
-            400, "too_many_files", f"{len(wanted)} files; at most {limits.max_files} per request"
-        )
     uploads = []
     for index, item in enumerate(wanted):
         data = await item.read()

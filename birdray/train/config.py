@@ -42,6 +42,9 @@ class TrainConfig:
     placement_strategy: str = field("PACK", "PACK | SPREAD | STRICT_SPREAD (one worker per node)")
     dist_backend: str = field("", "torch.distributed backend (empty: nccl on GPU, gloo on CPU)")
     data_cpus: float = field(0.5, "logical CPUs per Ray Data decode/augment task")
+    stall_timeout_s: float = field(
+        300.0, "stop with Ray's pending-resource view when no batch arrives this long (0: never)"
+    )
     # run
     storage_path: str = field("runs/train", "where Ray Train keeps checkpoints (path or URI)")
     name: str = field("", "run name; submitting again with the same name resumes it")

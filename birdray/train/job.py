@@ -21,29 +21,58 @@ from birdray.config import save_config
 from birdray.data.manifest import load_manifest, manifest_checksum
 from birdray.model.factory import ModelError, create_model
 from birdray.model.preprocess import resolve_data_config
+from birdray.resources import ResourceError, plan_workers
 from birdray.train.config import TrainConfig
 from birdray.train.data import build_datasets, train_transform_kwargs
 from birdray.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
 
-__all__ = ["TrainConfig", "build_trainer", "export_package", "run_training"]
+__all__ = ["ResourceError", "TrainConfig", "build_trainer", "export_package", "run_training"]
 
 
-class ResourceError(ValueError):
-    """A request the cluster can never satisfy (it would sit PENDING forever)."""
+def check_resources(
+    cfg: TrainConfig,
+    cluster: dict[str, float],
+    copies: int = 1,
+    extra_cpus: float = 0.0,
+    data_cpus: float = 0.0,
+) -> None:
+    """Fit the workers beside Ray Data's tasks (may lower ``cpus_per_worker``) or fail now."""
+    cfg.cpus_per_worker = plan_workers(
+        cfg.num_workers,
+        cfg.cpus_per_worker,
+        cfg.use_gpu,
+        max(cfg.data_cpus, data_cpus),
+        cluster,
+        copies,
+        extra_cpus,
+    )
 
 
-def check_resources(cfg: TrainConfig, cluster: dict[str, float], share: int = 1) -> None:
-    """Fail fast, saying what the cluster has, instead of waiting forever for resources."""
-    need_cpu = cfg.num_workers * cfg.cpus_per_worker * share
-    need_gpu = cfg.num_workers * share if cfg.use_gpu else 0
-    have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    if need_cpu > have_cpu or need_gpu > have_gpu:
-        raise ResourceError(
-            f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPU"
-            + (" + 1 GPU" if cfg.use_gpu else "")
-            + f"{f' x {share} concurrent trials' if share > 1 else ''} need {need_cpu:g} CPU"
-            + f" and {need_gpu:g} GPU; the cluster has {have_cpu:g} CPU and {have_gpu:g} GPU"
-        )
+def check_reachable(cfg: TrainConfig) -> None:
+    """Hub weights and bucket storage are needed by every worker: fail in seconds, not after
+    retries on each worker (timm's hub download retries for ~50 s offline)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if cfg.pretrained and not cfg.pretrained_file and not os.environ.get("HF_HUB_OFFLINE"):
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError as exc:
+            raise ResourceError(
+                f"pretrained: true downloads {cfg.arch} weights from {host}, which cannot be"
+                f" reached ({exc}); give --pretrained-file PATH, --pretrained false, or set"
+                " HF_HUB_OFFLINE=1 when the weights are in the Hugging Face cache"
+            ) from None
+    if storage.is_remote(cfg.storage_path):
+        try:
+            fs, path = storage.filesystem(cfg.storage_path)
+            fs.get_file_info(path)
+        except OSError as exc:
+            raise ResourceError(f"storage_path {cfg.storage_path}: {exc}") from None
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -180,7 +209,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     cfg.name = default_name(cfg)
     cluster = init_ray(cfg.address or None)
-    check_resources(cfg, cluster)
+    check_resources(cfg, cluster)  # nothing is submitted before both checks pass
+    check_reachable(cfg)
     remote = "://" in cfg.storage_path
     # a bucket (s3://, gs://) keeps the checkpoints; config, summary, plots and the package are
     # written on this machine first, then copied next to them

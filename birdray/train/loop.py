@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from birdray.model.factory import autocast_dtype, create_model, set_threads
 from birdray.model.preprocess import normalize_uint8
+from birdray.resources import watched
 from birdray.train.config import TrainConfig
 
 STATE_FILE = "train_state.pt"
@@ -177,6 +178,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **val,
         }
         history.append(metrics)
+        if rank == 0:  # the one log line per epoch (progress bars are off in logs)
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}: {int(totals[1])} images,"
+                f" {metrics['images_per_s']:.1f} img/s, train_loss {metrics['train_loss']:.4f},"
+                f" val_top1 {metrics['val_top1']:.4f}, {metrics['epoch_seconds']:.1f} s",
+                flush=True,
+            )
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
@@ -203,16 +211,15 @@ def _train_epoch(
     model.train()
     shard = ray.train.get_dataset_shard("train")
     total_loss, seen = 0.0, 0.0
-    for step, batch in enumerate(
-        shard.iter_torch_batches(
-            batch_size=cfg.batch_size,
-            drop_last=True,
-            prefetch_batches=2,
-            device=device,
-            local_shuffle_buffer_size=cfg.batch_size * 4,
-            local_shuffle_seed=cfg.seed + epoch,
-        )
-    ):
+    batches = shard.iter_torch_batches(
+        batch_size=cfg.batch_size,
+        drop_last=True,
+        prefetch_batches=2,
+        device=device,
+        local_shuffle_buffer_size=cfg.batch_size * 4,
+        local_shuffle_seed=cfg.seed + epoch,
+    )
+    for step, batch in enumerate(watched(batches, cfg.stall_timeout_s, "training data")):
         if step == 1:
             _maybe_inject_failure(cfg, epoch, rank)
         images = normalize_uint8(batch["image"], data_config)
@@ -240,9 +247,10 @@ def _validate(model, loss_fn, cfg, data_config, device, amp_dtype) -> dict[str, 
     model.eval()
     shard = ray.train.get_dataset_shard("val")
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
-    for batch in shard.iter_torch_batches(
+    batches = shard.iter_torch_batches(
         batch_size=cfg.batch_size * 2, drop_last=False, device=device
-    ):
+    )
+    for batch in watched(batches, cfg.stall_timeout_s, "validation data"):
         images = normalize_uint8(batch["image"], data_config)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

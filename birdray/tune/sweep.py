@@ -14,14 +14,15 @@ the winner's model package in ``package/``. Running again with the same name res
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from birdray import storage
 from birdray.config import ConfigError, field, from_dict, save_config
+from birdray.resources import DATA_CPUS
 from birdray.train.config import TrainConfig
-from birdray.train.job import ResourceError, check_resources
+from birdray.train.job import check_reachable, check_resources
 
 METRIC, MODE = "val_top1", "max"
 SEARCHED = ("arch", "lr", "weight_decay", "label_smoothing", "image_size", "pretrained")
@@ -133,28 +134,20 @@ def plan_trials(cfg: SweepConfig, base: TrainConfig, cluster: dict[str, float]) 
     A running trial holds its Tune function (``trial_cpus``) and its Train workers, and its Ray
     Data pipeline needs CPUs nobody holds: Ray Data lists and reads files in 1-CPU tasks and
     budgets itself from what Train workers leave free. Without that share a trial never gets its
-    first batch (measured on a 2-CPU Ray: a 1-CPU worker plus a 0.1-CPU trial hung for good).
+    first batch (measured on a 2-CPU Ray: a 1-CPU worker plus a 0.1-CPU trial hung for good), so
+    when only that share is missing the workers get fractional CPUs (``birdray.resources``).
     """
     have_cpu, have_gpu = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
-    check_resources(base, cluster)  # the Train workers of a single trial
-    workers_cpu = base.num_workers * base.cpus_per_worker
-    data_share = max(cfg.data_cpus_per_trial, base.data_cpus)
-    per_cpu = workers_cpu + cfg.trial_cpus + data_share
+    data_share = max(cfg.data_cpus_per_trial, base.data_cpus, DATA_CPUS)
+    per_cpu = base.num_workers * base.cpus_per_worker + cfg.trial_cpus + data_share
     per_gpu = float(base.num_workers) if base.use_gpu else 0.0
-    if per_cpu > have_cpu + 1e-9:
-        raise ResourceError(
-            f"one trial needs {per_cpu:g} CPU ({base.num_workers} workers x"
-            f" {base.cpus_per_worker:g} + {cfg.trial_cpus:g} for its Tune function + {data_share:g}"
-            f" kept free for its Ray Data pipeline); the cluster has {have_cpu:g} CPU and"
-            f" {have_gpu:g} GPU"
-        )
     fits = math.floor(have_cpu / per_cpu + 1e-9)
     if per_gpu:
         fits = min(fits, math.floor(have_gpu / per_gpu + 1e-9))
     total = len(cfg.archs) * cfg.num_samples
-    concurrent = max(1, min(fits, total, cfg.max_concurrent_trials or fits))
-    reserved = concurrent * (cfg.trial_cpus + data_share)
-    check_resources(base, {"CPU": have_cpu - reserved + 1e-6, "GPU": have_gpu}, concurrent)
+    concurrent = max(1, min(fits, total, cfg.max_concurrent_trials or total))
+    check_resources(base, cluster, concurrent, cfg.trial_cpus, data_share)  # may lower CPUs
+    per_cpu = base.num_workers * base.cpus_per_worker + cfg.trial_cpus + data_share
     return TrialPlan({"CPU": cfg.trial_cpus}, per_cpu, per_gpu, concurrent)
 
 
@@ -206,7 +199,7 @@ def build_tuner(cfg: SweepConfig, base: TrainConfig, plan: TrialPlan):
     scheduler = ASHAScheduler(
         time_attr="epoch",
         max_t=cfg.epochs,
-        grace_period=cfg.grace_period,
+        grace_period=min(cfg.grace_period, cfg.epochs),  # fewer epochs: all run
         reduction_factor=cfg.reduction_factor,
     )
     tuner = tune.Tuner(
@@ -246,6 +239,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     search_space(cfg)  # validate the search space before starting anything
     cluster = init_ray(cfg.address or None)
     plan = plan_trials(cfg, base, cfg.cluster_resources or cluster)
+    check_reachable(replace(base, pretrained=any(cfg.pretrained), storage_path=cfg.storage_path))
     print(
         f"sweep {cfg.name}: {len(cfg.archs) * cfg.num_samples} trials, {plan.max_concurrent} at "
         f"once ({plan.trial_cpus:g} CPU + {plan.trial_gpus:g} GPU each)"

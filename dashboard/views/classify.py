@@ -62,7 +62,6 @@ def show_explanation(name: str, data: bytes, method: str) -> None:
         try:
             result = explain_file(
                 settings.serve_url,
-                settings.api_key,
                 name,
                 data,
                 method,

@@ -1,0 +1,405 @@
+"""Pre-flight checks: a user's mistake is found before Ray starts and said in one line.
+
+``birdray <job>`` (and ``jobs/<job>.py``, the same code path) runs ``check(job, cfg)`` after the
+flags are parsed and before the job function: missing paths, folders that are not datasets, model
+references that do not resolve, values out of range. Each problem raises ``UsageError`` whose
+message starts with the flag and says what was expected; ``birdray.cli.main`` prints it as one
+line and exits with status 2. Without this, ``birdray serve --model /nonexistent`` started Ray and
+Serve and failed a minute later with ``Deploying application birdray failed``.
+
+Only what can be judged cheaply and without Ray is checked here: bucket paths are taken on trust
+(reading them is the job's business), local paths are not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from birdray import storage
+from birdray.config import UsageError
+
+MODEL_HELP = "a model package folder, or production|latest|vNNNN|ALIAS with --registry"
+# A registry alias (``candidate``, ``champion``): its existence is ``registry.resolve``'s to check.
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _abs(location: str) -> str:
+    return location if storage.is_remote(location) else str(storage.local_path(location).resolve())
+
+
+def require(ok: bool, flag: str, message: str) -> None:
+    if not ok:
+        raise UsageError(f"{flag}: {message}")
+
+
+def exists(flag: str, location: str, what: str) -> None:
+    """A local path must exist (a bucket path is the job's to read)."""
+    require(bool(location), flag, f"is required ({what})")
+    if not storage.is_remote(location):
+        path = storage.local_path(location)
+        require(path.exists(), flag, f"{_abs(location)} does not exist (expected {what})")
+
+
+def file(flag: str, location: str, what: str) -> None:
+    exists(flag, location, what)
+    if not storage.is_remote(location):
+        require(storage.local_path(location).is_file(), flag, f"{location} is not a file ({what})")
+
+
+def output(flag: str, location: str) -> None:
+    """An output location must be given and must not be an existing file."""
+    require(bool(location), flag, "is required (an output folder or bucket URI)")
+    if not storage.is_remote(location):
+        path = storage.local_path(location)
+        require(not path.is_file(), flag, f"{location} is a file; expected a folder")
+
+
+def dataset(flag: str, location: str, split: str | None = None) -> dict[str, Any]:
+    """An ingested dataset (a manifest with its shards); its manifest is returned."""
+    from birdray.data.manifest import DatasetError, load_manifest
+
+    exists(flag, location, "an ingested dataset folder (birdray ingest --out)")
+    try:
+        manifest = load_manifest(location)
+    except DatasetError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+    if split is not None:
+        have = sorted(manifest.get("splits") or {})
+        require(split in have, "--split", f"{location} has no {split!r} split (has {have})")
+    return manifest
+
+
+def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
+    """``model_ref`` names a model package folder or a version the registry really has.
+
+    Only the registry's public functions are used, so this agrees with ``registry.resolve`` (which
+    ``serve.app.pin_model`` follows too): a package folder first, else production/latest/vNNNN.
+    """
+    ref = model_ref or "production"
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        require(
+            (path / "metadata.json").is_file(),
+            flag,
+            f"{_abs(ref)} is a folder but not a model package (no metadata.json); "
+            f"expected {MODEL_HELP}",
+        )
+        return
+    if os.sep in ref or ref.startswith((".", "~")):
+        raise UsageError(f"{flag}: {_abs(ref)} does not exist; expected {MODEL_HELP}")
+    from birdray import registry as reglib
+
+    alias = (
+        ref not in ("production", "latest")
+        and not reglib.VERSION_RE.match(ref)
+        and ALIAS_RE.match(ref) is not None
+    )
+    if ref not in ("production", "latest") and not reglib.VERSION_RE.match(ref) and not alias:
+        raise UsageError(
+            f"{flag}: {ref!r} is neither a folder, a version nor an alias; expected {MODEL_HELP}"
+        )
+    if not registry:
+        raise UsageError(
+            f"{flag} {ref} names a registry version but no --registry was given "
+            "(pass --registry PATH|URI, or --model PATH to a package folder)"
+        )
+    root = _abs(registry)
+    if not storage.is_remote(registry) and not storage.local_path(registry).is_dir():
+        raise UsageError(
+            f"{flag} {ref}: no registry at {root} (--registry); pass --registry PATH to an "
+            "existing registry, or --model PATH to a model package folder"
+        )
+    if alias:
+        return  # resolved (or refused with the registry's own message) by registry.resolve
+    try:
+        versions = reglib.list_versions(registry)
+        current = reglib.read_pointer(registry).get("version") if ref == "production" else None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--registry: cannot read the registry at {root}: {exc}") from exc
+    if ref == "production":
+        require(
+            bool(current),
+            flag,
+            f"the registry at {root} has no production model yet (versions: "
+            f"{', '.join(versions) or 'none'}); promote one with 'birdray registry promote "
+            f"--version vNNNN --registry {registry}', or pass --model latest|vNNNN|PATH",
+        )
+    elif ref == "latest":
+        require(bool(versions), flag, f"the registry at {root} is empty (train with --registry)")
+    else:
+        require(
+            ref in versions,
+            flag,
+            f"the registry at {root} has no {ref} (it has: {', '.join(versions) or 'none'})",
+        )
+
+
+def positive(values: dict[str, float], minimum: float = 1) -> None:
+    for flag, value in values.items():
+        require(value >= minimum, flag, f"must be >= {minimum:g}, got {value:g}")
+
+
+def choice(flag: str, value: str, options: tuple[str, ...] | list[str]) -> None:
+    require(value in options, flag, f"{value!r} is not one of {', '.join(options)}")
+
+
+def _url(flag: str, value: str) -> None:
+    require(value.startswith(("http://", "https://")), flag, f"{value!r} is not an http(s) URL")
+
+
+def _port(value: int) -> None:
+    require(0 <= value <= 65535, "--port", f"{value} is not a port (0-65535; 0 picks one)")
+
+
+def _md5(value: str) -> None:
+    require(
+        not value or re.fullmatch(r"[0-9a-fA-F]{32}", value) is not None,
+        "--md5",
+        f"{value!r} is not an MD5 (32 hex digits; empty skips the check)",
+    )
+
+
+# ---- one check per job ---------------------------------------------------------------------
+
+
+def _synth(cfg: Any) -> None:
+    output("--out", cfg.out)
+    positive({"--classes": cfg.classes, "--per-class": cfg.per_class, "--min-side": cfg.min_side})
+    require(cfg.min_side <= cfg.max_side, "--max-side", f"must be >= --min-side {cfg.min_side}")
+    require(0.0 < cfg.test_fraction < 1.0, "--test-fraction", "must be between 0 and 1")
+    positive({"--workers": cfg.workers}, 0)
+
+
+def _download(cfg: Any) -> None:
+    output("--out", cfg.out)
+    require(
+        cfg.url.startswith(("http://", "https://", "file://")),
+        "--url",
+        f"{cfg.url!r} is not an http(s):// or file:// URL",
+    )
+    _md5(cfg.md5)
+    require(cfg.timeout_s > 0, "--timeout-s", "must be > 0")
+
+
+def _ingest(cfg: Any) -> None:
+    from birdray.data.cub import CubFormatError, find_root
+
+    what = "a CUB_200_2011 folder, its parent, or CUB_200_2011.tgz"
+    exists("--source", cfg.source, what)
+    local = None if storage.is_remote(cfg.source) else storage.local_path(cfg.source)
+    if local is not None and local.is_dir():
+        try:
+            find_root(local)
+        except CubFormatError as exc:
+            raise UsageError(f"--source: {exc}") from exc
+    output("--out", cfg.out)
+    require(0.0 <= cfg.val_fraction < 1.0, "--val-fraction", "must be in [0, 1)")
+    positive({"--rows-per-shard": cfg.rows_per_shard, "--max-pixels": cfg.max_pixels})
+    positive({"--max-side": cfg.max_side}, 0)
+    _md5(cfg.md5)
+
+
+def _train(cfg: Any) -> None:
+    manifest = dataset("--dataset", cfg.dataset)
+    splits = manifest.get("splits") or {}
+    require(
+        bool(splits.get("train")) and bool(splits.get("val")),
+        "--dataset",
+        f"{cfg.dataset} needs non-empty train and val splits (has {sorted(splits)})",
+    )
+    if cfg.pretrained_file:
+        file("--pretrained-file", cfg.pretrained_file, "a weights file (.safetensors or .pth)")
+    positive(
+        {
+            "--epochs": cfg.epochs,
+            "--batch-size": cfg.batch_size,
+            "--num-workers": cfg.num_workers,
+            "--image-size": cfg.image_size,
+        }
+    )
+    require(cfg.cpus_per_worker > 0, "--cpus-per-worker", "must be > 0")
+    require(cfg.data_cpus > 0, "--data-cpus", "must be > 0")
+    require(cfg.lr > 0, "--lr", "must be > 0")
+    choice("--placement-strategy", cfg.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
+    output("--storage-path", cfg.storage_path)
+    if cfg.registry and not storage.is_remote(cfg.registry):
+        require(
+            not storage.local_path(cfg.registry).is_file(),
+            "--registry",
+            f"{cfg.registry} is a file; expected a registry folder",
+        )
+
+
+def _tune(cfg: Any) -> None:
+    """The search space and the shared train settings are checked by the sweep itself, before
+    it starts Ray (``base_train_config``, ``search_space``: ConfigError, one line too)."""
+    manifest = dataset("--dataset", cfg.dataset)
+    have = sorted(manifest.get("splits") or {})
+    if cfg.registry:  # the winner is evaluated on it before it is registered
+        require(cfg.eval_split in have, "--eval-split", f"{cfg.eval_split!r} is not in {have}")
+    positive({"--epochs": cfg.epochs, "--num-samples": cfg.num_samples})
+    positive({"--grace-period": cfg.grace_period})
+    positive({"--reduction-factor": cfg.reduction_factor}, 2)
+    output("--storage-path", cfg.storage_path)
+
+
+def _evaluate(cfg: Any) -> None:
+    require(bool(cfg.model or cfg.registry), "--model", f"is required ({MODEL_HELP})")
+    model(cfg.model, cfg.registry)
+    dataset("--dataset", cfg.dataset, cfg.split)
+    if cfg.exclude_ids:
+        file("--exclude-ids", cfg.exclude_ids, "a file of image ids")
+    positive({"--batch-size": cfg.batch_size, "--actors": cfg.actors})
+
+
+def _registry(cfg: Any) -> None:
+    choice("action", cfg.action, ("list", "show", "promote", "rollback"))
+    require(bool(cfg.registry), "--registry", "is required (a registry folder or URI)")
+    if not storage.is_remote(cfg.registry):
+        require(
+            storage.local_path(cfg.registry).is_dir(),
+            "--registry",
+            f"no registry at {_abs(cfg.registry)} (train with --registry to create one)",
+        )
+    if cfg.action == "show":
+        model(cfg.version, cfg.registry, "--version")
+    elif cfg.action == "promote":
+        from birdray.registry import VERSION_RE
+
+        require(
+            cfg.version == "latest" or VERSION_RE.match(cfg.version) is not None,
+            "--version",
+            f"{cfg.version!r}: promote takes latest or vNNNN",
+        )
+        model(cfg.version, cfg.registry, "--version")
+    elif cfg.action == "rollback":
+        from birdray.registry import read_pointer
+
+        history = read_pointer(cfg.registry).get("history", [])
+        require(len(history) >= 2, "rollback", f"nothing to roll back to (history {history})")
+
+
+def _serve(cfg: Any) -> None:
+    _port(cfg.port)
+    if cfg.api_key_env:
+        require(
+            bool(os.environ.get(cfg.api_key_env)),
+            "--api-key-env",
+            f"environment variable {cfg.api_key_env} is unset or empty; set it to the API "
+            "key, or leave --api-key-env out to serve without one on loopback",
+        )
+    positive(
+        {
+            "--max-batch-size": cfg.max_batch_size,
+            "--max-files": cfg.max_files,
+            "--ingress-replicas": cfg.ingress_replicas,
+            "--max-replicas": cfg.max_replicas,
+        }
+    )
+    require(cfg.min_replicas <= cfg.max_replicas, "--min-replicas", "must be <= --max-replicas")
+    model(cfg.model, cfg.registry)  # last: it may read the registry
+
+
+def _score(cfg: Any) -> None:
+    exists("--input", cfg.input, "an image folder, a bucket URI, or an ingested dataset")
+    if not storage.is_remote(cfg.input):
+        from birdray.data.manifest import is_dataset
+
+        if is_dataset(cfg.input):
+            dataset("--input", cfg.input, cfg.split)
+    output("--output", cfg.output)
+    if not storage.is_remote(cfg.output) and not storage.is_remote(cfg.input):
+        require(
+            _abs(cfg.output) != _abs(cfg.input),
+            "--output",
+            "must not be the --input folder itself (use a subfolder)",
+        )
+    model(cfg.model, cfg.registry)
+    positive({"--explain-lowest": cfg.explain_lowest}, 0)
+
+
+def _explain(cfg: Any) -> None:
+    from birdray.explain.attribution import METHODS
+
+    if cfg.dataset:
+        dataset("--dataset", cfg.dataset)
+    else:
+        require(bool(cfg.image), "--image", "give --image PATH, or --dataset DIR --image-id N")
+        file("--image", cfg.image, "an image file")
+    names = list(METHODS) if cfg.method.strip() == "all" else cfg.method.split(",")
+    for name in names:
+        choice("--method", name.strip(), (*METHODS, "all"))
+    model(cfg.model, cfg.registry)
+
+
+def _explain_eval(cfg: Any) -> None:
+    from birdray.explain.attribution import METHODS
+
+    manifest = dataset("--dataset", cfg.dataset, cfg.split)
+    require(
+        bool(manifest.get("part_names")),
+        "--dataset",
+        f"{cfg.dataset} has no part annotations (its manifest lacks part_names)",
+    )
+    names = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    require(bool(names), "--methods", f"name at least one of {', '.join(METHODS)}")
+    for name in names:
+        choice("--methods", name, METHODS)
+    choice("--target", cfg.target, ("label", "predicted"))
+    model(cfg.model, cfg.registry)
+    positive({"--actors": cfg.actors, "--batch-size": cfg.batch_size})
+
+
+def _dashboard(cfg: Any) -> None:
+    _url("--serve-url", cfg.serve_url)
+    _url("--jobs-address", cfg.jobs_address)
+    if cfg.job_runtime_env:
+        file("--job-runtime-env", cfg.job_runtime_env, "a runtime_env YAML file")
+    _port(cfg.port)
+
+
+def _demo(cfg: Any) -> None:
+    output("--out", cfg.out)
+    repo = Path(__file__).resolve().parents[1]  # the demo falls back to the repository's recipes
+    for flag, path in (("--train-config", cfg.train_config), ("--sweep-config", cfg.sweep_config)):
+        if not (repo / path).is_file():
+            file(flag, path, "a YAML recipe")
+    positive({"--classes": cfg.classes, "--per-class": cfg.per_class}, 2)
+
+
+def _benchmark(cfg: Any) -> None:
+    from birdray.benchmark import STAGES
+
+    choice("stage", cfg.stage, STAGES)
+    choice("--device", cfg.device, ("cpu", "cuda"))
+    output("--out", cfg.out)
+    positive({"--classes": cfg.classes, "--per-class": cfg.per_class, "--repeats": cfg.repeats})
+
+
+CHECKS: dict[str, Callable[[Any], None]] = {
+    "synth": _synth,
+    "download": _download,
+    "ingest": _ingest,
+    "train": _train,
+    "tune": _tune,
+    "evaluate": _evaluate,
+    "registry": _registry,
+    "serve": _serve,
+    "score": _score,
+    "explain": _explain,
+    "explain-eval": _explain_eval,
+    "dashboard": _dashboard,
+    "demo": _demo,
+    "benchmark": _benchmark,
+}
+
+
+def check(job: str, cfg: Any) -> None:
+    """Raise ``UsageError`` (flag first, one line) if ``cfg`` cannot work; nothing is started."""
+    validate = CHECKS.get(job)
+    if validate is not None:
+        validate(cfg)

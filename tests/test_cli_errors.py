@@ -1,0 +1,214 @@
+"""A user's mistake is one line naming the flag, exit status 2, no traceback, before Ray starts.
+
+The first group runs the real CLI (``python -m birdray.cli`` and ``python jobs/<job>.py``) in
+subprocesses, for the invocations a new user was seen to get wrong: before the fix ``serve
+--model /nonexistent`` started Ray and Serve and failed after a minute, and ``train``/``ingest``/
+``score`` printed tracebacks. RAY_ADDRESS points at a closed port, so a job that got as far as
+starting or joining Ray would fail differently (and slowly), never with the one expected line.
+The second group calls ``birdray.cli.main`` in-process (cheaper: imports are paid once) for every
+other job, with ``ray.init`` replaced by a function that fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_LINES = ("Started a local Ray instance", "Connecting to existing Ray cluster", "ray.init")
+
+
+@pytest.fixture
+def places(tmp_path):
+    """Things that exist but are the wrong thing: a folder that is no package, an empty registry."""
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "registry" / "models").mkdir(parents=True)  # a registry with nothing in it
+    (tmp_path / "not_a_package").mkdir()
+    (tmp_path / "not_a_dataset").mkdir()
+    return tmp_path
+
+
+def _one_line(err: str, job: str, flag: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"birdray {job}: error: "), lines[0]
+    assert flag in lines[0], lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+SUBPROCESS_CASES = {
+    "serve-missing-model-path": (["serve", "--model", "/nonexistent"], "--model"),
+    "train-missing-dataset": (["train", "--dataset", "/nonexistent"], "--dataset"),
+    "ingest-missing-source": (["ingest", "--source", "/nonexistent"], "--source"),
+    "score-missing-input": (["score", "--input", "x", "--output", "y"], "--input"),
+    "score-defaults-need-a-registry": (
+        ["score", "--input", "{tmp}/photos", "--output", "{tmp}/out"],
+        "--registry",
+    ),
+    "score-production-without-production": (
+        [
+            "score",
+            "--input",
+            "{tmp}/photos",
+            "--output",
+            "{tmp}/out",
+            "--registry",
+            "{tmp}/registry",
+        ],
+        "--model",
+    ),
+    "serve-default-registry-missing": (["serve"], "--registry"),
+    "unknown-flag": (["synth", "--clases", "3"], "--clases"),
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("argv, flag", SUBPROCESS_CASES.values(), ids=SUBPROCESS_CASES.keys())
+def test_cli_user_error_is_one_line_before_ray(places, argv, flag):
+    argv = [a.format(tmp=places) for a in argv]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:9"}
+    env.pop("BIRDRAY_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "birdray.cli", *argv],
+        cwd=places,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,  # imports only (torch on a busy 2-core machine); Ray is never reached
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = _one_line(proc.stderr, argv[0], flag)
+    assert not any(text in proc.stdout + proc.stderr for text in RAY_LINES)
+    if "--registry" in argv:  # the message says where it looked and how to fix it
+        assert str(places / "registry") in line and "promote" in line
+
+
+@pytest.mark.timeout(300)
+def test_jobs_entry_and_debug_flag(places):
+    """``jobs/serve.py`` is the same door; ``--debug`` shows the traceback instead of one line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:9"}
+    run = dict(cwd=places, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "serve.py"), "--model", "/no"], **run
+    )
+    assert proc.returncode == 2
+    _one_line(proc.stderr, "serve", "--model")
+    proc = subprocess.run(
+        [sys.executable, "-m", "birdray.cli", "synth", "--classes", "0", "--debug"], **run
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "--classes" in proc.stderr
+
+
+IN_PROCESS_CASES = {
+    "evaluate-no-model": (["evaluate", "--dataset", "{tmp}/not_a_dataset"], "--model"),
+    "evaluate-latest-of-empty-registry": (
+        ["evaluate", "--model", "latest", "--registry", "{tmp}/registry"],
+        "--model",
+    ),
+    "tune-missing-dataset": (["tune", "--dataset", "{tmp}/nope"], "--dataset"),
+    "tune-not-a-dataset": (["tune", "--dataset", "{tmp}/not_a_dataset"], "--dataset"),
+    "registry-missing": (["registry", "show", "--registry", "{tmp}/nope"], "--registry"),
+    "registry-unknown-version": (
+        ["registry", "promote", "--version", "v0007", "--registry", "{tmp}/registry"],
+        "--version",
+    ),
+    "registry-rollback-without-history": (
+        ["registry", "rollback", "--registry", "{tmp}/registry"],
+        "rollback",
+    ),
+    "serve-folder-not-a-package": (["serve", "--model", "{tmp}/not_a_package"], "--model"),
+    "serve-latest-of-empty-registry": (
+        ["serve", "--model", "latest", "--registry", "{tmp}/registry"],
+        "--model",
+    ),
+    "serve-bad-port": (["serve", "--model", "{tmp}/nope", "--port", "99999"], "--port"),
+    "score-output-is-input": (
+        ["score", "--input", "{tmp}/photos", "--output", "{tmp}/photos"],
+        "--output",
+    ),
+    "score-bad-pool-size": (
+        ["score", "--input", "x", "--output", "y", "--pool-size", "0"],
+        "--pool-size",
+    ),
+    "explain-missing-image": (["explain", "--image", "{tmp}/nope.jpg"], "--image"),
+    "explain-bad-method": (
+        ["explain", "--image", "{tmp}/photos/a.png", "--method", "magic"],
+        "--method",
+    ),
+    "explain-eval-not-a-dataset": (
+        ["explain-eval", "--dataset", "{tmp}/not_a_dataset"],
+        "--dataset",
+    ),
+    "synth-zero-classes": (["synth", "--classes", "0"], "--classes"),
+    "synth-not-a-number": (["synth", "--classes", "many"], "--classes"),
+    "download-bad-md5": (["download", "--md5", "xyz"], "--md5"),
+    "ingest-not-cub": (["ingest", "--source", "{tmp}/not_a_dataset"], "--source"),
+    "train-not-a-dataset": (
+        ["train", "--dataset", "{tmp}/not_a_dataset", "--pretrained-file", "w.safetensors"],
+        "--dataset",
+    ),
+    "dashboard-bad-url": (["dashboard", "--serve-url", "ftp://x"], "--serve-url"),
+    "demo-missing-recipe": (["demo", "--train-config", "{tmp}/nope.yaml"], "--train-config"),
+    "benchmark-unknown-stage": (["benchmark", "everything"], "stage"),
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("argv, flag", IN_PROCESS_CASES.values(), ids=IN_PROCESS_CASES.keys())
+def test_every_job_checks_its_flags_before_starting(places, monkeypatch, capsys, argv, flag):
+    import ray
+
+    from birdray.cli import main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a user error")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.chdir(places)
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+    assert main([a.format(tmp=places) for a in argv]) == 2
+    _one_line(capsys.readouterr().err, argv[0], flag)
+
+
+@pytest.mark.timeout(300)
+def test_with_a_real_package_the_remaining_input_errors_are_one_line(places, monkeypatch, capsys):
+    """A usable model, but an unset API key variable (exit 2) or a finished output (a job error,
+    exit 1): still one line, still no Ray."""
+    import ray
+
+    from birdray.cli import main
+    from tests.model_fixture import make_package
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    package = str(make_package(places / "pkg"))
+    monkeypatch.delenv("BIRDRAY_TEST_NO_SUCH_KEY", raising=False)
+    argv = ["serve", "--model", package, "--api-key-env", "BIRDRAY_TEST_NO_SUCH_KEY"]
+    assert main(argv) == 2
+    _one_line(capsys.readouterr().err, "serve", "--api-key-env")
+    (places / "done").mkdir()
+    (places / "done" / "_SUCCESS").write_text("")
+    argv = ["score", "--input", str(places / "photos"), "--output", str(places / "done")]
+    assert main([*argv, "--model", package]) == 1
+    line = _one_line(capsys.readouterr().err, "score", "--resume")
+    assert "already holds a finished run" in line
+
+
+def test_registry_alias_names_pass_the_model_check(places):
+    """``--model candidate`` names a registry alias: the check leaves it to ``registry.resolve``
+    instead of refusing it as 'neither a folder nor a version'; other odd names still fail."""
+    from birdray import checks
+    from birdray.config import UsageError
+
+    checks.model("candidate", str(places / "registry"))
+    checks.model("champion_2", str(places / "registry"))
+    for bad in ("Candidate", "a" * 40, "no spaces"):
+        with pytest.raises(UsageError, match="--model"):
+            checks.model(bad, str(places / "registry"))

@@ -1,0 +1,120 @@
+"""The resource plan every job makes before submitting anything, and the stall watchdog.
+
+Plans are pure functions of the requested shape and ``ray.cluster_resources()``; the watchdog is
+proven on the session's real Ray: a scoring pool that fits the plan, while another actor holds
+every free CPU, must stop with Ray's pending demand instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from birdray.resources import (
+    ResourceError,
+    StallError,
+    plan_pool,
+    plan_serve,
+    plan_workers,
+    watched,
+)
+from birdray.train.job import TrainConfig, check_resources
+
+TWO_CPUS = {"CPU": 2.0}
+
+
+def test_training_workers_leave_a_cpu_for_ray_data(capsys):
+    # demo.yaml on a 2-core laptop: 2 workers x 1 CPU left Ray Data's listing task nothing
+    assert plan_workers(2, 1.0, False, 0.5, TWO_CPUS) == 0.5
+    assert "each worker reserves 0.5 CPU instead" in capsys.readouterr().err
+    cfg = TrainConfig(num_workers=2, cpus_per_worker=1.0)
+    check_resources(cfg, TWO_CPUS)
+    assert cfg.cpus_per_worker == 0.5
+    capsys.readouterr()
+    assert plan_workers(2, 1.0, False, 0.5, {"CPU": 4.0}) == 1.0  # fits as asked: unchanged
+    assert capsys.readouterr().err == ""
+
+
+def test_plans_that_cannot_fit_stop_with_the_numbers():
+    with pytest.raises(ResourceError, match=r"need 2\.5 CPU; the cluster has 1 CPU"):
+        plan_workers(1, 1.0, False, 1.5, {"CPU": 1.0})
+    with pytest.raises(ResourceError, match=r"4 workers x 8 CPU \+ 1 GPU need 32 CPU and 4 GPU"):
+        plan_workers(4, 8.0, True, 1.0, TWO_CPUS)  # resnet50_imagenet.yaml on a laptop
+    with pytest.raises(ResourceError, match="the cluster has 16 CPU and 0 GPU"):
+        plan_workers(2, 1.0, True, 1.0, {"CPU": 16.0})
+
+
+def test_actor_pools_are_capped_to_what_fits(capsys):
+    assert plan_pool("scoring", 4, 1.0, 0.0, TWO_CPUS, data_cpus=1.0) == 1
+    assert "4 scoring actors" in capsys.readouterr().err
+    assert plan_pool("scoring", 2, 0.5, 0.0, {"CPU": 4.0}) == 2
+    with pytest.raises(ResourceError, match=r"needs 1 scoring actor x 2 CPU .* has 2 CPU"):
+        plan_pool("scoring", 1, 2.0, 0.0, TWO_CPUS)
+    with pytest.raises(ResourceError, match="0 GPU"):
+        plan_pool("scoring", 1, 1.0, 1.0, TWO_CPUS)
+    assert plan_pool("scoring", 8, 1.0, 1.0, {"CPU": 16.0, "GPU": 2.0}) == 2
+
+
+def test_serve_replicas_must_fit():
+    plan_serve({"min_replicas": 1}, TWO_CPUS)  # 1 + 0.5 + 0.5 CPU
+    with pytest.raises(ResourceError, match=r"3 model x 1 CPU .* need 4 CPU; the cluster has 2"):
+        plan_serve({"min_replicas": 3, "max_replicas": 3}, TWO_CPUS)
+    with pytest.raises(ResourceError, match="0 GPU"):
+        plan_serve({"num_gpus": 1.0}, {"CPU": 8.0})
+
+
+def test_watched_passes_items_and_errors_through():
+    assert list(watched(iter(range(5)), 5.0, "numbers")) == [0, 1, 2, 3, 4]
+
+    def broken():
+        yield 1
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        list(watched(broken(), 5.0, "broken"))
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_path, capsys):
+    import ray
+
+    from birdray.score import ScoreConfig, run_scoring
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg", seed=1)
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for i in range(6):
+        Image.new("RGB", (48, 40), (40 * i, 90, 160)).save(photos / f"bird{i}.jpg")
+
+    def cfg(out: str, **kw) -> ScoreConfig:
+        return ScoreConfig(input=str(photos), output=str(tmp_path / out), model=str(package),
+                           batch_size=2, preprocess_cpus=0.5, actor_cpus=1.0, **kw)  # fmt: skip
+
+    # a pool larger than the cluster: capped, and the run finishes
+    summary = run_scoring(cfg("capped", pool_size=16))
+    assert summary["scored"] + summary["failed"] == 6
+    assert "16 scoring actors" in capsys.readouterr().err
+
+    # the plan fits, but another job holds every free CPU: stop after the timeout, saying why
+    free = ray.available_resources().get("CPU", 0.0)
+
+    @ray.remote
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.options(num_cpus=free).remote()
+    ray.get(holder.ready.remote(), timeout=60)
+    try:
+        started = time.time()
+        with pytest.raises(StallError, match=r"scoring: nothing for 8 s .*waiting for resources"):
+            run_scoring(cfg("stalled", stall_timeout_s=8.0))
+        assert time.time() - started < 120
+        assert not (Path(tmp_path / "stalled") / "_SUCCESS").exists()
+    finally:
+        ray.kill(holder)
