@@ -7,8 +7,11 @@ model once. Per method it measures, always against chance:
   (chance: the box's / the parts' share of the image);
 * part shares: attribution mass near each part vs the part's area share, overall and per species
   (the per-species profile is what Serve shows for uploads, which have no annotations);
-* deletion curve: accuracy as the most-attributed pixels are removed first, vs removed at random.
-  A faithful map makes accuracy fall faster than random removal does.
+* deletion curve: accuracy as the most-attributed pixels are removed first, vs removed at random
+  (descriptive only: scattered pixels destroy an image faster than a region, so this is no test);
+* faithfulness tests with pass/fail (``faithfulness.py``): MoRF vs LeRF and MoRF vs random
+  regions on grid cells with ROAD imputation, and the model-randomisation sanity check, each with
+  a bootstrap CI over about ``--faith-images`` images.
 
 Results go into the package folder (``explain/``) so Serve and the dashboard find them with the
 model they describe.
@@ -31,6 +34,13 @@ import torch
 
 from birdray.config import field
 from birdray.explain.attribution import METHODS, explain
+from birdray.explain.faithfulness import (
+    randomize_top,
+    rank_correlation,
+    removal_curves,
+    summarize_faithfulness,
+    verdict_lines,
+)  # fmt: skip
 from birdray.explain.parts import EXPLAIN_DIR, PROFILES_FILE, score_parts
 
 
@@ -56,6 +66,10 @@ class ExplainEvalConfig:
     threads: int = field(2, "torch threads per actor (Ray sets 1)")
     batch_size: int = field(4, "images per actor call")
     seed: int = field(0, "seed of the random-removal order")
+    faith_images: int = field(100, "about this many images get the faithfulness tests (CIs)")
+    cells: int = field(8, "faithfulness tests remove cells of a CELLS x CELLS grid")
+    regions: int = field(2, "random contiguous regions per image (the MoRF baseline)")
+    sanity: bool = field(True, "model-randomisation check: explain a top-re-initialised copy too")
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
 
@@ -113,6 +127,22 @@ class ExplainWorker:
         self.transform = build_transform(self.data_config, training=False)
         self.part_names, self.cfg = part_names, cfg
         self.kw = {k: cfg[k] for k in ("steps", "baseline", "nt_samples", "nt_stdev")}
+        size = tuple(self.data_config["input_size"])
+        self.random_model = randomize_top(self.model, size, cfg["seed"]) if cfg["sanity"] else None
+
+    def _faithfulness(self, image, x, exp, rng: np.random.Generator) -> dict[str, Any]:
+        """Removal curves of the explained class, and the map of the randomised model."""
+        c = self.cfg
+        out: dict[str, Any] = removal_curves(
+            self.model, x, exp.input_attribution, exp.target, c["fractions"], c["cells"], rng,
+            c["regions"],
+        )  # fmt: skip
+        out["sanity_rho"] = np.nan
+        if self.random_model is not None:
+            rand = explain(self.random_model, self.data_config, image, exp.method, exp.target,
+                           **self.kw)  # fmt: skip
+            out["sanity_rho"] = rank_correlation(exp.input_attribution, rand.input_attribution)
+        return out
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from birdray.images import decode_image
@@ -123,6 +153,7 @@ class ExplainWorker:
             parts, bbox = list(rec.parts), [float(v) for v in rec.bbox]
             x = self.transform(image).unsqueeze(0).to(self.device)
             rng = np.random.default_rng([self.cfg["seed"], int(rec.image_id)])
+            tested = rng.random() < self.cfg["faith_p"]
             for method in self.cfg["methods"]:
                 target = int(rec.label) if self.cfg["target"] == "label" else None
                 exp = explain(self.model, self.data_config, image, method, target, **self.kw)
@@ -133,6 +164,9 @@ class ExplainWorker:
                     self.model, x, exp.input_attribution, int(rec.label), self.cfg["fractions"], rng
                 )
                 seen = [score.visible[p] for p in self.part_names]
+                faith = (self._faithfulness(image, x, exp, rng) if tested else
+                         {"morf_prob": [], "lerf_prob": [], "region_prob": [],
+                          "sanity_rho": np.nan})  # fmt: skip
                 rows.append({
                     "image_id": int(rec.image_id), "label": int(rec.label), "method": method,
                     "predicted": exp.predicted, "seconds": exp.seconds,
@@ -140,7 +174,7 @@ class ExplainWorker:
                     "area_shares": _masked(score.area_shares, self.part_names, seen),
                     "peak_in_bbox": score.peak_in_bbox, "peak_near_part": score.peak_near_part,
                     "bbox_chance": score.bbox_area_share, "parts_chance": score.parts_area_share,
-                    **curves,
+                    **curves, **faith,
                 })  # fmt: skip
         return pd.DataFrame(rows)
 
@@ -154,8 +188,10 @@ def _by_part(values: np.ndarray, part_names: list[str]) -> dict[str, float]:
     return {p: float(v) for p, v in zip(part_names, values, strict=True) if np.isfinite(v)}
 
 
-def summarize_method(rows: pd.DataFrame, part_names: list[str], fractions: list[float]) -> dict:
-    """One method's aggregate numbers (each with its chance level)."""
+def summarize_method(
+    rows: pd.DataFrame, part_names: list[str], fractions: list[float], cells: int = 8, seed: int = 0
+) -> dict:
+    """One method's aggregate numbers (each with its chance level, or a pass/fail test)."""
     shares, areas = np.stack(rows["shares"].to_numpy()), np.stack(rows["area_shares"].to_numpy())
     curves = {k: np.stack(rows[k].to_numpy()).mean(axis=0) for k in
               ("deletion_correct", "random_correct", "deletion_prob", "random_prob")}  # fmt: skip
@@ -182,8 +218,9 @@ def summarize_method(rows: pd.DataFrame, part_names: list[str], fractions: list[
         "deletion": {
             "fractions": list(fractions),
             **{k: v.tolist() for k, v in curves.items()},
-            "auc": auc,  # lower deletion AUC than random AUC = faithful
+            "auc": auc,  # descriptive: random pixels are a biased baseline (see faithfulness)
         },
+        "faithfulness": summarize_faithfulness(rows, fractions, cells, seed),
     }
 
 
@@ -247,13 +284,15 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     cluster = init_ray(cfg.address or None)
     actors = plan_pool("explanation", cfg.actors, cfg.actor_cpus, cfg.num_gpus, cluster)
     ds = read_split(cfg.dataset, cfg.split, columns=["image_id", "image", "label", "bbox", "parts"])
+    total = read_split(cfg.dataset, cfg.split, columns=["image_id"]).count()  # Parquet metadata
     if cfg.limit > 0:
-        ds = ds.limit(cfg.limit)
+        ds, total = ds.limit(cfg.limit), min(total, cfg.limit)
     worker_cfg = {
         "methods": methods, "target": cfg.target, "radius": cfg.radius, "steps": cfg.steps,
         "baseline": cfg.baseline, "nt_samples": cfg.nt_samples, "nt_stdev": cfg.nt_stdev,
         "fractions": fractions, "seed": cfg.seed, "threads": cfg.threads,
-        "num_gpus": cfg.num_gpus,
+        "num_gpus": cfg.num_gpus, "cells": cfg.cells, "regions": cfg.regions,
+        "sanity": cfg.sanity, "faith_p": min(1.0, cfg.faith_images / max(total, 1)),
     }  # fmt: skip
     files = package_files(package)  # actors on other nodes cannot read the driver's folder
     rows = ds.map_batches(
@@ -270,8 +309,8 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
         "dataset": str(cfg.dataset), "split": cfg.split, "target": cfg.target,
         "radius": cfg.radius, "part_names": part_names, "class_names": meta.class_names,
         "settings": worker_cfg, "images": int(rows["image_id"].nunique()),
-        "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions)
-                    for m in methods},
+        "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions,
+                                        cfg.cells, cfg.seed) for m in methods},
     }  # fmt: skip
     summary["seconds"] = round(time.time() - started, 2)
     if version:
@@ -303,5 +342,6 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
             "deletion_auc": f"{r['deletion']['auc']['deletion_correct']:.3f} "
                             f"(random {r['deletion']['auc']['random_correct']:.3f})",
             "top_parts": {p: round(s, 3) for p, s in top},
+            "faithfulness": verdict_lines(r["faithfulness"]),
         }  # fmt: skip
     return out
