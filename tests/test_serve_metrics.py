@@ -192,3 +192,46 @@ def test_recorder_sees_crashes_and_unknown_paths_with_bounded_routes():
         ("unmatched", 404, "not_found"),
         ("/healthz", 200, "ok"),
     ]
+
+
+def score_rows(url: str) -> dict[tuple[str, str], float]:
+    return {
+        (lab["model_version"], lab["outcome"]): v
+        for n, lab, v in scrape(url)
+        if n == "ray_birdray_score_rows_total"
+    }
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_batch_scoring_counts_rows_by_outcome_on_rays_endpoint(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    from birdray.score import ScoreConfig, run_scoring
+
+    url = metrics_url()
+    before = score_rows(url)
+    package = make_package(tmp_path / "pkg", num_classes=4, image_size=64, seed=11)
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"ok{i}.png").write_bytes(encode(random_rgb(i), "PNG"))
+    (photos / "cut.png").write_bytes(encode(random_rgb(7), "PNG")[:200])
+    (photos / "notes.jpg").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    cfg = ScoreConfig(input=str(photos), output=str(out), model=str(package), batch_size=4)
+    run_scoring(cfg)
+    rows = pq.read_table(out / "predictions").to_pylist()
+    expected: dict[tuple[str, str], float] = {}
+    for row in rows:
+        key = (row["model_version"], (row["error"] or "ok").split(":", 1)[0])
+        expected[key] = expected.get(key, 0) + 1
+    assert sum(expected.values()) == 5 and len(expected) >= 2
+    deadline = time.monotonic() + 120  # Ray exports every few seconds: wait, don't time
+    while True:
+        after = score_rows(url)
+        moved = {k: after.get(k, 0) - before.get(k, 0) for k in expected}
+        if moved == expected or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert moved == expected

@@ -105,6 +105,13 @@ SPECS = {
             ("method",),
             tuple(LATENCY_BUCKETS_S),
         ),
+        # batch scoring (``birdray score``'s actor pool; ``ray.util.metrics``, no Serve tags)
+        Spec(
+            "counter",
+            "birdray_score_rows",
+            "scored rows by model version and outcome (ok or the error reason)",
+            ("model_version", "outcome"),
+        ),
     ]
 }
 
@@ -173,6 +180,27 @@ class ServeMetrics:
         self._inc("birdray_explanations", method=method, outcome=outcome)
         if outcome == "ok":
             self._observe("birdray_explain_seconds", seconds, method=method)
+
+
+class ScoreMetrics:
+    """The metric of one batch-scoring actor: rows by outcome, so a long job's error mix shows
+    in Grafana while it runs (the summary file only appears at the end)."""
+
+    def __init__(self, model_version: str) -> None:
+        from ray.util import metrics
+
+        spec = SPECS["birdray_score_rows"]
+        self._rows = metrics.Counter(spec.name, description=spec.description, tag_keys=spec.tags)
+        self._version = model_version
+
+    def rows(self, errors: list[str]) -> None:
+        """One count per row: ``ok``, or the error's reason (the word before ``:``)."""
+        counts: dict[str, int] = {}
+        for error in errors:
+            outcome = error.split(":", 1)[0] if error else "ok"
+            counts[outcome] = counts.get(outcome, 0) + 1
+        for outcome, n in counts.items():
+            self._rows.inc(n, tags={"model_version": self._version, "outcome": outcome})
 
 
 def metrics_url() -> str:
