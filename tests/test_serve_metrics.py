@@ -235,3 +235,44 @@ def test_batch_scoring_counts_rows_by_outcome_on_rays_endpoint(ray_cluster, tmp_
             break
         time.sleep(2)
     assert moved == expected
+
+
+def test_a_client_that_goes_away_is_counted_as_cancelled_not_as_a_crash():
+    import asyncio
+
+    from birdray.serve.api import create_api
+    from birdray.serve.uploads import Limits
+
+    seen: list[tuple[str, int, str]] = []
+
+    class Recorder:
+        def request(self, route, status, code, seconds):
+            seen.append((route, status, code))
+
+        def upload(self, route, seconds):
+            pass
+
+    class Hanging:
+        async def model_info(self):
+            await asyncio.sleep(3600)
+
+    app = create_api(Hanging(), Limits(1000, 1000, 1, 1000, 2.0), recorder=Recorder())
+    scope = {"type": "http", "method": "GET", "path": "/v1/model", "raw_path": b"/v1/model",
+             "root_path": "", "query_string": b"", "headers": [], "scheme": "http",
+             "http_version": "1.1", "asgi": {"version": "3.0"}}  # fmt: skip
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        pass
+
+    async def go():
+        task = asyncio.create_task(app(scope, receive, send))
+        await asyncio.sleep(0.2)
+        task.cancel()  # what Serve does when the HTTP client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert seen == [("/v1/model", 499, "cancelled")]

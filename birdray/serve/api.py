@@ -89,6 +89,9 @@ class _Recording:
 
         try:
             await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            scope[CODE_KEY], status = "cancelled", 499  # the client went away (nginx's 499)
+            raise
         except BaseException:
             status = 500  # re-raised to Starlette's last-resort handler, which answers 500
             raise
