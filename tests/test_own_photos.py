@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -12,7 +13,9 @@ from birdray.data.cub import CubRecord
 from birdray.data.folders import LayoutError, assign_splits, find_layout, read_csv
 from birdray.data.ingest import IngestConfig, run_ingest
 from birdray.data.manifest import load_manifest, read_split
+from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
 from tests.cub_fixture import jpeg_bytes, write_layout
+from tests.model_fixture import make_package
 
 SPECIES = ("sparrow", "albatross", "wren")  # sorted: albatross=0, sparrow=1, wren=2
 
@@ -60,7 +63,7 @@ def test_layout_detection_and_one_error_for_none(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_ingest_species_folders_and_csv(ray_cluster, tmp_path):
+def test_ingest_species_folders_and_csv(ray_cluster, tmp_path, capsys):
     root = _species_tree(tmp_path / "photos")
     (root / "wren" / "5.jpg").write_bytes(b"not a jpeg at all")  # corrupt: quarantined
     out = tmp_path / "ds"
@@ -83,6 +86,7 @@ def test_ingest_species_folders_and_csv(ray_cluster, tmp_path):
         assert row["path"].split("/")[0] == row["class_name"]
         assert manifest["class_names"][row["label"]] == row["class_name"]
         assert row["bbox"] is None and list(row["parts"]) == []
+    _explain_eval_without_parts(out, tmp_path, capsys)
 
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(jpeg_bytes())
@@ -103,3 +107,20 @@ def test_ingest_species_folders_and_csv(ray_cluster, tmp_path):
     assert "not_an_image" in reasons["wren/5.jpg"]
     again = run_ingest(IngestConfig(source=str(listing), out=str(csv_out), test_fraction=0.2))
     assert load_manifest(csv_out)["shards_dir"] == manifest["shards_dir"], again  # up to date
+
+
+def _explain_eval_without_parts(dataset, tmp_path, capsys) -> None:
+    """explain-eval on a dataset without parts: says so, measures the deletion curves only."""
+    package = make_package(tmp_path / "pkg", arch="test_resnet", num_classes=3, image_size=32)
+    cfg = ExplainEvalConfig(
+        dataset=str(dataset), model=str(package), methods="gradcam", limit=2,
+        fractions="0,1", actors=1, actor_cpus=1.0, threads=1, batch_size=2,
+    )  # fmt: skip
+    result = run_explain_eval(cfg)
+    assert "this dataset has no part annotations" in capsys.readouterr().out
+    assert result["gradcam"]["part_scores"].startswith("skipped")
+    summary = (package / "explain" / "summary.json").read_text()
+    method = json.loads(summary)["methods"]["gradcam"]
+    assert method["images"] == 2 and method["pointing_bbox"] is None
+    assert len(method["deletion"]["deletion_correct"]) == 2
+    assert not (package / "explain" / "part_profiles.json").exists()
