@@ -50,7 +50,7 @@ class IngestConfig:
     source: str = field(
         DEFAULT_SOURCE,
         "CUB folder (or its parent) or CUB_200_2011.tgz, a CSV of path,label, or "
-        "DIR/<species>/*.jpg (default: where `birdray download` extracts)",
+        "DIR/<species>/*.jpg; the default is where `birdray download` extracts",
     )
     out: str = field("data/cub_parquet", "output folder or bucket URI: shards + manifest.json")
     val_fraction: float = field(0.1, "share of each class's train images kept for val")
