@@ -10,7 +10,13 @@ import pytest
 from birdray.checks import check
 from birdray.config import UsageError
 from birdray.data.cub import CubRecord
-from birdray.data.folders import LayoutError, assign_splits, find_layout, read_csv
+from birdray.data.folders import (
+    LayoutError,
+    assign_splits,
+    find_layout,
+    read_csv,
+    read_species_folders,
+)
 from birdray.data.ingest import IngestConfig, run_ingest
 from birdray.data.manifest import load_manifest, read_split
 from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
@@ -59,6 +65,15 @@ def test_layout_detection_and_one_error_for_none(tmp_path):
     (tmp_path / "bad.csv").write_text("only-a-path.jpg\n")
     with pytest.raises(UsageError, match="bad.csv:1: expected path,label"):
         check("ingest", IngestConfig(source=str(tmp_path / "bad.csv"), out=str(tmp_path / "o")))
+
+
+def test_a_species_folder_link_leaving_the_tree_is_unsafe(tmp_path):
+    root = _species_tree(tmp_path / "photos", 1)
+    (tmp_path / "secret.jpg").write_bytes(jpeg_bytes())
+    (root / "wren" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    problems = {r.rel_path: r.problems for r in read_species_folders(root).records}
+    assert problems["wren/link.jpg"][0].startswith("unsafe_path")
+    assert problems["wren/0.jpg"] == []
 
 
 @pytest.mark.ray
