@@ -186,18 +186,31 @@ def _download(cfg: Any) -> None:
 
 
 def _ingest(cfg: Any) -> None:
-    from birdray.data.cub import CubFormatError, find_root
+    from birdray.data.cub import CubFormatError
+    from birdray.data.folders import LAYOUTS, find_layout, read_csv
+    from birdray.data.ingest import DEFAULT_SOURCE
 
-    what = "a CUB_200_2011 folder, its parent, or CUB_200_2011.tgz"
-    exists("--source", cfg.source, what)
     local = None if storage.is_remote(cfg.source) else storage.local_path(cfg.source)
-    if local is not None and local.is_dir():
+    if cfg.source == DEFAULT_SOURCE and local is not None and not local.exists():
+        raise UsageError(
+            f"--source: {_abs(cfg.source)} does not exist; `birdray download` puts CUB there, "
+            f"or give --source ({LAYOUTS})"
+        )
+    exists("--source", cfg.source, LAYOUTS)
+    if local is not None and (local.is_dir() or local.suffix.lower() == ".csv"):
         try:
-            find_root(local)
+            if find_layout(local) == "csv":
+                read_csv(local)  # a malformed line is the user's to fix before Ray starts
         except CubFormatError as exc:
             raise UsageError(f"--source: {exc}") from exc
     output("--out", cfg.out)
     require(0.0 <= cfg.val_fraction < 1.0, "--val-fraction", "must be in [0, 1)")
+    require(0.0 <= cfg.test_fraction < 1.0, "--test-fraction", "must be in [0, 1)")
+    require(
+        cfg.val_fraction + cfg.test_fraction < 1.0,
+        "--test-fraction",
+        "--val-fraction + --test-fraction must be < 1 (something must be left to train on)",
+    )
     positive({"--rows-per-shard": cfg.rows_per_shard, "--max-pixels": cfg.max_pixels})
     positive({"--max-side": cfg.max_side}, 0)
     _md5(cfg.md5)
@@ -339,12 +352,7 @@ def _explain(cfg: Any) -> None:
 def _explain_eval(cfg: Any) -> None:
     from birdray.explain.attribution import METHODS
 
-    manifest = dataset("--dataset", cfg.dataset, cfg.split)
-    require(
-        bool(manifest.get("part_names")),
-        "--dataset",
-        f"{cfg.dataset} has no part annotations (its manifest lacks part_names)",
-    )
+    dataset("--dataset", cfg.dataset, cfg.split)  # without part annotations: curves only
     names = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     require(bool(names), "--methods", f"name at least one of {', '.join(METHODS)}")
     for name in names:

@@ -6,6 +6,7 @@ where its results went. The Quickstart's first command runs this.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import time
 from dataclasses import dataclass, replace
@@ -166,8 +167,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         sweep=sweep["report"],
     )
     results.update(_consumers(cfg, out, registry, source, recipe.dataset, sweep["experiment"]))
-    print("\nDemo finished: everything is under", out)
+    print("\nDemo finished: everything is under", out, "\nNext, on the demo's model:")
+    for command in next_commands(out, registry, recipe.dataset, sweep["experiment"]):
+        print("  " + command)
     return results
+
+
+def next_commands(out: Path, registry: Path, dataset: str, sweep_dir: str) -> list[str]:
+    """The demo's registry stays under ``out`` (it never touches ``runs/registry``), so the
+    follow-up commands name it; they are printed to be copied as they are."""
+    reg = ["--registry", str(registry)]
+    commands = [
+        ["serve", *reg],  # http://127.0.0.1:8000, the dashboard's default --serve-url
+        ["score", "--input", str(out / "score_input"), "--output", str(out / "scored"),
+         "--overwrite", "true", *reg],
+        ["dashboard", *reg, "--sweep-dir", sweep_dir, "--score-dir", str(out / "scored")],
+        ["evaluate", "--dataset", dataset, "--model", "production", *reg],
+    ]  # fmt: skip
+    return [shlex.join(["birdray", *c]) for c in commands]
 
 
 def _test_ids(source: Path, count: int) -> list[tuple[int, Path]]:

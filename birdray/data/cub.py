@@ -49,17 +49,21 @@ class CubDataset:
 
 def image_path(root: Path, rel_path: str) -> Path | None:
     """``root/images/rel_path`` if it stays inside ``root/images`` (links resolved), else None."""
+    return confined_path(root / "images", rel_path)
+
+
+def confined_path(base: Path, rel_path: str) -> Path | None:
+    """``base/rel_path`` if it stays inside ``base`` (links resolved), else None."""
     if "\\" in rel_path or "\0" in rel_path or PureWindowsPath(rel_path).drive:
         return None
     rel = PurePosixPath(rel_path)
     if rel.is_absolute() or ".." in rel.parts:
         return None
-    images = root / "images"
     try:
-        inside = (images / rel).resolve().is_relative_to(images.resolve())
+        inside = (base / rel).resolve().is_relative_to(base.resolve())
     except (OSError, RuntimeError):  # a symlink loop
         return None
-    return images / rel if inside else None
+    return base / rel if inside else None
 
 
 def find_root(path: str | Path) -> Path:

@@ -177,8 +177,8 @@ def open_source(
     source = (
         _copy_from_bucket(str(source)) if storage.is_remote(source) else storage.local_path(source)
     )
-    if source.is_dir():
-        return source
+    if source.is_dir() or (source.is_file() and source.suffix.lower() == ".csv"):
+        return source  # a folder, or a CSV of path,label (birdray.data.folders)
     if not source.is_file():
         raise FileNotFoundError(f"CUB source not found: {source}")
     verify_md5(source, md5)

@@ -1,4 +1,7 @@
-"""Ingest CUB (folder or archive) into Parquet shards + a manifest with Ray Data.
+"""Ingest CUB (folder or archive) or one's own photos into Parquet shards + a manifest.
+
+Own photos (a folder per species, or a CSV of ``path,label``) are read by
+``birdray.data.folders``; the layout is detected and recorded in the manifest.
 
 The driver reads the metadata files and the image bytes (the source sits where the driver runs:
 on a cluster the workers cannot see it) and assigns splits; Ray Data tasks validate, decode and
@@ -26,6 +29,7 @@ import pyarrow.dataset as pads
 
 from birdray import storage
 from birdray.config import field, to_dict
+from birdray.data import folders
 from birdray.data.cub import CubDataset, CubRecord, image_path, read_cub
 from birdray.data.download import DEFAULT_MAX_EXTRACT_GB, open_source
 from birdray.data.manifest import (
@@ -38,14 +42,22 @@ from birdray.data.rows import QUARANTINE, SCHEMA, item_row, load_images, put_blo
 from birdray.images import DEFAULT_MAX_PIXELS
 
 SPLITS = ("train", "val", "test")
+DEFAULT_SOURCE = "data/raw/extracted"  # DownloadConfig.out + "/extracted"
 
 
 @dataclass
 class IngestConfig:
-    source: str = field("data/synth", "CUB folder (or its parent) or CUB_200_2011.tgz")
+    source: str = field(
+        DEFAULT_SOURCE,
+        "CUB folder (or its parent) or CUB_200_2011.tgz, a CSV of path,label, or "
+        "DIR/<species>/*.jpg; the default is where `birdray download` extracts",
+    )
     out: str = field("data/cub_parquet", "output folder or bucket URI: shards + manifest.json")
-    val_fraction: float = field(0.1, "share of each class's official train images kept for val")
-    seed: int = field(0, "seed of the stratified val split")
+    val_fraction: float = field(0.1, "share of each class's train images kept for val")
+    test_fraction: float = field(
+        0.2, "share of each class held out for test (own-photo layouts; CUB keeps its split)"
+    )
+    seed: int = field(0, "seed of the stratified val (and test) split")
     max_side: int = field(0, "re-encode images whose longer side exceeds this (0 keeps originals)")
     max_pixels: int = field(DEFAULT_MAX_PIXELS, "larger images are quarantined as bombs")
     rows_per_shard: int = field(256, "upper bound of rows per Parquet file (keeps blocks small)")
@@ -139,15 +151,20 @@ def run_ingest(cfg: IngestConfig) -> str:
     from birdray.runtime import init_ray
 
     started = time.time()
-    cub = read_cub(open_source(cfg.source, cfg.md5, cfg.max_extract_gb))
-    fingerprint = source_fingerprint(cub)
+    source = open_source(cfg.source, cfg.md5, cfg.max_extract_gb)
+    layout = folders.find_layout(source)
+    if layout == "cub":
+        cub = read_cub(source)
+        fingerprint, images_dir = source_fingerprint(cub), cub.root / "images"
+    else:
+        cub = folders.read_layout(source, layout)
+        fingerprint = folders.fingerprint(cub, source if layout == "csv" else None)
+        images_dir = cub.root
     out = storage.absolute(cfg.out)
     manifest_path = storage.join(out, MANIFEST_FILE)
-    settings = {
-        k: v
-        for k, v in to_dict(cfg).items()
-        if k not in ("out", "force", "address", "source", "max_extract_gb")
-    }
+    ignored = ("out", "force", "address", "source", "max_extract_gb")
+    ignored += ("test_fraction",) if layout == "cub" else ()  # CUB keeps its official test split
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ignored}
     if not cfg.force:
         try:
             old = load_manifest(out)
@@ -156,10 +173,13 @@ def run_ingest(cfg: IngestConfig) -> str:
                 return manifest_path
         except ValueError:
             pass  # no manifest, or not a valid one: ingest
-    split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
+    if layout == "cub":
+        split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
+    else:
+        split = folders.assign_splits(cub.records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     items = [item_row(rec, split[rec.image_id]) for rec in cub.records]
     if not items:
-        raise ValueError(f"{cub.root / 'images.txt'} lists no images: nothing to ingest")
+        raise ValueError(f"{source} lists no images: nothing to ingest")
     # Shards come out class-mixed, so a shard-local shuffle while training sees many classes.
     items = [items[i] for i in np.random.default_rng(cfg.seed).permutation(len(items))]
 
@@ -171,7 +191,7 @@ def run_ingest(cfg: IngestConfig) -> str:
     shards = storage.join(out, shards_name)
     batch = 32
     rows_per_block = max(batch, -(-len(items) // 400))  # at most ~400 blocks
-    ds = ray.data.from_arrow_refs(put_blocks(items, cub.root / "images", rows_per_block))
+    ds = ray.data.from_arrow_refs(put_blocks(items, images_dir, rows_per_block))
     ds = ds.map_batches(
         load_images,
         batch_size=batch,
@@ -198,6 +218,7 @@ def run_ingest(cfg: IngestConfig) -> str:
         "created_at": time.time(),
         "shards_dir": shards_name,
         "source": {"path": str(cfg.source), "root": str(cub.root), "checksum": fingerprint},
+        "layout": layout,  # cub | csv | folders (the last two: no boxes, parts or attributes)
         "ingest_config": settings,
         "counts": {"listed": len(items), "ingested": ingested, "quarantined": len(quarantine)},
         "splits": splits,

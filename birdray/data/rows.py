@@ -78,7 +78,7 @@ def _read_bytes(item: dict[str, Any], images: Path) -> dict[str, Any]:
     try:
         return {**item, "data": (images / item["path"]).read_bytes()}
     except FileNotFoundError:
-        return {**item, "problems": "missing: file listed in images.txt does not exist"}
+        return {**item, "problems": "missing: the listed file does not exist"}
     except OSError as exc:
         return {**item, "problems": f"unreadable: {exc}"}
 

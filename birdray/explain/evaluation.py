@@ -13,6 +13,9 @@ model once. Per method it measures, always against chance:
   regions on grid cells with ROAD imputation, and the model-randomisation sanity check, each with
   a bootstrap CI over about ``--faith-images`` images.
 
+A dataset without part annotations (one's own photos: ``birdray.data.folders``) gets the
+deletion curves only; the pointing game and part shares are skipped and said to be.
+
 Results go into the package folder (``explain/``) so Serve and the dashboard find them with the
 model they describe.
 """
@@ -46,7 +49,7 @@ from birdray.explain.parts import EXPLAIN_DIR, PROFILES_FILE, score_parts
 
 @dataclass
 class ExplainEvalConfig:
-    dataset: str = field("data/cub_parquet", "ingested dataset folder (needs part annotations)")
+    dataset: str = field("data/cub_parquet", "ingested dataset (without parts: curves only)")
     model: str = field("production", "model package folder, or a version in --registry")
     registry: str = field("", "registry folder or URI (when --model is a version)")
     split: str = field("test", "split to explain")
@@ -150,33 +153,44 @@ class ExplainWorker:
         rows = []
         for rec in batch.itertuples(index=False):
             image = decode_image(bytes(rec.image)).image
-            parts, bbox = list(rec.parts), [float(v) for v in rec.bbox]
+            annotated = bool(self.part_names) and rec.bbox is not None
+            parts = list(rec.parts) if annotated else []
+            bbox = [float(v) for v in rec.bbox] if annotated else []
             x = self.transform(image).unsqueeze(0).to(self.device)
             rng = np.random.default_rng([self.cfg["seed"], int(rec.image_id)])
             tested = rng.random() < self.cfg["faith_p"]
             for method in self.cfg["methods"]:
                 target = int(rec.label) if self.cfg["target"] == "label" else None
                 exp = explain(self.model, self.data_config, image, method, target, **self.kw)
-                score = score_parts(
-                    exp.attribution, parts, bbox, self.part_names, self.cfg["radius"]
-                )
                 curves = deletion_curves(
                     self.model, x, exp.input_attribution, int(rec.label), self.cfg["fractions"], rng
                 )
-                seen = [score.visible[p] for p in self.part_names]
                 faith = (self._faithfulness(image, x, exp, rng) if tested else
                          {"morf_prob": [], "lerf_prob": [], "region_prob": [],
                           "sanity_rho": np.nan})  # fmt: skip
                 rows.append({
                     "image_id": int(rec.image_id), "label": int(rec.label), "method": method,
-                    "predicted": exp.predicted, "seconds": exp.seconds,
-                    "shares": _masked(score.shares, self.part_names, seen),
-                    "area_shares": _masked(score.area_shares, self.part_names, seen),
-                    "peak_in_bbox": score.peak_in_bbox, "peak_near_part": score.peak_near_part,
-                    "bbox_chance": score.bbox_area_share, "parts_chance": score.parts_area_share,
-                    **curves, **faith,
+                    "predicted": exp.predicted, "seconds": exp.seconds, **curves, **faith,
+                    **_part_scores(exp.attribution, parts, bbox, self.part_names, self.cfg),
                 })  # fmt: skip
         return pd.DataFrame(rows)
+
+
+def _part_scores(attribution, parts, bbox, part_names: list[str], cfg: dict) -> dict[str, Any]:
+    """Pointing game and part shares; NaN / empty where the image has no box and parts (own
+    photos), so the deletion curves still get measured."""
+    if not bbox:
+        nan = float("nan")
+        return {"shares": [], "area_shares": [], "peak_in_bbox": nan, "peak_near_part": nan,
+                "bbox_chance": nan, "parts_chance": nan}  # fmt: skip
+    score = score_parts(attribution, parts, bbox, part_names, cfg["radius"])
+    seen = [score.visible[p] for p in part_names]
+    return {
+        "shares": _masked(score.shares, part_names, seen),
+        "area_shares": _masked(score.area_shares, part_names, seen),
+        "peak_in_bbox": score.peak_in_bbox, "peak_near_part": score.peak_near_part,
+        "bbox_chance": score.bbox_area_share, "parts_chance": score.parts_area_share,
+    }  # fmt: skip
 
 
 def _masked(values: dict[str, float], names: list[str], seen: list[bool]) -> list[float]:
@@ -191,8 +205,12 @@ def _by_part(values: np.ndarray, part_names: list[str]) -> dict[str, float]:
 def summarize_method(
     rows: pd.DataFrame, part_names: list[str], fractions: list[float], cells: int = 8, seed: int = 0
 ) -> dict:
-    """One method's aggregate numbers (each with its chance level, or a pass/fail test)."""
-    shares, areas = np.stack(rows["shares"].to_numpy()), np.stack(rows["area_shares"].to_numpy())
+    """One method's aggregate numbers (each with its chance level, or a pass/fail test); without
+    part annotations the pointing and part numbers are None and the part dicts empty."""
+    if not part_names:
+        rows = rows.assign(shares=[[]] * len(rows), area_shares=[[]] * len(rows))
+    shares = np.stack(rows["shares"].to_numpy()).reshape(len(rows), len(part_names))
+    areas = np.stack(rows["area_shares"].to_numpy()).reshape(len(rows), len(part_names))
     curves = {k: np.stack(rows[k].to_numpy()).mean(axis=0) for k in
               ("deletion_correct", "random_correct", "deletion_prob", "random_prob")}  # fmt: skip
     with warnings.catch_warnings():  # a part never visible in a class: NaN, not a warning
@@ -208,10 +226,11 @@ def summarize_method(
         "images": len(rows),
         "accuracy": float((rows["predicted"] == rows["label"]).mean()),
         "seconds_per_image": float(rows["seconds"].mean()),
-        "pointing_bbox": float(rows["peak_in_bbox"].mean()),
-        "pointing_bbox_chance": float(rows["bbox_chance"].mean()),
-        "pointing_part": float(rows["peak_near_part"].mean()),
-        "pointing_part_chance": float(rows["parts_chance"].mean()),
+        **{
+            f"pointing_{name}": float(rows[col].mean()) if part_names else None
+            for name, col in (("bbox", "peak_in_bbox"), ("bbox_chance", "bbox_chance"),
+                              ("part", "peak_near_part"), ("part_chance", "parts_chance"))
+        },
         "part_share": _by_part(share, part_names),
         "part_area_share": _by_part(area, part_names),
         "per_class": per_class,
@@ -240,9 +259,13 @@ def write_results(package: Path, summary: dict[str, Any], profile_method: str) -
     out.mkdir(parents=True, exist_ok=True)
     files = {"summary": str(_write_json(out / "summary.json", summary))}
     for method, result in summary["methods"].items():
-        bars = part_share_plot(result, method, out / f"part_shares_{method}.png")
         curve = deletion_plot(result["deletion"], method, out / f"deletion_{method}.png")
-        files[f"parts_{method}"], files[f"deletion_{method}"] = str(bars), str(curve)
+        files[f"deletion_{method}"] = str(curve)
+        if summary["part_names"]:
+            bars = part_share_plot(result, method, out / f"part_shares_{method}.png")
+            files[f"parts_{method}"] = str(bars)
+    if not summary["part_names"]:  # no profiles to show uploads against
+        return files
     methods = summary["methods"]
     chosen = profile_method if profile_method in methods else next(iter(methods))
     result = methods[chosen]
@@ -280,7 +303,7 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     meta = read_metadata(package)
     part_names = load_manifest(cfg.dataset).get("part_names") or []
     if not part_names:
-        raise ValueError(f"{cfg.dataset} has no part annotations (manifest lacks part_names)")
+        print(f"{cfg.dataset}: this dataset has no part annotations: part scores skipped")
     cluster = init_ray(cfg.address or None)
     actors = plan_pool("explanation", cfg.actors, cfg.actor_cpus, cfg.num_gpus, cluster)
     ds = read_split(cfg.dataset, cfg.split, columns=["image_id", "image", "label", "bbox", "parts"])
@@ -337,11 +360,16 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     for method, r in summary["methods"].items():
         top = sorted(r["part_share"].items(), key=lambda kv: -kv[1])[:3]
         out[method] = {
-            "pointing_bbox": f"{r['pointing_bbox']:.3f} (chance {r['pointing_bbox_chance']:.3f})",
-            "pointing_part": f"{r['pointing_part']:.3f} (chance {r['pointing_part_chance']:.3f})",
             "deletion_auc": f"{r['deletion']['auc']['deletion_correct']:.3f} "
                             f"(random {r['deletion']['auc']['random_correct']:.3f})",
-            "top_parts": {p: round(s, 3) for p, s in top},
             "faithfulness": verdict_lines(r["faithfulness"]),
         }  # fmt: skip
+        if r["pointing_bbox"] is None:
+            out[method]["part_scores"] = "skipped: this dataset has no part annotations"
+            continue
+        out[method].update({
+            "pointing_bbox": f"{r['pointing_bbox']:.3f} (chance {r['pointing_bbox_chance']:.3f})",
+            "pointing_part": f"{r['pointing_part']:.3f} (chance {r['pointing_part_chance']:.3f})",
+            "top_parts": {p: round(s, 3) for p, s in top},
+        })  # fmt: skip
     return out
