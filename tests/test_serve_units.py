@@ -41,6 +41,10 @@ def test_pin_model_turns_pointers_into_versions(registry, tmp_path):
     assert pin_model("production", registry)[0] == "v0001"
     assert pin_model("latest", registry)[0] == "v0002"
     assert pin_model("v0002", registry)[0] == "v0002"
+    from birdray.registry import set_alias
+
+    set_alias(registry, "candidate", "v0002")
+    assert pin_model("candidate", registry)[0] == "v0002"  # a canary serves a pinned alias
     package = make_package(tmp_path / "loose")
     assert pin_model(str(package), None) == (str(package.resolve()), None)
     with pytest.raises(ValueError, match="no registry"):
