@@ -20,6 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
+from birdray.feedback.store import read_all, read_feedback
 from birdray.images import decode_image
 from birdray.model.inference import Predictor
 from tests.hostile_files import hostile_gif, hostile_tiff
@@ -49,8 +50,14 @@ def predictor(package):
 
 
 @pytest.fixture(scope="module")
-def app(serve_http, package):  # noqa: F811
-    with deployed(serve_http, "api", **small_app_args(str(package), **LIMITS)) as url:
+def feedback_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve_api") / "feedback"
+
+
+@pytest.fixture(scope="module")
+def app(serve_http, package, feedback_dir):  # noqa: F811
+    args = small_app_args(str(package), feedback_dir=str(feedback_dir), **LIMITS)
+    with deployed(serve_http, "api", **args) as url:
         yield url
 
 
@@ -129,7 +136,10 @@ def test_response_shape_model_and_probes(app, predictor):
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "model_version": predictor.version}
     spec = requests.get(f"{app}/openapi.json", timeout=10).json()
-    assert {"/v1/predict", "/v1/model", "/v1/explain", "/healthz", "/readyz"} <= set(spec["paths"])
+    paths = {"/v1/predict", "/v1/model", "/v1/explain", "/v1/feedback", "/healthz", "/readyz"}
+    assert paths <= set(spec["paths"])
+    form = spec["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert {"file", "species", "model_version"} <= set(form["schema"]["required"])
 
 
 def test_several_files_with_one_bad_gives_per_file_errors(app, predictor):
@@ -343,6 +353,63 @@ def test_exif_orientation_is_applied(app, predictor):
 
 # --- security and overload: API key, admission limit, deadline -----------------------------
 
+# --- feedback -------------------------------------------------------------------------------
+
+
+def send_feedback(url: str, data: bytes, headers: dict | None = None, **fields: str):
+    files = {"file": ("bird.png", data, "image/png")}
+    return requests.post(
+        f"{url}/v1/feedback", files=files, data=fields, headers=headers, timeout=60
+    )
+
+
+def test_feedback_is_stored_and_the_same_image_twice_is_one_row(app, predictor, feedback_dir):
+    data, other = encode(random_rgb(40), "PNG"), encode(random_rgb(41), "PNG")
+    first = predict_one(app, "bird.png", data)
+    said, version = first["prediction"]["species"], first["model_version"]
+    wrong = next(c for c in predictor.metadata.class_names if not c.endswith(said))
+    ok = send_feedback(app, data, predicted=said, model_version=version, species=said)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["verdict"] == "confirmed" and ok.json()["stored"] is True
+    fixed = send_feedback(
+        app, data, predicted=said, model_version=version, species=wrong, note="red wings"
+    )
+    assert fixed.status_code == 200 and fixed.json()["verdict"] == "corrected", fixed.text
+    unsure = send_feedback(app, other, predicted=said, model_version=version, species="unsure")
+    assert unsure.status_code == 200 and unsure.json()["verdict"] == "unsure"
+    assert read_all(str(feedback_dir)).num_rows == 3  # append-only
+    rows = {r["sha256"]: r for r in read_feedback(str(feedback_dir)).to_pylist()}
+    assert len(rows) == 2  # the same image twice is one row, the latest answer
+    row = rows[ok.json()["sha256"]]
+    assert row["image"] == data and row["answer"] == wrong and row["note"] == "red wings"
+    assert row["model_version"] == version and row["verdict"] == "corrected"
+    assert row["received_at"] is not None
+
+
+def test_bad_feedback_is_refused_and_stores_nothing(app, feedback_dir):
+    data = encode(random_rgb(42), "PNG")
+    result = predict_one(app, "bird.png", data)
+    said, version = result["prediction"]["species"], result["model_version"]
+    before = read_all(str(feedback_dir)).num_rows
+    good = {"predicted": said, "model_version": version, "species": said}
+    cases = [
+        ({**good, "species": "Dodo"}, data, "unknown_species"),
+        ({**good, "predicted": "Dodo"}, data, "unknown_species"),
+        ({**good, "model_version": "v9999"}, data, "wrong_model_version"),
+        ({**good, "note": "x" * 1001}, data, "note_too_long"),
+        ({k: v for k, v in good.items() if k != "species"}, data, "missing_field"),
+        (good, b"this is not an image", "not_an_image"),
+    ]
+    for fields, body, code in cases:
+        resp = send_feedback(app, body, **fields)
+        assert 400 <= resp.status_code < 500, (code, resp.text)
+        assert resp.json()["error"]["code"] == code, resp.text
+    no_file = requests.post(f"{app}/v1/feedback", data=good, files={"x": ("a", b"")}, timeout=60)
+    assert no_file.status_code == 422 and no_file.json()["error"]["code"] == "no_files"
+    assert read_all(str(feedback_dir)).num_rows == before  # nothing stored
+    assert_healthy(app)
+
+
 KEY = "s3cret-key"
 GUARD = {"max_concurrent_requests": 1, "request_timeout_s": 6.0}
 
@@ -369,6 +436,10 @@ def test_api_key_required_when_configured(guarded):
     good = post_images(url, [("a.png", data, "image/png")], headers={"X-API-Key": KEY})
     assert good.status_code == 200 and good.json()["results"][0]["ok"]
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+    fields = {"predicted": "x", "model_version": "y", "species": "z"}
+    assert_error(send_feedback(url, data, **fields), 401, "unauthorized", None)
+    disabled = send_feedback(url, data, headers={"X-API-Key": KEY}, **fields)
+    assert_error(disabled, 404, "feedback_disabled", None)  # no registry, no feedback_dir
 
 
 def _slow_upload(url: str) -> socket.socket:

@@ -69,7 +69,9 @@ def test_requests_move_metrics_on_rays_endpoint(serve_http, tmp_path):  # noqa: 
     url_of_metrics = metrics_url()  # what the demo prints
     package = make_package(tmp_path / "pkg", num_classes=4, image_size=64)
     os.environ[KEY_ENV] = KEY
-    args = small_app_args(str(package), api_key_env=KEY_ENV, max_upload_mb=0.05)
+    args = small_app_args(
+        str(package), api_key_env=KEY_ENV, max_upload_mb=0.05, feedback_dir=str(tmp_path / "fb")
+    )
     auth = {"X-API-Key": KEY}
     good = [("ok.png", encode(random_rgb(i), "PNG"), "image/png") for i in range(5)]
     with deployed(serve_http, APP, **args) as url:
@@ -83,6 +85,22 @@ def test_requests_move_metrics_on_rays_endpoint(serve_http, tmp_path):  # noqa: 
             post_images(url, good[:1]),  # no key
         ]
         assert [r.status_code for r in replies] == [200] * 4
+        said = replies[0].json()["results"][0]
+        answer = {
+            "predicted": said["prediction"]["species"],
+            "model_version": said["model_version"],
+        }
+        feedback = [
+            requests.post(
+                f"{url}/v1/feedback",
+                files={"file": good[0][:2]},
+                data={**answer, "species": species},
+                headers=auth,
+                timeout=60,
+            ).status_code
+            for species in (answer["predicted"], "Dodo")
+        ]
+        assert feedback == [200, 422]
         assert [r.status_code for r in bad] == [422, 422, 413, 401], [r.text for r in bad]
         results = [res for r in replies for res in r.json()["results"]]
         version = results[0]["model_version"]
@@ -105,6 +123,8 @@ def test_requests_move_metrics_on_rays_endpoint(serve_http, tmp_path):  # noqa: 
                 c <= 0.99 for c in confidences
             ),
             ("ray_birdray_low_confidence_total", ()): sum(c < 0.5 for c in confidences),
+            ("ray_birdray_feedback_total", (("outcome", "confirmed"),)): 1,
+            ("ray_birdray_feedback_total", (("outcome", "unknown_species"),)): 1,
         }
         versioned = {"step_seconds", "batch_size", "confidence", "low_confidence"}
         seen: dict = {}

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from birdray.serve.errors import ApiError
-from birdray.serve.uploads import Limits, Upload, read_uploads
+from birdray.serve.uploads import Limits, Upload, read_form
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class Service(Protocol):
     ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]: ...
 
     async def explain(self, upload: Upload, method: str, target: str | None) -> dict[str, Any]: ...
+
+    async def feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]: ...
 
 
 class Recorder(Protocol):
@@ -104,16 +106,27 @@ class _Recording:
             self.recorder.request(route, status, code, time.perf_counter() - start)
 
 
-def _multipart_body(field: str, many: bool) -> dict[str, Any]:
+FEEDBACK_FIELDS = {
+    "predicted": "the species the prediction named",
+    "model_version": "the model_version of that prediction",
+    "species": "the right species, or not_a_bird, or unsure",
+    "note": "optional free text",
+}
+
+
+def _multipart_body(field: str, many: bool, texts: dict[str, str] | None = None) -> dict[str, Any]:
     """OpenAPI description of a multipart upload (the body is parsed by hand, with limits)."""
     binary = {"type": "string", "format": "binary"}
     schema = {"type": "array", "items": binary} if many else binary
+    properties: dict[str, Any] = {field: schema}
+    properties.update({k: {"type": "string", "description": v} for k, v in (texts or {}).items()})
+    required = [field, *(k for k in texts or {} if k != "note")]
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {field: schema}, "required": [field]}
+                    "schema": {"type": "object", "properties": properties, "required": required}
                 }
             },
         }
@@ -202,12 +215,15 @@ def create_api(
     if recorder is not None:
         app.add_middleware(_Recording, recorder=recorder)
 
-    async def read(request: Request, field: str) -> list[Upload]:
+    async def read_all(request: Request, field: str) -> tuple[list[Upload], dict[str, str]]:
         start = time.perf_counter()
-        uploads = await read_uploads(request, field, limits)
+        uploads, texts = await read_form(request, field, limits)
         if recorder is not None:
             recorder.upload(request.scope["route"].path, time.perf_counter() - start)
-        return uploads
+        return uploads, texts
+
+    async def read(request: Request, field: str) -> list[Upload]:
+        return (await read_all(request, field))[0]
 
     async def authorized(request: Request) -> None:
         if api_key is None:
@@ -268,5 +284,18 @@ def create_api(
             if len(uploads) != 1:
                 raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
             return await service.explain(uploads[0], method, target)
+
+    @app.post(
+        "/v1/feedback",
+        summary="Say whether a prediction was right (stored for retraining; 404 when disabled)",
+        dependencies=[Depends(authorized)],
+        openapi_extra=_multipart_body("file", many=False, texts=FEEDBACK_FIELDS),
+    )
+    async def feedback(request: Request) -> dict[str, Any]:
+        async with admitted():
+            uploads, texts = await read_all(request, "file")
+            if len(uploads) != 1:
+                raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
+            return await service.feedback(uploads[0], texts)
 
     return app

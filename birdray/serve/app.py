@@ -19,6 +19,7 @@ from typing import Any
 from ray.serve import Application
 
 from birdray import config as cfglib
+from birdray import storage
 from birdray.config import field
 from birdray.registry import version_of
 from birdray.serve.classifier import BirdClassifier
@@ -71,6 +72,9 @@ class AppArgs:
     )
     request_timeout_s: float = field(
         50.0, "a /v1 request's limit (upload, queue, model) before 504; below the proxy's"
+    )
+    feedback_dir: str | None = field(
+        "auto", "where POST /v1/feedback stores answers (auto: <registry>/feedback; '': disabled)"
     )
     explain: bool = field(True, "add the BirdExplainer deployment and /v1/explain")
     explain_num_cpus: float = field(0.5, "CPUs per explainer replica")
@@ -187,7 +191,17 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
         max_queued_requests=opts.ingress_max_queued_requests,
         ray_actor_options=ingress_actor,
         max_surge_percent=opts.max_surge_percent,
-    ).bind(classifier, explainer, _limits(opts), opts.api_key_env)
+    ).bind(
+        classifier, explainer, _limits(opts), opts.api_key_env, feedback_location(opts, registry)
+    )
+
+
+def feedback_location(opts: AppArgs, registry: str | None) -> str | None:
+    """Where feedback goes: the given folder/bucket, ``<registry>/feedback`` for ``auto`` (no
+    registry: disabled), or None (disabled) for an empty value."""
+    if opts.feedback_dir == "auto":
+        return storage.join(registry, "feedback") if registry else None
+    return storage.absolute(opts.feedback_dir) if opts.feedback_dir else None
 
 
 def app_args(cfg: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from birdray.feedback import store as feedback_store
 from birdray.model.factory import set_threads
 from birdray.model.preprocess import build_transform
 from birdray.serve.api import create_api
@@ -27,6 +28,8 @@ from birdray.serve.metrics import ServeMetrics
 from birdray.serve.uploads import Limits, Upload, decode_upload
 
 PROBE_SLOTS = 8  # requests Serve lets in beyond the app's own limit: probes, quick 503s
+MAX_NOTE_CHARS = 1000
+FEEDBACK_ANSWERS = (feedback_store.NOT_A_BIRD, feedback_store.UNSURE)
 
 
 def _ms(start: float) -> float:
@@ -82,6 +85,7 @@ class BirdIngress:
         explainer: DeploymentHandle | None,
         limits: Limits,
         api_key_env: str | None,
+        feedback_dir: str | None = None,
     ):
         set_threads(1)  # transforms are small; leave the cores to the model
         self._api_key = api_key_from_env(api_key_env)
@@ -89,6 +93,7 @@ class BirdIngress:
         self._limits = admission_limit(limits)
         self._info: dict[str, Any] | None = None  # model info + its eval "transform"
         self._metrics = ServeMetrics()
+        self._feedback_dir = feedback_dir or None
 
     def __serve_build_asgi_app__(self):
         return create_api(self, self._limits, self._api_key, recorder=self._metrics)
@@ -183,6 +188,55 @@ class BirdIngress:
             info = await self._current(refresh=True)
         model = {"name": info["name"], "version": info["version"], "arch": info["arch"]}
         return model, list(results)
+
+    async def feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]:
+        try:
+            result = await self._feedback(upload, fields)
+        except ApiError as exc:
+            self._metrics.feedback(exc.code)
+            raise
+        self._metrics.feedback(result["verdict"])
+        return result
+
+    async def _feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]:
+        """Check everything (labels against the served model, the image with the one decoder),
+        then append one row; a refused answer stores nothing."""
+        if self._feedback_dir is None:
+            raise ApiError(404, "feedback_disabled", "this app was built without feedback_dir")
+        missing = [k for k in ("predicted", "model_version", "species") if not fields.get(k)]
+        if missing:
+            raise ApiError(422, "missing_field", f"missing form field(s): {', '.join(missing)}")
+        note = fields.get("note", "")
+        if len(note) > MAX_NOTE_CHARS:
+            raise ApiError(422, "note_too_long", f"note is longer than {MAX_NOTE_CHARS} characters")
+        info = await self._current()
+        if fields["model_version"] != info["version"]:
+            info = await self._current(refresh=True)  # the model may have been swapped
+        if fields["model_version"] != info["version"]:
+            raise ApiError(
+                422,
+                "wrong_model_version",
+                f"model_version {fields['model_version']!r} is not the served {info['version']!r}",
+            )
+        predicted = self._class_name(fields["predicted"], info["classes"], "predicted")
+        answer = fields["species"].strip()
+        if answer not in FEEDBACK_ANSWERS:
+            answer = self._class_name(answer, info["classes"], "species")
+        await asyncio.to_thread(decode_upload, upload, self._limits)
+        item = feedback_store.Feedback(
+            upload.data, upload.name, info["version"], predicted, answer, note
+        )
+        await asyncio.to_thread(feedback_store.append, self._feedback_dir, [item])
+        return {"stored": True, "sha256": item.sha256, "verdict": item.verdict, "species": answer}
+
+    def _class_name(self, given: str, classes: list[str], what: str) -> str:
+        """The served model's own spelling of ``given`` (full class name or the part after the
+        number, any case); 422 ``unknown_species`` otherwise."""
+        wanted = given.strip().lower()
+        for name in classes:
+            if wanted in (name.lower(), name.split(".", 1)[-1].lower()):
+                return name
+        raise ApiError(422, "unknown_species", f"{what} {given!r} is not a class of this model")
 
     def _target(self, target: str | None, classes: list[str]) -> int | None:
         if target is None or target == "":

@@ -105,6 +105,12 @@ SPECS = {
             ("method",),
             tuple(LATENCY_BUCKETS_S),
         ),
+        Spec(
+            "counter",
+            "birdray_feedback",
+            "POST /v1/feedback by outcome (confirmed, corrected, not_a_bird, unsure or error code)",
+            ("outcome",),
+        ),
         # batch scoring (``birdray score``'s actor pool; ``ray.util.metrics``, no Serve tags)
         Spec(
             "counter",
@@ -166,6 +172,9 @@ class ServeMetrics:
 
     def image_error(self, code: str) -> None:
         self._inc("birdray_image_errors", code=code)
+
+    def feedback(self, outcome: str) -> None:
+        self._inc("birdray_feedback", outcome=outcome)
 
     # the classifier
     def batch(self, version: str, confidences: list[float]) -> None:

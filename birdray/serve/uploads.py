@@ -63,6 +63,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upload]:
     """Files sent under multipart ``field``; request-level problems raise ``ApiError``."""
+    return (await read_form(request, field, limits))[0]
+
+
+async def read_form(
+    request: Request, field: str, limits: Limits
+) -> tuple[list[Upload], dict[str, str]]:
+    """Files under multipart ``field`` and the text fields (each at most 64 kB) of the form."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         shown = content_type or "none"
@@ -103,7 +110,8 @@ async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upl
         name = item.filename or f"file{index}"
         uploads.append(Upload(name, item.content_type, data))
         await item.close()
-    return uploads
+    texts = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    return uploads, texts
 
 
 def check_upload(upload: Upload, limits: Limits) -> None:

@@ -1,0 +1,1 @@
+"""Feedback from people on served predictions, kept as an append-only Parquet dataset."""
