@@ -204,6 +204,10 @@ def _ingest(cfg: Any) -> None:
 
 
 def _train(cfg: Any) -> None:
+    if cfg.use_gpu:
+        from birdray.devices import check_local
+
+        check_local("cuda", cfg.address, "--use-gpu")
     manifest = dataset("--dataset", cfg.dataset)
     splits = manifest.get("splits") or {}
     require(
@@ -247,7 +251,18 @@ def _tune(cfg: Any) -> None:
     output("--storage-path", cfg.storage_path)
 
 
+def _device(device: str | None, address: str | None) -> None:
+    """``--device`` is a known one, and cuda has a GPU where Ray will start (a remote cluster's
+    GPUs are checked by the job once it has connected: ``devices.gpus_to_use``)."""
+    from birdray.devices import DEVICES, check_local
+
+    if device is not None:
+        choice("--device", device, DEVICES)
+    check_local(device, address)
+
+
 def _evaluate(cfg: Any) -> None:
+    _device(cfg.device, cfg.address)
     require(bool(cfg.model or cfg.registry), "--model", f"is required ({MODEL_HELP})")
     model(cfg.model, cfg.registry)
     dataset("--dataset", cfg.dataset, cfg.split)
@@ -285,6 +300,7 @@ def _registry(cfg: Any) -> None:
 
 def _serve(cfg: Any) -> None:
     _port(cfg.port)
+    _device(cfg.device, cfg.address)
     if cfg.api_key_env:
         require(
             bool(os.environ.get(cfg.api_key_env)),
@@ -305,6 +321,7 @@ def _serve(cfg: Any) -> None:
 
 
 def _score(cfg: Any) -> None:
+    _device(cfg.device, cfg.address)
     exists("--input", cfg.input, "an image folder, a bucket URI, or an ingested dataset")
     if not storage.is_remote(cfg.input):
         from birdray.data.manifest import is_dataset
@@ -325,7 +342,11 @@ def _score(cfg: Any) -> None:
 def _explain(cfg: Any) -> None:
     from birdray.explain.attribution import METHODS
 
+    _device(cfg.device, None)
     if cfg.dataset:
+        given = cfg.image_id is not None
+        require(given, "--image-id", "is required with --dataset (CUB ids start at 1)")
+        require(cfg.image_id >= 1, "--image-id", f"CUB image ids start at 1, got {cfg.image_id}")
         dataset("--dataset", cfg.dataset)
     else:
         require(bool(cfg.image), "--image", "give --image PATH, or --dataset DIR --image-id N")

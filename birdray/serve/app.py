@@ -43,7 +43,9 @@ class AppArgs:
     max_files: int = field(16, "most images per /v1/predict request")
     max_pixels: int = field(40_000_000, "largest accepted width x height (decompression bombs)")
     max_aspect_ratio: float = field(20.0, "most elongated accepted image (long / short side)")
-    device: str | None = field(None, "cuda | cpu for model replicas (default: CUDA when present)")
+    device: str | None = field(
+        "auto", "model replicas: auto (a GPU each when the cluster has one) | cpu | cuda (insist)"
+    )
     torch_threads: int = field(2, "torch threads per model replica (Ray sets OMP_NUM_THREADS=1)")
     amp: bool = field(False, "bf16/fp16 autocast in model replicas")
     max_batch_size: int = field(8, "@serve.batch size (user_config; live-tunable)")
@@ -141,7 +143,8 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
     check_bounds(opts)
     if opts.explain and importlib.util.find_spec("birdray.explain") is None:
         raise ValueError("explain=true needs the birdray.explain package; build with explain=false")
-    replica_args = {"model": model, "registry": registry, "device": opts.device}
+    device = None if opts.device in (None, "auto") else opts.device
+    replica_args = {"model": model, "registry": registry, "device": device}
     user_config = {
         "model": model,
         "registry": registry,
