@@ -37,7 +37,11 @@ def check_local(device: str | None, address: str | None, flag: str = "--device c
 
 
 def gpus_to_use(
-    device: str | None, asked: float, cluster: dict[str, float], per: float = 1.0
+    device: str | None,
+    asked: float,
+    cluster: dict[str, float],
+    per: float = 1.0,
+    flag: str = "--device cuda",
 ) -> float:
     """GPUs per actor/replica for ``device`` on this cluster (``ray.cluster_resources()``).
 
@@ -49,8 +53,8 @@ def gpus_to_use(
         return 0.0
     if device == "cuda" and have <= 0:
         raise UsageError(
-            f"--device cuda: the Ray cluster has {cluster.get('CPU', 0):g} CPU and no GPU;"
-            " pass --device auto|cpu, or --address a cluster with GPUs"
+            f"{flag}: the Ray cluster has {cluster.get('CPU', 0):g} CPU and no GPU;"
+            " leave it out (CPU), or --address a cluster with GPUs"
         )
     if asked and asked > 0:
         return float(asked)
