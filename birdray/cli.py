@@ -126,16 +126,16 @@ def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, An
         prog=f"birdray {name}",
         description=(function.__doc__ or job.help).strip().splitlines()[0],
     )
+    docs = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
     extra = getattr(config_cls, "positional", None)
     if extra:
-        found = {f.name: f for f in dataclasses.fields(config_cls)}[extra]
-        doc = found.metadata.get("help", "")
         parser.add_argument(
-            extra, nargs="?", default=None, help=f"{doc} (the same as --{extra})"
+            extra, nargs="?", default=None, help=f"{docs[extra]} (the same as --{extra})"
         )
     rest = getattr(config_cls, "positional_rest", None)  # e.g. ``registry alias set NAME V``
     if rest:
-        parser.add_argument(rest, nargs="*", default=None, help="further words of the action")
+        help_ = f"{docs.get(rest) or 'further words'} (the same as --{rest})"
+        parser.add_argument(rest, nargs="*", default=None, help=help_)
     parser.switches = cfglib.add_config_arguments(parser, config_cls)
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of an error"

@@ -20,6 +20,7 @@ def test_auto_uses_the_gpus_the_cluster_has():
     assert gpus_to_use("auto", 0.25, ONE_GPU) == 0.25  # an explicit --num-gpus is kept
     assert gpus_to_use("cpu", 0.0, ONE_GPU) == 0.0
     assert gpus_to_use("cuda", 0.0, ONE_GPU) == 1.0
+    assert gpus_to_use("auto", 0.0, ONE_GPU, per=0.5) == 0.5  # two Serve replicas share it
     with pytest.raises(UsageError, match="--device cuda: the Ray cluster has 2 CPU and no GPU"):
         gpus_to_use("cuda", 0.0, CPU_ONLY)
 
@@ -49,3 +50,24 @@ def test_cuda_without_a_gpu_is_one_line_before_ray(tmp_path, monkeypatch, capsys
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f": error: {flag}" in lines[0], lines
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_auto_requests_a_gpu_on_a_cluster_that_declares_one(ray_cluster):
+    """A node declaring a logical GPU joins the cluster: ``auto`` asks Ray for it, and a task
+    with that request is placed there and handed the GPU (before, scoring, evaluation and Serve
+    asked for no GPU unless every --num-gpus flag was set)."""
+    import ray
+
+    from birdray.runtime import init_ray
+
+    node = ray_cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
+    try:
+        ray_cluster.wait_for_nodes()
+        gpus = gpus_to_use("auto", 0.0, init_ray(None))
+        assert gpus == 1.0
+        task = ray.remote(num_cpus=0, num_gpus=gpus)(lambda: len(ray.get_gpu_ids()))
+        assert ray.get(task.remote(), timeout=120) == 1
+    finally:
+        ray_cluster.remove_node(node)

@@ -144,7 +144,10 @@ def start_local(
     args = {"model": model, "registry": registry, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
     cluster = init_ray(address=address, num_cpus=num_cpus)
-    gpus = gpus_to_use(args.get("device"), float(args.get("num_gpus") or 0.0), cluster)
+    # auto: the cluster's GPUs shared by the replicas that start (at most one each)
+    replicas = max(1, int(args.get("min_replicas") or AppArgs().min_replicas))
+    per = min(1.0, float(cluster.get("GPU", 0.0)) / replicas)
+    gpus = gpus_to_use(args.get("device"), float(args.get("num_gpus") or 0.0), cluster, per)
     if gpus != float(args.get("num_gpus") or 0.0):  # --device auto found GPUs: ask Ray for them
         args["num_gpus"] = gpus
         app = build_app(args)
