@@ -52,7 +52,7 @@ class AppArgs:
     batch_wait_timeout_s: float = field(0.002, "@serve.batch wait (user_config; live-tunable)")
     max_ongoing_requests: int = field(16, "per model replica; raised to max_batch_size if lower")
     max_queued_requests: int = field(128, "model requests waiting per caller before 503 busy")
-    num_gpus: float = field(0.0, "GPUs per model replica (1 or a fraction on a GPU cluster)")
+    num_gpus: float = field(0.0, "GPUs per model replica (a fraction shares; 0: --device decides)")
     model_num_cpus: float = field(1.0, "CPUs per model replica")
     min_replicas: int = field(1, "model replicas at least")
     max_replicas: int = field(1, "model replicas at most (> min_replicas turns on autoscaling)")
