@@ -23,7 +23,7 @@ from birdray import storage
 from birdray.config import UsageError
 
 MODEL_HELP = "a model package folder, or production|latest|vNNNN|ALIAS with --registry"
-# A registry alias (``candidate``, ``champion``): its existence is ``registry.resolve``'s to check.
+# A registry alias (``candidate``, ``champion``), read with the registry's own alias reading.
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -113,14 +113,21 @@ def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
             f"{flag} {ref}: no registry at {root} (--registry); pass --registry PATH to an "
             "existing registry, or --model PATH to a model package folder"
         )
-    if alias:
-        return  # resolved (or refused with the registry's own message) by registry.resolve
     try:
         versions = reglib.list_versions(registry)
-        current = reglib.read_pointer(registry).get("version") if ref == "production" else None
+        aliases = reglib.read_aliases(registry) if alias or ref == "production" else {}
     except (OSError, ValueError) as exc:
         raise UsageError(f"--registry: cannot read the registry at {root}: {exc}") from exc
-    if ref == "production":
+    current = aliases.get(ref, {}).get("version")
+    if alias:
+        set_ = ", ".join(f"{k}={v['version']}" for k, v in aliases.items() if v.get("version"))
+        require(
+            bool(current),
+            flag,
+            f"the registry at {root} has no alias {ref!r} (set: {set_ or 'none'}); set it with "
+            f"'birdray registry alias set {ref} vNNNN --registry {registry}'",
+        )
+    elif ref == "production":
         require(
             bool(current),
             flag,
@@ -217,6 +224,10 @@ def _ingest(cfg: Any) -> None:
 
 
 def _train(cfg: Any) -> None:
+    if cfg.use_gpu:
+        from birdray.devices import check_local
+
+        check_local("cuda", cfg.address, "--use-gpu")
     manifest = dataset("--dataset", cfg.dataset)
     splits = manifest.get("splits") or {}
     require(
@@ -260,7 +271,18 @@ def _tune(cfg: Any) -> None:
     output("--storage-path", cfg.storage_path)
 
 
+def _device(device: str | None, address: str | None) -> None:
+    """``--device`` is a known one, and cuda has a GPU where Ray will start (a remote cluster's
+    GPUs are checked by the job once it has connected: ``devices.gpus_to_use``)."""
+    from birdray.devices import DEVICES, check_local
+
+    if device is not None:
+        choice("--device", device, DEVICES)
+    check_local(device, address)
+
+
 def _evaluate(cfg: Any) -> None:
+    _device(cfg.device, cfg.address)
     require(bool(cfg.model or cfg.registry), "--model", f"is required ({MODEL_HELP})")
     model(cfg.model, cfg.registry)
     dataset("--dataset", cfg.dataset, cfg.split)
@@ -270,34 +292,37 @@ def _evaluate(cfg: Any) -> None:
 
 
 def _registry(cfg: Any) -> None:
-    choice("action", cfg.action, ("list", "show", "promote", "rollback"))
+    from birdray.registry.cli import ACTIONS
+
+    choice("action", cfg.action, ACTIONS)
     require(bool(cfg.registry), "--registry", "is required (a registry folder or URI)")
+    words = list(cfg.args or [])
+    if cfg.action == "add":  # the registry may not exist yet: add creates it
+        require(len(words) == 1, "add", f"takes one model package folder, got {words}")
+        exists("add", words[0], "a model package folder")
+        if not storage.is_remote(words[0]):
+            model(words[0], None, "add")
+        return
     if not storage.is_remote(cfg.registry):
         require(
             storage.local_path(cfg.registry).is_dir(),
             "--registry",
             f"no registry at {_abs(cfg.registry)} (train with --registry to create one)",
         )
-    if cfg.action == "show":
-        model(cfg.version, cfg.registry, "--version")
-    elif cfg.action == "promote":
-        from birdray.registry import VERSION_RE
-
-        require(
-            cfg.version == "latest" or VERSION_RE.match(cfg.version) is not None,
-            "--version",
-            f"{cfg.version!r}: promote takes latest or vNNNN",
-        )
-        model(cfg.version, cfg.registry, "--version")
+    ref = words[0] if words and cfg.action in ("show", "promote") else cfg.version
+    if cfg.action in ("show", "promote"):
+        model(ref, cfg.registry, "--version")
     elif cfg.action == "rollback":
         from birdray.registry import read_pointer
 
-        history = read_pointer(cfg.registry).get("history", [])
+        require(ALIAS_RE.match(cfg.alias) is not None, "--alias", f"{cfg.alias!r} is no alias")
+        history = read_pointer(cfg.registry, cfg.alias).get("history", [])
         require(len(history) >= 2, "rollback", f"nothing to roll back to (history {history})")
 
 
 def _serve(cfg: Any) -> None:
     _port(cfg.port)
+    _device(cfg.device, cfg.address)
     if cfg.api_key_env:
         require(
             bool(os.environ.get(cfg.api_key_env)),
@@ -318,6 +343,7 @@ def _serve(cfg: Any) -> None:
 
 
 def _score(cfg: Any) -> None:
+    _device(cfg.device, cfg.address)
     exists("--input", cfg.input, "an image folder, a bucket URI, or an ingested dataset")
     if not storage.is_remote(cfg.input):
         from birdray.data.manifest import is_dataset
@@ -338,7 +364,11 @@ def _score(cfg: Any) -> None:
 def _explain(cfg: Any) -> None:
     from birdray.explain.attribution import METHODS
 
+    _device(cfg.device, None)
     if cfg.dataset:
+        given = cfg.image_id is not None
+        require(given, "--image-id", "is required with --dataset (CUB ids start at 1)")
+        require(cfg.image_id >= 1, "--image-id", f"CUB image ids start at 1, got {cfg.image_id}")
         dataset("--dataset", cfg.dataset)
     else:
         require(bool(cfg.image), "--image", "give --image PATH, or --dataset DIR --image-id N")

@@ -11,11 +11,13 @@ found before Ray starts (``birdray.checks``); ``--debug`` shows the traceback in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,7 +41,19 @@ JOB_ERRORS = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's errors as ``UsageError``: one line instead of the whole usage text."""
+    """argparse's errors as ``UsageError``: one line instead of the whole usage text.
+
+    No prefix matching (``allow_abbrev``): a misspelt flag is an error, never a different flag
+    (``--image`` silently meaning ``--image-size``). ``switches`` take the older ``true|false``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.switches: list[str] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(cfglib.switch_values(argv, self.switches), namespace)
 
     def error(self, message: str) -> NoReturn:
         raise cfglib.UsageError(f"{message} (see {self.prog} --help)")
@@ -108,21 +122,33 @@ def _load(job: Job) -> tuple[type, Any]:
 
 def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, Any]:
     config_cls, function = _load(job)
-    parser = _Parser(
+    parser: _Parser = _Parser(
         prog=f"birdray {name}",
         description=(function.__doc__ or job.help).strip().splitlines()[0],
     )
+    docs = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
     extra = getattr(config_cls, "positional", None)
     if extra:
-        parser.add_argument(extra, nargs="?", default=None)
+        parser.add_argument(
+            extra, nargs="?", default=None, help=f"{docs[extra]} (the same as --{extra})"
+        )
     rest = getattr(config_cls, "positional_rest", None)  # e.g. ``registry alias set NAME V``
     if rest:
-        parser.add_argument(rest, nargs="*", default=None)
-    cfglib.add_config_arguments(parser, config_cls)
+        help_ = f"{docs.get(rest) or 'further words'} (the same as --{rest})"
+        parser.add_argument(rest, nargs="*", default=None, help=help_)
+    parser.switches = cfglib.add_config_arguments(parser, config_cls)
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of an error"
     )
     return parser, config_cls, function
+
+
+def version() -> str:
+    """The installed distribution's version (``pyproject.toml``), not a second copy of it."""
+    try:
+        return metadata.version("birdray")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _show(result: Any) -> str:
@@ -139,8 +165,11 @@ def _show(result: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     jobs = _available()
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"birdray {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: birdray <job> [--config FILE] [--flag VALUE ...]\n\njobs:")
+        print("usage: birdray [--version] <job> [--config FILE] [--flag VALUE ...]\n\njobs:")
         for name, job in jobs.items():
             print(f"  {name:<13} {job.help}")
         return 0 if argv else 2

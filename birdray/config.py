@@ -111,10 +111,31 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add ``--config`` and one flag per field; defaults stay None so we know what was set."""
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _help_text(field: dataclasses.Field, default: Any) -> str:
+    """The field's help with its default said once: not again when the help already explains
+    it, not for ``''`` (the help says what empty means), ``required`` instead for a must-give."""
+    meta = field.metadata or {}
+    doc = meta.get("help", "")
+    if meta.get("required"):
+        return f"{doc} (required)".strip()
+    if default == "" or "default" in doc.lower():
+        return doc or " "
+    return f"{doc} (default: {default!r})" if doc else f"default: {default!r}"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> list[str]:
+    """Add ``--config`` and one flag per field; defaults stay None so we know what was set.
+
+    A ``bool`` field is a switch (``--use-gpu`` / ``--no-use-gpu``); ``switch_values`` turns the
+    older ``--use-gpu true|false`` into these. Returns the switches' flags (with aliases).
+    """
     parser.add_argument("--config", help="YAML file with defaults for the flags below")
     hints = _field_types(cls)
+    switches: list[str] = []
     for field in dataclasses.fields(cls):
         tp = hints[field.name]
         _, inner = _is_optional(tp)
@@ -127,15 +148,46 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 else None
             )
         )
-        doc = (field.metadata or {}).get("help", "")
-        help_text = f"{doc} (default: {default!r})" if doc else f"default: {default!r}"
+        names = [flag(field.name), *(field.metadata or {}).get("aliases", ())]
+        help_text = _help_text(field, default)
+        if inner is bool:
+            switches += names
+            parser.add_argument(
+                *names,
+                dest=field.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+            continue
         metavar = (
             "YAML" if typing.get_origin(inner) in (list, dict) or inner in (list, dict) else None
         )
-        bare = {"nargs": "?", "const": "true"} if inner is bool else {}  # ``--promote`` alone
-        parser.add_argument(
-            flag(field.name), dest=field.name, default=None, metavar=metavar, help=help_text, **bare
-        )
+        parser.add_argument(*names, dest=field.name, default=None, metavar=metavar, help=help_text)
+    return switches
+
+
+def switch_values(argv: list[str], switches: list[str]) -> list[str]:
+    """``--use-gpu true`` / ``--use-gpu=false`` (the form YAML-minded users and old scripts
+    write) as the switches ``--use-gpu`` / ``--no-use-gpu``; a bare switch stays as it is."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token.partition("=")
+        if name in switches and not eq and i + 1 < len(argv):
+            low = argv[i + 1].lower()
+            if low in TRUE_WORDS + FALSE_WORDS:
+                value, eq = argv[i + 1], "="
+                i += 1
+        if name in switches and eq:
+            low = value.lower()
+            if low not in TRUE_WORDS + FALSE_WORDS:
+                raise UsageError(f"{name}: expected a switch (or true|false), got {value!r}")
+            token = name if low in TRUE_WORDS else "--no-" + name[2:]
+        out.append(token)
+        i += 1
+    return out
 
 
 def resolve(cls: type[T], args: argparse.Namespace | dict[str, Any]) -> T:
@@ -162,10 +214,15 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def field(default: Any, help: str) -> Any:
-    """A dataclass field with a help text shown by ``--help``."""
+def field(
+    default: Any, help: str, *, required: bool = False, aliases: tuple[str, ...] = ()
+) -> Any:
+    """A dataclass field with a help text shown by ``--help``.
+
+    ``required``: the job cannot run without it (its help says so instead of a default; YAML
+    may still give it). ``aliases``: other flag names for it (timm's, where ours differ).
+    """
+    meta = {"help": help, "required": required, "aliases": aliases}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(
-            default_factory=lambda: type(default)(default), metadata={"help": help}
-        )
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)

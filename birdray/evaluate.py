@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from birdray.config import field
+from birdray.devices import DEVICE_HELP
 
 ECE_BINS = 15
 
@@ -33,7 +34,8 @@ class EvaluateConfig:
     calibrate: bool = field(True, "fit the temperature on val and store it in the package")
     batch_size: int = field(32, "images per model call")
     actors: int = field(1, "model replicas scoring in parallel")
-    num_gpus: float = field(0.0, "GPUs per scoring actor")
+    num_gpus: float = field(0.0, "GPUs per scoring actor (0: as --device decides)")
+    device: str = field("auto", DEVICE_HELP)
     stall_timeout_s: float = field(300.0, "stop when no scores arrive this long (0: never)")
     out: str = field("", "report folder (default: <package>/eval; registry: the version's record)")
     address: str = field("", "Ray address")
@@ -62,10 +64,13 @@ def score_split(
     import ray
 
     from birdray.data.manifest import read_split
+    from birdray.devices import gpus_to_use
     from birdray.resources import plan_pool, watched
     from birdray.runtime import init_ray
 
-    actors = plan_pool("evaluation", cfg.actors, 0.5, cfg.num_gpus, init_ray(cfg.address or None))
+    cluster = init_ray(cfg.address or None)
+    cfg.num_gpus = gpus_to_use(cfg.device, cfg.num_gpus, cluster)
+    actors = plan_pool("evaluation", cfg.actors, 0.5, cfg.num_gpus, cluster)
     ds = read_split(dataset, split, columns=["image_id", "image", "label"])
     scored = ds.map_batches(
         LogitScorer,

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from birdray import storage
 from birdray.config import ConfigError, field, to_dict
+from birdray.devices import DEVICE_HELP
 from birdray.images import DEFAULT_MAX_PIXELS
 from birdray.scoring.output import (
     CSV_FILE,
@@ -55,8 +56,12 @@ EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients")
 
 @dataclass
 class ScoreConfig:
-    input: str = field("", "image folder or URI (s3://bucket/prefix), or an ingested dataset")
-    output: str = field("", "output folder or bucket URI: predictions/, summary.json, _SUCCESS")
+    input: str = field(
+        "", "image folder or URI (s3://bucket/prefix), or an ingested dataset", required=True
+    )
+    output: str = field(
+        "", "output folder or bucket URI: predictions/, summary.json, _SUCCESS", required=True
+    )
     model: str = field("production", "package folder, or production|latest|v0003 in --registry")
     registry: str = field("", "registry folder or URI that --model names a version of")
     split: str = field("test", "split to score when --input is an ingested dataset")
@@ -64,7 +69,8 @@ class ScoreConfig:
     batch_size: int = field(32, "images per model call (and per preprocessing batch)")
     pool_size: int = field(1, "scoring actors; each holds one copy of the model")
     actor_cpus: float = field(1.0, "CPUs reserved per scoring actor")
-    num_gpus: float = field(0.0, "GPUs per scoring actor (0: CPU actors)")
+    num_gpus: float = field(0.0, "GPUs per scoring actor (0: as --device decides)")
+    device: str = field("auto", DEVICE_HELP)
     torch_threads: int = field(0, "torch threads per actor (0: actor_cpus rounded up)")
     preprocess_cpus: float = field(1.0, "CPUs reserved per decode/preprocess task")
     preprocess_memory_mb: int = field(512, "memory reserved per decode task (torch+timm: ~0.5 GB)")
@@ -259,11 +265,13 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
 
 def _fit_pool(cfg: ScoreConfig, source: Source) -> int:
     """The actor pool that fits beside the decode tasks (and a dataset's 1-CPU read tasks)."""
+    from birdray.devices import gpus_to_use
     from birdray.resources import DATA_CPUS, plan_pool
     from birdray.runtime import init_ray
 
     data = max(cfg.preprocess_cpus, DATA_CPUS if source.kind == "dataset" else 0.0)
     cluster = init_ray(cfg.address or None)
+    cfg.num_gpus = gpus_to_use(cfg.device, cfg.num_gpus, cluster)
     return plan_pool("scoring", cfg.pool_size, cfg.actor_cpus, cfg.num_gpus, cluster, data)
 
 

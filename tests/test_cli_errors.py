@@ -201,14 +201,21 @@ def test_with_a_real_package_the_remaining_input_errors_are_one_line(places, mon
     assert "already holds a finished run" in line
 
 
-def test_registry_alias_names_pass_the_model_check(places):
-    """``--model candidate`` names a registry alias: the check leaves it to ``registry.resolve``
-    instead of refusing it as 'neither a folder nor a version'; other odd names still fail."""
+def test_registry_alias_names_pass_the_model_check(tmp_path):
+    """``--model candidate`` names a registry alias: accepted once the registry has it set (read
+    with the registry's own alias reading), one line naming the alias when it is not; before,
+    every alias but production was refused as 'neither a folder nor a version'."""
     from birdray import checks
     from birdray.config import UsageError
+    from birdray.registry import register, set_alias
+    from tests.model_fixture import make_package
 
-    checks.model("candidate", str(places / "registry"))
-    checks.model("champion_2", str(places / "registry"))
+    reg = str(tmp_path / "registry")
+    register(reg, make_package(tmp_path / "pkg", seed=0), {})
+    with pytest.raises(UsageError, match="--model: the registry at .* has no alias 'candidate'"):
+        checks.model("candidate", reg)
+    set_alias(reg, "candidate", "v0001")
+    checks.model("candidate", reg)
     for bad in ("Candidate", "a" * 40, "no spaces"):
         with pytest.raises(UsageError, match="--model"):
-            checks.model(bad, str(places / "registry"))
+            checks.model(bad, reg)

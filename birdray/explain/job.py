@@ -30,7 +30,7 @@ class ExplainConfig:
     method: str = field("gradcam", f"{' | '.join(METHODS)} | all (comma-separated list works)")
     target: int | None = field(None, "class label to explain (default: the predicted class)")
     dataset: str = field("", "ingested dataset folder: explain one of its images with its parts")
-    image_id: int = field(0, "image id within --dataset")
+    image_id: int | None = field(None, "CUB image id (from 1) within --dataset; required with it")
     out: str = field("runs/explain", "folder for the overlay PNG and JSON")
     radius: float = field(0.1, "part radius, relative to sqrt(bbox w * h)")
     steps: int = field(32, "Integrated Gradients steps")
@@ -39,6 +39,7 @@ class ExplainConfig:
     nt_stdev: float = field(0.15, "SmoothGrad noise, as a fraction of the input range")
     regions: int = field(3, "top regions to report (and box on the overlay)")
     threads: int = field(0, "torch threads (0: torch's default)")
+    device: str = field("auto", "auto: CUDA when this machine has it | cpu | cuda (else fails)")
 
 
 def load_dataset_image(dataset: str, image_id: int) -> tuple[Image.Image, dict[str, Any]]:
@@ -78,7 +79,7 @@ def _print_ranking(title: str, ranking: list[tuple[str, float]], chance: dict[st
 def run_explain(cfg: ExplainConfig) -> Path:
     """Explain one image; returns the JSON path (overlay PNGs are written next to it)."""
     from birdray.images import decode_image
-    from birdray.model.factory import set_threads
+    from birdray.model.factory import pick_device, set_threads
     from birdray.model.package import load_package
     from birdray.registry import resolve
 
@@ -86,6 +87,7 @@ def run_explain(cfg: ExplainConfig) -> Path:
     methods = _methods(cfg.method)
     package_path = resolve(cfg.model, cfg.registry or None)
     package = load_package(package_path)
+    package.model.to(pick_device(cfg.device != "cpu"))  # check_local refused cuda without CUDA
     meta = package.metadata
     if cfg.dataset:
         image, annotations = load_dataset_image(cfg.dataset, cfg.image_id)

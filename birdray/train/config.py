@@ -12,24 +12,38 @@ class TrainConfig:
     # data
     dataset: str = field("data/cub_parquet", "ingested dataset folder (with manifest.json)")
     # model
-    arch: str = field("resnet50", "any timm model name")
+    arch: str = field(
+        "resnet50",
+        "any timm model name (--model: timm train.py's name for it; only train takes it, as"
+        " elsewhere --model names a model package)",
+        aliases=("--model",),
+    )
     pretrained: bool = field(False, "start from timm hub weights (needs internet)")
     pretrained_file: str = field("", "start from a local weights file (safetensors/.pth)")
-    image_size: int = field(224, "train/eval resolution (448 for the fine-tune recipe)")
+    image_size: int = field(
+        224, "train/eval resolution (448 for the fine-tune recipe)", aliases=("--img-size",)
+    )
     drop_rate: float = field(0.0, "dropout before the classifier")
     # recipe
     epochs: int = field(30, "epochs")
     batch_size: int = field(32, "images per worker per step")
     opt: str = field("sgd", "timm optimizer name (sgd, momentum, adamw, ...)")
-    lr: float = field(0.01, "peak learning rate for a global batch of 256 (scaled linearly)")
+    lr: float = field(
+        0.01,
+        "peak learning rate per 256 images, like timm's --lr-base: scaled linearly to the global"
+        " batch (batch_size x num_workers)",
+        aliases=("--lr-base",),
+    )
     momentum: float = field(0.9, "SGD momentum")
     weight_decay: float = field(1e-4, "weight decay")
     warmup_epochs: int = field(1, "linear warmup epochs")
     min_lr: float = field(1e-6, "cosine floor")
-    label_smoothing: float = field(0.1, "label smoothing")
+    label_smoothing: float = field(0.1, "label smoothing", aliases=("--smoothing",))
     hflip: float = field(0.5, "horizontal flip probability (CUB parts are mirrored)")
     scale_min: float = field(0.35, "random-resized-crop minimum area (CUB birds are small)")
-    auto_augment: str = field("", "timm auto-augment policy, e.g. rand-m9-mstd0.5 (empty: off)")
+    auto_augment: str = field(
+        "", "timm auto-augment policy, e.g. rand-m9-mstd0.5 (empty: off)", aliases=("--aa",)
+    )
     amp: bool = field(True, "bf16 autocast on GPU")
     amp_cpu: bool = field(False, "bf16 autocast on CPU too")
     channels_last: bool = field(True, "channels_last memory format")

@@ -205,10 +205,13 @@ def write_history(history: list[dict[str, Any]], run_dir: Path) -> Path:
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train with Ray Train and export the best checkpoint as a model package."""
+    from birdray.devices import gpus_to_use
     from birdray.runtime import init_ray
 
     cfg.name = default_name(cfg)
     cluster = init_ray(cfg.address or None)
+    if cfg.use_gpu:  # a cluster without GPUs would never place the workers: say so now
+        gpus_to_use("cuda", 0.0, cluster, flag="--use-gpu")
     check_resources(cfg, cluster)  # nothing is submitted before both checks pass
     check_reachable(cfg)
     remote = "://" in cfg.storage_path

@@ -38,8 +38,10 @@ class SweepConfig:
     )
     lr: list[float] = field([0.01, 0.1], "LR range [low, high], log-uniform; one value: fixed")
     weight_decay: list[float] = field([1e-4], "range [low, high], log-uniform; one value: fixed")
-    label_smoothing: list[float] = field([0.1], "label-smoothing values to choose from")
-    image_size: list[int] = field([224], "image sizes to choose from")
+    label_smoothing: list[float] = field(
+        [0.1], "label-smoothing values to choose from", aliases=("--smoothing",)
+    )
+    image_size: list[int] = field([224], "image sizes to choose from", aliases=("--img-size",))
     pretrained: list[bool] = field([False], "pretrained weights or not, to choose from")
     num_samples: int = field(1, "trials per architecture (each samples the hyper-parameters)")
     train: dict[str, Any] = field(
