@@ -22,7 +22,9 @@ from typing import Any
 from birdray import storage
 from birdray.config import UsageError
 
-MODEL_HELP = "a model package folder, or production|latest|vNNNN with --registry"
+MODEL_HELP = "a model package folder, or production|latest|vNNNN|ALIAS with --registry"
+# A registry alias (``candidate``, ``champion``): its existence is ``registry.resolve``'s to check.
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def _abs(location: str) -> str:
@@ -91,9 +93,14 @@ def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
         raise UsageError(f"{flag}: {_abs(ref)} does not exist; expected {MODEL_HELP}")
     from birdray import registry as reglib
 
-    if ref not in ("production", "latest") and not reglib.VERSION_RE.match(ref):
+    alias = (
+        ref not in ("production", "latest")
+        and not reglib.VERSION_RE.match(ref)
+        and ALIAS_RE.match(ref) is not None
+    )
+    if ref not in ("production", "latest") and not reglib.VERSION_RE.match(ref) and not alias:
         raise UsageError(
-            f"{flag}: {ref!r} is neither a folder nor a version; expected {MODEL_HELP}"
+            f"{flag}: {ref!r} is neither a folder, a version nor an alias; expected {MODEL_HELP}"
         )
     if not registry:
         raise UsageError(
@@ -106,6 +113,8 @@ def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
             f"{flag} {ref}: no registry at {root} (--registry); pass --registry PATH to an "
             "existing registry, or --model PATH to a model package folder"
         )
+    if alias:
+        return  # resolved (or refused with the registry's own message) by registry.resolve
     try:
         versions = reglib.list_versions(registry)
         current = reglib.read_pointer(registry).get("version") if ref == "production" else None

@@ -67,7 +67,7 @@ JOBS: dict[str, Job] = {
     ),
     "tune": Job("birdray.tune.sweep", "SweepConfig", "run_sweep", "compare models with Ray Tune"),
     "registry": Job(
-        "birdray.registry", "RegistryConfig", "run_registry", "list|show|promote|rollback"
+        "birdray.registry", "RegistryConfig", "run_registry", "list|show|add|promote|rollback|alias"
     ),
     "serve": Job("birdray.serve.run", "ServeConfig", "run_serve", "serve a model over HTTP"),
     "score": Job("birdray.score", "ScoreConfig", "run_scoring", "batch-score an image folder"),
@@ -115,6 +115,9 @@ def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, An
     extra = getattr(config_cls, "positional", None)
     if extra:
         parser.add_argument(extra, nargs="?", default=None)
+    rest = getattr(config_cls, "positional_rest", None)  # e.g. ``registry alias set NAME V``
+    if rest:
+        parser.add_argument(rest, nargs="*", default=None)
     cfglib.add_config_arguments(parser, config_cls)
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of an error"

@@ -132,8 +132,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         metavar = (
             "YAML" if typing.get_origin(inner) in (list, dict) or inner in (list, dict) else None
         )
+        bare = {"nargs": "?", "const": "true"} if inner is bool else {}  # ``--promote`` alone
         parser.add_argument(
-            flag(field.name), dest=field.name, default=None, metavar=metavar, help=help_text
+            flag(field.name), dest=field.name, default=None, metavar=metavar, help=help_text, **bare
         )
 
 

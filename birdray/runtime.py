@@ -9,8 +9,11 @@ stopped by Tune's scheduler) through the dashboard's state API, so without it a 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
@@ -73,16 +76,42 @@ def init_ray(
         ray.init(address=address, **kwargs)
     else:
         keep_local_ray_on_loopback()
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=kwargs.pop("include_dashboard", True),
-            dashboard_host=kwargs.pop("dashboard_host", LOOPBACK),
-            _node_ip_address=LOOPBACK,
-            **kwargs,
-        )
+        with _own_address_for_cluster_processes():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=kwargs.pop("include_dashboard", True),
+                dashboard_host=kwargs.pop("dashboard_host", LOOPBACK),
+                _node_ip_address=LOOPBACK,
+                **kwargs,
+            )
     return ray.cluster_resources()
+
+
+@contextlib.contextmanager
+def _own_address_for_cluster_processes() -> Iterator[None]:
+    """Start the local Ray on a chosen GCS port, with RAY_ADDRESS naming it in its processes.
+
+    Ray Train's placement-group cleaner asks the state API with no address; with a second Ray
+    on the machine (another user's, the test session's) that lookup fails, and the reservation
+    of a Tune trial stopped by its scheduler is never freed: the next trial waits forever.
+    The raylet and its workers inherit this environment; the driver's own is put back.
+    """
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port = sock.getsockname()[1]
+    env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{LOOPBACK}:{port}"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def cpu_count() -> float:

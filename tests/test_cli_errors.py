@@ -199,3 +199,16 @@ def test_with_a_real_package_the_remaining_input_errors_are_one_line(places, mon
     assert main([*argv, "--model", package]) == 1
     line = _one_line(capsys.readouterr().err, "score", "--resume")
     assert "already holds a finished run" in line
+
+
+def test_registry_alias_names_pass_the_model_check(places):
+    """``--model candidate`` names a registry alias: the check leaves it to ``registry.resolve``
+    instead of refusing it as 'neither a folder nor a version'; other odd names still fail."""
+    from birdray import checks
+    from birdray.config import UsageError
+
+    checks.model("candidate", str(places / "registry"))
+    checks.model("champion_2", str(places / "registry"))
+    for bad in ("Candidate", "a" * 40, "no spaces"):
+        with pytest.raises(UsageError, match="--model"):
+            checks.model(bad, str(places / "registry"))

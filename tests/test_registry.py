@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,91 @@ def test_an_evaluation_record_calibrates_the_version_without_editing_it(registry
     assert resolve("v0001", registry).name == "v0001"  # other versions untouched, used in place
     rows = run_registry(RegistryConfig(action="list", registry=registry))
     assert [r["temperature"] for r in rows] == [1.0, 1.7, 1.0]
+
+
+def test_aliases_move_with_history_and_roll_back_on_their_own(registry):
+    from birdray.registry import read_aliases, set_alias
+
+    promote(registry, "v0001")
+    set_candidate = ["set", "candidate", "v0002"]
+    run_registry(RegistryConfig(action="alias", args=set_candidate, registry=registry))
+    set_alias(registry, "candidate", "v0003")
+    assert resolve("candidate", registry).name == "v0003"  # --model candidate works
+    assert rollback(registry, "candidate")["version"] == "v0002"
+    assert read_pointer(registry)["version"] == "v0001"  # production untouched
+    aliases = run_registry(RegistryConfig(action="alias", args=["list"], registry=registry))
+    assert aliases["candidate"]["history"] == ["v0002"]
+    assert aliases["production"]["version"] == "v0001"
+    # promote candidate: production takes the version candidate points to (ends a rollout)
+    assert run_registry(RegistryConfig(action="promote", args=["candidate"], registry=registry))[
+        "version"
+    ] == "v0002"
+    assert read_aliases(registry)["production"]["history"] == ["v0001", "v0002"]
+    rows = run_registry(RegistryConfig(action="list", registry=registry))
+    assert rows[1]["aliases"] == ["production", "candidate"] and rows[1]["production"]
+    with pytest.raises(RegistryError, match="alias 'champion' is not set"):
+        resolve("champion", registry)
+
+
+@pytest.mark.parametrize("bad", ["latest", "v0007", "v12", "Candidate", "a" * 33, "../x", "-x"])
+def test_bad_alias_names_are_refused(registry, bad):
+    from birdray.registry import set_alias
+
+    with pytest.raises(RegistryError, match="not a valid alias name"):
+        set_alias(registry, bad, "v0001")
+    with pytest.raises(RegistryError, match="alias"):
+        run_registry(RegistryConfig(action="alias", args=["set", bad, "v0001"], registry=registry))
+    with pytest.raises(RegistryError, match="not a valid alias name"):
+        run_registry(RegistryConfig(action="rollback", alias=bad, registry=registry))
+    assert not (Path(registry) / "aliases").exists()
+
+
+def test_racing_alias_moves_lose_nothing(registry):
+    from birdray.registry import read_aliases, set_alias
+
+    def worker(version):
+        for _ in range(5):
+            set_alias(registry, "candidate", version)
+
+    threads = [threading.Thread(target=worker, args=(v,)) for v in list_versions(registry)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    candidate = read_aliases(registry)["candidate"]
+    assert candidate["entries"] == 15 and sorted(candidate["history"]) == list_versions(registry)
+    assert read_pointer(registry)["entries"] == 0  # other aliases untouched
+
+
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "birdray.cli", "registry", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_registry_add_and_alias_through_the_cli(tmp_path):
+    reg = str(tmp_path / "reg")
+    package = make_package(tmp_path / "runs" / "train" / "a" / "package", seed=5)
+    done = _cli("add", str(package), "--promote", "--registry", reg)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout[done.stdout.index("{") :])
+    assert out == {"version": "v0001", "added": True, "production": "v0001"}
+    moved = _cli("alias", "set", "candidate", "latest", "--registry", reg)
+    assert moved.returncode == 0 and '"alias": "candidate"' in moved.stdout, moved.stderr
+    add = RegistryConfig(action="add", args=[str(package)], registry=reg)
+    assert run_registry(add) == {"version": "v0001", "added": False}  # same weights: no new one
+    (package / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(RegistryError, match="not a usable model package"):
+        run_registry(add)
+    with pytest.raises(RegistryError, match="not a model package folder"):
+        run_registry(RegistryConfig(action="add", args=[str(tmp_path)], registry=reg))
+    assert list_versions(reg) == ["v0001"]

@@ -138,6 +138,36 @@ def test_racing_writers_in_a_bucket_lose_nothing(s3_bucket, tmp_path):
     assert sorted(pointer["history"]) == sorted(registered) and pointer["version"] in registered
 
 
+def test_aliases_in_a_bucket_race_and_roll_back_per_alias(s3_bucket, tmp_path):
+    from birdray.registry import read_aliases, set_alias
+
+    reg = _fresh(s3_bucket)
+    versions = [register(reg, make_package(tmp_path / f"p{i}", seed=40 + i)) for i in range(2)]
+    promote(reg, versions[0])
+    threads = [
+        threading.Thread(target=lambda v=v: [set_alias(reg, "candidate", v) for _ in range(3)])
+        for v in versions
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    aliases = read_aliases(reg)
+    assert aliases["candidate"]["entries"] == 6  # racing movers: every entry landed
+    assert sorted(aliases["candidate"]["history"]) == versions
+    run_registry(RegistryConfig(action="alias", args=["set", "candidate", "v0002"], registry=reg))
+    assert resolve("candidate", reg).name != "v0002"  # a local copy of the bucket's version
+    assert version_metadata(reg, "v0002").version == "v0002"
+    assert run_registry(RegistryConfig(action="promote", args=["candidate"], registry=reg))[
+        "version"
+    ] == "v0002"
+    assert rollback(reg)["version"] == "v0001"  # production back; candidate untouched
+    assert read_aliases(reg)["candidate"]["version"] == "v0002"
+    with pytest.raises(RegistryError, match="not a valid alias name"):
+        set_alias(reg, "latest", "v0001")
+    assert sorted(read_aliases(reg)) == ["candidate", "production"]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)

@@ -41,6 +41,10 @@ def test_pin_model_turns_pointers_into_versions(registry, tmp_path):
     assert pin_model("production", registry)[0] == "v0001"
     assert pin_model("latest", registry)[0] == "v0002"
     assert pin_model("v0002", registry)[0] == "v0002"
+    from birdray.registry import set_alias
+
+    set_alias(registry, "candidate", "v0002")
+    assert pin_model("candidate", registry)[0] == "v0002"  # a canary serves a pinned alias
     package = make_package(tmp_path / "loose")
     assert pin_model(str(package), None) == (str(package.resolve()), None)
     with pytest.raises(ValueError, match="no registry"):
@@ -171,3 +175,27 @@ def test_explain_target_that_is_not_a_class_is_422(target):
     assert (info.value.status, info.value.code) == (422, "invalid_parameter")
     assert BirdIngress.func_or_class._target(None, "2", classes) == 2
     assert BirdIngress.func_or_class._target(None, "laysan_albatross", classes) == 1
+
+
+def test_birdray_serve_with_a_missing_key_stops_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """The user's door: ``birdray serve --api-key-env NAME`` with NAME unset never serves."""
+    import ray
+
+    from birdray.cli import main
+
+    package = make_package(tmp_path / "pkg")
+    monkeypatch.delenv("BIRDRAY_NOPE_KEY", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    argv = ["serve", "--model", str(package), "--registry", "none", "--explain", "false",
+            "--blocking", "false", "--api-key-env", "BIRDRAY_NOPE_KEY"]  # fmt: skip
+    ray_before = ray.is_initialized()  # a whole-suite run may have a session cluster already
+    try:
+        status, message = main(argv), ""
+    except SystemExit as exc:  # a CLI that reports user errors itself exits non-zero
+        status, message = exc.code, ""
+    except ValueError as exc:
+        status, message = "raised", str(exc)
+    output = message + "".join(capsys.readouterr())
+    assert status not in (0, None), output
+    assert "BIRDRAY_NOPE_KEY" in output and "unset or empty" in output
+    assert ray.is_initialized() == ray_before  # refused before any Ray or Serve started

@@ -1,23 +1,25 @@
-"""The model registry: immutable versioned model packages and a ``production`` pointer.
+"""The model registry: immutable versioned model packages and aliases (``production``, ...).
 
 A registry is a folder or a bucket URI (any pyarrow filesystem), written the same way on both::
 
     <registry>/models/v0001/{model.safetensors, metadata.json, eval/...}   the package as registered
     <registry>/models/v0001/_COMMITTED                                     written last
     <registry>/models/v0001/evaluations/<id>/{eval/..., calibration.json}  later evaluations
-    <registry>/production/<seq>-<ns>-<id>-promote-v0001.json               append-only pointer log
+    <registry>/production/<seq>-<ns>-<id>-promote-v0001.json               append-only alias log
+    <registry>/aliases/candidate/<seq>-<ns>-<id>-set-v0002.json            any other alias
 
 Nothing is ever renamed or overwritten (object stores cannot rename a folder, and two writers
 must not clobber each other): see ``versions`` (register, commit marker), ``pointer`` (promotion
-log) and ``views`` (the local, calibrated folder consumers load). Serve, batch scoring,
-explanations and the dashboard resolve ``production``/``latest``/``v0003``/a package path here.
+logs per alias) and ``views`` (the local, calibrated folder consumers load). Serve, batch
+scoring, explanations and the dashboard resolve an alias/``latest``/``v0003``/a package path here.
 """
 
 from birdray.registry.cli import RegistryConfig, run_registry
-from birdray.registry.pointer import read_pointer
+from birdray.registry.pointer import read_aliases, read_pointer
 from birdray.registry.versions import (
     VERSION_RE,
     RegistryError,
+    check_alias,
     check_ref,
     check_version,
     find_version,
@@ -32,6 +34,7 @@ from birdray.registry.views import (
     record_evaluation,
     resolve,
     rollback,
+    set_alias,
     verified,
     version_metadata,
     version_of,
@@ -41,6 +44,7 @@ __all__ = [
     "VERSION_RE",
     "RegistryConfig",
     "RegistryError",
+    "check_alias",
     "check_ref",
     "check_version",
     "find_version",
@@ -49,12 +53,14 @@ __all__ = [
     "list_versions",
     "local_copy",
     "promote",
+    "read_aliases",
     "read_pointer",
     "record_evaluation",
     "register",
     "resolve",
     "rollback",
     "run_registry",
+    "set_alias",
     "verified",
     "version_metadata",
     "version_of",

@@ -1,32 +1,56 @@
-"""``birdray registry list|show|promote|rollback``: inspect the registry, move ``production``."""
+"""``birdray registry list|show|add|promote|rollback|alias``: inspect the registry, move aliases."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from birdray.config import field
 from birdray.model.factory import ModelError
-from birdray.registry.pointer import read_pointer
-from birdray.registry.versions import RegistryError, check_ref, check_version, list_versions
-from birdray.registry.views import promote, rollback, version_metadata, version_of
+from birdray.registry.pointer import PRODUCTION, read_aliases
+from birdray.registry.versions import (
+    RegistryError,
+    check_alias,
+    check_ref,
+    find_version,
+    list_versions,
+    register,
+)
+from birdray.registry.views import (
+    is_package_dir,
+    promote,
+    rollback,
+    set_alias,
+    version_metadata,
+    version_of,
+)
 
-ACTIONS = ("list", "show", "promote", "rollback")
+ACTIONS = ("list", "show", "add", "promote", "rollback", "alias")
+USAGE = (
+    "birdray registry list | show [REF] | add PACKAGE [--promote] | promote [REF] | "
+    "rollback [--alias NAME] | alias list | alias set NAME REF"
+)
 
 
 @dataclass
 class RegistryConfig:
     positional = "action"
-    action: str = field("list", "list | show | promote | rollback")
+    positional_rest = "args"
+    action: str = field("list", "list | show | add | promote | rollback | alias")
+    args: list[str] = field([], "the action's words: show REF, add PACKAGE, alias set NAME REF")
     registry: str = field("runs/registry", "registry folder or URI")
-    version: str = field("production", "show: v0003|latest|production; promote: v0003|latest")
+    version: str = field("production", "show/promote: vNNNN | latest | an alias (candidate, ...)")
+    alias: str = field(PRODUCTION, "rollback: the alias to move back")
+    promote: bool = field(False, "add: also make the new version production")
 
 
 def list_rows(registry: str) -> list[dict[str, Any]]:
     """One row per committed version (metadata only: no weights are downloaded)."""
-    current = read_pointer(registry)["version"]
+    aliases = {name: a["version"] for name, a in read_aliases(registry).items()}
     rows = []
     for version in list_versions(registry):
+        named = [name for name, v in aliases.items() if v == version]
         try:
             meta = version_metadata(registry, version)
             top1 = meta.metrics.get("test_top1", meta.metrics.get("val_top1"))
@@ -36,29 +60,62 @@ def list_rows(registry: str) -> list[dict[str, Any]]:
                     "arch": meta.arch,
                     "top1": top1,
                     "temperature": meta.temperature,
-                    "production": version == current,
+                    "production": PRODUCTION in named,
+                    "aliases": named,
                 }
             )
         except (ModelError, RegistryError, OSError) as exc:
-            rows.append({"version": version, "error": str(exc)})
+            rows.append({"version": version, "error": str(exc), "aliases": named})
     return rows
 
 
+def add(registry: str, package: str, also_promote: bool) -> dict[str, Any]:
+    """Register a trained package folder afterwards (once per weights); maybe promote it."""
+    if not is_package_dir(package):
+        raise RegistryError(f"{package!r} is not a model package folder (no metadata.json)")
+    from birdray.model.package import verify_package
+
+    try:
+        content_hash = verify_package(Path(package)).content_hash
+    except ModelError as exc:
+        raise RegistryError(f"{package}: not a usable model package: {exc}") from exc
+    version = find_version(registry, content_hash)
+    added = version is None
+    if added:
+        version = register(registry, package, {"source": str(Path(package).resolve())})
+    out: dict[str, Any] = {"version": version, "added": added}
+    if also_promote:
+        out["production"] = promote(registry, version)["version"]
+    return out
+
+
+def _alias(cfg: RegistryConfig, words: list[str]) -> Any:
+    if words in ([], ["list"]):
+        return read_aliases(cfg.registry)
+    if words[0] == "set" and len(words) == 3:
+        name, ref = check_alias(words[1]), check_ref(words[2])
+        return set_alias(cfg.registry, name, version_of(ref, cfg.registry))
+    raise RegistryError(f"usage: {USAGE}")
+
+
 def run_registry(cfg: RegistryConfig) -> Any:
-    """Inspect the registry or move its production pointer."""
+    """Inspect the registry, register a package, or move an alias (production by default)."""
     if cfg.action not in ACTIONS:
-        raise RegistryError(
-            f"unknown registry action {cfg.action!r} (expected {'|'.join(ACTIONS)})"
-        )
-    # checked before anything is read: a typo is one clear line
-    if cfg.action == "show":
-        check_ref(cfg.version)
-    if cfg.action == "promote" and cfg.version != "latest":
-        check_version(cfg.version)
+        raise RegistryError(f"unknown registry action {cfg.action!r} (usage: {USAGE})")
+    words = list(cfg.args or [])
+    if cfg.action == "alias":
+        return _alias(cfg, words)
+    if cfg.action == "add":
+        if len(words) != 1:
+            raise RegistryError(f"usage: {USAGE}")
+        return add(cfg.registry, words[0], cfg.promote)
+    if len(words) > 1 or (words and cfg.action in ("list", "rollback")):
+        raise RegistryError(f"usage: {USAGE}")
+    ref = check_ref(words[0] if words else cfg.version)  # a typo is one clear line, nothing read
     if cfg.action == "list":
         return list_rows(cfg.registry)
     if cfg.action == "show":
-        return asdict(version_metadata(cfg.registry, version_of(cfg.version, cfg.registry)))
-    if cfg.action == "promote":
-        return promote(cfg.registry, version_of(cfg.version, cfg.registry))
-    return rollback(cfg.registry)
+        return asdict(version_metadata(cfg.registry, version_of(ref, cfg.registry)))
+    if cfg.action == "promote":  # promote candidate: production takes candidate's version
+        return promote(cfg.registry, version_of(ref, cfg.registry))
+    return rollback(cfg.registry, check_alias(cfg.alias))

@@ -30,7 +30,8 @@ VERSION_RE = re.compile(r"^v(\d{4,})$")
 COMMITTED = "_COMMITTED"
 CLAIM_PREFIX = ".claim-"
 EVALUATIONS = "evaluations"
-REFS = ("production", "latest")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+NOT_ALIASES = re.compile(r"^(latest|v\d+)$")
 CLAIM_ATTEMPTS = 30
 
 
@@ -45,16 +46,26 @@ def check_version(version: str) -> str:
     return version
 
 
+def check_alias(alias: str) -> str:
+    """``alias`` if it can name an alias: a short lower-case word, not ``latest`` nor ``vNNNN``."""
+    if not isinstance(alias, str) or not ALIAS_RE.match(alias) or NOT_ALIASES.match(alias):
+        raise RegistryError(
+            f"{alias!r} is not a valid alias name (expected [a-z][a-z0-9_-]{{0,31}}, "
+            "not 'latest' and not a version name like vNNNN)"
+        )
+    return alias
+
+
 def check_ref(ref: str) -> str:
-    """A registry reference: ``production``, ``latest`` or a version name."""
-    if ref in REFS:
+    """A registry reference: ``latest``, a version name or an alias (``production``, ...)."""
+    if ref == "latest" or (isinstance(ref, str) and VERSION_RE.match(ref)):
         return ref
     try:
-        return check_version(ref)
+        return check_alias(ref)
     except RegistryError:
         raise RegistryError(
             f"{ref!r} is neither a model package folder nor a registry reference "
-            "(production, latest or vNNNN)"
+            "(latest, vNNNN, or an alias such as production)"
         ) from None
 
 

@@ -28,7 +28,9 @@ from birdray.registry import pointer
 from birdray.registry.versions import (
     COMMITTED,
     EVALUATIONS,
+    VERSION_RE,
     RegistryError,
+    check_alias,
     check_ref,
     check_version,
     list_versions,
@@ -133,19 +135,24 @@ def verified(registry: str, version: str) -> Path:
 
 
 def version_of(ref: str, registry: str) -> str:
-    """The concrete version a reference names now (``production``/``latest`` looked up)."""
+    """The concrete version a reference names now (an alias or ``latest`` looked up)."""
     ref = check_ref(ref)
-    if ref == "production":
-        version = pointer.read_pointer(registry)["version"]
-        if not version:
-            raise RegistryError(f"{registry}: no production model yet (promote one first)")
-        return version
+    if VERSION_RE.match(ref):
+        return ref
     if ref == "latest":
         versions = list_versions(registry)
         if not versions:
             raise RegistryError(f"{registry}: registry is empty")
         return versions[-1]
-    return ref
+    version = pointer.read_pointer(registry, ref)["version"]
+    if not version:
+        if ref == pointer.PRODUCTION:
+            raise RegistryError(f"{registry}: no production model yet (promote one first)")
+        known = sorted(pointer.read_aliases(registry))
+        raise RegistryError(
+            f"{registry}: alias {ref!r} is not set (set: {known}; or use latest or vNNNN)"
+        )
+    return version
 
 
 def is_package_dir(ref: str | Path | None) -> bool:
@@ -155,7 +162,8 @@ def is_package_dir(ref: str | Path | None) -> bool:
 def resolve(ref: str, registry: str | None = None) -> Path:
     """A local, verified package folder for ``ref``: a package path, or a version in ``registry``.
 
-    ``ref`` may be ``production``, ``latest`` or ``v0003`` (with ``registry``), or a package path.
+    ``ref`` may be an alias (``production``, ``candidate``, ...), ``latest`` or ``v0003`` (with
+    ``registry``), or a package path.
     """
     if is_package_dir(ref):
         verify_files(Path(ref), str(ref))
@@ -165,19 +173,26 @@ def resolve(ref: str, registry: str | None = None) -> Path:
     return verified(registry, version_of(ref or "production", registry))
 
 
-def promote(registry: str, version: str) -> dict[str, Any]:
-    """Point ``production`` at ``version``, verified first: a bad entry never becomes production."""
+def set_alias(registry: str, alias: str, version: str) -> dict[str, Any]:
+    """Point ``alias`` at ``version``, verified first: a bad entry is never aliased."""
+    check_alias(alias)
     verified(registry, check_version(version))
-    pointer.append(registry, "promote", version)
-    return pointer.read_pointer(registry)
+    action = "promote" if alias == pointer.PRODUCTION else "set"
+    pointer.append(registry, action, version, alias=alias)
+    return {"alias": alias, **pointer.read_pointer(registry, alias)}
 
 
-def rollback(registry: str) -> dict[str, Any]:
-    """Return ``production`` to the version promoted before the current one."""
-    current, previous = pointer.rollback_target(registry)
+def promote(registry: str, version: str) -> dict[str, Any]:
+    """Point ``production`` at ``version`` (verified first)."""
+    return set_alias(registry, pointer.PRODUCTION, version)
+
+
+def rollback(registry: str, alias: str = pointer.PRODUCTION) -> dict[str, Any]:
+    """Return ``alias`` to the version it pointed at before the current one."""
+    current, previous = pointer.rollback_target(registry, check_alias(alias))
     verified(registry, previous)
-    pointer.append(registry, "rollback", previous, current)
-    return pointer.read_pointer(registry)
+    pointer.append(registry, "rollback", previous, current, alias=alias)
+    return {"alias": alias, **pointer.read_pointer(registry, alias)}
 
 
 def record_evaluation(

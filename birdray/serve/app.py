@@ -20,7 +20,7 @@ from ray.serve import Application
 
 from birdray import config as cfglib
 from birdray.config import field
-from birdray.registry import list_versions, read_pointer
+from birdray.registry import version_of
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.explainer import BirdExplainer
 from birdray.serve.ingress import PROBE_SLOTS, BirdIngress
@@ -80,7 +80,7 @@ class AppArgs:
 
 
 def pin_model(model: str, registry: str | None) -> tuple[str, str | None]:
-    """Turn ``production``/``latest`` into a concrete version (a swap is then a config change)."""
+    """Turn an alias (``production``, ...) or ``latest`` into a version (swap = config edit)."""
     if registry and "://" not in registry:
         registry = str(Path(registry).resolve())
     local = Path(model)
@@ -88,17 +88,7 @@ def pin_model(model: str, registry: str | None) -> tuple[str, str | None]:
         return str(local.resolve()), registry
     if not registry:
         raise ValueError(f"model {model!r} is not a package folder and no registry was given")
-    if model in ("production", ""):
-        version = read_pointer(registry).get("version")
-        if not version:
-            raise ValueError(f"{registry}: no production model yet (promote one first)")
-        return version, registry
-    if model == "latest":
-        versions = list_versions(registry)
-        if not versions:
-            raise ValueError(f"{registry}: registry is empty")
-        return versions[-1], registry
-    return model, registry
+    return version_of(model or "production", registry), registry  # aliases pinned too
 
 
 def _limits(args: AppArgs) -> Limits:

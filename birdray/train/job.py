@@ -64,7 +64,8 @@ def check_reachable(cfg: TrainConfig) -> None:
         except OSError as exc:
             raise ResourceError(
                 f"pretrained: true downloads {cfg.arch} weights from {host}, which cannot be"
-                f" reached ({exc}); give --pretrained-file PATH or --pretrained false"
+                f" reached ({exc}); give --pretrained-file PATH, --pretrained false, or set"
+                " HF_HUB_OFFLINE=1 when the weights are in the Hugging Face cache"
             ) from None
     if storage.is_remote(cfg.storage_path):
         try:
@@ -207,9 +208,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from birdray.runtime import init_ray
 
     cfg.name = default_name(cfg)
-    check_reachable(cfg)
     cluster = init_ray(cfg.address or None)
-    check_resources(cfg, cluster)
+    check_resources(cfg, cluster)  # nothing is submitted before both checks pass
+    check_reachable(cfg)
     remote = "://" in cfg.storage_path
     # a bucket (s3://, gs://) keeps the checkpoints; config, summary, plots and the package are
     # written on this machine first, then copied next to them

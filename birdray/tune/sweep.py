@@ -14,7 +14,7 @@ the winner's model package in ``package/``. Running again with the same name res
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from birdray import storage
 from birdray.config import ConfigError, field, from_dict, save_config
 from birdray.resources import DATA_CPUS
 from birdray.train.config import TrainConfig
-from birdray.train.job import check_resources
+from birdray.train.job import check_reachable, check_resources
 
 METRIC, MODE = "val_top1", "max"
 SEARCHED = ("arch", "lr", "weight_decay", "label_smoothing", "image_size", "pretrained")
@@ -199,7 +199,7 @@ def build_tuner(cfg: SweepConfig, base: TrainConfig, plan: TrialPlan):
     scheduler = ASHAScheduler(
         time_attr="epoch",
         max_t=cfg.epochs,
-        grace_period=cfg.grace_period,
+        grace_period=min(cfg.grace_period, cfg.epochs),  # fewer epochs: all run
         reduction_factor=cfg.reduction_factor,
     )
     tuner = tune.Tuner(
@@ -239,6 +239,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     search_space(cfg)  # validate the search space before starting anything
     cluster = init_ray(cfg.address or None)
     plan = plan_trials(cfg, base, cfg.cluster_resources or cluster)
+    check_reachable(replace(base, pretrained=any(cfg.pretrained), storage_path=cfg.storage_path))
     print(
         f"sweep {cfg.name}: {len(cfg.archs) * cfg.num_samples} trials, {plan.max_concurrent} at "
         f"once ({plan.trial_cpus:g} CPU + {plan.trial_gpus:g} GPU each)"
