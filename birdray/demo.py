@@ -221,6 +221,7 @@ def _consumers(
     from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
     from birdray.explain.job import ExplainConfig, run_explain
     from birdray.score import ScoreConfig, run_scoring
+    from birdray.serve.metrics import metrics_url
     from birdray.serve.run import shutdown, start_local
 
     results: dict[str, Any] = {}
@@ -259,7 +260,7 @@ def _consumers(
                 f"  {path.name}: {res['prediction']['species']} "
                 f"({res['prediction']['confidence']:.2f}); true species {truth}"
             )
-        _done(t, url=app.url, model_version=app.model_version)
+        _done(t, url=app.url, model_version=app.model_version, metrics=metrics_url())
     finally:
         if not keep:
             app.stop()

@@ -53,6 +53,7 @@ def ray_cluster():
             # the state API behind it is how Train V2 frees a dead controller's placement group
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
+            "dashboard_port": _free_port(),  # a Ray dashboard already on 8265 must not clash
             "node_ip_address": "127.0.0.1",
         },
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -106,3 +107,35 @@ def test_explain_job_on_a_plain_file_shows_the_species_profile(explained, tmp_pa
     assert entry["target"] == label
     assert entry["part_profile"] == dict(sorted(expected.items(), key=lambda kv: -kv[1]))
     assert Image.open(tmp_path / "upload_gradcam.png").size == (230, 170)
+
+
+def test_explain_eval_of_a_bucket_version_is_recorded_beside_it(
+    explained, s3_bucket, tmp_path, monkeypatch
+):
+    """Results land in the registry (not only in a local cache), so a fresh machine sees them."""
+    import uuid
+
+    from birdray import storage
+    from birdray.registry import promote, register, resolve
+
+    dataset, package, _ = explained
+    reg = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/registry"
+    raw = tmp_path / "raw"
+    shutil.copytree(package, raw, ignore=shutil.ignore_patterns("explain"))
+    promote(reg, register(reg, raw))
+    cfg = ExplainEvalConfig(
+        dataset=str(dataset), model="production", registry=reg, methods="gradcam", limit=2,
+        fractions="0,1", actors=1, actor_cpus=1.0, threads=1, batch_size=2,
+    )  # fmt: skip
+    result = run_explain_eval(cfg)
+    assert result["record"].startswith(f"{reg}/models/v0001/explanations/")
+    files = storage.list_files(f"{reg}/models/v0001")
+    assert not any(f.startswith("explain/") for f in files)  # the version itself is not edited
+    assert any(f.endswith("/explain/part_profiles.json") for f in files)
+    monkeypatch.setenv("BIRDRAY_CACHE", str(tmp_path / "fresh-cache"))  # another machine
+    view = resolve("production", reg)
+    assert str(view).startswith(str(tmp_path / "fresh-cache"))
+    profiles = load_part_profiles(view)
+    assert profiles["method"] == "gradcam" and profiles["classes"]
+    summary = json.loads((view / "explain" / "summary.json").read_text())
+    assert summary["images"] == 2 and summary["model_version"] == "v0001"

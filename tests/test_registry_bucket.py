@@ -168,6 +168,27 @@ def test_aliases_in_a_bucket_race_and_roll_back_per_alias(s3_bucket, tmp_path):
     assert sorted(read_aliases(reg)) == ["candidate", "production"]
 
 
+def test_dashboard_lists_a_bucket_registry_without_downloading_weights(
+    s3_bucket, tmp_path, monkeypatch
+):
+    from tests.dashboard_fixtures import dashboard_modules
+
+    dashboard_modules()
+    from stage_reports import registry_versions
+
+    reg = _fresh(s3_bucket)
+    for i in range(2):
+        register(reg, make_package(tmp_path / f"p{i}", seed=50 + i), {"run": f"r{i}"})
+    promote(reg, "v0002")
+    monkeypatch.setenv("BIRDRAY_CACHE", str(tmp_path / "cache"))
+    shown = registry_versions(reg)
+    assert [(r["version"], r["production"]) for r in shown["rows"]] == [
+        ("v0001", False),
+        ("v0002", True),
+    ]
+    assert not (tmp_path / "cache").exists()  # metadata only: no version was copied down
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)

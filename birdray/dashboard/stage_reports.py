@@ -159,14 +159,13 @@ def tune_report(report_dir: str) -> dict[str, Any]:
 @st.cache_data(show_spinner=False, ttl=15)
 def registry_versions(registry: str) -> dict[str, Any]:
     """Every version with its headline numbers, and the ``production`` pointer."""
-    from birdray.model.package import read_metadata
-    from birdray.registry import list_versions, local_copy, read_pointer
+    from birdray.registry import list_versions, read_pointer, version_metadata
 
     pointer = read_pointer(registry)
     rows = []
     for version in list_versions(registry):
         try:
-            meta = read_metadata(local_copy(registry, version))
+            meta = version_metadata(registry, version)  # metadata only: no weights downloaded
         except Exception as exc:  # a broken entry is listed as broken, not hidden
             rows.append({"version": version, "problem": str(exc)[:200]})
             continue

@@ -7,8 +7,11 @@ model once. Per method it measures, always against chance:
   (chance: the box's / the parts' share of the image);
 * part shares: attribution mass near each part vs the part's area share, overall and per species
   (the per-species profile is what Serve shows for uploads, which have no annotations);
-* deletion curve: accuracy as the most-attributed pixels are removed first, vs removed at random.
-  A faithful map makes accuracy fall faster than random removal does.
+* deletion curve: accuracy as the most-attributed pixels are removed first, vs removed at random
+  (descriptive only: scattered pixels destroy an image faster than a region, so this is no test);
+* faithfulness tests with pass/fail (``faithfulness.py``): MoRF vs LeRF and MoRF vs random
+  regions on grid cells with ROAD imputation, and the model-randomisation sanity check, each with
+  a bootstrap CI over about ``--faith-images`` images.
 
 A dataset without part annotations (one's own photos: ``birdray.data.folders``) gets the
 deletion curves only; the pointing game and part shares are skipped and said to be.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +37,13 @@ import torch
 
 from birdray.config import field
 from birdray.explain.attribution import METHODS, explain
+from birdray.explain.faithfulness import (
+    randomize_top,
+    rank_correlation,
+    removal_curves,
+    summarize_faithfulness,
+    verdict_lines,
+)  # fmt: skip
 from birdray.explain.parts import EXPLAIN_DIR, PROFILES_FILE, score_parts
 
 
@@ -58,6 +69,10 @@ class ExplainEvalConfig:
     threads: int = field(2, "torch threads per actor (Ray sets 1)")
     batch_size: int = field(4, "images per actor call")
     seed: int = field(0, "seed of the random-removal order")
+    faith_images: int = field(100, "about this many images get the faithfulness tests (CIs)")
+    cells: int = field(8, "faithfulness tests remove cells of a CELLS x CELLS grid")
+    regions: int = field(2, "random contiguous regions per image (the MoRF baseline)")
+    sanity: bool = field(True, "model-randomisation check: explain a top-re-initialised copy too")
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
 
@@ -115,6 +130,22 @@ class ExplainWorker:
         self.transform = build_transform(self.data_config, training=False)
         self.part_names, self.cfg = part_names, cfg
         self.kw = {k: cfg[k] for k in ("steps", "baseline", "nt_samples", "nt_stdev")}
+        size = tuple(self.data_config["input_size"])
+        self.random_model = randomize_top(self.model, size, cfg["seed"]) if cfg["sanity"] else None
+
+    def _faithfulness(self, image, x, exp, rng: np.random.Generator) -> dict[str, Any]:
+        """Removal curves of the explained class, and the map of the randomised model."""
+        c = self.cfg
+        out: dict[str, Any] = removal_curves(
+            self.model, x, exp.input_attribution, exp.target, c["fractions"], c["cells"], rng,
+            c["regions"],
+        )  # fmt: skip
+        out["sanity_rho"] = np.nan
+        if self.random_model is not None:
+            rand = explain(self.random_model, self.data_config, image, exp.method, exp.target,
+                           **self.kw)  # fmt: skip
+            out["sanity_rho"] = rank_correlation(exp.input_attribution, rand.input_attribution)
+        return out
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from birdray.images import decode_image
@@ -127,18 +158,21 @@ class ExplainWorker:
             bbox = [float(v) for v in rec.bbox] if annotated else []
             x = self.transform(image).unsqueeze(0).to(self.device)
             rng = np.random.default_rng([self.cfg["seed"], int(rec.image_id)])
+            tested = rng.random() < self.cfg["faith_p"]
             for method in self.cfg["methods"]:
                 target = int(rec.label) if self.cfg["target"] == "label" else None
                 exp = explain(self.model, self.data_config, image, method, target, **self.kw)
                 curves = deletion_curves(
                     self.model, x, exp.input_attribution, int(rec.label), self.cfg["fractions"], rng
                 )
-                row = {
+                faith = (self._faithfulness(image, x, exp, rng) if tested else
+                         {"morf_prob": [], "lerf_prob": [], "region_prob": [],
+                          "sanity_rho": np.nan})  # fmt: skip
+                rows.append({
                     "image_id": int(rec.image_id), "label": int(rec.label), "method": method,
-                    "predicted": exp.predicted, "seconds": exp.seconds, **curves,
+                    "predicted": exp.predicted, "seconds": exp.seconds, **curves, **faith,
                     **_part_scores(exp.attribution, parts, bbox, self.part_names, self.cfg),
-                }  # fmt: skip
-                rows.append(row)
+                })  # fmt: skip
         return pd.DataFrame(rows)
 
 
@@ -168,9 +202,11 @@ def _by_part(values: np.ndarray, part_names: list[str]) -> dict[str, float]:
     return {p: float(v) for p, v in zip(part_names, values, strict=True) if np.isfinite(v)}
 
 
-def summarize_method(rows: pd.DataFrame, part_names: list[str], fractions: list[float]) -> dict:
-    """One method's aggregate numbers (each with its chance level); without part annotations
-    the pointing and part numbers are None and the part dicts empty."""
+def summarize_method(
+    rows: pd.DataFrame, part_names: list[str], fractions: list[float], cells: int = 8, seed: int = 0
+) -> dict:
+    """One method's aggregate numbers (each with its chance level, or a pass/fail test); without
+    part annotations the pointing and part numbers are None and the part dicts empty."""
     if not part_names:
         rows = rows.assign(shares=[[]] * len(rows), area_shares=[[]] * len(rows))
     shares = np.stack(rows["shares"].to_numpy()).reshape(len(rows), len(part_names))
@@ -201,8 +237,9 @@ def summarize_method(rows: pd.DataFrame, part_names: list[str], fractions: list[
         "deletion": {
             "fractions": list(fractions),
             **{k: v.tolist() for k, v in curves.items()},
-            "auc": auc,  # lower deletion AUC than random AUC = faithful
+            "auc": auc,  # descriptive: random pixels are a biased baseline (see faithfulness)
         },
+        "faithfulness": summarize_faithfulness(rows, fractions, cells, seed),
     }
 
 
@@ -247,7 +284,7 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
 
     from birdray.data.manifest import load_manifest, read_split
     from birdray.model.package import package_files, read_metadata
-    from birdray.registry import resolve
+    from birdray.registry import is_package_dir, resolve, version_of
     from birdray.resources import plan_pool
     from birdray.runtime import init_ray
 
@@ -259,7 +296,10 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     if cfg.target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {cfg.target!r}")
     started = time.time()
-    package = resolve(cfg.model, cfg.registry or None)
+    version = None  # a registry version is immutable: results become a record beside it
+    if cfg.registry and not is_package_dir(cfg.model):
+        version = version_of(cfg.model or "production", cfg.registry)  # pinned once, up front
+    package = resolve(version or cfg.model, cfg.registry or None)
     meta = read_metadata(package)
     part_names = load_manifest(cfg.dataset).get("part_names") or []
     if not part_names:
@@ -267,13 +307,15 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     cluster = init_ray(cfg.address or None)
     actors = plan_pool("explanation", cfg.actors, cfg.actor_cpus, cfg.num_gpus, cluster)
     ds = read_split(cfg.dataset, cfg.split, columns=["image_id", "image", "label", "bbox", "parts"])
+    total = read_split(cfg.dataset, cfg.split, columns=["image_id"]).count()  # Parquet metadata
     if cfg.limit > 0:
-        ds = ds.limit(cfg.limit)
+        ds, total = ds.limit(cfg.limit), min(total, cfg.limit)
     worker_cfg = {
         "methods": methods, "target": cfg.target, "radius": cfg.radius, "steps": cfg.steps,
         "baseline": cfg.baseline, "nt_samples": cfg.nt_samples, "nt_stdev": cfg.nt_stdev,
         "fractions": fractions, "seed": cfg.seed, "threads": cfg.threads,
-        "num_gpus": cfg.num_gpus,
+        "num_gpus": cfg.num_gpus, "cells": cfg.cells, "regions": cfg.regions,
+        "sanity": cfg.sanity, "faith_p": min(1.0, cfg.faith_images / max(total, 1)),
     }  # fmt: skip
     files = package_files(package)  # actors on other nodes cannot read the driver's folder
     rows = ds.map_batches(
@@ -290,12 +332,26 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
         "dataset": str(cfg.dataset), "split": cfg.split, "target": cfg.target,
         "radius": cfg.radius, "part_names": part_names, "class_names": meta.class_names,
         "settings": worker_cfg, "images": int(rows["image_id"].nunique()),
-        "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions)
-                    for m in methods},
+        "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions,
+                                        cfg.cells, cfg.seed) for m in methods},
     }  # fmt: skip
     summary["seconds"] = round(time.time() - started, 2)
+    if version:
+        return {**_record(cfg.registry, version, summary, cfg.profile_method), **headline(summary)}
     files = write_results(package, summary, cfg.profile_method)
     return {"package": str(package), "files": files, **headline(summary)}
+
+
+def _record(registry: str, version: str, summary: dict, profile_method: str) -> dict[str, Any]:
+    """Write the results as an explanation record of ``version`` (works for buckets too)."""
+    from birdray.registry import local_copy, record_explanation
+
+    with tempfile.TemporaryDirectory(prefix="birdray-explain-") as staging:
+        written = write_results(Path(staging), summary, profile_method)
+        record = record_explanation(registry, version, Path(staging) / EXPLAIN_DIR)
+    package = local_copy(registry, version)  # the view consumers load now has explain/
+    files = {k: str(package / EXPLAIN_DIR / Path(v).name) for k, v in written.items()}
+    return {"package": str(package), "record": record, "files": files}
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
@@ -306,6 +362,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         out[method] = {
             "deletion_auc": f"{r['deletion']['auc']['deletion_correct']:.3f} "
                             f"(random {r['deletion']['auc']['random_correct']:.3f})",
+            "faithfulness": verdict_lines(r["faithfulness"]),
         }  # fmt: skip
         if r["pointing_bbox"] is None:
             out[method]["part_scores"] = "skipped: this dataset has no part annotations"

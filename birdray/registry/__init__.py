@@ -5,6 +5,7 @@ A registry is a folder or a bucket URI (any pyarrow filesystem), written the sam
     <registry>/models/v0001/{model.safetensors, metadata.json, eval/...}   the package as registered
     <registry>/models/v0001/_COMMITTED                                     written last
     <registry>/models/v0001/evaluations/<id>/{eval/..., calibration.json}  later evaluations
+    <registry>/models/v0001/explanations/<id>/{explain/..., _COMMITTED}    explain-eval results
     <registry>/production/<seq>-<ns>-<id>-promote-v0001.json               append-only alias log
     <registry>/aliases/candidate/<seq>-<ns>-<id>-set-v0002.json            any other alias
 
@@ -32,6 +33,7 @@ from birdray.registry.views import (
     local_copy,
     promote,
     record_evaluation,
+    record_explanation,
     resolve,
     rollback,
     set_alias,
@@ -56,6 +58,7 @@ __all__ = [
     "read_aliases",
     "read_pointer",
     "record_evaluation",
+    "record_explanation",
     "register",
     "resolve",
     "rollback",

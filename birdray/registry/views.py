@@ -5,9 +5,11 @@ registry version writes an *evaluation record*: ``models/vNNNN/evaluations/<seq>
 (the reports) and then ``calibration.json`` (temperature and metrics) as that record's commit
 marker. ``local_copy`` builds the folder every consumer reads (Serve replicas, batch scoring,
 explanations, the dashboard): the version's files with the newest committed record's temperature
-and metrics merged into ``metadata.json`` and its reports as ``eval/``. Such a folder lives in a
-cache keyed by the version's commit id and the record's id, so it is never stale; a local version
-without records is used where it lies.
+and metrics merged into ``metadata.json`` and its reports as ``eval/``. ``explain-eval`` likewise
+writes an *explanation record* (``explanations/<id>/explain/``, then ``_COMMITTED``) served as the
+version's ``explain/`` (Serve's part profiles). Such a folder lives in a cache keyed by the
+version's commit id and the records' ids, so it is never stale; a local version without records is
+used where it lies.
 """
 
 from __future__ import annotations
@@ -41,16 +43,22 @@ from birdray.registry.versions import (
 )
 
 CALIBRATION = "calibration.json"
+EXPLANATIONS = "explanations"
+EXPLAIN_DIR = "explain"
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("BIRDRAY_CACHE", Path.home() / ".cache" / "birdray")) / "registry"
 
 
-def _records(files: list[str]) -> list[str]:
-    """Committed evaluation records (ids, oldest first) among a version's files."""
-    done = {f.split("/")[1] for f in files if f.count("/") == 2 and f.endswith(f"/{CALIBRATION}")}
-    return sorted(r for r in done if f"{EVALUATIONS}/{r}/{CALIBRATION}" in files)
+def _records(files: list[str], kind: str = EVALUATIONS, marker: str = CALIBRATION) -> list[str]:
+    """Committed records of one kind (ids, oldest first) among a version's files."""
+    done = {f.split("/")[1] for f in files if f.count("/") == 2 and f.startswith(f"{kind}/")}
+    return sorted(r for r in done if f"{kind}/{r}/{marker}" in files)
+
+
+def _explanations(files: list[str]) -> list[str]:
+    return _records(files, EXPLANATIONS, COMMITTED)
 
 
 def latest_calibration(registry: str, version: str) -> dict[str, Any] | None:
@@ -83,34 +91,43 @@ def version_metadata(registry: str, version: str) -> PackageMetadata:
 
 def _own_file(name: str) -> bool:
     first = name.split("/")[0]
-    return first not in (COMMITTED, EVALUATIONS, METADATA_FILE) and not first.startswith(".")
+    own = first not in (COMMITTED, EVALUATIONS, EXPLANATIONS, METADATA_FILE)
+    return own and not first.startswith(".")
+
+
+def _fetch_record(src: str, files: list[str], record: str, marker: str, tmp: Path) -> str:
+    """Download one record's files (not its marker) into ``tmp``, as if the package's own."""
+    for name in files:
+        if name.startswith(record) and name != record + marker:
+            storage.download_file(storage.join(src, name), tmp / name[len(record) :])
+    return record
 
 
 def local_copy(registry: str, version: str) -> Path:
-    """A local folder with the committed version's files and its latest calibration applied."""
+    """A local folder: the committed version's files, its newest calibration and explanations."""
     src = version_uri(registry, version)
     marker = read_marker(registry, version)
     files = storage.list_files(src)
-    records = _records(files)
-    if not storage.is_remote(src) and not records:
+    records, explained = _records(files), _explanations(files)
+    if not storage.is_remote(src) and not records and not explained:
         return storage.local_path(src)
-    key = f"{src}|{marker.get('commit')}|{records[-1] if records else ''}"
+    newest = f"{records[-1] if records else ''}|{explained[-1] if explained else ''}"
+    key = f"{src}|{marker.get('commit')}|{newest}"
     cache = cache_root() / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (cache / METADATA_FILE).is_file():
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=cache.parent))
     try:
-        skip_eval = bool(records)  # the record's reports replace those registered with the package
-        for name in files:
-            if _own_file(name) and not (skip_eval and name.startswith("eval/")):
+        replaced = (["eval/"] if records else []) + ([f"{EXPLAIN_DIR}/"] if explained else [])
+        for name in files:  # newer records' reports replace those registered with the package
+            if _own_file(name) and not any(name.startswith(r) for r in replaced):
                 storage.download_file(storage.join(src, name), tmp / name)
+        if explained:
+            _fetch_record(src, files, f"{EXPLANATIONS}/{explained[-1]}/", COMMITTED, tmp)
         calibration = None
         if records:
-            record = f"{EVALUATIONS}/{records[-1]}/"
-            for name in files:
-                if name.startswith(record) and name != record + CALIBRATION:
-                    storage.download_file(storage.join(src, name), tmp / name[len(record) :])
+            record = _fetch_record(src, files, f"{EVALUATIONS}/{records[-1]}/", CALIBRATION, tmp)
             calibration = {
                 **json.loads(storage.read_bytes(storage.join(src, record + CALIBRATION))),
                 "record": records[-1],
@@ -195,6 +212,18 @@ def rollback(registry: str, alias: str = pointer.PRODUCTION) -> dict[str, Any]:
     return {"alias": alias, **pointer.read_pointer(registry, alias)}
 
 
+def _new_record(registry: str, version: str, kind: str, marker: str) -> str:
+    read_marker(registry, check_version(version))
+    seq = len(_records(storage.list_files(version_uri(registry, version)), kind, marker)) + 1
+    record = f"{seq:08d}-{time.time_ns():019d}-{uuid.uuid4().hex[:12]}"
+    return storage.join(version_uri(registry, version), kind, record)
+
+
+def _upload_tree(folder: Path, target: str) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        storage.upload_file(path, storage.join(target, *path.relative_to(folder).parts))
+
+
 def record_evaluation(
     registry: str, version: str, report_dir: str | Path, temperature: float, metrics: dict
 ) -> str:
@@ -203,13 +232,21 @@ def record_evaluation(
     The reports are copied first and ``calibration.json`` last, so a record is used only once
     whole; the version's own files are never touched.
     """
-    read_marker(registry, check_version(version))
-    seq = len(_records(storage.list_files(version_uri(registry, version)))) + 1
-    record = f"{seq:08d}-{time.time_ns():019d}-{uuid.uuid4().hex[:12]}"
-    target = storage.join(version_uri(registry, version), EVALUATIONS, record)
-    report_dir = Path(report_dir)
-    for path in sorted(p for p in report_dir.rglob("*") if p.is_file()):
-        storage.upload_file(path, storage.join(target, "eval", *path.relative_to(report_dir).parts))
+    target = _new_record(registry, version, EVALUATIONS, CALIBRATION)
+    _upload_tree(Path(report_dir), storage.join(target, "eval"))
     body = {"temperature": float(temperature), "metrics": metrics, "evaluated_at": time.time()}
     storage.put_bytes(storage.join(target, CALIBRATION), json.dumps(body, indent=2).encode())
+    return target
+
+
+def record_explanation(registry: str, version: str, explain_dir: str | Path) -> str:
+    """Attach ``explain-eval`` results (``explain/``: part profiles, plots) to a version.
+
+    Written like an evaluation record, committed by ``_COMMITTED`` last; ``local_copy`` serves the
+    newest one as the version's ``explain/``, so Serve's part profiles survive a bucket registry.
+    """
+    target = _new_record(registry, version, EXPLANATIONS, COMMITTED)
+    _upload_tree(Path(explain_dir), storage.join(target, EXPLAIN_DIR))
+    body = {"version": version, "recorded_at": time.time()}
+    storage.put_bytes(storage.join(target, COMMITTED), json.dumps(body).encode())
     return target

@@ -131,6 +131,7 @@ class Scorer:
 
         from birdray.model.inference import Predictor
         from birdray.model.package import load_package_files
+        from birdray.serve.metrics import ScoreMetrics
 
         files = ray.get(package["ref"])  # the package bytes: no path the driver sees is needed
         # Predictor sets torch's thread count: Ray set OMP_NUM_THREADS=1 in this actor
@@ -140,6 +141,7 @@ class Scorer:
         self.top_k = top_k
         self.node_id = ray.get_runtime_context().get_node_id()
         self.device = str(self.predictor.device)
+        self.metrics = ScoreMetrics(self.predictor.version)
 
     def score(self, pixels: np.ndarray) -> list[dict[str, Any]]:
         import torch
@@ -163,6 +165,7 @@ class Scorer:
             return [None if v == MISSING else int(v) for v in batch[name]]
 
         n = len(errors)
+        self.metrics.rows(errors)
         return pa.table(
             {
                 "path": [str(p) for p in batch["path"]],

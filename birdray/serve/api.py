@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ HTTP_CODES = {
     504: "timeout",
 }
 RETRY_AFTER_S = "1"
+CODE_KEY = "birdray.error_code"  # where an error handler leaves its code for the metrics
 
 
 class Service(Protocol):
@@ -56,6 +58,50 @@ class Service(Protocol):
     ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]: ...
 
     async def explain(self, upload: Upload, method: str, target: str | None) -> dict[str, Any]: ...
+
+
+class Recorder(Protocol):
+    """Where the HTTP layer reports what it served (``birdray.serve.metrics.ServeMetrics``)."""
+
+    def request(self, route: str, status: int, code: str, seconds: float) -> None: ...
+
+    def upload(self, route: str, seconds: float) -> None: ...
+
+
+class _Recording:
+    """ASGI middleware: one ``Recorder.request`` per HTTP request, with its route template (not
+    the raw path, which a scanner could make unbounded), status and error code."""
+
+    def __init__(self, app: Any, recorder: Recorder):
+        self.app, self.recorder = app, recorder
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            scope[CODE_KEY], status = "cancelled", 499  # the client went away (nginx's 499)
+            raise
+        except BaseException:
+            status = 500  # re-raised to Starlette's last-resort handler, which answers 500
+            raise
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            if status >= 500 and CODE_KEY not in scope:
+                code = "internal_error" if status == 500 else HTTP_CODES.get(status, "http_error")
+            else:
+                code = scope.get(CODE_KEY, "ok" if status < 400 else "http_error")
+            self.recorder.request(route, status, code, time.perf_counter() - start)
 
 
 def _multipart_body(field: str, many: bool) -> dict[str, Any]:
@@ -80,19 +126,22 @@ def _error(status: int, code: str, message: str, file: str | None = None) -> JSO
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        request.scope[CODE_KEY] = exc.code
         headers = {"WWW-Authenticate": API_KEY_HEADER} if exc.status == 401 else None
         if exc.status == 503:
             headers = {"Retry-After": RETRY_AFTER_S}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
+        request.scope[CODE_KEY] = code
         return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.scope[CODE_KEY] = "invalid_parameter"
         parts = [
             f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'query')}: {err.get('msg')}"
             for err in exc.errors()
@@ -129,8 +178,15 @@ def _admission(limits: Limits):
     return admitted
 
 
-def create_api(service: Service, limits: Limits, api_key: str | None = None) -> FastAPI:
+def create_api(
+    service: Service,
+    limits: Limits,
+    api_key: str | None = None,
+    recorder: Recorder | None = None,
+) -> FastAPI:
     """The FastAPI app for ``service``; requests to ``/v1`` need ``X-API-Key`` when a key is set.
+
+    ``recorder`` (optional) is told about every request: route, status, error code, latency.
 
     A key that is set must be non-blank: an empty key would let every request in (fail closed).
     """
@@ -143,6 +199,15 @@ def create_api(service: Service, limits: Limits, api_key: str | None = None) -> 
         description="Bird species from photos: calibrated top-k predictions and explanations.",
     )
     _install_error_handlers(app)
+    if recorder is not None:
+        app.add_middleware(_Recording, recorder=recorder)
+
+    async def read(request: Request, field: str) -> list[Upload]:
+        start = time.perf_counter()
+        uploads = await read_uploads(request, field, limits)
+        if recorder is not None:
+            recorder.upload(request.scope["route"].path, time.perf_counter() - start)
+        return uploads
 
     async def authorized(request: Request) -> None:
         if api_key is None:
@@ -173,7 +238,7 @@ def create_api(service: Service, limits: Limits, api_key: str | None = None) -> 
         request: Request, top_k: int = Query(5, ge=1, le=1000, description="species per image")
     ) -> dict[str, Any]:
         async with admitted():
-            uploads = await read_uploads(request, "files", limits)
+            uploads = await read(request, "files")
             model_block, results = await service.predict(uploads, top_k)
         if len(uploads) == 1 and isinstance(results[0], ApiError):
             raise results[0]
@@ -199,7 +264,7 @@ def create_api(service: Service, limits: Limits, api_key: str | None = None) -> 
         if method not in METHODS:
             raise ApiError(422, "invalid_parameter", f"method must be one of {', '.join(METHODS)}")
         async with admitted():
-            uploads = await read_uploads(request, "file", limits)
+            uploads = await read(request, "file")
             if len(uploads) != 1:
                 raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
             return await service.explain(uploads[0], method, target)

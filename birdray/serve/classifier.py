@@ -20,6 +20,7 @@ from ray import serve
 
 from birdray.model.inference import Predictor
 from birdray.registry import resolve
+from birdray.serve.metrics import ServeMetrics
 
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_S = 0.002
@@ -91,6 +92,7 @@ class BirdClassifier:
         self._largest = 0
         self._swaps = 0
         self._batching: dict[str, Any] = {}
+        self._metrics = ServeMetrics()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply batch knobs; load and swap the model when its reference changed."""
@@ -159,6 +161,7 @@ class BirdClassifier:
         self._calls += 1
         self._items += len(fresh)
         self._largest = max(self._largest, len(fresh))
+        self._metrics.batch(predictor.version, probs.max(dim=1).values.tolist())
         for row, i in enumerate(fresh):
             pred = predictor.to_predictions(probs[row : row + 1], items[i]["top_k"])[0]
             out[i] = {

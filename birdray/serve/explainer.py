@@ -20,6 +20,7 @@ from ray import serve
 from birdray.model.factory import set_threads
 from birdray.model.inference import Predictor
 from birdray.serve.classifier import load_predictor, model_ref
+from birdray.serve.metrics import ServeMetrics
 
 
 def _jsonable(value: Any) -> Any:
@@ -49,6 +50,7 @@ class BirdExplainer:
         self._ref: tuple[str, str | None] | None = None
         self._predictor: Predictor | None = None
         self._profiles: dict[str, Any] | None = None
+        self._metrics = ServeMetrics()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         from birdray.explain import load_part_profiles
@@ -103,4 +105,11 @@ class BirdExplainer:
 
     async def explain(self, image: Image.Image, method: str, target: int | None) -> dict[str, Any]:
         self.check_health()
-        return await asyncio.to_thread(self._explain, image, method, target)
+        start = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(self._explain, image, method, target)
+        except Exception:
+            self._metrics.explanation(method, "error", time.perf_counter() - start)
+            raise
+        self._metrics.explanation(method, "ok", time.perf_counter() - start)
+        return result

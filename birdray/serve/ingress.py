@@ -23,6 +23,7 @@ from birdray.model.factory import set_threads
 from birdray.model.preprocess import build_transform
 from birdray.serve.api import create_api
 from birdray.serve.errors import ApiError
+from birdray.serve.metrics import ServeMetrics
 from birdray.serve.uploads import Limits, Upload, decode_upload
 
 PROBE_SLOTS = 8  # requests Serve lets in beyond the app's own limit: probes, quick 503s
@@ -87,9 +88,10 @@ class BirdIngress:
         self._classifier, self._explainer = classifier, explainer
         self._limits = admission_limit(limits)
         self._info: dict[str, Any] | None = None  # model info + its eval "transform"
+        self._metrics = ServeMetrics()
 
     def __serve_build_asgi_app__(self):
-        return create_api(self, self._limits, self._api_key)
+        return create_api(self, self._limits, self._api_key, recorder=self._metrics)
 
     async def _current(self, refresh: bool = False) -> dict[str, Any]:
         """The served model's info with its eval transform (kept together so they always match)."""
@@ -123,6 +125,18 @@ class BirdIngress:
         }
 
     async def _classify(self, upload: Upload, top_k: int) -> dict[str, Any] | ApiError:
+        result = await self._classify_one(upload, top_k)
+        if isinstance(result, ApiError):
+            self._metrics.image_error(result.code)
+        else:
+            timing = result["timing_ms"]
+            self._metrics.image(
+                result["model_version"],
+                *(timing[k] / 1000 for k in ("decode", "queue_and_model", "total")),
+            )
+        return result
+
+    async def _classify_one(self, upload: Upload, top_k: int) -> dict[str, Any] | ApiError:
         start = time.perf_counter()
         info = await self._current()
         try:
