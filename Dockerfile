@@ -32,8 +32,8 @@ COPY --chown=ray:users .ci/constraints.txt ./constraints.txt
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -c constraints.txt "ray[train,tune,serve,data]==${RAY_VERSION}" -r /tmp/requirements.txt
 
-# The package itself (no dependency resolution left to do), plus the entry scripts and their
-# configs, which RayJob entrypoints call as /home/ray/birdray/jobs/<job>.py.
+# The package itself with its recipes (no dependency resolution left to do), plus the entry
+# scripts, which RayJob entrypoints call as /home/ray/birdray/jobs/<job>.py.
 COPY --chown=ray:users birdray ./birdray
 COPY --chown=ray:users jobs ./jobs
 RUN pip install --no-cache-dir --no-deps -c constraints.txt . \

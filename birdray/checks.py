@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from birdray import storage
-from birdray.config import UsageError
+from birdray.config import ConfigError, UsageError, config_path, recipe_names
 
 MODEL_HELP = "a model package folder, or production|latest|vNNNN|ALIAS with --registry"
 # A registry alias (``candidate``, ``champion``), read with the registry's own alias reading.
@@ -402,10 +402,11 @@ def _dashboard(cfg: Any) -> None:
 
 def _demo(cfg: Any) -> None:
     output("--out", cfg.out)
-    repo = Path(__file__).resolve().parents[1]  # the demo falls back to the repository's recipes
     for flag, path in (("--train-config", cfg.train_config), ("--sweep-config", cfg.sweep_config)):
-        if not (repo / path).is_file():
-            file(flag, path, "a YAML recipe")
+        try:
+            config_path(path)  # a YAML file, or a recipe shipped inside the package
+        except ConfigError:
+            file(flag, path, f"a YAML recipe or one of {', '.join(recipe_names())}")
     positive({"--classes": cfg.classes, "--per-class": cfg.per_class}, 2)
 
 

@@ -1,7 +1,8 @@
 """The one config source: typed dataclasses, a YAML file for defaults, CLI flags on top.
 
-timm-style two stages: ``--config file.yaml`` sets the defaults, every dataclass field is
-also a kebab-case flag that overrides it, and the resolved config is saved next to the run
+timm-style two stages: ``--config file.yaml`` (or the name of a shipped recipe,
+``--config resnet50_imagenet``) sets the defaults, every dataclass field is also a kebab-case flag
+that overrides it, and the resolved config is saved next to the run
 (``save_config``) so a result can always be traced back to the exact knobs that made it.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+RECIPES = Path(__file__).resolve().parent / "recipes"  # package data: in a wheel as in a checkout
 
 
 class ConfigError(ValueError):
@@ -97,10 +99,31 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def config_path(config: str | Path) -> Path:
+    """A YAML file as given, else the shipped recipe of that name (``demo``, ``demo.yaml``).
+
+    A file the user has wins over a recipe of the same name; only a bare name (no folder) is
+    looked up, so a mistyped path is never silently replaced by a recipe.
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = str(config)
+    if "/" not in name and "\\" not in name:
+        recipe = RECIPES / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+        if recipe.is_file():
+            return recipe
+    raise ConfigError(
+        f"config file not found: {config} (shipped recipes: {', '.join(recipe_names())})"
+    )
+
+
+def load_yaml(config: str | Path) -> dict[str, Any]:
+    path = config_path(config)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
@@ -133,7 +156,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> list[str
     A ``bool`` field is a switch (``--use-gpu`` / ``--no-use-gpu``); ``switch_values`` turns the
     older ``--use-gpu true|false`` into these. Returns the switches' flags (with aliases).
     """
-    parser.add_argument("--config", help="YAML file with defaults for the flags below")
+    parser.add_argument(
+        "--config",
+        help="YAML file with defaults for the flags below, or a shipped recipe's name "
+        f"({', '.join(recipe_names())})",
+    )
     hints = _field_types(cls)
     switches: list[str] = []
     for field in dataclasses.fields(cls):

@@ -1,11 +1,12 @@
 """``birdray dashboard``: the Streamlit dashboard on 127.0.0.1, pointed at Serve and the cluster.
 
-The dashboard (``dashboard/app.py``) is a separate Streamlit process and a pure client: it talks
-to Serve over HTTP and to the Ray Jobs API, and reads report folders. Addresses and folders reach
-it as ``BIRDRAY_*`` environment variables; the Serve API key too, copied from the variable named by
-``--api-key-env`` (never a command-line flag, which ``ps`` would show to every local user). The
-addresses given here are the only ones the dashboard talks to (its sidebar chooses among them):
-the API key and the Ray token go to them and nowhere else, and never to the browser.
+The dashboard (``birdray/dashboard/app.py``, package data run by path) is a separate Streamlit
+process and a pure client: it talks to Serve over HTTP and to the Ray Jobs API, and reads report
+folders. Addresses and folders reach it as ``BIRDRAY_*`` environment variables; the Serve API key
+too, copied from the variable named by ``--api-key-env`` (never a command-line flag, which ``ps``
+would show to every local user). The addresses given here are the only ones the dashboard talks
+to (its sidebar chooses among them): the API key and the Ray token go to them and nowhere else,
+and never to the browser.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 
 from birdray.config import field
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-APP = REPO_ROOT / "dashboard" / "app.py"
+APP = Path(__file__).resolve().parent / "dashboard" / "app.py"  # package data, run by path
+PACKAGE_ROOT = APP.parents[2]  # the folder holding this birdray: a checkout or site-packages
 LOOPBACK = "127.0.0.1"
 
 
@@ -48,7 +49,7 @@ class DashboardConfig:
     )
     score_dir: str = field("runs/scored", "default batch-scoring output folder (Batch page)")
     job_runtime_env: str = field(
-        str(REPO_ROOT / "cluster" / "runtime_env.yaml"), "runtime_env YAML for submitted jobs"
+        "", "runtime_env YAML for submitted jobs (env_vars...; they run the cluster's birdray)"
     )
     host: str = field(LOOPBACK, "bind address (loopback: put an authenticating proxy in front)")
     port: int = field(8501, "HTTP port (0 picks a free one)")
@@ -88,7 +89,8 @@ def dashboard_env(cfg: DashboardConfig, base: dict[str, str] | None = None) -> d
     env.pop("BIRDRAY_API_KEY", None)  # only the variable --api-key-env names gives the key
     if cfg.api_key_env and source.get(cfg.api_key_env):
         env["BIRDRAY_API_KEY"] = source[cfg.api_key_env]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    # Streamlit imports the same birdray as this process (a checkout, a wheel, a --target folder).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -136,7 +138,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float, log: Path 
 def launch(cfg: DashboardConfig, log: Path | None = None) -> tuple[str, subprocess.Popen]:
     """Start Streamlit; returns its URL once it answers, and the process (caller stops it)."""
     if not APP.is_file():
-        raise FileNotFoundError(f"{APP} not found: run birdray from a checkout of the repository")
+        raise FileNotFoundError(f"{APP} not found: reinstall birdray (this copy has no dashboard)")
     if cfg.port == 0:
         cfg = replace(cfg, port=free_port(cfg.host))
     url = f"http://{cfg.host}:{cfg.port}"

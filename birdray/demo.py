@@ -22,8 +22,8 @@ class DemoConfig:
     classes: int = field(10, "species to generate")
     per_class: int = field(40, "images per species (half train, half test, as in CUB)")
     seed: int = field(0, "seed for data and training")
-    sweep_config: str = field("jobs/configs/sweep_demo.yaml", "Tune sweep (YAML)")
-    train_config: str = field("jobs/configs/demo.yaml", "training recipe (YAML)")
+    sweep_config: str = field("sweep_demo", "Tune sweep: a shipped recipe's name or a YAML file")
+    train_config: str = field("demo", "training recipe: a shipped recipe's name or a YAML file")
     epochs: int = field(0, "override the recipe's epochs (0: keep)")
     address: str = field("", "Ray address (empty: a private local Ray on 127.0.0.1)")
     dashboard: bool = field(False, "leave Serve and the Streamlit dashboard running at the end")
@@ -46,10 +46,7 @@ def _done(started: float, **paths: Any) -> None:
 def _recipe(cfg: DemoConfig, out: Path):
     from birdray.train.config import TrainConfig
 
-    path = Path(cfg.train_config)
-    if not path.is_file():  # installed elsewhere: the recipe ships inside the repo's jobs/
-        path = Path(__file__).resolve().parents[1] / cfg.train_config
-    recipe = from_dict(TrainConfig, load_yaml(path))
+    recipe = from_dict(TrainConfig, load_yaml(cfg.train_config))
     weights = out / "weights" / "tf_efficientnet_lite0.safetensors"
     if recipe.pretrained_file == DEMO_WEIGHTS:  # the shipped recipe: converted into --out
         recipe.pretrained_file = str(weights)
@@ -70,10 +67,7 @@ def _recipe(cfg: DemoConfig, out: Path):
 def _sweep(cfg: DemoConfig, out: Path, registry: Path):
     from birdray.tune.sweep import SweepConfig
 
-    path = Path(cfg.sweep_config)
-    if not path.is_file():
-        path = Path(__file__).resolve().parents[1] / cfg.sweep_config
-    sweep = from_dict(SweepConfig, load_yaml(path))
+    sweep = from_dict(SweepConfig, load_yaml(cfg.sweep_config))
     return replace(
         sweep,
         dataset=str(out / "dataset"),

@@ -1,4 +1,4 @@
-"""`ray job submit -- python jobs/tune.py --config jobs/configs/sweep_cub.yaml` = `birdray tune`."""
+"""`ray job submit -- python jobs/tune.py --config sweep_cub` = `birdray tune`."""
 
 from birdray.cli import run_job
 

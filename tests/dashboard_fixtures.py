@@ -16,14 +16,7 @@ from pathlib import Path
 
 import pytest
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
-APP = DASHBOARD / "app.py"
-
-
-def dashboard_modules() -> None:
-    """Make ``client``/``ray_jobs``/``stage_reports`` importable, as ``streamlit run`` does."""
-    if str(DASHBOARD) not in sys.path:
-        sys.path.insert(0, str(DASHBOARD))
+from birdray.dashboard_launcher import APP  # the entry file inside the package
 
 
 @pytest.fixture

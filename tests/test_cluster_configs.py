@@ -334,7 +334,7 @@ def test_runtime_env_excludes_skip_heavy_folders_but_keep_the_code(tmp_path):
     files = [
         ".git/HEAD", ".venv/lib/site.py", "data/cub/a.parquet", "runs/r1/checkpoint.pt",
         "dist/birdray.whl", "birdray/__pycache__/cli.cpython-311.pyc", "birdray/cli.py",
-        "birdray/data/cub.py", "jobs/train.py", "jobs/configs/train.yaml", "pyproject.toml",
+        "birdray/data/cub.py", "jobs/train.py", "birdray/recipes/demo.yaml", "pyproject.toml",
     ]  # fmt: skip
     for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +347,7 @@ def test_runtime_env_excludes_skip_heavy_folders_but_keep_the_code(tmp_path):
         lambda p: uploaded.append(p.relative_to(tmp_path).as_posix()),
         include_gitignore=False,
     )
-    keep = {"birdray/cli.py", "birdray/data/cub.py", "jobs/train.py", "jobs/configs/train.yaml"}
+    keep = {"birdray/cli.py", "birdray/data/cub.py", "jobs/train.py", "birdray/recipes/demo.yaml"}
     assert keep | {"pyproject.toml"} <= set(uploaded)
     assert not {".git", ".venv", "data", "runs", "dist"} & set(uploaded)
     assert not [p for p in uploaded if "__pycache__" in p]
@@ -557,11 +557,8 @@ def test_rayjob_entrypoint_parses_with_the_jobs_own_cli(name, script):
     parser, config_cls, _ = cli.build_parser(job, cli.JOBS[job])
     args, unknown = parser.parse_known_args(argv[2:])
     assert not unknown, f"flags {job} does not have: {unknown}"
-    if args.config:
-        config_path = args.config.removeprefix(IMAGE_ROOT)
-        assert re.fullmatch(r"jobs/configs/\w+\.yaml", config_path), args.config
-        # Cluster recipes may land after this file; once present, they must resolve too.
-        args.config = str(REPO / config_path) if (REPO / config_path).is_file() else None
+    if args.config:  # a recipe shipped inside the package (in the image), by name
+        assert cfglib.config_path(args.config).parent == cfglib.RECIPES, args.config
     cfg = cfglib.resolve(config_cls, args)
     if getattr(cfg, "model", "") in ("production", "latest"):
         assert cfg.registry, "a registry alias needs --registry"
@@ -592,7 +589,7 @@ def test_cluster_readme_mentions_only_files_that_exist():
     text = (CLUSTER / "README.md").read_text()
     for path in set(re.findall(r"\bcluster/[\w./-]+\.(?:yaml|md)\b", text)):
         assert (REPO / path).is_file(), path
-    for path in set(re.findall(r"\bjobs/configs/\w+\.yaml\b", text)):
-        assert (REPO / path).is_file(), path
+    for name in set(re.findall(r"--config (\w+)\b", text)) - {"sweep_"}:
+        assert (REPO / "birdray" / "recipes" / f"{name}.yaml").is_file(), name
     for job in set(re.findall(r"\bjobs/(\w+)\.py\b", text)):
         assert (REPO / "jobs" / f"{job}.py").is_file(), job

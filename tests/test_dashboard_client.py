@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shlex
-import sys
 import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from birdray.dashboard.client import Settings, api_key_for, error_text, species_name
+from birdray.dashboard.ray_jobs import ScoringRequest, ray_auth_headers, scoring_entrypoint
+from birdray.dashboard.stage_reports import filter_rows
 from birdray.dashboard_launcher import (
     DashboardConfig,
     dashboard_command,
@@ -17,13 +18,6 @@ from birdray.dashboard_launcher import (
     start_dashboard,
     stop,
 )
-
-DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
-sys.path.insert(0, str(DASHBOARD))  # the dashboard's modules, as `streamlit run` imports them
-
-from client import Settings, api_key_for, error_text, species_name  # noqa: E402
-from ray_jobs import ScoringRequest, ray_auth_headers, scoring_entrypoint  # noqa: E402
-from stage_reports import filter_rows  # noqa: E402
 
 
 def test_entrypoint_quotes_every_value(tmp_path):
@@ -36,8 +30,8 @@ def test_entrypoint_quotes_every_value(tmp_path):
         explain_lowest=4,
     )
     argv = shlex.split(scoring_entrypoint(req))
-    assert argv[:2] == ["python", "jobs/batch_score.py"]
-    args = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert argv[:4] == ["python", "-m", "birdray.cli", "score"]  # the cluster's birdray
+    args = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert args["--input"] == hostile  # one argument, unchanged: nothing for a shell to run
     assert args["--output"] == "s3://bucket/out dir"
     assert args["--model"] == "v0003"

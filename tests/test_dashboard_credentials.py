@@ -7,18 +7,13 @@ the other a host a person might type into the sidebar. The app runs under ``AppT
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from tests.dashboard_fixtures import app_test, no_exceptions  # noqa: F401
-
-DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
-sys.path.insert(0, str(DASHBOARD))  # the dashboard's modules, as `streamlit run` imports them
 
 API_KEY = "serve-key-0f3a9c41d2"
 RAY_TOKEN = "ray-token-7be2d10c55"
@@ -136,8 +131,8 @@ def test_credentials_go_only_to_configured_hosts_and_never_to_the_browser(hosts,
 
 
 def test_client_refuses_unconfigured_addresses_before_connecting(hosts, monkeypatch):
-    from client import ServiceError, api_key_for, service_status
-    from ray_jobs import jobs_client
+    from birdray.dashboard.client import ServiceError, api_key_for, service_status
+    from birdray.dashboard.ray_jobs import jobs_client
 
     configured, stranger = hosts
     monkeypatch.setenv("BIRDRAY_SERVE_URL", configured.url)

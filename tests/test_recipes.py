@@ -4,7 +4,7 @@ The session's shared cluster has extra logical CPUs, which hid a hang: on a real
 two 1-CPU training workers of ``demo.yaml`` left Ray Data's file listing nothing, and the run
 waited forever without a word. Here a subprocess starts Ray the way the CLI does
 (``birdray.runtime.init_ray``) with exactly 2 CPUs, and runs ``birdray ingest`` and then every
-``jobs/configs/*.yaml`` through the CLI's ``main`` with its own settings: only the dataset (the
+``birdray/recipes/*.yaml`` through the CLI's ``main`` with its own settings: only the dataset (the
 small generated one), ``--epochs 1`` and, for the two recipes that start from the converted
 EfficientNet-Lite0 weights, ``--pretrained-file`` are given, as the issue's user did. No image
 size is lowered: on 48 generated images each recipe's own size is quick enough on CPU. The
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
+RECIPES = sorted((ROOT / "birdray" / "recipes").glob("*.yaml"))
 LAPTOP = {"demo", "efficientnet_lite0_offline", "sweep_demo"}  # must train on 2 CPUs
 ONE_LINE_ERROR = r"the cluster has 2 CPU|cannot be reached|storage_path"
 SUBPROCESS_TIMEOUT_S = 1500  # bounded: a hang fails the test instead of the CI job
@@ -53,7 +53,7 @@ def _commands(source: Path, weights: Path) -> list[tuple[str, list[str]]]:
     commands = [("ingest", ["ingest", "--source", str(source), "--out", "pq"])]
     for recipe in RECIPES:
         job = "tune" if recipe.stem.startswith("sweep_") else "train"
-        argv = [job, "--config", str(recipe), "--dataset", "pq", "--epochs", "1"]
+        argv = [job, "--config", recipe.stem, "--dataset", "pq", "--epochs", "1"]
         if job == "train":
             argv += ["--name", recipe.stem]
             if "pretrained_file:" in recipe.read_text():

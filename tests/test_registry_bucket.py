@@ -171,10 +171,7 @@ def test_aliases_in_a_bucket_race_and_roll_back_per_alias(s3_bucket, tmp_path):
 def test_dashboard_lists_a_bucket_registry_without_downloading_weights(
     s3_bucket, tmp_path, monkeypatch
 ):
-    from tests.dashboard_fixtures import dashboard_modules
-
-    dashboard_modules()
-    from stage_reports import registry_versions
+    from birdray.dashboard.stage_reports import registry_versions
 
     reg = _fresh(s3_bucket)
     for i in range(2):

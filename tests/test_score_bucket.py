@@ -7,7 +7,6 @@ what "already finished" and ``--resume`` go by, from whichever machine the next 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -68,8 +67,7 @@ def test_results_go_to_the_bucket_success_last_and_resume_from_it(ray_cluster, s
     assert again["resume"] == {"reused": 4, "scored_now": 2}  # the new file and the broken one
     assert len(_remote_rows(output)) == 6
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
-    from stage_reports import scoring_results  # the dashboard reads the bucket's result
+    from birdray.dashboard.stage_reports import scoring_results  # the dashboard reads the result
 
     shown = scoring_results(output)
     assert shown["state"] == "finished" and len(shown["rows"]) == 6
@@ -108,8 +106,7 @@ def test_a_publish_that_dies_midway_never_looks_finished(s3_bucket, tmp_path, mo
     assert storage.read_bytes(f"{uri}/predictions/part-00000.parquet") == b"rows v2"
     assert not _exists(f"{uri}/summary.json") and remote.marker(uri) is None
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
-    from stage_reports import scoring_results
+    from birdray.dashboard.stage_reports import scoring_results
 
     assert scoring_results(uri)["state"] == "running"  # shown as still being written
     reader = tmp_path / "reader"

@@ -1,4 +1,4 @@
-"""birdray dashboard: ``streamlit run dashboard/app.py`` (or ``birdray dashboard``).
+"""birdray dashboard: ``birdray dashboard`` (or ``streamlit run birdray/dashboard/app.py``).
 
 A client of the Serve HTTP API (Classify) and of the Ray Jobs API (Batch), and a reader of the
 reports other stages write (Models). It loads no model. Settings come from ``BIRDRAY_*``
@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import streamlit as st
-from client import Settings, api_key_for, service_status
+
+from birdray.dashboard.client import Settings, api_key_for, service_status
 
 PAGES = {
     "classify": st.Page(

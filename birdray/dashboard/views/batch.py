@@ -1,4 +1,4 @@
-"""Batch page: submit ``jobs/batch_score.py`` through the Ray Jobs API, watch it, browse results.
+"""Batch page: submit ``birdray score`` through the Ray Jobs API, watch it, browse results.
 
 The job runs on the cluster (``birdray score``'s code path); the dashboard only submits it,
 polls status and logs, and reads the finished output folder (``_SUCCESS`` + Parquet).
@@ -9,9 +9,16 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-from client import ServiceError, Settings, species_name
-from ray_jobs import ScoringRequest, job_state, scoring_jobs, stop_job, submit_scoring
-from stage_reports import filter_rows, scoring_results, thumbnail
+
+from birdray.dashboard.client import ServiceError, Settings, species_name
+from birdray.dashboard.ray_jobs import (
+    ScoringRequest,
+    job_state,
+    scoring_jobs,
+    stop_job,
+    submit_scoring,
+)
+from birdray.dashboard.stage_reports import filter_rows, scoring_results, thumbnail
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
 st.session_state.setdefault("results_dir", settings.score_dir)

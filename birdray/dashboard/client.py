@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +28,6 @@ import streamlit as st
 API_KEY_HEADER = "X-API-Key"
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Titles for the API's stable error codes; the API's own message follows in plain words.
 ERROR_TITLES = {
@@ -103,7 +101,7 @@ class Settings:
     score_dir: str = "runs/scored"
     max_upload_mb: int = 16
     timeout_s: float = 60.0
-    job_runtime_env: str = str(REPO_ROOT / "cluster" / "runtime_env.yaml")
+    job_runtime_env: str = ""  # a runtime_env YAML for submitted jobs (empty: none)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

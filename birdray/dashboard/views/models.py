@@ -9,8 +9,14 @@ from dataclasses import replace
 import altair as alt
 import pandas as pd
 import streamlit as st
-from client import Settings, species_name
-from stage_reports import find_sweeps, model_report, registry_versions, tune_report
+
+from birdray.dashboard.client import Settings, species_name
+from birdray.dashboard.stage_reports import (
+    find_sweeps,
+    model_report,
+    registry_versions,
+    tune_report,
+)
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
 

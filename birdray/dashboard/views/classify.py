@@ -12,7 +12,8 @@ import base64
 import altair as alt
 import pandas as pd
 import streamlit as st
-from client import (
+
+from birdray.dashboard.client import (
     EXPLAIN_METHODS,
     IMAGE_TYPES,
     ServiceError,

@@ -1,9 +1,9 @@
 """The dashboard's side of the Ray Jobs API: submit batch scoring, follow it, stop it.
 
-Jobs are submitted like ``ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml
--- python jobs/batch_score.py ...``: this checkout is the working dir, and the entrypoint is
-built from validated values, each one shell-quoted. Nothing here is cached except the client
-itself: job state changes all the time.
+Jobs are submitted like ``ray job submit -- python -m birdray.cli score ...``: the cluster runs
+the birdray installed on it (no working dir is uploaded, so the dashboard works from an installed
+wheel as from a checkout), and the entrypoint is built from validated values, each one
+shell-quoted. Nothing here is cached except the client itself: job state changes all the time.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import streamlit as st
 import yaml
-from client import (
-    REPO_ROOT,
+
+from birdray.dashboard.client import (
     ServiceError,
     Settings,
     configured_jobs_addresses,
@@ -114,7 +114,9 @@ def scoring_entrypoint(req: ScoringRequest) -> str:
         model = _location(model)
     args = [
         "python",
-        "jobs/batch_score.py",
+        "-m",
+        "birdray.cli",
+        "score",
         "--input",
         _location(_checked("input", req.input)),
         "--output",
@@ -134,15 +136,18 @@ def scoring_entrypoint(req: ScoringRequest) -> str:
 
 
 def job_runtime_env(runtime_env_file: str) -> dict[str, Any]:
-    """This checkout as the job's working_dir, with the excludes and env of the cluster's file."""
-    env: dict[str, Any] = {}
+    """The runtime_env of the configured YAML file, if any (env_vars, pip...).
+
+    No working_dir is added: the entrypoint is the cluster's installed ``birdray``, and a
+    dashboard installed from a wheel has no checkout to upload.
+    """
     if runtime_env_file and Path(runtime_env_file).is_file():
-        env = yaml.safe_load(Path(runtime_env_file).read_text()) or {}
-    return {**env, "working_dir": str(REPO_ROOT)}
+        return yaml.safe_load(Path(runtime_env_file).read_text()) or {}
+    return {}
 
 
 def submit_scoring(settings: Settings, req: ScoringRequest) -> str:
-    """Submit ``jobs/batch_score.py`` to the Jobs API; returns the submission id."""
+    """Submit ``birdray score`` to the Jobs API; returns the submission id."""
     entrypoint = scoring_entrypoint(req)
     client = jobs_client(settings.jobs_address)
     metadata = {
