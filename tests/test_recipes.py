@@ -63,7 +63,7 @@ def _commands(source: Path, weights: Path) -> list[tuple[str, list[str]]]:
     return sorted(commands, key=lambda c: (c[0] != "ingest", c[0] in LAPTOP))
 
 
-@pytest.mark.ray
+@pytest.mark.slow  # its own 2-CPU Ray in a subprocess, not the session's cluster
 @pytest.mark.timeout(SUBPROCESS_TIMEOUT_S + 60)
 def test_every_recipe_trains_or_fails_at_once_on_a_2_cpu_ray(tmp_path):
     from birdray.data.synthetic import SynthConfig, generate
