@@ -236,11 +236,16 @@ def _consumers(
             address=cfg.address,
         )
     )
+    heads = {m: h for m, h in ev.items() if isinstance(h, dict)}
+    faith = {m: h.pop("faithfulness") for m, h in heads.items() if "faithfulness" in h}
     _done(
         t,
         results=ev["package"] + "/explain",
         **{k: v for k, v in ev.items() if k not in ("package", "files")},
     )
+    for method, lines in faith.items():  # one block: the verdict first, then the numbers
+        print(f"  faithfulness tests ({method}, pass/fail):")
+        print("\n".join(f"    {test}: {line}" for test, line in lines.items()), flush=True)
 
     t = _stage("7. serve: Ray Serve on the production model, real HTTP")
     app = start_local(model="production", registry=str(registry), port=0)

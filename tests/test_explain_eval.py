@@ -56,6 +56,14 @@ def test_explain_eval_writes_scores_plots_and_profiles(explained):
         # nothing removed: both curves start at the model's accuracy; all removed: same image
         assert deletion["deletion_correct"][0] == pytest.approx(r["accuracy"])
         assert deletion["deletion_correct"][-1] == pytest.approx(deletion["random_correct"][-1])
+        faith = r["faithfulness"]  # every image tested (6 < --faith-images): too few for a CI
+        assert faith["images"] == 6 and len(faith["curves"]["morf_prob"]) == 4
+        assert set(faith["tests"]) == {"morf_vs_lerf", "morf_vs_random_region",
+                                       "model_randomisation"}  # fmt: skip
+        for test in faith["tests"].values():
+            assert test["images"] <= 6 and test["verdict"].startswith("too few images")
+            assert test["passed"] is False and "criterion" in test
+        assert set(result[method]["faithfulness"]) == set(faith["tests"])
         for name in (f"part_shares_{method}.png", f"deletion_{method}.png"):
             png = Image.open(io.BytesIO((out / name).read_bytes()))
             assert png.format == "PNG" and png.size[0] > 300

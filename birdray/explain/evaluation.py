@@ -203,10 +203,11 @@ def _by_part(values: np.ndarray, part_names: list[str]) -> dict[str, float]:
 
 
 def summarize_method(
-    rows: pd.DataFrame, part_names: list[str], fractions: list[float], cells: int = 8, seed: int = 0
+    rows: pd.DataFrame, part_names: list[str], fractions: list[float], cfg: dict | None = None
 ) -> dict:
     """One method's aggregate numbers (each with its chance level, or a pass/fail test); without
     part annotations the pointing and part numbers are None and the part dicts empty."""
+    c = cfg or {}
     if not part_names:
         rows = rows.assign(shares=[[]] * len(rows), area_shares=[[]] * len(rows))
     shares = np.stack(rows["shares"].to_numpy()).reshape(len(rows), len(part_names))
@@ -239,7 +240,9 @@ def summarize_method(
             **{k: v.tolist() for k, v in curves.items()},
             "auc": auc,  # descriptive: random pixels are a biased baseline (see faithfulness)
         },
-        "faithfulness": summarize_faithfulness(rows, fractions, cells, seed),
+        "faithfulness": summarize_faithfulness(
+            rows, fractions, c.get("cells", 8), c.get("seed", 0), c.get("sanity", True)
+        ),
     }
 
 
@@ -333,7 +336,7 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
         "radius": cfg.radius, "part_names": part_names, "class_names": meta.class_names,
         "settings": worker_cfg, "images": int(rows["image_id"].nunique()),
         "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions,
-                                        cfg.cells, cfg.seed) for m in methods},
+                                        worker_cfg) for m in methods},
     }  # fmt: skip
     summary["seconds"] = round(time.time() - started, 2)
     if version:
