@@ -172,6 +172,7 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     """Score every image under --input; writes <output>/predictions/, summary.json, _SUCCESS."""
     from birdray.model.package import verify_package
     from birdray.registry import resolve
+    from birdray.resources import watched
     from birdray.scoring.sources import open_source
 
     started = time.time()
@@ -213,9 +214,13 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
         stream: dict[str, Any] = {}
         if len(todo):
             cfg.pool_size = _fit_pool(cfg, source)
-            ds = build_dataset(
-                source, todo, cfg, package, _json(meta.data_config), scorer_cls, len(reused) > 0
-            )
+            # building it runs Ray tasks too (from_arrow's metadata): watched like the rows
+            built = (
+                build_dataset(source, todo, cfg, package, _json(meta.data_config), scorer_cls,
+                              len(reused) > 0)
+                for _ in (1,)
+            )  # fmt: skip
+            ds = next(watched(built, cfg.stall_timeout_s, "scoring set-up"))
             stream = _stream_rows(ds, scored, cfg.stall_timeout_s)
         scoring_s = time.time() - scoring_started
         summary = summarize(pred_dir, listing, cfg.low_confidence)
