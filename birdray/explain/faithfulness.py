@@ -242,7 +242,7 @@ def summarize_faithfulness(
             auc["morf_prob"] - auc["region_prob"], 0.0, "AUC_MoRF - AUC_random_region", seed
         ),
     }
-    if sanity:  # maps that are constant have no ranking: left out (NaN)
+    if sanity and "sanity_rho" in rows:  # constant maps have no ranking: left out (NaN)
         rho = rows["sanity_rho"].to_numpy(dtype=np.float64)
         tests["model_randomisation"] = _test(
             rho, SANITY_THRESHOLD, "Spearman rho(trained map, top layers re-initialised)", seed
