@@ -23,7 +23,6 @@ model they describe.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from birdray import storage
 from birdray.config import field
 from birdray.explain.attribution import METHODS, explain
 from birdray.explain.faithfulness import (
@@ -247,10 +247,8 @@ def summarize_method(
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    """Atomic: Serve may be reading the previous file while this one is written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Atomic (``storage``'s writer): Serve may be reading the previous file meanwhile."""
+    storage.write_bytes_atomic(path, json.dumps(data, indent=2).encode())
     return path
 
 

@@ -8,7 +8,6 @@ attribution mass: the connected blobs above half the peak, boxed, ranked by the 
 from __future__ import annotations
 
 import io
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+
+from birdray import storage
 
 GRID = 96  # cells on the long side of the grid regions are found on
 
@@ -171,7 +172,7 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    storage.write_bytes_atomic(path, buf.getvalue())  # one atomic writer (unique temp names)
     return path
