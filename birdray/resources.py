@@ -197,6 +197,10 @@ def watched(items: Iterable[T], timeout_s: float, what: str) -> Iterator[T]:
             offer((end, None))
         except BaseException as exc:  # handed to the consumer, raised there
             offer((end, exc))
+        finally:  # a consumer that gave up must not leave the pipeline running in this thread
+            close = getattr(items, "close", None)
+            if stop.is_set() and close is not None:
+                close()
 
     threading.Thread(target=pull, name=f"birdray-watch-{what}", daemon=True).start()
     try:

@@ -7,6 +7,7 @@ every free CPU, must stop with Ray's pending demand instead of waiting forever.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_
         return ScoreConfig(input=str(photos), output=str(tmp_path / out), model=str(package),
                            batch_size=2, preprocess_cpus=0.5, actor_cpus=1.0, **kw)  # fmt: skip
 
+    idle_cpus = ray.available_resources().get("CPU", 0.0)
     # a pool larger than the cluster: capped, and the run finishes
     summary = run_scoring(cfg("capped", pool_size=16))
     assert summary["scored"] + summary["failed"] == 6
@@ -103,6 +105,10 @@ def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_
     # the plan fits, but another job holds all free CPUs but one: enough for building the
     # dataset (from_arrow's 1-CPU metadata tasks), not for decode tasks and the scoring actor
     # together, so no row ever comes: stop after the timeout, saying why
+    # the capped pool's actors give their CPUs back asynchronously after the run returns
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0.0) < idle_cpus and time.time() < deadline:
+        time.sleep(0.5)
     free = ray.available_resources().get("CPU", 0.0) - 1.0
     assert free > 0, ray.available_resources()
 
@@ -121,3 +127,8 @@ def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_
         assert not (Path(tmp_path / "stalled") / "_SUCCESS").exists()
     finally:
         ray.kill(holder)
+    # with the CPUs back, the abandoned pipeline's next item lets the watcher close it and end
+    watchers = [t for t in threading.enumerate() if t.name.startswith("birdray-watch-")]
+    for thread in watchers:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in watchers)
