@@ -13,7 +13,8 @@ import math
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -218,3 +219,42 @@ def watched(items: Iterable[T], timeout_s: float, what: str) -> Iterator[T]:
             yield item
     finally:
         stop.set()
+
+
+def watched_call(
+    call: Callable[[], T], progress: Callable[[], Any], timeout_s: float, what: str
+) -> T:
+    """Run a blocking Ray call (``write_parquet`` has no iterator to watch); raise ``StallError``
+    when ``progress()`` (e.g. the files written so far) stays the same for ``timeout_s``.
+
+    The call runs in a daemon thread; on a stall it is abandoned, as the job ends anyway.
+    """
+    if timeout_s <= 0:
+        return call()
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append((call(), None))
+        except BaseException as exc:  # raised in the caller's thread
+            result.append((None, exc))
+
+    worker = threading.Thread(target=run, name=f"birdray-watch-{what}", daemon=True)
+    worker.start()
+    poll = min(5.0, max(0.5, timeout_s / 10))
+    last, since = progress(), time.monotonic()
+    while worker.is_alive():
+        worker.join(poll)
+        if not worker.is_alive():
+            break
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= timeout_s:
+            raise StallError(
+                f"{what}: nothing for {timeout_s:g} s (stall_timeout_s); {pending_report()}"
+            )
+    value, error = result[0]
+    if error is not None:
+        raise error
+    return value

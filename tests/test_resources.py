@@ -132,3 +132,35 @@ def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_
     for thread in watchers:
         thread.join(timeout=60)
     assert not any(t.is_alive() for t in watchers)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_an_ingest_that_gets_no_cpu_stops_with_rays_pending_demand(
+    ray_cluster, synth_root, tmp_path
+):
+    import ray
+
+    from birdray.data.ingest import IngestConfig, run_ingest
+
+    @ray.remote
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    deadline = time.time() + 60  # earlier tests' actors give their CPUs back asynchronously
+    while ray.available_resources().get("CPU", 0.0) < 1 and time.time() < deadline:
+        time.sleep(0.5)
+    holder = Holder.options(num_cpus=ray.available_resources()["CPU"]).remote()
+    ray.get(holder.ready.remote(), timeout=60)
+    out = tmp_path / "ds"
+    try:
+        with pytest.raises(StallError, match=r"ingest: nothing for 6 s .*waiting for resources"):
+            run_ingest(IngestConfig(source=str(synth_root), out=str(out), stall_timeout_s=6.0))
+        assert not (out / "manifest.json").exists()
+    finally:
+        ray.kill(holder)
+    watchers = [t for t in threading.enumerate() if t.name.startswith("birdray-watch-")]
+    for thread in watchers:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in watchers)

@@ -40,6 +40,7 @@ from birdray.data.manifest import (
 )
 from birdray.data.rows import QUARANTINE, SCHEMA, item_row, load_images, put_blocks
 from birdray.images import DEFAULT_MAX_PIXELS
+from birdray.resources import watched_call
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE = "data/raw/extracted"  # DownloadConfig.out + "/extracted"
@@ -64,6 +65,9 @@ class IngestConfig:
     md5: str = field("", "expected MD5 when the source is an archive (none: it is printed)")
     max_extract_gb: float = field(
         DEFAULT_MAX_EXTRACT_GB, "refuse archives that would unpack to more than this many GB"
+    )
+    stall_timeout_s: float = field(
+        300.0, "stop with Ray's pending-resource view when no shard is written this long (0: never)"
     )
     force: bool = field(False, "re-ingest even if the manifest says this source is done")
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
@@ -162,7 +166,7 @@ def run_ingest(cfg: IngestConfig) -> str:
         images_dir = cub.root
     out = storage.absolute(cfg.out)
     manifest_path = storage.join(out, MANIFEST_FILE)
-    ignored = ("out", "force", "address", "source", "max_extract_gb")
+    ignored = ("out", "force", "address", "source", "max_extract_gb", "stall_timeout_s")
     ignored += ("test_fraction",) if layout == "cub" else ()  # CUB keeps its official test split
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ignored}
     if not cfg.force:
@@ -191,15 +195,21 @@ def run_ingest(cfg: IngestConfig) -> str:
     shards = storage.join(out, shards_name)
     batch = 32
     rows_per_block = max(batch, -(-len(items) // 400))  # at most ~400 blocks
-    ds = ray.data.from_arrow_refs(put_blocks(items, images_dir, rows_per_block))
-    ds = ds.map_batches(
-        load_images,
-        batch_size=batch,
-        batch_format="numpy",
-        zero_copy_batch=True,
-        fn_kwargs={"max_side": cfg.max_side, "max_pixels": cfg.max_pixels},
-    )
-    ds.write_parquet(shards, partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
+    blocks = put_blocks(items, images_dir, rows_per_block)
+
+    def write_shards() -> None:
+        # from_arrow_refs already runs (1-CPU) metadata tasks, so it is watched too
+        ds = ray.data.from_arrow_refs(blocks).map_batches(
+            load_images,
+            batch_size=batch,
+            batch_format="numpy",
+            zero_copy_batch=True,
+            fn_kwargs={"max_side": cfg.max_side, "max_pixels": cfg.max_pixels},
+        )
+        ds.write_parquet(shards, partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
+
+    written_files = lambda: storage.count_files(shards, ".parquet")  # noqa: E731
+    watched_call(write_shards, written_files, cfg.stall_timeout_s, "ingest")
 
     quarantine = _collect_quarantine(shards)  # leaves only the split=train/val/test folders
     splits, content_checksum, written = (
