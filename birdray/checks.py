@@ -76,32 +76,29 @@ def dataset(flag: str, location: str, split: str | None = None) -> dict[str, Any
 def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
     """``model_ref`` names a model package folder or a version the registry really has.
 
-    Only the registry's public functions are used, so this agrees with ``registry.resolve`` (which
-    ``serve.app.pin_model`` follows too): a package folder first, else production/latest/vNNNN.
+    The kind of reference comes from ``ModelRef`` (the one parser Serve, scoring and evaluation
+    resolve with); only the registry's public functions are read.
     """
-    ref = model_ref or "production"
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        require(
-            (path / "metadata.json").is_file(),
-            flag,
-            f"{_abs(ref)} is a folder but not a model package (no metadata.json); "
-            f"expected {MODEL_HELP}",
-        )
-        return
-    if os.sep in ref or ref.startswith((".", "~")):
-        raise UsageError(f"{flag}: {_abs(ref)} does not exist; expected {MODEL_HELP}")
     from birdray import registry as reglib
+    from birdray.registry.ref import ModelRef
 
-    alias = (
-        ref not in ("production", "latest")
-        and not reglib.VERSION_RE.match(ref)
-        and ALIAS_RE.match(ref) is not None
-    )
-    if ref not in ("production", "latest") and not reglib.VERSION_RE.match(ref) and not alias:
+    parsed = ModelRef(model_ref, registry or "")
+    ref, kind = parsed.name, parsed.kind
+    if kind == "package":
+        return
+    if kind == "missing_path":
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            raise UsageError(
+                f"{flag}: {_abs(ref)} is a folder but not a model package (no metadata.json); "
+                f"expected {MODEL_HELP}"
+            )
+        raise UsageError(f"{flag}: {_abs(ref)} does not exist; expected {MODEL_HELP}")
+    if kind == "invalid":
         raise UsageError(
             f"{flag}: {ref!r} is neither a folder, a version nor an alias; expected {MODEL_HELP}"
         )
+    alias = kind == "alias" and ref != "production"
     if not registry:
         raise UsageError(
             f"{flag} {ref} names a registry version but no --registry was given "

@@ -20,14 +20,13 @@ import numpy as np
 
 from birdray.config import field
 from birdray.devices import DEVICE_HELP
+from birdray.registry.ref import ModelChoice
 
 ECE_BINS = 15
 
 
 @dataclass
-class EvaluateConfig:
-    model: str = field("", "model package folder, or a version in --registry")
-    registry: str = field("", "registry folder or URI (when --model is a version)")
+class EvaluateConfig(ModelChoice):
     dataset: str = field("data/cub_parquet", "ingested dataset folder")
     split: str = field("test", "split to report on")
     exclude_ids: str = field("", "file of image ids to leave out (e.g. ImageNet overlaps)")
@@ -169,14 +168,13 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     from birdray import plots
     from birdray.data.manifest import load_manifest
     from birdray.model.package import read_metadata, update_metadata
-    from birdray.registry import is_package_dir, record_evaluation, resolve, version_of
+    from birdray.registry import record_evaluation
     from birdray.runtime import init_ray
 
     # a registry version is immutable: its evaluation becomes a record beside it (see below)
-    version = None
-    if cfg.registry and not is_package_dir(cfg.model):
-        version = version_of(cfg.model or "production", cfg.registry)  # pinned once, up front
-    package = resolve(version or cfg.model, cfg.registry or None)
+    ref = cfg.ref.pinned()  # an alias is looked up once, up front
+    version = ref.model if ref.registry else None
+    package = ref.resolve()
     meta = read_metadata(package)
     manifest = load_manifest(cfg.dataset)
     if manifest["class_names"] != meta.class_names:

@@ -31,6 +31,7 @@ from birdray import storage
 from birdray.config import ConfigError, field, to_dict
 from birdray.devices import DEVICE_HELP
 from birdray.images import DEFAULT_MAX_PIXELS
+from birdray.registry.ref import ModelChoice
 from birdray.scoring.output import (
     CSV_FILE,
     EXPLANATIONS,
@@ -55,15 +56,13 @@ EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients")
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(ModelChoice):
     input: str = field(
         "", "image folder or URI (s3://bucket/prefix), or an ingested dataset", required=True
     )
     output: str = field(
         "", "output folder or bucket URI: predictions/, summary.json, _SUCCESS", required=True
     )
-    model: str = field("production", "package folder, or production|latest|v0003 in --registry")
-    registry: str = field("", "registry folder or URI that --model names a version of")
     split: str = field("test", "split to score when --input is an ingested dataset")
     extensions: list[str] = field(DEFAULT_EXTENSIONS, "extensions to score; [] or '*': every file")
     batch_size: int = field(32, "images per model call (and per preprocessing batch)")
@@ -171,7 +170,6 @@ def build_dataset(
 def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     """Score every image under --input; writes <output>/predictions/, summary.json, _SUCCESS."""
     from birdray.model.package import verify_package
-    from birdray.registry import resolve
     from birdray.resources import watched
     from birdray.scoring.sources import open_source
 
@@ -182,7 +180,7 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     remote = cfg.output.rstrip("/") if storage.is_remote(cfg.output) else ""
     # a bucket output is worked on in a local mirror and published when committed
     root = mirror_of(remote) if remote else storage.local_path(cfg.output)
-    package_path = resolve(cfg.model, cfg.registry or None)
+    package_path = cfg.ref.resolve()
     meta = verify_package(package_path)
     version = meta.version or meta.content_hash[:12]
     same = remote == source.uri.rstrip("/") if remote else root == Path(source.uri)

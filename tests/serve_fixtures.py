@@ -52,7 +52,7 @@ def small_app_args(model: str, **overrides: Any) -> dict[str, Any]:
     """App args sized for a 2-core test machine (fractional CPUs, one thread, no explainer)."""
     args = {
         "model": model,
-        "registry": None,
+        "registry": "",
         "explain": False,
         "torch_threads": 1,
         "model_num_cpus": 0.25,

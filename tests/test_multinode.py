@@ -115,7 +115,7 @@ def test_serve_replicas_spread_over_two_nodes(ray_cluster, tmp_path):
     try:
         app = start_local(
             model=str(package),
-            registry=None,
+            registry="",
             name="spread",
             route_prefix="/spread",
             min_replicas=2,

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from birdray.config import ConfigError
 from birdray.registry import promote, register
 from birdray.serve.api import create_api
-from birdray.serve.app import build_app, pin_model
+from birdray.serve.app import build_app
 from birdray.serve.errors import ApiError
 from birdray.serve.ingress import BirdIngress, api_key_from_env
 from birdray.serve.uploads import Limits, Upload, decode_upload, read_uploads
@@ -35,22 +35,6 @@ def registry(tmp_path):
         register(reg, make_package(tmp_path / f"p{seed}", seed=seed))
     promote(reg, "v0001")
     return reg
-
-
-def test_pin_model_turns_pointers_into_versions(registry, tmp_path):
-    assert pin_model("production", registry)[0] == "v0001"
-    assert pin_model("latest", registry)[0] == "v0002"
-    assert pin_model("v0002", registry)[0] == "v0002"
-    from birdray.registry import set_alias
-
-    set_alias(registry, "candidate", "v0002")
-    assert pin_model("candidate", registry)[0] == "v0002"  # a canary serves a pinned alias
-    package = make_package(tmp_path / "loose")
-    assert pin_model(str(package), None) == (str(package.resolve()), None)
-    with pytest.raises(ValueError, match="no registry"):
-        pin_model("production", None)
-    with pytest.raises(ValueError, match="no production model"):
-        pin_model("production", str(tmp_path / "empty"))
 
 
 def test_build_app_refuses_unknown_or_mistyped_args(registry):

@@ -270,7 +270,7 @@ def bench_serve(source: Path, package: Path, requests: int, threads: int) -> lis
     bare_ips = len(images) / timed(lambda: predictor.logits(batch), 3, warmup=1)["median_s"]
     app = start_local(
         model=str(package),
-        registry=None,
+        registry="",
         name="bench",
         route_prefix="/bench",
         max_batch_size=32,

@@ -45,13 +45,12 @@ from birdray.explain.faithfulness import (
     verdict_lines,
 )  # fmt: skip
 from birdray.explain.parts import EXPLAIN_DIR, PROFILES_FILE, score_parts
+from birdray.registry.ref import ModelChoice
 
 
 @dataclass
-class ExplainEvalConfig:
+class ExplainEvalConfig(ModelChoice):
     dataset: str = field("data/cub_parquet", "ingested dataset (without parts: curves only)")
-    model: str = field("production", "model package folder, or a version in --registry")
-    registry: str = field("", "registry folder or URI (when --model is a version)")
     split: str = field("test", "split to explain")
     methods: str = field(",".join(METHODS), "comma-separated methods to evaluate")
     target: str = field("label", "explain the true 'label' or the 'predicted' class")
@@ -285,7 +284,6 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
 
     from birdray.data.manifest import load_manifest, read_split
     from birdray.model.package import package_files, read_metadata
-    from birdray.registry import is_package_dir, resolve, version_of
     from birdray.resources import plan_pool
     from birdray.runtime import init_ray
 
@@ -297,10 +295,9 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     if cfg.target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {cfg.target!r}")
     started = time.time()
-    version = None  # a registry version is immutable: results become a record beside it
-    if cfg.registry and not is_package_dir(cfg.model):
-        version = version_of(cfg.model or "production", cfg.registry)  # pinned once, up front
-    package = resolve(version or cfg.model, cfg.registry or None)
+    ref = cfg.ref.pinned()  # an alias is looked up once, up front
+    version = ref.model if ref.registry else None  # immutable: results become a record beside it
+    package = ref.resolve()
     meta = read_metadata(package)
     part_names = load_manifest(cfg.dataset).get("part_names") or []
     if not part_names:

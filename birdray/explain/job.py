@@ -20,13 +20,12 @@ from birdray import storage
 from birdray.config import field
 from birdray.explain.attribution import METHODS, explain
 from birdray.explain.parts import load_part_profiles, score_parts, species_profile
+from birdray.registry.ref import ModelChoice
 
 
 @dataclass
-class ExplainConfig:
+class ExplainConfig(ModelChoice):
     image: str = field("", "image file to explain (or use --dataset and --image-id)")
-    model: str = field("production", "model package folder, or a version in --registry")
-    registry: str = field("", "registry folder or URI (when --model is a version)")
     method: str = field("gradcam", f"{' | '.join(METHODS)} | all (comma-separated list works)")
     target: int | None = field(None, "class label to explain (default: the predicted class)")
     dataset: str = field("", "ingested dataset folder: explain one of its images with its parts")
@@ -81,11 +80,10 @@ def run_explain(cfg: ExplainConfig) -> Path:
     from birdray.images import decode_image
     from birdray.model.factory import pick_device, set_threads
     from birdray.model.package import load_package
-    from birdray.registry import resolve
 
     set_threads(cfg.threads)
     methods = _methods(cfg.method)
-    package_path = resolve(cfg.model, cfg.registry or None)
+    package_path = cfg.ref.resolve()
     package = load_package(package_path)
     package.model.to(pick_device(cfg.device != "cpu"))  # check_local refused cuda without CUDA
     meta = package.metadata

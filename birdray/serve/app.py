@@ -13,7 +13,6 @@ import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -21,7 +20,7 @@ from ray.serve import Application
 from birdray import config as cfglib
 from birdray import storage
 from birdray.config import field
-from birdray.registry import version_of
+from birdray.registry.ref import ModelChoice, ModelRef
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.explainer import BirdExplainer
 from birdray.serve.ingress import PROBE_SLOTS, BirdIngress
@@ -31,11 +30,9 @@ __all__ = ["AppArgs", "BirdClassifier", "BirdExplainer", "BirdIngress", "bind_ap
 
 
 @dataclass
-class AppArgs:
+class AppArgs(ModelChoice):
     """Everything ``build_app`` accepts (the ``args:`` of a Serve config file)."""
 
-    model: str = field("production", "production | latest | v0003 (registry) or a package folder")
-    registry: str | None = field("runs/registry", "registry folder or URI (None: model is a path)")
     api_key_env: str | None = field(
         None, "env var with the API key; when named, /v1 needs X-API-Key (unset/empty: refused)"
     )
@@ -85,16 +82,6 @@ class AppArgs:
     explain_max_queued_requests: int = field(4, "explanations waiting before 503")
 
 
-def pin_model(model: str, registry: str | None) -> tuple[str, str | None]:
-    """Turn an alias (``production``, ...) or ``latest`` into a version (swap = config edit)."""
-    if registry and "://" not in registry:
-        registry = str(Path(registry).resolve())
-    local = Path(model)
-    if local.is_dir() and (local / "metadata.json").is_file():
-        return str(local.resolve()), registry
-    if not registry:
-        raise ValueError(f"model {model!r} is not a package folder and no registry was given")
-    return version_of(model or "production", registry), registry  # aliases pinned too
 
 
 def _limits(args: AppArgs) -> Limits:
@@ -129,19 +116,19 @@ def check_bounds(opts: AppArgs) -> None:
 def build_app(args: dict[str, Any]) -> Application:
     """The birdray Serve application for ``args`` (keys: the fields of ``AppArgs``)."""
     opts = args if isinstance(args, AppArgs) else cfglib.from_dict(AppArgs, dict(args or {}))
-    return bind_app(opts, *pin_model(opts.model, opts.registry))
+    return bind_app(opts, opts.ref.pinned())  # an alias becomes a version: a swap is an edit
 
 
-def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
-    """Deployments with their options bound to a model reference (no I/O, nothing resolved)."""
+def bind_app(opts: AppArgs, ref: ModelRef) -> Application:
+    """Deployments with their options bound to a model reference (no I/O, nothing resolved).
+
+    The reference is passed once, as each model deployment's argument; a ``user_config`` that
+    names a ``model`` (a config edit, ``serve deploy``) swaps it live."""
     check_bounds(opts)
     if opts.explain and importlib.util.find_spec("birdray.explain") is None:
         raise ValueError("explain=true needs the birdray.explain package; build with explain=false")
     device = None if opts.device in (None, "auto") else opts.device
-    replica_args = {"model": model, "registry": registry, "device": device}
     user_config = {
-        "model": model,
-        "registry": registry,
         "max_batch_size": opts.max_batch_size,
         "batch_wait_timeout_s": opts.batch_wait_timeout_s,
     }
@@ -165,7 +152,7 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
         ray_actor_options={"num_cpus": opts.model_num_cpus, "num_gpus": opts.num_gpus},
         user_config=user_config,
         max_surge_percent=opts.max_surge_percent,
-    ).bind(**replica_args, torch_threads=opts.torch_threads, amp=opts.amp)
+    ).bind(ref, device=device, torch_threads=opts.torch_threads, amp=opts.amp)
     explainer = None
     if opts.explain:
         explainer = BirdExplainer.options(
@@ -176,9 +163,8 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
                 "num_cpus": opts.explain_num_cpus,
                 "num_gpus": opts.explain_num_gpus,
             },
-            user_config={"model": model, "registry": registry},
             max_surge_percent=opts.max_surge_percent,
-        ).bind(**replica_args, torch_threads=opts.torch_threads)
+        ).bind(ref, device=device, torch_threads=opts.torch_threads)
     ingress_actor: dict[str, Any] = {"num_cpus": opts.ingress_num_cpus}
     if opts.api_key_env:
         # hand the key to the ingress replicas (they may run on other nodes than the builder)
@@ -194,16 +180,14 @@ def bind_app(opts: AppArgs, model: str, registry: str | None) -> Application:
         max_queued_requests=opts.ingress_max_queued_requests,
         ray_actor_options=ingress_actor,
         max_surge_percent=opts.max_surge_percent,
-    ).bind(
-        classifier, explainer, _limits(opts), opts.api_key_env, feedback_location(opts, registry)
-    )
+    ).bind(classifier, explainer, _limits(opts), opts.api_key_env, feedback_location(opts, ref))
 
 
-def feedback_location(opts: AppArgs, registry: str | None) -> str | None:
+def feedback_location(opts: AppArgs, ref: ModelRef) -> str | None:
     """Where feedback goes: the given folder/bucket, ``<registry>/feedback`` for ``auto`` (no
     registry: disabled), or None (disabled) for an empty value."""
     if opts.feedback_dir == "auto":
-        return storage.join(registry, "feedback") if registry else None
+        return storage.join(ref.registry, "feedback") if ref.registry else None
     return storage.absolute(opts.feedback_dir) if opts.feedback_dir else None
 
 

@@ -19,7 +19,7 @@ import torch
 from ray import serve
 
 from birdray.model.inference import Predictor
-from birdray.registry import resolve
+from birdray.registry.ref import ModelRef
 from birdray.serve.metrics import ServeMetrics
 
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -32,21 +32,14 @@ def config_key(data_config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def model_ref(config: dict[str, Any] | None, default: dict[str, Any]) -> tuple[str, str | None]:
-    """(model, registry) from a user_config, falling back to the values the app was built with."""
-    config = config or {}
-    return str(config.get("model") or default["model"]), config.get("registry", default["registry"])
-
-
 def load_predictor(
-    model: str,
-    registry: str | None,
+    ref: ModelRef,
     device: str | None,
     threads: int,
     amp: bool,
     channels_last: bool = True,
 ) -> Predictor:
-    path = resolve(model, registry)
+    path = ref.resolve()
     return Predictor(
         str(path), device=device, num_threads=threads, amp=amp, channels_last=channels_last
     )
@@ -76,15 +69,13 @@ class BirdClassifier:
 
     def __init__(
         self,
-        model: str,
-        registry: str | None = None,
+        model: ModelRef,
         device: str | None = None,
         torch_threads: int = 1,
         amp: bool = False,
     ):
-        self._default = {"model": model, "registry": registry}
         self._device, self._threads, self._amp = device, torch_threads, amp
-        self._ref: tuple[str, str | None] | None = None
+        self._built, self._ref = model, None  # loaded by reconfigure (user_config may swap it)
         self._predictor: Predictor | None = None
         self._key = ""
         self._calls = 0
@@ -103,11 +94,11 @@ class BirdClassifier:
         }
         self.predict.set_max_batch_size(self._batching["max_batch_size"])
         self.predict.set_batch_wait_timeout_s(self._batching["batch_wait_timeout_s"])
-        ref = model_ref(config, self._default)
+        ref = ModelRef.from_config(config, self._ref or self._built)
         if ref == self._ref:
             return
         predictor = await asyncio.to_thread(
-            load_predictor, *ref, self._device, self._threads, self._amp
+            load_predictor, ref, self._device, self._threads, self._amp
         )
         # one assignment: a batch already running keeps the old model, the next gets the new one
         self._predictor, self._key, self._ref = (

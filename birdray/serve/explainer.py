@@ -19,7 +19,8 @@ from ray import serve
 
 from birdray.model.factory import set_threads
 from birdray.model.inference import Predictor
-from birdray.serve.classifier import load_predictor, model_ref
+from birdray.registry.ref import ModelRef
+from birdray.serve.classifier import load_predictor
 from birdray.serve.metrics import ServeMetrics
 
 
@@ -38,16 +39,14 @@ class BirdExplainer:
 
     def __init__(
         self,
-        model: str,
-        registry: str | None = None,
+        model: ModelRef,
         device: str | None = None,
         torch_threads: int = 1,
     ):
         import birdray.explain  # noqa: F401  fail the replica clearly when explain is missing
 
-        self._default = {"model": model, "registry": registry}
         self._device, self._threads = device, torch_threads
-        self._ref: tuple[str, str | None] | None = None
+        self._built, self._ref = model, None  # loaded by reconfigure (user_config may swap it)
         self._predictor: Predictor | None = None
         self._profiles: dict[str, Any] | None = None
         self._metrics = ServeMetrics()
@@ -55,12 +54,12 @@ class BirdExplainer:
     async def reconfigure(self, config: dict[str, Any]) -> None:
         from birdray.explain import load_part_profiles
 
-        ref = model_ref(config, self._default)
+        ref = ModelRef.from_config(config, self._ref or self._built)
         if ref == self._ref:
             return
         # Captum hooks want plain NCHW modules: no channels_last conversion here
         predictor = await asyncio.to_thread(
-            load_predictor, *ref, self._device, self._threads, False, False
+            load_predictor, ref, self._device, self._threads, False, False
         )
         profiles = load_part_profiles(predictor.package.path)
         self._predictor, self._profiles, self._ref = predictor, profiles, ref

@@ -10,4 +10,4 @@ Binding only describes the app: importing this module reads no registry and load
 from birdray.serve.app import AppArgs, bind_app
 
 _defaults = AppArgs()
-app = bind_app(_defaults, _defaults.model, _defaults.registry)
+app = bind_app(_defaults, _defaults.ref)
