@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from birdray import storage
 from birdray.config import field
 
 APP = Path(__file__).resolve().parent / "dashboard" / "app.py"  # package data, run by path
@@ -67,7 +68,7 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def _absolute(location: str) -> str:
     """Local paths relative to where the user ran the command; URIs as given."""
-    return location if "://" in location or not location else str(Path(location).resolve())
+    return storage.absolute(location) if location else location
 
 
 def dashboard_env(cfg: DashboardConfig, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -7,7 +7,10 @@ Local paths are made absolute, because Ray workers do not run in the driver's fo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -15,6 +18,31 @@ import pyarrow.fs as pafs
 
 def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
+
+
+def scheme(location: str | Path) -> str:
+    """``s3://`` for ``s3://bucket/key``; empty for a local path."""
+    text = str(location)
+    return text.split("://", 1)[0] + "://" if is_uri(text) else ""
+
+
+@contextlib.contextmanager
+def file_lock(lock_file: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock between processes on this machine, released when the holder dies.
+
+    Yields True once held; with ``wait=False`` yields False at once when another holds it.
+    """
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def is_remote(location: str | Path) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import streamlit as st
 import yaml
 
+from birdray import storage
 from birdray.dashboard.client import (
     ServiceError,
     Settings,
@@ -104,7 +105,7 @@ def _checked(name: str, value: str, required: bool = True) -> str:
 
 def _location(value: str) -> str:
     """A URI as given; a local path made absolute (the job runs in another working directory)."""
-    return value if "://" in value or not value else str(Path(value).expanduser().resolve())
+    return storage.absolute(value) if value else value
 
 
 def scoring_entrypoint(req: ScoringRequest) -> str:

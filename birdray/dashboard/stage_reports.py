@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from birdray import storage
+
 SUCCESS, PREDICTIONS, SUMMARY, EXPLANATIONS = (
     "_SUCCESS",
     "predictions",
@@ -45,7 +47,6 @@ def scoring_results(output: str) -> dict[str, Any]:
     """
     import pyarrow.fs as pafs
 
-    from birdray import storage
     from birdray.scoring.remote import mirror_of, pull
 
     if storage.is_remote(output):
@@ -116,9 +117,9 @@ def thumbnail(path: str, size: int = 256) -> bytes | None:
     """A small PNG of a local image (None when the dashboard cannot read it, e.g. s3://)."""
     from PIL import Image
 
-    local = Path(path.removeprefix("file://"))
-    if "://" in path and not path.startswith("file://"):
+    if storage.is_remote(path):
         return None
+    local = storage.local_path(path)
     try:
         with Image.open(local) as img:
             img = img.convert("RGB")

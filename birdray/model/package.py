@@ -10,6 +10,7 @@ preprocessing path), the calibration temperature and where the model came from.
 from __future__ import annotations
 
 # First, before torch/timm: the thread-safe import of the stack (see _stack.py).
+from birdray import storage
 from birdray.model import _stack  # noqa: F401
 
 # isort: split
@@ -181,8 +182,6 @@ def update_metadata(path: str | Path, **changes: Any) -> PackageMetadata:
         if not hasattr(meta, key):
             raise ModelError(f"unknown metadata field {key!r}")
         setattr(meta, key, value)
-    meta_path = Path(path) / METADATA_FILE
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(meta), indent=2, default=str))
-    os.replace(tmp, meta_path)
+    text = json.dumps(asdict(meta), indent=2, default=str)
+    storage.write_bytes_atomic(Path(path) / METADATA_FILE, text.encode())  # a temp per writer
     return meta

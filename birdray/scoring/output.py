@@ -11,7 +11,6 @@ whose finished Parquet files ``--resume`` reuses. One run at a time holds ``<out
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -45,16 +44,10 @@ class OutputError(RuntimeError):
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Refuse a second job on the same output while one runs (released when the process dies)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise OutputError(f"another scoring job is writing to {root}") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with storage.file_lock(root / ".lock", wait=False) as held:
+        if not held:
+            raise OutputError(f"another scoring job is writing to {root}")
+        yield
 
 
 class PartWriter:

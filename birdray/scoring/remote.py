@@ -16,7 +16,6 @@ if another run published to the same URI after it started (a check, not a lock).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import shutil
 import tempfile
@@ -50,13 +49,8 @@ def marker(location: str) -> bytes | None:
 @contextlib.contextmanager
 def _pull_lock(mirror: Path) -> Iterator[None]:
     """Readers sharing a mirror (dashboard sessions) take turns refreshing it."""
-    mirror.parent.mkdir(parents=True, exist_ok=True)
-    with open(mirror.parent / f".{mirror.name}.pull.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with storage.file_lock(mirror.parent / f".{mirror.name}.pull.lock"):
+        yield
 
 
 def pull(uri: str, mirror: Path) -> bool:

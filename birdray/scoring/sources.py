@@ -67,10 +67,10 @@ def open_source(input_uri: str, split: str = "test") -> Source:
             raise SourceError(f"cannot open {input_uri}: {exc}") from exc
         if fs.get_file_info(root).type == pafs.FileType.NotFound:
             raise SourceError(f"input not found: {input_uri}")
-        prefix = input_uri.split("://", 1)[0] + "://"
+        prefix = storage.scheme(input_uri)
         if is_dataset(input_uri):
             return Source("dataset", input_uri, prefix, split_path(input_uri, split))
-        return Source("folder", input_uri, input_uri.split("://", 1)[0] + "://")
+        return Source("folder", input_uri, prefix)
     local = storage.local_path(input_uri)
     if not local.exists():
         raise SourceError(f"input not found: {local}")

@@ -214,10 +214,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         gpus_to_use("cuda", 0.0, cluster, flag="--use-gpu")
     check_resources(cfg, cluster)  # nothing is submitted before both checks pass
     check_reachable(cfg)
-    remote = "://" in cfg.storage_path
+    remote = storage.is_remote(cfg.storage_path)
     # a bucket (s3://, gs://) keeps the checkpoints; config, summary, plots and the package are
     # written on this machine first, then copied next to them
-    run_dir = Path(LOCAL_STAGING if remote else cfg.storage_path) / cfg.name
+    run_dir = (Path(LOCAL_STAGING) if remote else storage.local_path(cfg.storage_path)) / cfg.name
     save_config(cfg, run_dir / "config.yaml")
     trainer, data_config, manifest = build_trainer(cfg)
     previous_sigint = signal.getsignal(signal.SIGINT)

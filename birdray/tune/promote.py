@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from birdray import storage
 from birdray.tune.sweep import METRIC, SEARCHED, SweepConfig, _join, trial_config
 
 
@@ -21,8 +22,6 @@ def best_checkpoint(result, storage_path: str):
     """The trial's checkpoint from its best epoch (Ray Train keeps the best by val top-1)."""
     import pyarrow.fs as pafs
     from ray.train import Checkpoint
-
-    from birdray import storage
 
     fs = storage.filesystem(storage_path)[0]
     frame = result.metrics_dataframe
@@ -88,7 +87,8 @@ def hand_off(cfg: SweepConfig, base, best, report_dir: Path) -> dict[str, Any]:
     probe = create_model(trial_cfg.arch, num_classes=len(manifest["class_names"]))
     data_config = resolve_data_config(probe, trial_cfg.image_size)
     experiment = _join(cfg.storage_path, cfg.name)
-    out = Path(experiment if "://" not in experiment else Path("runs/tune") / cfg.name) / "package"
+    remote = storage.is_remote(experiment)
+    out = (Path("runs/tune") / cfg.name if remote else storage.local_path(experiment)) / "package"
     provenance = {
         "sweep": cfg.name,
         "sweep_dir": experiment,

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from birdray import storage
+
 COLUMNS = [
     "trial",
     "arch",
@@ -175,15 +177,13 @@ def write_report(
 
 def staging_dir(dest: str) -> Path:
     """Where to write the report: ``dest`` itself when local, a temporary folder otherwise."""
-    if "://" not in dest:
-        return Path(dest)
+    if not storage.is_remote(dest):
+        return storage.local_path(dest)
     return Path(tempfile.mkdtemp(prefix="birdray-report-"))
 
 
 def publish(local: Path, dest: str) -> None:
     """Copy a locally written report to a cloud destination (no-op when it is already there)."""
-    if "://" not in dest:
+    if not storage.is_remote(dest):
         return
-    from birdray import storage
-
     storage.upload_dir(local, dest)

@@ -1,0 +1,65 @@
+"""The one storage helper: local paths and URIs, atomic writes, process locks, on folders and S3."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from birdray import storage
+
+
+def test_kinds_of_location(tmp_path):
+    assert storage.is_remote("s3://b/k") and storage.is_remote("gs://b/k")
+    assert not storage.is_remote("file:///tmp/x") and not storage.is_remote("runs/x")
+    assert storage.scheme("s3://b/k") == "s3://" and storage.scheme("runs/x") == ""
+    assert storage.local_path("file:///tmp/x") == Path("/tmp/x")
+    assert storage.absolute("s3://b/k") == "s3://b/k"
+    assert storage.absolute("rel") == str(Path("rel").resolve())
+    assert storage.join("s3://b", "a", "c") == "s3://b/a/c"
+
+
+def test_atomic_writes_leave_no_temporaries(tmp_path):
+    target = tmp_path / "deep" / "x.json"
+    storage.make_dirs(target.parent)
+    storage.write_bytes_atomic(target, b"one")
+    storage.write_bytes_atomic(target, b"two")
+    assert storage.read_bytes(target) == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def _hold(lock: str, taken, seconds: float) -> None:
+    with storage.file_lock(Path(lock)) as held:
+        assert held
+        taken.set()
+        time.sleep(seconds)
+
+
+def test_file_lock_excludes_other_processes_until_released(tmp_path):
+    lock = tmp_path / "job" / ".lock"
+    ctx = multiprocessing.get_context("spawn")
+    taken = ctx.Event()
+    other = ctx.Process(target=_hold, args=(str(lock), taken, 3.0))
+    other.start()
+    assert taken.wait(timeout=60)
+    with storage.file_lock(lock, wait=False) as held:
+        assert not held
+    started = time.time()
+    with storage.file_lock(lock) as held:  # waits for the other process
+        assert held
+    other.join(timeout=60)
+    assert other.exitcode == 0 and time.time() - started > 0.5
+
+
+@pytest.mark.slow
+def test_the_same_calls_work_on_a_bucket(s3_bucket):
+    root = storage.join(s3_bucket, "storage-test")
+    storage.write_bytes_atomic(storage.join(root, "a", "x.json"), b"{}")
+    storage.put_bytes(storage.join(root, "b.bin"), b"1")
+    assert storage.read_bytes(storage.join(root, "a", "x.json")) == b"{}"
+    assert sorted(storage.list_files(root)) == ["a/x.json", "b.bin"]
+    assert storage.count_files(root, ".json") == 1
+    storage.delete_dir(root)
+    assert storage.list_files(root) == []
