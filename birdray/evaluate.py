@@ -20,6 +20,7 @@ import numpy as np
 
 from birdray.config import field
 from birdray.devices import DEVICE_HELP
+from birdray.model.inference import softmax_np
 from birdray.registry.ref import ModelChoice
 
 ECE_BINS = 15
@@ -88,15 +89,8 @@ def score_split(
     }
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    probs = softmax(logits, temperature)
+    probs = softmax_np(logits, temperature)
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
@@ -190,8 +184,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         val = score_split(package, cfg.dataset, "val", cfg)
         temperature = fit_temperature(val["logits"], val["label"])
     metrics = classification_metrics(logits, labels, meta.num_classes)
-    ece_before, bins_before = calibration_bins(softmax(logits), labels)
-    ece_after, bins_after = calibration_bins(softmax(logits, temperature), labels)
+    ece_before, bins_before = calibration_bins(softmax_np(logits), labels)
+    ece_after, bins_after = calibration_bins(softmax_np(logits, temperature), labels)
     bins = [
         {**{f"before_{k}": v for k, v in b.items()}, **{f"after_{k}": v for k, v in a.items()}}
         for b, a in zip(bins_before, bins_after, strict=True)

@@ -112,10 +112,3 @@ def _own_address_for_cluster_processes() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def cpu_count() -> float:
-    """Logical CPUs of the running cluster (for sizing pools without over-subscription)."""
-    import ray
-
-    return float(ray.cluster_resources().get("CPU", 1.0))

@@ -246,12 +246,6 @@ def bench_score(
     return rows
 
 
-def _jpeg(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def bench_serve(source: Path, package: Path, requests: int, threads: int) -> list[dict]:
     """One-image latency overhead vs the direct call; throughput at concurrency 1/8/32."""
     from concurrent.futures import ThreadPoolExecutor

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
 
@@ -101,9 +100,3 @@ def eval_geometry(data_config: dict[str, Any], width: int, height: int) -> CropG
     left = int(round((new_w - out_w) / 2.0))
     top = int(round((new_h - out_h) / 2.0))
     return CropGeometry(width, height, new_w / width, new_h / height, left, top, out_w, out_h)
-
-
-def to_batch(images: list[Image.Image], data_config: dict[str, Any]) -> torch.Tensor:
-    """Eval-transform a list of RGB images into one NCHW float tensor."""
-    transform = build_transform(data_config, training=False)
-    return torch.stack([transform(img) for img in images])
