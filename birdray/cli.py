@@ -69,7 +69,7 @@ class Job:
 
 JOBS: dict[str, Job] = {
     "synth": Job(
-        "birdray.data.synthetic", "SynthConfig", "generate", "generate a CUB-layout dataset"
+        "birdray.synth.job", "SynthConfig", "generate", "generate a CUB-layout dataset"
     ),
     "download": Job(
         "birdray.data.download", "DownloadConfig", "download_cub", "download + verify CUB"
@@ -77,14 +77,14 @@ JOBS: dict[str, Job] = {
     "ingest": Job("birdray.data.ingest", "IngestConfig", "run_ingest", "CUB -> Parquet shards"),
     "train": Job("birdray.train.job", "TrainConfig", "run_training", "train with Ray Train"),
     "evaluate": Job(
-        "birdray.evaluate", "EvaluateConfig", "run_evaluation", "test metrics, calibration"
+        "birdray.evaluate.job", "EvaluateConfig", "run_evaluation", "test metrics, calibration"
     ),
-    "tune": Job("birdray.tune.sweep", "SweepConfig", "run_sweep", "compare models with Ray Tune"),
+    "tune": Job("birdray.tune.job", "SweepConfig", "run_sweep", "compare models with Ray Tune"),
     "registry": Job(
         "birdray.registry", "RegistryConfig", "run_registry", "list|show|add|promote|rollback|alias"
     ),
-    "serve": Job("birdray.serve.run", "ServeConfig", "run_serve", "serve a model over HTTP"),
-    "score": Job("birdray.score", "ScoreConfig", "run_scoring", "batch-score an image folder"),
+    "serve": Job("birdray.serve.job", "ServeConfig", "run_serve", "serve a model over HTTP"),
+    "score": Job("birdray.scoring.job", "ScoreConfig", "run_scoring", "batch-score images"),
     "explain": Job("birdray.explain.job", "ExplainConfig", "run_explain", "explain one image"),
     "explain-eval": Job(
         "birdray.explain.evaluation",

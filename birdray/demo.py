@@ -65,7 +65,7 @@ def _recipe(cfg: DemoConfig, out: Path):
 
 
 def _sweep(cfg: DemoConfig, out: Path, registry: Path):
-    from birdray.tune.sweep import SweepConfig
+    from birdray.tune.config import SweepConfig
 
     sweep = from_dict(SweepConfig, load_yaml(cfg.sweep_config))
     return replace(
@@ -82,13 +82,13 @@ def _sweep(cfg: DemoConfig, out: Path, registry: Path):
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Generate birds, ingest, sweep, train, evaluate, promote, explain, serve, score."""
     from birdray.data.ingest import IngestConfig, run_ingest, summary
-    from birdray.data.synthetic import SynthConfig, generate
-    from birdray.evaluate import EvaluateConfig, run_evaluation
+    from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.registry import read_pointer
     from birdray.runtime import init_ray
+    from birdray.synth.job import SynthConfig, generate
     from birdray.train.job import run_training
+    from birdray.tune.job import run_sweep
     from birdray.tune.promote import register_winner
-    from birdray.tune.sweep import run_sweep
 
     out = Path(cfg.out).resolve()
     results: dict[str, Any] = {}
@@ -220,9 +220,9 @@ def _consumers(
 
     from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
     from birdray.explain.job import ExplainConfig, run_explain
-    from birdray.score import ScoreConfig, run_scoring
+    from birdray.scoring.job import ScoreConfig, run_scoring
+    from birdray.serve.job import shutdown, start_local
     from birdray.serve.metrics import metrics_url
-    from birdray.serve.run import shutdown, start_local
 
     results: dict[str, Any] = {}
     t = _stage("6. explain-eval: saliency vs CUB part annotations")
@@ -314,7 +314,7 @@ def _consumers(
 def _keep_serving(app, registry: Path, out: Path, score_out: Path, sweep_dir: str) -> None:
     """``--dashboard``: Serve and Streamlit stay up until Ctrl-C."""
     from birdray.dashboard_launcher import start_dashboard
-    from birdray.serve.run import shutdown
+    from birdray.serve.job import shutdown
 
     # Ray's fit() calls install Ctrl-C handlers of their own (Train's outlives the run unless
     # run_training puts the previous one back): make sure Python's reaches the wait below

@@ -85,7 +85,7 @@ def s3_bucket() -> str:
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small generated CUB-layout dataset (the ``CUB_200_2011`` folder's parent)."""
-    from birdray.data.synthetic import SynthConfig, generate
+    from birdray.synth.job import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(SynthConfig(out=str(out), classes=6, per_class=12, seed=7, workers=1))
@@ -125,9 +125,9 @@ def trained_package(ray_cluster, tmp_path_factory) -> TrainedModel:
     learned something (e.g. where sibling species differ). A couple of minutes on 2 cores.
     """
     from birdray.data.ingest import IngestConfig, run_ingest
-    from birdray.data.synthetic import SynthConfig, generate
-    from birdray.evaluate import EvaluateConfig, run_evaluation
+    from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.model.weights import convert_lite0
+    from birdray.synth.job import SynthConfig, generate
     from birdray.train.job import TrainConfig, run_training
 
     root = tmp_path_factory.mktemp("trained")

@@ -22,7 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
-from birdray.serve.run import ensure_serve, wait_ready
+from birdray.serve.job import ensure_serve, wait_ready
 
 
 @pytest.fixture(scope="session")

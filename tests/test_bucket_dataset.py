@@ -105,9 +105,9 @@ def test_evaluate_score_and_explain_read_a_bucket_dataset(
     ray_cluster, trained_package, bucket, tmp_path, monkeypatch
 ):
     """Training from a bucket is in test_train's GPU test; here, the model's other readers."""
-    from birdray.evaluate import EvaluateConfig, run_evaluation
+    from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.explain.job import load_dataset_image
-    from birdray.score import ScoreConfig, run_scoring
+    from birdray.scoring.job import ScoreConfig, run_scoring
 
     monkeypatch.chdir(tmp_path)
     uri = f"{bucket}/trained"

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from birdray.serve.run import free_port
+from birdray.serve.job import free_port
 from tests.dashboard_fixtures import (
     app_test,  # noqa: F401
     dump,

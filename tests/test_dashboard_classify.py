@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from birdray.serve.run import free_port
+from birdray.serve.job import free_port
 from tests.dashboard_fixtures import app_test, no_exceptions, texts  # noqa: F401
 from tests.model_fixture import make_package
 from tests.serve_fixtures import (

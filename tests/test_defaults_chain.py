@@ -10,11 +10,11 @@ from birdray.dashboard_launcher import DashboardConfig
 from birdray.data.download import DownloadConfig
 from birdray.data.ingest import IngestConfig
 from birdray.demo import next_commands
-from birdray.evaluate import EvaluateConfig
+from birdray.evaluate.job import EvaluateConfig
 from birdray.explain.evaluation import ExplainEvalConfig
 from birdray.serve.app import AppArgs
 from birdray.train.config import TrainConfig
-from birdray.tune.sweep import SweepConfig
+from birdray.tune.config import SweepConfig
 
 
 def test_download_ingest_train_defaults_chain():

@@ -35,7 +35,7 @@ from birdray.checks import check
 from birdray.config import ConfigError, RECIPES, resolve
 from birdray.demo import DemoConfig
 from birdray.train.config import TrainConfig
-from birdray.tune.sweep import SweepConfig
+from birdray.tune.config import SweepConfig
 check("demo", DemoConfig())  # the demo's recipes, found inside the package
 try:
     resolve(TrainConfig, {"config": "no_such_recipe"})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from birdray.data.ingest import IngestConfig, run_ingest
-from birdray.data.synthetic import SynthConfig, generate
+from birdray.synth.job import SynthConfig, generate
 from birdray.train.job import TrainConfig, run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -105,7 +105,7 @@ def test_serve_replicas_spread_over_two_nodes(ray_cluster, tmp_path):
     import ray
     import requests
 
-    from birdray.serve.run import start_local
+    from birdray.serve.job import start_local
     from tests.model_fixture import make_package
 
     package = make_package(tmp_path / "pkg", num_classes=3)
@@ -149,7 +149,7 @@ def test_scoring_actors_spread_over_two_gpu_nodes(ray_cluster, tmp_path, monkeyp
     """One logical GPU per node and one per actor: the pool of two must use both nodes."""
     import ray
 
-    from birdray.score import ScoreConfig, run_scoring
+    from birdray.scoring.job import ScoreConfig, run_scoring
     from tests.cub_fixture import jpeg_bytes
     from tests.model_fixture import make_package
 

@@ -70,8 +70,8 @@ def _commands(source: Path, weights: Path) -> list[tuple[str, list[str]]]:
 @pytest.mark.slow  # its own 2-CPU Ray in a subprocess, not the session's cluster
 @pytest.mark.timeout(SUBPROCESS_TIMEOUT_S + 60)
 def test_every_recipe_trains_or_fails_at_once_on_a_2_cpu_ray(tmp_path):
-    from birdray.data.synthetic import SynthConfig, generate
     from birdray.model.weights import convert_lite0
+    from birdray.synth.job import SynthConfig, generate
 
     source = tmp_path / "synth"
     generate(SynthConfig(out=str(source), classes=4, per_class=24, seed=3, workers=1))

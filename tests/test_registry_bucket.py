@@ -191,11 +191,11 @@ def test_dashboard_lists_a_bucket_registry_without_downloading_weights(
 @pytest.mark.timeout(900)
 def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_path):  # noqa: F811
     """Train's registration, evaluate into the bucket, the Tune hand-off, Serve and scoring."""
-    from birdray.evaluate import EvaluateConfig, run_evaluation
+    from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.images import decode_image
     from birdray.model.inference import Predictor, softmax_np
     from birdray.model.package import update_metadata
-    from birdray.score import ScoreConfig, run_scoring
+    from birdray.scoring.job import ScoreConfig, run_scoring
     from birdray.tune.promote import register_winner
 
     reg = _fresh(s3_bucket)

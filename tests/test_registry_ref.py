@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from birdray.evaluate import EvaluateConfig
+from birdray.evaluate.job import EvaluateConfig
 from birdray.explain.evaluation import ExplainEvalConfig
 from birdray.explain.job import ExplainConfig
 from birdray.registry import RegistryError, promote, register, set_alias
 from birdray.registry.ref import DEFAULT_REGISTRY, ModelChoice, ModelRef
-from birdray.score import ScoreConfig
+from birdray.scoring.job import ScoreConfig
 from birdray.serve.app import AppArgs
 from tests.model_fixture import make_package
 

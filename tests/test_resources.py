@@ -83,7 +83,7 @@ def test_watched_passes_items_and_errors_through():
 def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_path, capsys):
     import ray
 
-    from birdray.score import ScoreConfig, run_scoring
+    from birdray.scoring.job import ScoreConfig, run_scoring
     from tests.model_fixture import make_package
 
     package = make_package(tmp_path / "pkg", seed=1)

@@ -23,7 +23,7 @@ from PIL import Image
 from birdray.cli import main
 from birdray.images import decode_image
 from birdray.model.inference import Predictor
-from birdray.score import ScoreConfig, run_scoring
+from birdray.scoring.job import ScoreConfig, run_scoring
 from birdray.scoring.stages import Scorer
 from tests.model_fixture import make_package
 

@@ -14,8 +14,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from birdray import storage
-from birdray.score import ScoreConfig, run_scoring
 from birdray.scoring import remote
+from birdray.scoring.job import ScoreConfig, run_scoring
 from birdray.scoring.output import OutputError
 from tests.cub_fixture import jpeg_bytes
 from tests.model_fixture import make_package

@@ -11,7 +11,7 @@ import pytest
 
 from birdray.cli import main
 from birdray.config import ConfigError
-from birdray.score import ScoreConfig
+from birdray.scoring.job import ScoreConfig
 from birdray.scoring.output import (
     SUCCESS,
     OutputError,

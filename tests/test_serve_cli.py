@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from birdray.serve.run import free_port
+from birdray.serve.job import free_port
 from tests.model_fixture import make_package
 from tests.serve_fixtures import encode, post_images, random_rgb
 

@@ -227,7 +227,7 @@ def score_rows(url: str) -> dict[tuple[str, str], float]:
 def test_batch_scoring_counts_rows_by_outcome_on_rays_endpoint(ray_cluster, tmp_path):
     import pyarrow.parquet as pq
 
-    from birdray.score import ScoreConfig, run_scoring
+    from birdray.scoring.job import ScoreConfig, run_scoring
 
     url = metrics_url()
     before = score_rows(url)

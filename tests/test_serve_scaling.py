@@ -16,7 +16,7 @@ import requests
 from ray import serve
 
 from birdray.registry import promote, register
-from birdray.serve.run import start_local
+from birdray.serve.job import start_local
 from tests.model_fixture import make_package
 from tests.serve_fixtures import (
     deployed,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from birdray.data.synth_species import (
+from birdray.synth.job import SynthConfig, generate
+from birdray.synth.species import (
     ATTRIBUTE_NAMES,
     COLORS,
     PAIR_TRAITS,
@@ -20,7 +21,6 @@ from birdray.data.synth_species import (
     differing_traits,
     parts_of,
 )
-from birdray.data.synthetic import SynthConfig, generate
 
 CLASSES, PER_CLASS = 4, 6
 

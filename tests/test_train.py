@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from birdray.data.ingest import IngestConfig, run_ingest
-from birdray.data.synthetic import SynthConfig, generate
+from birdray.synth.job import SynthConfig, generate
 from birdray.train.job import ResourceError, TrainConfig, check_resources, run_training
 
 pytestmark = [pytest.mark.ray]

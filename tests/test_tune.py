@@ -17,11 +17,11 @@ import pytest
 import ray
 
 from birdray.data.ingest import IngestConfig, run_ingest
-from birdray.data.synthetic import SynthConfig, generate
 from birdray.registry import read_pointer, resolve
+from birdray.synth.job import SynthConfig, generate
 from birdray.train.job import ResourceError
+from birdray.tune.job import SweepConfig, base_train_config, build_tuner, plan_trials, run_sweep
 from birdray.tune.report import FILES
-from birdray.tune.sweep import SweepConfig, base_train_config, build_tuner, plan_trials, run_sweep
 
 pytestmark = [pytest.mark.ray]
 

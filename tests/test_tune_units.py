@@ -10,9 +10,9 @@ from birdray.config import ConfigError
 from birdray.model.package import update_metadata
 from birdray.registry import find_version, promote, read_pointer, register
 from birdray.train.job import ResourceError
+from birdray.tune.job import SweepConfig, base_train_config, plan_trials, search_space
 from birdray.tune.promote import register_winner
 from birdray.tune.report import FILES, markdown_table, write_report
-from birdray.tune.sweep import SweepConfig, base_train_config, plan_trials, search_space
 from tests.model_fixture import make_package
 
 ONE_WORKER = dict(num_workers=1, cpus_per_worker=0.9)

@@ -45,7 +45,7 @@ def row(
 
 def make_folder(out: Path, classes: int, per_class: int, seed: int = 0) -> Path:
     """Generated CUB-layout birds (the demo's data), reused across runs of the same size."""
-    from birdray.data.synthetic import SynthConfig, generate
+    from birdray.synth.job import SynthConfig, generate
 
     return Path(
         generate(
@@ -202,7 +202,7 @@ def bench_score(
 ) -> list[dict]:
     """End-to-end batch scoring images/s vs the bare model forward on pre-decoded tensors."""
     from birdray.model.inference import Predictor
-    from birdray.score import ScoreConfig, run_scoring
+    from birdray.scoring.job import ScoreConfig, run_scoring
 
     files = _image_files(source)
     predictor = Predictor(str(package), device="cpu", num_threads=threads)
@@ -253,7 +253,7 @@ def bench_serve(source: Path, package: Path, requests: int, threads: int) -> lis
     import requests as http
 
     from birdray.model.inference import Predictor
-    from birdray.serve.run import start_local
+    from birdray.serve.job import start_local
 
     files = _image_files(source)[:32]
     payloads = [p.read_bytes() for p in files]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from birdray import storage
-from birdray.tune.sweep import METRIC, SEARCHED, SweepConfig, _join, trial_config
+from birdray.tune.config import METRIC, SEARCHED, SweepConfig, join_path, trial_config
 
 
 def best_checkpoint(result, storage_path: str):
@@ -76,7 +76,7 @@ def register_winner(
 def hand_off(cfg: SweepConfig, base, best, report_dir: Path) -> dict[str, Any]:
     """Export the best trial's best checkpoint, evaluate it on test, register and maybe promote."""
     from birdray.data.manifest import load_manifest, manifest_checksum
-    from birdray.evaluate import EvaluateConfig, run_evaluation
+    from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.model.factory import create_model
     from birdray.model.preprocess import resolve_data_config
     from birdray.train.job import export_package
@@ -86,7 +86,7 @@ def hand_off(cfg: SweepConfig, base, best, report_dir: Path) -> dict[str, Any]:
     manifest = load_manifest(trial_cfg.dataset)
     probe = create_model(trial_cfg.arch, num_classes=len(manifest["class_names"]))
     data_config = resolve_data_config(probe, trial_cfg.image_size)
-    experiment = _join(cfg.storage_path, cfg.name)
+    experiment = join_path(cfg.storage_path, cfg.name)
     remote = storage.is_remote(experiment)
     out = (Path("runs/tune") / cfg.name if remote else storage.local_path(experiment)) / "package"
     provenance = {

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from birdray.data.synth_bird import Bird, ellipse, rotation
-from birdray.data.synth_species import COLORS, PART_ID, PART_NAMES
+from birdray.synth.bird import Bird, ellipse, rotation
+from birdray.synth.species import COLORS, PART_ID, PART_NAMES
 
 _SIZE_FRACTION = {"very_small_(3_-_5_in)": (0.45, 0.6), "small_(5_-_9_in)": (0.5, 0.65),
                   "medium_(9_-_16_in)": (0.55, 0.72), "large_(16_-_32_in)": (0.6, 0.8),

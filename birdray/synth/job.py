@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from birdray.config import field
-from birdray.data.synth_draw import render
-from birdray.data.synth_species import (
+from birdray.synth.draw import render
+from birdray.synth.species import (
     ATTRIBUTE_NAMES,
     COLORS,
     PAIR_TRAITS,
@@ -209,7 +209,7 @@ def _draw_all(
 
 def _species_json(cfg: SynthConfig, species: list[Species]) -> dict:
     return {
-        "generator": "birdray.data.synthetic",
+        "generator": "birdray.synth.job",
         "config": _fingerprint(cfg),
         "colors": COLORS,
         "pair_traits": list(PAIR_TRAITS),
@@ -280,7 +280,7 @@ def _previous_config(cub: Path) -> dict | None:
         data = json.loads((cub / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    return data.get("config") if data.get("generator") == "birdray.data.synthetic" else None
+    return data.get("config") if data.get("generator") == "birdray.synth.job" else None
 
 
 def generate(cfg: SynthConfig) -> Path:

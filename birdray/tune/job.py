@@ -19,60 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from birdray import storage
-from birdray.config import ConfigError, field, from_dict, save_config
+from birdray.config import ConfigError, from_dict, save_config
 from birdray.resources import DATA_CPUS
 from birdray.train.config import TrainConfig
 from birdray.train.job import check_reachable, check_resources
-
-METRIC, MODE = "val_top1", "max"
-SEARCHED = ("arch", "lr", "weight_decay", "label_smoothing", "image_size", "pretrained")
-SWEEP_OWNED = ("dataset", "epochs", "storage_path", "name", "registry", "package_out", "address")
-
-
-@dataclass
-class SweepConfig:
-    # what to compare
-    dataset: str = field("data/cub_parquet", "ingested dataset folder (with manifest.json)")
-    archs: list[str] = field(
-        ["resnet50", "resnet101", "densenet121"], "timm architectures (a grid: all are tried)"
-    )
-    lr: list[float] = field([0.01, 0.1], "LR range [low, high], log-uniform; one value: fixed")
-    weight_decay: list[float] = field([1e-4], "range [low, high], log-uniform; one value: fixed")
-    label_smoothing: list[float] = field(
-        [0.1], "label-smoothing values to choose from", aliases=("--smoothing",)
-    )
-    image_size: list[int] = field([224], "image sizes to choose from", aliases=("--img-size",))
-    pretrained: list[bool] = field([False], "pretrained weights or not, to choose from")
-    num_samples: int = field(1, "trials per architecture (each samples the hyper-parameters)")
-    train: dict[str, Any] = field(
-        {}, "TrainConfig settings shared by every trial (batch_size, num_workers, use_gpu, ...)"
-    )
-    # budget and early stopping
-    epochs: int = field(10, "most epochs a trial trains (ASHA's max_t)")
-    grace_period: int = field(1, "epochs every trial gets before ASHA may stop it")
-    reduction_factor: int = field(2, "ASHA keeps the best 1/reduction_factor at each rung")
-    seed: int = field(0, "seed of the hyper-parameter sampling")
-    # resources
-    max_concurrent_trials: int = field(0, "trials at once (0: as many as the cluster fits)")
-    trial_cpus: float = field(0.1, "logical CPUs of each trial's Tune function (the Train driver)")
-    data_cpus_per_trial: float = field(
-        1.0,
-        "CPUs kept free per running trial for its Ray Data pipeline (Ray Data's file "
-        "listing and reads take a whole CPU; without it a trial waits forever)",
-    )
-    cluster_resources: dict[str, float] = field(
-        {}, "plan for these, e.g. {CPU: 64, GPU: 8} on an autoscaling cluster (empty: what it has)"
-    )
-    trial_max_failures: int = field(1, "Tune restarts of a crashed trial (Train resumes it)")
-    # where
-    storage_path: str = field("runs/tune", "sweep results folder or URI")
-    name: str = field("", "sweep name; running again with the same name resumes it")
-    resume: bool = field(False, "insist on resuming (a sweep of this name resumes anyway)")
-    # hand-off
-    registry: str = field("runs/registry", "register the winner here, maybe promote (empty: skip)")
-    force: bool = field(False, "promote the winner even when it does not beat production")
-    eval_split: str = field("test", "split the winner is evaluated on")
-    address: str = field("", "Ray address (empty: RAY_ADDRESS or a local Ray)")
+from birdray.tune.config import (
+    METRIC,
+    MODE,
+    SEARCHED,
+    SWEEP_OWNED,
+    SweepConfig,
+    join_path,
+    trial_config,
+)
 
 
 @dataclass
@@ -85,10 +44,6 @@ class TrialPlan:
     max_concurrent: int
 
 
-def _join(root: str, *parts: str) -> str:
-    return storage.join(storage.absolute(root), *parts)
-
-
 def base_train_config(cfg: SweepConfig) -> TrainConfig:
     """The recipe every trial starts from (absolute paths: trial functions run elsewhere)."""
     clash = sorted(set(cfg.train) & set(SEARCHED + SWEEP_OWNED))
@@ -97,7 +52,7 @@ def base_train_config(cfg: SweepConfig) -> TrainConfig:
     base = from_dict(TrainConfig, dict(cfg.train))
     base.dataset = storage.absolute(cfg.dataset)
     base.epochs = cfg.epochs
-    base.storage_path = _join(cfg.storage_path, cfg.name, "trainers")
+    base.storage_path = join_path(cfg.storage_path, cfg.name, "trainers")
     if base.pretrained_file:
         base.pretrained_file = str(Path(base.pretrained_file).resolve())
     base.arch, base.registry, base.package_out = cfg.archs[0], "", ""
@@ -153,14 +108,6 @@ def plan_trials(cfg: SweepConfig, base: TrainConfig, cluster: dict[str, float]) 
     return TrialPlan({"CPU": cfg.trial_cpus}, per_cpu, per_gpu, concurrent)
 
 
-def trial_config(base: dict[str, Any], config: dict[str, Any], trial_id: str) -> TrainConfig:
-    """The TrainConfig of one trial: the base recipe plus its sampled knobs."""
-    values = {**base, **{k: config[k] for k in SEARCHED if k in config}, "name": trial_id}
-    values["image_size"] = int(values["image_size"])
-    values["pretrained"] = bool(values["pretrained"])
-    return TrainConfig(**values)
-
-
 def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """Tune function: fit the trial's TorchTrainer (resuming its Train run if it has one)."""
     from ray import tune
@@ -189,7 +136,7 @@ def build_tuner(cfg: SweepConfig, base: TrainConfig, plan: TrialPlan):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    path = _join(cfg.storage_path, cfg.name)
+    path = join_path(cfg.storage_path, cfg.name)
     trainable = make_trainable(base, plan)
     if tune.Tuner.can_restore(path):
         print(f"resuming sweep {path} (finished trials are kept)")
@@ -220,7 +167,7 @@ def build_tuner(cfg: SweepConfig, base: TrainConfig, plan: TrialPlan):
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
-            storage_path=_join(cfg.storage_path),
+            storage_path=join_path(cfg.storage_path),
             verbose=1,
             failure_config=tune.FailureConfig(max_failures=cfg.trial_max_failures),
         ),
@@ -251,7 +198,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     rows, curves = build_rows(results, base)
     if all(r["val_top1"] is None for r in rows):
         raise RuntimeError(f"every trial failed: {[r['error'] for r in rows]}")
-    report_dest = _join(cfg.storage_path, cfg.name, "report")
+    report_dest = join_path(cfg.storage_path, cfg.name, "report")
     report_dir = staging_dir(report_dest)
     write_report(rows, curves, report_dir)
     save_config(cfg, report_dir / "sweep.yaml")
@@ -261,7 +208,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     publish(report_dir, report_dest)
     summary.update(
         {
-            "experiment": _join(cfg.storage_path, cfg.name),
+            "experiment": join_path(cfg.storage_path, cfg.name),
             "report": report_dest,
             "resumed": resumed,
             "trials": len(rows),

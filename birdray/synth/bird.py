@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from birdray.data.synth_species import COLORS, PART_ID, mark_color
+from birdray.synth.species import COLORS, PART_ID, mark_color
 
 NO_PART = 255  # a bird pixel that belongs to no CUB part (eye-ring, eyebrow, mask)
 # body half-length, half-height, head radius, leg, tail, tilt (deg), neck

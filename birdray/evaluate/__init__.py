@@ -1,0 +1,1 @@
+"""Evaluation: test metrics, calibration (temperature) and their reports."""

@@ -1,0 +1,1 @@
+"""Generated CUB-layout birds: species with known parts, drawn procedurally (no downloads)."""
