@@ -204,6 +204,8 @@ def _ingest(cfg: Any) -> None:
             f"or give --source ({LAYOUTS})"
         )
     exists("--source", cfg.source, LAYOUTS)
+    if cfg.feedback:
+        exists("--feedback", cfg.feedback, "a feedback folder or URI (serve's feedback_dir)")
     if local is not None and (local.is_dir() or local.suffix.lower() == ".csv"):
         try:
             if find_layout(local) == "csv":
