@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from pathlib import PurePosixPath
 from typing import Any
 
 from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
@@ -72,7 +73,7 @@ def feedback_items(
         items.append(
             {
                 "image_id": image_id,
-                "path": f"feedback/{row['sha256']}/{row['file'] or 'image'}",
+                "path": f"feedback/{row['sha256']}/{_name(row['file'])}",
                 "label": label,
                 "class_name": class_names[label],
                 "split": "train",
@@ -102,6 +103,11 @@ def feedback_items(
         "rows_used": used,
     }
     return items, entry
+
+
+def _name(file: str | None) -> str:
+    """The sender's file name without any folder in it: a label, never opened."""
+    return PurePosixPath((file or "").replace("\\", "/")).name or "image"
 
 
 def finish(entry: dict[str, Any], quarantine: list[dict[str, Any]]) -> dict[str, Any]:
