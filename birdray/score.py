@@ -338,4 +338,5 @@ def _headline(s: dict[str, Any]) -> str:
         f"{s['low_confidence']['count']} below {s['low_confidence']['threshold']:.2f} confidence; "
         f"{s['resume']['reused']} reused) with model {s['model']['version']} in "
         f"{s['timing']['total_s']:.1f} s{f' ({rate} img/s)' if rate else ''} -> {s['output']}"
+        + (f"; {s['review']['rows']} to review in review/" if "review" in s else "")
     )

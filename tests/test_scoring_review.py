@@ -38,7 +38,9 @@ def _cfg(src, out, package, **kw) -> ScoreConfig:
     return ScoreConfig(input=str(src), output=str(out), model=str(package), **{**base, **kw})
 
 
-def test_review_set_holds_the_unsure_rows_with_thumbnails_and_overlays(ray_cluster, tmp_path):
+def test_review_set_holds_the_unsure_rows_with_thumbnails_and_overlays(
+    ray_cluster, tmp_path, capsys
+):
     package = make_package(tmp_path / "pkg", num_classes=4, seed=5, temperature=1.5)
     src, out = tmp_path / "in", tmp_path / "out"
     _photos(src)
@@ -62,6 +64,7 @@ def test_review_set_holds_the_unsure_rows_with_thumbnails_and_overlays(ray_clust
         "threshold": threshold, "rows": len(expected), "thumbnails_failed": 0, "overlays": 1,
     }  # fmt: skip
     assert str(src / "broken.jpg") not in {r["path"] for r in rows}
+    assert f"; {len(expected)} to review in review/" in capsys.readouterr().out
     by_path = expected.set_index("path")
     for row in rows:
         want = by_path.loc[row["path"]]
