@@ -201,6 +201,8 @@ def _ingest(cfg: Any) -> None:
             f"or give --source ({LAYOUTS})"
         )
     exists("--source", cfg.source, LAYOUTS)
+    if cfg.feedback:
+        exists("--feedback", cfg.feedback, "a feedback folder or URI (serve's feedback_dir)")
     if local is not None and (local.is_dir() or local.suffix.lower() == ".csv"):
         try:
             if find_layout(local) == "csv":
@@ -358,6 +360,15 @@ def _score(cfg: Any) -> None:
     positive({"--explain-lowest": cfg.explain_lowest}, 0)
 
 
+def _feedback(cfg: Any) -> None:
+    location = cfg.feedback or storage.join(cfg.registry, "feedback")
+    exists("--feedback", location, "a feedback folder or URI (serve's feedback_dir)")
+    if cfg.model:
+        model(cfg.model, cfg.registry)
+    if cfg.out and not storage.is_remote(cfg.out):
+        require(not storage.local_path(cfg.out).is_dir(), "--out", f"{cfg.out} is a folder")
+
+
 def _explain(cfg: Any) -> None:
     from birdray.explain.attribution import METHODS
 
@@ -426,6 +437,7 @@ CHECKS: dict[str, Callable[[Any], None]] = {
     "registry": _registry,
     "serve": _serve,
     "score": _score,
+    "feedback": _feedback,
     "explain": _explain,
     "explain-eval": _explain_eval,
     "dashboard": _dashboard,

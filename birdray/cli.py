@@ -83,6 +83,9 @@ JOBS: dict[str, Job] = {
     "registry": Job(
         "birdray.registry", "RegistryConfig", "run_registry", "list|show|add|promote|rollback|alias"
     ),
+    "feedback": Job(
+        "birdray.feedback.report", "FeedbackConfig", "run_feedback", "report: corrections"
+    ),
     "serve": Job("birdray.serve.job", "ServeConfig", "run_serve", "serve a model over HTTP"),
     "score": Job("birdray.scoring.job", "ScoreConfig", "run_scoring", "batch-score images"),
     "explain": Job("birdray.explain.job", "ExplainConfig", "run_explain", "explain one image"),

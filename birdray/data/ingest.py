@@ -12,6 +12,7 @@ to a fresh folder and the manifest is replaced atomically last, so readers never
 old and new shards, and a folder without a valid manifest is not a dataset.
 The output may be a local folder or a bucket URI (``s3://bucket/cub``): Ray Data writes the
 shards there directly and the manifest is one object written last.
+``--feedback`` adds people's labelled answers (``birdray.data.feedback``) as extra train rows.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pyarrow.dataset as pads
 
 from birdray import storage
 from birdray.config import field, to_dict
+from birdray.data import feedback as fblib
 from birdray.data import folders
 from birdray.data.cub import CubDataset, CubRecord, image_path, read_cub
 from birdray.data.download import DEFAULT_MAX_EXTRACT_GB, open_source
@@ -70,6 +72,9 @@ class IngestConfig:
         300.0, "stop with Ray's pending-resource view when no shard is written this long (0: never)"
     )
     force: bool = field(False, "re-ingest even if the manifest says this source is done")
+    feedback: str = field(
+        "", "feedback folder or URI (serve's feedback_dir): labelled answers become train rows"
+    )
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
 
@@ -166,13 +171,19 @@ def run_ingest(cfg: IngestConfig) -> str:
         images_dir = cub.root
     out = storage.absolute(cfg.out)
     manifest_path = storage.join(out, MANIFEST_FILE)
-    ignored = ("out", "force", "address", "source", "max_extract_gb", "stall_timeout_s")
+    ignored = ("out", "force", "address", "source", "max_extract_gb", "stall_timeout_s", "feedback")
     ignored += ("test_fraction",) if layout == "cub" else ()  # CUB keeps its official test split
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ignored}
+    feedback_digest = fblib.source_digest(cfg.feedback) if cfg.feedback else ""
     if not cfg.force:
         try:
             old = load_manifest(out)
-            if old["source"]["checksum"] == fingerprint and old["ingest_config"] == settings:
+            same_feedback = (old.get("feedback") or {}).get("source_digest", "") == feedback_digest
+            if (
+                old["source"]["checksum"] == fingerprint
+                and old["ingest_config"] == settings
+                and same_feedback
+            ):
                 print(f"already ingested (manifest matches the source): {manifest_path}")
                 return manifest_path
         except ValueError:
@@ -195,7 +206,16 @@ def run_ingest(cfg: IngestConfig) -> str:
     shards = storage.join(out, shards_name)
     batch = 32
     rows_per_block = max(batch, -(-len(items) // 400))  # at most ~400 blocks
-    blocks = put_blocks(items, images_dir, rows_per_block)
+    hashes: dict[str, str] | None = {} if cfg.feedback else None
+    blocks = put_blocks(items, images_dir, rows_per_block, hashes)
+    feedback = None
+    if cfg.feedback:  # after the source's bytes are read: their hashes say what is a duplicate
+        first_id = max(item["image_id"] for item in items) + 1
+        extra, feedback = fblib.feedback_items(
+            storage.absolute(cfg.feedback), cub.class_names, first_id, hashes or {}
+        )
+        blocks += put_blocks(extra, images_dir, rows_per_block)
+        items += extra
 
     def write_shards() -> None:
         # from_arrow_refs already runs (1-CPU) metadata tasks, so it is watched too
@@ -238,6 +258,7 @@ def run_ingest(cfg: IngestConfig) -> str:
         "attribute_names": cub.attribute_names,
         "columns": [f.name for f in SCHEMA if f.name != "split"],
         "quarantine": quarantine,
+        **({"feedback": fblib.finish(feedback, quarantine)} if feedback else {}),
         "seconds": round(time.time() - started, 2),
     }
     write_manifest(out, manifest)
@@ -264,7 +285,9 @@ def _collect_quarantine(shards: str) -> list[dict[str, Any]]:
 def summary(manifest_path: str | Path) -> str:
     manifest = json.loads(storage.read_bytes(manifest_path))
     parts = [f"{k}={v['rows']}" for k, v in manifest["splits"].items()]
+    feedback = manifest.get("feedback")
+    extra = f", {feedback['used']} of them from feedback" if feedback else ""
     return (
-        f"{manifest['counts']['ingested']} images ingested ({', '.join(parts)}), "
+        f"{manifest['counts']['ingested']} images ingested ({', '.join(parts)}{extra}), "
         f"{manifest['counts']['quarantined']} quarantined"
     )

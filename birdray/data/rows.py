@@ -73,7 +73,7 @@ def item_row(rec: CubRecord, split: str) -> dict[str, Any]:
 
 
 def _read_bytes(item: dict[str, Any], images: Path) -> dict[str, Any]:
-    if item["problems"]:
+    if item["problems"] or item["data"] is not None:  # feedback rows arrive with their bytes
         return item
     try:
         return {**item, "data": (images / item["path"]).read_bytes()}
@@ -83,9 +83,15 @@ def _read_bytes(item: dict[str, Any], images: Path) -> dict[str, Any]:
         return {**item, "problems": f"unreadable: {exc}"}
 
 
-def put_blocks(items: list[dict[str, Any]], images: Path, rows_per_block: int) -> list:
+def put_blocks(
+    items: list[dict[str, Any]],
+    images: Path,
+    rows_per_block: int,
+    hashes: dict[str, str] | None = None,
+) -> list:
     """The driver reads the bytes (the source sits where it runs) one block at a time into the
-    object store, so its own memory holds one block, not the dataset."""
+    object store, so its own memory holds one block, not the dataset. ``hashes``, if given, is
+    filled with each read image's SHA-256 -> split (feedback must not repeat a dataset photo)."""
     import ray
     from tqdm.auto import tqdm
 
@@ -95,6 +101,12 @@ def put_blocks(items: list[dict[str, Any]], images: Path, rows_per_block: int) -
     ) as bar:
         for start in range(0, len(items), rows_per_block):
             chunk = [_read_bytes(item, images) for item in items[start : start + rows_per_block]]
+            if hashes is not None:
+                hashes.update(
+                    (hashlib.sha256(i["data"]).hexdigest(), i["split"])
+                    for i in chunk
+                    if i["data"] is not None
+                )
             refs.append(ray.put(pa.Table.from_pylist(chunk, schema=ITEM_SCHEMA)))
             bar.update(len(chunk))
     return refs

@@ -87,6 +87,9 @@ class ScoreConfig(ModelChoice):
     overwrite: bool = field(False, "replace a finished output (refused otherwise)")
     explain_lowest: int = field(0, "write explanation overlays for the N lowest-confidence images")
     explain_method: str = field("gradcam", "gradcam | saliency | integrated_gradients")
+    review_below: float = field(
+        0.0, "write review/ (thumbnail, top-k, overlay) of rows below this confidence (0: off)"
+    )
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
     def __post_init__(self) -> None:
@@ -97,6 +100,7 @@ class ScoreConfig(ModelChoice):
             ("--pool-size must be >= 1", self.pool_size < 1),
             ("--top-k must be >= 1", self.top_k < 1),
             ("--low-confidence must be within [0, 1]", not 0.0 <= self.low_confidence <= 1.0),
+            ("--review-below must be within [0, 1]", not 0.0 <= self.review_below <= 1.0),
             ("--actor-cpus and --num-gpus must be >= 0", self.actor_cpus < 0 or self.num_gpus < 0),
             (
                 f"--explain-method must be one of {EXPLAIN_METHODS}",
@@ -237,6 +241,13 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
                 cfg.max_pixels,
                 cfg.num_gpus,
             )
+        if cfg.review_below > 0:
+            from birdray.scoring.review import write_review
+
+            summary["review"] = write_review(
+                staging, pred_dir, source, cfg.review_below, cfg.max_pixels,
+                cfg.preprocess_cpus, cfg.address or None,
+            )  # fmt: skip
         summary.update(
             input=cfg.input,
             input_kind=source.kind,
@@ -325,4 +336,5 @@ def _headline(s: dict[str, Any]) -> str:
         f"{s['low_confidence']['count']} below {s['low_confidence']['threshold']:.2f} confidence; "
         f"{s['resume']['reused']} reused) with model {s['model']['version']} in "
         f"{s['timing']['total_s']:.1f} s{f' ({rate} img/s)' if rate else ''} -> {s['output']}"
+        + (f"; {s['review']['rows']} to review in review/" if "review" in s else "")
     )

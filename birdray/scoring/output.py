@@ -1,11 +1,12 @@
 """The output folder, written so that a half-finished job never looks finished.
 
 Layout: ``<output>/predictions/*.parquet``, ``predictions.csv`` (optional), ``summary.json``,
-``explanations/`` (optional) and ``_SUCCESS``, which is written last and is the only sign that the
-rest belongs to one complete run. A run writes everything under ``<output>/.partial-<run_id>/``;
-commit removes ``_SUCCESS``, swaps each result into place with a rename and writes ``_SUCCESS``
-again. A run that fails leaves the previous complete result untouched, plus its partial folder,
-whose finished Parquet files ``--resume`` reuses. One run at a time holds ``<output>/.lock``.
+``explanations/`` and ``review/`` (optional) and ``_SUCCESS``, which is written last and is the
+only sign that the rest belongs to one complete run. A run writes everything under
+``<output>/.partial-<run_id>/``; commit removes ``_SUCCESS``, swaps each result into place with a
+rename and writes ``_SUCCESS`` again. A run that fails leaves the previous complete result
+untouched, plus its partial folder, whose finished Parquet files ``--resume`` reuses. One run at
+a time holds ``<output>/.lock``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ PREDICTIONS = "predictions"
 CSV_FILE = "predictions.csv"
 SUMMARY_FILE = "summary.json"
 EXPLANATIONS = "explanations"
-RESULTS = (PREDICTIONS, CSV_FILE, SUMMARY_FILE, EXPLANATIONS)
+REVIEW = "review"  # --review-below: the unsure photos, for people to label
+RESULTS = (PREDICTIONS, CSV_FILE, SUMMARY_FILE, EXPLANATIONS, REVIEW)
 PARTIAL_PREFIX = ".partial-"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from birdray import storage
 from birdray.config import save_config
+from birdray.data.feedback import training_record
 from birdray.data.manifest import load_manifest, manifest_checksum
 from birdray.model.factory import ModelError, create_model
 from birdray.model.preprocess import resolve_data_config
@@ -175,6 +176,8 @@ def export_package(
             "path": storage.absolute(cfg.dataset),
             "manifest_checksum": manifest_checksum(cfg.dataset),
             "content_checksum": manifest.get("content_checksum", ""),
+            # which people's answers it learnt from (the registry keeps this with the version)
+            **({"feedback": fb} if (fb := training_record(manifest)) else {}),
         },
         run_id=cfg.name,
         provenance={"checkpoint": str(checkpoint.path), "history": history, **(provenance or {})},

@@ -1,0 +1,137 @@
+"""People's labelled feedback (``birdray.feedback.store``) as extra training rows of a new dataset.
+
+Only answers that name a species become rows, and only in ``train``: val and test stay the
+official splits, so a model trained with feedback is still measured on the same photos as before.
+A photo whose bytes are already in the dataset is not added again (one that is a val or test photo
+would leak evaluation data into training). The species must be one of the dataset's classes, in
+the dataset's spelling or the part after the number, any case (how Serve accepts it). The rows
+go through the same decoder and quarantine as the source's images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import PurePosixPath
+from typing import Any
+
+from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
+
+LABELLED = ("confirmed", "corrected")
+
+
+def class_index(class_names: list[str]) -> dict[str, int]:
+    """Every spelling an answer may use -> the class's label (ambiguous short names left out)."""
+    index: dict[str, int] = {}
+    short = Counter(name.split(".", 1)[-1].lower() for name in class_names)
+    for label, name in enumerate(class_names):
+        index[name.lower()] = label
+        tail = name.split(".", 1)[-1].lower()
+        if short[tail] == 1:
+            index.setdefault(tail, label)
+    return index
+
+
+def source_digest(location: str) -> str:
+    """Changes when the feedback does (a new answer, a changed one): ingest is no longer current."""
+    return _digest(read_feedback(location))
+
+
+def _digest(table) -> str:
+    pairs = sorted(zip(table["sha256"].to_pylist(), table["answer"].to_pylist(), strict=True))
+    return hashlib.sha256("\n".join(f"{h} {a}" for h, a in pairs).encode()).hexdigest()
+
+
+def feedback_items(
+    location: str,
+    class_names: list[str],
+    first_id: int,
+    known: dict[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Ingest items (``rows.ITEM_SCHEMA``, bytes included) for the labelled feedback, and the
+    manifest's ``feedback`` entry without the ingest's outcome (``finish`` adds it).
+
+    ``known``: content hash -> split of every source image, so duplicates are skipped.
+    """
+    table = read_feedback(location)
+    labels = class_index(class_names)
+    skipped: Counter[str] = Counter()
+    items, used = [], []
+    for row in table.to_pylist():
+        answer = (row["answer"] or "").strip()
+        if answer in (NOT_A_BIRD, UNSURE):
+            skipped[answer] += 1
+            continue
+        label = labels.get(answer.lower())
+        if label is None:
+            skipped["unknown_species"] += 1
+            continue
+        if row["sha256"] in known:
+            skipped[f"already_in_{known[row['sha256']]}"] += 1
+            continue
+        image_id = first_id + len(items)
+        items.append(
+            {
+                "image_id": image_id,
+                "path": f"feedback/{row['sha256']}/{_name(row['file'])}",
+                "label": label,
+                "class_name": class_names[label],
+                "split": "train",
+                "bbox": None,
+                "parts": [],
+                "attributes": [],
+                "problems": "",
+                "data": row["image"],
+            }
+        )
+        used.append(
+            {
+                "image_id": image_id,
+                "sha256": row["sha256"],
+                "class_name": class_names[label],
+                "predicted": row["predicted"],
+                "verdict": row["verdict"],
+                "model_version": row["model_version"],
+            }
+        )
+    entry = {
+        "location": location,
+        "source_digest": _digest(table),
+        "rows": table.num_rows,
+        "labelled": len(items),
+        "skipped": dict(sorted(skipped.items())),
+        "rows_used": used,
+    }
+    return items, entry
+
+
+def _name(file: str | None) -> str:
+    """The sender's file name without any folder in it: a label, never opened."""
+    return PurePosixPath((file or "").replace("\\", "/")).name or "image"
+
+
+def finish(entry: dict[str, Any], quarantine: list[dict[str, Any]]) -> dict[str, Any]:
+    """The entry once the shards are written: quarantined rows out, counts and digest in."""
+    rejected = {q["image_id"] for q in quarantine}
+    used = [r for r in entry["rows_used"] if r["image_id"] not in rejected]
+    hashes = sorted(r["sha256"] for r in used)
+    return {
+        **entry,
+        "used": len(used),
+        "quarantined": len(entry["rows_used"]) - len(used),
+        "rows_used": used,
+        "digest": hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
+    }
+
+
+def training_record(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """What a model trained on this dataset records about the feedback in it (None: none)."""
+    entry = manifest.get("feedback")
+    if not entry:
+        return None
+    return {
+        "count": entry["used"],
+        "digest": entry["digest"],
+        "source_digest": entry["source_digest"],
+        "sha256": sorted(r["sha256"] for r in entry["rows_used"]),
+    }

@@ -1,0 +1,205 @@
+"""Feedback back into training: ``ingest --feedback``, the model's record of it, and the report.
+
+The feedback is written with the store's own API (as Serve writes it), the dataset is the
+session's generated CUB layout, ingest and training run on the real local Ray, and the report
+runs through the CLI door.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from birdray.cli import main
+from birdray.data.cub import image_path, read_cub
+from birdray.data.feedback import class_index
+from birdray.data.ingest import IngestConfig, run_ingest
+from birdray.data.manifest import load_manifest, split_path
+from birdray.feedback.store import Feedback, append, read_feedback
+from tests.cub_fixture import jpeg_bytes
+from tests.hostile_files import hostile_tiff
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+def _photo(i: int) -> bytes:
+    return jpeg_bytes(size=(96, 72), color=(25 * i, 200 - 20 * i, 90))
+
+
+@pytest.fixture(scope="module")
+def feedback(synth_root, tmp_path_factory):
+    """A known feedback set: (location, class names, the eval photo people sent, its class)."""
+    cub = read_cub(synth_root)
+    n = cub.class_names
+    test_photo = next(r for r in cub.records if not r.is_train and r.label == 3)
+    test_bytes = image_path(cub.root, test_photo.rel_path).read_bytes()
+    location = str(tmp_path_factory.mktemp("fb") / "feedback")
+    answers = [
+        (_photo(1), n[1], n[0]),  # corrected
+        (_photo(2), n[0], n[0]),  # confirmed
+        (_photo(3), n[3], n[2]),  # corrected
+        (_photo(4), n[2], "unsure"),  # answered again below: the newest answer wins
+        (_photo(5), n[0], "not_a_bird"),
+        (_photo(6), n[1], "unsure"),
+        (_photo(7), n[1], "999.Dodo"),  # not a class of this dataset
+        (hostile_tiff(), n[4], n[1]),  # labelled, but the decoder refuses it
+        (test_bytes, n[5], n[3]),  # a test photo: must never become a train row
+        (_photo(4), n[2], n[2]),  # the same image as the 4th: now confirmed
+    ]
+    for i, (image, predicted, answer) in enumerate(answers):
+        append(location, [Feedback(image, f"photo_{i}.jpg", "v0001", predicted, answer)])
+    return location, n, test_bytes
+
+
+def test_class_names_map_full_or_short_any_case():
+    names = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Tern", "004.Tern"]
+    index = class_index(names)
+    assert index["001.black_footed_albatross"] == 0 and index["laysan_albatross"] == 1
+    assert "tern" not in index and index["004.tern"] == 3  # ambiguous short name: full only
+
+
+def _train_hashes(dataset) -> dict[str, tuple[str, str]]:
+    table = pq.read_table(
+        split_path(dataset, "train"), columns=["path", "content_hash", "class_name"]
+    )
+    return {
+        h: (p, c)
+        for p, h, c in zip(
+            table["path"].to_pylist(),
+            table["content_hash"].to_pylist(),
+            table["class_name"].to_pylist(),
+            strict=True,
+        )
+    }
+
+
+@pytest.fixture(scope="module")
+def ingested(ray_cluster, synth_root, feedback, tmp_path_factory):
+    location, _, _ = feedback
+    root = tmp_path_factory.mktemp("fbds")
+    plain, merged = root / "plain", root / "merged"
+    run_ingest(IngestConfig(source=str(synth_root), out=str(plain)))
+    run_ingest(IngestConfig(source=str(synth_root), out=str(merged), feedback=location))
+    return plain, merged
+
+
+def test_labelled_feedback_becomes_train_rows_only(feedback, ingested):
+    location, n, test_bytes = feedback
+    plain, merged = ingested
+    before, after = load_manifest(plain), load_manifest(merged)
+    fb = after["feedback"]
+    assert fb["rows"] == 9  # ten answers, one image answered twice
+    assert fb["labelled"] == 5 and fb["used"] == 4 and fb["quarantined"] == 1
+    assert fb["skipped"] == {
+        "already_in_test": 1, "not_a_bird": 1, "unknown_species": 1, "unsure": 1,
+    }  # fmt: skip
+    assert after["splits"]["train"]["rows"] == before["splits"]["train"]["rows"] + fb["used"]
+    for split in ("val", "test"):  # the official splits are untouched
+        assert after["splits"][split] == before["splits"][split]
+    assert after["counts"]["listed"] == before["counts"]["listed"] + fb["labelled"]
+
+    # the rows really are in the train shards, labelled with the class people gave
+    rows = read_feedback(location).to_pylist()
+    expected = {
+        r["sha256"]: r["answer"] for r in rows if r["answer"] in n and r["image"] != test_bytes
+    }
+    hostile = hashlib.sha256(hostile_tiff()).hexdigest()
+    del expected[hostile]
+    added = {h: v for h, v in _train_hashes(merged).items() if h not in _train_hashes(plain)}
+    assert {h: c for h, (_, c) in added.items()} == expected
+    assert all(p.startswith("feedback/") for p, _ in added.values())
+    assert sorted(r["sha256"] for r in fb["rows_used"]) == sorted(expected)
+    assert fb["digest"] == hashlib.sha256("\n".join(sorted(expected)).encode()).hexdigest()
+    # the hostile image went through the same quarantine as a source image, with its reason
+    quarantined = [q for q in after["quarantine"] if q["path"].startswith("feedback/")]
+    assert len(quarantined) == 1 and hostile in quarantined[0]["path"]
+    assert quarantined[0]["reason"].split(":")[0] in ("corrupt", "not_an_image")
+    test_table = pq.read_table(split_path(merged, "test"), columns=["content_hash"])
+    assert (
+        pc.sum(pc.equal(test_table["content_hash"], hashlib.sha256(test_bytes).hexdigest())).as_py()
+        == 1
+    )
+
+
+def test_ingest_is_current_until_the_feedback_changes(
+    synth_root, feedback, ingested, capsys, tmp_path
+):
+    from birdray.data import feedback as fblib
+
+    location, n, _ = feedback
+    copy = tmp_path / "feedback"
+    shutil.copytree(location, copy)  # the same answers elsewhere: still the same dataset
+    _, merged = ingested
+    run_ingest(IngestConfig(source=str(synth_root), out=str(merged), feedback=str(copy)))
+    assert "already ingested" in capsys.readouterr().out
+    digest = load_manifest(merged)["feedback"]["source_digest"]
+    assert digest == fblib.source_digest(str(copy))
+    append(str(copy), [Feedback(_photo(9), "late.jpg", "v0001", n[0], n[5])])
+    assert fblib.source_digest(str(copy)) != digest  # a new answer: ingest would run again
+
+
+def _report(argv: list[str]) -> str:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return printed.getvalue()
+
+
+def test_report_counts_corrections_per_species(feedback, ingested, tmp_path):
+    location, n, _ = feedback
+    out = tmp_path / "report.json"
+    printed = _report(["feedback", "report", "--feedback", location, "--out", str(out)])
+    report = json.loads(out.read_text())
+    species = report["species"]
+    assert species[n[0]]["answers"] == 2 and species[n[0]]["corrected"] == 1
+    assert species[n[0]]["predicted_instead"] == {n[1]: 1}
+    assert species[n[2]] == {
+        "answers": 2, "corrected": 1, "correction_rate": 0.5, "predicted_instead": {n[3]: 1},
+    }  # fmt: skip
+    assert species[n[1]]["corrected"] == 1 and species[n[1]]["predicted_instead"] == {n[4]: 1}
+    assert species[n[3]]["predicted_instead"] == {n[5]: 1}
+    assert species["999.Dodo"]["corrected"] == 1
+    assert (report["not_a_bird"], report["unsure"]) == (1, 1)
+    assert (report["labelled"], report["corrected"]) == (7, 5)
+    assert n[2] in printed and "not a bird" in printed
+
+
+@pytest.mark.slow
+def test_a_model_trained_with_feedback_records_it(ray_cluster, feedback, ingested, tmp_path):
+    from birdray.images import decode_image
+    from birdray.model.inference import Predictor
+    from birdray.registry import resolve, version_metadata
+    from birdray.train.job import TrainConfig, run_training
+
+    location, n, test_bytes = feedback
+    _, merged = ingested
+    registry = tmp_path / "registry"
+    run_training(
+        TrainConfig(
+            dataset=str(merged), storage_path=str(tmp_path / "runs"), name="fb", epochs=1,
+            registry=str(registry), arch="test_resnet", image_size=64, batch_size=4,
+            warmup_epochs=0, num_workers=1, cpus_per_worker=1.0,
+        )
+    )  # fmt: skip
+    record = version_metadata(str(registry), "v0001").dataset["feedback"]
+    used = load_manifest(merged)["feedback"]
+    assert record["count"] == used["used"] == 4 and record["digest"] == used["digest"]
+    assert record["sha256"] == sorted(r["sha256"] for r in used["rows_used"])
+
+    out = tmp_path / "report.json"
+    _report(["feedback", "report", "--feedback", location, "--model", "v0001",
+             "--registry", str(registry), "--out", str(out)])  # fmt: skip
+    unseen = json.loads(out.read_text())["unseen"]
+    # corrected and not trained on: the test photo (readable) and the hostile one (not)
+    assert unseen["trained_with_feedback"] == 4
+    assert (unseen["corrected_unseen"], unseen["unreadable"]) == (1, 1)
+    predictor = Predictor(str(resolve("v0001", str(registry))), device="cpu")
+    got = predictor.predict_images([decode_image(test_bytes).image], top_k=1)[0].species
+    assert unseen["right"] == int(got == n[3])
