@@ -96,16 +96,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
 
     t = _stage("1. synth: generate a CUB-layout dataset")
-    source = generate(
-        SynthConfig(
-            out=str(out / "synth"),
-            classes=cfg.classes,
-            per_class=cfg.per_class,
-            seed=cfg.seed,
-            min_side=160,
-            max_side=256,
-        )
+    synth = SynthConfig(
+        out=str(out / "synth"),
+        classes=cfg.classes,
+        per_class=cfg.per_class,
+        seed=cfg.seed,
+        min_side=160,
+        max_side=256,
     )
+    source = generate(synth)
     _done(t, dataset=source / "CUB_200_2011")
 
     t = _stage("2. ingest: Ray Data -> Parquet shards + manifest")
@@ -160,10 +159,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         evaluation=evaluation,
         sweep=sweep["report"],
     )
-    results.update(_consumers(cfg, out, registry, source, recipe.dataset, sweep["experiment"]))
+    results.update(_consumers(cfg, out, registry, synth, recipe.dataset, sweep["experiment"]))
+    results["loop"] = _feedback_loop(recipe, source, registry, out, results.pop("answers"))
     print("\nDemo finished: everything is under", out, "\nNext, on the demo's model:")
     for command in next_commands(out, registry, recipe.dataset, sweep["experiment"]):
         print("  " + command)
+    if cfg.dashboard:
+        _keep_serving(results.pop("app"), registry, out, out / "scored", sweep["experiment"])
     return results
 
 
@@ -177,6 +179,7 @@ def next_commands(out: Path, registry: Path, dataset: str, sweep_dir: str) -> li
          "--overwrite", "true", *reg],
         ["dashboard", *reg, "--sweep-dir", sweep_dir, "--score-dir", str(out / "scored")],
         ["evaluate", "--dataset", dataset, "--model", "production", *reg],
+        ["feedback", "report", *reg, "--model", "production"],
     ]  # fmt: skip
     return [shlex.join(["birdray", *c]) for c in commands]
 
@@ -212,18 +215,42 @@ def _score_folder(out: Path, source: Path) -> Path:
     return folder
 
 
+def _feedback_loop(recipe: Any, source: Path, registry: Path, out: Path, answers: dict) -> dict:
+    from birdray.feedback.loop import learn_from_feedback
+
+    t = _stage("10. feedback loop: fine-tune production on people's answers, compare")
+    loop = learn_from_feedback(
+        recipe, source, str(registry / "feedback"), str(registry), out, answers["wrong"]
+    )
+    wrong = len(answers["wrong"])
+    _done(
+        t,
+        package=loop["package"],
+        registered=f"{loop['registered']} (with the {loop['feedback_rows']} feedback rows it "
+        "learnt from; production unchanged)",
+        corrected=f"{wrong} photos the served model got wrong: right "
+        f"{loop['corrected_right_before']:.0%} before, {loop['corrected_right_after']:.0%} after",
+        test_top1=f"{loop['test_top1_before']:.3f} -> {loop['test_top1_after']:.3f}",
+    )
+    return loop
+
+
 def _consumers(
-    cfg: DemoConfig, out: Path, registry: Path, source: Path, dataset: str, sweep_dir: str
+    cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: str, sweep_dir: str
 ) -> dict:
-    """Serve over real HTTP, batch scoring, explanations: all on the production model."""
+    """Serve over real HTTP (and people's answers), batch scoring, explanations: all on the
+    production model."""
     import requests
 
     from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
     from birdray.explain.job import ExplainConfig, run_explain
+    from birdray.feedback.loop import send_answers
     from birdray.scoring.job import ScoreConfig, run_scoring
     from birdray.serve.job import shutdown, start_local
     from birdray.serve.metrics import metrics_url
+    from birdray.synth.field import field_photos
 
+    source = Path(synth.out)
     results: dict[str, Any] = {}
     t = _stage("6. explain-eval: saliency vs CUB part annotations")
     ev = run_explain_eval(
@@ -265,6 +292,12 @@ def _consumers(
                 f"  {path.name}: {res['prediction']['species']} "
                 f"({res['prediction']['confidence']:.2f}); true species {truth}"
             )
+        # people answer: new photos of the same species, each confirmed or corrected
+        answers = send_answers(app.url, field_photos(synth, out / "field_photos", per_class=3))
+        print(
+            f"  feedback: {answers['sent']} new photos answered, {len(answers['wrong'])} of them "
+            f"corrections -> {registry / 'feedback'}"
+        )
         _done(t, url=app.url, model_version=app.model_version, metrics=metrics_url())
     finally:
         if not keep:
@@ -306,9 +339,7 @@ def _consumers(
     )
     _done(t, explanation=explained)
     results.update(serve_url=app.url, scored=str(score_out), explanation=str(explained))
-    if keep:
-        _keep_serving(app, registry, out, score_out, sweep_dir)
-    return results
+    return {**results, "answers": answers, **({"app": app} if keep else {})}
 
 
 def _keep_serving(app, registry: Path, out: Path, score_out: Path, sweep_dir: str) -> None:

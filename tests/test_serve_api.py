@@ -483,3 +483,24 @@ def test_overload_and_slow_clients_get_503_and_504_in_the_error_shape(guarded):
     assert status == 504 and body["error"]["code"] == "timeout", body
     ok = post_images(guarded, [("a.png", data, "image/png")], headers=headers)  # slot freed
     assert ok.status_code == 200 and ok.json()["results"][0]["ok"]
+
+
+def test_people_answering_new_photos_leave_one_row_each(app, predictor, feedback_dir, tmp_path):
+    """The demo's loop, first half: predict over HTTP, answer each photo with its true species."""
+    from birdray.feedback.loop import send_answers
+
+    names = predictor.metadata.class_names
+    photos = []
+    for i in range(4):
+        path = tmp_path / f"new_{i}.jpg"
+        random_rgb(60 + i).save(path, format="JPEG")
+        photos.append((path, names[i % len(names)]))
+    before = {r["sha256"] for r in read_feedback(str(feedback_dir)).to_pylist()}
+    sent = send_answers(app, photos)
+    assert sent["sent"] == 4 and len(sent["right"]) + len(sent["wrong"]) == 4
+    rows = [r for r in read_feedback(str(feedback_dir)).to_pylist() if r["sha256"] not in before]
+    assert len(rows) == 4
+    by_truth = {truth: path for path, truth in photos}
+    corrected = {r["answer"] for r in rows if r["verdict"] == "corrected"}
+    assert corrected == {truth for _, truth in sent["wrong"]}
+    assert all(r["answer"] in by_truth for r in rows)

@@ -328,3 +328,22 @@ def test_a_small_cnn_learns_the_species(tmp_path):
         accuracy = (net(x[~tr]).argmax(1) == y[~tr]).float().mean().item()
     print(f"held-out accuracy {accuracy:.2f} (chance 0.10) in {time.monotonic() - start:.0f} s")
     assert accuracy >= 0.5
+
+
+def test_field_photos_are_new_photos_of_the_same_species(tmp_path):
+    import hashlib
+
+    from birdray.synth.field import field_photos
+
+    cfg = SynthConfig(out=str(tmp_path / "synth"), classes=3, per_class=4, seed=5, workers=1,
+                      min_side=96, max_side=128)  # fmt: skip
+    root = generate(cfg) / "CUB_200_2011"
+    photos = field_photos(cfg, tmp_path / "field", per_class=2)
+    classes = [line.split(" ", 1)[1] for line in (root / "classes.txt").read_text().splitlines()]
+    assert sorted({truth for _, truth in photos}) == sorted(classes)
+    assert len(photos) == 6
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    dataset = {digest(p) for p in (root / "images").rglob("*.jpg")}
+    assert not dataset & {digest(p) for p, _ in photos}
+    again = field_photos(cfg, tmp_path / "again", per_class=2)  # deterministic
+    assert [digest(p) for p, _ in again] == [digest(p) for p, _ in photos]

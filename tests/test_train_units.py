@@ -63,3 +63,19 @@ def test_classification_metrics():
     assert m["top5"] == 1.0
     assert m["per_class_accuracy"] == [1.0, 1.0, 0.5]
     assert m["confusion"][2].tolist() == [0, 1, 1]
+
+
+def test_init_from_a_package_keeps_its_head(tmp_path):
+    """Fine-tuning a served model starts from exactly its weights, classifier included."""
+    from birdray.model.package import WEIGHTS_FILE, load_package
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg", num_classes=4, seed=3)
+    loaded = load_package(package).model.eval()
+    weights = str(package / WEIGHTS_FILE)
+    kept = create_model("test_resnet", 4, pretrained_file=weights, keep_head=True).eval()
+    fresh = create_model("test_resnet", 4, pretrained_file=weights).eval()  # ImageNet-style
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(kept(x), loaded(x), atol=1e-5)
+        assert not torch.allclose(fresh(x), loaded(x), atol=1e-3)  # a new, random head

@@ -26,12 +26,14 @@ def create_model(
     pretrained: bool = False,
     pretrained_file: str | None = None,
     drop_rate: float = 0.0,
+    keep_head: bool = False,
 ) -> torch.nn.Module:
     """A timm model with a fresh ``num_classes`` head.
 
     ``pretrained_file`` loads a local safetensors/.pth file through timm's own
     ``pretrained_cfg_overlay`` path (classifier weights are dropped by timm when the class count
-    differs), so offline machines can fine-tune from real ImageNet weights.
+    differs), so offline machines can fine-tune from real ImageNet weights. ``keep_head``: the
+    file's classifier is ours for these ``num_classes`` (a model package's weights) and is kept.
     """
     if not timm.is_model(arch):
         raise ModelError(f"unknown timm model {arch!r} (see timm.list_models())")
@@ -40,9 +42,10 @@ def create_model(
         path = Path(pretrained_file)
         if not path.is_file():
             raise ModelError(f"pretrained_file not found: {path}")
-        return timm.create_model(
-            arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-        )
+        overlay: dict = {"file": str(path)}
+        if keep_head:
+            overlay["num_classes"] = num_classes
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     return timm.create_model(arch, pretrained=pretrained, **kwargs)
 
 

@@ -20,6 +20,9 @@ class TrainConfig:
     )
     pretrained: bool = field(False, "start from timm hub weights (needs internet)")
     pretrained_file: str = field("", "start from a local weights file (safetensors/.pth)")
+    init_from: str = field(
+        "", "start from this model package, head included (fine-tune it on new data: feedback)"
+    )
     image_size: int = field(
         224, "train/eval resolution (448 for the fine-tune recipe)", aliases=("--img-size",)
     )

@@ -76,6 +76,21 @@ def check_reachable(cfg: TrainConfig) -> None:
             raise ResourceError(f"storage_path {cfg.storage_path}: {exc}") from None
 
 
+def check_init_from(cfg: TrainConfig, class_names: list[str]) -> None:
+    """A package to fine-tune must be this arch with these classes, in this order (its head is
+    kept), or every label would mean another species."""
+    from birdray.model.package import verify_package
+
+    meta = verify_package(Path(cfg.init_from))
+    if meta.arch != cfg.arch:
+        raise ValueError(f"--init-from {cfg.init_from} is a {meta.arch}, not --arch {cfg.arch}")
+    if list(meta.class_names) != list(class_names):
+        raise ValueError(
+            f"--init-from {cfg.init_from} was trained on other classes than {cfg.dataset} "
+            f"({len(meta.class_names)} vs {len(class_names)}, or another order)"
+        )
+
+
 def default_name(cfg: TrainConfig) -> str:
     return cfg.name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -85,13 +100,15 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    for name in ("dataset", "pretrained_file"):  # workers don't run in the driver's folder
+    for name in ("dataset", "pretrained_file", "init_from"):  # workers run in another folder
         value = getattr(cfg, name)
         if value:
             setattr(cfg, name, storage.absolute(value))
     manifest = load_manifest(cfg.dataset)
     if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
+    if cfg.init_from:
+        check_init_from(cfg, manifest["class_names"])
     probe = create_model(cfg.arch, num_classes=len(manifest["class_names"]))
     data_config = resolve_data_config(probe, cfg.image_size)
     del probe

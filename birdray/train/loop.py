@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from birdray.model.factory import autocast_dtype, create_model, set_threads
+from birdray.model.package import WEIGHTS_FILE
 from birdray.model.preprocess import normalize_uint8
 from birdray.resources import watched
 from birdray.train.config import TrainConfig
@@ -116,8 +117,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = worker_device()
     data_config = config["data_config"]
 
+    weights = str(Path(cfg.init_from) / WEIGHTS_FILE) if cfg.init_from else cfg.pretrained_file
     model = create_model(
-        cfg.arch, config["num_classes"], cfg.pretrained, cfg.pretrained_file or None, cfg.drop_rate
+        cfg.arch,
+        config["num_classes"],
+        cfg.pretrained,
+        weights or None,
+        cfg.drop_rate,
+        keep_head=bool(cfg.init_from),
     )
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
