@@ -75,15 +75,13 @@ def test_serve_build_writes_a_config_from_code(tmp_path):
     assert set(deployments) == {"BirdIngress", "BirdClassifier", "BirdExplainer"}
     classifier = deployments["BirdClassifier"]
     assert classifier["max_ongoing_requests"] >= classifier["user_config"]["max_batch_size"]
-    assert set(classifier["user_config"]) == {
-        "model",
-        "registry",
-        "max_batch_size",
-        "batch_wait_timeout_s",
-    }
+    # the model reference is the deployment's argument; user_config only tunes (or swaps) it
+    assert set(classifier["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}
     assert classifier["ray_actor_options"]["num_gpus"] == 0
     for deployment in deployments.values():  # every queue is bounded: overload answers 503
         assert deployment["max_queued_requests"] > 0, deployment["name"]
+    # the proxy's own 503 (the ingress queue full) tells clients when to retry, as ours does
+    assert deployments["BirdIngress"]["backpressure_config"]["retry_after_s"] == 1
 
 
 # --- issue 14: fail-closed API key, parser limits, explain target -----------------------------

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from birdray import config as cfglib
 from birdray import storage
 from birdray.config import field
 from birdray.registry.ref import ModelChoice, ModelRef
+from birdray.serve.api import RETRY_AFTER_S
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.explainer import BirdExplainer
 from birdray.serve.ingress import PROBE_SLOTS, BirdIngress
@@ -178,6 +180,8 @@ def bind_app(opts: AppArgs, ref: ModelRef) -> Application:
             opts.ingress_max_ongoing_requests, opts.max_concurrent_requests + PROBE_SLOTS
         ),
         max_queued_requests=opts.ingress_max_queued_requests,
+        # the proxy's own last-resort 503 (ingress queue full) is plain text, but says when to retry
+        backpressure_config=BackpressureConfig(retry_after_s=int(RETRY_AFTER_S)),
         ray_actor_options=ingress_actor,
         max_surge_percent=opts.max_surge_percent,
     ).bind(classifier, explainer, _limits(opts), opts.api_key_env, feedback_location(opts, ref))
