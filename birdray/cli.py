@@ -105,19 +105,6 @@ JOBS: dict[str, Job] = {
 }
 
 
-def _module_exists(module: str) -> bool:
-    """Whether the job's module is in this checkout, found by file: ``find_spec`` would import
-    its parent packages (``birdray.explain`` pulls in torch, timm and Captum), and listing the
-    jobs must not cost that: ``birdray synth`` and a usage error stay quick."""
-    base = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:])
-    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
-
-
-def _available() -> dict[str, Job]:
-    """Jobs whose module exists in this checkout (the table lists the whole product)."""
-    return {name: job for name, job in JOBS.items() if _module_exists(job.module)}
-
-
 def _load(job: Job) -> tuple[type, Any]:
     module = importlib.import_module(job.module)
     return getattr(module, job.config_cls), getattr(module, job.function)
@@ -167,7 +154,7 @@ def _show(result: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    jobs = _available()
+    jobs = JOBS
     if argv and argv[0] in ("-V", "--version"):
         print(f"birdray {version()}")
         return 0

@@ -55,7 +55,7 @@ def test_timm_flag_names_are_aliases():
     assert sweep.image_size == [96, 128] and sweep.label_smoothing == [0.0]
 
 
-@pytest.mark.parametrize("job", sorted(cli._available()))
+@pytest.mark.parametrize("job", sorted(cli.JOBS))
 def test_help_says_each_default_once_and_documents_positionals(job):
     parser, _, _ = cli.build_parser(job, cli.JOBS[job])
     text = parser.format_help()

@@ -16,7 +16,6 @@ Failed rows are retried. Files no longer listed drop out: the output always desc
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 import uuid
@@ -178,8 +177,6 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     from birdray.scoring.sources import open_source
 
     started = time.time()
-    if cfg.explain_lowest > 0 and importlib.util.find_spec("birdray.explain") is None:
-        raise ConfigError("--explain-lowest needs birdray.explain, which this install lacks")
     source = open_source(cfg.input, cfg.split)
     remote = cfg.output.rstrip("/") if storage.is_remote(cfg.output) else ""
     # a bucket output is worked on in a local mirror and published when committed

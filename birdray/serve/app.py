@@ -10,7 +10,6 @@ and preprocesses them with the model's own data config, so model replicas only r
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -127,8 +126,6 @@ def bind_app(opts: AppArgs, ref: ModelRef) -> Application:
     The reference is passed once, as each model deployment's argument; a ``user_config`` that
     names a ``model`` (a config edit, ``serve deploy``) swaps it live."""
     check_bounds(opts)
-    if opts.explain and importlib.util.find_spec("birdray.explain") is None:
-        raise ValueError("explain=true needs the birdray.explain package; build with explain=false")
     device = None if opts.device in (None, "auto") else opts.device
     user_config = {
         "max_batch_size": opts.max_batch_size,

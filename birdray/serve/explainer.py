@@ -43,8 +43,6 @@ class BirdExplainer:
         device: str | None = None,
         torch_threads: int = 1,
     ):
-        import birdray.explain  # noqa: F401  fail the replica clearly when explain is missing
-
         self._device, self._threads = device, torch_threads
         self._built, self._ref = model, None  # loaded by reconfigure (user_config may swap it)
         self._predictor: Predictor | None = None
