@@ -310,6 +310,8 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
             cfg.dataset, cfg.split, load_manifest(cfg.dataset), files, {**worker_cfg, **pool},
             cfg.siblings, cfg.contrast_images,
         )  # fmt: skip
+    else:
+        summary["contrastive"] = {"available": False, "reason": "no part annotations"}
     summary["comparison"] = compare_methods(summary)
     summary["seconds"] = round(time.time() - started, 2)
     if version:
