@@ -170,7 +170,10 @@ def test_explain_job_on_a_plain_file_shows_the_species_profile(explained, tmp_pa
     entry = json.loads((tmp_path / "upload.json").read_text())["explanations"][0]
     assert entry["target"] == label
     assert entry["part_profile"] == dict(sorted(expected.items(), key=lambda kv: -kv[1]))
-    assert Image.open(tmp_path / "upload_gradcam.png").size == (230, 170)
+    # no --method: the package's measured default from explain-eval
+    stored = json.loads((package / "explain" / "methods.json").read_text())["default"]
+    assert entry["method"] == stored
+    assert Image.open(tmp_path / f"upload_{stored}.png").size == (230, 170)
 
 
 def test_explain_eval_of_a_bucket_version_is_recorded_beside_it(
