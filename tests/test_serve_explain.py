@@ -81,6 +81,8 @@ def test_explain_without_a_method_uses_the_packages_measured_default(app):
     assert body["method"] == body["default_method"] == STORED
     asked = post_explain(app, data, method="gradcam_early").json()
     assert asked["method"] == "gradcam_early" and asked["default_method"] == STORED
+    model = requests.get(f"{app}/v1/model", timeout=30).json()  # what a client preselects
+    assert model["explain_method"] == STORED
 
 
 def test_explain_target_method_and_errors(app):

@@ -82,8 +82,11 @@ def compare_methods(summary: dict[str, Any]) -> dict[str, Any]:
     contrastive = summary.get("contrastive") or {}
     rows = [method_row(m, r, contrastive) for m, r in summary["methods"].items()]
     chosen = choose_method(rows)
-    why = "a measured choice" if rows[[r["method"] for r in rows].index(chosen)]["sanity_passed"] \
+    why = (
+        "a measured choice"
+        if rows[[r["method"] for r in rows].index(chosen)]["sanity_passed"]
         else "no method passed the sanity check: the choice is the least bad, not a trusted one"
+    )
     return {"default": chosen, "rule": RULE, "note": why, "table": rows,
             "model_version": summary.get("model_version")}  # fmt: skip
 
@@ -96,16 +99,35 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(comparison: dict[str, Any]) -> str:
     """The table as Markdown (what a person reads in the package or the README)."""
-    head = ("method", "MoRF vs LeRF", "MoRF vs region", "effect (LeRF-MoRF AUC)", "sanity",
-            "sanity rho", "pointing (part)", "chance", "contrastive pairs", "s / image")
+    head = (
+        "method",
+        "MoRF vs LeRF",
+        "MoRF vs region",
+        "effect (LeRF-MoRF AUC)",
+        "sanity",
+        "sanity rho",
+        "pointing (part)",
+        "chance",
+        "contrastive pairs",
+        "s / image",
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in comparison["table"]:
         f = r["faithfulness"]
         default = r["method"] == comparison["default"]
         name = f"**{r['method']}** (default)" if default else r["method"]
-        cells = (name, f.get("morf_vs_lerf", "not run"), f.get("morf_vs_random_region", "not run"),
-                 r["effect_morf_vs_lerf"], r["sanity"], r["sanity_rho"], r["pointing_part"],
-                 r["pointing_part_chance"], r["contrastive_fraction"], r["seconds_per_image"])
+        cells = (
+            name,
+            f.get("morf_vs_lerf", "not run"),
+            f.get("morf_vs_random_region", "not run"),
+            r["effect_morf_vs_lerf"],
+            r["sanity"],
+            r["sanity_rho"],
+            r["pointing_part"],
+            r["pointing_part_chance"],
+            r["contrastive_fraction"],
+            r["seconds_per_image"],
+        )
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")  # fmt: skip
     lines += ["", f"Default: **{comparison['default']}** ({comparison['note']}).",
               f"Rule: {comparison['rule']}."]  # fmt: skip

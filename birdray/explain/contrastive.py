@@ -169,8 +169,14 @@ class ContrastWorker:
             for method in self.cfg["methods"]:
                 exp = contrastive_explain(self.model, self.data_config, image, int(rec.label),
                                           pair["sibling"], method, **self.kw)  # fmt: skip
-                score = separating_score(exp.attribution, list(rec.parts), list(rec.bbox),
-                                         self.part_names, pair["parts"], self.cfg["radius"])
+                score = separating_score(
+                    exp.attribution,
+                    list(rec.parts),
+                    list(rec.bbox),
+                    self.part_names,
+                    pair["parts"],
+                    self.cfg["radius"],
+                )
                 nan = float("nan")
                 out.append({"image_id": int(rec.image_id), "method": method,
                             "label": int(rec.label), "sibling": pair["sibling"],

@@ -60,8 +60,11 @@ class ExplainEvalConfig:
     nt_samples: int = field(8, "SmoothGrad noisy samples")
     nt_stdev: float = field(0.15, "SmoothGrad noise, as a fraction of the input range")
     fractions: str = field("0,0.05,0.1,0.2,0.3,0.5,0.75", "deletion curve: fractions removed")
-    profile_method: str = field(BEST, "method whose per-species profile Serve shows (best: the "
-                                "measured default, see explain/methods.md)")
+    profile_method: str = field(
+        BEST,
+        "method whose per-species profile Serve shows (best: the "
+        "measured default, see explain/methods.md)",
+    )
     actors: int = field(1, "model replicas explaining in parallel")
     actor_cpus: float = field(0.5, "CPUs reserved per actor (fractional keeps reads running)")
     num_gpus: float = field(0.0, "GPUs per actor")
@@ -230,8 +233,12 @@ def summarize_method(
         "seconds_per_image": float(rows["seconds"].mean()),
         **{
             f"pointing_{name}": float(rows[col].mean()) if part_names else None
-            for name, col in (("bbox", "peak_in_bbox"), ("bbox_chance", "bbox_chance"),
-                              ("part", "peak_near_part"), ("part_chance", "parts_chance"))
+            for name, col in (
+                ("bbox", "peak_in_bbox"),
+                ("bbox_chance", "bbox_chance"),
+                ("part", "peak_near_part"),
+                ("part_chance", "parts_chance"),
+            )
         },
         "part_share": _by_part(share, part_names),
         "part_area_share": _by_part(area, part_names),

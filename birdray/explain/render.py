@@ -181,17 +181,26 @@ def contrastive_plot(contrastive: dict[str, Any], path: str | Path) -> Path:
     for i, (method, r) in enumerate(methods.items()):
         by_pair = {f"{p['species'].split('.')[-1]} vs {p['sibling'].split('.')[-1]}": p
                    for p in r["pairs"]}  # fmt: skip
-        bars = ax.bar(np.arange(len(pairs)) + (i - (len(methods) - 1) / 2) * width,
-                      [by_pair[p]["ratio"] if p in by_pair else 0.0 for p in pairs], width,
-                      label=f"{method} ({r['pairs_meeting_goal']}/{r['pairs_total']} meet goal)")
+        bars = ax.bar(
+            np.arange(len(pairs)) + (i - (len(methods) - 1) / 2) * width,
+            [by_pair[p]["ratio"] if p in by_pair else 0.0 for p in pairs],
+            width,
+            label=f"{method} ({r['pairs_meeting_goal']}/{r['pairs_total']} meet goal)",
+        )
         ranks = [f"#{by_pair[p]['median_rank']:g}" if p in by_pair else "" for p in pairs]
         ax.bar_label(bars, ranks, fontsize=6)  # the separating part's median rank
     ax.axhline(GOAL_RATIO, color="0.3", ls="--", label=f"goal {GOAL_RATIO:g}x chance")
     ax.axhline(1.0, color="0.6", ls=":", label="chance")
     ax.set_xticks(np.arange(len(pairs)), pairs, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("part share / area share (#rank)")
-    ax.set_ylim(0, 1.4 * max([GOAL_RATIO] + [p["ratio"] for r in methods.values()
-                                            for p in r["pairs"] if np.isfinite(p["ratio"])]))
+    ax.set_ylim(
+        0,
+        1.4
+        * max(
+            [GOAL_RATIO]
+            + [p["ratio"] for r in methods.values() for p in r["pairs"] if np.isfinite(p["ratio"])]
+        ),
+    )
     ax.set_title("why this species and not its sibling (contrastive maps)")
     ax.legend(fontsize=7)
     return _save(fig, path)
