@@ -399,7 +399,7 @@ def _explain(cfg: Any) -> None:
         file("--image", cfg.image, "an image file")
     names = list(METHODS) if cfg.method.strip() == "all" else cfg.method.split(",")
     for name in names:
-        choice("--method", name.strip(), (*METHODS, "all"))
+        choice("--method", name.strip(), (*METHODS, "all", "default"))
     model(cfg.model, cfg.registry)
 
 

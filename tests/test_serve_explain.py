@@ -24,6 +24,7 @@ from tests.serve_fixtures import (
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 PROFILE = {"crown": 0.5, "breast": 0.3, "tail": 0.2}
+STORED = "saliency"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def package(tmp_path_factory):
     (pkg / "explain").mkdir()
     profiles = {"method": "gradcam", "classes": {str(i): PROFILE for i in range(4)}}
     (pkg / "explain" / "part_profiles.json").write_text(json.dumps(profiles))
+    # what explain-eval stores: the measured default method (here not Grad-CAM, the fallback)
+    (pkg / "explain" / "methods.json").write_text(json.dumps({"default": STORED, "table": []}))
     return pkg
 
 
@@ -70,6 +73,16 @@ def test_explain_uses_the_served_model_version(app):
     assert 1 <= len(body["regions"]) <= 3
     assert {"x", "y", "w", "h", "share"} <= set(body["regions"][0])
     assert body["part_profile"] == dict(sorted(PROFILE.items(), key=lambda kv: -kv[1]))
+
+
+def test_explain_without_a_method_uses_the_packages_measured_default(app):
+    data = encode(random_rgb(24, (90, 70)), "PNG")
+    body = post_explain(app, data).json()
+    assert body["method"] == body["default_method"] == STORED
+    asked = post_explain(app, data, method="gradcam_early").json()
+    assert asked["method"] == "gradcam_early" and asked["default_method"] == STORED
+    model = requests.get(f"{app}/v1/model", timeout=30).json()  # what a client preselects
+    assert model["explain_method"] == STORED
 
 
 def test_explain_target_method_and_errors(app):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from birdray.model.preprocess import CropGeometry, build_transform, eval_geometry
 
-METHODS = ("gradcam", "saliency", "integrated_gradients")
+METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
 BASELINES = ("blur", "black", "white", "mean")
 _LAYER_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
@@ -97,6 +97,44 @@ def find_gradcam_layer(
     cached = _LAYER_CACHE.get(model)
     if cached is not None:
         return cached, model.get_submodule(cached)
+    spatial = _spatial_outputs(model, input_size)
+    final = spatial[-1][1]
+    candidates = [n for n, out in spatial if out is final]
+    info = getattr(model, "feature_info", None)
+    named = (
+        {f.get("module") for f in info if isinstance(f, dict)} if isinstance(info, list) else set()
+    )
+    preferred = [n for n in candidates if n in named]
+    name = preferred[-1] if preferred else candidates[-1]
+    _LAYER_CACHE[model] = name
+    return name, model.get_submodule(name)
+
+
+def find_early_layer(
+    model: torch.nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)
+) -> tuple[str, torch.nn.Module]:
+    """The stage before the last (timm's ``feature_info[-2]``): a map at twice the resolution.
+
+    Grad-CAM there (``gradcam_early``) can separate neighbouring parts that the last stage's
+    4x4-7x7 map blurs together. Without ``feature_info``: the last module whose output is
+    spatially larger than the final map (the final map itself when there is none).
+    """
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and len(info) >= 2 and isinstance(info[-2], dict):
+        name = info[-2].get("module")
+        if name:
+            return name, model.get_submodule(name)
+    spatial = _spatial_outputs(model, input_size)
+    size = spatial[-1][1].shape[-2:].numel()
+    larger = [n for n, out in spatial if out.shape[-2:].numel() > size]
+    name = larger[-1] if larger else find_gradcam_layer(model, input_size)[0]
+    return name, model.get_submodule(name)
+
+
+def _spatial_outputs(
+    model: torch.nn.Module, input_size: tuple[int, ...]
+) -> list[tuple[str, torch.Tensor]]:
+    """Every module's 4D output with more than one spatial cell, in forward order (one probe)."""
     outputs: list[tuple[str, torch.Tensor]] = []
 
     def record(name: str):
@@ -117,16 +155,7 @@ def find_gradcam_layer(
     spatial = [(n, out) for n, out in outputs if out.shape[-1] * out.shape[-2] > 1]
     if not spatial:
         raise ValueError("no module outputs a spatial feature map: Grad-CAM needs a CNN")
-    final = spatial[-1][1]
-    candidates = [n for n, out in spatial if out is final]
-    info = getattr(model, "feature_info", None)
-    named = (
-        {f.get("module") for f in info if isinstance(f, dict)} if isinstance(info, list) else set()
-    )
-    preferred = [n for n in candidates if n in named]
-    name = preferred[-1] if preferred else candidates[-1]
-    _LAYER_CACHE[model] = name
-    return name, model.get_submodule(name)
+    return spatial
 
 
 def _axis_weights(n_orig: int, scale: float, offset: int, n_in: int) -> np.ndarray:
@@ -205,11 +234,10 @@ def attribute(
     layer: str | None = None,
 ) -> tuple[np.ndarray, str | None]:
     """A non-negative map on the input grid (h x w) for ``target``; and Grad-CAM's layer name."""
-    if method == "gradcam":
+    if method in ("gradcam", "gradcam_early"):
+        find = find_gradcam_layer if method == "gradcam" else find_early_layer
         name, module = (
-            (layer, model.get_submodule(layer))
-            if layer
-            else find_gradcam_layer(model, tuple(x.shape[1:]))
+            (layer, model.get_submodule(layer)) if layer else find(model, tuple(x.shape[1:]))
         )
         cam = LayerGradCam(model, module).attribute(x, target=target, relu_attributions=True)
         cam = F.interpolate(cam.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -22,29 +22,27 @@ model they describe.
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from birdray import storage
 from birdray.config import field
 from birdray.explain.attribution import METHODS, explain
+from birdray.explain.compare import compare_methods
+from birdray.explain.contrastive import run_contrastive
 from birdray.explain.faithfulness import (
     randomize_top,
     rank_correlation,
     removal_curves,
     summarize_faithfulness,
-    verdict_lines,
 )  # fmt: skip
-from birdray.explain.parts import EXPLAIN_DIR, PROFILES_FILE, score_parts
+from birdray.explain.parts import score_parts
+from birdray.explain.results import BEST, headline, record, write_results
 from birdray.registry.ref import ModelChoice
 
 
@@ -61,7 +59,11 @@ class ExplainEvalConfig(ModelChoice):
     nt_samples: int = field(8, "SmoothGrad noisy samples")
     nt_stdev: float = field(0.15, "SmoothGrad noise, as a fraction of the input range")
     fractions: str = field("0,0.05,0.1,0.2,0.3,0.5,0.75", "deletion curve: fractions removed")
-    profile_method: str = field("gradcam", "method whose per-species profile Serve shows")
+    profile_method: str = field(
+        BEST,
+        "method whose per-species profile Serve shows (best: the "
+        "measured default, see explain/methods.md)",
+    )
     actors: int = field(1, "model replicas explaining in parallel")
     actor_cpus: float = field(0.5, "CPUs reserved per actor (fractional keeps reads running)")
     num_gpus: float = field(0.0, "GPUs per actor")
@@ -72,6 +74,8 @@ class ExplainEvalConfig(ModelChoice):
     cells: int = field(8, "faithfulness tests remove cells of a CELLS x CELLS grid")
     regions: int = field(2, "random contiguous regions per image (the MoRF baseline)")
     sanity: bool = field(True, "model-randomisation check: explain a top-re-initialised copy too")
+    contrast_images: int = field(60, "sibling-pair images for the contrastive table (0 = all)")
+    siblings: str = field("", "synthetic_species.json (default: the dataset's generated source)")
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
 
@@ -228,8 +232,12 @@ def summarize_method(
         "seconds_per_image": float(rows["seconds"].mean()),
         **{
             f"pointing_{name}": float(rows[col].mean()) if part_names else None
-            for name, col in (("bbox", "peak_in_bbox"), ("bbox_chance", "bbox_chance"),
-                              ("part", "peak_near_part"), ("part_chance", "parts_chance"))
+            for name, col in (
+                ("bbox", "peak_in_bbox"),
+                ("bbox_chance", "bbox_chance"),
+                ("part", "peak_near_part"),
+                ("part_chance", "parts_chance"),
+            )
         },
         "part_share": _by_part(share, part_names),
         "part_area_share": _by_part(area, part_names),
@@ -243,39 +251,6 @@ def summarize_method(
             rows, fractions, c.get("cells", 8), c.get("seed", 0), c.get("sanity", True)
         ),
     }
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    """Atomic (``storage``'s writer): Serve may be reading the previous file meanwhile."""
-    storage.write_bytes_atomic(path, json.dumps(data, indent=2).encode())
-    return path
-
-
-def write_results(package: Path, summary: dict[str, Any], profile_method: str) -> dict[str, str]:
-    """``explain/summary.json``, plots per method, and ``explain/part_profiles.json``."""
-    from birdray.explain.render import deletion_plot, part_share_plot
-
-    out = package / EXPLAIN_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"summary": str(_write_json(out / "summary.json", summary))}
-    for method, result in summary["methods"].items():
-        curve = deletion_plot(result["deletion"], method, out / f"deletion_{method}.png")
-        files[f"deletion_{method}"] = str(curve)
-        if summary["part_names"]:
-            bars = part_share_plot(result, method, out / f"part_shares_{method}.png")
-            files[f"parts_{method}"] = str(bars)
-    if not summary["part_names"]:  # no profiles to show uploads against
-        return files
-    methods = summary["methods"]
-    chosen = profile_method if profile_method in methods else next(iter(methods))
-    result = methods[chosen]
-    profiles = {
-        "method": chosen, "radius": summary["radius"], "model_version": summary["model_version"],
-        "chance": result["part_area_share"],
-        "classes": {str(k): v for k, v in result["per_class"].items()},
-    }  # fmt: skip
-    files["part_profiles"] = str(_write_json(out / PROFILES_FILE, profiles))
-    return files
 
 
 def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
@@ -333,41 +308,17 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
         "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions,
                                         worker_cfg) for m in methods},
     }  # fmt: skip
+    if part_names:  # sibling ground truth needs part annotations
+        pool = {"actors": actors, "actor_cpus": cfg.actor_cpus, "batch_size": cfg.batch_size}
+        summary["contrastive"] = run_contrastive(
+            cfg.dataset, cfg.split, load_manifest(cfg.dataset), files, {**worker_cfg, **pool},
+            cfg.siblings, cfg.contrast_images,
+        )  # fmt: skip
+    else:
+        summary["contrastive"] = {"available": False, "reason": "no part annotations"}
+    summary["comparison"] = compare_methods(summary)
     summary["seconds"] = round(time.time() - started, 2)
     if version:
-        return {**_record(cfg.registry, version, summary, cfg.profile_method), **headline(summary)}
+        return {**record(cfg.registry, version, summary, cfg.profile_method), **headline(summary)}
     files = write_results(package, summary, cfg.profile_method)
     return {"package": str(package), "files": files, **headline(summary)}
-
-
-def _record(registry: str, version: str, summary: dict, profile_method: str) -> dict[str, Any]:
-    """Write the results as an explanation record of ``version`` (works for buckets too)."""
-    from birdray.registry import local_copy, record_explanation
-
-    with tempfile.TemporaryDirectory(prefix="birdray-explain-") as staging:
-        written = write_results(Path(staging), summary, profile_method)
-        record = record_explanation(registry, version, Path(staging) / EXPLAIN_DIR)
-    package = local_copy(registry, version)  # the view consumers load now has explain/
-    files = {k: str(package / EXPLAIN_DIR / Path(v).name) for k, v in written.items()}
-    return {"package": str(package), "record": record, "files": files}
-
-
-def headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """The numbers worth printing, method by method."""
-    out = {}
-    for method, r in summary["methods"].items():
-        top = sorted(r["part_share"].items(), key=lambda kv: -kv[1])[:3]
-        out[method] = {
-            "deletion_auc": f"{r['deletion']['auc']['deletion_correct']:.3f} "
-                            f"(random {r['deletion']['auc']['random_correct']:.3f})",
-            "faithfulness": verdict_lines(r["faithfulness"]),
-        }  # fmt: skip
-        if r["pointing_bbox"] is None:
-            out[method]["part_scores"] = "skipped: this dataset has no part annotations"
-            continue
-        out[method].update({
-            "pointing_bbox": f"{r['pointing_bbox']:.3f} (chance {r['pointing_bbox_chance']:.3f})",
-            "pointing_part": f"{r['pointing_part']:.3f} (chance {r['pointing_part_chance']:.3f})",
-            "top_parts": {p: round(s, 3) for p, s in top},
-        })  # fmt: skip
-    return out

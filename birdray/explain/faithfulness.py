@@ -218,8 +218,9 @@ def _test(values: np.ndarray, bound: float, statistic: str, seed: int) -> dict[s
     values = values[np.isfinite(values)]
     criterion = f"upper end of the 95% bootstrap CI < {bound:g}"
     out: dict[str, Any] = {"statistic": statistic, "images": len(values), "criterion": criterion}
-    if len(values) < MIN_IMAGES:
-        return {**out, "passed": False, "verdict": f"too few images (< {MIN_IMAGES})"}
+    if len(values) < MIN_IMAGES:  # the mean is still reported (no interval, no verdict)
+        mean = float(values.mean()) if len(values) else None
+        return {**out, "mean": mean, "passed": False, "verdict": f"too few images (< {MIN_IMAGES})"}
     mean, lo, hi = bootstrap_ci(values, seed)
     passed = hi < bound
     return {**out, "mean": mean, "ci95": [lo, hi], "passed": bool(passed),

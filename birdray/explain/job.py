@@ -26,7 +26,10 @@ from birdray.registry.ref import ModelChoice
 @dataclass
 class ExplainConfig(ModelChoice):
     image: str = field("", "image file to explain (or use --dataset and --image-id)")
-    method: str = field("gradcam", f"{' | '.join(METHODS)} | all (comma-separated list works)")
+    method: str = field(
+        "default", f"{' | '.join(METHODS)} | all | default: the package's measured best "
+        "(explain/methods.md from explain-eval; gradcam if never evaluated); lists work"
+    )  # fmt: skip
     target: int | None = field(None, "class label to explain (default: the predicted class)")
     dataset: str = field("", "ingested dataset folder: explain one of its images with its parts")
     image_id: int | None = field(None, "CUB image id (from 1) within --dataset; required with it")
@@ -60,8 +63,11 @@ def load_dataset_image(dataset: str, image_id: int) -> tuple[Image.Image, dict[s
     return decode_image(row.pop("image")).image, row
 
 
-def _methods(text: str) -> list[str]:
+def _methods(text: str, package_path: Path) -> list[str]:
+    from birdray.explain.compare import default_method
+
     names = list(METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",")]
+    names = [default_method(package_path, METHODS) if m == "default" else m for m in names]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} or all")
@@ -82,8 +88,8 @@ def run_explain(cfg: ExplainConfig) -> Path:
     from birdray.model.package import load_package
 
     set_threads(cfg.threads)
-    methods = _methods(cfg.method)
     package_path = cfg.ref.resolve()
+    methods = _methods(cfg.method, package_path)
     package = load_package(package_path)
     package.model.to(pick_device(cfg.device != "cpu"))  # check_local refused cuda without CUDA
     meta = package.metadata

@@ -168,6 +168,44 @@ def deletion_plot(deletion: dict[str, Any], method: str, path: str | Path) -> Pa
     return _save(fig, path)
 
 
+def contrastive_plot(contrastive: dict[str, Any], path: str | Path) -> Path:
+    """Bars per sibling pair and method: separating part's share / its area share (goal line)."""
+    from birdray.explain.contrastive import GOAL_RATIO
+
+    methods = contrastive["methods"]
+    pairs = [f"{p['species'].split('.')[-1]} vs {p['sibling'].split('.')[-1]}"
+             for p in next(iter(methods.values()))["pairs"]]  # fmt: skip
+    fig = _figure(max(6.0, 0.9 * len(pairs) + 3), 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(methods))
+    for i, (method, r) in enumerate(methods.items()):
+        by_pair = {f"{p['species'].split('.')[-1]} vs {p['sibling'].split('.')[-1]}": p
+                   for p in r["pairs"]}  # fmt: skip
+        bars = ax.bar(
+            np.arange(len(pairs)) + (i - (len(methods) - 1) / 2) * width,
+            [by_pair[p]["ratio"] if p in by_pair else 0.0 for p in pairs],
+            width,
+            label=f"{method} ({r['pairs_meeting_goal']}/{r['pairs_total']} meet goal)",
+        )
+        ranks = [f"#{by_pair[p]['median_rank']:g}" if p in by_pair else "" for p in pairs]
+        ax.bar_label(bars, ranks, fontsize=6)  # the separating part's median rank
+    ax.axhline(GOAL_RATIO, color="0.3", ls="--", label=f"goal {GOAL_RATIO:g}x chance")
+    ax.axhline(1.0, color="0.6", ls=":", label="chance")
+    ax.set_xticks(np.arange(len(pairs)), pairs, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("part share / area share (#rank)")
+    ax.set_ylim(
+        0,
+        1.4
+        * max(
+            [GOAL_RATIO]
+            + [p["ratio"] for r in methods.values() for p in r["pairs"] if np.isfinite(p["ratio"])]
+        ),
+    )
+    ax.set_title("why this species and not its sibling (contrastive maps)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

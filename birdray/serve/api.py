@@ -31,7 +31,7 @@ from birdray.serve.uploads import Limits, Upload, read_form
 logger = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
-METHODS = ("gradcam", "saliency", "integrated_gradients")
+METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -57,7 +57,9 @@ class Service(Protocol):
         self, uploads: list[Upload], top_k: int
     ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]: ...
 
-    async def explain(self, upload: Upload, method: str, target: str | None) -> dict[str, Any]: ...
+    async def explain(
+        self, upload: Upload, method: str | None, target: str | None
+    ) -> dict[str, Any]: ...
 
     async def feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]: ...
 
@@ -274,10 +276,12 @@ def create_api(
     )
     async def explain(
         request: Request,
-        method: str = Query("gradcam", description=" | ".join(METHODS)),
+        method: str | None = Query(
+            None, description=" | ".join(METHODS) + "; default: the model's measured best"
+        ),
         target: str | None = Query(None, description="class index or species; default: predicted"),
     ) -> dict[str, Any]:
-        if method not in METHODS:
+        if method is not None and method not in METHODS:
             raise ApiError(422, "invalid_parameter", f"method must be one of {', '.join(METHODS)}")
         async with admitted():
             uploads = await read(request, "file")

@@ -46,9 +46,16 @@ def load_predictor(
 
 
 def describe(predictor: Predictor) -> dict[str, Any]:
-    """What ``GET /v1/model`` shows, plus the data config the ingress preprocesses with."""
+    """What ``GET /v1/model`` shows, plus the data config the ingress preprocesses with.
+
+    ``explain_method`` is what ``/v1/explain`` uses when a request names no method: the method
+    ``explain-eval`` measured best for this package (clients such as the dashboard preselect it).
+    """
+    from birdray.explain.compare import default_method
+
     meta = predictor.metadata
     return {
+        "explain_method": default_method(predictor.package.path),
         "name": predictor.package.name,
         "version": predictor.version,
         "arch": meta.arch,

@@ -3,7 +3,9 @@
 A separate deployment with a small ``max_ongoing_requests`` and a bounded queue, so slow
 explanations (Integrated Gradients takes seconds on CPU) never starve ``/v1/predict``: excess
 explain requests are refused with 503 instead of piling up. It follows the same ``user_config``
-model reference as ``BirdClassifier``, so a swap moves both.
+model reference as ``BirdClassifier``, so a swap moves both. A request that names no method gets
+the one ``explain-eval`` measured best for this model (``explain/methods.json`` in the package,
+``gradcam`` when it was never evaluated), so a swap moves the default too.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ class BirdExplainer:
         self._built, self._ref = model, None  # loaded by reconfigure (user_config may swap it)
         self._predictor: Predictor | None = None
         self._profiles: dict[str, Any] | None = None
+        self._method = "gradcam"  # until reconfigure reads the package's measured default
         self._metrics = ServeMetrics()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        from birdray.explain import load_part_profiles
+        from birdray.explain import METHODS, load_part_profiles
+        from birdray.explain.compare import default_method
 
         ref = ModelRef.from_config(config, self._ref or self._built)
         if ref == self._ref:
@@ -60,13 +64,21 @@ class BirdExplainer:
             load_predictor, ref, self._device, self._threads, False, False
         )
         profiles = load_part_profiles(predictor.package.path)
+        method = default_method(predictor.package.path, METHODS)
         self._predictor, self._profiles, self._ref = predictor, profiles, ref
+        self._method = method
+
+    @property
+    def default_method(self) -> str:
+        """The method used when a request names none (the package's measured best)."""
+        return self._method
 
     def check_health(self) -> None:
         if self._predictor is None:
             raise RuntimeError("model not loaded yet")
 
     def _explain(self, image: Image.Image, method: str, target: int | None) -> dict[str, Any]:
+        """``method`` is already resolved (``explain`` fills in the default)."""
         from birdray.explain import explain, species_profile
 
         set_threads(self._threads)  # torch's thread setting is per OS thread: set it here too
@@ -88,6 +100,7 @@ class BirdExplainer:
         return {
             "model_version": predictor.version,
             "method": method,
+            "default_method": self._method,
             "target": {"label": explained, "species": names[explained]},
             "prediction": {
                 "label": predicted,
@@ -100,8 +113,11 @@ class BirdExplainer:
             "timing_ms": {"explain": (time.perf_counter() - start) * 1000},
         }
 
-    async def explain(self, image: Image.Image, method: str, target: int | None) -> dict[str, Any]:
+    async def explain(
+        self, image: Image.Image, method: str | None, target: int | None
+    ) -> dict[str, Any]:
         self.check_health()
+        method = method or self._method
         start = time.perf_counter()
         try:
             result = await asyncio.to_thread(self._explain, image, method, target)

@@ -249,7 +249,9 @@ class BirdIngress:
                 return index
         raise ApiError(422, "invalid_parameter", f"unknown target class {target!r}")
 
-    async def explain(self, upload: Upload, method: str, target: str | None) -> dict[str, Any]:
+    async def explain(
+        self, upload: Upload, method: str | None, target: str | None
+    ) -> dict[str, Any]:
         if self._explainer is None:
             raise ApiError(404, "explain_disabled", "this app was built with explain=false")
         info = await self._current()
