@@ -8,6 +8,7 @@ the run from its latest checkpoint (Ray Train restores it from ``storage_path/na
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import signal
 import threading
@@ -100,10 +101,11 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    for name in ("dataset", "pretrained_file", "init_from"):  # workers run in another folder
-        value = getattr(cfg, name)
-        if value:
-            setattr(cfg, name, storage.absolute(value))
+    # workers run in another folder: absolute paths, in a copy (the caller's config is theirs)
+    paths = ("dataset", "pretrained_file", "init_from")
+    cfg = dataclasses.replace(
+        cfg, **{name: storage.absolute(getattr(cfg, name)) for name in paths if getattr(cfg, name)}
+    )
     manifest = load_manifest(cfg.dataset)
     if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,25 +152,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp_dtype = autocast_dtype(device, cfg.amp if device.type == "cuda" else cfg.amp_cpu)
     start_epoch, history = _load_state(model, optimizer, scheduler)
+    step = _Step(cfg, model, optimizer, scheduler, loss_fn, data_config, device, amp_dtype)
     nodes = _distinct_nodes()
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.time()
-        train_loss, seen, _ = _train_epoch(
-            model,
-            optimizer,
-            scheduler,
-            loss_fn,
-            cfg,
-            data_config,
-            device,
-            amp_dtype,
-            epoch,
-            epoch * steps_per_epoch,
-            rank,
-        )
+        train_loss, seen = _train_epoch(step, epoch, epoch * steps_per_epoch, rank)
         train_seconds = time.time() - started
-        val = _validate(model, loss_fn, cfg, data_config, device, amp_dtype)
+        val = _validate(step)
         gpu_assigned = float(bool(ray.get_gpu_ids()))  # Ray's assignment, CUDA or not
         totals = _all_reduce([train_loss, seen, train_seconds, gpu_assigned], device)
         metrics = {
@@ -200,21 +190,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _train_epoch(
-    model,
-    optimizer,
-    scheduler,
-    loss_fn,
-    cfg,
-    data_config,
-    device,
-    amp_dtype,
-    epoch,
-    num_updates,
-    rank,
-) -> tuple[float, float, int]:
+@dataclass
+class _Step:
+    """What every training and validation step uses, built once per worker."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    loss_fn: torch.nn.Module
+    data_config: dict[str, Any]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of a uint8 batch, normalised and autocast as configured."""
+        images = normalize_uint8(batch["image"], self.data_config)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return self.model(images), batch["label"].long()
+
+
+def _train_epoch(step: _Step, epoch: int, num_updates: int, rank: int) -> tuple[float, float]:
+    """One pass over this worker's shard; returns (summed loss, images seen)."""
     import ray.train
 
+    cfg, model, optimizer = step.cfg, step.model, step.optimizer
     model.train()
     shard = ray.train.get_dataset_shard("train")
     total_loss, seen = 0.0, 0.0
@@ -222,50 +225,39 @@ def _train_epoch(
         batch_size=cfg.batch_size,
         drop_last=True,
         prefetch_batches=2,
-        device=device,
+        device=step.device,
         local_shuffle_buffer_size=cfg.batch_size * 4,
         local_shuffle_seed=cfg.seed + epoch,
     )
-    for step, batch in enumerate(watched(batches, cfg.stall_timeout_s, "training data")):
-        if step == 1:
+    for index, batch in enumerate(watched(batches, cfg.stall_timeout_s, "training data")):
+        if index == 1:
             _maybe_inject_failure(cfg, epoch, rank)
-        images = normalize_uint8(batch["image"], data_config)
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].long()
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
-            loss = loss_fn(model(images), labels)
+        logits, labels = step.forward(batch)
+        loss = step.loss_fn(logits.float(), labels)  # as autocast would: in float32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         num_updates += 1
-        scheduler.step_update(num_updates=num_updates)
+        step.scheduler.step_update(num_updates=num_updates)
         total_loss += float(loss.detach()) * len(labels)
         seen += len(labels)
-    return total_loss, seen, num_updates
+    return total_loss, seen
 
 
 @torch.no_grad()
-def _validate(model, loss_fn, cfg, data_config, device, amp_dtype) -> dict[str, float]:
+def _validate(step: _Step) -> dict[str, float]:
     import ray.train
 
-    model.eval()
+    cfg, device = step.cfg, step.device
+    step.model.eval()
     shard = ray.train.get_dataset_shard("val")
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
     batches = shard.iter_torch_batches(
         batch_size=cfg.batch_size * 2, drop_last=False, device=device
     )
     for batch in watched(batches, cfg.stall_timeout_s, "validation data"):
-        images = normalize_uint8(batch["image"], data_config)
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].long()
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
-            logits = model(images).float()
+        logits, labels = step.forward(batch)
+        logits = logits.float()
         sums[0] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
         sums[1] += _topk_correct(logits, labels, 1)
         sums[2] += _topk_correct(logits, labels, 5)
