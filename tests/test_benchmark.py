@@ -37,7 +37,11 @@ def test_benchmark_smoke_writes_every_stage(ray_cluster, tmp_path):
         ("score", "folder images/s, steady state"),
         ("score", "folder seconds until the first results"),
         ("serve", "start until ready"),
-        *[("serve", f"{q} at concurrency {c}") for c in (1, 4) for q in ("req/s", "p50", "p99")],
+        *[
+            ("serve", f"{q} at concurrency {c}")
+            for c in (1, 4)
+            for q in ("req/s", "p50 latency", "p99 latency")
+        ],
     ]
     for stage, text in wanted:
         found = [r for (s, m), r in peers.items() if s == stage and text in m]
