@@ -12,7 +12,7 @@ from birdray.benchmark.gpu import run as gpu_run
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)  # peers add a FastAPI start and two DataLoader runs
 def test_benchmark_smoke_writes_every_stage(ray_cluster, tmp_path):
     result = run_benchmark(BenchmarkConfig(stage="all", out=str(tmp_path), smoke=True))
     data = json.loads(open(result["results"]).read())
