@@ -1,4 +1,4 @@
-"""The benchmark harness works end to end (tiny sizes; its numbers are not asserted)."""
+"""The benchmark harness works end to end, peers included (tiny sizes; no timing asserted)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from birdray.benchmark.gpu import run as gpu_run
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)  # peers add a FastAPI start and two DataLoader runs
 def test_benchmark_smoke_writes_every_stage(ray_cluster, tmp_path):
     result = run_benchmark(BenchmarkConfig(stage="all", out=str(tmp_path), smoke=True))
     data = json.loads(open(result["results"]).read())
@@ -25,6 +25,31 @@ def test_benchmark_smoke_writes_every_stage(ray_cluster, tmp_path):
             assert r["ratio"] == pytest.approx(r["value"] / r["baseline"])
     table = open(result["table"]).read()
     assert "| ingest |" in table and "| serve |" in table
+    assert "| peer | ratio vs peer |" in table
+    # every stage with a plain-tool peer carries it, measured in the same run
+    peers = {(r["stage"], r["metric"]): r for r in data["rows"] if r.get("peer") is not None}
+    wanted = [
+        ("ingest", "seconds for"),
+        ("train", "images/s, batch 2 (last epoch)"),
+        ("train", "wall seconds for 1 epochs"),
+        ("train", "fixed seconds outside the epochs"),
+        ("score", "folder images/s, whole command"),
+        ("score", "folder images/s, steady state"),
+        ("score", "folder seconds until the first results"),
+        ("serve", "start until ready"),
+        *[
+            ("serve", f"{q} at concurrency {c}")
+            for c in (1, 4)
+            for q in ("req/s", "p50 latency", "p99 latency")
+        ],
+    ]
+    for stage, text in wanted:
+        found = [r for (s, m), r in peers.items() if s == stage and text in m]
+        assert found, f"no peer row for {stage}: {text}"
+        for r in found:
+            assert r["peer"] > 0 and r["value"] > 0, r
+            assert r["peer_ratio"] == pytest.approx(r["value"] / r["peer"])
+    assert not any(r.get("peer") for r in data["rows"] if r["stage"] == "explain")
 
 
 def test_gpu_check_runs_on_cpu():

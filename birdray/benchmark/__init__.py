@@ -1,5 +1,7 @@
-"""``birdray benchmark <stage>``: every stage against its practical limit, in one run.
+"""``birdray benchmark <stage>``: every stage against its practical limit and its peer, in one run.
 
+The peer is the plain tool a user would pick instead (a DataLoader training or inference loop, a
+FastAPI app, a single-process ingest: ``peers.py``), run in the same invocation on the same data.
 Results go to ``<out>/results.json`` (rows + machine) and ``<out>/results.md`` (the table that
 BENCHMARKS.md quotes). Ratios, never absolute timings, are what the goals are stated in.
 """
@@ -22,15 +24,20 @@ class BenchmarkConfig:
     positional = "stage"
     stage: str = field("all", " | ".join(STAGES))
     out: str = field("runs/benchmark", "results folder (data is generated under it)")
-    classes: int = field(20, "species in the generated data (1x size)")
-    per_class: int = field(20, "images per species (1x size)")
+    classes: int = field(20, "species in the generated data")
+    per_class: int = field(
+        600, "images per species: 12,000 (CUB-size), ~5,400 train, so steady state dominates"
+    )
     scales: list[int] = field([1, 4, 16], "dataset multiples for the scaling run")
+    scaling_per_class: int = field(20, "images per species at 1x in the scaling run")
     arch: str = field("resnet18", "model for train/score/serve")
     image_size: int = field(128, "resolution for train/score/serve")
     batch_size: int = field(16, "batch size")
     threads: int = field(2, "torch threads (the machine's cores)")
     repeats: int = field(3, "repeats per timing (median and spread reported)")
-    requests: int = field(200, "Serve requests per concurrency level")
+    requests: int = field(300, "Serve requests per concurrency level")
+    concurrency: list[int] = field([1, 8, 32, 128], "Serve concurrency levels (birdray and peer)")
+    peers: bool = field(True, "also run the plain-tool peers (DataLoader, FastAPI, one process)")
     explain_arch: str = field("resnet50", "model for explanation timings")
     explain_sizes: list[int] = field([224, 448], "resolutions for explanation timings")
     device: str = field("cpu", "cpu | cuda (cuda runs the GPU check, no Ray needed)")
@@ -45,11 +52,13 @@ def _smoke(cfg: BenchmarkConfig) -> BenchmarkConfig:
             "classes": 2,
             "per_class": 8,  # a few training steps per epoch at batch 2
             "scales": [1],
+            "scaling_per_class": 8,
             "arch": "test_resnet",
             "image_size": 64,
             "batch_size": 2,
             "repeats": 1,
             "requests": 8,
+            "concurrency": [1, 4],
             "explain_arch": "test_resnet",
             "explain_sizes": [64],
         }
@@ -79,23 +88,27 @@ def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str)
         f" torch {machine['torch']}, timm {machine['timm']}, Ray {machine['ray']}.",
         f"Command: `{command}`",
         "",
-        "| stage | metric | birdray | baseline | ratio | goal | met |",
-        "|---|---|---|---|---|---|---|",
+        "Ratios are birdray / other: above 1 is faster for rates, slower for s and ms.",
+        "",
+        "| stage | metric | birdray | peer | ratio vs peer | limit | ratio vs limit | goal | met |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        base = f"{r['baseline']:.3g} {r['unit']}" if r.get("baseline") else "—"
-        ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "—"
+        cell = lambda v, unit="": f"{v:.3g}{unit}" if v is not None else "—"  # noqa: E731
+        unit = f" {r['unit']}"
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
         lines.append(
-            f"| {r['stage']} | {r['metric']} | {r['value']:.3g} {r['unit']} | {base} "
-            f"| {ratio} | {r.get('goal', '')} | {met} |"
+            f"| {r['stage']} | {r['metric']} | {cell(r['value'], unit)} "
+            f"| {cell(r.get('peer') or None, unit)} | {cell(r.get('peer_ratio'))} "
+            f"| {cell(r.get('baseline') or None, unit)} | {cell(r.get('ratio'))} "
+            f"| {r.get('goal', '')} | {met} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     """Run the chosen stage(s); write results.json and results.md under ``cfg.out``."""
-    from birdray.benchmark import stages
+    from birdray.benchmark import serving, stages
     from birdray.benchmark.measure import machine
 
     if cfg.stage not in STAGES:
@@ -127,7 +140,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     run_ingest(IngestConfig(source=str(source), out=str(dataset)))
     package = _package(cfg, out, cfg.classes)
     if "ingest" in want:
-        rows += stages.bench_ingest(source, out / "ingest-bench", cfg.repeats)
+        rows += stages.bench_ingest(source, out / "ingest-bench", cfg.repeats, peers=cfg.peers)
     if "train" in want:
         rows += stages.bench_train(
             dataset,
@@ -137,18 +150,22 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             cfg.batch_size,
             cfg.threads,
             epochs=1 if cfg.smoke else 2,
+            peers=cfg.peers,
         )
     if "score" in want:
         rows += stages.bench_score(
-            source, dataset, package, out / "score", cfg.batch_size, cfg.threads
+            source, dataset, package, out / "score", cfg.batch_size, cfg.threads, peers=cfg.peers
         )
     if "serve" in want:
-        rows += stages.bench_serve(source, package, cfg.requests, cfg.threads)
+        rows += serving.bench_serve(
+            source, package, cfg.requests, cfg.threads, cfg.concurrency, peers=cfg.peers
+        )
     if "explain" in want:
         rows += stages.bench_explain(cfg.explain_arch, tuple(cfg.explain_sizes), cfg.repeats)
     if "scaling" in want:
         for scale in cfg.scales:
-            data = stages.make_folder(out / f"data-{scale}x", cfg.classes, cfg.per_class * scale)
+            per_class = cfg.scaling_per_class * scale
+            data = stages.make_folder(out / f"data-{scale}x", cfg.classes, per_class)
             rows += stages.bench_ingest(data, out / f"ingest-{scale}x", 1, f"{scale}x")
             rows += stages.bench_score(
                 data,

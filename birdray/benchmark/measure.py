@@ -39,6 +39,51 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def http_load(
+    url: str, payloads: list[bytes], requests: int, concurrency: int, field: str = "files"
+) -> dict[str, Any]:
+    """POST ``requests`` one-image uploads to ``url`` from ``concurrency`` threads.
+
+    The one load client for birdray's Serve and the plain-FastAPI peer, so their numbers differ
+    only by the server. Each thread keeps its own HTTP session (a shared one drops connections
+    past its pool size). A non-2xx answer (503 busy, 504) is counted as failed, not raised:
+    answering excess load quickly is behaviour to report. Latency percentiles are of the
+    successful requests; ``req_s`` counts successful answers per wall second.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests as http
+
+    local = threading.local()
+
+    def call(i: int) -> tuple[bool, float]:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = http.Session()
+        started = time.perf_counter()
+        try:
+            body = {field: ("b.jpg", payloads[i % len(payloads)])}
+            ok = session.post(url, files=body, timeout=300).ok
+        except http.RequestException:
+            ok = False
+        return ok, time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        results = list(pool.map(call, range(requests)))
+    seconds = time.perf_counter() - started
+    good = [s for ok, s in results if ok]
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "failed": requests - len(good),
+        "req_s": len(good) / seconds,
+        "p50_ms": percentile(good, 50) * 1000,
+        "p99_ms": percentile(good, 99) * 1000,
+        "latencies_s": good,
+    }
+
+
 def _rss_kb(pid: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -1,12 +1,14 @@
-"""Each stage's birdray path against its practical limit, measured in the same process.
+"""Each stage's birdray path against its practical limit and its peer, measured in one run.
 
 ingest vs reading the bytes; Ray Train vs a plain PyTorch loop on pre-decoded tensors; batch
 scoring vs the bare model's forward pass; Serve vs calling the model directly; explanations per
-method. Every function returns result rows (see ``row``) for the report.
+method. With ``peers`` each row also carries what the plain tool a user would pick instead does
+on the same data (``peers.py``). Every function returns result rows (see ``row``).
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from birdray.benchmark.measure import PeakMemory, percentile, timed
+from birdray.benchmark.measure import PeakMemory, timed
 
 
 def row(
@@ -27,8 +29,11 @@ def row(
     unit: str,
     goal: str = "",
     met: bool | None = None,
+    peer: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
+    """One result: birdray's ``value``, the bare limit (``baseline``), the plain-tool ``peer``;
+    both ratios are birdray / other (for seconds and ms, above 1 means birdray is slower)."""
     ratio = value / baseline if baseline else None
     return {
         "stage": stage,
@@ -36,6 +41,8 @@ def row(
         "value": value,
         "baseline": baseline,
         "ratio": ratio,
+        "peer": peer,
+        "peer_ratio": value / peer if peer else None,
         "unit": unit,
         "goal": goal,
         "met": None if met is None else bool(met),  # numpy bools would serialise as text
@@ -61,19 +68,24 @@ def make_folder(out: Path, classes: int, per_class: int, seed: int = 0) -> Path:
     )
 
 
-def _image_files(source: Path) -> list[Path]:
+def image_files(source: Path) -> list[Path]:
     return sorted((source / "CUB_200_2011" / "images").rglob("*.jpg"))
 
 
-def bench_ingest(source: Path, out: Path, repeats: int, label: str = "1x") -> list[dict]:
+def bench_ingest(
+    source: Path, out: Path, repeats: int, label: str = "1x", peers: bool = False
+) -> list[dict]:
+    from birdray.benchmark.peers import ingest_peer
     from birdray.data.ingest import IngestConfig, run_ingest
 
-    files = _image_files(source)
+    files = image_files(source)
     read = timed(lambda: sum(len(p.read_bytes()) for p in files), repeats, warmup=1)
     cfg = IngestConfig(source=str(source), out=str(out), force=True)
     with PeakMemory() as memory:
         ingest = timed(lambda: run_ingest(cfg), repeats)
     ratio = ingest["median_s"] / read["median_s"]
+    peer_out = out.with_name(out.name + "-peer")
+    peer = timed(lambda: ingest_peer(source, peer_out), repeats) if peers else None
     return [
         row(
             "ingest",
@@ -83,6 +95,7 @@ def bench_ingest(source: Path, out: Path, repeats: int, label: str = "1x") -> li
             "s",
             "<= 2x reading the bytes",
             ratio <= 2.0,
+            peer=peer["median_s"] if peer else None,
             spread=[ingest["min_s"], ingest["max_s"]],
             images=len(files),
             driver_peak_mb=memory.driver_peak_mb,
@@ -140,11 +153,15 @@ def bench_train(
     batch_size: int,
     threads: int,
     epochs: int,
+    peers: bool = False,
 ) -> list[dict]:
-    """Ray Train's in-epoch images/s (Parquet -> decode -> augment -> step) vs the plain loop."""
+    """Ray Train's in-epoch images/s (Parquet -> decode -> augment -> step) vs the plain loop
+    on tensors and the DataLoader peer; wall time and the fixed cost outside the epochs."""
+    from birdray.benchmark.peers import train_peer
     from birdray.data.manifest import load_manifest, split_path
     from birdray.model.factory import create_model, set_threads
     from birdray.model.preprocess import resolve_data_config
+    from birdray.runtime import init_ray
     from birdray.train.job import TrainConfig, run_training
 
     manifest = load_manifest(dataset)
@@ -160,34 +177,63 @@ def bench_train(
     batch = torch.stack([transform(im) for im in tmp])
     set_threads(threads)
     plain = plain_train_throughput(arch, classes, batch, cfg, steps=5)
-    summary = run_training(
-        TrainConfig(
-            dataset=str(dataset),
-            arch=arch,
-            image_size=image_size,
-            batch_size=batch_size,
-            epochs=epochs,
-            num_workers=1,
-            cpus_per_worker=float(threads),
-            torch_threads=threads,
-            storage_path=str(storage),
-            name=f"bench-{time.time():.0f}",
-            warmup_epochs=0,
-        )
+    train_cfg = TrainConfig(
+        dataset=str(dataset),
+        arch=arch,
+        image_size=image_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        num_workers=1,
+        cpus_per_worker=float(threads),
+        torch_threads=threads,
+        storage_path=str(storage),
+        name=f"bench-{time.time():.0f}",
+        warmup_epochs=0,
     )
+    started = time.perf_counter()
+    summary = run_training(train_cfg)
+    wall = time.perf_counter() - started
     history = summary["last"]  # the warm final epoch
     ray_ips = float(history["images_per_s"])
+    with open(Path(summary["run_dir"]) / "summary.csv") as fh:
+        fixed = wall - sum(float(r["epoch_seconds"]) for r in csv.DictReader(fh))
+    peer: dict[str, Any] = {}
+    if peers:  # DataLoader workers = the CPUs Ray Data's tasks had beside the Train worker
+        have = float(init_ray().get("CPU", 1.0))
+        workers = max(1, int(have - train_cfg.cpus_per_worker))
+        peer = train_peer(
+            dataset, arch, image_size, batch_size, threads, epochs, workers, storage / "peer"
+        )
     return [
         row(
             "train",
-            f"{arch}@{image_size} images/s, batch {batch_size}",
+            f"{arch}@{image_size} images/s, batch {batch_size} (last epoch)",
             ray_ips,
             plain,
             "img/s",
             ">= 0.95 of the plain loop",
             ray_ips / plain >= 0.95,
+            peer=peer.get("images_per_s"),
             epoch_seconds=history["epoch_seconds"],
-        )
+            peer_workers=peer.get("workers"),
+        ),
+        row(
+            "train",
+            f"wall seconds for {epochs} epochs incl. start-up",
+            wall,
+            None,
+            "s",
+            peer=peer.get("wall_s"),
+        ),
+        row(
+            "train",
+            "fixed seconds outside the epochs (start-up, export)",
+            fixed,
+            None,
+            "s",
+            peer=peer.get("fixed_s"),
+            peer_first_batch_s=peer.get("first_batch_s"),
+        ),
     ]
 
 
@@ -199,12 +245,16 @@ def bench_score(
     batch_size: int,
     threads: int,
     label: str = "1x",
+    peers: bool = False,
 ) -> list[dict]:
-    """End-to-end batch scoring images/s vs the bare model forward on pre-decoded tensors."""
+    """Batch scoring images/s (whole command and steady state) vs the bare model forward on
+    pre-decoded tensors and, for the folder, the DataLoader peer; start-up seconds apart."""
+    from birdray.benchmark.peers import score_peer
     from birdray.model.inference import Predictor
+    from birdray.runtime import init_ray
     from birdray.scoring.job import ScoreConfig, run_scoring
 
-    files = _image_files(source)
+    files = image_files(source)
     predictor = Predictor(str(package), device="cpu", num_threads=threads)
     batch = _decoded(files[:batch_size], predictor.metadata.data_config, uint8=False)
     bare = timed(lambda: predictor.logits(batch), 5, warmup=1)
@@ -229,94 +279,53 @@ def bench_score(
             seconds = time.perf_counter() - started
         count = summary.get("files_seen") or summary.get("rows") or len(files)
         ips = count / seconds
+        peer: dict[str, Any] = {}
+        if peers and kind == "folder":  # DataLoader workers = the decode tasks' CPUs
+            have = float(init_ray().get("CPU", 1.0))
+            workers = max(1, int(have - cfg.actor_cpus * cfg.pool_size))
+            peer = score_peer(Path(uri), package, out / "peer", batch_size, threads, workers)
         rows.append(
             row(
                 "score",
-                f"{kind} images/s ({count} images, {label})",
+                f"{kind} images/s, whole command ({count} images, {label})",
                 ips,
                 bare_ips,
                 "img/s",
                 ">= 0.85 of the bare model",
                 ips / bare_ips >= 0.85,
+                peer=peer.get("images_per_s"),
                 seconds=seconds,
+                peer_seconds=peer.get("seconds"),
+                peer_workers=peer.get("workers"),
                 driver_peak_mb=memory.driver_peak_mb,
                 workers_peak_mb=memory.workers_peak_mb,
             )
         )
-    return rows
-
-
-def bench_serve(source: Path, package: Path, requests: int, threads: int) -> list[dict]:
-    """One-image latency overhead vs the direct call; throughput at concurrency 1/8/32."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import requests as http
-
-    from birdray.model.inference import Predictor
-    from birdray.serve.job import start_local
-
-    files = _image_files(source)[:32]
-    payloads = [p.read_bytes() for p in files]
-    predictor = Predictor(str(package), device="cpu", num_threads=threads)
-    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in payloads]
-    direct = [timed(lambda im=im: predictor.predict_images([im]), 1)["median_s"] for im in images]
-    batch = predictor.preprocess(images)
-    bare_ips = len(images) / timed(lambda: predictor.logits(batch), 3, warmup=1)["median_s"]
-    app = start_local(
-        model=str(package),
-        registry="",
-        name="bench",
-        route_prefix="/bench",
-        max_batch_size=32,
-        torch_threads=threads,
-        explain=False,
-        max_ongoing_requests=64,
-    )
-    session = http.Session()
-
-    def call(i: int) -> float:
-        started = time.perf_counter()
-        resp = session.post(f"{app.url}/v1/predict", files={"files": ("b.jpg", payloads[i % 32])})
-        resp.raise_for_status()
-        return time.perf_counter() - started
-
-    try:
-        latencies = [call(i) for i in range(min(requests, 100))]
-        p50 = percentile(latencies, 50)
-        rows = [
-            row(
-                "serve",
-                "p50 one-image latency overhead",
-                (p50 - np.median(direct)) * 1000,
-                None,
-                "ms",
-                "<= 5 ms",
-                (p50 - np.median(direct)) * 1000 <= 5,
-                p50_ms=p50 * 1000,
-                p99_ms=percentile(latencies, 99) * 1000,
-                direct_p50_ms=float(np.median(direct)) * 1000,
-            )
-        ]
-        for concurrency in (1, 8, 32):
-            with ThreadPoolExecutor(concurrency) as pool:
-                started = time.perf_counter()
-                list(pool.map(call, range(requests)))
-                ips = requests / (time.perf_counter() - started)
-            goal = ">= 0.8 of bare batched" if concurrency == 32 else ""
+        timing = summary.get("timing", {})
+        steady = timing.get("steady_images_per_s")
+        if steady:
             rows.append(
                 row(
-                    "serve",
-                    f"throughput at concurrency {concurrency}",
-                    ips,
+                    "score",
+                    f"{kind} images/s, steady state ({label})",
+                    float(steady),
                     bare_ips,
                     "img/s",
-                    goal,
-                    ips / bare_ips >= 0.8 if concurrency == 32 else None,
+                    peer=peer.get("steady_images_per_s"),
                 )
             )
-        return rows
-    finally:
-        app.stop()
+        startup = timing["total_s"] - timing["scoring_s"] + timing.get("first_rows_s", 0.0)
+        rows.append(
+            row(
+                "score",
+                f"{kind} seconds until the first results ({label})",
+                startup,
+                None,
+                "s",
+                peer=peer.get("startup_s"),
+            )
+        )
+    return rows
 
 
 def bench_explain(arch: str, sizes: tuple[int, ...], repeats: int) -> list[dict]:

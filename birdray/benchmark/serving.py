@@ -1,0 +1,130 @@
+"""Serve against the direct model call and a plain FastAPI app, with one load client.
+
+birdray's Serve app and the peer (``peer_app``: FastAPI + uvicorn around the same ``Predictor``)
+get the same warm-up, the same sequential calls and the same concurrency levels from
+``measure.http_load``; each level reports req/s, p50 and p99 for both, and start until ready.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from birdray.benchmark.measure import http_load, timed
+from birdray.benchmark.stages import image_files, row
+
+
+def _serve_rows(me: dict, peer: dict, bare_ips: float, direct_ms: float) -> list[dict]:
+    """Rows for one Serve run and its peer's run with the same client (``me``/``peer``:
+    {"startup_s", "sequential": load, "levels": [load per concurrency]})."""
+    overhead = me["sequential"]["p50_ms"] - direct_ms
+    peer_overhead = peer["sequential"]["p50_ms"] - direct_ms if peer else None
+    rows = [
+        row(
+            "serve",
+            "p50 one-image latency overhead over the direct call",
+            overhead,
+            None,
+            "ms",
+            "<= 5 ms",
+            overhead <= 5,
+            peer=peer_overhead,
+            p50_ms=me["sequential"]["p50_ms"],
+            p99_ms=me["sequential"]["p99_ms"],
+            direct_p50_ms=direct_ms,
+        ),
+        row("serve", "start until ready", me["startup_s"], None, "s", peer=peer.get("startup_s")),
+    ]
+    peer_levels = {lv["concurrency"]: lv for lv in peer.get("levels", [])}
+    for load in me["levels"]:
+        c, other = load["concurrency"], peer_levels.get(load["concurrency"], {})
+        goal = ">= 0.8 of bare batched" if c == 32 else ""
+        rows.append(
+            row(
+                "serve",
+                f"req/s at concurrency {c} (1 image each)",
+                load["req_s"],
+                bare_ips,
+                "req/s",
+                goal,
+                load["req_s"] / bare_ips >= 0.8 if c == 32 else None,
+                peer=other.get("req_s"),
+                failed=load["failed"],
+                peer_failed=other.get("failed"),
+            )
+        )
+        for q in ("p50", "p99"):
+            rows.append(
+                row(
+                    "serve",
+                    f"{q} latency at concurrency {c}",
+                    load[f"{q}_ms"],
+                    None,
+                    "ms",
+                    peer=other.get(f"{q}_ms"),
+                )
+            )
+    return rows
+
+
+def _drive(url: str, payloads: list[bytes], requests: int, levels: list[int]) -> dict:
+    """The same load for birdray and the peer: a warm-up, sequential calls, then each level."""
+    http_load(url, payloads, min(10, requests), 1)  # warm-up, not reported
+    sequential = http_load(url, payloads, min(requests, 100), 1)
+    return {
+        "sequential": sequential,
+        "levels": [http_load(url, payloads, requests, c) for c in levels],
+    }
+
+
+def bench_serve(
+    source: Path,
+    package: Path,
+    requests: int,
+    threads: int,
+    levels: list[int] | tuple[int, ...] = (1, 8, 32, 128),
+    peers: bool = False,
+) -> list[dict]:
+    """One-image latency overhead vs the direct call; req/s, p50 and p99 per concurrency level,
+    for birdray's Serve app and (``peers``) a plain FastAPI app, hit by the same client."""
+    from birdray.benchmark.peers import serve_peer
+    from birdray.model.inference import Predictor
+    from birdray.serve.job import start_local
+
+    files = image_files(source)[:32]
+    payloads = [p.read_bytes() for p in files]
+    predictor = Predictor(str(package), device="cpu", num_threads=threads)
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in payloads]
+    direct = [
+        timed(lambda im=im: predictor.predict_images([im]), 1, warmup=1)["median_s"]
+        for im in images
+    ]
+    batch = predictor.preprocess(images)
+    bare_ips = len(images) / timed(lambda: predictor.logits(batch), 3, warmup=1)["median_s"]
+    started = time.perf_counter()
+    app = start_local(
+        model=str(package),
+        registry="",
+        name="bench",
+        route_prefix="/bench",
+        max_batch_size=32,
+        torch_threads=threads,
+        explain=False,
+        max_ongoing_requests=64,
+    )
+    try:
+        me = {"startup_s": time.perf_counter() - started}
+        me.update(_drive(f"{app.url}/v1/predict", payloads, requests, list(levels)))
+    finally:
+        app.stop()
+    peer: dict[str, Any] = {}
+    if peers:
+        with serve_peer(package, threads) as plain:
+            peer = {"startup_s": plain["startup_s"]}
+            peer.update(_drive(f"{plain['url']}/v1/predict", payloads, requests, list(levels)))
+    return _serve_rows(me, peer, bare_ips, float(np.median(direct)) * 1000)
