@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from birdray import storage
 from birdray.config import ConfigError, field, to_dict
 from birdray.devices import DEVICE_HELP
+from birdray.explain.attribution import METHODS as EXPLAIN_METHODS
 from birdray.images import DEFAULT_MAX_PIXELS
 from birdray.registry.ref import ModelChoice
 from birdray.scoring.output import (
@@ -50,8 +51,6 @@ from birdray.scoring.output import (
 from birdray.scoring.remote import marker, mirror_of, publish, pull
 from birdray.scoring.sources import DEFAULT_EXTENSIONS, Source, list_inputs, normalize_extensions
 from birdray.scoring.stages import SCHEMA, Scorer, prepare_batch
-
-EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients")
 
 
 @dataclass
@@ -85,7 +84,7 @@ class ScoreConfig(ModelChoice):
     resume: bool = field(False, "keep rows already scored OK by this model; score only the rest")
     overwrite: bool = field(False, "replace a finished output (refused otherwise)")
     explain_lowest: int = field(0, "write explanation overlays for the N lowest-confidence images")
-    explain_method: str = field("gradcam", "gradcam | saliency | integrated_gradients")
+    explain_method: str = field("gradcam", " | ".join(EXPLAIN_METHODS))
     review_below: float = field(
         0.0, "write review/ (thumbnail, top-k, overlay) of rows below this confidence (0: off)"
     )
