@@ -260,6 +260,15 @@ def _train(cfg: Any) -> None:
 def _tune(cfg: Any) -> None:
     """The search space and the shared train settings are checked by the sweep itself, before
     it starts Ray (``base_train_config``, ``search_space``: ConfigError, one line too)."""
+    if cfg.train.get("use_gpu"):  # trials on a machine without CUDA would wait for GPUs forever
+        from birdray.devices import joins_cluster, local_gpus
+
+        require(
+            joins_cluster(cfg.address) or local_gpus() > 0,
+            "--train",
+            "use_gpu: true but this machine has no CUDA GPU (torch sees none); run it on a GPU"
+            " machine, --address a Ray cluster with GPUs, or set train: {use_gpu: false}",
+        )
     manifest = dataset("--dataset", cfg.dataset)
     have = sorted(manifest.get("splits") or {})
     if cfg.registry:  # the winner is evaluated on it before it is registered
