@@ -140,7 +140,7 @@ def train_plan(cfg: Any, cluster: dict[str, float], where: str, short: str) -> P
 def tune_plan(cfg: Any, cluster: dict[str, float], where: str, short: str) -> Plan:
     """Trials at once and each trial's share, from ``plan_trials`` as ``run_sweep`` does."""
     from birdray.train.job import check_reachable
-    from birdray.tune.sweep import base_train_config, plan_trials, search_space
+    from birdray.tune.job import base_train_config, plan_trials, search_space
 
     base = base_train_config(cfg)  # a bad train: block or search space is a usage error
     search_space(cfg)

@@ -44,7 +44,7 @@ def _recipe(name: str) -> dict:
     """The recipe's values over the job's defaults, as the CLI resolves them."""
     from birdray.config import from_dict
     from birdray.train.config import TrainConfig
-    from birdray.tune.sweep import SweepConfig
+    from birdray.tune.config import SweepConfig
 
     values = yaml.safe_load(config_path(name).read_text())
     if "archs" not in values:
