@@ -223,10 +223,15 @@ def _ingest(cfg: Any) -> None:
 
 
 def _train(cfg: Any) -> None:
-    if cfg.use_gpu:
-        from birdray.devices import check_local
+    if cfg.use_gpu:  # --device's advice does not fit train, which has no --device
+        from birdray.devices import joins_cluster, local_gpus
 
-        check_local("cuda", cfg.address, "--use-gpu")
+        require(
+            joins_cluster(cfg.address) or local_gpus() > 0,
+            "--use-gpu",
+            "this machine has no CUDA GPU (torch sees none); train on CPU with --no-use-gpu,"
+            " --address a Ray cluster with GPUs, or see what the recipe needs with --dry-run",
+        )
     manifest = dataset("--dataset", cfg.dataset)
     splits = manifest.get("splits") or {}
     require(
@@ -276,6 +281,16 @@ def _train(cfg: Any) -> None:
 def _tune(cfg: Any) -> None:
     """The search space and the shared train settings are checked by the sweep itself, before
     it starts Ray (``base_train_config``, ``search_space``: ConfigError, one line too)."""
+    if cfg.train.get("use_gpu"):  # trials on a machine without CUDA would wait for GPUs forever
+        from birdray.devices import joins_cluster, local_gpus
+
+        require(
+            joins_cluster(cfg.address) or local_gpus() > 0,
+            "--train",
+            "use_gpu: true but this machine has no CUDA GPU (torch sees none); run it on a GPU"
+            " machine, --address a Ray cluster with GPUs, or set train: {use_gpu: false}"
+            " (--dry-run shows what the sweep needs)",
+        )
     manifest = dataset("--dataset", cfg.dataset)
     have = sorted(manifest.get("splits") or {})
     if cfg.registry:  # the winner is evaluated on it before it is registered

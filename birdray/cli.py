@@ -39,6 +39,15 @@ JOB_ERRORS = (
     ("birdray.train.job", "ResourceError"),
 )
 
+# Jobs with ``--dry-run``: the resolved config and the resource plan, nothing started
+# (``birdray.plan``; exit 0 when the job would start here, 1 when not).
+DRY_RUN = ("train", "tune")
+DRY_RUN_HELP = (
+    "print the resolved config and the resource plan (workers x CPU/GPU, Ray Data's CPUs, trials"
+    " at once) against this machine (no Ray started) or --address's cluster, then exit: 0 if the"
+    " job would start there, 1 if not (the reasons listed)"
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse's errors as ``UsageError``: one line instead of the whole usage text.
@@ -127,6 +136,8 @@ def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, An
         help_ = f"{docs.get(rest) or 'further words'} (the same as --{rest})"
         parser.add_argument(rest, nargs="*", default=None, help=help_)
     parser.switches = cfglib.add_config_arguments(parser, config_cls)
+    if name in DRY_RUN:
+        parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of an error"
     )
@@ -188,7 +199,12 @@ def _run(name: str, job: Job, argv: list[str]) -> int:
     parser, config_cls, function = build_parser(name, job)
     args = parser.parse_args(argv)
     del args.debug
+    dry_run = vars(args).pop("dry_run", False)
     cfg = cfglib.resolve(config_cls, args)
+    if dry_run:  # the plan judges GPUs and inputs itself and lists every problem
+        from birdray.plan import dry_run as plan
+
+        return plan(name, cfg)
     checks.check(name, cfg)  # before the job starts anything (Ray, Serve, downloads)
     result = function(cfg)
     text = _show(result)

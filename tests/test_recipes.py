@@ -10,8 +10,10 @@ EfficientNet-Lite0 weights, ``--pretrained-file`` are given, as the issue's user
 size is lowered: on 96 generated images each recipe's own size is quick enough on CPU. The
 README's ``train resnet50_imagenet.yaml`` and ``tune sweep_cub.yaml`` commands are among them.
 
-Laptop recipes must finish; GPU/hub/bucket recipes must stop with a one-line error naming what
-the cluster has, before a run folder exists. The subprocess's output is not a terminal, as under
+Laptop recipes must finish; GPU/hub recipes (``single_gpu_box`` and ``workstation_4gpu`` among
+them) must stop with a one-line error naming what the machine lacks, before a run folder exists.
+Every recipe keeps its results locally and says in its header what hardware it assumes.
+The subprocess's output is not a terminal, as under
 ``ray job submit``: Ray Data's progress bars must stay off (they wrote >1,100 lines a minute).
 """
 
@@ -108,9 +110,68 @@ def test_every_recipe_trains_or_fails_at_once_on_a_2_cpu_ray(tmp_path):
         assert len(result["told"]) == 1, result  # one line, with the numbers
         assert re.search(ONE_LINE_ERROR, result["told"][0]), result
         assert not (work / "runs" / "train" / name).exists()  # stopped before anything started
+        assert not (work / "runs" / "tune").exists()
     # the recipe the issue's user ran: its workers really got batches (the hang was at 0 rows)
     meta = work / "runs" / "demo" / "train" / "demo" / "package" / "metadata.json"
     assert json.loads(meta.read_text())["metrics"]["images_per_s"] > 0
     # not a terminal: no per-second progress bars, a bounded log (main wrote >1,100 lines/min)
     assert not [ln for ln in lines if "Running Dataset" in ln or "row/s]" in ln]
     assert len(lines) < 60 * len(commands), len(lines)
+
+
+HARDWARE = re.compile(r"^# Hardware: (.*)$", re.MULTILINE)
+LOCATIONS = ("dataset", "storage_path", "registry", "pretrained_file")
+
+
+def _header(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if ln.startswith("#")).split("\n#  ", 1)[0]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_is_local_and_says_what_hardware_it_assumes(recipe):
+    """A recipe runs where its header says, as written: no bucket to edit in first (a cluster
+    gives its bucket as flags), and the GPUs/CPUs it asks for stated before any setting."""
+    import yaml
+
+    from birdray import storage
+
+    text = recipe.read_text()
+    assert text.startswith("#") and HARDWARE.search(text), f"{recipe.name}: no '# Hardware:' line"
+    hardware = text[HARDWARE.search(text).start() :].split("\n#   ")[0]
+    values = yaml.safe_load(text)
+    train = values.get("train", values)
+    for key in LOCATIONS:
+        for value in (values.get(key), train.get(key)):
+            assert not value or not storage.is_remote(str(value)), (recipe.name, key, value)
+    assert "YOUR-BUCKET" not in text
+    if train.get("use_gpu"):  # the GPUs it needs are said, not found out by failing
+        assert re.search(r"\d+ (CUDA )?GPUs?\b", hardware), hardware
+    else:
+        assert "no GPU" in hardware or "CPU only" in hardware, hardware
+
+
+@pytest.mark.parametrize(
+    "name, gpus, smallest", [("single_gpu_box", 1, 8), ("workstation_4gpu", 4, 16)]
+)
+def test_one_box_recipes_fit_the_smallest_box_they_name(name, gpus, smallest):
+    """ResNet50 @448 on one machine: the workers' CPUs plus Ray Data's fit the smallest box the
+    header names as asked (nothing lowered), and most cores are left to decode and augment."""
+    from birdray import storage
+    from birdray.config import resolve
+    from birdray.resources import plan_workers
+    from birdray.train.config import TrainConfig
+
+    cfg = resolve(TrainConfig, {"config": name})
+    assert (cfg.arch, cfg.image_size, cfg.num_workers, cfg.use_gpu) == ("resnet50", 448, gpus, True)
+    assert not storage.is_remote(cfg.storage_path)
+    assert f"{smallest}-" in _header(config_text(name))  # the header names that box
+    box = {"CPU": float(smallest), "GPU": float(gpus)}
+    asked = cfg.cpus_per_worker
+    assert plan_workers(cfg.num_workers, asked, True, cfg.data_cpus, box) == asked
+    assert smallest - cfg.num_workers * asked >= smallest / 2  # 448 px decoding feeds the GPU
+
+
+def config_text(name: str) -> str:
+    from birdray.config import config_path
+
+    return config_path(name).read_text()
