@@ -82,7 +82,7 @@ class BirdClassifier:
         amp: bool = False,
     ):
         self._device, self._threads, self._amp = device, torch_threads, amp
-        self._built, self._ref = model, None  # loaded by reconfigure (user_config may swap it)
+        self._ref: ModelRef | None = None
         self._predictor: Predictor | None = None
         self._key = ""
         self._calls = 0
@@ -91,6 +91,19 @@ class BirdClassifier:
         self._swaps = 0
         self._batching: dict[str, Any] = {}
         self._metrics = ServeMetrics()
+        # loaded here, so a replica is ready with or without a user_config; one that names
+        # another model swaps it in reconfigure
+        self._swap(model)
+
+    def _swap(self, ref: ModelRef) -> None:
+        predictor = load_predictor(ref, self._device, self._threads, self._amp)
+        # one assignment: a batch already running keeps the old model, the next gets the new one
+        self._predictor, self._key, self._ref = (
+            predictor,
+            config_key(predictor.metadata.data_config),
+            ref,
+        )
+        self._swaps += 1
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply batch knobs; load and swap the model when its reference changed."""
@@ -101,19 +114,9 @@ class BirdClassifier:
         }
         self.predict.set_max_batch_size(self._batching["max_batch_size"])
         self.predict.set_batch_wait_timeout_s(self._batching["batch_wait_timeout_s"])
-        ref = ModelRef.from_config(config, self._ref or self._built)
-        if ref == self._ref:
-            return
-        predictor = await asyncio.to_thread(
-            load_predictor, ref, self._device, self._threads, self._amp
-        )
-        # one assignment: a batch already running keeps the old model, the next gets the new one
-        self._predictor, self._key, self._ref = (
-            predictor,
-            config_key(predictor.metadata.data_config),
-            ref,
-        )
-        self._swaps += 1
+        ref = ModelRef.from_config(config, self._ref)
+        if ref != self._ref:
+            await asyncio.to_thread(self._swap, ref)
 
     def _ready(self) -> Predictor:
         if self._predictor is None:

@@ -46,27 +46,28 @@ class BirdExplainer:
         torch_threads: int = 1,
     ):
         self._device, self._threads = device, torch_threads
-        self._built, self._ref = model, None  # loaded by reconfigure (user_config may swap it)
+        self._ref: ModelRef | None = None
         self._predictor: Predictor | None = None
         self._profiles: dict[str, Any] | None = None
-        self._method = "gradcam"  # until reconfigure reads the package's measured default
+        self._method = "gradcam"
         self._metrics = ServeMetrics()
+        self._swap(model)  # ready without a user_config; one naming another model swaps it
 
-    async def reconfigure(self, config: dict[str, Any]) -> None:
+    def _swap(self, ref: ModelRef) -> None:
         from birdray.explain import METHODS, load_part_profiles
         from birdray.explain.compare import default_method
 
-        ref = ModelRef.from_config(config, self._ref or self._built)
-        if ref == self._ref:
-            return
         # Captum hooks want plain NCHW modules: no channels_last conversion here
-        predictor = await asyncio.to_thread(
-            load_predictor, ref, self._device, self._threads, False, False
-        )
+        predictor = load_predictor(ref, self._device, self._threads, False, False)
         profiles = load_part_profiles(predictor.package.path)
-        method = default_method(predictor.package.path, METHODS)
+        method = default_method(predictor.package.path, METHODS)  # the measured best
         self._predictor, self._profiles, self._ref = predictor, profiles, ref
         self._method = method
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        ref = ModelRef.from_config(config, self._ref)
+        if ref != self._ref:
+            await asyncio.to_thread(self._swap, ref)
 
     @property
     def default_method(self) -> str:
