@@ -18,7 +18,7 @@ from birdray.dashboard.client import (
     service_status,
     species_name,
 )
-from birdray.feedback.store import NOT_A_BIRD, UNSURE
+from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
 
 SPECIAL = {NOT_A_BIRD: "not a bird", UNSURE: "unsure"}
 
@@ -31,6 +31,17 @@ def served_classes(settings: Settings) -> list[str]:
     """The served model's class names ([] when the service is not answering)."""
     model = service_status(settings.serve_url)["model"] or {}
     return list(model.get("classes") or [])
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def stored_answers(location: str) -> dict[str, str]:
+    """sha256 -> latest answer in the feedback store ({} when there is none or it is unreadable).
+    Read directly (Serve has no route for it); emptied after every answer sent from here."""
+    try:
+        table = read_feedback(location)
+    except (OSError, ValueError):
+        return {}
+    return dict(zip(table["sha256"].to_pylist(), table["answer"].to_pylist(), strict=True))
 
 
 def species_picker(settings: Settings, key: str, label: str = "The right species") -> str | None:
@@ -57,6 +68,7 @@ def post_answer(
     except (ServiceError, FeedbackRefused) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return False, f"Not saved: {reason}"
+    stored_answers.clear()  # the store changed: the next read must see this answer
     return True, f"Saved: {answer_name(result.get('species', answer))} ({result.get('verdict')})"
 
 

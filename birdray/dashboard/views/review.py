@@ -21,8 +21,14 @@ import streamlit as st
 
 from birdray import storage
 from birdray.dashboard.client import Settings, service_status, species_name
-from birdray.dashboard.feedback_ui import answer_name, post_answer, show_outcome, species_picker
-from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
+from birdray.dashboard.feedback_ui import (
+    answer_name,
+    post_answer,
+    show_outcome,
+    species_picker,
+    stored_answers,
+)
+from birdray.feedback.store import NOT_A_BIRD, UNSURE
 from birdray.scoring.review import read_review
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
@@ -39,16 +45,6 @@ def load_rows(output: str) -> list[dict[str, Any]]:
             row["photo"], row["photo_from"] = row["thumbnail"], "thumbnail"
         row["sha256"] = hashlib.sha256(row["photo"]).hexdigest() if row["photo"] else None
     return rows
-
-
-@st.cache_data(show_spinner=False, ttl=10)
-def stored_answers(location: str) -> dict[str, str]:
-    """sha256 -> latest answer in the feedback store ({} when there is none or it is unreadable)."""
-    try:
-        table = read_feedback(location)
-    except (OSError, ValueError):
-        return {}
-    return dict(zip(table["sha256"].to_pylist(), table["answer"].to_pylist(), strict=True))
 
 
 def part_profiles(version: str) -> dict[str, dict[str, float]]:
