@@ -59,12 +59,12 @@ def stored(registry: str) -> dict[str, dict]:
     return {r["sha256"]: r for r in read_feedback(f"{registry}/feedback").to_pylist()}
 
 
-def scored(tmp_path, model: str, registry: str, n: int = 3) -> str:
+def scored(tmp_path, model: str, registry: str, n: int = 3, seed: int = 60) -> str:
     """A real scoring output with every photo in its review set."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(n):
-        (photos / f"bird{i}.jpg").write_bytes(encode(random_rgb(60 + i, (120, 90)), "JPEG"))
+        (photos / f"bird{i}.jpg").write_bytes(encode(random_rgb(seed + i, (120, 90)), "JPEG"))
     out = tmp_path / "scored"
     cfg = ScoreConfig(
         input=str(photos),
@@ -151,7 +151,7 @@ def test_review_page_walks_the_review_set_and_records_answers(served, app_test, 
 def test_review_answers_for_another_model_are_refused_plainly(served, app_test, tmp_path):  # noqa: F811
     url, registry, version = served
     other = make_package(tmp_path / "other", num_classes=4, seed=9)
-    out = scored(tmp_path, str(other), "", n=2)
+    out = scored(tmp_path, str(other), "", n=2, seed=90)  # photos not answered before
     before = read_all(f"{registry}/feedback").num_rows
     at = app_test(REVIEW, BIRDRAY_SERVE_URL=url, BIRDRAY_REGISTRY=registry, BIRDRAY_SCORE_DIR=out)
     assert any(f"serves {version}" in w for w in texts(at, "warning")), dump(at)
