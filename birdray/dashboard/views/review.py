@@ -109,7 +109,8 @@ def answer_buttons(row: dict) -> str | None:
     for i, (col, cand) in enumerate(zip(cols, row["top_k"][:3], strict=True)):
         if col.button(species_name(cand["species"]), key=f"review-top-{i}", width="stretch"):
             chosen = cand["species"]
-    other = species_picker(settings, "review-other", "Other species")
+    # keyed by photo, so a species picked for one photo is not preselected for the next
+    other = species_picker(settings, f"review-other-{row['path']}", "Other species")
     left, mid, right, last = st.columns(4)
     if left.button("Send other species", key="review-send-other", disabled=other is None):
         chosen = other
@@ -180,8 +181,10 @@ else:
         st.rerun()
     elif choice:
         name = row["path"].rsplit("/", 1)[-1]
-        outcome = post_answer(
-            settings, name, row["photo"], row["species"], row["model_version"], choice
+        outcome = (
+            post_answer(settings, name, row["photo"], row["species"], row["model_version"], choice)
+            if row["photo"]
+            else (False, "Not saved: neither the original file nor a thumbnail is readable")
         )
         st.session_state["review_outcome"] = outcome
         if outcome[0]:
@@ -199,5 +202,8 @@ with st.expander("Labelled / pending per predicted species", expanded=True):
     if answered:
         st.caption(
             "Answers: "
-            + ", ".join(f"{p.rsplit('/', 1)[-1]} → {answer_name(a)}" for p, a in answered.items())
+            + ", ".join(
+                f"{p.rsplit('/', 1)[-1]} → {answer_name(a)}" for p, a in list(answered.items())[:20]
+            )
+            + (f" and {len(answered) - 20} more" if len(answered) > 20 else "")
         )
