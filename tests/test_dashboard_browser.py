@@ -1,12 +1,14 @@
 """What a person sees: headless Chromium drives the running dashboard against a live Serve app.
 
 Uploads a generated bird photo, waits for the predicted species, checks it is the API's answer for
-that file, then asks for the explanation. Screenshots are kept in ``artifacts/dashboard/``
-(git-ignored) and their paths printed.
+that file, then asks for the explanation; sends one correction ("Wrong" → species) and finds it in
+the feedback store. Screenshots are kept in ``artifacts/dashboard/`` (git-ignored) and their paths
+printed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,9 +17,11 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from birdray.dashboard_launcher import start_dashboard, stop
+from birdray.feedback.store import read_feedback
 from tests.serve_fixtures import deployed, post_images, serve_http, small_app_args  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -38,8 +42,18 @@ CHROMIUM_FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def serve_url(serve_http, trained_package):  # noqa: F811
-    args = small_app_args(str(trained_package.package), explain=True, explain_num_cpus=0.25)
+def feedback_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("browser_feedback") / "feedback")
+
+
+@pytest.fixture(scope="module")
+def serve_url(serve_http, trained_package, feedback_dir):  # noqa: F811
+    args = small_app_args(
+        str(trained_package.package),
+        explain=True,
+        explain_num_cpus=0.25,
+        feedback_dir=feedback_dir,
+    )
     with deployed(serve_http, "dashbrowser", **args) as url:
         yield url
 
@@ -114,6 +128,42 @@ def test_upload_shows_the_apis_species(dashboard, serve_url, trained_package, br
         "document.querySelector(\"[data-testid='stImage']:last-of-type\")?.scrollIntoView()"
     )
     assert screenshot(browser, "classify_explained.png").stat().st_size > 10_000
+
+
+def test_one_correction_is_stored(dashboard, serve_url, trained_package, browser, feedback_dir):
+    photo = sorted((trained_package.source / "CUB_200_2011" / "images").rglob("*.jpg"))[1]
+    data = photo.read_bytes()
+    answer = post_images(serve_url, [(photo.name, data, "image/jpeg")]).json()
+    said = answer["results"][0]["prediction"]["species"]
+    right = next(c["species"] for c in answer["results"][0]["top_k"] if c["species"] != said)
+    shown = right.split(".", 1)[-1].replace("_", " ")
+
+    browser.get(dashboard)
+    wait = WebDriverWait(browser, 240, poll_frequency=1)
+    upload = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']"))[0]
+    upload.send_keys(str(photo))
+    wrong = wait.until(lambda d: d.find_elements(By.XPATH, "//button[.//p[text()='Wrong']]"))
+    wrong[0].click()
+    search = wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stSelectbox'] input")
+    )
+    search[-1].click()  # the species picker (the explanation method's box comes first)
+    search[-1].send_keys(shown)
+    search[-1].send_keys(Keys.ENTER)
+    send = wait.until(
+        lambda d: [
+            b
+            for b in d.find_elements(By.XPATH, "//button[.//p[text()='Send correction']]")
+            if b.is_enabled()
+        ]
+    )
+    send[0].click()
+    wait.until(lambda d: "Saved:" in d.find_element(By.TAG_NAME, "body").text)
+    assert "corrected" in browser.find_element(By.TAG_NAME, "body").text
+    assert screenshot(browser, "classify_corrected.png").stat().st_size > 10_000
+    rows = {r["sha256"]: r for r in read_feedback(feedback_dir).to_pylist()}
+    row = rows[hashlib.sha256(data).hexdigest()]
+    assert (row["predicted"], row["answer"], row["verdict"]) == (said, right, "corrected")
 
 
 def test_models_page_shows_the_production_model(dashboard, trained_package, browser):

@@ -20,6 +20,7 @@ PAGES = {
         "views/classify.py", title="Classify", icon=":material/photo_camera:", default=True
     ),
     "batch": st.Page("views/batch.py", title="Batch scoring", icon=":material/folder_open:"),
+    "review": st.Page("views/review.py", title="Review", icon=":material/rate_review:"),
     "models": st.Page("views/models.py", title="Models", icon=":material/monitoring:"),
 }
 

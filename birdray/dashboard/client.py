@@ -102,6 +102,7 @@ class Settings:
     max_upload_mb: int = 16
     timeout_s: float = 60.0
     job_runtime_env: str = ""  # a runtime_env YAML for submitted jobs (empty: none)
+    feedback_dir: str = ""  # where Serve stores feedback (read only; empty: <registry>/feedback)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -119,7 +120,13 @@ class Settings:
             max_upload_mb=int(env.get("BIRDRAY_MAX_UPLOAD_MB", base.max_upload_mb)),
             timeout_s=float(env.get("BIRDRAY_REQUEST_TIMEOUT_S", base.timeout_s)),
             job_runtime_env=env.get("BIRDRAY_JOB_RUNTIME_ENV", base.job_runtime_env),
+            feedback_dir=env.get("BIRDRAY_FEEDBACK_DIR", base.feedback_dir),
         )
+
+    @property
+    def feedback_location(self) -> str:
+        """The feedback dataset the Review page reads (Serve's ``feedback_dir=auto`` default)."""
+        return self.feedback_dir or f"{self.registry.rstrip('/')}/feedback"
 
 
 class ServiceError(Exception):
@@ -262,6 +269,41 @@ def explain_file(
     _raise_if_service_fault(resp)
     if resp.status_code >= 400:
         raise ServiceError("explain_failed", error_text(_error_of(resp)))
+    return resp.json()
+
+
+class FeedbackRefused(Exception):
+    """The API refused an answer (4xx: unknown species, other model version, not an image...);
+    ``str()`` is its one-line reason."""
+
+
+def send_feedback(
+    settings: Settings,
+    name: str,
+    data: bytes,
+    *,
+    predicted: str,
+    model_version: str,
+    answer: str,
+    note: str = "",
+) -> dict[str, Any]:
+    """``POST /v1/feedback``: a person's ``answer`` (a class name, ``not_a_bird`` or ``unsure``)
+    about the photo ``data`` the model ``model_version`` called ``predicted``. Returns the API's
+    answer (``stored``, ``sha256``, ``verdict``, ``species``). Never cached: every call stores."""
+    fields = {"predicted": predicted, "model_version": model_version, "species": answer}
+    if note:
+        fields["note"] = note
+    resp = _request(
+        "POST",
+        f"{settings.serve_url}/v1/feedback",
+        settings.timeout_s,
+        data=fields,
+        files={"file": (name, data, "application/octet-stream")},
+    )
+    _raise_if_service_fault(resp)
+    if resp.status_code >= 400:
+        error = _error_of(resp)
+        raise FeedbackRefused(f"{error.get('code', resp.status_code)}: {error.get('message', '')}")
     return resp.json()
 
 

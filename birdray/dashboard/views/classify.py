@@ -8,6 +8,7 @@ attribution overlay and part ranking come from ``POST /v1/explain``.
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import altair as alt
 import pandas as pd
@@ -23,6 +24,7 @@ from birdray.dashboard.client import (
     explain_file,
     species_name,
 )
+from birdray.dashboard.feedback_ui import feedback_buttons
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
 METHOD_NAMES = {
@@ -122,6 +124,9 @@ def show_result(index: int, name: str, data: bytes, result: dict, method: str) -
             f"model {model.get('arch', '')} {version}"
         )
         answer.altair_chart(top_k_chart(result["top_k"]), width="stretch")
+        with answer:
+            key = f"{index}-{hashlib.sha256(data).hexdigest()[:16]}"
+            feedback_buttons(settings, key, name, data, prediction["species"], version)
         if answer.toggle("Why? Show what drove this decision", key=f"explain-{index}-{name}"):
             show_explanation(name, data, method)
 
@@ -130,7 +135,8 @@ st.title("Classify bird photos")
 st.write(
     "Upload one or more photos: each gets its most likely species, with the calibrated "
     "confidence of the top five, and on request the image regions and bird parts that "
-    "drove the decision."
+    "drove the decision. Tell the model when it was right or wrong: your answers become "
+    "training data for the next model."
 )
 uploads = st.file_uploader(
     "Bird photos",
@@ -143,7 +149,7 @@ uploads = st.file_uploader(
 st.caption(
     f"Accepted: {', '.join(t.upper() for t in IMAGE_TYPES)} · up to "
     f"{settings.max_upload_mb} MB per photo · photos are sent to {settings.serve_url} "
-    "and not stored."
+    "and stored only when you answer Correct / Wrong."
 )
 method = st.selectbox(
     "Explanation method", EXPLAIN_METHODS, format_func=METHOD_NAMES.get, key="explain_method"
