@@ -27,7 +27,7 @@ import streamlit as st
 
 API_KEY_HEADER = "X-API-Key"
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
-EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients")
+EXPLAIN_METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")  # Serve's
 
 # Titles for the API's stable error codes; the API's own message follows in plain words.
 ERROR_TITLES = {

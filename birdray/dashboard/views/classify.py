@@ -22,6 +22,7 @@ from birdray.dashboard.client import (
     classify,
     error_text,
     explain_file,
+    service_status,
     species_name,
 )
 from birdray.dashboard.feedback_ui import feedback_buttons
@@ -31,6 +32,7 @@ METHOD_NAMES = {
     "gradcam": "Grad-CAM",
     "saliency": "Saliency (SmoothGrad)",
     "integrated_gradients": "Integrated Gradients (slow)",
+    "gradcam_early": "Grad-CAM, earlier stage (finer)",
 }
 
 
@@ -151,8 +153,15 @@ st.caption(
     f"{settings.max_upload_mb} MB per photo · photos are sent to {settings.serve_url} "
     "and stored only when you answer Correct / Wrong."
 )
+# the served package's measured best (explain-eval's method table) comes first
+served = (service_status(settings.serve_url)["model"] or {}).get("explain_method")
+default = EXPLAIN_METHODS.index(served) if served in EXPLAIN_METHODS else 0
 method = st.selectbox(
-    "Explanation method", EXPLAIN_METHODS, format_func=METHOD_NAMES.get, key="explain_method"
+    "Explanation method",
+    EXPLAIN_METHODS,
+    index=default,
+    format_func=lambda m: METHOD_NAMES[m] + (" - measured best" if m == served else ""),
+    key="explain_method",
 )
 
 if uploads:
