@@ -144,10 +144,15 @@ def test_one_correction_is_stored(dashboard, serve_url, trained_package, browser
     upload.send_keys(str(photo))
     wrong = wait.until(lambda d: d.find_elements(By.XPATH, "//button[.//p[text()='Wrong']]"))
     wrong[0].click()
+    # the species picker appears after the explanation method's box, which is there already
+    boxes = "[data-testid='stSelectbox'] input"
     search = wait.until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stSelectbox'] input")
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, boxes)) >= 2
+            and d.find_elements(By.CSS_SELECTOR, boxes)
+        )
     )
-    search[-1].click()  # the species picker (the explanation method's box comes first)
+    search[-1].click()
     search[-1].send_keys(shown)
     search[-1].send_keys(Keys.ENTER)
     send = wait.until(
