@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from birdray.registry import local_copy, promote, register
 from birdray.tune.report import COLUMNS, write_report
@@ -133,3 +135,26 @@ def test_production_model_report(trained_package, sweep_root, tmp_path, app_test
     versions = next(t.value for t in at.dataframe if "version" in t.value.columns)
     row = versions.set_index("version").loc[version]
     assert bool(row["production"]) and row["test_top1"] == pytest.approx(metrics["top1"])
+
+
+@pytest.mark.timeout(300)
+def test_peoples_corrections_per_species(small_registry, sweep_root, app_test, tmp_path):  # noqa: F811
+    from birdray.feedback.store import Feedback, append
+
+    def image(seed: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (seed * 40, 90, 160)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    one, two = "001.Species_1", "002.Species_2"
+    answers = [(one, one), (two, one), (two, one), (one, "unsure")]  # (predicted, answer)
+    items = [Feedback(image(i), f"b{i}.png", "v0002", p, a) for i, (p, a) in enumerate(answers)]
+    append(f"{small_registry}/feedback", items)
+    at = app_test(PAGE, BIRDRAY_REGISTRY=small_registry, BIRDRAY_SWEEP_DIR=sweep_root)
+    no_exceptions(at)
+    assert any("3 answers naming a species, 2 of them corrections" in str(c.value)
+               for c in at.caption)  # fmt: skip
+    table = next(t.value for t in at.dataframe if "correction rate" in t.value.columns)
+    row = table.set_index("species").loc[one]
+    assert (row["answers"], row["corrected"]) == (3, 2)
+    assert row["predicted instead"] == two

@@ -240,10 +240,45 @@ try:
 except Exception as exc:  # an unreachable or malformed registry URI
     st.error(f"Cannot read the registry {settings.registry}: {exc}")
     registry = {"rows": [], "pointer": {}}
-production, tune, versions = st.tabs(["Production model", "Tune comparison", "Registry"])
+def corrections_tab() -> None:
+    """``birdray feedback report`` on the feedback store: how often people corrected the model."""
+    from birdray.feedback.report import species_report
+    from birdray.feedback.store import read_feedback
+
+    location = settings.feedback_location
+    try:
+        rows = read_feedback(location).to_pylist()
+    except (OSError, ValueError) as exc:
+        st.info(f"No feedback at {location} yet ({str(exc).splitlines()[0]}).")
+        return
+    report = species_report(rows)
+    st.caption(
+        f"{report['labelled']} answers naming a species, {report['corrected']} of them "
+        f"corrections; {report['not_a_bird']} not a bird, {report['unsure']} unsure ({location})"
+    )
+    table = pd.DataFrame(
+        [
+            {"species": name, "answers": s["answers"], "corrected": s["corrected"],
+             "correction rate": s["correction_rate"],
+             "predicted instead": ", ".join(s["predicted_instead"])}
+            for name, s in report["species"].items()
+        ]
+    )  # fmt: skip
+    if not table.empty:
+        st.altair_chart(
+            bars(table, "correction rate", "species", color="#c0392b"), use_container_width=True
+        )
+        st.dataframe(table, hide_index=True)
+
+
+production, tune, versions, corrections = st.tabs(
+    ["Production model", "Tune comparison", "Registry", "People's corrections"]
+)
 with production:
     production_tab(registry)
 with tune:
     tune_tab()
 with versions:
     registry_tab(registry)
+with corrections:
+    corrections_tab()
