@@ -82,6 +82,19 @@ def s3_bucket() -> str:
     server.stop()
 
 
+@pytest.fixture
+def two_version_registry(tmp_path) -> str:
+    """A local registry with v0001 (production) and v0002 of small test packages."""
+    from birdray.registry import promote, register
+    from tests.model_fixture import make_package
+
+    reg = str(tmp_path / "reg")
+    for seed in (0, 1):
+        register(reg, make_package(tmp_path / f"p{seed}", seed=seed))
+    promote(reg, "v0001")
+    return reg
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small generated CUB-layout dataset (the ``CUB_200_2011`` folder's parent)."""

@@ -9,7 +9,7 @@ import pytest
 from birdray.evaluate.job import EvaluateConfig
 from birdray.explain.evaluation import ExplainEvalConfig
 from birdray.explain.job import ExplainConfig
-from birdray.registry import RegistryError, promote, register, set_alias
+from birdray.registry import RegistryError, set_alias
 from birdray.registry.ref import DEFAULT_REGISTRY, ModelChoice, ModelRef
 from birdray.scoring.job import ScoreConfig
 from birdray.serve.app import AppArgs
@@ -17,12 +17,8 @@ from tests.model_fixture import make_package
 
 
 @pytest.fixture
-def registry(tmp_path):
-    reg = str(tmp_path / "reg")
-    for seed in (0, 1):
-        register(reg, make_package(tmp_path / f"p{seed}", seed=seed))
-    promote(reg, "v0001")
-    return reg
+def registry(two_version_registry):
+    return two_version_registry
 
 
 def test_every_model_consumer_has_the_same_flags_and_defaults():

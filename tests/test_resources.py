@@ -7,6 +7,7 @@ every free CPU, must stop with Ray's pending demand instead of waiting forever.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -78,6 +79,29 @@ def test_watched_passes_items_and_errors_through():
         list(watched(broken(), 5.0, "broken"))
 
 
+@contextlib.contextmanager
+def cpus_held(cpus: float):
+    """Another job holding ``cpus`` CPUs; afterwards, the abandoned pipelines' watchers end."""
+    import ray
+
+    @ray.remote
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.options(num_cpus=cpus).remote()
+    ray.get(holder.ready.remote(), timeout=60)
+    try:
+        yield
+    finally:
+        ray.kill(holder)
+    # with the CPUs back, an abandoned pipeline's next item lets its watcher close it and end
+    watchers = [t for t in threading.enumerate() if t.name.startswith("birdray-watch-")]
+    for thread in watchers:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in watchers)
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_path, capsys):
@@ -112,26 +136,12 @@ def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_
     free = ray.available_resources().get("CPU", 0.0) - 1.0
     assert free > 0, ray.available_resources()
 
-    @ray.remote
-    class Holder:
-        def ready(self) -> bool:
-            return True
-
-    holder = Holder.options(num_cpus=free).remote()
-    ray.get(holder.ready.remote(), timeout=60)
-    try:
+    with cpus_held(free):
         started = time.time()
         with pytest.raises(StallError, match=r"scoring: nothing for 8 s .*waiting for resources"):
             run_scoring(cfg("stalled", stall_timeout_s=8.0))
         assert time.time() - started < 120
         assert not (Path(tmp_path / "stalled") / "_SUCCESS").exists()
-    finally:
-        ray.kill(holder)
-    # with the CPUs back, the abandoned pipeline's next item lets the watcher close it and end
-    watchers = [t for t in threading.enumerate() if t.name.startswith("birdray-watch-")]
-    for thread in watchers:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in watchers)
 
 
 @pytest.mark.ray
@@ -143,24 +153,11 @@ def test_an_ingest_that_gets_no_cpu_stops_with_rays_pending_demand(
 
     from birdray.data.ingest import IngestConfig, run_ingest
 
-    @ray.remote
-    class Holder:
-        def ready(self) -> bool:
-            return True
-
     deadline = time.time() + 60  # earlier tests' actors give their CPUs back asynchronously
     while ray.available_resources().get("CPU", 0.0) < 1 and time.time() < deadline:
         time.sleep(0.5)
-    holder = Holder.options(num_cpus=ray.available_resources()["CPU"]).remote()
-    ray.get(holder.ready.remote(), timeout=60)
     out = tmp_path / "ds"
-    try:
+    with cpus_held(ray.available_resources()["CPU"]):
         with pytest.raises(StallError, match=r"ingest: nothing for 6 s .*waiting for resources"):
             run_ingest(IngestConfig(source=str(synth_root), out=str(out), stall_timeout_s=6.0))
         assert not (out / "manifest.json").exists()
-    finally:
-        ray.kill(holder)
-    watchers = [t for t in threading.enumerate() if t.name.startswith("birdray-watch-")]
-    for thread in watchers:
-        thread.join(timeout=120)
-    assert not any(t.is_alive() for t in watchers)

@@ -13,7 +13,6 @@ from PIL import Image
 from starlette.requests import Request
 
 from birdray.config import ConfigError
-from birdray.registry import promote, register
 from birdray.serve.api import create_api
 from birdray.serve.app import build_app
 from birdray.serve.errors import ApiError
@@ -29,12 +28,8 @@ LIMITS = Limits(
 
 
 @pytest.fixture
-def registry(tmp_path):
-    reg = str(tmp_path / "reg")
-    for seed in (0, 1):
-        register(reg, make_package(tmp_path / f"p{seed}", seed=seed))
-    promote(reg, "v0001")
-    return reg
+def registry(two_version_registry):
+    return two_version_registry
 
 
 def test_build_app_refuses_unknown_or_mistyped_args(registry):
