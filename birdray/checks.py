@@ -242,21 +242,18 @@ def _train(cfg: Any) -> None:
     if cfg.pretrained_file:
         file("--pretrained-file", cfg.pretrained_file, "a weights file (.safetensors or .pth)")
     if cfg.init_from:
-        path = Path(cfg.init_from).expanduser()
-        require(
-            (path / "metadata.json").is_file(),
-            "--init-from",
-            f"{_abs(cfg.init_from)} is no model package folder (needs metadata.json)",
-        )
-        from birdray.model.package import read_metadata
+        from birdray.model.factory import ModelError
+        from birdray.model.package import check_fine_tune_source
 
-        meta = read_metadata(path)
-        require(
-            list(meta.class_names) == list(manifest.get("class_names") or []),
-            "--init-from",
-            f"{_abs(cfg.init_from)} was trained on other classes than --dataset {cfg.dataset}",
-        )
-        require(meta.arch == cfg.arch, "--init-from", f"is a {meta.arch}, not --arch {cfg.arch}")
+        try:
+            check_fine_tune_source(
+                Path(cfg.init_from).expanduser(),
+                cfg.arch,
+                manifest.get("class_names") or [],
+                cfg.dataset,
+            )
+        except ModelError as exc:
+            raise UsageError(f"--init-from: {exc}") from None
     positive(
         {
             "--epochs": cfg.epochs,

@@ -219,3 +219,30 @@ def test_registry_alias_names_pass_the_model_check(tmp_path):
     for bad in ("Candidate", "a" * 40, "no spaces"):
         with pytest.raises(UsageError, match="--model"):
             checks.model(bad, reg)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_init_from_must_be_a_package_of_this_arch_and_these_classes(
+    trained_package, tmp_path, monkeypatch, capsys
+):
+    """Fine-tuning keeps the package's head: another arch or other classes are refused before
+    Ray starts, by the same check the training job runs."""
+    import ray
+
+    from birdray.cli import main
+    from tests.model_fixture import make_package
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    (tmp_path / "plain").mkdir()
+    other = make_package(tmp_path / "other", arch="test_resnet", num_classes=3)
+    dataset = ["train", "--dataset", str(trained_package.dataset)]
+    trained = str(trained_package.package)
+    cases = [
+        (["--init-from", trained, "--arch", "resnet18"], "not --arch resnet18"),
+        (["--init-from", str(other), "--arch", "test_resnet"], "other classes"),
+        (["--init-from", str(tmp_path / "plain")], "not a model package"),
+    ]
+    for flags, reason in cases:
+        assert main([*dataset, *flags]) == 2
+        assert reason in _one_line(capsys.readouterr().err, "train", "--init-from")

@@ -123,6 +123,22 @@ def read_metadata(path: str | Path) -> PackageMetadata:
     return PackageMetadata.from_json(data)
 
 
+def check_fine_tune_source(
+    path: str | Path, arch: str, class_names: list[str], dataset: str
+) -> PackageMetadata:
+    """A package to continue training from (its head kept) must be ``arch`` with these classes in
+    this order, or every label would mean another species; its files must be intact."""
+    meta = verify_package(path)
+    if meta.arch != arch:
+        raise ModelError(f"{path} is a {meta.arch}, not --arch {arch}")
+    if list(meta.class_names) != list(class_names):
+        raise ModelError(
+            f"{path} was trained on other classes than {dataset} "
+            f"({len(meta.class_names)} vs {len(class_names)}, or another order)"
+        )
+    return meta
+
+
 def verify_package(path: str | Path) -> PackageMetadata:
     """Metadata of a complete, untampered package; a clear ``ModelError`` otherwise."""
     meta = read_metadata(path)

@@ -22,6 +22,7 @@ from birdray.config import save_config
 from birdray.data.feedback import training_record
 from birdray.data.manifest import load_manifest, manifest_checksum
 from birdray.model.factory import ModelError, create_model
+from birdray.model.package import check_fine_tune_source
 from birdray.model.preprocess import resolve_data_config
 from birdray.resources import ResourceError, plan_workers
 from birdray.train.config import TrainConfig
@@ -77,21 +78,6 @@ def check_reachable(cfg: TrainConfig) -> None:
             raise ResourceError(f"storage_path {cfg.storage_path}: {exc}") from None
 
 
-def check_init_from(cfg: TrainConfig, class_names: list[str]) -> None:
-    """A package to fine-tune must be this arch with these classes, in this order (its head is
-    kept), or every label would mean another species."""
-    from birdray.model.package import verify_package
-
-    meta = verify_package(Path(cfg.init_from))
-    if meta.arch != cfg.arch:
-        raise ValueError(f"--init-from {cfg.init_from} is a {meta.arch}, not --arch {cfg.arch}")
-    if list(meta.class_names) != list(class_names):
-        raise ValueError(
-            f"--init-from {cfg.init_from} was trained on other classes than {cfg.dataset} "
-            f"({len(meta.class_names)} vs {len(class_names)}, or another order)"
-        )
-
-
 def default_name(cfg: TrainConfig) -> str:
     return cfg.name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -110,7 +96,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
     if cfg.init_from:
-        check_init_from(cfg, manifest["class_names"])
+        check_fine_tune_source(cfg.init_from, cfg.arch, manifest["class_names"], cfg.dataset)
     probe = create_model(cfg.arch, num_classes=len(manifest["class_names"]))
     data_config = resolve_data_config(probe, cfg.image_size)
     del probe
