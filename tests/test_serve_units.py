@@ -176,3 +176,12 @@ def test_birdray_serve_with_a_missing_key_stops_before_ray_starts(tmp_path, monk
     assert status not in (0, None), output
     assert "BIRDRAY_NOPE_KEY" in output and "unset or empty" in output
     assert ray.is_initialized() == ray_before  # refused before any Ray or Serve started
+
+
+def test_every_list_of_explanation_methods_is_the_explain_packages():
+    """The HTTP contract and the dashboard keep torch-free copies; they must not drift."""
+    from birdray.dashboard.client import EXPLAIN_METHODS as dashboard_methods
+    from birdray.explain import METHODS
+    from birdray.serve.api import METHODS as api_methods
+
+    assert tuple(api_methods) == tuple(METHODS) == tuple(dashboard_methods)

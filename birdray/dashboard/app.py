@@ -55,6 +55,8 @@ def sidebar_settings() -> Settings:
         if api_key_for(settings.serve_url):
             st.caption("API key: configured (sent only to the configured Serve URLs)")
         status = service_status(settings.serve_url)
+        # the pages reuse this run's answer instead of asking /readyz and /v1/model again
+        st.session_state["service_status"] = {**status, "url": settings.serve_url}
         if status["ready"] and status["model"]:
             model = status["model"]
             st.success(

@@ -27,10 +27,19 @@ def answer_name(answer: str) -> str:
     return SPECIAL.get(answer) or species_name(answer)
 
 
+def served_model(settings: Settings) -> dict:
+    """``GET /v1/model`` as the sidebar fetched it on this run ({} when the service is down);
+    asked again only for another URL (a page run on its own)."""
+    status = st.session_state.get("service_status")
+    if not status or status.get("url") != settings.serve_url:
+        status = {**service_status(settings.serve_url), "url": settings.serve_url}
+        st.session_state["service_status"] = status
+    return status["model"] or {}
+
+
 def served_classes(settings: Settings) -> list[str]:
     """The served model's class names ([] when the service is not answering)."""
-    model = service_status(settings.serve_url)["model"] or {}
-    return list(model.get("classes") or [])
+    return list(served_model(settings).get("classes") or [])
 
 
 @st.cache_data(show_spinner=False, ttl=10)

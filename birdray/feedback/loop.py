@@ -43,14 +43,13 @@ def send_answers(url: str, photos: list[tuple[Path, str]], timeout: float = 60) 
 
 
 def _accuracy(package: Path, photos: list[tuple[Path, str]]) -> float:
-    from PIL import Image
-
+    from birdray.images import decode_image
     from birdray.model.inference import Predictor
 
     if not photos:
         return float("nan")
     predictor = Predictor(str(package), device="cpu")
-    images = [Image.open(path).convert("RGB") for path, _ in photos]
+    images = [decode_image(path.read_bytes()).image for path, _ in photos]  # the one decoder
     predictions = predictor.predict_images(images)
     hits = [p.species == truth for p, (_, truth) in zip(predictions, photos, strict=True)]
     return sum(hits) / len(photos)

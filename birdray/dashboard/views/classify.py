@@ -22,10 +22,9 @@ from birdray.dashboard.client import (
     classify,
     error_text,
     explain_file,
-    service_status,
     species_name,
 )
-from birdray.dashboard.feedback_ui import feedback_buttons
+from birdray.dashboard.feedback_ui import feedback_buttons, served_model
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
 METHOD_NAMES = {
@@ -154,7 +153,7 @@ st.caption(
     "and stored only when you answer Correct / Wrong."
 )
 # the served package's measured best (explain-eval's method table) comes first
-served = (service_status(settings.serve_url)["model"] or {}).get("explain_method")
+served = served_model(settings).get("explain_method")
 default = EXPLAIN_METHODS.index(served) if served in EXPLAIN_METHODS else 0
 method = st.selectbox(
     "Explanation method",

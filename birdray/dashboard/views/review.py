@@ -20,10 +20,11 @@ import pandas as pd
 import streamlit as st
 
 from birdray import storage
-from birdray.dashboard.client import Settings, service_status, species_name
+from birdray.dashboard.client import Settings, species_name
 from birdray.dashboard.feedback_ui import (
     answer_name,
     post_answer,
+    served_model,
     show_outcome,
     species_picker,
     stored_answers,
@@ -151,7 +152,7 @@ answered = {
     if r["path"] in answered_here or r.get("sha256") in stored
 }
 pending = [r for r in rows if r["path"] not in answered]
-model = service_status(settings.serve_url)["model"] or {}
+model = served_model(settings)
 versions = sorted({r["model_version"] for r in rows})
 if model and versions and model.get("version") not in versions:
     st.warning(
