@@ -159,7 +159,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         evaluation=evaluation,
         sweep=sweep["report"],
     )
-    results.update(_consumers(cfg, out, registry, synth, recipe.dataset, sweep["experiment"]))
+    results.update(_consumers(cfg, out, registry, synth, recipe.dataset))
     results["loop"] = _feedback_loop(recipe, source, registry, out, results.pop("answers"))
     print("\nDemo finished: everything is under", out, "\nNext, on the demo's model:")
     for command in next_commands(out, registry, recipe.dataset, sweep["experiment"]):
@@ -235,9 +235,7 @@ def _feedback_loop(recipe: Any, source: Path, registry: Path, out: Path, answers
     return loop
 
 
-def _consumers(
-    cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: str, sweep_dir: str
-) -> dict:
+def _consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: str) -> dict:
     """Serve over real HTTP (and people's answers), batch scoring, explanations: all on the
     production model."""
     import requests

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from birdray.synth.draw import render
-from birdray.synth.job import _IMAGE_STREAM, SynthConfig, _image_size, _rng
+from birdray.synth.job import IMAGE_STREAM, SynthConfig, image_size, seeded_rng
 from birdray.synth.species import make_species
 
 FIELD_KEY = 1_000_000_000  # above every image id a dataset has
@@ -23,8 +23,8 @@ def field_photos(cfg: SynthConfig, out: Path, per_class: int) -> list[tuple[Path
         folder = out / sp.folder
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(per_class):
-            rng = _rng(cfg.seed, _IMAGE_STREAM, FIELD_KEY + sp.class_id * 10_000 + n)
-            width, height = _image_size(rng, cfg.min_side, cfg.max_side)
+            rng = seeded_rng(cfg.seed, IMAGE_STREAM, FIELD_KEY + sp.class_id * 10_000 + n)
+            width, height = image_size(rng, cfg.min_side, cfg.max_side)
             path = folder / f"field_{n + 1:03d}.jpg"
             render(sp.traits, rng, width, height).image.save(path, format="JPEG", quality=90)
             photos.append((path, sp.folder))

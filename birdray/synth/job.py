@@ -36,7 +36,7 @@ from birdray.synth.species import (
 FORMAT_VERSION = 1
 MARKER = "synthetic_species.json"
 CERTAINTIES = ("not visible", "guessing", "probably", "definitely")
-_IMAGE_STREAM, _SPLIT_STREAM, _GRAY_STREAM = 0x1A6E, 0x5E1F, 0x6AE7  # independent RNG streams
+IMAGE_STREAM, _SPLIT_STREAM, _GRAY_STREAM = 0x1A6E, 0x5E1F, 0x6AE7  # independent RNG streams
 
 
 @dataclass
@@ -78,12 +78,12 @@ def _fingerprint(cfg: SynthConfig) -> dict:
     return {"format_version": FORMAT_VERSION, **keep}
 
 
-def _rng(seed: int, stream: int, *key: int) -> np.random.Generator:
+def seeded_rng(seed: int, stream: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, stream, *key]))
 
 
 # --- one photo and its annotations (runs in worker processes) ----------------------------------
-def _image_size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
+def image_size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
     long_side = int(rng.integers(lo, hi + 1))
     short_side = int(np.clip(round(long_side * rng.uniform(0.66, 1.0)), lo, long_side))
     return (long_side, short_side) if rng.random() < 0.8 else (short_side, long_side)
@@ -140,8 +140,8 @@ def _draw_chunk(args: tuple[str, int, int, int, list[_Job]]) -> list[dict]:
     records = []
     for job in jobs:
         species = _SPECIES[job.class_index]
-        rng = _rng(seed, _IMAGE_STREAM, job.image_id)
-        width, height = _image_size(rng, lo, hi)
+        rng = seeded_rng(seed, IMAGE_STREAM, job.image_id)
+        width, height = image_size(rng, lo, hi)
         drawn = render(species.traits, rng, width, height, gray=job.gray)
         path = Path(images_dir) / job.relpath
         drawn.image.save(path, format="JPEG", quality=90)
@@ -167,9 +167,11 @@ def _plan(cfg: SynthConfig, species: list[Species]) -> tuple[list[_Job], list[in
         n_test = min(max(n_test, 1), cfg.per_class - 1)
     total = cfg.classes * cfg.per_class
     n_gray = min(total, max(2, total // 2000))
-    gray = set((_rng(cfg.seed, _GRAY_STREAM).choice(total, n_gray, replace=False) + 1).tolist())
+    gray = set(
+        (seeded_rng(cfg.seed, _GRAY_STREAM).choice(total, n_gray, replace=False) + 1).tolist()
+    )
     for index, sp in enumerate(species):
-        split_rng = _rng(cfg.seed, _SPLIT_STREAM, sp.class_id)
+        split_rng = seeded_rng(cfg.seed, _SPLIT_STREAM, sp.class_id)
         test = set(split_rng.choice(cfg.per_class, n_test, replace=False).tolist())
         for n in range(cfg.per_class):
             image_id = len(jobs) + 1
