@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency
 from PIL import Image
 
+from birdray.model._stack import interrupt_ends_ray_worker
 from birdray.model.preprocess import CropGeometry, build_transform, eval_geometry
+
+with interrupt_ends_ray_worker():  # captum's first import can be cut short by a task cancel too
+    import torch
+    import torch.nn.functional as F
+    from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency
 
 METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
 BASELINES = ("blur", "black", "white", "mean")

@@ -22,10 +22,44 @@ starts concurrent first imports in a fresh interpreter and fails without this.
 """
 
 # ruff: noqa: I001, F401  (imported for their side effect, in this order: the point of the module)
-import torch  # first: everything below imports it
-import torch._dynamo  # torch loads it lazily, timm eagerly: here one thread loads it, once
-import torchvision  # timm.layers reaches into torchvision.ops
-import timm  # timm.layers and timm.models, in timm's own order
-import timm.data
-import timm.optim
-import timm.scheduler
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def interrupt_ends_ray_worker() -> Iterator[None]:
+    """Around a heavy first import: if a task cancel interrupts it, end this Ray worker.
+
+    Ray cancels a task by raising KeyboardInterrupt in its worker (Ray Data does so for every
+    in-flight task when a dataset stops early or fails). Landing inside a multi-second first import
+    it leaves half a package behind: Python drops ``torch._dynamo`` from sys.modules but keeps
+    ``torch._dynamo.decorators``, and every later task Ray sends to this reused worker dies with
+    ``partially initialized module 'torch._dynamo'`` (seen in CI). No import can repair that
+    process, so a Ray worker ends itself and Ray starts a clean one for the next task; anywhere
+    else (a CLI the user interrupted) the interrupt goes on as usual.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        ray_worker = sys.modules.get("ray._private.worker")
+        if ray_worker is not None and ray_worker.global_worker.mode == ray_worker.WORKER_MODE:
+            print(
+                "birdray: a cancelled task interrupted this Ray worker's first import of "
+                "torch/timm/captum; ending the worker so Ray replaces it with a clean one",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(1)
+        raise
+
+
+with interrupt_ends_ray_worker():
+    import torch  # first: everything below imports it
+    import torch._dynamo  # torch loads it lazily, timm eagerly: here one thread loads it, once
+    import torchvision  # timm.layers reaches into torchvision.ops
+    import timm  # timm.layers and timm.models, in timm's own order
+    import timm.data
+    import timm.optim
+    import timm.scheduler
