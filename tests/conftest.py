@@ -169,3 +169,35 @@ def trained_package(ray_cluster, tmp_path_factory) -> TrainedModel:
     )
     evaluation = run_evaluation(EvaluateConfig(model=summary["package"], dataset=str(dataset)))
     return TrainedModel(Path(summary["package"]), dataset, Path(source), summary, evaluation)
+
+
+@pytest.fixture(scope="session")
+def serve_http(ray_cluster) -> str:
+    """Base URL of Serve's HTTP proxy (head node only, 127.0.0.1, a free port, or the one a
+    proxy of this session already has)."""
+    from birdray.serve.job import ensure_serve
+
+    return ensure_serve("127.0.0.1")
+
+
+@pytest.fixture
+def app_test(monkeypatch):
+    """A fresh ``AppTest`` of the dashboard factory, with Streamlit's caches emptied."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from birdray.dashboard_launcher import APP  # the entry file inside the package
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+    def make(page: str | None = None, **env: str) -> AppTest:
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(value))
+        at = AppTest.from_file(str(APP), default_timeout=240)
+        at.run()
+        if page:
+            at.switch_page(page).run()
+        return at
+
+    return make

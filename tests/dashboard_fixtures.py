@@ -14,31 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from birdray.dashboard_launcher import APP  # the entry file inside the package
-
-
-@pytest.fixture
-def app_test(monkeypatch):
-    """A fresh ``AppTest`` of the dashboard factory, with Streamlit's caches emptied."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-    def make(page: str | None = None, **env: str) -> AppTest:
-        for key, value in env.items():
-            monkeypatch.setenv(key, str(value))
-        at = AppTest.from_file(str(APP), default_timeout=240)
-        at.run()
-        if page:
-            at.switch_page(page).run()
-        return at
-
-    return make
-
 
 def texts(at, kind: str) -> list[str]:
     """The text of every element of one kind (``markdown``, ``error``, ``info``...)."""

@@ -1,6 +1,6 @@
 """Serve test helpers: one HTTP proxy per session on a free loopback port, apps deployed per test.
 
-Import the fixtures into a test module (``from tests.serve_fixtures import serve_http``). Every
+The session's ``serve_http`` fixture lives in ``conftest.py``; these are plain helpers. Every
 app gets its own name and route prefix and is deleted afterwards, so Serve tests can share the
 session's Ray cluster.
 """
@@ -18,18 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pytest
 import requests
 from PIL import Image
 
-from birdray.serve.job import ensure_serve, wait_ready
-
-
-@pytest.fixture(scope="session")
-def serve_http(ray_cluster) -> str:
-    """Base URL of Serve's HTTP proxy (head node only, 127.0.0.1, a free port, or the port of
-    a proxy another module already started: each importing module runs this fixture once)."""
-    return ensure_serve("127.0.0.1")
+from birdray.serve.job import wait_ready
 
 
 @contextlib.contextmanager

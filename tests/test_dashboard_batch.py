@@ -9,7 +9,6 @@ import pytest
 
 from birdray.serve.job import free_port
 from tests.dashboard_fixtures import (
-    app_test,  # noqa: F401
     dump,
     image_captions,
     no_exceptions,
@@ -48,7 +47,7 @@ def fill_form(at, **values) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_form_refuses_flag_injection_before_submitting(app_test, tmp_path):  # noqa: F811
+def test_form_refuses_flag_injection_before_submitting(app_test, tmp_path):
     at = app_test(PAGE, BIRDRAY_JOBS_ADDRESS=f"http://127.0.0.1:{free_port()}")
     assert any("Cannot use the Ray Jobs API" in e for e in texts(at, "error"))  # said plainly
     fill_form(at, batch_input="--overwrite", batch_output=str(tmp_path / "out"))
@@ -63,7 +62,7 @@ def test_form_refuses_flag_injection_before_submitting(app_test, tmp_path):  # n
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_submit_follow_and_browse_a_scoring_job(jobs_api, photos, tmp_path, app_test):  # noqa: F811
+def test_submit_follow_and_browse_a_scoring_job(jobs_api, photos, tmp_path, app_test):
     address, token = jobs_api
     package = make_package(tmp_path / "pkg", num_classes=4, seed=2)
     out = tmp_path / "scored"

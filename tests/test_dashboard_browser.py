@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from birdray.dashboard_launcher import start_dashboard, stop
 from birdray.feedback.store import read_feedback
-from tests.serve_fixtures import deployed, post_images, serve_http, small_app_args  # noqa: F401
+from tests.serve_fixtures import deployed, post_images, small_app_args
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -47,7 +47,7 @@ def feedback_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def serve_url(serve_http, trained_package, feedback_dir):  # noqa: F811
+def serve_url(serve_http, trained_package, feedback_dir):
     args = small_app_args(
         str(trained_package.package),
         explain=True,

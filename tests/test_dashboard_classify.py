@@ -7,14 +7,13 @@ import json
 import pytest
 
 from birdray.serve.job import free_port
-from tests.dashboard_fixtures import app_test, no_exceptions, texts  # noqa: F401
+from tests.dashboard_fixtures import no_exceptions, texts
 from tests.model_fixture import make_package
 from tests.serve_fixtures import (
     deployed,
     encode,
     post_images,
     random_rgb,
-    serve_http,  # noqa: F401
     small_app_args,
 )
 
@@ -24,7 +23,7 @@ PROFILE = {"crown": 0.5, "breast": 0.3, "tail": 0.2}
 
 
 @pytest.fixture(scope="module")
-def serve_url(serve_http, tmp_path_factory):  # noqa: F811
+def serve_url(serve_http, tmp_path_factory):
     package = make_package(tmp_path_factory.mktemp("dash_classify") / "pkg", num_classes=4, seed=5)
     (package / "explain").mkdir()
     profiles = {"method": "gradcam", "classes": {str(i): PROFILE for i in range(4)}}
@@ -40,7 +39,7 @@ def api_species(url: str, name: str, data: bytes) -> str:
     return result["prediction"]["species"].split(".", 1)[-1].replace("_", " ")
 
 
-def test_each_photo_gets_its_answer_and_a_bad_file_its_reason(serve_url, app_test):  # noqa: F811
+def test_each_photo_gets_its_answer_and_a_bad_file_its_reason(serve_url, app_test):
     good = {f"bird{i}.jpg": encode(random_rgb(i, (120, 90)), "JPEG") for i in range(2)}
     bad = ("notes.jpg", b"this is a text file, not a photo")
     at = app_test(BIRDRAY_SERVE_URL=serve_url)
@@ -57,7 +56,7 @@ def test_each_photo_gets_its_answer_and_a_bad_file_its_reason(serve_url, app_tes
     assert any("calibrated confidence" in m for m in markdown)
 
 
-def test_a_single_bad_file_is_explained_too(serve_url, app_test):  # noqa: F811
+def test_a_single_bad_file_is_explained_too(serve_url, app_test):
     at = app_test(BIRDRAY_SERVE_URL=serve_url)
     at.file_uploader(key="uploads").set_value(("empty.png", b"", "image/png"))
     at.run()
@@ -66,7 +65,7 @@ def test_a_single_bad_file_is_explained_too(serve_url, app_test):  # noqa: F811
     assert "empty.png" in error and "The file is empty" in error
 
 
-def test_explanation_on_request(serve_url, app_test):  # noqa: F811
+def test_explanation_on_request(serve_url, app_test):
     data = encode(random_rgb(7, (140, 100)), "JPEG")
     at = app_test(BIRDRAY_SERVE_URL=serve_url)
     at.file_uploader(key="uploads").set_value(("why.jpg", data, "image/jpeg"))
@@ -81,7 +80,7 @@ def test_explanation_on_request(serve_url, app_test):  # noqa: F811
     assert any("The strongest region holds" in str(c.value) for c in at.caption)
 
 
-def test_service_down_is_said_plainly(app_test):  # noqa: F811
+def test_service_down_is_said_plainly(app_test):
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     at = app_test(BIRDRAY_SERVE_URL=down)
     assert any("Cannot reach the classification service" in w for w in texts(at, "warning"))

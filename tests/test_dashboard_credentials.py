@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.dashboard_fixtures import app_test, no_exceptions  # noqa: F401
+from tests.dashboard_fixtures import no_exceptions
 
 API_KEY = "serve-key-0f3a9c41d2"
 RAY_TOKEN = "ray-token-7be2d10c55"
@@ -98,7 +98,7 @@ def _point_sidebar_at(at, address: str) -> None:
     at.run()
 
 
-def test_credentials_go_only_to_configured_hosts_and_never_to_the_browser(hosts, app_test):  # noqa: F811
+def test_credentials_go_only_to_configured_hosts_and_never_to_the_browser(hosts, app_test):
     configured, stranger = hosts
     backup = Recorder()  # on the allow-list: the sidebar may switch to it
     at = app_test(

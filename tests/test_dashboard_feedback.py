@@ -17,15 +17,14 @@ from birdray.feedback.store import read_all, read_feedback
 from birdray.registry import register
 from birdray.scoring.job import ScoreConfig, run_scoring
 from birdray.scoring.review import read_review
-from tests.dashboard_fixtures import (  # noqa: F401
-    app_test,
+from tests.dashboard_fixtures import (
     dump,
     image_captions,
     no_exceptions,
     texts,
 )
 from tests.model_fixture import make_package
-from tests.serve_fixtures import deployed, encode, random_rgb, serve_http  # noqa: F401
+from tests.serve_fixtures import deployed, encode, random_rgb
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -34,7 +33,7 @@ REVIEW = "views/review.py"
 
 
 @pytest.fixture(scope="module")
-def served(serve_http, tmp_path_factory):  # noqa: F811
+def served(serve_http, tmp_path_factory):
     """(url, registry, version): v0001 of a registry (with part profiles), served."""
     root = tmp_path_factory.mktemp("dash_feedback")
     package = make_package(root / "pkg", num_classes=4, seed=5)
@@ -80,7 +79,7 @@ def scored(tmp_path, model: str, registry: str, n: int = 3, seed: int = 60) -> s
     return str(out)
 
 
-def test_correct_and_wrong_on_classify_are_stored(served, app_test):  # noqa: F811
+def test_correct_and_wrong_on_classify_are_stored(served, app_test):
     url, registry, version = served
     data = encode(random_rgb(77, (120, 90)), "JPEG")
     digest = hashlib.sha256(data).hexdigest()
@@ -113,7 +112,7 @@ def test_correct_and_wrong_on_classify_are_stored(served, app_test):  # noqa: F8
     assert any("corrected" in s for s in texts(at, "success"))
 
 
-def test_review_page_walks_the_review_set_and_records_answers(served, app_test, tmp_path):  # noqa: F811
+def test_review_page_walks_the_review_set_and_records_answers(served, app_test, tmp_path):
     url, registry, version = served
     out = scored(tmp_path, version, registry)
     review = read_review(out).to_pylist()
@@ -148,7 +147,7 @@ def test_review_page_walks_the_review_set_and_records_answers(served, app_test, 
     assert "**3** photo(s) to review: **3** labelled, **0** pending" in texts(again, "markdown")
 
 
-def test_review_answers_for_another_model_are_refused_plainly(served, app_test, tmp_path):  # noqa: F811
+def test_review_answers_for_another_model_are_refused_plainly(served, app_test, tmp_path):
     url, registry, version = served
     other = make_package(tmp_path / "other", num_classes=4, seed=9)
     out = scored(tmp_path, str(other), "", n=2, seed=90)  # photos not answered before
@@ -163,7 +162,7 @@ def test_review_answers_for_another_model_are_refused_plainly(served, app_test, 
     assert read_all(f"{registry}/feedback").num_rows == before
 
 
-def test_no_review_set_is_said_plainly(app_test, tmp_path):  # noqa: F811
+def test_no_review_set_is_said_plainly(app_test, tmp_path):
     at = app_test(REVIEW, BIRDRAY_SCORE_DIR=str(tmp_path / "nothing"))
     no_exceptions(at)
     (error,) = texts(at, "error")

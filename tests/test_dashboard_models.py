@@ -10,7 +10,7 @@ from PIL import Image
 
 from birdray.registry import local_copy, promote, register
 from birdray.tune.report import COLUMNS, write_report
-from tests.dashboard_fixtures import app_test, no_exceptions, texts  # noqa: F401
+from tests.dashboard_fixtures import no_exceptions, texts
 from tests.model_fixture import make_package
 
 PAGE = "views/models.py"
@@ -71,7 +71,7 @@ def small_registry(tmp_path_factory):
 
 
 @pytest.mark.timeout(300)
-def test_registry_and_tune_comparison(small_registry, sweep_root, app_test):  # noqa: F811
+def test_registry_and_tune_comparison(small_registry, sweep_root, app_test):
     at = app_test(PAGE, BIRDRAY_REGISTRY=small_registry, BIRDRAY_SWEEP_DIR=sweep_root)
     no_exceptions(at)
     version = at.selectbox(key="model_version")
@@ -93,7 +93,7 @@ def test_registry_and_tune_comparison(small_registry, sweep_root, app_test):  # 
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_production_model_report(trained_package, sweep_root, tmp_path, app_test):  # noqa: F811
+def test_production_model_report(trained_package, sweep_root, tmp_path, app_test):
     """A trained, evaluated package in a registry, with its explainability evaluation."""
     from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
 
@@ -138,7 +138,7 @@ def test_production_model_report(trained_package, sweep_root, tmp_path, app_test
 
 
 @pytest.mark.timeout(300)
-def test_peoples_corrections_per_species(small_registry, sweep_root, app_test, tmp_path):  # noqa: F811
+def test_peoples_corrections_per_species(small_registry, sweep_root, app_test, tmp_path):
     from birdray.feedback.store import Feedback, append
 
     def image(seed: int) -> bytes:

@@ -179,9 +179,12 @@ def test_aliases_move_with_history_and_roll_back_on_their_own(registry):
     assert aliases["candidate"]["history"] == ["v0002"]
     assert aliases["production"]["version"] == "v0001"
     # promote candidate: production takes the version candidate points to (ends a rollout)
-    assert run_registry(RegistryConfig(action="promote", args=["candidate"], registry=registry))[
-        "version"
-    ] == "v0002"
+    assert (
+        run_registry(RegistryConfig(action="promote", args=["candidate"], registry=registry))[
+            "version"
+        ]
+        == "v0002"
+    )
     assert read_aliases(registry)["production"]["history"] == ["v0001", "v0002"]
     rows = run_registry(RegistryConfig(action="list", registry=registry))
     assert rows[1]["aliases"] == ["production", "candidate"] and rows[1]["production"]

@@ -34,7 +34,7 @@ from birdray.registry import (
 )
 from birdray.registry import versions as registry_versions
 from tests.model_fixture import make_package
-from tests.serve_fixtures import deployed, post_images, serve_http, small_app_args  # noqa: F401
+from tests.serve_fixtures import deployed, post_images, small_app_args
 
 
 def _fresh(bucket: str) -> str:
@@ -158,9 +158,10 @@ def test_aliases_in_a_bucket_race_and_roll_back_per_alias(s3_bucket, tmp_path):
     run_registry(RegistryConfig(action="alias", args=["set", "candidate", "v0002"], registry=reg))
     assert resolve("candidate", reg).name != "v0002"  # a local copy of the bucket's version
     assert version_metadata(reg, "v0002").version == "v0002"
-    assert run_registry(RegistryConfig(action="promote", args=["candidate"], registry=reg))[
-        "version"
-    ] == "v0002"
+    assert (
+        run_registry(RegistryConfig(action="promote", args=["candidate"], registry=reg))["version"]
+        == "v0002"
+    )
     assert rollback(reg)["version"] == "v0001"  # production back; candidate untouched
     assert read_aliases(reg)["candidate"]["version"] == "v0002"
     with pytest.raises(RegistryError, match="not a valid alias name"):
@@ -189,7 +190,7 @@ def test_dashboard_lists_a_bucket_registry_without_downloading_weights(
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_path):  # noqa: F811
+def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_path):
     """Train's registration, evaluate into the bucket, the Tune hand-off, Serve and scoring."""
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.images import decode_image

@@ -30,7 +30,6 @@ from tests.serve_fixtures import (
     encode,
     post_images,
     random_rgb,
-    serve_http,  # noqa: F401
     small_app_args,
 )
 
@@ -55,7 +54,7 @@ def feedback_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(serve_http, package, feedback_dir):  # noqa: F811
+def app(serve_http, package, feedback_dir):
     args = small_app_args(str(package), feedback_dir=str(feedback_dir), **LIMITS)
     with deployed(serve_http, "api", **args) as url:
         yield url
@@ -415,7 +414,7 @@ GUARD = {"max_concurrent_requests": 1, "request_timeout_s": 6.0}
 
 
 @pytest.fixture(scope="module")
-def guarded(serve_http, package):  # noqa: F811
+def guarded(serve_http, package):
     """An app with an API key, one /v1 request at a time and a 6 s deadline."""
     os.environ["BIRDRAY_TEST_KEY"] = KEY  # read by build_app and handed to the replicas
     try:

@@ -17,7 +17,6 @@ from tests.serve_fixtures import (
     encode,
     post_images,
     random_rgb,
-    serve_http,  # noqa: F401
     small_app_args,
 )
 
@@ -39,7 +38,7 @@ def package(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(serve_http, package):  # noqa: F811
+def app(serve_http, package):
     args = small_app_args(
         str(package), explain=True, explain_num_cpus=0.25,
         explain_max_ongoing_requests=1, explain_max_queued_requests=1,

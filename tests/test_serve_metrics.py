@@ -23,7 +23,6 @@ from tests.serve_fixtures import (
     encode,
     post_images,
     random_rgb,
-    serve_http,  # noqa: F401
     small_app_args,
 )
 
@@ -65,7 +64,7 @@ def bucket(samples, name: str, le: float, **labels: str) -> float:
 
 @pytest.mark.ray
 @pytest.mark.timeout(400)
-def test_requests_move_metrics_on_rays_endpoint(serve_http, tmp_path):  # noqa: F811
+def test_requests_move_metrics_on_rays_endpoint(serve_http, tmp_path):
     url_of_metrics = metrics_url()  # what the demo prints
     package = make_package(tmp_path / "pkg", num_classes=4, image_size=64)
     os.environ[KEY_ENV] = KEY

@@ -24,7 +24,6 @@ from tests.serve_fixtures import (
     load,
     post_images,
     random_rgb,
-    serve_http,  # noqa: F401
     small_app_args,
 )
 
@@ -65,7 +64,7 @@ def wait_for(predicate, timeout_s: float, every_s: float = 0.5) -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_concurrent_requests_are_served_in_fewer_model_calls(serve_http, package):  # noqa: F811
+def test_concurrent_requests_are_served_in_fewer_model_calls(serve_http, package):
     args = small_app_args(str(package), max_batch_size=8, batch_wait_timeout_s=0.25)
     with deployed(serve_http, "batching", **args) as url:
         data = encode(random_rgb(31), "PNG")
@@ -98,7 +97,7 @@ def test_concurrent_requests_are_served_in_fewer_model_calls(serve_http, package
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_autoscaling_on_logical_gpus(ray_cluster, serve_http, package):  # noqa: F811
+def test_autoscaling_on_logical_gpus(ray_cluster, serve_http, package):
     gpu_node = ray_cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address="127.0.0.1")
     ray_cluster.wait_for_nodes()
     try:
@@ -141,7 +140,7 @@ def test_autoscaling_on_logical_gpus(ray_cluster, serve_http, package):  # noqa:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_bounded_load_run_has_no_errors(serve_http, package):  # noqa: F811
+def test_bounded_load_run_has_no_errors(serve_http, package):
     args = small_app_args(str(package), model_num_cpus=0.5, max_batch_size=16)
     with deployed(serve_http, "load", **args) as url:
         data = encode(random_rgb(33, (160, 120)), "JPEG")
@@ -161,7 +160,7 @@ def test_bounded_load_run_has_no_errors(serve_http, package):  # noqa: F811
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_model_swap_under_load_drops_nothing(serve_http, registry):  # noqa: F811
+def test_model_swap_under_load_drops_nothing(serve_http, registry):
     port = int(serve_http.rsplit(":", 1)[1])
     args = small_app_args("production", registry=registry)
     args.pop("model")
@@ -197,7 +196,7 @@ def test_model_swap_under_load_drops_nothing(serve_http, registry):  # noqa: F81
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_config_update_swaps_model_in_place_under_load(serve_http, registry):  # noqa: F811
+def test_config_update_swaps_model_in_place_under_load(serve_http, registry):
     """``serve deploy`` with a new ``user_config.model``: reconfigure(), no replica restart."""
     from ray.serve.context import _get_global_client  # what `serve deploy` reaches via REST
     from ray.serve.schema import ServeDeploySchema
