@@ -201,3 +201,25 @@ def app_test(monkeypatch):
         return at
 
     return make
+
+
+@pytest.fixture
+def cpus_back(ray_cluster):
+    """Wait until the cluster's free CPUs are back to a level seen before (after a kill, say).
+
+    Ray reaps a dead driver's workers and a finished pool's actors asynchronously; tests wait on
+    that condition instead of sleeping a fixed time, and fail with Ray's view if it never comes.
+    """
+    import time
+
+    import ray
+
+    def wait(idle_cpus: float, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while ray.available_resources().get("CPU", 0.0) < idle_cpus:
+            assert time.monotonic() < deadline, (
+                f"CPUs not given back within {timeout_s:.0f} s: {ray.available_resources()}"
+            )
+            time.sleep(0.5)
+
+    return wait

@@ -104,7 +104,9 @@ def cpus_held(cpus: float):
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_path, capsys):
+def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(
+    ray_cluster, tmp_path, capsys, cpus_back
+):
     import ray
 
     from birdray.scoring.job import ScoreConfig, run_scoring
@@ -130,9 +132,7 @@ def test_a_stalled_scoring_pool_stops_with_rays_pending_demand(ray_cluster, tmp_
     # dataset (from_arrow's 1-CPU metadata tasks), not for decode tasks and the scoring actor
     # together, so no row ever comes: stop after the timeout, saying why
     # the capped pool's actors give their CPUs back asynchronously after the run returns
-    deadline = time.time() + 60
-    while ray.available_resources().get("CPU", 0.0) < idle_cpus and time.time() < deadline:
-        time.sleep(0.5)
+    cpus_back(idle_cpus, timeout_s=60)
     free = ray.available_resources().get("CPU", 0.0) - 1.0
     assert free > 0, ray.available_resources()
 

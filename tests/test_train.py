@@ -87,7 +87,11 @@ def test_worker_failure_recovers_from_checkpoint(small_dataset, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_resubmitting_an_interrupted_run_by_name_resumes_it(ray_cluster, small_dataset, tmp_path):
+def test_resubmitting_an_interrupted_run_by_name_resumes_it(
+    ray_cluster, small_dataset, tmp_path, cpus_back
+):
+    import ray
+
     flags = {
         "--dataset": str(small_dataset),
         "--epochs": "3",
@@ -97,6 +101,7 @@ def test_resubmitting_an_interrupted_run_by_name_resumes_it(ray_cluster, small_d
         **{"--" + k.replace("_", "-"): str(v) for k, v in SMALL.items()},
     }
     repo = Path(__file__).resolve().parents[1]
+    idle_cpus = ray.available_resources().get("CPU", 0.0)
     proc = subprocess.Popen(
         [sys.executable, "jobs/train.py", *[x for kv in flags.items() for x in kv]],
         cwd=repo,
@@ -116,7 +121,7 @@ def test_resubmitting_an_interrupted_run_by_name_resumes_it(ray_cluster, small_d
     assert committed, "the first submission never committed a checkpoint"
     before = json.loads((run / committed / "history.json").read_text())
     assert len(before) < 3, "the run finished before it was interrupted"
-    time.sleep(3)  # let Ray reap the dead driver's workers
+    cpus_back(idle_cpus)  # Ray reaps the dead driver's workers
 
     again = TrainConfig(dataset=str(small_dataset), epochs=3, storage_path=str(tmp_path), **SMALL)
     again.name = "interrupted"  # the same name: Ray Train restores the run from its storage

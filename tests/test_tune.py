@@ -158,7 +158,9 @@ def _checkpoints(trainer: Path) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_cluster, dataset, tmp_path):
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(
+    ray_cluster, dataset, tmp_path, cpus_back
+):
     cfg = _config(
         dataset,
         tmp_path,
@@ -200,6 +202,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_cluster, 
         ray_cluster.address,
     ]
     repo = Path(__file__).resolve().parents[1]
+    idle_cpus = ray.available_resources().get("CPU", 0.0)
     proc = subprocess.Popen(
         args,
         cwd=repo,
@@ -231,7 +234,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_cluster, 
         (_checkpoints(experiment / "trainers" / running)[-1] / "history.json").read_text()
     )
     assert len(before) < cfg.epochs, "the second trial finished before the interruption"
-    time.sleep(3)
+    cpus_back(idle_cpus)  # Ray reaps the dead driver's trial actors
 
     # Move the finished trial's Train run aside: if Tune ran that trial again, it would have to
     # train it from scratch and the folder would reappear.

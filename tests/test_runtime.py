@@ -1,0 +1,50 @@
+"""``birdray.runtime``: how every job meets Ray, checked without starting one where possible."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from birdray import runtime
+
+
+def test_progress_bars_go_quiet_only_when_logged(monkeypatch):
+    from ray.data import DataContext
+
+    monkeypatch.delenv("RAY_DATA_DISABLE_PROGRESS_BARS", raising=False)
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.enable_operator_progress_bars
+    try:
+        ctx.enable_progress_bars = ctx.enable_operator_progress_bars = True
+        assert runtime.quiet_progress_when_logged(interactive=True) is True
+        assert ctx.enable_progress_bars and "RAY_DATA_DISABLE_PROGRESS_BARS" not in os.environ
+        assert runtime.quiet_progress_when_logged(interactive=False) is False
+        assert not ctx.enable_progress_bars and not ctx.enable_operator_progress_bars
+        assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1"
+    finally:
+        ctx.enable_progress_bars, ctx.enable_operator_progress_bars = saved
+
+
+def test_the_cluster_address_is_lent_to_rays_processes_and_given_back(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "somewhere:6379")
+    monkeypatch.delenv("RAY_GCS_SERVER_PORT", raising=False)
+    with runtime._own_address_for_cluster_processes():
+        port = os.environ["RAY_GCS_SERVER_PORT"]
+        assert os.environ["RAY_ADDRESS"] == f"{runtime.LOOPBACK}:{port}" and int(port) > 0
+    assert os.environ["RAY_ADDRESS"] == "somewhere:6379"
+    assert "RAY_GCS_SERVER_PORT" not in os.environ
+
+
+def test_loopback_is_set_before_ray_reads_it():
+    """In a fresh interpreter: set before ``import ray``, Ray's constant follows it."""
+    code = (
+        "from birdray import runtime; runtime.keep_local_ray_on_loopback();"
+        "from ray._private import ray_constants; print(ray_constants.ENABLE_RAY_CLUSTER)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.strip() == "False"
