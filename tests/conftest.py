@@ -105,6 +105,21 @@ def synth_root(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_dataset(ray_cluster, tmp_path_factory) -> Path:
+    """A small ingested dataset (3 species x 12 photos, a quarter held out for val) for the
+    training, tuning and multi-node tests: ingested once per session."""
+    from birdray.data.ingest import IngestConfig, run_ingest
+    from birdray.synth.job import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("small")
+    synth = SynthConfig(
+        out=str(root / "src"), classes=3, per_class=12, seed=1, min_side=96, max_side=128, workers=1
+    )
+    run_ingest(IngestConfig(source=str(generate(synth)), out=str(root / "ds"), val_fraction=0.25))
+    return root / "ds"
+
+
 @dataclass
 class TrainedModel:
     package: Path  # a trained, calibrated model package

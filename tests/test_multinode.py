@@ -9,29 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from birdray.data.ingest import IngestConfig, run_ingest
-from birdray.synth.job import SynthConfig, generate
 from birdray.train.job import TrainConfig, run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def spread_dataset(ray_cluster, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("spread")
-    src = generate(
-        SynthConfig(
-            out=str(root / "src"),
-            classes=3,
-            per_class=12,
-            seed=2,
-            min_side=96,
-            max_side=128,
-            workers=1,
-        )
-    )
-    run_ingest(IngestConfig(source=str(src), out=str(root / "ds"), val_fraction=0.25))
-    return root / "ds"
 
 
 def _recipe(dataset: Path, storage: Path, name: str, epochs: int) -> TrainConfig:
@@ -53,7 +33,7 @@ def _recipe(dataset: Path, storage: Path, name: str, epochs: int) -> TrainConfig
 
 
 @pytest.mark.timeout(900)
-def test_training_recovers_when_a_worker_node_is_lost(ray_cluster, spread_dataset, tmp_path):
+def test_training_recovers_when_a_worker_node_is_lost(ray_cluster, small_dataset, tmp_path):
     """Two workers strictly spread over two nodes; kill the node under one of them after the
     first checkpoint: the run restarts on the nodes that are left, from that checkpoint, and
     finishes, still one worker per node."""
@@ -65,7 +45,7 @@ def test_training_recovers_when_a_worker_node_is_lost(ray_cluster, spread_datase
 
     def train() -> None:
         try:
-            outcome["summary"] = run_training(_recipe(spread_dataset, tmp_path, "lossy", epochs=3))
+            outcome["summary"] = run_training(_recipe(small_dataset, tmp_path, "lossy", epochs=3))
         except BaseException as exc:  # surfaced by the assertion below
             outcome["error"] = exc
 

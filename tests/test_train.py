@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from birdray.data.ingest import IngestConfig, run_ingest
-from birdray.synth.job import SynthConfig, generate
 from birdray.train.job import ResourceError, TrainConfig, check_resources, run_training
 
 pytestmark = [pytest.mark.ray]
@@ -28,24 +26,6 @@ SMALL = dict(
     num_workers=2,
     cpus_per_worker=1.0,
 )
-
-
-@pytest.fixture(scope="module")
-def small_dataset(ray_cluster, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("small")
-    src = generate(
-        SynthConfig(
-            out=str(root / "src"),
-            classes=3,
-            per_class=12,
-            seed=1,
-            min_side=96,
-            max_side=128,
-            workers=1,
-        )
-    )
-    run_ingest(IngestConfig(source=str(src), out=str(root / "ds"), val_fraction=0.25))
-    return root / "ds"
 
 
 @pytest.mark.slow

@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from birdray.data.ingest import IngestConfig, run_ingest
 from birdray.registry import read_pointer, resolve
-from birdray.synth.job import SynthConfig, generate
 from birdray.train.job import ResourceError
 from birdray.tune.job import SweepConfig, base_train_config, build_tuner, plan_trials, run_sweep
 from birdray.tune.report import FILES
@@ -33,24 +31,6 @@ TRAIN = dict(
     checkpoints_to_keep=2,
     max_failures=0,
 )
-
-
-@pytest.fixture(scope="module")
-def dataset(ray_cluster, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tune_data")
-    src = generate(
-        SynthConfig(
-            out=str(root / "src"),
-            classes=3,
-            per_class=12,
-            seed=1,
-            min_side=96,
-            max_side=128,
-            workers=1,
-        )
-    )
-    run_ingest(IngestConfig(source=str(src), out=str(root / "ds"), val_fraction=0.25))
-    return root / "ds"
 
 
 def _config(dataset: Path, root: Path, **overrides) -> SweepConfig:
@@ -70,9 +50,9 @@ def _config(dataset: Path, root: Path, **overrides) -> SweepConfig:
 
 
 @pytest.fixture(scope="module")
-def sweep(dataset, tmp_path_factory):
+def sweep(small_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    cfg = _config(dataset, root)
+    cfg = _config(small_dataset, root)
     return cfg, run_sweep(cfg)
 
 
@@ -120,12 +100,14 @@ def test_sweep_compares_every_trial_and_promotes_the_best(sweep):
 
 
 @pytest.mark.timeout(300)
-def test_infeasible_request_fails_fast_naming_the_cluster(dataset, tmp_path):
+def test_infeasible_request_fails_fast_naming_the_cluster(small_dataset, tmp_path):
     started = time.time()
-    cfg = _config(dataset, tmp_path, train={**TRAIN, "num_workers": 2, "cpus_per_worker": 3.0})
+    cfg = _config(
+        small_dataset, tmp_path, train={**TRAIN, "num_workers": 2, "cpus_per_worker": 3.0}
+    )
     with pytest.raises(ResourceError, match="the cluster has 4 CPU and 0 GPU"):
         run_sweep(cfg)
-    cfg = _config(dataset, tmp_path, train={**TRAIN, "use_gpu": True})
+    cfg = _config(small_dataset, tmp_path, train={**TRAIN, "use_gpu": True})
     with pytest.raises(ResourceError, match="the cluster has 4 CPU and 0 GPU"):
         run_sweep(cfg)
     assert time.time() - started < 60
@@ -159,10 +141,10 @@ def _checkpoints(trainer: Path) -> list[Path]:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(
-    ray_cluster, dataset, tmp_path, cpus_back
+    ray_cluster, small_dataset, tmp_path, cpus_back
 ):
     cfg = _config(
-        dataset,
+        small_dataset,
         tmp_path,
         archs=["test_resnet"],
         num_samples=2,
