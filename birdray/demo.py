@@ -6,6 +6,7 @@ where its results went. The Quickstart's first command runs this.
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import time
@@ -30,6 +31,28 @@ class DemoConfig:
 
 
 DEMO_WEIGHTS = "runs/demo/weights/tf_efficientnet_lite0.safetensors"  # as demo.yaml names them
+
+
+def _one_sibling_pair(package: Path) -> str:
+    """One sibling pair's contrastive result, spelled out (the table holds every pair)."""
+    try:
+        contrast = json.loads((package / "explain" / "contrastive.json").read_text())
+    except (OSError, ValueError):
+        return "  contrastive: no result was written"
+    if not contrast.get("available"):
+        return f"  contrastive: not measured ({contrast.get('reason', 'no sibling pairs')})"
+    method, result = next(iter(contrast["methods"].items()))
+    if not result["pairs"]:
+        return f"  contrastive ({method}): no pair had its separating part visible"
+    pair = max(result["pairs"], key=lambda p: p["images"])
+    species, sibling = (pair[k].split(".", 1)[-1].replace("_", " ") for k in ("species", "sibling"))
+    return (
+        f"  contrastive ({method}), why {species} and not its sibling {sibling}: "
+        f"the separating part ({', '.join(pair['separating_parts'])}) "
+        f"holds {pair['share']:.1%} of the map vs {pair['area_share']:.1%} of the area "
+        f"({pair['ratio']:.1f}x), median rank {pair['median_rank']:g} of the visible parts, "
+        f"over {pair['images']} images: goal {'met' if pair['meets_goal'] else 'NOT met'}"
+    )
 
 
 def _stage(name: str) -> float:
@@ -271,6 +294,7 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: 
     for method, lines in faith.items():  # one block: the verdict first, then the numbers
         print(f"  faithfulness tests ({method}, pass/fail):")
         print("\n".join(f"    {test}: {line}" for test, line in lines.items()), flush=True)
+    print(_one_sibling_pair(Path(ev["package"])), flush=True)
 
     t = _stage("7. serve: Ray Serve on the production model, real HTTP")
     app = start_local(model="production", registry=str(registry), port=0)
