@@ -32,3 +32,24 @@ def make_package(
         run_id=f"test-{seed}",
     )
     return save_package(out, model, meta)
+
+
+def fit_test_locator(package: Path) -> dict:
+    """A part locator fitted the way explain-eval fits one, on a few random photos with 15
+    parts on a diagonal (what Serve and the dashboard load from ``explain/part_locator.json``)."""
+    import numpy as np
+    from PIL import Image
+
+    from birdray.explain.locate import feature_map, fit_locator, part_features
+    from birdray.model.package import load_package
+
+    loaded = load_package(package)
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(4):
+        image = Image.fromarray(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8))
+        parts = [(10 + 7 * i, 20 + 4 * i, True) for i in range(15)]
+        feats, geometry = feature_map(loaded.model.eval(), loaded.metadata.data_config, image)
+        samples.append(part_features(feats, geometry, parts))
+    names = [f"part {i}" for i in range(15)]
+    return fit_locator(np.stack(samples), np.arange(4), names, 0.1)

@@ -8,7 +8,7 @@ import pytest
 
 from birdray.serve.job import free_port
 from tests.dashboard_fixtures import no_exceptions, texts
-from tests.model_fixture import make_package
+from tests.model_fixture import fit_test_locator, make_package
 from tests.serve_fixtures import (
     deployed,
     encode,
@@ -28,6 +28,10 @@ def serve_url(serve_http, tmp_path_factory):
     (package / "explain").mkdir()
     profiles = {"method": "gradcam", "classes": {str(i): PROFILE for i in range(4)}}
     (package / "explain" / "part_profiles.json").write_text(json.dumps(profiles))
+    (package / "explain" / "part_locator.json").write_text(json.dumps(fit_test_locator(package)))
+    row = {"method": "gradcam", "sanity_passed": False, "faithfulness": {}}  # failed sanity
+    methods = {"default": "gradcam", "table": [row]}
+    (package / "explain" / "methods.json").write_text(json.dumps(methods))
     args = small_app_args(str(package), explain=True, explain_num_cpus=0.25)
     with deployed(serve_http, "dashclassify", **args) as url:
         yield url
@@ -78,6 +82,15 @@ def test_explanation_on_request(serve_url, app_test):
     species = api_species(serve_url, "why.jpg", data)
     assert any(f"Parts that usually decide '{species}'" in m for m in texts(at, "markdown"))
     assert any("The strongest region holds" in str(c.value) for c in at.caption)
+    # in parts, "why not the runner-up", and the evaluation's verdict on this method
+    (warning,) = texts(at, "warning")
+    assert "Unreliable for this model" in warning and "model_randomisation" in warning
+    markdown = texts(at, "markdown")
+    assert any(f"Parts behind '{species}' on this photo" in m for m in markdown) or any(
+        "No bird part was recognised" in str(c.value) for c in at.caption
+    )
+    assert any(m.startswith(f"#### Why '{species}' and not '") for m in markdown)
+    assert any("Evidence for" in str(c.value) for c in at.caption)
 
 
 def test_service_down_is_said_plainly(app_test):

@@ -15,6 +15,7 @@ from birdray.data.ingest import IngestConfig, run_ingest
 from birdray.data.manifest import load_manifest
 from birdray.explain import METHODS, load_part_profiles
 from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
+from birdray.explain.locate import load_part_locator
 from tests.model_fixture import make_package
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -43,7 +44,7 @@ def test_explain_eval_writes_scores_plots_and_profiles(explained):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 6 and summary["split"] == "test"
     assert summary["part_names"] == load_manifest(dataset)["part_names"]
-    printed = {"package", "files", "contrastive", "default_method"}
+    printed = {"package", "files", "contrastive", "default_method", "part_locator"}
     assert set(summary["methods"]) == set(METHODS) == set(result) - printed
     for method, r in summary["methods"].items():
         assert r["images"] == 6
@@ -70,6 +71,14 @@ def test_explain_eval_writes_scores_plots_and_profiles(explained):
         for name in (f"part_shares_{method}.png", f"deletion_{method}.png"):
             png = Image.open(io.BytesIO((out / name).read_bytes()))
             assert png.format == "PNG" and png.size[0] > 300
+    # the part locator: prototypes in their own file, its numbers in the summary
+    locator = load_part_locator(package)
+    assert locator["part_names"] == summary["part_names"] and len(locator["prototypes"]) == 15
+    assert len(locator["thresholds"]) == 15 and locator["images"] == 6
+    numbers = summary["part_locator"]
+    assert "prototypes" not in numbers and numbers["available"]
+    assert numbers["pck"] is None or 0.0 <= numbers["pck"] <= 1.0
+    assert "part_locator" in result
     profiles = load_part_profiles(package)
     assert profiles["method"] == summary["comparison"]["default"]  # --profile-method best
     assert profiles["classes"] and all(isinstance(k, int) for k in profiles["classes"])

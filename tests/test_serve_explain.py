@@ -11,7 +11,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.model_fixture import make_package
+from birdray.explain.locate import LOCATOR_FILE
+from tests.model_fixture import fit_test_locator, make_package
 from tests.serve_fixtures import (
     deployed,
     encode,
@@ -32,8 +33,16 @@ def package(tmp_path_factory):
     (pkg / "explain").mkdir()
     profiles = {"method": "gradcam", "classes": {str(i): PROFILE for i in range(4)}}
     (pkg / "explain" / "part_profiles.json").write_text(json.dumps(profiles))
-    # what explain-eval stores: the measured default method (here not Grad-CAM, the fallback)
-    (pkg / "explain" / "methods.json").write_text(json.dumps({"default": STORED, "table": []}))
+    # what explain-eval stores: the measured default method (here not Grad-CAM, the fallback),
+    # whose faithfulness tests failed for this (untrained) model
+    row = {
+        "method": STORED,
+        "sanity_passed": True,
+        "faithfulness": {"morf_vs_lerf": "fail: ...", "morf_vs_random_region": "pass: ..."},
+    }
+    methods = {"default": STORED, "table": [row]}  # fmt: skip
+    (pkg / "explain" / "methods.json").write_text(json.dumps(methods))
+    (pkg / "explain" / LOCATOR_FILE).write_text(json.dumps(fit_test_locator(pkg)))
     return pkg
 
 
@@ -72,12 +81,33 @@ def test_explain_uses_the_served_model_version(app):
     assert 1 <= len(body["regions"]) <= 3
     assert {"x", "y", "w", "h", "share"} <= set(body["regions"][0])
     assert body["part_profile"] == dict(sorted(PROFILE.items(), key=lambda kv: -kv[1]))
+    # the answer in parts: located on the photo, ranked by their share of the map
+    parts = body["parts"]
+    assert parts["available"] and len(parts["located"]) == 15
+    assert all(0 <= p["x"] <= 130 and 0 <= p["y"] <= 90 for p in parts["located"])
+    assert len(parts["top"]) <= 3 and all(0 <= p["share"] <= 1 for p in parts["ranking"])
+    assert [p["share"] for p in parts["ranking"]] == sorted(
+        (p["share"] for p in parts["ranking"]), reverse=True
+    )
+    shown = {p["part"] for p in parts["located"] if p["visible"]}
+    assert {p["part"] for p in parts["ranking"]} == shown
+    # why this and not the runner-up: the next most probable class, its own map and parts
+    contrast = body["contrast"]
+    assert contrast["available"] and contrast["runner_up"]["label"] != body["target"]["label"]
+    runner = Image.open(io.BytesIO(base64.b64decode(contrast["overlay_png_base64"])))
+    assert runner.size == image.size
+    assert {r["part"] for r in contrast["profile_difference"]} == set(PROFILE)
+    # Grad-CAM was never evaluated for this model: a hint, not evidence
+    assert body["reliability"]["status"] == "unverified"
 
 
 def test_explain_without_a_method_uses_the_packages_measured_default(app):
     data = encode(random_rgb(24, (90, 70)), "PNG")
     body = post_explain(app, data).json()
     assert body["method"] == body["default_method"] == STORED
+    # the measured default failed a faithfulness test on this model: the answer says so
+    assert body["reliability"]["status"] == "unreliable"
+    assert body["reliability"]["failed"] == ["morf_vs_lerf"]
     asked = post_explain(app, data, method="gradcam_early").json()
     assert asked["method"] == "gradcam_early" and asked["default_method"] == STORED
     model = requests.get(f"{app}/v1/model", timeout=30).json()  # what a client preselects

@@ -39,51 +39,45 @@ class EvaluateConfig(ModelChoice):
     address: str = field("", "Ray address")
 
 
-class LogitScorer:
-    """Ray Data actor: the package's model, its eval transform, raw logits per image."""
-
-    def __init__(self, package: str, threads: int = 1):
-        from birdray.model.inference import Predictor
-
-        self.predictor = Predictor(package, num_threads=threads)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from birdray.images import decode_image
-
-        images = [decode_image(bytes(b)).image for b in batch["image"]]
-        logits = self.predictor.logits(self.predictor.preprocess(images)).numpy()
-        return {"image_id": batch["image_id"], "label": batch["label"], "logits": logits}
-
-
 def score_split(
     package: Path, dataset: str, split: str, cfg: EvaluateConfig
 ) -> dict[str, np.ndarray]:
-    import pandas as pd
-    import ray
-
+    """Logits of a split, through batch scoring's own two stages (decode + eval transform in CPU
+    tasks, the model in an actor pool): evaluation sees exactly the pixels scoring does."""
     from birdray.data.manifest import read_split
     from birdray.devices import gpus_to_use
+    from birdray.model.package import read_metadata
     from birdray.resources import plan_pool, watched
     from birdray.runtime import init_ray
+    from birdray.scoring.sources import open_source
+    from birdray.scoring.stages import StagePlan, build_dataset, config_json, ship_package
 
     cluster = init_ray(cfg.address or None)
     cfg.num_gpus = gpus_to_use(cfg.device, cfg.num_gpus, cluster)
     actors = plan_pool("evaluation", cfg.actors, 0.5, cfg.num_gpus, cluster)
-    ds = read_split(dataset, split, columns=["image_id", "image", "label"])
-    scored = ds.map_batches(
-        LogitScorer,
-        fn_constructor_kwargs={"package": str(package), "threads": 2},
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=0.5,
-        num_gpus=cfg.num_gpus,
-    ).iter_batches(batch_size=None, batch_format="pandas")
-    out = pd.concat(list(watched(scored, cfg.stall_timeout_s, f"evaluation of {split}")))
-    out = out.sort_values("image_id")
+    plan = StagePlan(cfg.batch_size, actors, actor_cpus=0.5, num_gpus=cfg.num_gpus,
+                     preprocess_cpus=0.5, torch_threads=2)  # fmt: skip
+    shipped = ship_package(package, cfg.address)
+    data_config = config_json(read_metadata(package).data_config)
+    source = open_source(dataset, split)
+    built = build_dataset(source, None, plan, shipped, data_config, scorer_kwargs={"logits": True})
+    batches = built.iter_batches(batch_size=None, batch_format="numpy")
+    parts = list(watched(batches, cfg.stall_timeout_s, f"evaluation of {split}"))
+    ids = np.concatenate([b["image_id"] for b in parts])
+    errors = np.concatenate([b["error"] for b in parts]).astype(str)
+    logits = np.concatenate([b["logits"] for b in parts]).astype(np.float64)
+    labels = read_split(dataset, split, columns=["image_id", "label"]).to_pandas()
+    label_of = dict(zip(labels["image_id"], labels["label"], strict=True))
+    bad = errors != ""
+    if bad.any():  # ingest validated every row: a failure here is worth saying, not hiding
+        print(f"evaluation of {split}: {int(bad.sum())} images could not be scored and are left "
+              f"out (first: {errors[bad][0]})", flush=True)  # fmt: skip
+    order = np.argsort(ids[~bad], kind="stable")
+    kept = ids[~bad][order]
     return {
-        "image_id": out["image_id"].to_numpy(),
-        "label": out["label"].to_numpy(),
-        "logits": np.stack(out["logits"].to_numpy()).astype(np.float64),
+        "image_id": kept,
+        "label": np.array([label_of[int(i)] for i in kept]),
+        "logits": logits[~bad][order],
     }
 
 

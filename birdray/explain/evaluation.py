@@ -41,6 +41,7 @@ from birdray.explain.faithfulness import (
     removal_curves,
     summarize_faithfulness,
 )  # fmt: skip
+from birdray.explain.locate import feature_map, fit_and_measure, part_features
 from birdray.explain.parts import score_parts
 from birdray.explain.results import BEST, headline, record, write_results
 from birdray.registry.ref import ModelChoice
@@ -162,7 +163,11 @@ class ExplainWorker:
             x = self.transform(image).unsqueeze(0).to(self.device)
             rng = np.random.default_rng([self.cfg["seed"], int(rec.image_id)])
             tested = rng.random() < self.cfg["faith_p"]
-            for method in self.cfg["methods"]:
+            located = []  # the features under each annotated part: the part locator's samples
+            if annotated:
+                feats, geometry = feature_map(self.model, self.data_config, image)
+                located = part_features(feats, geometry, parts).ravel().tolist()
+            for i, method in enumerate(self.cfg["methods"]):
                 target = int(rec.label) if self.cfg["target"] == "label" else None
                 exp = explain(self.model, self.data_config, image, method, target, **self.kw)
                 curves = deletion_curves(
@@ -175,6 +180,7 @@ class ExplainWorker:
                     "image_id": int(rec.image_id), "label": int(rec.label), "method": method,
                     "predicted": exp.predicted, "seconds": exp.seconds, **curves, **faith,
                     **_part_scores(exp.attribution, parts, bbox, self.part_names, self.cfg),
+                    "part_features": located if i == 0 else [],
                 })  # fmt: skip
         return pd.DataFrame(rows)
 
@@ -308,7 +314,10 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
         "methods": {m: summarize_method(rows[rows["method"] == m], part_names, fractions,
                                         worker_cfg) for m in methods},
     }  # fmt: skip
-    if part_names:  # sibling ground truth needs part annotations
+    if part_names:  # sibling ground truth and the part locator need part annotations
+        summary["part_locator"] = fit_and_measure(
+            rows, cfg.dataset, cfg.split, files, part_names, cfg.radius, worker_cfg
+        )
         pool = {"actors": actors, "actor_cpus": cfg.actor_cpus, "batch_size": cfg.batch_size}
         summary["contrastive"] = run_contrastive(
             cfg.dataset, cfg.split, load_manifest(cfg.dataset), files, {**worker_cfg, **pool},

@@ -23,7 +23,7 @@ PROFILES_FILE = "part_profiles.json"
 EXPLAIN_DIR = "explain"
 
 
-def _xyv(part: Any) -> tuple[float, float, bool]:
+def part_xyv(part: Any) -> tuple[float, float, bool]:
     if isinstance(part, dict):
         return float(part["x"]), float(part["y"]), bool(part["visible"])
     x, y, v = part
@@ -42,7 +42,7 @@ def part_label_map(
     """H x W int map: index of the nearest visible part within the radius, -1 elsewhere."""
     height, width = shape
     labels = np.full(shape, -1, dtype=np.int16)
-    points = [(i, *_xyv(p)[:2]) for i, p in enumerate(parts) if _xyv(p)[2]]
+    points = [(i, *part_xyv(p)[:2]) for i, p in enumerate(parts) if part_xyv(p)[2]]
     if not points:
         return labels
     r = part_radius(bbox, radius)
@@ -142,7 +142,7 @@ def score_parts(
     return PartScore(
         shares={name: float(mass[i + 1]) for i, name in enumerate(part_names)},
         area_shares={name: float(area[i + 1]) for i, name in enumerate(part_names)},
-        visible={name: _xyv(p)[2] for name, p in zip(part_names, parts, strict=True)},
+        visible={name: part_xyv(p)[2] for name, p in zip(part_names, parts, strict=True)},
         peak=(x, y),
         peak_in_bbox=in_box(x, y, bbox),
         peak_near_part=owner >= 0,

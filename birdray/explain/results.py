@@ -3,7 +3,8 @@
 ``explain/`` holds ``summary.json``, a plot per method and test, ``part_profiles.json`` (what
 Serve shows for uploads), ``methods.json`` / ``methods.md`` (the method table and the measured
 default, ``compare.py``) and ``contrastive.json`` / ``contrastive.png`` (sibling ground truth,
-``contrastive.py``). A registry version gets them as an explanation record beside it.
+``contrastive.py``) and ``part_locator.json`` (where parts are on an upload, ``locate.py``). A
+registry version gets them as an explanation record beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from birdray import storage
 from birdray.explain.compare import METHODS_FILE, markdown_table
 from birdray.explain.contrastive import contrastive_lines
 from birdray.explain.faithfulness import verdict_lines
+from birdray.explain.locate import LOCATOR_FILE
 from birdray.explain.parts import EXPLAIN_DIR, PROFILES_FILE
 
 BEST = "best"  # --profile-method: the measured default's profile
@@ -34,7 +36,13 @@ def write_results(package: Path, summary: dict[str, Any], profile_method: str) -
 
     out = package / EXPLAIN_DIR
     out.mkdir(parents=True, exist_ok=True)
+    locator = summary.get("part_locator") or {}
+    if locator.get("prototypes"):  # the big arrays get a file of their own; the numbers stay
+        numbers = {k: v for k, v in locator.items() if k not in ("prototypes", "thresholds")}
+        summary = {**summary, "part_locator": numbers}
     files = {"summary": str(_write_json(out / "summary.json", summary))}
+    if locator.get("prototypes"):
+        files["part_locator"] = str(_write_json(out / LOCATOR_FILE, locator))
     for method, result in summary["methods"].items():
         curve = deletion_plot(result["deletion"], method, out / f"deletion_{method}.png")
         files[f"deletion_{method}"] = str(curve)
@@ -96,6 +104,16 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
             "pointing_part": f"{r['pointing_part']:.3f} (chance {r['pointing_part_chance']:.3f})",
             "top_parts": {p: round(s, 3) for p, s in top},
         })  # fmt: skip
+    locator = summary.get("part_locator") or {}
+    if locator.get("available"):
+        pck = locator.get("pck")
+        out["part_locator"] = (
+            f"parts located on photos without annotations: {pck:.0%} within the part radius "
+            f"on {locator['pck_images']} held-out images; part recognition "
+            f"{locator['recognition_held_out']:.0%} (chance {locator['recognition_chance']:.0%})"
+            if pck is not None
+            else f"fitted on {locator['images']} images; {locator.get('pck_note', '')}"
+        )
     if "contrastive" in summary:
         out["contrastive"] = contrastive_lines(summary["contrastive"])
     if summary.get("comparison"):

@@ -16,14 +16,12 @@ Failed rows are retried. Files no longer listed drop out: the output always desc
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from birdray import storage
@@ -50,7 +48,14 @@ from birdray.scoring.output import (
 )
 from birdray.scoring.remote import marker, mirror_of, publish, pull
 from birdray.scoring.sources import DEFAULT_EXTENSIONS, Source, list_inputs, normalize_extensions
-from birdray.scoring.stages import SCHEMA, Scorer, prepare_batch
+from birdray.scoring.stages import (
+    SCHEMA,
+    Scorer,
+    StagePlan,
+    build_dataset,
+    config_json,
+    ship_package,
+)
 
 
 @dataclass
@@ -111,64 +116,6 @@ class ScoreConfig(ModelChoice):
             raise ConfigError("; ".join(wrong))
 
 
-def build_dataset(
-    source: Source,
-    todo: pa.Table,
-    cfg: ScoreConfig,
-    package: dict[str, Any],
-    data_config_json: str,
-    scorer_cls: type = Scorer,
-    resumed: bool = False,
-):
-    """The Ray Data pipeline: listed rows -> CPU decode/preprocess tasks -> model actor pool."""
-    import ray
-
-    if source.kind == "dataset":
-        from ray.data.expressions import col
-
-        ds = ray.data.read_parquet(source.split_dir, columns=["image_id", "path", "image"])
-        if resumed:  # Arrow-native filter: only the rows still to score are decoded
-            ds = ds.filter(expr=col("path").is_in(todo["path"].to_pylist()))
-        # Parquet shards arrive as a few big blocks: one batch a block lets every decode task
-        # and every actor in the pool (on every node) take a share instead of one taking all
-        ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
-    else:
-        per_block = max(cfg.batch_size, math.ceil(len(todo) / 1000))  # bounded block count
-        ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, len(todo), per_block)])
-    ds = ds.map_batches(
-        prepare_batch,
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        num_cpus=cfg.preprocess_cpus,
-        # A reservation the actors do not share also keeps Ray from fusing this stage into the
-        # actor pool: decoding stays in parallel CPU tasks, the actors only run the model.
-        memory=max(1, cfg.preprocess_memory_mb) * 2**20,
-        udf_modifying_row_count=False,
-        fn_kwargs={
-            "source": source,
-            "data_config_json": data_config_json,
-            "max_bytes": int(cfg.max_file_mb * 2**20),
-            "max_pixels": cfg.max_pixels,
-        },
-    )
-    threads = cfg.torch_threads or max(1, math.ceil(cfg.actor_cpus))
-    return ds.map_batches(
-        scorer_cls,
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
-        num_cpus=cfg.actor_cpus,
-        num_gpus=cfg.num_gpus or None,
-        udf_modifying_row_count=False,
-        fn_constructor_kwargs={
-            "package": package,
-            "top_k": cfg.top_k,
-            "num_threads": threads,
-            "amp": cfg.amp,
-        },
-    )
-
-
 def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     """Score every image under --input; writes <output>/predictions/, summary.json, _SUCCESS."""
     from birdray.model.package import verify_package
@@ -207,17 +154,17 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
         scored = PartWriter(pred_dir, "part", cfg.rows_per_file)
         package: dict[str, Any] = {}
         if len(todo) or cfg.explain_lowest > 0:
-            package = _ship_package(cfg, package_path)
+            package = ship_package(package_path, cfg.address)
         scoring_started = time.time()
         stream: dict[str, Any] = {}
         if len(todo):
             cfg.pool_size = _fit_pool(cfg, source)
             # building it runs Ray tasks too (from_arrow's metadata): watched like the rows
+            plan, data_config = StagePlan.of(cfg), config_json(meta.data_config)
             built = (
-                build_dataset(source, todo, cfg, package, _json(meta.data_config), scorer_cls,
-                              len(reused) > 0)
+                build_dataset(source, todo, plan, package, data_config, scorer_cls, len(reused) > 0)
                 for _ in (1,)
-            )  # fmt: skip
+            )
             ds = next(watched(built, cfg.stall_timeout_s, "scoring set-up"))
             stream = _stream_rows(ds, scored, cfg.stall_timeout_s)
         scoring_s = time.time() - scoring_started
@@ -306,23 +253,6 @@ def _stream_rows(ds: Any, writer: PartWriter, stall_timeout_s: float = 0.0) -> d
         "first_rows_s": round(first_at - started, 3),
         "steady_images_per_s": round(rest / steady_s, 2) if rest and steady_s > 0 else None,
     }
-
-
-def _ship_package(cfg: ScoreConfig, package_path: Path) -> dict[str, Any]:
-    """Put the package bytes in Ray's object store once: actors on any node load from there."""
-    import ray
-
-    from birdray.model.package import package_files
-    from birdray.runtime import init_ray
-
-    init_ray(cfg.address or None)
-    return {"ref": ray.put(package_files(package_path)), "name": str(package_path)}
-
-
-def _json(data: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(data, sort_keys=True)
 
 
 def _headline(s: dict[str, Any]) -> str:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from birdray.images import ImageError, decode_image
+from birdray.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from birdray.scoring.sources import Source, read_file
 
 TOP_K_TYPE = pa.list_(
@@ -124,9 +127,17 @@ def prepare_batch(
 
 
 class Scorer:
-    """Actor: one model per actor, calibrated top-k for the rows that decoded."""
+    """Actor: one model per actor, calibrated top-k for the rows that decoded (or, for
+    ``evaluate``, raw logits: the same two stages score a test split)."""
 
-    def __init__(self, package: dict[str, Any], top_k: int, num_threads: int, amp: bool):
+    def __init__(
+        self,
+        package: dict[str, Any],
+        top_k: int,
+        num_threads: int,
+        amp: bool,
+        logits: bool = False,
+    ):
         import ray
 
         from birdray.model.inference import Predictor
@@ -138,25 +149,37 @@ class Scorer:
         self.predictor = Predictor(
             load_package_files(files, package["name"]), num_threads=max(1, num_threads), amp=amp
         )
-        self.top_k = top_k
+        self.top_k, self.logits = top_k, logits
         self.node_id = ray.get_runtime_context().get_node_id()
         self.device = str(self.predictor.device)
         self.metrics = ScoreMetrics(self.predictor.version)
 
-    def score(self, pixels: np.ndarray) -> list[dict[str, Any]]:
+    def _normalized(self, pixels: np.ndarray):
         import torch
 
         from birdray.model.preprocess import normalize_uint8
 
-        batch = normalize_uint8(torch.from_numpy(pixels), self.predictor.metadata.data_config)
+        return normalize_uint8(torch.from_numpy(pixels), self.predictor.metadata.data_config)
+
+    def score(self, pixels: np.ndarray) -> list[dict[str, Any]]:
         return [
             {"label": p.label, "species": p.species, "confidence": p.confidence, "top_k": p.top_k}
-            for p in self.predictor.predict_tensor(batch, self.top_k)
+            for p in self.predictor.predict_tensor(self._normalized(pixels), self.top_k)
         ]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def raw_logits(self, batch: dict[str, np.ndarray], errors: list[str], ok: np.ndarray) -> dict:
+        """Evaluation's mode: each row's raw logits (NaN for a file that failed), no top-k."""
+        out = np.full((len(errors), self.predictor.metadata.num_classes), np.nan, np.float32)
+        if ok.any():
+            out[ok] = self.predictor.logits(self._normalized(batch["pixels"][ok])).numpy()
+        self.metrics.rows(errors)
+        return {"image_id": batch["image_id"], "error": np.array(errors, object), "logits": out}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
         errors = [str(e) for e in batch["error"]]
         ok = np.array([not e for e in errors], dtype=bool)
+        if self.logits:
+            return self.raw_logits(batch, errors, ok)
         scored = iter(self.score(batch["pixels"][ok]) if ok.any() else [])
         empty = {"label": None, "species": None, "confidence": None, "top_k": None}
         preds = [next(scored) if good else empty for good in ok]
@@ -186,3 +209,103 @@ class Scorer:
             },
             schema=SCHEMA,
         )
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The two stages' shape: ``birdray score``'s flags, or evaluation's own choice."""
+
+    batch_size: int
+    pool_size: int
+    actor_cpus: float
+    num_gpus: float = 0.0
+    preprocess_cpus: float = 1.0
+    preprocess_memory_mb: int = 512
+    torch_threads: int = 0  # 0: actor_cpus rounded up
+    max_file_mb: float = 50.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    top_k: int = 5
+    amp: bool = False
+
+    @classmethod
+    def of(cls, cfg: Any) -> StagePlan:
+        """The plan a config with these same field names asks for (``ScoreConfig``)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
+def build_dataset(
+    source: Source,
+    todo: pa.Table | None,
+    plan: StagePlan,
+    package: dict[str, Any],
+    data_config_json: str,
+    scorer_cls: type = Scorer,
+    resumed: bool = False,
+    scorer_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """The Ray Data pipeline: listed rows -> CPU decode/preprocess tasks -> model actor pool.
+    ``scorer_kwargs``: more actor arguments (``evaluate`` asks for ``logits=True``)."""
+    import ray
+
+    if source.kind == "dataset":
+        from ray.data.expressions import col
+
+        ds = ray.data.read_parquet(source.split_dir, columns=["image_id", "path", "image"])
+        if resumed:  # Arrow-native filter: only the rows still to score are decoded
+            ds = ds.filter(expr=col("path").is_in(todo["path"].to_pylist()))
+        # Parquet shards arrive as a few big blocks: one batch a block lets every decode task
+        # and every actor in the pool (on every node) take a share instead of one taking all
+        ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
+    else:
+        per_block = max(plan.batch_size, math.ceil(len(todo) / 1000))  # bounded block count
+        ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, len(todo), per_block)])
+    ds = ds.map_batches(
+        prepare_batch,
+        batch_size=plan.batch_size,
+        batch_format="pyarrow",
+        num_cpus=plan.preprocess_cpus,
+        # A reservation the actors do not share also keeps Ray from fusing this stage into the
+        # actor pool: decoding stays in parallel CPU tasks, the actors only run the model.
+        memory=max(1, plan.preprocess_memory_mb) * 2**20,
+        udf_modifying_row_count=False,
+        fn_kwargs={
+            "source": source,
+            "data_config_json": data_config_json,
+            "max_bytes": int(plan.max_file_mb * 2**20),
+            "max_pixels": plan.max_pixels,
+        },
+    )
+    threads = plan.torch_threads or max(1, math.ceil(plan.actor_cpus))
+    return ds.map_batches(
+        scorer_cls,
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.pool_size),
+        num_cpus=plan.actor_cpus,
+        num_gpus=plan.num_gpus or None,
+        udf_modifying_row_count=False,
+        fn_constructor_kwargs={
+            "package": package,
+            "top_k": plan.top_k,
+            "num_threads": threads,
+            "amp": plan.amp,
+            **(scorer_kwargs or {}),
+        },
+    )
+
+
+def ship_package(package_path: Path, address: str = "") -> dict[str, Any]:
+    """Put the package bytes in Ray's object store once: actors on any node load from there."""
+    import ray
+
+    from birdray.model.package import package_files
+    from birdray.runtime import init_ray
+
+    init_ray(address or None)
+    return {"ref": ray.put(package_files(package_path)), "name": str(package_path)}
+
+
+def config_json(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, sort_keys=True)

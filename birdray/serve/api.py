@@ -270,7 +270,8 @@ def create_api(
 
     @app.post(
         "/v1/explain",
-        summary="Attribution map (overlay PNG), top regions and the species' part profile",
+        summary="Attribution map with part labels, the parts behind the answer, why not the "
+        "runner-up, the species' part profile, and whether the method is reliable for this model",
         dependencies=[Depends(authorized)],
         openapi_extra=_multipart_body("file", many=False),
     )

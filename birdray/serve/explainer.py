@@ -5,13 +5,14 @@ explanations (Integrated Gradients takes seconds on CPU) never starve ``/v1/pred
 explain requests are refused with 503 instead of piling up. It follows the same ``user_config``
 model reference as ``BirdClassifier``, so a swap moves both. A request that names no method gets
 the one ``explain-eval`` measured best for this model (``explain/methods.json`` in the package,
-``gradcam`` when it was never evaluated), so a swap moves the default too.
+``gradcam`` when it was never evaluated), so a swap moves the default too. The answer comes in
+parts (``explain/answer.py``): located parts, "why not the runner-up", and whether explain-eval
+found the method faithful for this model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from typing import Any
@@ -49,19 +50,24 @@ class BirdExplainer:
         self._ref: ModelRef | None = None
         self._predictor: Predictor | None = None
         self._profiles: dict[str, Any] | None = None
+        self._locator: dict[str, Any] | None = None
+        self._comparison: dict[str, Any] | None = None
         self._method = "gradcam"
         self._metrics = ServeMetrics()
         self._swap(model)  # ready without a user_config; one naming another model swaps it
 
     def _swap(self, ref: ModelRef) -> None:
         from birdray.explain import METHODS, load_part_profiles
-        from birdray.explain.compare import default_method
+        from birdray.explain.compare import default_method, load_comparison
+        from birdray.explain.locate import load_part_locator
 
         # Captum hooks want plain NCHW modules: no channels_last conversion here
         predictor = load_predictor(ref, self._device, self._threads, False, False)
-        profiles = load_part_profiles(predictor.package.path)
-        method = default_method(predictor.package.path, METHODS)  # the measured best
+        path = predictor.package.path
+        profiles, locator = load_part_profiles(path), load_part_locator(path)
+        method = default_method(path, METHODS)  # the measured best
         self._predictor, self._profiles, self._ref = predictor, profiles, ref
+        self._locator, self._comparison = locator, load_comparison(path)
         self._method = method
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
@@ -81,6 +87,7 @@ class BirdExplainer:
     def _explain(self, image: Image.Image, method: str, target: int | None) -> dict[str, Any]:
         """``method`` is already resolved (``explain`` fills in the default)."""
         from birdray.explain import explain, species_profile
+        from birdray.explain.answer import answer_in_parts
 
         set_threads(self._threads)  # torch's thread setting is per OS thread: set it here too
         predictor, profiles = self._predictor, self._profiles
@@ -97,7 +104,10 @@ class BirdExplainer:
             temperature=float(meta.temperature or 1.0),
         )
         explained, predicted = int(result.target), int(result.predicted)
-        overlay = result.overlay_png(image)
+        answer = answer_in_parts(
+            predictor.model, meta.data_config, image, result, names, self._locator, profiles,
+            self._comparison,
+        )  # fmt: skip
         return {
             "model_version": predictor.version,
             "method": method,
@@ -108,8 +118,11 @@ class BirdExplainer:
                 "species": names[predicted],
                 "confidence": result.confidence,
             },
-            "overlay_png_base64": base64.b64encode(overlay).decode("ascii"),
+            "overlay_png_base64": answer["overlay_png_base64"],
             "regions": _plain(result.regions(k=3)),
+            "parts": _plain(answer["parts"]),
+            "contrast": _plain(answer["contrast"]),
+            "reliability": answer["reliability"],
             "part_profile": _plain(species_profile(profiles, explained)),
             "timing_ms": {"explain": (time.perf_counter() - start) * 1000},
         }

@@ -74,12 +74,18 @@ def show_explanation(name: str, data: bytes, method: str) -> None:
         except ServiceError as exc:
             st.error(f"No explanation for **{name}**: {exc}")
             return
+    trust = result.get("reliability") or {}
+    if trust.get("status") == "unreliable":
+        st.warning(f"Unreliable for this model: {trust['message']}", icon="⚠️")
+    elif trust.get("status") == "unverified":
+        st.info(trust["message"])
     overlay, parts = st.columns([1, 1])
     target = species_name(result["target"]["species"])
     overlay.image(
         base64.b64decode(result["overlay_png_base64"]),
-        caption=f"What drove '{target}' ({METHOD_NAMES[method]}): bright = more",
+        caption=f"What drove '{target}' ({METHOD_NAMES[method]}): bright = more; dots: parts found",
     )
+    show_parts(overlay, result.get("parts") or {}, target)
     regions, size = result.get("regions") or [], result.get("image") or {}
     if regions and size.get("width") and size.get("height"):
         top = regions[0]
@@ -106,6 +112,54 @@ def show_explanation(name: str, data: bytes, method: str) -> None:
         )
     else:
         parts.info("No part profile for this species yet (run `birdray explain-eval`).")
+    show_contrast(result.get("contrast") or {}, target)
+
+
+def _part_lines(ranked: list[dict]) -> str:
+    return "\n".join(
+        f"- **{p['part']}**: {p['share']:.0%} of the map on {p['chance']:.0%} of the photo"
+        for p in ranked
+    )
+
+
+def show_parts(column, parts: dict, target: str) -> None:
+    """The parts located on this photo that hold most of the map, against their area."""
+    if not parts.get("available"):
+        column.caption(f"Parts: {parts.get('reason', 'not available')}")
+        return
+    if not parts["top"]:
+        column.caption("No bird part was recognised on this photo.")
+        return
+    column.markdown(f"**Parts behind '{target}' on this photo**\n" + _part_lines(parts["top"]))
+    column.caption(parts["note"])
+
+
+def show_contrast(contrast: dict, target: str) -> None:
+    """Why the answer and not the runner-up: the contrastive map and where they differ."""
+    if not contrast.get("available"):
+        return
+    runner = species_name(contrast["runner_up"]["species"])
+    st.markdown(
+        f"#### Why '{target}' and not '{runner}' ({contrast['runner_up']['probability']:.1%})?"
+    )
+    image, words = st.columns([1, 1])
+    image.image(
+        base64.b64decode(contrast["overlay_png_base64"]),
+        caption=f"Evidence for '{target}' over '{runner}': bright = more",
+    )
+    if contrast.get("empty"):
+        words.caption(f"The model found nothing here that favours '{target}' over '{runner}'.")
+    elif contrast["top"]:
+        words.markdown("**Parts where they differ for the model**\n" + _part_lines(contrast["top"]))
+    difference = contrast.get("profile_difference") or []
+    if difference:
+        words.markdown(f"**Typical profiles** (share of the map, '{target}' vs '{runner}')")
+        words.dataframe(
+            pd.DataFrame(difference).rename(
+                columns={"species_share": target, "runner_up_share": runner}
+            ),
+            hide_index=True,
+        )
 
 
 def show_result(index: int, name: str, data: bytes, result: dict, method: str) -> None:
