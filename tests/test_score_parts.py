@@ -169,6 +169,10 @@ def test_package_travels_as_bytes_and_is_still_verified(tmp_path):
     tampered = dict(files, **{"model.safetensors": files["model.safetensors"][:-1] + b"\x00"})
     with pytest.raises(ModelError, match="weights hash"):
         load_package_files(tampered)
+    # the driver checks once, on the bytes it ships: a folder damaged on disk never leaves it
+    (path / "model.safetensors").write_bytes(tampered["model.safetensors"])
+    with pytest.raises(ModelError, match="weights hash"):
+        package_files(path)
 
 
 def test_decode_stage_turns_every_failure_into_an_error_string(tmp_path):

@@ -151,7 +151,7 @@ class ContrastWorker:
         from birdray.model.package import load_package_files
 
         set_threads(cfg["threads"])
-        package = load_package_files(files)
+        package = load_package_files(files, verified=True)  # package_files checked
         self.model = package.model.to(pick_device(cfg["num_gpus"] > 0)).eval()
         self.data_config = package.metadata.data_config
         self.part_names, self.siblings, self.cfg = part_names, siblings, cfg

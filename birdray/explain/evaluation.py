@@ -127,7 +127,7 @@ class ExplainWorker:
         from birdray.model.preprocess import build_transform
 
         set_threads(cfg["threads"])
-        self.package = load_package_files(files)
+        self.package = load_package_files(files, verified=True)  # package_files checked
         self.device = pick_device(cfg["num_gpus"] > 0)
         self.model = self.package.model.to(self.device).eval()
         self.data_config = self.package.metadata.data_config

@@ -219,7 +219,7 @@ def _measure(
     from birdray.model.package import load_package_files
 
     set_threads(threads)
-    package = load_package_files(files)
+    package = load_package_files(files, verified=True)  # package_files checked
     model = package.model.to(pick_device(False)).eval()
     hits = visible = false = hidden = 0
     for row in rows:

@@ -49,6 +49,18 @@ def create_model(
     return timm.create_model(arch, pretrained=pretrained, **kwargs)
 
 
+def arch_data_config(arch: str, num_classes: int, image_size: int | None = None) -> dict:
+    """The timm data config a new model of ``arch`` will have (training and Tune's promotion
+    both need it before a package exists): resolved on a throw-away instance, as timm does."""
+    from birdray.model.preprocess import resolve_data_config
+
+    probe = create_model(arch, num_classes=num_classes)
+    try:
+        return resolve_data_config(probe, image_size)
+    finally:
+        del probe
+
+
 def pick_device(prefer_gpu: bool = True) -> torch.device:
     """CUDA when asked for and present, CPU otherwise (a GPU config still runs on a laptop)."""
     return torch.device("cuda" if prefer_gpu and torch.cuda.is_available() else "cpu")

@@ -168,21 +168,41 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
     return ModelPackage(path=path, metadata=meta, model=model)
 
 
+def _check_bytes(meta: PackageMetadata, weights: bytes, path: str | Path) -> None:
+    actual = hashlib.sha256(weights).hexdigest()
+    if meta.content_hash and actual != meta.content_hash:
+        raise ModelError(
+            f"model package {path}: weights hash {actual[:12]} does not match "
+            f"metadata {meta.content_hash[:12]} (corrupt or half-written)"
+        )
+
+
 def package_files(path: str | Path) -> dict[str, bytes]:
-    """A verified package's files as bytes, to ship through Ray's object store to other nodes."""
-    verify_package(path)
-    return {name: (Path(path) / name).read_bytes() for name in (METADATA_FILE, WEIGHTS_FILE)}
+    """A package's files as bytes, to ship through Ray's object store to other nodes; the hash
+    is checked on exactly these bytes, so the workers that load them need not check again."""
+    meta = read_metadata(path)
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"model package {path} has no {WEIGHTS_FILE}")
+    files = {
+        METADATA_FILE: (Path(path) / METADATA_FILE).read_bytes(),
+        WEIGHTS_FILE: weights.read_bytes(),
+    }
+    _check_bytes(meta, files[WEIGHTS_FILE], path)
+    return files
 
 
-def load_package_files(files: dict[str, bytes], path: str | Path = "<memory>") -> ModelPackage:
+def load_package_files(
+    files: dict[str, bytes], path: str | Path = "<memory>", verified: bool = False
+) -> ModelPackage:
     """``load_package`` for a package held in memory: the same hash check and strict weights load.
 
     Workers on other machines cannot see the driver's package folder; they get the bytes instead.
+    ``verified``: the bytes come from ``package_files``, which checked the hash once for all.
     """
     meta = PackageMetadata.from_json(json.loads(files[METADATA_FILE]))
-    actual = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
-    if meta.content_hash and actual != meta.content_hash:
-        raise ModelError(f"model package {path}: weights hash {actual[:12]} != metadata's")
+    if not verified:
+        _check_bytes(meta, files[WEIGHTS_FILE], path)
     model = create_model(meta.arch, num_classes=meta.num_classes, pretrained=False)
     try:
         model.load_state_dict(load_bytes(files[WEIGHTS_FILE]), strict=True)

@@ -38,7 +38,7 @@ def _explain_files(
     from birdray.images import decode_image
     from birdray.model.package import load_package_files
 
-    loaded = load_package_files(ray.get(package["ref"]), package["name"])
+    loaded = load_package_files(ray.get(package["ref"]), package["name"], verified=True)
     data = read_many(source, [item["path"] for item in items])
     out = []
     for item in items:

@@ -147,7 +147,9 @@ class Scorer:
         files = ray.get(package["ref"])  # the package bytes: no path the driver sees is needed
         # Predictor sets torch's thread count: Ray set OMP_NUM_THREADS=1 in this actor
         self.predictor = Predictor(
-            load_package_files(files, package["name"]), num_threads=max(1, num_threads), amp=amp
+            load_package_files(files, package["name"], verified=True),
+            num_threads=max(1, num_threads),
+            amp=amp,
         )
         self.top_k, self.logits = top_k, logits
         self.node_id = ray.get_runtime_context().get_node_id()

@@ -21,9 +21,8 @@ from birdray import storage
 from birdray.config import save_config
 from birdray.data.feedback import training_record
 from birdray.data.manifest import load_manifest, manifest_checksum
-from birdray.model.factory import ModelError, create_model
+from birdray.model.factory import ModelError, arch_data_config, create_model
 from birdray.model.package import check_fine_tune_source
-from birdray.model.preprocess import resolve_data_config
 from birdray.resources import ResourceError, plan_workers
 from birdray.train.config import TrainConfig
 from birdray.train.data import build_datasets, train_transform_kwargs
@@ -97,9 +96,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
     if cfg.init_from:
         check_fine_tune_source(cfg.init_from, cfg.arch, manifest["class_names"], cfg.dataset)
-    probe = create_model(cfg.arch, num_classes=len(manifest["class_names"]))
-    data_config = resolve_data_config(probe, cfg.image_size)
-    del probe
+    data_config = arch_data_config(cfg.arch, len(manifest["class_names"]), cfg.image_size)
     datasets = build_datasets(
         cfg.dataset,
         data_config,

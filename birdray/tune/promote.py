@@ -77,15 +77,14 @@ def hand_off(cfg: SweepConfig, base, best, report_dir: Path) -> dict[str, Any]:
     """Export the best trial's best checkpoint, evaluate it on test, register and maybe promote."""
     from birdray.data.manifest import load_manifest, manifest_checksum
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
-    from birdray.model.factory import create_model
-    from birdray.model.preprocess import resolve_data_config
+    from birdray.model.factory import arch_data_config
     from birdray.train.job import export_package
 
     trial = best.metrics.get("trial_id") or Path(best.path).name
     trial_cfg = trial_config(asdict(base), best.config, trial)
     manifest = load_manifest(trial_cfg.dataset)
-    probe = create_model(trial_cfg.arch, num_classes=len(manifest["class_names"]))
-    data_config = resolve_data_config(probe, trial_cfg.image_size)
+    classes = len(manifest["class_names"])
+    data_config = arch_data_config(trial_cfg.arch, classes, trial_cfg.image_size)
     experiment = join_path(cfg.storage_path, cfg.name)
     remote = storage.is_remote(experiment)
     out = (Path("runs/tune") / cfg.name if remote else storage.local_path(experiment)) / "package"
