@@ -146,6 +146,7 @@ def start_local(
     cluster = init_ray(address=address, num_cpus=num_cpus)
     # auto: the cluster's GPUs shared by the replicas that start (at most one each)
     replicas = max(1, int(args.get("min_replicas") or AppArgs().min_replicas))
+    replicas *= 2 if args.get("candidate") else 1  # a rollout's candidate deployment too
     per = min(1.0, float(cluster.get("GPU", 0.0)) / replicas)
     gpus = gpus_to_use(args.get("device"), float(args.get("num_gpus") or 0.0), cluster, per)
     if gpus != float(args.get("num_gpus") or 0.0):  # --device auto found GPUs: ask Ray for them
@@ -195,6 +196,11 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
         **args,
     )
     print(f"birdray serve: {local.url} (model {local.model_version}); docs at {local.url}/docs")
+    if cfg.candidate:
+        print(
+            f"rollout {cfg.rollout} ({cfg.rollout_share:g}) of candidate {cfg.candidate}: "
+            f"{local.url}/v1/rollout"
+        )
     summary = {"url": local.url, "app": cfg.name, "model_version": local.model_version}
     if not cfg.blocking:
         return summary
