@@ -258,3 +258,35 @@ def test_live_share_change_promote_and_rollback_under_load_drop_nothing(
 
         serve.delete(name)
         promote(registry, "v0001")  # leave the module's registry as it was
+
+
+@pytest.mark.timeout(600)
+def test_demo_shadow_stage_with_a_candidate_that_preprocesses_differently(
+    serve_http,  # noqa: F811
+    tmp_path,
+):
+    """The demo's serve stage: its other model shadows production and the agreement it
+    measured is printed. Its two models may differ in preprocessing (another arch or image
+    size): the ingress prepares each image once per data config."""
+    from pathlib import Path
+
+    from birdray.demo import shadow_args
+    from birdray.registry import read_aliases
+    from birdray.serve.job import shadow_agreement
+
+    reg = str(tmp_path / "reg")
+    register(reg, make_package(tmp_path / "a", num_classes=4, image_size=64, seed=0))
+    assert shadow_args(Path(reg), "v0001") == {}  # one model: nothing to shadow
+    register(reg, make_package(tmp_path / "b", num_classes=4, image_size=80, seed=2))
+    promote(reg, "v0001")
+    args = shadow_args(Path(reg), "v0001")
+    assert args == {"candidate": "candidate", "rollout": "shadow", "rollout_share": 1.0}
+    assert read_aliases(reg)["candidate"]["version"] == "v0002"
+    app_args = {**small_app_args("production", registry=reg, feedback_dir=""), **args}
+    with deployed(serve_http, "demoshadow", **app_args) as url:
+        for i in range(5):
+            assert answered_by(predict(url, encode(random_rgb(80 + i), "PNG"))) == "v0001"
+        line = shadow_agreement(url)
+    print(f"\n{line}")
+    assert line.startswith("v0002 agreed with production v0001 on ")
+    assert " of 5 images (" in line

@@ -93,6 +93,33 @@ def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | Non
     raise TimeoutError(f"{url}/readyz not ready after {timeout_s:.0f}s: {last}")
 
 
+def shadow_agreement(
+    url: str, timeout_s: float = 60.0, headers: dict[str, str] | None = None
+) -> str:
+    """One line: what a shadow rollout measured (``GET /v1/rollout``), once every image
+    production answered was compared (the candidate answers in the background, after the
+    client got production's answer) or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(f"{url}/v1/rollout", headers=headers or {})
+    while True:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            state = json.loads(resp.read())
+        production, candidate = state["versions"]["production"], state["versions"]["candidate"]
+        answered = state["answered"].get(production, {}).get("images", 0)
+        pair = next((p for p in state["shadow"] if p["candidate"] == candidate), None)
+        done = pair["compared"] + pair["failed"] if pair else 0
+        if done >= answered or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not pair or not pair["compared"]:
+        return f"{candidate} beside {production}: nothing compared yet"
+    return (
+        f"{candidate} agreed with production {production} on {pair['agreed']} of "
+        f"{pair['compared']} images ({pair['agreement']:.0%} same top-1), mean confidence "
+        f"difference {pair['mean_confidence_delta']:+.3f}; {url}/v1/rollout"
+    )
+
+
 @dataclass
 class LocalServe:
     """A running birdray app: where it listens and how to swap or stop it."""
