@@ -132,11 +132,17 @@ class LocalServe:
 
     def swap(self, model: str, registry: str | None = None, timeout_s: float = 120.0) -> str:
         """Redeploy on another model; returns the new version once it is serving."""
+        changes: dict[str, Any] = {"model": model}
+        if registry is not None:
+            changes["registry"] = registry
+        return self.redeploy(timeout_s, **changes)
+
+    def redeploy(self, timeout_s: float = 120.0, **changes: Any) -> str:
+        """Redeploy with some ``AppArgs`` changed (``candidate``, ``rollout``, ``rollout_share``
+        after ``registry promote candidate``...); returns the production version serving then."""
         from ray import serve
 
-        args = {**self.args, "model": model}
-        if registry is not None:
-            args["registry"] = registry
+        args = {**self.args, **changes}
         # serve.run returns once the rollout is done (old replicas served until then)
         serve.run(build_app(args), name=self.name, route_prefix=self.route_prefix)
         self.args = args
