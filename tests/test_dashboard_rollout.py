@@ -7,6 +7,7 @@ import time
 
 import pytest
 import requests
+import streamlit as st
 
 from birdray.registry import promote, register, set_alias
 from tests.dashboard_fixtures import app_test, dump, no_exceptions, texts  # noqa: F401
@@ -70,6 +71,7 @@ def test_live_rollout_shows_versions_agreement_and_histograms(serve_http, regist
         }
         # the registry moves on (promote candidate) before Serve is told: the page says so
         promote(registry, "v0002")
+        st.cache_data.clear()  # the page re-reads the registry every 15 s; the test won't wait
         at = app_test(PAGE, BIRDRAY_SERVE_URL=url, BIRDRAY_REGISTRY=registry)
         no_exceptions(at)
         assert any("registry's production is v0002" in w for w in texts(at, "warning"))
