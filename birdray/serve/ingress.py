@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from birdray.images import DecodedImage
 from birdray.model.factory import set_threads
 from birdray.model.preprocess import build_transform
 from birdray.serve.api import CLIENT_KEY_HEADER, create_api
@@ -146,9 +147,12 @@ class BirdIngress(FeedbackRoute):
             raise ApiError(503, "not_ready", f"model not answering: {type(exc).__name__}") from exc
         return {"status": "ready", "model_version": info["version"]}
 
-    def _prepare(self, upload: Upload, info: dict[str, Any], decoded: Any = None) -> dict:
+    def _prepare(
+        self, upload: Upload, info: dict[str, Any], decoded: DecodedImage | None = None
+    ) -> dict[str, Any]:
         start = time.perf_counter()
-        decoded = decoded or decode_upload(upload, self._limits)
+        if decoded is None:  # a shadow call reuses production's decode
+            decoded = decode_upload(upload, self._limits)
         pixels = info["transform"](decoded.image).numpy()
         return {
             "decoded": decoded,
@@ -159,7 +163,7 @@ class BirdIngress(FeedbackRoute):
 
     async def _classify(
         self, upload: Upload, top_k: int, role: str
-    ) -> tuple[dict[str, Any] | ApiError, Any]:
+    ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
         result, decoded = await self._classify_one(upload, top_k, role)
         if isinstance(result, ApiError):
             self._metrics.image_error(result.code)
@@ -172,8 +176,12 @@ class BirdIngress(FeedbackRoute):
         return result, decoded
 
     async def _classify_one(
-        self, upload: Upload, top_k: int, role: str = PRODUCTION, decoded: Any = None
-    ) -> tuple[dict[str, Any] | ApiError, Any]:
+        self,
+        upload: Upload,
+        top_k: int,
+        role: str = PRODUCTION,
+        decoded: DecodedImage | None = None,
+    ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
         """One image through ``role``'s model; also the decoded image (a shadow call reuses it)."""
         start = time.perf_counter()
         info = await self._current(role=role)
@@ -239,7 +247,9 @@ class BirdIngress(FeedbackRoute):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _shadow(self, upload: Upload, top_k: int, answer: dict, decoded: Any) -> None:
+    async def _shadow(
+        self, upload: Upload, top_k: int, answer: dict[str, Any], decoded: DecodedImage | None
+    ) -> None:
         """The candidate's answer to an image production already answered, compared and
         counted; never seen by the client, and a failure here only counts as ``failed``."""
         production = answer["model_version"]
