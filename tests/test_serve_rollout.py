@@ -29,8 +29,6 @@ from tests.serve_fixtures import (
     small_app_args,
 )
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory) -> str:
@@ -44,6 +42,55 @@ def registry(tmp_path_factory) -> str:
     promote(reg, "v0001")
     set_alias(reg, "candidate", "v0002")
     return reg
+
+
+# --- no cluster: the rules -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rollout": "canary"}, "needs a candidate"),
+        ({"rollout": "blue-green", "candidate": "candidate"}, "rollout must be one of"),
+        ({"rollout": "shadow", "candidate": "candidate", "rollout_share": 1.5}, "between 0 and 1"),
+    ],
+)
+def test_a_rollout_that_cannot_be_served_is_refused_before_anything_starts(
+    registry, changes, message
+):
+    from birdray.serve.app import build_app
+
+    with pytest.raises(ValueError, match=message):
+        build_app({"registry": registry, **changes})
+
+
+def test_canary_shares_are_monotone_per_client_and_shadow_only_copies():
+    from birdray.serve.rollout import Rollout
+
+    canary = Rollout("canary", 0.2, has_candidate=True)
+    clients = [f"c{i}" for i in range(200)]
+    first = {c for c in clients if canary.answering(c) == "candidate"}
+    canary.reconfigure({"rollout_share": 0.6})  # mode kept: absent keys stay
+    later = {c for c in clients if canary.answering(c) == "candidate"}
+    assert first < later  # raising the share only moves more clients over
+    assert len(first) == sum(client_point(c) < 0.2 for c in clients)
+    shadow = Rollout("shadow", 1.0, has_candidate=True)
+    assert {shadow.answering(c) for c in clients} == {"production"} and shadow.shadowed()
+    with pytest.raises(ValueError):
+        canary.reconfigure({"rollout_share": -0.1})
+    assert (canary.mode, canary.share) == ("canary", 0.6)  # a refused update changes nothing
+
+
+def test_live_user_configs_pin_aliases_to_versions(registry):
+    args = rollout_args(registry, "shadow", 0.25, max_batch_size=4)
+    configs = live_user_configs(args)
+    assert configs["BirdIngress"] == {"rollout": "shadow", "rollout_share": 0.25}
+    assert configs["BirdClassifier"]["model"] == "v0001"
+    assert configs["CandidateClassifier"]["model"] == "v0002"
+    assert configs["BirdClassifier"]["max_batch_size"] == 4
+
+
+# --- over real HTTP ----------------------------------------------------------------------------
 
 
 def rollout_args(registry: str, mode: str, share: float, **more) -> dict:
@@ -68,6 +115,8 @@ def answered_by(resp: requests.Response) -> str:
     return version
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_canary_share_and_sticky_clients(serve_http, registry):  # noqa: F811
     share = 0.3
@@ -108,6 +157,8 @@ def summed(samples, name: str, **labels: str) -> float:
     )
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_shadow_answers_from_production_and_records_agreement(serve_http, registry):  # noqa: F811
     images = [encode(random_rgb(50 + i), "PNG") for i in range(20)]
@@ -210,6 +261,8 @@ def recent_versions(url: str, n: int = 12) -> set[str]:
     return {answered_by(predict(url, data)) for _ in range(n)}
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_live_share_change_promote_and_rollback_under_load_drop_nothing(
     serve_http,  # noqa: F811
@@ -260,6 +313,8 @@ def test_live_share_change_promote_and_rollback_under_load_drop_nothing(
         promote(registry, "v0001")  # leave the module's registry as it was
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_demo_shadow_stage_with_a_candidate_that_preprocesses_differently(
     serve_http,  # noqa: F811
