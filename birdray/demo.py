@@ -266,8 +266,9 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: 
     from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
     from birdray.explain.job import ExplainConfig, run_explain
     from birdray.feedback.loop import send_answers
+    from birdray.registry import read_pointer
     from birdray.scoring.job import ScoreConfig, run_scoring
-    from birdray.serve.job import shutdown, start_local
+    from birdray.serve.job import shadow_agreement, shutdown, start_local
     from birdray.serve.metrics import metrics_url
     from birdray.synth.field import field_photos
 
@@ -296,8 +297,9 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: 
         print("\n".join(f"    {test}: {line}" for test, line in lines.items()), flush=True)
     print(_one_sibling_pair(Path(ev["package"])), flush=True)
 
-    t = _stage("7. serve: Ray Serve on the production model, real HTTP")
-    app = start_local(model="production", registry=str(registry), port=0)
+    t = _stage("7. serve: Ray Serve on the production model, the other one in its shadow")
+    shadow = shadow_args(registry, read_pointer(str(registry))["version"])
+    app = start_local(model="production", registry=str(registry), port=0, **shadow)
     keep = cfg.dashboard
     try:
         for path in _test_images(source, 3):
@@ -320,6 +322,8 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: 
             f"  feedback: {answers['sent']} new photos answered, {len(answers['wrong'])} of them "
             f"corrections -> {registry / 'feedback'}"
         )
+        if shadow:
+            print(f"  shadow rollout: {shadow_agreement(app.url)}")
         _done(t, url=app.url, model_version=app.model_version, metrics=metrics_url())
     finally:
         if not keep:
@@ -362,6 +366,19 @@ def _consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: 
     _done(t, explanation=explained)
     results.update(serve_url=app.url, scored=str(score_out), explanation=str(explained))
     return {**results, "answers": answers, **({"app": app} if keep else {})}
+
+
+def shadow_args(registry: Path, production: str) -> dict[str, Any]:
+    """Serve's rollout arguments for the demo: its other registered model (the sweep's winner or
+    the fine-tune, whichever is not production) aliased ``candidate`` and shadowing every
+    request ({} when the registry has one version only)."""
+    from birdray.registry import list_versions, set_alias
+
+    others = [v for v in list_versions(str(registry)) if v != production]
+    if not others:
+        return {}
+    set_alias(str(registry), "candidate", others[-1])
+    return {"candidate": "candidate", "rollout": "shadow", "rollout_share": 1.0}
 
 
 def _keep_serving(app, registry: Path, out: Path, score_out: Path, sweep_dir: str) -> None:

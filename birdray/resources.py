@@ -139,6 +139,8 @@ def plan_serve(args: dict[str, Any], cluster: dict[str, float]) -> None:
         "model": (opts.min_replicas, opts.model_num_cpus, opts.num_gpus),
         "ingress": (opts.ingress_replicas, opts.ingress_num_cpus, 0.0),
     }
+    if opts.candidate:  # the rollout's second model deployment, same options
+        replicas["candidate"] = replicas["model"]
     if opts.explain:
         replicas["explainer"] = (1, opts.explain_num_cpus, opts.explain_num_gpus)
     have_cpu = _have(cluster)[0]

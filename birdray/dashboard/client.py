@@ -327,6 +327,17 @@ def service_status(serve_url: str, timeout: float = 10.0) -> dict[str, Any]:
     return {"ready": True, "model": info, "message": f"Connected to {serve_url}"}
 
 
+@st.cache_data(show_spinner=False, ttl=5)
+def rollout_status(serve_url: str, timeout: float = 10.0) -> dict[str, Any] | None:
+    """``GET /v1/rollout`` (mode, share, versions, what the ingress counted); None from a
+    service without the route. ``ServiceError`` when it cannot answer (never cached)."""
+    resp = _request("GET", f"{serve_url}/v1/rollout", timeout)
+    _raise_if_service_fault(resp)
+    if resp.status_code == 404:
+        return None
+    return resp.json()
+
+
 def first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300].rstrip(".")

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +31,8 @@ from birdray.serve.uploads import Limits, Upload, read_form
 logger = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
+CLIENT_KEY_HEADER = "X-Client-Key"  # optional client id: a canary keeps each client on one model
+VERSION_HEADER = "X-Model-Version"  # the version that answered
 METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
 HTTP_CODES = {
     400: "bad_request",
@@ -54,8 +56,10 @@ class Service(Protocol):
     async def readiness(self) -> dict[str, Any]: ...
 
     async def predict(
-        self, uploads: list[Upload], top_k: int
+        self, uploads: list[Upload], top_k: int, client_key: str | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]: ...
+
+    async def rollout(self) -> dict[str, Any]: ...
 
     async def explain(
         self, upload: Upload, method: str | None, target: str | None
@@ -246,18 +250,32 @@ def create_api(
     async def model() -> dict[str, Any]:
         return await service.model_info()
 
+    @app.get(
+        "/v1/rollout",
+        summary="Rollout mode, share, production and candidate versions, what was compared",
+        dependencies=[Depends(authorized)],
+    )
+    async def rollout() -> dict[str, Any]:
+        return await service.rollout()
+
     @app.post(
         "/v1/predict",
         summary="Top-k species with calibrated probabilities for one or more images",
+        description=f"Send `{CLIENT_KEY_HEADER}` (any stable client id) to stay on one model "
+        f"during a canary rollout; `{VERSION_HEADER}` says which version answered.",
         dependencies=[Depends(authorized)],
         openapi_extra=_multipart_body("files", many=True),
     )
     async def predict(
-        request: Request, top_k: int = Query(5, ge=1, le=1000, description="species per image")
+        request: Request,
+        response: Response,
+        top_k: int = Query(5, ge=1, le=1000, description="species per image"),
     ) -> dict[str, Any]:
         async with admitted():
             uploads = await read(request, "files")
-            model_block, results = await service.predict(uploads, top_k)
+            client = request.headers.get(CLIENT_KEY_HEADER) or None
+            model_block, results = await service.predict(uploads, top_k, client)
+        response.headers[VERSION_HEADER] = model_block["version"]
         if len(uploads) == 1 and isinstance(results[0], ApiError):
             raise results[0]
         return {

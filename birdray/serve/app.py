@@ -25,7 +25,10 @@ from birdray.serve.api import RETRY_AFTER_S
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.explainer import BirdExplainer
 from birdray.serve.ingress import PROBE_SLOTS, BirdIngress
+from birdray.serve.rollout import check_rollout
 from birdray.serve.uploads import Limits
+
+CANDIDATE_DEPLOYMENT = "CandidateClassifier"  # the candidate's model deployment (its own options)
 
 __all__ = ["AppArgs", "BirdClassifier", "BirdExplainer", "BirdIngress", "bind_app", "build_app"]
 
@@ -81,8 +84,15 @@ class AppArgs(ModelChoice):
     explain_num_gpus: float = field(0.0, "GPUs per explainer replica")
     explain_max_ongoing_requests: int = field(2, "explanations computed at once per replica")
     explain_max_queued_requests: int = field(4, "explanations waiting before 503")
-
-
+    candidate: str = field(
+        "", "a second model served beside --model for a rollout (alias | version | folder)"
+    )
+    rollout: str = field(
+        "off", "off | shadow | canary (BirdIngress user_config: live-tunable; needs --candidate)"
+    )
+    rollout_share: float = field(
+        0.1, "share of requests copied to (shadow) or answered by (canary) the candidate"
+    )
 
 
 def _limits(args: AppArgs) -> Limits:
@@ -112,19 +122,25 @@ def check_bounds(opts: AppArgs) -> None:
     if opts.max_concurrent_requests < 0:
         got = opts.max_concurrent_requests
         raise ValueError(f"max_concurrent_requests must be >= 0 (got {got})")
+    check_rollout(opts.rollout, opts.rollout_share, bool(opts.candidate))
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """The birdray Serve application for ``args`` (keys: the fields of ``AppArgs``)."""
     opts = args if isinstance(args, AppArgs) else cfglib.from_dict(AppArgs, dict(args or {}))
-    return bind_app(opts, opts.ref.pinned())  # an alias becomes a version: a swap is an edit
+    check_bounds(opts)  # before any registry is read
+    # an alias becomes a version: a swap is an edit
+    candidate = ModelRef(opts.candidate, opts.registry).pinned() if opts.candidate else None
+    return bind_app(opts, opts.ref.pinned(), candidate)
 
 
-def bind_app(opts: AppArgs, ref: ModelRef) -> Application:
-    """Deployments with their options bound to a model reference (no I/O, nothing resolved).
+def bind_app(opts: AppArgs, ref: ModelRef, candidate: ModelRef | None = None) -> Application:
+    """Deployments with their options bound to model references (no I/O, nothing resolved).
 
     The reference is passed once, as each model deployment's argument; a ``user_config`` that
-    names a ``model`` (a config edit, ``serve deploy``) swaps it live."""
+    names a ``model`` (a config edit, ``serve deploy``) swaps it live. With a ``candidate``, a
+    second model deployment (``CandidateClassifier``, same options) serves it, and the ingress's
+    ``user_config`` carries the rollout mode and share (live-tunable the same way)."""
     check_bounds(opts)
     device = None if opts.device in (None, "auto") else opts.device
     user_config = {
@@ -144,14 +160,21 @@ def bind_app(opts: AppArgs, ref: ModelRef) -> Application:
                 "look_back_period_s": opts.look_back_period_s,
             }
         }
-    classifier = BirdClassifier.options(
+    model_options = dict(
         **scaling,
         max_ongoing_requests=max(opts.max_ongoing_requests, opts.max_batch_size),
         max_queued_requests=opts.max_queued_requests,
         ray_actor_options={"num_cpus": opts.model_num_cpus, "num_gpus": opts.num_gpus},
         user_config=user_config,
         max_surge_percent=opts.max_surge_percent,
-    ).bind(ref, device=device, torch_threads=opts.torch_threads, amp=opts.amp)
+    )
+    model_args = {"device": device, "torch_threads": opts.torch_threads, "amp": opts.amp}
+    classifier = BirdClassifier.options(**model_options).bind(ref, **model_args)
+    second = None
+    if candidate is not None:
+        second = BirdClassifier.options(name=CANDIDATE_DEPLOYMENT, **model_options).bind(
+            candidate, **model_args
+        )
     explainer = None
     if opts.explain:
         explainer = BirdExplainer.options(
@@ -181,7 +204,45 @@ def bind_app(opts: AppArgs, ref: ModelRef) -> Application:
         backpressure_config=BackpressureConfig(retry_after_s=int(RETRY_AFTER_S)),
         ray_actor_options=ingress_actor,
         max_surge_percent=opts.max_surge_percent,
-    ).bind(classifier, explainer, _limits(opts), opts.api_key_env, feedback_location(opts, ref))
+        user_config={"rollout": opts.rollout, "rollout_share": opts.rollout_share},
+    ).bind(
+        classifier,
+        explainer,
+        _limits(opts),
+        opts.api_key_env,
+        feedback_location(opts, ref),
+        candidate=second,
+    )
+
+
+def live_user_configs(args: dict[str, Any] | AppArgs) -> dict[str, dict[str, Any]]:
+    """Each deployment's ``user_config`` for ``args``, models pinned to the versions their
+    aliases name now. Put them under the Serve config's ``deployments`` and ``serve deploy``
+    (Serve calls ``reconfigure``; nothing restarts, no request is dropped) to change the
+    rollout's mode or share, or to follow ``birdray registry promote candidate`` / ``rollback``
+    (pinned versions, so a move of an alias is a change Serve sees)."""
+    opts = args if isinstance(args, AppArgs) else cfglib.from_dict(AppArgs, dict(args or {}))
+    check_bounds(opts)
+    batch = {
+        "max_batch_size": opts.max_batch_size,
+        "batch_wait_timeout_s": opts.batch_wait_timeout_s,
+    }
+    production = opts.ref.pinned()
+    pinned = {"model": production.model, "registry": production.registry}
+    out = {
+        "BirdIngress": {"rollout": opts.rollout, "rollout_share": opts.rollout_share},
+        "BirdClassifier": {**batch, **pinned},
+    }
+    if opts.explain:
+        out["BirdExplainer"] = pinned
+    if opts.candidate:
+        candidate = ModelRef(opts.candidate, opts.registry).pinned()
+        out[CANDIDATE_DEPLOYMENT] = {
+            **batch,
+            "model": candidate.model,
+            "registry": candidate.registry,
+        }
+    return out
 
 
 def feedback_location(opts: AppArgs, ref: ModelRef) -> str | None:

@@ -19,17 +19,23 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from birdray.feedback import store as feedback_store
+from birdray.images import DecodedImage
 from birdray.model.factory import set_threads
 from birdray.model.preprocess import build_transform
-from birdray.serve.api import create_api
+from birdray.serve.api import CLIENT_KEY_HEADER, create_api
 from birdray.serve.errors import ApiError
+from birdray.serve.feedback_route import FeedbackRoute
 from birdray.serve.metrics import ServeMetrics
+from birdray.serve.rollout import (
+    CANDIDATE,
+    PRODUCTION,
+    Rollout,
+    Tally,
+    agreement,
+)
 from birdray.serve.uploads import Limits, Upload, decode_upload
 
 PROBE_SLOTS = 8  # requests Serve lets in beyond the app's own limit: probes, quick 503s
-MAX_NOTE_CHARS = 1000
-FEEDBACK_ANSWERS = (feedback_store.NOT_A_BIRD, feedback_store.UNSURE)
 
 
 def _ms(start: float) -> float:
@@ -76,7 +82,7 @@ def api_key_from_env(name: str | None) -> str | None:
 
 @serve.deployment(name="BirdIngress", max_ongoing_requests=64)
 @serve.ingress()
-class BirdIngress:
+class BirdIngress(FeedbackRoute):
     """HTTP front: validate and preprocess on CPU, then hand tensors to the model deployment."""
 
     def __init__(
@@ -86,30 +92,53 @@ class BirdIngress:
         limits: Limits,
         api_key_env: str | None,
         feedback_dir: str | None = None,
+        candidate: DeploymentHandle | None = None,
     ):
         set_threads(1)  # transforms are small; leave the cores to the model
         self._api_key = api_key_from_env(api_key_env)
         self._classifier, self._explainer = classifier, explainer
+        self._models = {PRODUCTION: classifier, CANDIDATE: candidate}
         self._limits = admission_limit(limits)
-        self._info: dict[str, Any] | None = None  # model info + its eval "transform"
+        self._infos: dict[str, dict[str, Any]] = {}  # per role: model info + its "transform"
         self._metrics = ServeMetrics()
         self._feedback_dir = feedback_dir or None
+        # off until reconfigure() applies the user_config (Serve calls it before the first request)
+        self._rollout = Rollout(has_candidate=candidate is not None)
+        self._tally = Tally()
+        self._background: set[asyncio.Task] = set()  # shadow calls in flight (kept referenced)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """``user_config``: ``rollout`` (off | shadow | canary) and ``rollout_share``, live."""
+        self._rollout.reconfigure(config)
 
     def __serve_build_asgi_app__(self):
         return create_api(self, self._limits, self._api_key, recorder=self._metrics)
 
-    async def _current(self, refresh: bool = False) -> dict[str, Any]:
-        """The served model's info with its eval transform (kept together so they always match)."""
-        if self._info is None or refresh:
-            info = await _answer(self._classifier.info.remote(), "model")
+    async def _current(self, refresh: bool = False, role: str = PRODUCTION) -> dict[str, Any]:
+        """A model's info with its eval transform (kept together so they always match)."""
+        if role not in self._infos or refresh:
+            info = await _answer(self._models[role].info.remote(), "model")
             info["transform"] = build_transform(info["data_config"], training=False)
-            self._info = info
-        return self._info
+            self._infos[role] = info
+        return self._infos[role]
 
     async def model_info(self) -> dict[str, Any]:
         info = await self._current(refresh=True)
         hidden = ("data_config", "config_key", "transform")
         return {k: v for k, v in info.items() if k not in hidden}
+
+    async def rollout(self) -> dict[str, Any]:
+        """``GET /v1/rollout``: mode, share, the two versions, and what this replica counted."""
+        versions = {PRODUCTION: (await self._current(refresh=True))["version"]}
+        if self._models[CANDIDATE] is not None:
+            versions[CANDIDATE] = (await self._current(True, CANDIDATE))["version"]
+        return {
+            "mode": self._rollout.mode,
+            "share": self._rollout.share,
+            "versions": versions,
+            "client_key_header": CLIENT_KEY_HEADER,
+            **self._tally.snapshot(),
+        }
 
     async def readiness(self) -> dict[str, Any]:
         try:
@@ -118,9 +147,12 @@ class BirdIngress:
             raise ApiError(503, "not_ready", f"model not answering: {type(exc).__name__}") from exc
         return {"status": "ready", "model_version": info["version"]}
 
-    def _prepare(self, upload: Upload, info: dict[str, Any]) -> dict[str, Any]:
+    def _prepare(
+        self, upload: Upload, info: dict[str, Any], decoded: DecodedImage | None = None
+    ) -> dict[str, Any]:
         start = time.perf_counter()
-        decoded = decode_upload(upload, self._limits)
+        if decoded is None:  # a shadow call reuses production's decode
+            decoded = decode_upload(upload, self._limits)
         pixels = info["transform"](decoded.image).numpy()
         return {
             "decoded": decoded,
@@ -129,8 +161,10 @@ class BirdIngress:
             "decode_ms": _ms(start),
         }
 
-    async def _classify(self, upload: Upload, top_k: int) -> dict[str, Any] | ApiError:
-        result = await self._classify_one(upload, top_k)
+    async def _classify(
+        self, upload: Upload, top_k: int, role: str
+    ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
+        result, decoded = await self._classify_one(upload, top_k, role)
         if isinstance(result, ApiError):
             self._metrics.image_error(result.code)
         else:
@@ -139,30 +173,38 @@ class BirdIngress:
                 result["model_version"],
                 *(timing[k] / 1000 for k in ("decode", "queue_and_model", "total")),
             )
-        return result
+        return result, decoded
 
-    async def _classify_one(self, upload: Upload, top_k: int) -> dict[str, Any] | ApiError:
+    async def _classify_one(
+        self,
+        upload: Upload,
+        top_k: int,
+        role: str = PRODUCTION,
+        decoded: DecodedImage | None = None,
+    ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
+        """One image through ``role``'s model; also the decoded image (a shadow call reuses it)."""
         start = time.perf_counter()
-        info = await self._current()
+        info = await self._current(role=role)
         try:
-            item = await asyncio.to_thread(self._prepare, upload, info)
+            item = await asyncio.to_thread(self._prepare, upload, info, decoded)
         except ApiError as exc:
-            return exc
+            return exc, None
         for _attempt in range(2):  # a swap may change the preprocessing: redo it once
             queued = time.perf_counter()
             request = {"pixels": item["pixels"], "key": item["key"], "top_k": top_k}
             try:
-                result = await _answer(self._classifier.predict.remote(request), "model")
+                result = await _answer(self._models[role].predict.remote(request), "model")
             except ApiError as exc:
                 exc.file = upload.name
-                return exc
+                return exc, item["decoded"]
             if not result.get("stale"):
                 break
-            info = await self._current(refresh=True)
+            info = await self._current(refresh=True, role=role)
             item["pixels"] = info["transform"](item["decoded"].image).numpy()
             item["key"] = info["config_key"]
         else:
-            return ApiError(503, "model_updating", "the model changed twice; retry", upload.name)
+            error = ApiError(503, "model_updating", "the model changed twice; retry", upload.name)
+            return error, item["decoded"]
         decoded = item["decoded"]
         return {
             "file": upload.name,
@@ -176,67 +218,55 @@ class BirdIngress:
                 "queue_and_model": _ms(queued),
                 "total": _ms(start),
             },
-        }
+        }, decoded
 
     async def predict(
-        self, uploads: list[Upload], top_k: int
+        self, uploads: list[Upload], top_k: int, client_key: str | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]:
-        results = await asyncio.gather(*(self._classify(u, top_k) for u in uploads))
-        served = [r["model_version"] for r in results if isinstance(r, dict)]
-        info = await self._current()
-        if served and served[0] != info["version"]:  # the model was swapped: describe the new one
-            info = await self._current(refresh=True)
+        """Every image of a request goes to one model: production, or the canary's candidate."""
+        role, mode = self._rollout.answering(client_key), self._rollout.mode
+        pairs = await asyncio.gather(*(self._classify(u, top_k, role) for u in uploads))
+        results = [r for r, _ in pairs]
+        answered = [r for r in results if isinstance(r, dict)]
+        info = await self._current(role=role)
+        if answered and answered[0]["model_version"] != info["version"]:  # swapped: describe it
+            info = await self._current(refresh=True, role=role)
         model = {"name": info["name"], "version": info["version"], "arch": info["arch"]}
-        return model, list(results)
+        if answered:
+            self._metrics.routed(mode, role, model["version"])
+            confidences = [r["prediction"]["confidence"] for r in answered]
+            self._tally.answer(model["version"], role, confidences)
+        if role == PRODUCTION and answered and self._rollout.shadowed():
+            for upload, (result, decoded) in zip(uploads, pairs, strict=True):
+                if isinstance(result, dict):
+                    self._spawn(self._shadow(upload, top_k, result, decoded))
+        return model, results
 
-    async def feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(
+        self, upload: Upload, top_k: int, answer: dict[str, Any], decoded: DecodedImage | None
+    ) -> None:
+        """The candidate's answer to an image production already answered, compared and
+        counted; never seen by the client, and a failure here only counts as ``failed``."""
+        production = answer["model_version"]
         try:
-            result = await self._feedback(upload, fields)
-        except ApiError as exc:
-            self._metrics.feedback(exc.code)
-            raise
-        self._metrics.feedback(result["verdict"])
-        return result
-
-    async def _feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]:
-        """Check everything (labels against the served model, the image with the one decoder),
-        then append one row; a refused answer stores nothing."""
-        if self._feedback_dir is None:
-            raise ApiError(404, "feedback_disabled", "this app was built without feedback_dir")
-        missing = [k for k in ("predicted", "model_version", "species") if not fields.get(k)]
-        if missing:
-            raise ApiError(422, "missing_field", f"missing form field(s): {', '.join(missing)}")
-        note = fields.get("note", "")
-        if len(note) > MAX_NOTE_CHARS:
-            raise ApiError(422, "note_too_long", f"note is longer than {MAX_NOTE_CHARS} characters")
-        info = await self._current()
-        if fields["model_version"] != info["version"]:
-            info = await self._current(refresh=True)  # the model may have been swapped
-        if fields["model_version"] != info["version"]:
-            raise ApiError(
-                422,
-                "wrong_model_version",
-                f"model_version {fields['model_version']!r} is not the served {info['version']!r}",
-            )
-        predicted = self._class_name(fields["predicted"], info["classes"], "predicted")
-        answer = fields["species"].strip()
-        if answer not in FEEDBACK_ANSWERS:
-            answer = self._class_name(answer, info["classes"], "species")
-        await asyncio.to_thread(decode_upload, upload, self._limits)
-        item = feedback_store.Feedback(
-            upload.data, upload.name, info["version"], predicted, answer, note
-        )
-        await asyncio.to_thread(feedback_store.append, self._feedback_dir, [item])
-        return {"stored": True, "sha256": item.sha256, "verdict": item.verdict, "species": answer}
-
-    def _class_name(self, given: str, classes: list[str], what: str) -> str:
-        """The served model's own spelling of ``given`` (full class name or the part after the
-        number, any case); 422 ``unknown_species`` otherwise."""
-        wanted = given.strip().lower()
-        for name in classes:
-            if wanted in (name.lower(), name.split(".", 1)[-1].lower()):
-                return name
-        raise ApiError(422, "unknown_species", f"{what} {given!r} is not a class of this model")
+            shadow, _ = await self._classify_one(upload, top_k, CANDIDATE, decoded)
+            if isinstance(shadow, ApiError):
+                raise shadow
+            candidate = shadow["model_version"]
+        except Exception:
+            candidate = self._infos.get(CANDIDATE, {}).get("version", "unknown")
+            self._metrics.shadow(production, candidate, "failed", None)
+            self._tally.shadow(production, candidate, None, 0.0, 0.0)
+            return
+        same, delta = agreement(answer, shadow)
+        self._metrics.shadow(production, candidate, "agree" if same else "disagree", delta)
+        conf = float(shadow["prediction"]["confidence"])
+        self._tally.shadow(production, candidate, same, delta, conf)
 
     def _target(self, target: str | None, classes: list[str]) -> int | None:
         if target is None or target == "":

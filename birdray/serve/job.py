@@ -93,6 +93,33 @@ def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | Non
     raise TimeoutError(f"{url}/readyz not ready after {timeout_s:.0f}s: {last}")
 
 
+def shadow_agreement(
+    url: str, timeout_s: float = 60.0, headers: dict[str, str] | None = None
+) -> str:
+    """One line: what a shadow rollout measured (``GET /v1/rollout``), once every image
+    production answered was compared (the candidate answers in the background, after the
+    client got production's answer) or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(f"{url}/v1/rollout", headers=headers or {})
+    while True:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            state = json.loads(resp.read())
+        production, candidate = state["versions"]["production"], state["versions"]["candidate"]
+        answered = state["answered"].get(production, {}).get("images", 0)
+        pair = next((p for p in state["shadow"] if p["candidate"] == candidate), None)
+        done = pair["compared"] + pair["failed"] if pair else 0
+        if done >= answered or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not pair or not pair["compared"]:
+        return f"{candidate} beside {production}: nothing compared yet"
+    return (
+        f"{candidate} agreed with production {production} on {pair['agreed']} of "
+        f"{pair['compared']} images ({pair['agreement']:.0%} same top-1), mean confidence "
+        f"difference {pair['mean_confidence_delta']:+.3f}; {url}/v1/rollout"
+    )
+
+
 @dataclass
 class LocalServe:
     """A running birdray app: where it listens and how to swap or stop it."""
@@ -105,11 +132,17 @@ class LocalServe:
 
     def swap(self, model: str, registry: str | None = None, timeout_s: float = 120.0) -> str:
         """Redeploy on another model; returns the new version once it is serving."""
+        changes: dict[str, Any] = {"model": model}
+        if registry is not None:
+            changes["registry"] = registry
+        return self.redeploy(timeout_s, **changes)
+
+    def redeploy(self, timeout_s: float = 120.0, **changes: Any) -> str:
+        """Redeploy with some ``AppArgs`` changed (``candidate``, ``rollout``, ``rollout_share``
+        after ``registry promote candidate``...); returns the production version serving then."""
         from ray import serve
 
-        args = {**self.args, "model": model}
-        if registry is not None:
-            args["registry"] = registry
+        args = {**self.args, **changes}
         # serve.run returns once the rollout is done (old replicas served until then)
         serve.run(build_app(args), name=self.name, route_prefix=self.route_prefix)
         self.args = args
@@ -146,6 +179,7 @@ def start_local(
     cluster = init_ray(address=address, num_cpus=num_cpus)
     # auto: the cluster's GPUs shared by the replicas that start (at most one each)
     replicas = max(1, int(args.get("min_replicas") or AppArgs().min_replicas))
+    replicas *= 2 if args.get("candidate") else 1  # a rollout's candidate deployment too
     per = min(1.0, float(cluster.get("GPU", 0.0)) / replicas)
     gpus = gpus_to_use(args.get("device"), float(args.get("num_gpus") or 0.0), cluster, per)
     if gpus != float(args.get("num_gpus") or 0.0):  # --device auto found GPUs: ask Ray for them
@@ -195,6 +229,11 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
         **args,
     )
     print(f"birdray serve: {local.url} (model {local.model_version}); docs at {local.url}/docs")
+    if cfg.candidate:
+        print(
+            f"rollout {cfg.rollout} ({cfg.rollout_share:g}) of candidate {cfg.candidate}: "
+            f"{local.url}/v1/rollout"
+        )
     summary = {"url": local.url, "app": cfg.name, "model_version": local.model_version}
     if not cfg.blocking:
         return summary

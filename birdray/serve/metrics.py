@@ -18,6 +18,9 @@ from typing import Any
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 BATCH_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
 CONFIDENCE_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+# |candidate - production| top-1 confidence (Ray's histogram bounds must be positive; the
+# direction shows in the per-version ``birdray_confidence`` histograms)
+DELTA_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75]
 LOW_CONFIDENCE = 0.5  # the same default threshold as ``birdray score --low-confidence``
 
 
@@ -111,6 +114,26 @@ SPECS = {
             "POST /v1/feedback by outcome (confirmed, corrected, not_a_bird, unsure or error code)",
             ("outcome",),
         ),
+        # shadow and canary rollout (``birdray.serve.rollout``), counted by the ingress
+        Spec(
+            "counter",
+            "birdray_rollout_requests",
+            "/v1/predict requests by rollout mode, answering role and model version",
+            ("mode", "role", "model_version"),
+        ),
+        Spec(
+            "counter",
+            "birdray_shadow_comparisons",
+            "shadowed images: candidate's top-1 agrees, disagrees, or it failed",
+            ("production_version", "candidate_version", "outcome"),
+        ),
+        Spec(
+            "histogram",
+            "birdray_shadow_confidence_delta",
+            "shadowed images: |candidate's top-1 confidence - production's|",
+            ("production_version", "candidate_version"),
+            tuple(DELTA_BUCKETS),
+        ),
         # batch scoring (``birdray score``'s actor pool; ``ray.util.metrics``, no Serve tags)
         Spec(
             "counter",
@@ -175,6 +198,16 @@ class ServeMetrics:
 
     def feedback(self, outcome: str) -> None:
         self._inc("birdray_feedback", outcome=outcome)
+
+    # the rollout (ingress)
+    def routed(self, mode: str, role: str, version: str) -> None:
+        self._inc("birdray_rollout_requests", mode=mode, role=role, model_version=version)
+
+    def shadow(self, production: str, candidate: str, outcome: str, delta: float | None) -> None:
+        versions = {"production_version": production, "candidate_version": candidate}
+        self._inc("birdray_shadow_comparisons", outcome=outcome, **versions)
+        if delta is not None:
+            self._observe("birdray_shadow_confidence_delta", abs(delta), **versions)
 
     # the classifier
     def batch(self, version: str, confidences: list[float]) -> None:

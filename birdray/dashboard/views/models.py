@@ -1,5 +1,6 @@
 """Models page: how good is the production model, how did the Tune candidates compare, what is
 in the registry. Everything here is read from files the other stages wrote; nothing is computed.
+The "Live rollout" tab (``rollout_ui``) asks the Serve app what it serves now.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from birdray.dashboard.client import Settings, species_name
+from birdray.dashboard.rollout_ui import live_rollout
 from birdray.dashboard.stage_reports import (
     find_sweeps,
     model_report,
@@ -240,6 +242,8 @@ try:
 except Exception as exc:  # an unreachable or malformed registry URI
     st.error(f"Cannot read the registry {settings.registry}: {exc}")
     registry = {"rows": [], "pointer": {}}
+
+
 def corrections_tab() -> None:
     """``birdray feedback report`` on the feedback store: how often people corrected the model."""
     from birdray.feedback.report import species_report
@@ -271,11 +275,13 @@ def corrections_tab() -> None:
         st.dataframe(table, hide_index=True)
 
 
-production, tune, versions, corrections = st.tabs(
-    ["Production model", "Tune comparison", "Registry", "People's corrections"]
+production, rollout, tune, versions, corrections = st.tabs(
+    ["Production model", "Live rollout", "Tune comparison", "Registry", "People's corrections"]
 )
 with production:
     production_tab(registry)
+with rollout:
+    live_rollout(settings.serve_url, settings.registry, registry["rows"])
 with tune:
     tune_tab()
 with versions:

@@ -1,0 +1,88 @@
+"""``POST /v1/feedback`` inside the ingress: check a person's answer, then store one row.
+
+A mixin of ``BirdIngress`` (kept apart so the ingress stays readable): the answer must name the
+version that was served (production, or a canary's candidate), a species of that model (or
+``not_a_bird``/``unsure``), and an image the one decoder accepts; a refused answer stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from birdray.feedback import store as feedback_store
+from birdray.serve.errors import ApiError
+from birdray.serve.rollout import CANDIDATE, PRODUCTION
+from birdray.serve.uploads import Upload, decode_upload
+
+MAX_NOTE_CHARS = 1000
+FEEDBACK_ANSWERS = (feedback_store.NOT_A_BIRD, feedback_store.UNSURE)
+
+
+class FeedbackRoute:
+    """Needs the ingress's ``_feedback_dir``, ``_metrics``, ``_limits``, ``_models``,
+    ``_infos`` and ``_current``."""
+
+    _feedback_dir: str | None
+    _metrics: Any
+    _limits: Any
+    _models: dict[str, Any]
+    _infos: dict[str, dict[str, Any]]
+
+    async def _current(self, refresh: bool = False, role: str = PRODUCTION) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]:
+        try:
+            result = await self._feedback(upload, fields)
+        except ApiError as exc:
+            self._metrics.feedback(exc.code)
+            raise
+        self._metrics.feedback(result["verdict"])
+        return result
+
+    async def _feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]:
+        """Check everything (labels against the served model, the image with the one decoder),
+        then append one row; a refused answer stores nothing."""
+        if self._feedback_dir is None:
+            raise ApiError(404, "feedback_disabled", "this app was built without feedback_dir")
+        missing = [k for k in ("predicted", "model_version", "species") if not fields.get(k)]
+        if missing:
+            raise ApiError(422, "missing_field", f"missing form field(s): {', '.join(missing)}")
+        note = fields.get("note", "")
+        if len(note) > MAX_NOTE_CHARS:
+            raise ApiError(422, "note_too_long", f"note is longer than {MAX_NOTE_CHARS} characters")
+        info = await self._served(fields["model_version"])
+        predicted = self._class_name(fields["predicted"], info["classes"], "predicted")
+        answer = fields["species"].strip()
+        if answer not in FEEDBACK_ANSWERS:
+            answer = self._class_name(answer, info["classes"], "species")
+        await asyncio.to_thread(decode_upload, upload, self._limits)
+        item = feedback_store.Feedback(
+            upload.data, upload.name, info["version"], predicted, answer, note
+        )
+        await asyncio.to_thread(feedback_store.append, self._feedback_dir, [item])
+        return {"stored": True, "sha256": item.sha256, "verdict": item.verdict, "species": answer}
+
+    async def _served(self, version: str) -> dict[str, Any]:
+        """The info of the served model (production, or a canary's candidate) named ``version``;
+        422 ``wrong_model_version`` for any other (the infos are refreshed once: a swap)."""
+        roles = [r for r in (PRODUCTION, CANDIDATE) if self._models[r] is not None]
+        for refresh in (False, True):
+            for role in roles:
+                info = await self._current(refresh, role)
+                if info["version"] == version:
+                    return info
+        served = " or ".join(repr(self._infos[r]["version"]) for r in roles)
+        raise ApiError(
+            422, "wrong_model_version", f"model_version {version!r} is not the served {served}"
+        )
+
+    def _class_name(self, given: str, classes: list[str], what: str) -> str:
+        """The served model's own spelling of ``given`` (full class name or the part after the
+        number, any case); 422 ``unknown_species`` otherwise."""
+        wanted = given.strip().lower()
+        for name in classes:
+            if wanted in (name.lower(), name.split(".", 1)[-1].lower()):
+                return name
+        raise ApiError(422, "unknown_species", f"{what} {given!r} is not a class of this model")
