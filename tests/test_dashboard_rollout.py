@@ -10,14 +10,13 @@ import requests
 import streamlit as st
 
 from birdray.registry import promote, register, set_alias
-from tests.dashboard_fixtures import app_test, dump, no_exceptions, texts  # noqa: F401
+from tests.dashboard_fixtures import dump, no_exceptions, texts
 from tests.model_fixture import make_package
-from tests.serve_fixtures import (  # noqa: F401
+from tests.serve_fixtures import (
     deployed,
     encode,
     post_images,
     random_rgb,
-    serve_http,
     small_app_args,
 )
 
@@ -37,7 +36,7 @@ def registry(tmp_path_factory) -> str:
     return reg
 
 
-def test_live_rollout_shows_versions_agreement_and_histograms(serve_http, registry, app_test):  # noqa: F811
+def test_live_rollout_shows_versions_agreement_and_histograms(serve_http, registry, app_test):
     args = small_app_args("production", registry=registry, feedback_dir="")
     args.update(candidate="candidate", rollout="shadow", rollout_share=1.0)
     with deployed(serve_http, "dashrollout", **args) as url:

@@ -25,7 +25,6 @@ from tests.serve_fixtures import (
     encode,
     load,
     random_rgb,
-    serve_http,  # noqa: F401
     small_app_args,
 )
 
@@ -118,7 +117,7 @@ def answered_by(resp: requests.Response) -> str:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_canary_share_and_sticky_clients(serve_http, registry):  # noqa: F811
+def test_canary_share_and_sticky_clients(serve_http, registry):
     share = 0.3
     with deployed(serve_http, "canary", **rollout_args(registry, "canary", share)) as url:
         data = encode(random_rgb(40), "PNG")
@@ -160,7 +159,7 @@ def summed(samples, name: str, **labels: str) -> float:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_shadow_answers_from_production_and_records_agreement(serve_http, registry):  # noqa: F811
+def test_shadow_answers_from_production_and_records_agreement(serve_http, registry):
     images = [encode(random_rgb(50 + i), "PNG") for i in range(20)]
     app = {"application": "shadow"}
     args = rollout_args(registry, "shadow", 1.0, candidate="v0003")  # v0001, less sure
@@ -265,7 +264,7 @@ def recent_versions(url: str, n: int = 12) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_live_share_change_promote_and_rollback_under_load_drop_nothing(
-    serve_http,  # noqa: F811
+    serve_http,
     registry,
 ):
     """Canary 0 -> 100% -> 50% through the ingress's user_config, then ``registry promote
@@ -317,7 +316,7 @@ def test_live_share_change_promote_and_rollback_under_load_drop_nothing(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_demo_shadow_stage_with_a_candidate_that_preprocesses_differently(
-    serve_http,  # noqa: F811
+    serve_http,
     tmp_path,
 ):
     """The demo's serve stage: its other model shadows production and the agreement it
