@@ -324,7 +324,7 @@ def test_demo_shadow_stage_with_a_candidate_that_preprocesses_differently(
     size): the ingress prepares each image once per data config."""
     from pathlib import Path
 
-    from birdray.demo import shadow_args
+    from birdray.demo_stages import shadow_args
     from birdray.registry import read_aliases
     from birdray.serve.job import shadow_agreement
 
