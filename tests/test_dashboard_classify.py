@@ -7,7 +7,7 @@ import json
 import pytest
 
 from birdray.serve.job import free_port
-from tests.dashboard_fixtures import no_exceptions, texts
+from tests.dashboard_fixtures import image_captions, no_exceptions, texts
 from tests.model_fixture import fit_test_locator, make_package
 from tests.serve_fixtures import (
     deployed,
@@ -90,7 +90,7 @@ def test_explanation_on_request(serve_url, app_test):
         "No bird part was recognised" in str(c.value) for c in at.caption
     )
     assert any(m.startswith(f"#### Why '{species}' and not '") for m in markdown)
-    assert any("Evidence for" in str(c.value) for c in at.caption)
+    assert any(c.startswith(f"Evidence for '{species}' over '") for c in image_captions(at))
 
 
 def test_service_down_is_said_plainly(app_test):
