@@ -263,8 +263,8 @@ def _own_material(work: Path, synth: Path) -> int:
     return sum(1 for p in (work / "photos").rglob("*") if p.is_file())
 
 
-# Every command starts its own local Ray, as a user's does: ~4-5 min on an idle 2-core machine
-# (its commands' times by hand), 16 min measured with four other test runs on the same 2 cores.
+# Every command starts its own local Ray, as a user's does: 5.4 min measured on 2 shared cores
+# (16 min while four other test runs used the same 2 cores).
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_readme_journey_from_archive_and_own_photos_to_served_model(s3_bucket, tmp_path):
