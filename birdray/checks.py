@@ -185,6 +185,12 @@ def _download(cfg: Any) -> None:
         "--url",
         f"{cfg.url!r} is not an http(s):// or file:// URL",
     )
+    if cfg.url.startswith("file://"):
+        require(
+            storage.local_path(cfg.url).is_file(),
+            "--url",
+            f"{storage.local_path(cfg.url)} is not a file (give the archive's absolute path)",
+        )
     _md5(cfg.md5)
     require(cfg.timeout_s > 0, "--timeout-s", "must be > 0")
 

@@ -12,10 +12,12 @@ and never to the browser.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -206,6 +208,8 @@ def run_dashboard(cfg: DashboardConfig) -> dict[str, Any]:
     summary = {"url": url, "pid": process.pid}
     if not cfg.blocking:
         return summary
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: as Ctrl-C does
     try:
         process.wait()
     except KeyboardInterrupt:
@@ -213,3 +217,8 @@ def run_dashboard(cfg: DashboardConfig) -> dict[str, Any]:
     finally:
         stop(process)
     return summary
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C: without it the launcher died at once and left Streamlit running."""
+    raise KeyboardInterrupt

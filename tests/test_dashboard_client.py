@@ -156,3 +156,39 @@ def test_launcher_serves_the_app_on_loopback(tmp_path):
     finally:
         stop(process)
     assert process.returncode is not None
+
+
+@pytest.mark.timeout(240)
+def test_birdray_dashboard_stopped_by_sigterm_stops_streamlit_too(tmp_path):
+    """``kill PID`` (or a service manager) of ``birdray dashboard`` left Streamlit serving."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "birdray.cli", "dashboard", "--port", "0", "--registry",
+         str(tmp_path / "reg"), "--serve-url", "http://127.0.0.1:9"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines, match = [], None
+        for line in proc.stdout:
+            lines.append(line)
+            if match := re.search(r"birdray dashboard: (http://127\.0\.0\.1:\d+)", line):
+                break
+        assert match, "".join(lines[-30:])
+        url = match.group(1)
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as resp:
+            assert resp.read() == b"ok"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 0
+        with pytest.raises(OSError):  # Streamlit is gone with it
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -187,6 +187,16 @@ def test_download_cub_verifies_then_extracts_and_sets_a_bad_download_aside(tmp_p
     assert not (tmp_path / "raw2" / "extracted").exists()
 
 
+def test_download_cub_takes_an_archive_already_on_disk(tmp_path):
+    """README's offline form, ``birdray download --url file:///path/to/CUB_200_2011.tgz``."""
+    archive = _cub_archive(tmp_path / "src")
+    cfg = DownloadConfig(out=str(tmp_path / "raw"), url=archive.as_uri(), md5=md5sum(archive))
+    folder = download_cub(cfg)
+    assert folder == tmp_path / "raw" / "extracted" and read_cub(folder).records
+    assert (tmp_path / "raw" / "CUB_200_2011.tgz").read_bytes() == archive.read_bytes()
+    assert archive.is_file()  # copied, the user's file left where it was
+
+
 def _hardlink(name: str, target: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.linkname = tarfile.LNKTYPE, target

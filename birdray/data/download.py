@@ -215,7 +215,12 @@ def download_cub(cfg: DownloadConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     archive = out / Path(cfg.url).name
     if not archive.exists():
-        fetch(cfg.url, archive, cfg.timeout_s)
+        if cfg.url.startswith("file://"):  # an archive already on disk: copied, then verified
+            part = archive.with_name(archive.name + ".part")
+            shutil.copyfile(storage.local_path(cfg.url), part)
+            os.replace(part, archive)
+        else:
+            fetch(cfg.url, archive, cfg.timeout_s)
     try:
         verify_md5(archive, cfg.md5)
     except ArchiveError:
