@@ -77,9 +77,7 @@ class Job:
 
 
 JOBS: dict[str, Job] = {
-    "synth": Job(
-        "birdray.synth.job", "SynthConfig", "generate", "generate a CUB-layout dataset"
-    ),
+    "synth": Job("birdray.synth.job", "SynthConfig", "generate", "generate a CUB-layout dataset"),
     "download": Job(
         "birdray.data.download", "DownloadConfig", "download_cub", "download + verify CUB"
     ),

@@ -241,9 +241,7 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def field(
-    default: Any, help: str, *, required: bool = False, aliases: tuple[str, ...] = ()
-) -> Any:
+def field(default: Any, help: str, *, required: bool = False, aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field with a help text shown by ``--help``.
 
     ``required``: the job cannot run without it (its help says so instead of a default; YAML

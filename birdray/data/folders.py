@@ -63,9 +63,7 @@ def read_layout(source: Path, layout: str) -> CubDataset:
 
 def read_species_folders(root: Path) -> CubDataset:
     """Every image file one level below ``root``; ids follow the sorted paths (deterministic)."""
-    entries = [
-        (f"{d.name}/{p.name}", d.name) for d in _class_dirs(root) for p in _images(d)
-    ]
+    entries = [(f"{d.name}/{p.name}", d.name) for d in _class_dirs(root) for p in _images(d)]
     if not entries:
         raise LayoutError(f"{root}: no species folder holds images; expected {LAYOUTS}")
     return _dataset(root, entries, problems={})
