@@ -202,14 +202,21 @@ def start_dashboard(
 
 
 def run_dashboard(cfg: DashboardConfig) -> dict[str, Any]:
-    """Open the Streamlit dashboard (Classify, Batch scoring, Models) on 127.0.0.1."""
-    url, process = launch(cfg)
+    """Open the Streamlit dashboard (Classify, Batch scoring, Models) on 127.0.0.1.
+
+    Ctrl-C or ``kill`` stops Streamlit with it and exits cleanly, while it is starting too (a
+    traceback and exit code -2 used to greet a user who stopped it before it was ready)."""
+    if cfg.blocking and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: as Ctrl-C does
+    try:
+        url, process = launch(cfg)  # stops Streamlit itself when interrupted
+    except KeyboardInterrupt:
+        print("birdray dashboard: stopped before it was ready")
+        return {"url": None, "pid": None, "stopped": "before it was ready"}
     print(f"birdray dashboard: {url}  (Serve {cfg.serve_url}, Ray jobs {cfg.jobs_address})")
     summary = {"url": url, "pid": process.pid}
     if not cfg.blocking:
         return summary
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: as Ctrl-C does
     try:
         process.wait()
     except KeyboardInterrupt:

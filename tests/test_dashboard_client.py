@@ -192,3 +192,43 @@ def test_birdray_dashboard_stopped_by_sigterm_stops_streamlit_too(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.timeout(240)
+def test_birdray_dashboard_interrupted_while_starting_exits_cleanly(tmp_path):
+    """Ctrl-C before Streamlit answers (CI's journey hit it): no traceback, exit 0, no orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def children(pid: int) -> list[int]:  # Linux: the kernel lists a process's children
+        path = Path(f"/proc/{pid}/task/{pid}/children")
+        return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+    def alive(pid: int) -> bool:
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and stat.read_text().split(") ")[-1][:1] not in ("Z", "X")
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "birdray.cli", "dashboard", "--port", "0", "--registry",
+         str(tmp_path / "reg"), "--serve-url", "http://127.0.0.1:9"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (streamlit := children(proc.pid)):  # Streamlit started, not ready yet
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopped before it was ready" in out and "Traceback" not in out
+        assert not any(alive(pid) for pid in streamlit)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

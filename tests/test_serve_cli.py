@@ -58,3 +58,40 @@ def test_birdray_serve_command_serves_until_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_birdray_serve_interrupted_while_starting_exits_cleanly(tmp_path):
+    """Ctrl-C after Ray started but before the app answers: no traceback, exit 0, no app."""
+    package = make_package(tmp_path / "pkg", num_classes=4)
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "birdray.cli", "serve", "--model", str(package),
+        "--registry", "none", "--port", str(port), "--explain", "false",
+        "--num-cpus", "2", "--torch-threads", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines.append(proc.stdout.readline())
+            if "Started a local Ray instance" in lines[-1]:
+                break
+        assert "Started a local Ray instance" in lines[-1], "".join(lines[-40:])
+        proc.send_signal(signal.SIGINT)  # Serve is still deploying the app
+        out, _ = proc.communicate(timeout=120)
+        lines.append(out)
+        said = "".join(lines)
+        assert proc.returncode == 0, said[-4000:]
+        assert "stopped before it was ready" in said and "Traceback" not in said, said[-4000:]
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

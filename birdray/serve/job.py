@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -216,18 +218,26 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     args = app_args(cfg)
     args.pop("model")
     args.pop("registry")
-    local = start_local(
-        cfg.model,
-        cfg.registry,
-        port=cfg.port,
-        host=cfg.host,
-        name=cfg.name,
-        route_prefix=cfg.route_prefix,
-        address=cfg.address,
-        num_cpus=cfg.num_cpus,
-        ready_timeout_s=cfg.ready_timeout_s,
-        **args,
-    )
+    take_sigterm = cfg.blocking and threading.current_thread() is threading.main_thread()
+    if take_sigterm:
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: as Ctrl-C does
+    try:
+        local = start_local(
+            cfg.model,
+            cfg.registry,
+            port=cfg.port,
+            host=cfg.host,
+            name=cfg.name,
+            route_prefix=cfg.route_prefix,
+            address=cfg.address,
+            num_cpus=cfg.num_cpus,
+            ready_timeout_s=cfg.ready_timeout_s,
+            **args,
+        )
+    except KeyboardInterrupt:  # stopped while starting: no traceback, no half-deployed app left
+        print("birdray serve: stopped before it was ready")
+        _remove_app(cfg.name)
+        return {"url": None, "app": cfg.name, "stopped": "before it was ready"}
     print(f"birdray serve: {local.url} (model {local.model_version}); docs at {local.url}/docs")
     if cfg.candidate:
         print(
@@ -237,6 +247,8 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     summary = {"url": local.url, "app": cfg.name, "model_version": local.model_version}
     if not cfg.blocking:
         return summary
+    if take_sigterm:
+        signal.signal(signal.SIGTERM, _interrupt)  # again: ray.init installs its own (exit 15)
     print("serving; press Ctrl-C to stop")
     try:
         while True:
@@ -248,3 +260,24 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
         if not serve_apps():  # leave Serve running for other apps on a shared cluster
             shutdown()
     return summary
+
+
+def _remove_app(name: str) -> None:
+    """Delete a half-deployed app (Serve itself too when nothing else runs on it)."""
+    import ray
+
+    if not ray.is_initialized():  # interrupted before Ray was reached: nothing to undo
+        return
+    from ray import serve
+
+    try:
+        serve.delete(name)
+        if not serve_apps():
+            shutdown()
+    except Exception as exc:  # Ray itself may be going down with the interrupt
+        logger.warning("could not remove the half-deployed app %s: %s", name, exc)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C, so ``kill`` stops Serve's app as cleanly as Ctrl-C does."""
+    raise KeyboardInterrupt
