@@ -14,6 +14,7 @@ far to trust the labels. No training, no extra model: the features the classifie
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from birdray.model.preprocess import CropGeometry, build_transform, eval_geometr
 
 LOCATOR_FILE = "part_locator.json"
 THRESHOLD_PERCENTILE = 20.0  # a part is "there" when it looks at least this much like itself
+MEASURE_TIMEOUT_S = 300.0  # the held-out PCK task: bounded like every other wait on Ray
 
 
 def feature_map(
@@ -181,6 +183,7 @@ def fit_and_measure(
     import ray
 
     from birdray.data.manifest import read_split
+    from birdray.resources import watched
 
     sampled = rows[rows["part_features"].map(len) > 0]
     if sampled.empty:
@@ -198,16 +201,21 @@ def fit_and_measure(
         return {**locator, "available": True, "pck": None,
                 "pck_note": "too few images to hold any out"}  # fmt: skip
     held_out = set(ids[~even].tolist()[:images])
-    test = (
-        read_split(dataset, split, columns=["image_id", "image", "bbox", "parts"])
-        .filter(lambda row: int(row["image_id"]) in held_out)
-        .take(images)
-    )
     fitted_on_even = fit_locator(samples[even], ids[even], part_names, radius)
     task = ray.remote(_measure).options(num_cpus=cfg.get("actor_cpus", 0.5),
                                         num_gpus=cfg.get("num_gpus") or None)  # fmt: skip
-    return {**locator, "available": True,
-            **ray.get(task.remote(files, fitted_on_even, test, cfg.get("threads", 1)))}  # fmt: skip
+
+    def measured() -> Iterator[dict[str, Any]]:
+        test = (
+            read_split(dataset, split, columns=["image_id", "image", "bbox", "parts"])
+            .filter(lambda row: int(row["image_id"]) in held_out)
+            .take(images)
+        )
+        yield ray.get(task.remote(files, fitted_on_even, test, cfg.get("threads", 1)))
+
+    # a task that gets no CPU ends with Ray's pending demand instead of waiting forever
+    result = next(watched(measured(), MEASURE_TIMEOUT_S, "part locator measurement"))
+    return {**locator, "available": True, **result}
 
 
 def _measure(
