@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from birdray.serve.job import wait_ready
 
@@ -135,3 +136,13 @@ def load(
         thread.join()
     run.wall_s = time.perf_counter() - started
     return run
+
+
+def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample on a Prometheus endpoint (Ray's metrics port): (name, labels, value)."""
+    text = requests.get(url, timeout=10).text
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
 import urllib.request
 
 import pandas as pd
@@ -161,18 +164,10 @@ def test_launcher_serves_the_app_on_loopback(tmp_path):
 @pytest.mark.timeout(240)
 def test_birdray_dashboard_stopped_by_sigterm_stops_streamlit_too(tmp_path):
     """``kill PID`` (or a service manager) of ``birdray dashboard`` left Streamlit serving."""
-    import os
     import re
     import signal
-    import subprocess
-    import sys
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "birdray.cli", "dashboard", "--port", "0", "--registry",
-         str(tmp_path / "reg"), "--serve-url", "http://127.0.0.1:9"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = _birdray_dashboard(tmp_path)
     try:
         lines, match = [], None
         for line in proc.stdout:
@@ -197,10 +192,7 @@ def test_birdray_dashboard_stopped_by_sigterm_stops_streamlit_too(tmp_path):
 @pytest.mark.timeout(240)
 def test_birdray_dashboard_interrupted_while_starting_exits_cleanly(tmp_path):
     """Ctrl-C before Streamlit answers (CI's journey hit it): no traceback, exit 0, no orphan."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
     from pathlib import Path
 
@@ -212,12 +204,7 @@ def test_birdray_dashboard_interrupted_while_starting_exits_cleanly(tmp_path):
         stat = Path(f"/proc/{pid}/stat")
         return stat.exists() and stat.read_text().split(") ")[-1][:1] not in ("Z", "X")
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "birdray.cli", "dashboard", "--port", "0", "--registry",
-         str(tmp_path / "reg"), "--serve-url", "http://127.0.0.1:9"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = _birdray_dashboard(tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not (streamlit := children(proc.pid)):  # Streamlit started, not ready yet
@@ -232,3 +219,13 @@ def test_birdray_dashboard_interrupted_while_starting_exits_cleanly(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _birdray_dashboard(tmp_path) -> subprocess.Popen:
+    """``birdray dashboard`` as a user starts it (any free port), output in one text pipe."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "birdray.cli", "dashboard", "--port", "0", "--registry",
+         str(tmp_path / "reg"), "--serve-url", "http://127.0.0.1:9"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip

@@ -17,20 +17,25 @@ from tests.model_fixture import make_package
 from tests.serve_fixtures import encode, post_images, random_rgb
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_birdray_serve_command_serves_until_ctrl_c(tmp_path):
+def _birdray_serve(tmp_path, port: int) -> subprocess.Popen:
+    """``birdray serve`` of a small package on its own local Ray, output in one text pipe."""
     package = make_package(tmp_path / "pkg", num_classes=4)
-    port = free_port()
     cmd = [
         sys.executable, "-m", "birdray.cli", "serve", "--model", str(package),
         "--registry", "none", "--port", str(port), "--explain", "false",
         "--num-cpus", "2", "--torch-threads", "1",
     ]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_birdray_serve_command_serves_until_ctrl_c(tmp_path):
+    port = free_port()
+    proc = _birdray_serve(tmp_path, port)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 300
@@ -64,17 +69,8 @@ def test_birdray_serve_command_serves_until_ctrl_c(tmp_path):
 @pytest.mark.timeout(400)
 def test_birdray_serve_interrupted_while_starting_exits_cleanly(tmp_path):
     """Ctrl-C after Ray started but before the app answers: no traceback, exit 0, no app."""
-    package = make_package(tmp_path / "pkg", num_classes=4)
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "birdray.cli", "serve", "--model", str(package),
-        "--registry", "none", "--port", str(port), "--explain", "false",
-        "--num-cpus", "2", "--torch-threads", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+    proc = _birdray_serve(tmp_path, port)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 300

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from birdray.serve.metrics import SPECS, exported_names, metrics_url
 from tests.model_fixture import make_package
@@ -23,6 +22,7 @@ from tests.serve_fixtures import (
     encode,
     post_images,
     random_rgb,
+    scrape,
     small_app_args,
 )
 
@@ -31,15 +31,6 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "cluster" / "grafana" / "birdr
 RAY_METRICS = {"ray_serve_deployment_replica_healthy", "ray_serve_replica_processing_queries"}
 KEY_ENV, KEY = "BIRDRAY_TEST_METRICS_KEY", "metrics-test-key"
 APP = "metrics"
-
-
-def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
-    text = requests.get(url, timeout=10).text
-    return [
-        (s.name, s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    ]
 
 
 def total(samples, name: str, **labels: str) -> float:

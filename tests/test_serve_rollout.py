@@ -10,7 +10,6 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 from ray.serve.context import _get_global_client  # what `serve deploy` reaches via REST
 from ray.serve.schema import ServeDeploySchema
 
@@ -25,6 +24,7 @@ from tests.serve_fixtures import (
     encode,
     load,
     random_rgb,
+    scrape,
     small_app_args,
 )
 
@@ -139,15 +139,6 @@ def test_canary_share_and_sticky_clients(serve_http, registry):
         answered = {v: r["requests"] for v, r in state["answered"].items()}
         assert sum(answered.values()) == 300 + 3 * len(clients)
         assert state["answered"]["v0002"]["role"] == "candidate"
-
-
-def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
-    text = requests.get(url, timeout=10).text
-    return [
-        (s.name, s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    ]
 
 
 def summed(samples, name: str, **labels: str) -> float:
