@@ -11,9 +11,9 @@ and never to the browser.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +21,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from birdray import storage
 from birdray.config import field
+from birdray.runtime import LOOPBACK, free_port
 
 APP = Path(__file__).resolve().parent / "dashboard" / "app.py"  # package data, run by path
 PACKAGE_ROOT = APP.parents[2]  # the folder holding this birdray: a checkout or site-packages
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -60,12 +61,6 @@ class DashboardConfig:
     request_timeout_s: float = field(60.0, "how long to wait for Serve's answer to one request")
     ready_timeout_s: float = field(120.0, "how long to wait for the dashboard to come up")
     blocking: bool = field(True, "keep running until Ctrl-C (false: start it and return)")
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _absolute(location: str) -> str:
@@ -146,22 +141,48 @@ def launch(cfg: DashboardConfig, log: Path | None = None) -> tuple[str, subproce
         cfg = replace(cfg, port=free_port(cfg.host))
     url = f"http://{cfg.host}:{cfg.port}"
     output = open(log, "ab") if log else None  # the child process writes to it
+    process = None
     try:
-        process = subprocess.Popen(
-            dashboard_command(cfg),
-            env=dashboard_env(cfg),
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
-        )
-    finally:
+        with _interrupts_held():
+            process = subprocess.Popen(
+                dashboard_command(cfg),
+                env=dashboard_env(cfg),
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+            )
         if output:
             output.close()
-    try:
         wait_ready(url, process, cfg.ready_timeout_s, log)
     except BaseException:
-        stop(process)
+        if output:
+            output.close()
+        if process is not None:
+            stop(process)
         raise
     return url, process
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block acts when it ends, once the child's pid is known.
+
+    Interrupted inside ``Popen`` (after the fork, before it returns), the launcher lost the only
+    handle on a Streamlit that went on running (CI caught it). Outside the main thread Python
+    delivers no signals, so there is nothing to hold.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for signum in held[:1]:
+            signal.raise_signal(signum)  # now handled as it would have been
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 15.0) -> None:

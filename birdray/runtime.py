@@ -11,12 +11,51 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+# Ray's workers listen on 10002-19999 unless told otherwise; the rest of Ray binds port 0.
+RAY_WORKER_PORTS_END = 19999
+_handed_out: set[int] = set()
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for port-0 binds (Linux default when it can't be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return (49152, 65535) if sys.platform == "darwin" else (32768, 60999)
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port that is free now and stays out of the way of everything else starting meanwhile.
+
+    A port is chosen here and bound later by another process (Ray's GCS or dashboard, Serve's
+    proxy, Streamlit, an S3 server). One taken with a port-0 bind comes from the kernel's
+    ephemeral range, which Ray's own processes draw from in that gap too; two of them once got
+    the same port and the Ray dashboard could not start. So the port is drawn between Ray's
+    worker ports and the ephemeral range, and never twice by one process.
+    """
+    low, high = RAY_WORKER_PORTS_END + 1, _ephemeral_ports()[0] - 1
+    for port in random.sample(range(low, high + 1), min(200, max(0, high + 1 - low))):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # the gap is full or absent: let the kernel choose
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def keep_local_ray_on_loopback() -> None:
@@ -98,9 +137,7 @@ def _own_address_for_cluster_processes() -> Iterator[None]:
     of a Tune trial stopped by its scheduler is never freed: the next trial waits forever.
     The raylet and its workers inherit this environment; the driver's own is put back.
     """
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{LOOPBACK}:{port}"}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)

@@ -9,11 +9,12 @@ node add one with ``add_node`` and remove it afterwards.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from birdray.runtime import free_port
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -23,15 +24,9 @@ os.environ.setdefault("TQDM_MININTERVAL", "5")
 HEAD_CPUS = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # S3 in this session is a local moto server (see ``s3_bucket``), never a real account. Set before
 # the cluster starts, so Ray's workers reach it the way a cluster's workers reach their bucket.
-S3_PORT = _free_port()
+S3_PORT = free_port()
 os.environ.update(
     AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
     AWS_ACCESS_KEY_ID="birdray-test",
@@ -53,7 +48,7 @@ def ray_cluster():
             # the state API behind it is how Train V2 frees a dead controller's placement group
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
-            "dashboard_port": _free_port(),  # a Ray dashboard already on 8265 must not clash
+            "dashboard_port": free_port(),  # a Ray dashboard already on 8265 must not clash
             "node_ip_address": "127.0.0.1",
         },
     )

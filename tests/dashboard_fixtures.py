@@ -34,7 +34,7 @@ def ray_head(num_cpus: int = 4, timeout_s: float = 400) -> Iterator[tuple[str, P
     """
     from ray.job_submission import JobSubmissionClient
 
-    from birdray.serve.job import free_port
+    from birdray.runtime import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="brd-", dir="/tmp"))
     token = tmp / "auth_token"

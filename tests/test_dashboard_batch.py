@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from birdray.serve.job import free_port
+from birdray.runtime import free_port
 from tests.dashboard_fixtures import (
     dump,
     image_captions,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from birdray.serve.job import free_port
+from birdray.runtime import free_port
 from tests.dashboard_fixtures import image_captions, no_exceptions, texts
 from tests.model_fixture import fit_test_locator, make_package
 from tests.serve_fixtures import (

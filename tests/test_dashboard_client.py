@@ -221,6 +221,37 @@ def test_birdray_dashboard_interrupted_while_starting_exits_cleanly(tmp_path):
             proc.wait()
 
 
+def test_ctrl_c_while_popen_returns_still_stops_the_child(tmp_path, monkeypatch):
+    """The race behind the test above, made certain: the signal lands after the fork, before
+    ``Popen`` hands back the process; the launcher must still know the child to stop it."""
+    import signal
+    import time
+
+    from birdray import dashboard_launcher as launcher
+    from birdray.runtime import free_port
+
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_interrupted_before_returning(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # Python runs the handler here, unless the launcher holds it
+        return started[-1]
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    monkeypatch.setattr(launcher, "dashboard_command", lambda cfg: sleeper)
+    monkeypatch.setattr(launcher.subprocess, "Popen", popen_interrupted_before_returning)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            launcher.launch(launcher.DashboardConfig(port=free_port()), tmp_path / "log")
+        assert len(started) == 1 and started[0].poll() is not None, "the child outlived it"
+    finally:
+        for child in started:
+            child.kill()
+            child.wait()
+
+
 def _birdray_dashboard(tmp_path) -> subprocess.Popen:
     """``birdray dashboard`` as a user starts it (any free port), output in one text pipe."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

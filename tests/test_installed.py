@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from birdray.dashboard_launcher import free_port
+from birdray.runtime import free_port
 
 pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools")
 

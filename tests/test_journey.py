@@ -54,7 +54,7 @@ import requests
 
 from birdray.data.download import md5sum
 from birdray.registry import latest_calibration, list_versions, read_pointer, version_metadata
-from birdray.serve.job import free_port
+from birdray.runtime import free_port
 from tests.cub_fixture import real_photos
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -48,3 +49,22 @@ def test_loopback_is_set_before_ray_reads_it():
     )
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.strip() == "False"
+
+
+def test_ports_handed_out_stay_clear_of_rays_own_and_of_each_other():
+    """Ray's processes bind port 0 (the ephemeral range) while a chosen port waits to be bound;
+    CI once had the Ray dashboard's chosen port taken by the GCS that way."""
+    ephemeral_low, _ = runtime._ephemeral_ports()
+    ports = [runtime.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(runtime.RAY_WORKER_PORTS_END < port < ephemeral_low for port in ports)
+    for port in ports[:5]:  # free now: binding it works
+        with socket.socket() as sock:
+            sock.bind((runtime.LOOPBACK, port))
+
+
+def test_without_a_gap_below_the_ephemeral_range_the_kernel_chooses(monkeypatch):
+    monkeypatch.setattr(runtime, "_ephemeral_ports", lambda: (10000, 65535))
+    port = runtime.free_port()
+    with socket.socket() as sock:
+        sock.bind((runtime.LOOPBACK, port))

@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from birdray.runtime import free_port
+
 
 class Files(Dataset):
     """timm's ``ImageDataset`` in short: open with PIL, convert to RGB, apply the transform."""
@@ -202,18 +204,12 @@ def score_peer(
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve_peer(package: Path, threads: int, ready_timeout_s: float = 120.0) -> Iterator[dict]:
     """``peer_app`` in its own process on a free loopback port; yields its URL and start-up."""
     import requests as http
 
-    port = _free_port()
+    port = free_port()
     root = str(Path(__file__).resolve().parents[2])  # this birdray, not another install's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()

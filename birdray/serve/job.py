@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import threading
 import time
 import urllib.error
@@ -23,7 +22,7 @@ from typing import Any
 from birdray.config import field
 from birdray.devices import gpus_to_use
 from birdray.resources import plan_serve
-from birdray.runtime import LOOPBACK, init_ray
+from birdray.runtime import LOOPBACK, free_port, init_ray
 from birdray.serve.app import AppArgs, app_args, build_app
 
 logger = logging.getLogger(__name__)
@@ -41,12 +40,6 @@ class ServeConfig(AppArgs):
     num_cpus: float | None = field(None, "logical CPUs for a new local Ray")
     blocking: bool = field(True, "keep serving until Ctrl-C (false: return; needs a cluster)")
     ready_timeout_s: float = field(120.0, "how long to wait for /readyz after deploying")
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 PROXY_TIMEOUT_MARGIN_S = 10.0  # the proxy's backstop waits longer than the app's own JSON 504
