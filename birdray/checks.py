@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from birdray import storage
+from birdray.benchmark import STAGES
 from birdray.config import ConfigError, UsageError, config_path, recipe_names
+from birdray.data.cub import CubFormatError
+from birdray.data.folders import LAYOUTS, find_layout, read_csv
+from birdray.data.manifest import DatasetError, load_manifest
+from birdray.devices import DEVICES, check_local
 
 MODEL_HELP = "a model package folder, or production|latest|vNNNN|ALIAS with --registry"
 # A registry alias (``candidate``, ``champion``), read with the registry's own alias reading.
@@ -60,7 +65,6 @@ def output(flag: str, location: str) -> None:
 
 def dataset(flag: str, location: str, split: str | None = None) -> dict[str, Any]:
     """An ingested dataset (a manifest with its shards); its manifest is returned."""
-    from birdray.data.manifest import DatasetError, load_manifest
 
     exists(flag, location, "an ingested dataset folder (birdray ingest --out)")
     try:
@@ -79,7 +83,6 @@ def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
     The kind of reference comes from ``ModelRef`` (the one parser Serve, scoring and evaluation
     resolve with); only the registry's public functions are read.
     """
-    from birdray import registry as reglib
     from birdray.registry.ref import ModelRef
 
     parsed = ModelRef(model_ref, registry or "")
@@ -110,6 +113,8 @@ def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
             f"{flag} {ref}: no registry at {root} (--registry); pass --registry PATH to an "
             "existing registry, or --model PATH to a model package folder"
         )
+    from birdray import registry as reglib  # imports torch: not at the CLI's start-up
+
     try:
         versions = reglib.list_versions(registry)
         aliases = reglib.read_aliases(registry) if alias or ref == "production" else {}
@@ -196,8 +201,6 @@ def _download(cfg: Any) -> None:
 
 
 def _ingest(cfg: Any) -> None:
-    from birdray.data.cub import CubFormatError
-    from birdray.data.folders import LAYOUTS, find_layout, read_csv
     from birdray.data.ingest import DEFAULT_SOURCE
 
     local = None if storage.is_remote(cfg.source) else storage.local_path(cfg.source)
@@ -307,7 +310,6 @@ def _tune(cfg: Any) -> None:
 def _device(device: str | None, address: str | None) -> None:
     """``--device`` is a known one, and cuda has a GPU where Ray will start (a remote cluster's
     GPUs are checked by the job once it has connected: ``devices.gpus_to_use``)."""
-    from birdray.devices import DEVICES, check_local
 
     if device is not None:
         choice("--device", device, DEVICES)
@@ -453,7 +455,6 @@ def _demo(cfg: Any) -> None:
 
 
 def _benchmark(cfg: Any) -> None:
-    from birdray.benchmark import STAGES
 
     choice("stage", cfg.stage, STAGES)
     choice("--device", cfg.device, ("cpu", "cuda"))

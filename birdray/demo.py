@@ -14,6 +14,11 @@ from typing import Any
 
 from birdray.config import field, from_dict, load_yaml
 from birdray.demo_stages import consumers, done, feedback_loop, keep_serving, stage
+from birdray.runtime import init_ray
+from birdray.synth.job import SynthConfig, generate
+from birdray.train.config import TrainConfig
+from birdray.tune.config import SweepConfig
+from birdray.tune.promote import register_winner
 
 
 @dataclass
@@ -33,7 +38,6 @@ DEMO_WEIGHTS = "runs/demo/weights/tf_efficientnet_lite0.safetensors"  # as demo.
 
 
 def _recipe(cfg: DemoConfig, out: Path):
-    from birdray.train.config import TrainConfig
 
     recipe = from_dict(TrainConfig, load_yaml(cfg.train_config))
     weights = out / "weights" / "tf_efficientnet_lite0.safetensors"
@@ -54,7 +58,6 @@ def _recipe(cfg: DemoConfig, out: Path):
 
 
 def _sweep(cfg: DemoConfig, out: Path, registry: Path):
-    from birdray.tune.config import SweepConfig
 
     sweep = from_dict(SweepConfig, load_yaml(cfg.sweep_config))
     return replace(
@@ -73,11 +76,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from birdray.data.ingest import IngestConfig, run_ingest, summary
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.registry import read_pointer
-    from birdray.runtime import init_ray
-    from birdray.synth.job import SynthConfig, generate
     from birdray.train.job import run_training
     from birdray.tune.job import run_sweep
-    from birdray.tune.promote import register_winner
 
     out = Path(cfg.out).resolve()
     results: dict[str, Any] = {}

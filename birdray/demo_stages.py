@@ -8,10 +8,18 @@ and people's corrections back into training: each calls the job function its own
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import requests
+
+from birdray.dashboard_launcher import start_dashboard
+from birdray.feedback.loop import learn_from_feedback, send_answers
+from birdray.serve.metrics import metrics_url
+from birdray.synth.field import field_photos
 
 if TYPE_CHECKING:  # the demo imports this module: its config only for the annotation
     from birdray.demo import DemoConfig
@@ -66,7 +74,6 @@ def _test_images(source: Path, count: int) -> list[Path]:
 
 def _score_folder(out: Path, source: Path) -> Path:
     """Generated test photos plus deliberately broken files: every file must get a row."""
-    import shutil
 
     folder = out / "score_input"
     shutil.rmtree(folder, ignore_errors=True)
@@ -82,7 +89,6 @@ def _score_folder(out: Path, source: Path) -> Path:
 
 
 def feedback_loop(recipe: Any, source: Path, registry: Path, out: Path, answers: dict) -> dict:
-    from birdray.feedback.loop import learn_from_feedback
 
     t = stage("10. feedback loop: fine-tune production on people's answers, compare")
     loop = learn_from_feedback(
@@ -104,16 +110,12 @@ def feedback_loop(recipe: Any, source: Path, registry: Path, out: Path, answers:
 def consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: str) -> dict:
     """Serve over real HTTP (and people's answers), batch scoring, explanations: all on the
     production model."""
-    import requests
 
     from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
     from birdray.explain.job import ExplainConfig, run_explain
-    from birdray.feedback.loop import send_answers
     from birdray.registry import read_pointer
     from birdray.scoring.job import ScoreConfig, run_scoring
     from birdray.serve.job import shadow_agreement, shutdown, start_local
-    from birdray.serve.metrics import metrics_url
-    from birdray.synth.field import field_photos
 
     source = Path(synth.out)
     results: dict[str, Any] = {}
@@ -226,7 +228,6 @@ def shadow_args(registry: Path, production: str) -> dict[str, Any]:
 
 def keep_serving(app, registry: Path, out: Path, score_out: Path, sweep_dir: str) -> None:
     """``--dashboard``: Serve and Streamlit stay up until Ctrl-C."""
-    from birdray.dashboard_launcher import start_dashboard
     from birdray.serve.job import shutdown
 
     # Ray's fit() calls install Ctrl-C handlers of their own (Train's outlives the run unless

@@ -22,6 +22,7 @@ import yaml
 
 from birdray import checks
 from birdray.config import UsageError, to_dict
+from birdray.devices import joins_cluster, local_gpus
 from birdray.resources import DATA_CPUS, ResourceError, plan_workers
 
 
@@ -47,7 +48,6 @@ def local_cpus() -> int:
 
 def resources_here(address: str) -> tuple[dict[str, float], str, str]:
     """(CPU/GPU totals, a long and a short name of where): a cluster only when one is named."""
-    from birdray.devices import joins_cluster, local_gpus
 
     if joins_cluster(address):
         from birdray.runtime import init_ray

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from birdray.config import from_dict
+
 T = TypeVar("T")
 
 DATA_CPUS = 1.0  # Ray Data's ListFiles/read tasks take one whole CPU (no API to lower it in 2.60)
@@ -131,7 +133,6 @@ def plan_pool(
 def plan_serve(args: dict[str, Any], cluster: dict[str, float]) -> None:
     """The Serve app's replicas (``AppArgs`` fields; autoscaling starts at ``min_replicas``)
     must fit the cluster's totals, or they would wait for a node forever."""
-    from birdray.config import from_dict
     from birdray.serve.app import AppArgs
 
     opts = from_dict(AppArgs, dict(args))

@@ -11,8 +11,9 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from birdray.dashboard.client import Settings, api_key_for, error_text, species_name
+from birdray.dashboard.client import error_text, species_name
 from birdray.dashboard.ray_jobs import ScoringRequest, ray_auth_headers, scoring_entrypoint
+from birdray.dashboard.settings import Settings, api_key_for
 from birdray.dashboard.stage_reports import filter_rows
 from birdray.dashboard_launcher import (
     DashboardConfig,

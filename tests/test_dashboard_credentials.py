@@ -131,8 +131,9 @@ def test_credentials_go_only_to_configured_hosts_and_never_to_the_browser(hosts,
 
 
 def test_client_refuses_unconfigured_addresses_before_connecting(hosts, monkeypatch):
-    from birdray.dashboard.client import ServiceError, api_key_for, service_status
+    from birdray.dashboard.client import ServiceError, service_status
     from birdray.dashboard.ray_jobs import jobs_client
+    from birdray.dashboard.settings import api_key_for
 
     configured, stranger = hosts
     monkeypatch.setenv("BIRDRAY_SERVE_URL", configured.url)

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from birdray.benchmark.measure import machine
 from birdray.config import field
+from birdray.runtime import init_ray
 
 STAGES = ("ingest", "train", "score", "serve", "explain", "scaling", "gpu", "all")
 
@@ -108,8 +110,7 @@ def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str)
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     """Run the chosen stage(s); write results.json and results.md under ``cfg.out``."""
-    from birdray.benchmark import serving, stages
-    from birdray.benchmark.measure import machine
+    from birdray.benchmark import serving, stages  # torch: not at the CLI's start-up
 
     if cfg.stage not in STAGES:
         raise ValueError(f"unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
@@ -131,7 +132,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         return {"results": str(out / "gpu.json"), "rows": rows}
 
     from birdray.data.ingest import IngestConfig, run_ingest
-    from birdray.runtime import init_ray
 
     init_ray(cfg.address or None, num_cpus=4)
     want = {cfg.stage} if cfg.stage != "all" else set(STAGES) - {"gpu", "all"}

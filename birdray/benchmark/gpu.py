@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.io as tvio
 from PIL import Image
 
 from birdray.benchmark.measure import timed
@@ -60,7 +61,6 @@ def _jpegs(count: int, size=(500, 375)) -> list[bytes]:
 
 
 def decode_rates(count: int, device: str) -> dict[str, float]:
-    import torchvision.io as tvio
 
     data = _jpegs(count)
     started = time.perf_counter()

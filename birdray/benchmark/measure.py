@@ -8,8 +8,11 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import requests as http
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> dict[str, Any]:
@@ -50,9 +53,6 @@ def http_load(
     answering excess load quickly is behaviour to report. Latency percentiles are of the
     successful requests; ``req_s`` counts successful answers per wall second.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import requests as http
 
     local = threading.local()
 

@@ -23,11 +23,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import requests as http
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from birdray.data.cub import read_cub
+from birdray.data.manifest import load_manifest, split_path
+from birdray.data.rows import item_row, load_images
 from birdray.runtime import free_port
+from birdray.train.config import TrainConfig
 
 
 class Files(Dataset):
@@ -59,9 +64,7 @@ def _loader(ds: Dataset, batch_size: int, workers: int, train: bool) -> DataLoad
 def ingest_peer(source: Path, out: Path, rows_per_file: int = 256) -> int:
     """One process: read each file, validate + decode + hash it (``load_images``, the function
     birdray's Ray Data tasks run, which calls ``decode_image``) and write Parquet per split."""
-    from birdray.data.cub import read_cub
     from birdray.data.ingest import IngestConfig, assign_splits
-    from birdray.data.rows import item_row, load_images
 
     cfg = IngestConfig()
     cub = read_cub(source)
@@ -99,10 +102,8 @@ def train_peer(
     defaults: optimizer, lr scaling, label smoothing, channels_last) and validates each epoch."""
     import timm.optim
 
-    from birdray.data.manifest import load_manifest, split_path
     from birdray.model.factory import create_model, set_threads
     from birdray.model.preprocess import build_transform, resolve_data_config
-    from birdray.train.config import TrainConfig
     from birdray.train.data import train_transform_kwargs
 
     started = time.perf_counter()
@@ -207,7 +208,6 @@ def score_peer(
 @contextlib.contextmanager
 def serve_peer(package: Path, threads: int, ready_timeout_s: float = 120.0) -> Iterator[dict]:
     """``peer_app`` in its own process on a free loopback port; yields its URL and start-up."""
-    import requests as http
 
     port = free_port()
     root = str(Path(__file__).resolve().parents[2])  # this birdray, not another install's

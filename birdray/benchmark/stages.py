@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from birdray.benchmark.measure import PeakMemory, timed
+from birdray.data.manifest import load_manifest, split_path
+from birdray.runtime import init_ray
+from birdray.synth.job import SynthConfig, generate
 
 
 def row(
@@ -52,7 +56,6 @@ def row(
 
 def make_folder(out: Path, classes: int, per_class: int, seed: int = 0) -> Path:
     """Generated CUB-layout birds (the demo's data), reused across runs of the same size."""
-    from birdray.synth.job import SynthConfig, generate
 
     return Path(
         generate(
@@ -158,16 +161,13 @@ def bench_train(
     """Ray Train's in-epoch images/s (Parquet -> decode -> augment -> step) vs the plain loop
     on tensors and the DataLoader peer; wall time and the fixed cost outside the epochs."""
     from birdray.benchmark.peers import train_peer
-    from birdray.data.manifest import load_manifest, split_path
     from birdray.model.factory import create_model, set_threads
     from birdray.model.preprocess import resolve_data_config
-    from birdray.runtime import init_ray
     from birdray.train.job import TrainConfig, run_training
 
     manifest = load_manifest(dataset)
     classes = len(manifest["class_names"])
     cfg = resolve_data_config(create_model(arch, classes), image_size)
-    import pyarrow.parquet as pq
 
     images = pq.read_table(split_path(dataset, "train"), columns=["image"]).column(0).to_pylist()
     tmp = [Image.open(io.BytesIO(b)).convert("RGB") for b in images[:batch_size]]
@@ -251,7 +251,6 @@ def bench_score(
     pre-decoded tensors and, for the folder, the DataLoader peer; start-up seconds apart."""
     from birdray.benchmark.peers import score_peer
     from birdray.model.inference import Predictor
-    from birdray.runtime import init_ray
     from birdray.scoring.job import ScoreConfig, run_scoring
 
     files = image_files(source)

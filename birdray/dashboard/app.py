@@ -13,7 +13,8 @@ from dataclasses import replace
 
 import streamlit as st
 
-from birdray.dashboard.client import Settings, api_key_for, service_status
+from birdray.dashboard.client import service_status
+from birdray.dashboard.settings import Settings, api_key_for
 
 PAGES = {
     "classify": st.Page(

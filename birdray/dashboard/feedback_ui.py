@@ -13,11 +13,11 @@ import streamlit as st
 from birdray.dashboard.client import (
     FeedbackRefused,
     ServiceError,
-    Settings,
     send_feedback,
     service_status,
     species_name,
 )
+from birdray.dashboard.settings import Settings
 from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
 
 SPECIAL = {NOT_A_BIRD: "not a bird", UNSURE: "unsure"}

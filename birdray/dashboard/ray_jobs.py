@@ -22,13 +22,8 @@ import streamlit as st
 import yaml
 
 from birdray import storage
-from birdray.dashboard.client import (
-    ServiceError,
-    Settings,
-    configured_jobs_addresses,
-    first_line,
-    is_configured,
-)
+from birdray.dashboard.client import ServiceError, first_line
+from birdray.dashboard.settings import Settings, configured_jobs_addresses, is_configured
 
 SCORING_JOB = "batch_score"  # metadata["birdray"] of the jobs this dashboard submits
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 import streamlit as st
+from PIL import Image
 
 from birdray import storage
 
@@ -45,7 +47,6 @@ def scoring_results(output: str) -> dict[str, Any]:
     Only an output with ``_SUCCESS`` is read: without it the folder may hold a half-written run.
     A bucket output (``s3://...``) is read from a local copy of its finished result.
     """
-    import pyarrow.fs as pafs
 
     from birdray.scoring.remote import mirror_of, pull
 
@@ -115,7 +116,6 @@ def filter_rows(
 @st.cache_data(show_spinner=False, max_entries=256)
 def thumbnail(path: str, size: int = 256) -> bytes | None:
     """A small PNG of a local image (None when the dashboard cannot read it, e.g. s3://)."""
-    from PIL import Image
 
     if storage.is_remote(path):
         return None

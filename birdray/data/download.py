@@ -18,6 +18,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
+import requests
+from tqdm import tqdm
+
 from birdray import storage
 from birdray.config import field
 
@@ -70,8 +74,6 @@ def verify_md5(path: str | Path, expected: str) -> str:
 
 def fetch(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
     """Download to ``dest``, resuming a previous ``.part`` file with an HTTP Range request."""
-    import requests
-    from tqdm import tqdm
 
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
@@ -187,7 +189,6 @@ def open_source(
 
 def _copy_from_bucket(uri: str) -> Path:
     """The archive's local copy (kept while the object is unchanged: a re-run does not re-copy)."""
-    import pyarrow.fs as pafs
 
     fs, path = storage.filesystem(uri)
     info = fs.get_file_info(path)

@@ -43,6 +43,7 @@ from birdray.data.manifest import (
 from birdray.data.rows import QUARANTINE, SCHEMA, item_row, load_images, put_blocks
 from birdray.images import DEFAULT_MAX_PIXELS
 from birdray.resources import watched_call
+from birdray.runtime import init_ray
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE = "data/raw/extracted"  # DownloadConfig.out + "/extracted"
@@ -156,8 +157,6 @@ def _split_counts(shard_root: str) -> tuple[dict[str, Any], str, list[int]]:
 def run_ingest(cfg: IngestConfig) -> str:
     """Ingest CUB into ``cfg.out``; returns the manifest's location (unchanged if up to date)."""
     import ray
-
-    from birdray.runtime import init_ray
 
     started = time.time()
     source = open_source(cfg.source, cfg.md5, cfg.max_extract_gb)

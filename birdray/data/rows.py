@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from birdray.data.cub import CubRecord
 from birdray.images import ImageError, decode_image, reencode_max_side
@@ -93,7 +94,6 @@ def put_blocks(
     object store, so its own memory holds one block, not the dataset. ``hashes``, if given, is
     filled with each read image's SHA-256 -> split (feedback must not repeat a dataset photo)."""
     import ray
-    from tqdm.auto import tqdm
 
     refs = []
     with tqdm(

@@ -17,11 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from birdray import plots
 from birdray.config import field
-from birdray.devices import DEVICE_HELP
+from birdray.data.manifest import load_manifest, read_split
+from birdray.devices import DEVICE_HELP, gpus_to_use
 from birdray.evaluate.metrics import calibration_bins, classification_metrics, fit_temperature
 from birdray.model.inference import softmax_np
+from birdray.model.package import read_metadata, update_metadata
+from birdray.registry import record_evaluation
 from birdray.registry.ref import ModelChoice
+from birdray.resources import plan_pool, watched
+from birdray.runtime import init_ray
 
 
 @dataclass
@@ -44,11 +50,6 @@ def score_split(
 ) -> dict[str, np.ndarray]:
     """Logits of a split, through batch scoring's own two stages (decode + eval transform in CPU
     tasks, the model in an actor pool): evaluation sees exactly the pixels scoring does."""
-    from birdray.data.manifest import read_split
-    from birdray.devices import gpus_to_use
-    from birdray.model.package import read_metadata
-    from birdray.resources import plan_pool, watched
-    from birdray.runtime import init_ray
     from birdray.scoring.sources import open_source
     from birdray.scoring.stages import StagePlan, build_dataset, config_json, ship_package
 
@@ -89,11 +90,6 @@ def _excluded(path: str) -> set[int]:
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score val + the report split, fit calibration, write metrics.json and plots."""
-    from birdray import plots
-    from birdray.data.manifest import load_manifest
-    from birdray.model.package import read_metadata, update_metadata
-    from birdray.registry import record_evaluation
-    from birdray.runtime import init_ray
 
     # a registry version is immutable: its evaluation becomes a record beside it (see below)
     ref = cfg.ref.pinned()  # an alias is looked up once, up front

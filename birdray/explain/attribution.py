@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from birdray.explain.parts import find_peak
 from birdray.model._stack import interrupt_ends_ray_worker
 from birdray.model.preprocess import CropGeometry, build_transform, eval_geometry
 
@@ -57,7 +58,6 @@ class Explanation:
 
     def peak(self) -> tuple[int, int]:
         """(x, y) of the attribution peak in original pixels (lightly smoothed)."""
-        from birdray.explain.parts import find_peak
 
         return find_peak(self.attribution)
 

@@ -23,8 +23,10 @@ import pandas as pd
 import torch
 
 from birdray import storage
+from birdray.data.manifest import read_split
 from birdray.explain.attribution import Explanation, explain, find_early_layer, find_gradcam_layer
 from birdray.explain.parts import score_parts
+from birdray.images import decode_image
 
 SPECIES_FILE = "synthetic_species.json"  # written by birdray.synth.job
 GOAL_RATIO = 2.0
@@ -158,7 +160,6 @@ class ContrastWorker:
         self.kw = {k: cfg[k] for k in ("steps", "baseline", "nt_samples", "nt_stdev")}
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from birdray.images import decode_image
 
         out = []
         for rec in batch.itertuples(index=False):
@@ -192,8 +193,6 @@ def run_contrastive(
 ) -> dict[str, Any]:  # fmt: skip
     """The per-pair table over up to ``images`` sibling-pair images of ``split`` (Ray Data)."""
     import ray
-
-    from birdray.data.manifest import read_split
 
     siblings, source = load_siblings(manifest, siblings_path)
     if not siblings:

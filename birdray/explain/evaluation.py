@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from birdray.config import field
+from birdray.data.manifest import load_manifest, read_split
 from birdray.explain.attribution import METHODS, explain
 from birdray.explain.compare import compare_methods
 from birdray.explain.contrastive import run_contrastive
@@ -44,7 +45,13 @@ from birdray.explain.faithfulness import (
 from birdray.explain.locate import feature_map, fit_and_measure, part_features
 from birdray.explain.parts import score_parts
 from birdray.explain.results import BEST, headline, record, write_results
+from birdray.images import decode_image
+from birdray.model.factory import pick_device, set_threads
+from birdray.model.package import load_package_files, package_files, read_metadata
+from birdray.model.preprocess import build_transform
 from birdray.registry.ref import ModelChoice
+from birdray.resources import plan_pool
+from birdray.runtime import init_ray
 
 
 @dataclass
@@ -122,9 +129,6 @@ class ExplainWorker:
     """Ray Data actor: the package's model loaded once; explains and scores a batch of images."""
 
     def __init__(self, files: dict[str, bytes], part_names: list[str], cfg: dict[str, Any]):
-        from birdray.model.factory import pick_device, set_threads
-        from birdray.model.package import load_package_files
-        from birdray.model.preprocess import build_transform
 
         set_threads(cfg["threads"])
         self.package = load_package_files(files, verified=True)  # package_files checked
@@ -152,7 +156,6 @@ class ExplainWorker:
         return out
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from birdray.images import decode_image
 
         rows = []
         for rec in batch.itertuples(index=False):
@@ -262,11 +265,6 @@ def summarize_method(
 def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     """Explain the test split with every method; store the scores with the model package."""
     import ray
-
-    from birdray.data.manifest import load_manifest, read_split
-    from birdray.model.package import package_files, read_metadata
-    from birdray.resources import plan_pool
-    from birdray.runtime import init_ray
 
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     fractions = sorted(float(f) for f in cfg.fractions.split(",") if f.strip())

@@ -18,8 +18,12 @@ from PIL import Image
 
 from birdray import storage
 from birdray.config import field
+from birdray.data.manifest import load_manifest
 from birdray.explain.attribution import METHODS, explain
 from birdray.explain.parts import load_part_profiles, score_parts, species_profile
+from birdray.images import decode_image
+from birdray.model.factory import pick_device, set_threads
+from birdray.model.package import load_package
 from birdray.registry.ref import ModelChoice
 
 
@@ -47,9 +51,6 @@ class ExplainConfig(ModelChoice):
 def load_dataset_image(dataset: str, image_id: int) -> tuple[Image.Image, dict[str, Any]]:
     """The stored image of ``image_id`` and its annotations (label, bbox, parts, part names)."""
     import pyarrow.dataset as pads
-
-    from birdray.data.manifest import load_manifest
-    from birdray.images import decode_image
 
     manifest = load_manifest(dataset)
     fs, shards_path = storage.filesystem(storage.join(dataset, manifest["shards_dir"]))
@@ -83,9 +84,6 @@ def _print_ranking(title: str, ranking: list[tuple[str, float]], chance: dict[st
 
 def run_explain(cfg: ExplainConfig) -> Path:
     """Explain one image; returns the JSON path (overlay PNGs are written next to it)."""
-    from birdray.images import decode_image
-    from birdray.model.factory import pick_device, set_threads
-    from birdray.model.package import load_package
 
     set_threads(cfg.threads)
     package_path = cfg.ref.resolve()

@@ -24,9 +24,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from birdray import storage
+from birdray.data.manifest import read_split
 from birdray.explain.attribution import find_early_layer
 from birdray.explain.parts import EXPLAIN_DIR, part_radius, part_xyv
+from birdray.images import decode_image
 from birdray.model.preprocess import CropGeometry, build_transform, eval_geometry
+from birdray.resources import watched
 
 LOCATOR_FILE = "part_locator.json"
 THRESHOLD_PERCENTILE = 20.0  # a part is "there" when it looks at least this much like itself
@@ -182,9 +185,6 @@ def fit_and_measure(
     in one Ray task on up to ``images`` odd-id images with a locator fitted on the even ids."""
     import ray
 
-    from birdray.data.manifest import read_split
-    from birdray.resources import watched
-
     sampled = rows[rows["part_features"].map(len) > 0]
     if sampled.empty:
         return {"available": False, "reason": "no image with part annotations was explained"}
@@ -222,7 +222,6 @@ def _measure(
     files: dict[str, bytes], locator: dict[str, Any], rows: list[dict], threads: int
 ) -> dict[str, Any]:
     """PCK of ``locator`` on ``rows`` (their annotations are the truth), in a Ray task."""
-    from birdray.images import decode_image
     from birdray.model.factory import pick_device, set_threads
     from birdray.model.package import load_package_files
 

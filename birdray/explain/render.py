@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from birdray import storage
@@ -24,7 +26,6 @@ GRID = 96  # cells on the long side of the grid regions are found on
 
 def heat_colors(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """RGB uint8 colours for a 0..1 map (matplotlib's colormap, no pyplot state)."""
-    from matplotlib import colormaps
 
     return (colormaps[colormap](np.clip(heat, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
 
@@ -142,7 +143,6 @@ def top_regions(attribution: np.ndarray, k: int = 3, level: float = 0.5) -> list
 def _figure(width: float, height: float):
     """A matplotlib figure on the Agg canvas, without pyplot's global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)

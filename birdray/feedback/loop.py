@@ -17,6 +17,9 @@ from typing import Any
 
 import requests
 
+from birdray.data.manifest import load_manifest
+from birdray.images import decode_image
+
 
 def send_answers(url: str, photos: list[tuple[Path, str]], timeout: float = 60) -> dict[str, Any]:
     """Predict each photo over HTTP and answer with its true species; returns what was sent."""
@@ -43,7 +46,6 @@ def send_answers(url: str, photos: list[tuple[Path, str]], timeout: float = 60) 
 
 
 def _accuracy(package: Path, photos: list[tuple[Path, str]]) -> float:
-    from birdray.images import decode_image
     from birdray.model.inference import Predictor
 
     if not photos:
@@ -66,7 +68,6 @@ def learn_from_feedback(
 ) -> dict[str, Any]:
     """Ingest with the feedback, fine-tune production on it, compare before and after."""
     from birdray.data.ingest import IngestConfig, run_ingest
-    from birdray.data.manifest import load_manifest
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.model.package import read_metadata
     from birdray.registry.ref import ModelRef

@@ -20,7 +20,8 @@ from typing import Any
 from birdray import storage
 from birdray.config import ConfigError, field
 from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
-from birdray.registry.ref import MODEL_HELP
+from birdray.images import ImageError, decode_image
+from birdray.registry.ref import MODEL_HELP, ModelRef
 
 ACTIONS = ("report",)
 
@@ -80,9 +81,7 @@ def species_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> dict[str, Any]:
     """The model's top-1 accuracy on corrected photos whose hash is not in its training record."""
-    from birdray.images import ImageError, decode_image
     from birdray.model.inference import Predictor
-    from birdray.registry.ref import ModelRef
 
     predictor = Predictor(str(ModelRef(model, registry).resolve()), device="cpu")
     meta = predictor.metadata

@@ -8,6 +8,7 @@ from typing import Any
 
 from birdray.config import field
 from birdray.model.factory import ModelError
+from birdray.model.package import verify_package
 from birdray.registry.pointer import PRODUCTION, read_aliases
 from birdray.registry.versions import (
     RegistryError,
@@ -73,7 +74,6 @@ def add(registry: str, package: str, also_promote: bool) -> dict[str, Any]:
     """Register a trained package folder afterwards (once per weights); maybe promote it."""
     if not is_package_dir(package):
         raise RegistryError(f"{package!r} is not a model package folder (no metadata.json)")
-    from birdray.model.package import verify_package
 
     try:
         content_hash = verify_package(Path(package)).content_hash

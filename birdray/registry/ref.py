@@ -18,6 +18,7 @@ from typing import Any, Literal
 from birdray import storage
 from birdray.config import field
 from birdray.registry.versions import ALIAS_RE, NOT_ALIASES, VERSION_RE, RegistryError
+from birdray.registry.views import resolve, version_of
 
 DEFAULT_MODEL = "production"
 DEFAULT_REGISTRY = "runs/registry"  # where `birdray train --registry` and the demo's hints point
@@ -56,7 +57,6 @@ class ModelRef:
     def pinned(self) -> ModelRef:
         """The same model, named so it cannot move: an absolute folder, or a concrete version in
         an absolute registry location (aliases and ``latest`` looked up now)."""
-        from birdray.registry.views import version_of
 
         kind = self.kind
         if kind == "package":
@@ -72,7 +72,6 @@ class ModelRef:
 
     def resolve(self) -> Path:
         """A local, verified package folder (a registry version downloaded and calibrated)."""
-        from birdray.registry.views import resolve
 
         return resolve(self.name, self.registry or None)
 

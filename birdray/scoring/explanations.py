@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from birdray.images import decode_image
 from birdray.scoring.output import read_rows, write_json
 from birdray.scoring.sources import Source, read_many
 
@@ -35,7 +36,6 @@ def _explain_files(
     import ray
 
     from birdray.explain import explain
-    from birdray.images import decode_image
     from birdray.model.package import load_package_files
 
     loaded = load_package_files(ray.get(package["ref"]), package["name"], verified=True)

@@ -26,10 +26,13 @@ import pyarrow.compute as pc
 
 from birdray import storage
 from birdray.config import ConfigError, field, to_dict
-from birdray.devices import DEVICE_HELP
+from birdray.devices import DEVICE_HELP, gpus_to_use
 from birdray.explain.attribution import METHODS as EXPLAIN_METHODS
 from birdray.images import DEFAULT_MAX_PIXELS
+from birdray.model.package import read_metadata
 from birdray.registry.ref import ModelChoice
+from birdray.resources import DATA_CPUS, plan_pool, watched
+from birdray.runtime import init_ray
 from birdray.scoring.output import (
     CSV_FILE,
     EXPLANATIONS,
@@ -47,7 +50,13 @@ from birdray.scoring.output import (
     write_json,
 )
 from birdray.scoring.remote import marker, mirror_of, publish, pull
-from birdray.scoring.sources import DEFAULT_EXTENSIONS, Source, list_inputs, normalize_extensions
+from birdray.scoring.sources import (
+    DEFAULT_EXTENSIONS,
+    Source,
+    list_inputs,
+    normalize_extensions,
+    open_source,
+)
 from birdray.scoring.stages import (
     SCHEMA,
     Scorer,
@@ -118,9 +127,6 @@ class ScoreConfig(ModelChoice):
 
 def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     """Score every image under --input; writes <output>/predictions/, summary.json, _SUCCESS."""
-    from birdray.model.package import read_metadata
-    from birdray.resources import watched
-    from birdray.scoring.sources import open_source
 
     started = time.time()
     source = open_source(cfg.input, cfg.split)
@@ -222,9 +228,6 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
 
 def _fit_pool(cfg: ScoreConfig, source: Source) -> int:
     """The actor pool that fits beside the decode tasks (and a dataset's 1-CPU read tasks)."""
-    from birdray.devices import gpus_to_use
-    from birdray.resources import DATA_CPUS, plan_pool
-    from birdray.runtime import init_ray
 
     data = max(cfg.preprocess_cpus, DATA_CPUS if source.kind == "dataset" else 0.0)
     cluster = init_ray(cfg.address or None)
@@ -234,7 +237,6 @@ def _fit_pool(cfg: ScoreConfig, source: Source) -> int:
 
 def _stream_rows(ds: Any, writer: PartWriter, stall_timeout_s: float = 0.0) -> dict[str, Any]:
     """Write result blocks as they arrive; time to the first block is start-up (workers, model)."""
-    from birdray.resources import watched
 
     started, first_at, first_rows = time.time(), None, 0
     batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")

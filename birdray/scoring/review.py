@@ -21,6 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from birdray import storage
+from birdray.images import decode_image
+from birdray.runtime import init_ray
 from birdray.scoring.output import EXPLANATIONS, REVIEW, read_rows
 from birdray.scoring.sources import Source, read_many
 from birdray.scoring.stages import TOP_K_TYPE
@@ -58,7 +61,6 @@ def _thumbnails(
     source: Source, paths: list[str], side: int, max_pixels: int
 ) -> list[tuple[bytes | None, str | None]]:
     """Ray task: (JPEG thumbnail, None) or (None, reason) per path, through the one decoder."""
-    from birdray.images import decode_image
 
     data = read_many(source, paths)
     out: list[tuple[bytes | None, str | None]] = []
@@ -97,8 +99,6 @@ def write_review(
 ) -> dict[str, Any]:
     """Write ``staging/review/review.parquet``; returns the summary's ``review`` entry."""
     import ray
-
-    from birdray.runtime import init_ray
 
     rows = review_rows(pred_dir, threshold)
     report = {"threshold": threshold, "rows": len(rows), "thumbnails_failed": 0, "overlays": 0}
@@ -141,7 +141,6 @@ def write_review(
 
 def read_review(output: str) -> pa.Table:
     """A finished scoring output's review set (a folder or a bucket URI)."""
-    from birdray import storage
 
     data = storage.read_bytes(storage.join(output, REVIEW, REVIEW_FILE))
     return pq.read_table(pa.BufferReader(data))

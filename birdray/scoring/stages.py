@@ -20,7 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from birdray.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from birdray.runtime import init_ray
 from birdray.scoring.sources import Source, read_file
+from birdray.serve.metrics import ScoreMetrics
 
 TOP_K_TYPE = pa.list_(
     pa.struct([("label", pa.int32()), ("species", pa.string()), ("probability", pa.float64())])
@@ -142,7 +144,6 @@ class Scorer:
 
         from birdray.model.inference import Predictor
         from birdray.model.package import load_package_files
-        from birdray.serve.metrics import ScoreMetrics
 
         files = ray.get(package["ref"])  # the package bytes: no path the driver sees is needed
         # Predictor sets torch's thread count: Ray set OMP_NUM_THREADS=1 in this actor
@@ -301,13 +302,11 @@ def ship_package(package_path: Path, address: str = "") -> dict[str, Any]:
     import ray
 
     from birdray.model.package import package_files
-    from birdray.runtime import init_ray
 
     init_ray(address or None)
     return {"ref": ray.put(package_files(package_path)), "name": str(package_path)}
 
 
 def config_json(data: dict[str, Any]) -> str:
-    import json
 
     return json.dumps(data, sort_keys=True)

@@ -15,37 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from birdray.serve.errors import ApiError
+from birdray.serve.errors import CODE_KEY, HTTP_CODES, ApiError, install_error_handlers
 from birdray.serve.uploads import Limits, Upload, read_form
-
-logger = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
 CLIENT_KEY_HEADER = "X-Client-Key"  # optional client id: a canary keeps each client on one model
 VERSION_HEADER = "X-Model-Version"  # the version that answered
 METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
-HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-    503: "unavailable",
-    504: "timeout",
-}
-RETRY_AFTER_S = "1"
-CODE_KEY = "birdray.error_code"  # where an error handler leaves its code for the metrics
 
 
 class Service(Protocol):
@@ -139,40 +121,6 @@ def _multipart_body(field: str, many: bool, texts: dict[str, str] | None = None)
     }
 
 
-def _error(status: int, code: str, message: str, file: str | None = None) -> JSONResponse:
-    return JSONResponse(ApiError(status, code, message, file).body(), status_code=status)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        request.scope[CODE_KEY] = exc.code
-        headers = {"WWW-Authenticate": API_KEY_HEADER} if exc.status == 401 else None
-        if exc.status == 503:
-            headers = {"Retry-After": RETRY_AFTER_S}
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "http_error")
-        request.scope[CODE_KEY] = code
-        return _error(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        request.scope[CODE_KEY] = "invalid_parameter"
-        parts = [
-            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'query')}: {err.get('msg')}"
-            for err in exc.errors()
-        ]
-        return _error(422, "invalid_parameter", "; ".join(parts) or "invalid request")
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        return _error(500, "internal_error", f"{type(exc).__name__}: the server failed")
-
-
 def _admission(limits: Limits):
     """An async context for one ``/v1`` request: a slot among ``max_concurrent_requests`` (503
     ``busy`` when none is free) and the ``request_timeout_s`` deadline (504 ``timeout``)."""
@@ -217,7 +165,7 @@ def create_api(
         version="1",
         description="Bird species from photos: calibrated top-k predictions and explanations.",
     )
-    _install_error_handlers(app)
+    install_error_handlers(app, auth_header=API_KEY_HEADER)
     if recorder is not None:
         app.add_middleware(_Recording, recorder=recorder)
 

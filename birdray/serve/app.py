@@ -21,8 +21,8 @@ from birdray import config as cfglib
 from birdray import storage
 from birdray.config import field
 from birdray.registry.ref import ModelChoice, ModelRef
-from birdray.serve.api import RETRY_AFTER_S
 from birdray.serve.classifier import BirdClassifier
+from birdray.serve.errors import RETRY_AFTER_S
 from birdray.serve.explainer import BirdExplainer
 from birdray.serve.ingress import PROBE_SLOTS, BirdIngress
 from birdray.serve.rollout import check_rollout

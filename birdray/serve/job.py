@@ -19,6 +19,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray import serve
+from ray.serve.context import _get_global_client
+
 from birdray.config import field
 from birdray.devices import gpus_to_use
 from birdray.resources import plan_serve
@@ -54,8 +58,6 @@ def ensure_serve(
     port it really listens on, not the one asked for. ``request_timeout_s`` bounds every request
     at the proxy (default: the app's own limit plus a margin, so the app answers first).
     """
-    from ray import serve
-    from ray.serve.context import _get_global_client  # the only way to read the live options
 
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
@@ -135,7 +137,6 @@ class LocalServe:
     def redeploy(self, timeout_s: float = 120.0, **changes: Any) -> str:
         """Redeploy with some ``AppArgs`` changed (``candidate``, ``rollout``, ``rollout_share``
         after ``registry promote candidate``...); returns the production version serving then."""
-        from ray import serve
 
         args = {**self.args, **changes}
         # serve.run returns once the rollout is done (old replicas served until then)
@@ -145,7 +146,6 @@ class LocalServe:
         return self.model_version
 
     def stop(self) -> None:
-        from ray import serve
 
         serve.delete(self.name)
 
@@ -167,7 +167,6 @@ def start_local(
     ``app_kwargs`` are further ``AppArgs`` fields (``max_batch_size=16``, ``explain=False``...).
     If Serve already runs in this cluster its HTTP options stay as they are (Ray's rule).
     """
-    from ray import serve
 
     args = {"model": model, "registry": registry, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
@@ -192,14 +191,12 @@ def start_local(
 
 def serve_apps() -> list[str]:
     """Names of the applications Serve runs in the connected cluster."""
-    from ray import serve
 
     return list(serve.status().applications)
 
 
 def shutdown() -> None:
     """Stop Serve entirely (all apps, proxies, controller) in the connected cluster."""
-    from ray import serve
 
     serve.shutdown()
 
@@ -257,11 +254,9 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
 
 def _remove_app(name: str) -> None:
     """Delete a half-deployed app (Serve itself too when nothing else runs on it)."""
-    import ray
 
     if not ray.is_initialized():  # interrupted before Ray was reached: nothing to undo
         return
-    from ray import serve
 
     try:
         serve.delete(name)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from birdray.data.manifest import read_split
 from birdray.images import decode_image
 from birdray.model.preprocess import build_transform
 
@@ -59,7 +60,6 @@ def build_datasets(
     splits: tuple[str, ...] = ("train", "val"),
 ) -> dict[str, Any]:
     """Lazy Ray Datasets per split, augmentation only on ``train``."""
-    from birdray.data.manifest import read_split
 
     datasets = {}
     for split in splits:

@@ -10,20 +10,26 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from birdray import storage
 from birdray.config import save_config
 from birdray.data.feedback import training_record
 from birdray.data.manifest import load_manifest, manifest_checksum
+from birdray.devices import gpus_to_use
 from birdray.model.factory import ModelError, arch_data_config, create_model
-from birdray.model.package import check_fine_tune_source
+from birdray.model.package import PackageMetadata, check_fine_tune_source, save_package
+from birdray.plots import training_curves
 from birdray.resources import ResourceError, plan_workers
+from birdray.runtime import init_ray
 from birdray.train.config import TrainConfig
 from birdray.train.data import build_datasets, train_transform_kwargs
 from birdray.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
@@ -53,9 +59,6 @@ def check_resources(
 def check_reachable(cfg: TrainConfig) -> None:
     """Hub weights and bucket storage are needed by every worker: fail in seconds, not after
     retries on each worker (timm's hub download retries for ~50 s offline)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
 
     if cfg.pretrained and not cfg.pretrained_file and not os.environ.get("HF_HUB_OFFLINE"):
         from huggingface_hub import constants
@@ -153,9 +156,7 @@ def export_package(
     provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Turn a training checkpoint into the one model artifact (safetensors + metadata)."""
-    import torch
-
-    from birdray.model.package import PackageMetadata, save_package
+    import torch  # after birdray.model's fixed import order (model.package above), never before
 
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
@@ -202,7 +203,6 @@ def write_history(history: list[dict[str, Any]], run_dir: Path) -> Path:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
-    from birdray.plots import training_curves
 
     training_curves(history, run_dir / "train_val_losses.png")
     return path
@@ -210,8 +210,6 @@ def write_history(history: list[dict[str, Any]], run_dir: Path) -> Path:
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train with Ray Train and export the best checkpoint as a model package."""
-    from birdray.devices import gpus_to_use
-    from birdray.runtime import init_ray
 
     cfg.name = default_name(cfg)
     cluster = init_ray(cfg.address or None)

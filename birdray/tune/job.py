@@ -14,6 +14,7 @@ the winner's model package in ``package/``. Running again with the same name res
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 from birdray import storage
 from birdray.config import ConfigError, from_dict, save_config
 from birdray.resources import DATA_CPUS
+from birdray.runtime import init_ray
 from birdray.train.config import TrainConfig
-from birdray.train.job import check_reachable, check_resources
+from birdray.train.job import build_trainer, check_reachable, check_resources
 from birdray.tune.config import (
     METRIC,
     MODE,
@@ -32,6 +34,8 @@ from birdray.tune.config import (
     join_path,
     trial_config,
 )
+from birdray.tune.promote import hand_off
+from birdray.tune.report import build_rows, markdown_table, publish, staging_dir, write_report
 
 
 @dataclass
@@ -113,8 +117,6 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from birdray.train.job import build_trainer
-
     cfg = trial_config(base, config, tune.get_context().get_trial_id())
     trainer, _, _ = build_trainer(cfg, callbacks=[TuneReportCallback()])
     result = trainer.fit()
@@ -177,11 +179,6 @@ def build_tuner(cfg: SweepConfig, base: TrainConfig, plan: TrialPlan):
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the sweep, report every trial, then test, register and promote the winner."""
-    import time
-
-    from birdray.runtime import init_ray
-    from birdray.tune.promote import hand_off
-    from birdray.tune.report import build_rows, markdown_table, publish, staging_dir, write_report
 
     cfg.name = cfg.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     base = base_train_config(cfg)

@@ -14,13 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from birdray import storage
+from birdray.data.manifest import load_manifest, manifest_checksum
 from birdray.tune.config import METRIC, SEARCHED, SweepConfig, join_path, trial_config
 
 
 def best_checkpoint(result, storage_path: str):
     """The trial's checkpoint from its best epoch (Ray Train keeps the best by val top-1)."""
-    import pyarrow.fs as pafs
     from ray.train import Checkpoint
 
     fs = storage.filesystem(storage_path)[0]
@@ -75,7 +77,6 @@ def register_winner(
 
 def hand_off(cfg: SweepConfig, base, best, report_dir: Path) -> dict[str, Any]:
     """Export the best trial's best checkpoint, evaluate it on test, register and maybe promote."""
-    from birdray.data.manifest import load_manifest, manifest_checksum
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.model.factory import arch_data_config
     from birdray.train.job import export_package

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from birdray import storage
+from birdray.data.manifest import load_manifest
+from birdray.plots import bar_chart, line_chart
 
 COLUMNS = [
     "trial",
@@ -67,7 +69,6 @@ def parameter_count(arch: str, num_classes: int) -> int:
 
 def build_rows(results, base) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Rows for the table and per-trial epoch curves, from Tune's ``ResultGrid``."""
-    from birdray.data.manifest import load_manifest
 
     num_classes = len(load_manifest(base.dataset)["class_names"])
     params: dict[str, int] = {}
@@ -148,7 +149,6 @@ def write_report(
     rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]], out: str | Path
 ) -> dict[str, Path]:
     """Write the table, the curves and the two plots into ``out``; returns their paths."""
-    from birdray.plots import bar_chart, line_chart
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

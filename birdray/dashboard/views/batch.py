@@ -10,7 +10,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from birdray.dashboard.client import ServiceError, Settings, species_name
+from birdray.dashboard.client import ServiceError, species_name
 from birdray.dashboard.ray_jobs import (
     ScoringRequest,
     job_state,
@@ -18,6 +18,7 @@ from birdray.dashboard.ray_jobs import (
     stop_job,
     submit_scoring,
 )
+from birdray.dashboard.settings import Settings
 from birdray.dashboard.stage_reports import filter_rows, scoring_results, thumbnail
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()

@@ -18,13 +18,13 @@ from birdray.dashboard.client import (
     EXPLAIN_METHODS,
     IMAGE_TYPES,
     ServiceError,
-    Settings,
     classify,
     error_text,
     explain_file,
     species_name,
 )
 from birdray.dashboard.feedback_ui import feedback_buttons, served_model
+from birdray.dashboard.settings import Settings
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
 METHOD_NAMES = {

@@ -11,14 +11,17 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from birdray.dashboard.client import Settings, species_name
+from birdray.dashboard.client import species_name
 from birdray.dashboard.rollout_ui import live_rollout
+from birdray.dashboard.settings import Settings
 from birdray.dashboard.stage_reports import (
     find_sweeps,
     model_report,
     registry_versions,
     tune_report,
 )
+from birdray.feedback.report import species_report
+from birdray.feedback.store import read_feedback
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
 
@@ -246,8 +249,6 @@ except Exception as exc:  # an unreachable or malformed registry URI
 
 def corrections_tab() -> None:
     """``birdray feedback report`` on the feedback store: how often people corrected the model."""
-    from birdray.feedback.report import species_report
-    from birdray.feedback.store import read_feedback
 
     location = settings.feedback_location
     try:

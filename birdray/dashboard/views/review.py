@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from birdray import storage
-from birdray.dashboard.client import Settings, species_name
+from birdray.dashboard.client import species_name
 from birdray.dashboard.feedback_ui import (
     answer_name,
     post_answer,
@@ -29,6 +29,7 @@ from birdray.dashboard.feedback_ui import (
     species_picker,
     stored_answers,
 )
+from birdray.dashboard.settings import Settings
 from birdray.feedback.store import NOT_A_BIRD, UNSURE
 from birdray.scoring.review import read_review
 
