@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from birdray.config import ConfigError
 from birdray.serve.api import create_api
-from birdray.serve.app import build_app
+from birdray.serve.app import REPLICA_LOOP_ENV, build_app
 from birdray.serve.errors import ApiError
 from birdray.serve.ingress import BirdIngress, api_key_from_env
 from birdray.serve.uploads import Limits, Upload, decode_upload, read_uploads
@@ -77,6 +77,11 @@ def test_serve_build_writes_a_config_from_code(tmp_path):
         assert deployment["max_queued_requests"] > 0, deployment["name"]
     # the proxy's own 503 (the ingress queue full) tells clients when to retry, as ours does
     assert deployments["BirdIngress"]["backpressure_config"]["retry_after_s"] == 1
+    # the request path runs on Serve's own loop (BENCHMARKS.md); explanations keep their thread
+    for name in ("BirdIngress", "BirdClassifier"):
+        env = deployments[name]["ray_actor_options"]["runtime_env"]["env_vars"]
+        assert env == REPLICA_LOOP_ENV, name
+    assert "runtime_env" not in deployments["BirdExplainer"]["ray_actor_options"]
 
 
 # --- issue 14: fail-closed API key, parser limits, explain target -----------------------------
