@@ -52,7 +52,11 @@ class AppArgs(ModelChoice):
     amp: bool = field(False, "bf16/fp16 autocast in model replicas")
     max_batch_size: int = field(8, "@serve.batch size (user_config; live-tunable)")
     batch_wait_timeout_s: float = field(0.002, "@serve.batch wait (user_config; live-tunable)")
-    max_ongoing_requests: int = field(16, "per model replica; raised to max_batch_size if lower")
+    max_ongoing_requests: int = field(
+        64,
+        "per model replica (>= max_batch_size); below what an ingress admits, the rest wait in "
+        "Serve's router back-off and throughput falls as load rises (BENCHMARKS.md)",
+    )
     max_queued_requests: int = field(128, "model requests waiting per caller before 503 busy")
     num_gpus: float = field(0.0, "GPUs per model replica (a fraction shares; 0: --device decides)")
     model_num_cpus: float = field(1.0, "CPUs per model replica")
