@@ -28,7 +28,7 @@ from typing import Any
 
 from birdray import storage
 from birdray.config import field
-from birdray.runtime import LOOPBACK, free_port
+from birdray.runtime import LOOPBACK, free_port, sigterm_as_ctrl_c
 
 APP = Path(__file__).resolve().parent / "dashboard" / "app.py"  # package data, run by path
 PACKAGE_ROOT = APP.parents[2]  # the folder holding this birdray: a checkout or site-packages
@@ -227,8 +227,8 @@ def run_dashboard(cfg: DashboardConfig) -> dict[str, Any]:
 
     Ctrl-C or ``kill`` stops Streamlit with it and exits cleanly, while it is starting too (a
     traceback and exit code -2 used to greet a user who stopped it before it was ready)."""
-    if cfg.blocking and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: as Ctrl-C does
+    if cfg.blocking:
+        sigterm_as_ctrl_c()
     try:
         url, process = launch(cfg)  # stops Streamlit itself when interrupted
     except KeyboardInterrupt:
@@ -245,8 +245,3 @@ def run_dashboard(cfg: DashboardConfig) -> dict[str, Any]:
     finally:
         stop(process)
     return summary
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM as Ctrl-C: without it the launcher died at once and left Streamlit running."""
-    raise KeyboardInterrupt

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,23 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as sock:  # the gap is full or absent: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def sigterm_as_ctrl_c() -> bool:
+    """Let ``kill`` (a service manager) stop a blocking command the way Ctrl-C does.
+
+    Python's default for SIGTERM ends the process at once, leaving Streamlit or a Serve app
+    behind; as KeyboardInterrupt it runs the command's own clean-up. Only the main thread can
+    install handlers; returns whether it did (``ray.init`` replaces it: call again after).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    return True
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def keep_local_ray_on_loopback() -> None:

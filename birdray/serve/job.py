@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +24,7 @@ from ray.serve.context import _get_global_client
 from birdray.config import field
 from birdray.devices import gpus_to_use
 from birdray.resources import plan_serve
-from birdray.runtime import LOOPBACK, free_port, init_ray
+from birdray.runtime import LOOPBACK, free_port, init_ray, sigterm_as_ctrl_c
 from birdray.serve.app import AppArgs, app_args, build_app
 
 logger = logging.getLogger(__name__)
@@ -208,9 +206,7 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     args = app_args(cfg)
     args.pop("model")
     args.pop("registry")
-    take_sigterm = cfg.blocking and threading.current_thread() is threading.main_thread()
-    if take_sigterm:
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: as Ctrl-C does
+    take_sigterm = cfg.blocking and sigterm_as_ctrl_c()
     try:
         local = start_local(
             cfg.model,
@@ -238,7 +234,7 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     if not cfg.blocking:
         return summary
     if take_sigterm:
-        signal.signal(signal.SIGTERM, _interrupt)  # again: ray.init installs its own (exit 15)
+        sigterm_as_ctrl_c()  # again: ray.init installs its own (exit 15)
     print("serving; press Ctrl-C to stop")
     try:
         while True:
@@ -264,8 +260,3 @@ def _remove_app(name: str) -> None:
             shutdown()
     except Exception as exc:  # Ray itself may be going down with the interrupt
         logger.warning("could not remove the half-deployed app %s: %s", name, exc)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM as Ctrl-C, so ``kill`` stops Serve's app as cleanly as Ctrl-C does."""
-    raise KeyboardInterrupt
