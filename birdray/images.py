@@ -37,6 +37,7 @@ class DecodedImage:
     frames: int
 
 
+_ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose follows
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _CHUNK_PIXELS = 1 << 18  # rows scaled at a time: float32 temporaries stay ~1 MB
 
@@ -97,8 +98,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, min_side: int = 0
+) -> DecodedImage:
     """Decode bytes to RGB; raise ``ImageError`` for empty, non-image, truncated or bomb input.
+
+    ``min_side > 0`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while
+    its shorter side stays at least ``min_side``: 3-4x cheaper, and just as strict, because the
+    scaled decoder still reads every byte of the entropy-coded data (a truncated or corrupt
+    file fails the same way). ``width``/``height`` stay the full size; ``image`` is smaller.
 
     Every ``Exception`` the decoders raise becomes the file's ``ImageError``: Pillow's plugins
     answer hostile bytes with ``TypeError``, ``IndexError``, ``struct.error``... and one bad file
@@ -109,7 +117,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     if not data:
         raise ImageError("empty", "zero-byte file")
     try:
-        return _decode(data, max_pixels)
+        return _decode(data, max_pixels, min_side)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
@@ -120,7 +128,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageError("corrupt", f"cannot decode: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(data: bytes, max_pixels: int) -> DecodedImage:
+def _decode(data: bytes, max_pixels: int, min_side: int) -> DecodedImage:
     with warnings.catch_warnings():
         # Pillow's per-file warnings about broken metadata would flood a million-file job's log
         warnings.simplefilter("ignore")
@@ -138,13 +146,17 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         frames = int(getattr(img, "n_frames", 1) or 1)
         source_mode = img.mode
         img.seek(0)
+        if min_side > 0 and frames == 1:
+            img.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
         img.load()
+        turned = img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
         img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)
         rgb.load()
     if rgb.mode != "RGB" or min(rgb.size) <= 0:  # what every caller relies on
         raise ImageError("corrupt", f"decoded to {rgb.mode} {rgb.width}x{rgb.height}")
-    return DecodedImage(rgb, fmt, source_mode, rgb.width, rgb.height, frames)
+    full_w, full_h = (height, width) if turned else (width, height)
+    return DecodedImage(rgb, fmt, source_mode, full_w, full_h, frames)
 
 
 def reencode_max_side(decoded: DecodedImage, max_side: int, quality: int = 90) -> bytes | None:

@@ -78,11 +78,30 @@ def test_malformed_per_image_lines_become_problems_not_crashes(tmp_path):
     assert "malformed part line" in cub.records[2].problems[0]
 
 
+@pytest.mark.parametrize("part_id", ["nan", "inf", "-inf"])
+def test_a_part_id_that_is_not_a_number_is_a_problem_not_a_crash(tmp_path, part_id):
+    root = _basic(tmp_path)
+    locs = root / "parts" / "part_locs.txt"
+    locs.write_text(locs.read_text().replace("2 3 8.0 9.0 1", f"2 {part_id} 8.0 9.0 1", 1))
+    assert "malformed part line" in read_cub(root).records[1].problems[0]
+
+
+def test_a_superscript_digit_as_attribute_id_is_named_not_a_crash(tmp_path):
+    root = _basic(tmp_path)
+    path = root / "attributes" / "image_attribute_labels.txt"
+    path.write_text(path.read_text().replace("2 7 0 3", "2 \u00b2 0 3", 1))
+    with pytest.raises(CubFormatError, match="image_attribute_labels.txt:319: cannot read"):
+        read_cub(root)
+
+
 def test_images_txt_paths_are_confined_to_the_images_folder(tmp_path):
     """Absolute paths, `..` and symlinks pointing out are quarantined rows, never opened."""
-    root = write_layout(tmp_path / "src", [(1, jpeg_bytes(), True)] * 6)
+    root = write_layout(tmp_path / "src", [(1, jpeg_bytes(), True)] * 7)
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(jpeg_bytes())
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "img_7.jpg").write_bytes(jpeg_bytes())
+    (root / "images" / "linked").symlink_to(tmp_path / "elsewhere")  # a folder pointing out
     link = root / "images" / "001.Species_1" / "img_5.jpg"
     link.unlink()
     link.symlink_to(secret)  # a file inside whose target is outside
@@ -93,9 +112,10 @@ def test_images_txt_paths_are_confined_to_the_images_folder(tmp_path):
     lines[1] = "2 ../../secret.jpg"
     lines[2] = f"3 {secret}"
     lines[3] = "4 001.Species_1/../../../secret.jpg"
+    lines[6] = "7 linked/img_7.jpg"
     (root / "images.txt").write_text("\n".join(lines) + "\n")
     problems = {rec.image_id: rec.problems for rec in read_cub(root).records}
     assert problems[1] == [] and problems[6] == []
-    for image_id in (2, 3, 4, 5):
+    for image_id in (2, 3, 4, 5, 7):
         assert problems[image_id][0].startswith("unsafe_path: images.txt:"), problems[image_id]
         assert "leaves the images folder" in problems[image_id][0]

@@ -43,10 +43,24 @@ def test_a_good_jpeg_is_stored_as_sent_with_its_labels():
 
 
 def test_other_modes_and_formats_become_one_plain_format():
-    cmyk = _encoded("CMYK", (32, 32), "JPEG")
+    cmyk = _encoded("CMYK", (96, 64), "JPEG")
     row = load_images(_batch(cmyk), 512, 10**7).to_pylist()[0]
     assert row["error"] is None and row["format"] == "PNG" and row["source_mode"] == "CMYK"
-    assert Image.open(io.BytesIO(row["image"])).mode == "RGB"
+    stored = Image.open(io.BytesIO(row["image"]))
+    assert stored.mode == "RGB" and stored.size == (96, 64)  # full size, not the 1/8 draft
+
+
+def test_jpegs_validated_in_draft_mode_still_quarantine_truncation_and_keep_full_sizes():
+    photo = Image.effect_noise((160, 96), 60).convert("RGB")
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    good, cut = load_images(_batch(data, data[: len(data) * 2 // 3]), 0, 10**7).to_pylist()
+    assert good["error"] is None and good["image"] == data
+    assert (good["width"], good["height"]) == (160, 96)
+    assert cut["split"] == QUARANTINE and cut["error"].startswith("corrupt"), cut["error"]
+    shrunk = load_images(_batch(data), 80, 10**7).to_pylist()[0]  # re-encoded from full pixels
+    assert Image.open(io.BytesIO(shrunk["image"])).size == (80, 48)
 
 
 def test_a_large_photo_is_shrunk_and_its_annotations_with_it():

@@ -141,3 +141,49 @@ def test_wide_samples_with_nan_and_negative_values(mode):
     assert gray.min() == 0 and gray.max() == 255
     lowest = (0, 2) if mode == "F" else (0, 0)  # NaN became the lowest finite value
     assert gray[-1, -1] == 255 and gray[lowest] == 0 and gray[0, 0] == 0
+
+
+def _jpeg_seeds() -> dict[str, bytes]:
+    """JPEGs large enough for draft mode to scale (1/8): baseline, progressive, gray, CMYK, EXIF."""
+    rng = np.random.default_rng(16)
+    smooth = np.kron(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8), np.ones((8, 8, 1)))
+    rgb = Image.fromarray(smooth.astype(np.uint8))  # 96 x 80, blocky like a photo's low detail
+    seeds = {}
+    for name, img, save in [
+        ("baseline", rgb, {"quality": 85}),
+        ("progressive", rgb, {"quality": 85, "progressive": True}),
+        ("gray", rgb.convert("L"), {}),
+        ("cmyk", rgb.convert("CMYK"), {}),
+        ("exif_rotated", rgb, {"exif": _exif_rotated()}),
+    ]:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", **save)
+        seeds[name] = buf.getvalue()
+    return seeds
+
+
+def _outcome(data: bytes, min_side: int) -> tuple:
+    try:
+        decoded = decode_image(data, max_pixels=4_000_000, min_side=min_side)
+    except ImageError as exc:
+        return ("rejected", exc.reason)
+    return ("decoded", decoded.width, decoded.height, decoded.source_mode)
+
+
+def test_draft_mode_jpeg_decoding_accepts_and_rejects_exactly_what_full_decoding_does():
+    """Ingest validates JPEGs at 1/8 scale; that is only sound if it judges every file alike."""
+    seeds = _jpeg_seeds()
+    names = sorted(seeds)
+    for name in names:  # the draft really is smaller, and reports the full size
+        small, full = (decode_image(seeds[name], min_side=m) for m in (1, 0))
+        assert max(small.image.size) < max(full.image.size), name
+        assert (small.width, small.height) == full.image.size, name
+    rng = random.Random(20261201)
+    counts = {"decoded": 0, "rejected": 0}
+    for case in range(3_000):
+        name = names[case % len(names)]
+        data = _mutate(seeds[name], rng)
+        full, draft = _outcome(data, 0), _outcome(data, 1)
+        assert draft == full, f"case {case} ({name}): full decode {full}, draft {draft}"
+        counts[full[0]] += 1
+    assert counts["decoded"] > 300 and counts["rejected"] > 300, counts

@@ -204,7 +204,7 @@ def run_ingest(cfg: IngestConfig) -> str:
     shards_name = f"shards-{run_id}"
     shards = storage.join(out, shards_name)
     batch = 32
-    rows_per_block = max(batch, -(-len(items) // 400))  # at most ~400 blocks
+    rows_per_block = block_rows(len(items), ray.cluster_resources().get("CPU", 1))
     hashes: dict[str, str] | None = {} if cfg.feedback else None
     blocks = put_blocks(items, images_dir, rows_per_block, hashes)
     feedback = None
@@ -265,6 +265,18 @@ def run_ingest(cfg: IngestConfig) -> str:
         if name != shards_name and name.startswith(("shards-", ".staging-")):
             storage.delete_dir(storage.join(out, name))
     return manifest_path
+
+
+def block_rows(items: int, cpus: float, per_cpu: int = 2, largest: int = 1024) -> int:
+    """Rows per block (one block is one validate-and-write task): ~``per_cpu`` per CPU.
+
+    Each task costs Ray ~0.15 s beyond its work on 2 cores (lease, dispatch, the executor's
+    turn), so tiny blocks spend more time being scheduled than decoding: 11,800 images took
+    9.7 s in 256-row blocks, 6.2 s in 512 and 5.6 s in 1,024. ``largest`` bounds the block the
+    driver holds while reading (~100 MB of CUB photos); files stay ``rows_per_shard`` rows.
+    """
+    wanted = -(-items // max(1, int(cpus * per_cpu)))
+    return max(32, min(wanted, largest))
 
 
 def _collect_quarantine(shards: str) -> list[dict[str, Any]]:

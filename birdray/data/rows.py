@@ -123,7 +123,7 @@ def load_images(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) ->
             row = _row(item, data, None, max_side, error)
         else:
             try:
-                row = _row(item, data, decode_image(data, max_pixels), max_side, None)
+                row = _row(item, data, _validated(data, max_side, max_pixels), max_side, None)
             except ImageError as exc:
                 row = _row(item, data, None, max_side, str(exc))
             except Exception as exc:  # re-encoding a decoded image failed: still this file's row
@@ -131,6 +131,30 @@ def load_images(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) ->
         for name in SCHEMA.names:
             rows[name].append(row[name])
     return pa.table(rows, schema=SCHEMA)
+
+
+def _validated(data: bytes, max_side: int, max_pixels: int):
+    """The file's decode: at 1/8 scale when its original bytes will be stored as they are.
+
+    Draft-mode JPEG decoding judges a file exactly as a full decode does (it reads every byte;
+    ``tests/test_images_fuzz.py`` checks the two agree) at a quarter of the cost. Files that
+    will be re-encoded from their pixels (other modes or formats, shrunk to ``max_side``) are
+    decoded again at full size: that is what gets stored.
+    """
+    quick = decode_image(data, max_pixels, min_side=1)
+    if _keeps_original(quick, max_side):
+        return quick
+    return decode_image(data, max_pixels)
+
+
+def _keeps_original(decoded, max_side: int) -> bool:
+    small = max_side <= 0 or max(decoded.width, decoded.height) <= max_side
+    return small and _plain_format(decoded)
+
+
+def _plain_format(decoded) -> bool:
+    """Formats and modes every consumer reads as they are; others are stored as RGB PNG."""
+    return decoded.source_mode in ("RGB", "L") and decoded.format in ("JPEG", "PNG")
 
 
 def _row(item: dict, data: bytes | None, decoded, max_side: int, error: str | None) -> dict:
@@ -156,7 +180,7 @@ def _row(item: dict, data: bytes | None, decoded, max_side: int, error: str | No
     if error:
         return row
     fmt, stored = decoded.format, data
-    if decoded.source_mode not in ("RGB", "L") or fmt not in ("JPEG", "PNG"):
+    if not _plain_format(decoded):
         stored, fmt = _encode(decoded.image, "PNG"), "PNG"  # one plain RGB format downstream
     shrunk = reencode_max_side(decoded, max_side)
     scale = 1.0
