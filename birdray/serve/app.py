@@ -73,12 +73,18 @@ class AppArgs(ModelChoice):
     )
     ingress_replicas: int = field(1, "ingress (decode/preprocess) replicas")
     ingress_num_cpus: float = field(0.5, "CPUs per ingress replica")
-    ingress_max_ongoing_requests: int = field(64, "concurrent HTTP requests per ingress replica")
+    ingress_max_ongoing_requests: int = field(
+        192,
+        "HTTP requests the proxy hands one ingress replica; well above max_concurrent_requests, so "
+        "overload gets the app's quick 503 instead of waiting in the proxy's queue",
+    )
     ingress_max_queued_requests: int = field(
         64, "HTTP requests the proxy holds for a busy ingress before its (plain-text) 503"
     )
     max_concurrent_requests: int = field(
-        0, "/v1 requests at once per ingress replica, then 503 busy (0: max_ongoing_requests - 8)"
+        56,
+        "/v1 requests at once per ingress replica, then 503 busy (0: the ingress's "
+        "max_ongoing_requests - 8); keep the model replica's max_ongoing_requests at least this",
     )
     request_timeout_s: float = field(
         50.0, "a /v1 request's limit (upload, queue, model) before 504; below the proxy's"

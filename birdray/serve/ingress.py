@@ -1,7 +1,7 @@
 """``BirdIngress``: the CPU HTTP front of the app (decode, validate, preprocess, fan out).
 
 Uploads are checked and decoded here (``birdray.serve.uploads``), preprocessed with the served
-model's own eval transform, and sent to ``BirdClassifier`` as float32 arrays, so model replicas
+model's own eval transform, and sent to ``BirdClassifier`` as uint8 arrays, so model replicas
 (GPUs on a cluster) only run the network. Each array carries the fingerprint of the data config
 it was made with; after a model swap that changes preprocessing, the classifier refuses stale
 arrays and the ingress redoes them once with the new transform.
@@ -118,7 +118,7 @@ class BirdIngress(FeedbackRoute):
         """A model's info with its eval transform (kept together so they always match)."""
         if role not in self._infos or refresh:
             info = await _answer(self._models[role].info.remote(), "model")
-            info["transform"] = build_transform(info["data_config"], training=False)
+            info["transform"] = build_transform(info["data_config"], training=False, uint8=True)
             self._infos[role] = info
         return self._infos[role]
 
