@@ -56,3 +56,8 @@ def test_gpu_check_runs_on_cpu():
     out = gpu_run("cpu", "test_resnet", 64, 4, 1)
     assert out["train_fp32_img_s"] > 0 and out["infer_bf16_cl_img_s"] > 0
     assert out["pillow_img_s"] > 0
+    # the DataLoader peer of training's feed ran with one worker per core, on birdray's batch fn
+    assert out["feed_workers"] >= 1 and out["dataloader_feed_img_s"] > 0
+    assert out["feed_vs_train_bf16"] == pytest.approx(
+        out["dataloader_feed_img_s"] / out["train_bf16_cl_img_s"]
+    )

@@ -141,6 +141,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     package = _package(cfg, out, cfg.classes)
     if "ingest" in want:
         rows += stages.bench_ingest(source, out / "ingest-bench", cfg.repeats, peers=cfg.peers)
+    _write(out, cfg, rows, final=False)
     if "train" in want:
         rows += stages.bench_train(
             dataset,
@@ -152,20 +153,25 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             epochs=1 if cfg.smoke else 2,
             peers=cfg.peers,
         )
+    _write(out, cfg, rows, final=False)
     if "score" in want:
         rows += stages.bench_score(
             source, dataset, package, out / "score", cfg.batch_size, cfg.threads, peers=cfg.peers
         )
+    _write(out, cfg, rows, final=False)
     if "serve" in want:
         rows += serving.bench_serve(
             source, package, cfg.requests, cfg.threads, cfg.concurrency, peers=cfg.peers
         )
+    _write(out, cfg, rows, final=False)
     if "explain" in want:
         rows += stages.bench_explain(cfg.explain_arch, tuple(cfg.explain_sizes), cfg.repeats)
+    _write(out, cfg, rows, final=False)
     if "scaling" in want:
         for scale in cfg.scales:
             per_class = cfg.scaling_per_class * scale
-            data = stages.make_folder(out / f"data-{scale}x", cfg.classes, per_class)
+            # its own folders: the stages above generated data-1x at --per-class
+            data = stages.make_folder(out / f"scaling-data-{scale}x", cfg.classes, per_class)
             rows += stages.bench_ingest(data, out / f"ingest-{scale}x", 1, f"{scale}x")
             rows += stages.bench_score(
                 data,
@@ -176,15 +182,19 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 cfg.threads,
                 f"{scale}x",
             )
+    _write(out, cfg, rows, final=True)
+    return {"results": str(out / "results.json"), "table": str(out / "results.md")}
+
+
+def _write(out: Path, cfg: BenchmarkConfig, rows: list[dict[str, Any]], final: bool) -> None:
+    """results.json and results.md for the rows so far: a stage that fails late loses no
+    earlier stage's numbers (a full run takes half an hour on 2 cores)."""
     info = machine()
     command = f"birdray benchmark {cfg.stage}" + (" --smoke true" if cfg.smoke else "")
+    record = {"machine": info, "config": asdict(cfg), "rows": rows, "finished": final}
     (out / "results.json").write_text(
-        json.dumps(
-            {"machine": info, "config": asdict(cfg), "rows": rows, "finished_at": time.time()},
-            indent=2,
-            default=str,
-        )
+        json.dumps({**record, "written_at": time.time()}, indent=2, default=str)
     )
     (out / "results.md").write_text(_markdown(rows, info, command))
-    print(_markdown(rows, info, command))
-    return {"results": str(out / "results.json"), "table": str(out / "results.md")}
+    if final:
+        print(_markdown(rows, info, command))

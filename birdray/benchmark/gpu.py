@@ -1,8 +1,11 @@
 """The GPU check: one short run of the device-bound core, no Ray needed on the GPU machine.
 
-Training step and inference with bf16 autocast and channels_last against fp32/contiguous, and
-JPEG decoding on the GPU (torchvision.io.decode_jpeg) against Pillow on the CPU. Ray's path is
-proven on CPU; this measures what a GPU worker or replica would do with its device.
+Training step and inference with bf16 autocast and channels_last against fp32/contiguous;
+JPEG decoding on the GPU (torchvision.io.decode_jpeg) against Pillow on the CPU; and the peer
+question for training: how many images a ``torch.utils.data.DataLoader`` with one worker per
+core feeds when each does birdray's own per-batch data work (``decode_and_transform``), against
+the rate the GPU trains at. Ray's path is proven on CPU; this measures what a GPU worker or
+replica would do with its device, and whether the CPUs beside it can keep up.
 
     python -m birdray.benchmark.gpu --out gpu.json     # ~1-2 minutes on one H100
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +26,9 @@ from PIL import Image
 
 from birdray.benchmark.measure import timed
 from birdray.model.factory import create_model
+from birdray.model.preprocess import resolve_data_config
+from birdray.train.config import TrainConfig
+from birdray.train.data import decode_and_transform, train_transform_kwargs
 
 
 def _throughput(model, x, steps: int, train: bool, amp: bool, channels_last: bool) -> float:
@@ -80,6 +87,35 @@ def decode_rates(count: int, device: str) -> dict[str, float]:
     return out
 
 
+class _Batches(torch.utils.data.Dataset):
+    """Batches of JPEG bytes, each turned into uint8 crops by birdray's Ray Data batch fn."""
+
+    def __init__(self, chunks: list[list[bytes]], data_config: dict, train_kwargs: dict):
+        self.chunks, self.data_config, self.train_kwargs = chunks, data_config, train_kwargs
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        batch = {"image": self.chunks[i], "label": np.zeros(len(self.chunks[i]), np.int64)}
+        return decode_and_transform(batch, self.data_config, True, self.train_kwargs)
+
+
+def feed_rate(blobs: list[bytes], data_config: dict, batch: int, workers: int, total: int) -> float:
+    """Images/s ``workers`` DataLoader processes deliver (decode + timm train transform)."""
+    recipe = TrainConfig()
+    kwargs = train_transform_kwargs(recipe.hflip, recipe.scale_min, recipe.auto_augment)
+    chunks = [blobs[i : i + batch] for i in range(0, len(blobs), batch)]
+    chunks = (chunks * (total // max(1, len(blobs)) + 1))[: max(1, total // batch)]
+    loader = torch.utils.data.DataLoader(
+        _Batches(chunks, data_config, kwargs), batch_size=None, num_workers=workers
+    )
+    started, count = time.perf_counter(), 0
+    for out in loader:
+        count += len(out["image"])
+    return count / (time.perf_counter() - started)
+
+
 def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict:
     dev = torch.device(device)
     model = create_model(arch, 200).to(dev)
@@ -97,6 +133,19 @@ def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict
                 create_model(arch, 200).to(dev) if train else model, x, steps, train, amp, cl
             )
     results.update(decode_rates(256 if dev.type == "cuda" else 32, device))
+    workers = os.cpu_count() or 1
+    feed = feed_rate(
+        _jpegs(64),
+        resolve_data_config(model, image_size),
+        batch,
+        workers,
+        total=2048 if dev.type == "cuda" else 2 * batch,
+    )
+    results.update(
+        feed_workers=workers,
+        dataloader_feed_img_s=feed,
+        feed_vs_train_bf16=feed / results["train_bf16_cl_img_s"],
+    )
     return results
 
 
