@@ -107,8 +107,11 @@ def feed_rate(blobs: list[bytes], data_config: dict, batch: int, workers: int, t
     kwargs = train_transform_kwargs(recipe.hflip, recipe.scale_min, recipe.auto_augment)
     chunks = [blobs[i : i + batch] for i in range(0, len(blobs), batch)]
     chunks = (chunks * (total // max(1, len(blobs)) + 1))[: max(1, total // batch)]
-    loader = torch.utils.data.DataLoader(
-        _Batches(chunks, data_config, kwargs), batch_size=None, num_workers=workers
+    loader = torch.utils.data.DataLoader(  # a worker that hangs ends the check, with a reason
+        _Batches(chunks, data_config, kwargs),
+        batch_size=None,
+        num_workers=workers,
+        timeout=300 if workers else 0,
     )
     started, count = time.perf_counter(), 0
     for out in loader:

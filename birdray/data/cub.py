@@ -263,10 +263,9 @@ def _read_parts(root: Path, records: dict[int, CubRecord]) -> list[str]:
     locs_file = root / "parts" / "part_locs.txt"
     if not part_names or not locs_file.is_file():
         return part_names
-    fast = part_locations(locs_file, set(records), len(part_names))
-    table = (
-        defaultdict(dict, fast) if fast is not None else _part_lines(locs_file, records, part_names)
-    )
+    table = part_locations(locs_file, set(records), len(part_names))
+    if table is None:  # not plainly valid: the line reader words every problem
+        table = _part_lines(locs_file, records, part_names)
     for image_id, rec in records.items():
         found = table.get(image_id, {})
         rec.parts = [found.get(p, [0.0, 0.0, 0.0]) for p in range(1, len(part_names) + 1)]
