@@ -82,6 +82,7 @@ def test_ingest_writes_the_same_dataset_into_a_bucket(ray_cluster, bucket, tmp_p
     ]
     for split, info in in_bucket["splits"].items():
         assert read_split(uri, split).count() == info["rows"]  # Ray Data reads it from S3
+        assert read_split(uri, split, list_once=True).count() == info["rows"]  # as training does
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "src"]
 
     before = manifest_checksum(uri)  # same source, same settings: nothing is rewritten

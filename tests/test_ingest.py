@@ -92,6 +92,8 @@ def test_ingest_end_to_end(ray_cluster, tmp_path):
 
     ds = read_split(out, "test")  # and Ray Data reads them too
     assert ds.count() == manifest["splits"]["test"]["rows"]
+    once = read_split(out, "test", list_once=True)  # training's reader: files planned once
+    assert sorted(once.to_pandas()["image_id"]) == sorted(ds.to_pandas()["image_id"])
 
     # idempotent: same source + config -> the same manifest, untouched
     assert manifest_path == str(out / "manifest.json")

@@ -126,12 +126,14 @@ def _statuses(experiment: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
-def _committed(trainer: Path) -> bool:
+def _committed(trainer: Path) -> str | None:
+    """The checkpoint Ray Train has committed last (what a resume starts from; a newer folder
+    may exist, written but not yet committed when the driver died)."""
     try:
         snapshot = json.loads((trainer / "checkpoint_manager_snapshot.json").read_text())
     except (OSError, ValueError):  # not written yet, or caught mid-write
-        return False
-    return bool(snapshot.get("latest_checkpoint_result"))
+        return None
+    return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
 
 
 def _checkpoints(trainer: Path) -> list[Path]:
@@ -148,7 +150,8 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(
         tmp_path,
         archs=["test_resnet"],
         num_samples=2,
-        grace_period=2,
+        epochs=6,  # an epoch of 12 images takes ~0.3 s: several must remain to interrupt
+        grace_period=6,
         max_concurrent_trials=1,
         name="interrupted",
         registry="",
@@ -167,9 +170,9 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(
         "--image-size",
         "[64]",
         "--epochs",
-        "2",
+        "6",
         "--grace-period",
-        "2",
+        "6",
         "--max-concurrent-trials",
         "1",
         "--train",
@@ -207,14 +210,14 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(
             if done and others and _committed(experiment / "trainers" / others[0]):
                 finished, running = done[0], others[0]
                 break
-            time.sleep(1)
+            time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep's driver dies mid-sweep
         proc.wait()
     assert finished, f"never saw one trial finished and the next one checkpointed: {statuses}"
-    before = json.loads(
-        (_checkpoints(experiment / "trainers" / running)[-1] / "history.json").read_text()
-    )
+    committed = _committed(experiment / "trainers" / running)
+    trainer = experiment / "trainers" / running
+    before = json.loads((trainer / committed / "history.json").read_text())
     assert len(before) < cfg.epochs, "the second trial finished before the interruption"
     cpus_back(idle_cpus)  # Ray reaps the dead driver's trial actors
 
@@ -233,7 +236,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(
     after = json.loads(
         (_checkpoints(experiment / "trainers" / running)[-1] / "history.json").read_text()
     )
-    assert [h["epoch"] for h in after] == [1, 2]
+    assert [h["epoch"] for h in after] == [1, 2, 3, 4, 5, 6]
     assert after[: len(before)] == before  # resumed from its checkpoint, not restarted
     shutil.move(tmp_path / "aside", finished_run)
 

@@ -1,9 +1,10 @@
 """Ray Data pipelines feeding the trainer: Parquet -> decode -> timm transform -> uint8 tensors.
 
-Decoding and augmentation run as Ray Data tasks (fractional CPUs, so they never starve the
-training workers of the scheduler's attention), and ship uint8 arrays: 4x less to move than
-floats, normalised on the training device. Random augmentation is re-drawn every epoch because
-Ray Data re-executes the lazy pipeline on each pass.
+Decoding and augmentation run as Ray Data tasks on the CPUs the worker plan leaves free, and
+ship uint8 arrays: 4x less to move than floats, normalised on the training device. Random
+augmentation is re-drawn every epoch because Ray Data re-executes the lazy pipeline on each pass;
+the files are listed once, when the datasets are built, so an epoch's first batch does not wait
+for a listing task (validation is kept by the workers after its first pass: see ``loop``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def build_datasets(
     datasets = {}
     for split in splits:
         training = split == "train"
-        ds = read_split(dataset_dir, split, columns=["image", "label"])
+        ds = read_split(dataset_dir, split, columns=["image", "label"], list_once=True)
         if training:
             ds = ds.randomize_block_order()
         datasets[split] = ds.map_batches(

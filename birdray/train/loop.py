@@ -154,19 +154,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch, history = _load_state(model, optimizer, scheduler)
     step = _Step(cfg, model, optimizer, scheduler, loss_fn, data_config, device, amp_dtype)
     nodes = _distinct_nodes()
+    val_cache: list[dict[str, torch.Tensor]] | None = None
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.time()
-        train_loss, seen = _train_epoch(step, epoch, epoch * steps_per_epoch, rank)
+        train_loss, seen, data_wait, first_wait = _train_epoch(
+            step, epoch, epoch * steps_per_epoch, rank
+        )
         train_seconds = time.time() - started
-        val = _validate(step)
+        val, val_cache = _validate(step, val_cache)
         gpu_assigned = float(bool(ray.get_gpu_ids()))  # Ray's assignment, CUDA or not
-        totals = _all_reduce([train_loss, seen, train_seconds, gpu_assigned], device)
+        totals = _all_reduce(
+            [train_loss, seen, train_seconds, gpu_assigned, data_wait, first_wait], device
+        )
         metrics = {
             "epoch": epoch + 1,
             "train_loss": totals[0] / max(totals[1], 1),
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": totals[1] / max(totals[2] / world, 1e-9),
+            "data_wait_s": totals[4] / world,  # steps waiting for a batch (mean over workers)
+            "first_batch_s": totals[5] / world,  # of which: the epoch's pipeline start
             "epoch_seconds": time.time() - started,
             "workers": world,
             "nodes": nodes,
@@ -213,8 +220,11 @@ class _Step:
             return self.model(images), batch["label"].long()
 
 
-def _train_epoch(step: _Step, epoch: int, num_updates: int, rank: int) -> tuple[float, float]:
-    """One pass over this worker's shard; returns (summed loss, images seen)."""
+def _train_epoch(
+    step: _Step, epoch: int, num_updates: int, rank: int
+) -> tuple[float, float, float, float]:
+    """One pass over this worker's shard; returns (summed loss, images seen, seconds spent
+    waiting for batches, of which before the first: the pipeline's start)."""
     import ray.train
 
     cfg, model, optimizer = step.cfg, step.model, step.optimizer
@@ -229,7 +239,10 @@ def _train_epoch(step: _Step, epoch: int, num_updates: int, rank: int) -> tuple[
         local_shuffle_buffer_size=cfg.batch_size * 4,
         local_shuffle_seed=cfg.seed + epoch,
     )
+    waited, first, ready = 0.0, 0.0, time.perf_counter()
     for index, batch in enumerate(watched(batches, cfg.stall_timeout_s, "training data")):
+        waited += time.perf_counter() - ready
+        first = first or waited
         if index == 1:
             _maybe_inject_failure(cfg, epoch, rank)
         logits, labels = step.forward(batch)
@@ -241,27 +254,58 @@ def _train_epoch(step: _Step, epoch: int, num_updates: int, rank: int) -> tuple[
         step.scheduler.step_update(num_updates=num_updates)
         total_loss += float(loss.detach()) * len(labels)
         seen += len(labels)
-    return total_loss, seen
+        ready = time.perf_counter()
+    return total_loss, seen, waited, first
 
 
 @torch.no_grad()
-def _validate(step: _Step) -> dict[str, float]:
+def _validate(
+    step: _Step, cached: list[dict[str, torch.Tensor]] | None
+) -> tuple[dict[str, float], list[dict[str, torch.Tensor]] | None]:
+    """All-reduced validation metrics, and the decoded batches to reuse next epoch.
+
+    Validation's transform is deterministic, so after the first pass the shard is kept (up to
+    ``val_cache_mb``) instead of planning and starting a Ray Data execution every epoch (seconds
+    for a few hundred images). Workers of one streaming split must all read it or none, so the
+    shard is kept only when every worker's fits.
+    """
     import ray.train
 
     cfg, device = step.cfg, step.device
     step.model.eval()
-    shard = ray.train.get_dataset_shard("val")
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
-    batches = shard.iter_torch_batches(
-        batch_size=cfg.batch_size * 2, drop_last=False, device=device
-    )
-    for batch in watched(batches, cfg.stall_timeout_s, "validation data"):
+    started = time.time()
+    if cached is None:
+        shard = ray.train.get_dataset_shard("val")
+        stream = shard.iter_torch_batches(
+            batch_size=cfg.batch_size * 2, drop_last=False, device=device
+        )
+        batches = watched(stream, cfg.stall_timeout_s, "validation data")
+    else:
+        batches = iter(cached)
+    kept: list[dict[str, torch.Tensor]] | None = [] if cached is None else None
+    kept_bytes, limit = 0, cfg.val_cache_mb * 2**20
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count, workers that could not keep
+    for batch in batches:
+        if kept is not None:
+            kept_bytes += sum(t.nbytes for t in batch.values())
+            if kept_bytes <= limit:  # a copy: the cache owns its memory, not Ray's blocks
+                kept.append({k: t.clone() for k, t in batch.items()})
+            else:
+                kept = None
         logits, labels = step.forward(batch)
         logits = logits.float()
         sums[0] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
         sums[1] += _topk_correct(logits, labels, 1)
         sums[2] += _topk_correct(logits, labels, 5)
         sums[3] += len(labels)
-    loss, top1, top5, count = _all_reduce(sums, device)
-    count = max(count, 1)
-    return {"val_loss": loss / count, "val_top1": top1 / count, "val_top5": top5 / count}
+    sums[4] = float(cached is None and kept is None)
+    loss, top1, top5, count, unkept = _all_reduce(sums, device)
+    keep = cached if cached is not None else (kept if unkept == 0 else None)
+    return {
+        "val_loss": loss / max(count, 1),
+        "val_top1": top1 / max(count, 1),
+        "val_top5": top5 / max(count, 1),
+        "val_images": count,
+        "val_seconds": time.time() - started,
+        "val_from_memory": float(cached is not None),
+    }, keep
