@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from birdray.train.job import ResourceError, TrainConfig, check_resources, run_training
+from tests.train_fixtures import committed_checkpoint
 
 pytestmark = [pytest.mark.ray]
 
@@ -103,12 +104,12 @@ def test_resubmitting_an_interrupted_run_by_name_resumes_it(
     run = tmp_path / "interrupted"
     deadline = time.time() + 600
     try:  # kill once Ray Train has committed a checkpoint (its snapshot names it)
-        while time.time() < deadline and proc.poll() is None and not _committed(run):
+        while time.time() < deadline and proc.poll() is None and not committed_checkpoint(run):
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run
         proc.wait()
-    committed = _committed(run)
+    committed = committed_checkpoint(run)
     assert committed, "the first submission never committed a checkpoint"
     before = json.loads((run / committed / "history.json").read_text())
     assert len(before) < 5, "the run finished before it was interrupted"
@@ -127,16 +128,6 @@ def test_resubmitting_an_interrupted_run_by_name_resumes_it(
     # the stored epochs were kept, not retrained: their rows are the first submission's own
     for old, new in zip(before, rows, strict=False):
         assert float(new["epoch_seconds"]) == pytest.approx(old["epoch_seconds"], rel=1e-9)
-
-
-def _committed(run: Path) -> str | None:
-    """The latest checkpoint Ray Train has committed for this run (what a resume starts from)."""
-    try:
-        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):  # not written yet, or caught mid-write
-        return None
-    latest = snapshot.get("latest_checkpoint_result") or {}
-    return latest.get("checkpoint_dir_name")
 
 
 @pytest.mark.timeout(600)

@@ -20,6 +20,7 @@ from birdray.registry import read_pointer, resolve
 from birdray.train.job import ResourceError
 from birdray.tune.job import SweepConfig, base_train_config, build_tuner, plan_trials, run_sweep
 from birdray.tune.report import FILES
+from tests.train_fixtures import committed_checkpoint
 
 pytestmark = [pytest.mark.ray]
 
@@ -126,16 +127,6 @@ def _statuses(experiment: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
-def _committed(trainer: Path) -> str | None:
-    """The checkpoint Ray Train has committed last (what a resume starts from; a newer folder
-    may exist, written but not yet committed when the driver died)."""
-    try:
-        snapshot = json.loads((trainer / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):  # not written yet, or caught mid-write
-        return None
-    return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-
-
 def _checkpoints(trainer: Path) -> list[Path]:
     return sorted(p for p in trainer.glob("checkpoint_*") if p.is_dir())
 
@@ -207,7 +198,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(
             done = [t for t, s in statuses.items() if s == "TERMINATED"]
             others = [t for t in statuses if t not in done]
             # committed by Ray Train (its snapshot names it), not merely a folder being written
-            if done and others and _committed(experiment / "trainers" / others[0]):
+            if done and others and committed_checkpoint(experiment / "trainers" / others[0]):
                 finished, running = done[0], others[0]
                 break
             time.sleep(0.2)
@@ -215,7 +206,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep's driver dies mid-sweep
         proc.wait()
     assert finished, f"never saw one trial finished and the next one checkpointed: {statuses}"
-    committed = _committed(experiment / "trainers" / running)
+    committed = committed_checkpoint(experiment / "trainers" / running)
     trainer = experiment / "trainers" / running
     before = json.loads((trainer / committed / "history.json").read_text())
     assert len(before) < cfg.epochs, "the second trial finished before the interruption"
