@@ -253,7 +253,11 @@ def build_dataset(
     if source.kind == "dataset":
         from ray.data.expressions import col
 
-        ds = ray.data.read_parquet(source.split_dir, columns=["image_id", "path", "image"])
+        from birdray.data.manifest import read_parquet
+
+        # listed and planned here: no listing task between the job's start and its first batch
+        columns = ["image_id", "path", "image"]
+        ds = read_parquet(source.split_dir, columns, list_once=True)
         if resumed:  # Arrow-native filter: only the rows still to score are decoded
             ds = ds.filter(expr=col("path").is_in(todo["path"].to_pylist()))
         # Parquet shards arrive as a few big blocks: one batch a block lets every decode task
