@@ -65,6 +65,8 @@ def ray_head(num_cpus: int = 4, timeout_s: float = 400) -> Iterator[tuple[str, P
         str(dashboard_port),
         "--dashboard-agent-listen-port",
         str(free_port()),
+        "--ray-client-server-port",  # 10001 by default: another Ray head on the machine may hold it
+        str(free_port()),
         "--include-dashboard",
         "true",
         "--num-cpus",

@@ -59,15 +59,21 @@ def build_datasets(
     train_kwargs: dict[str, Any],
     data_cpus: float,
     splits: tuple[str, ...] = ("train", "val"),
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Lazy Ray Datasets per split, augmentation only on ``train``."""
+    """Lazy Ray Datasets per split, augmentation only on ``train``, whose files are read in a new
+    order every epoch (the training loop's local shuffle buffer mixes the rows within)."""
 
     datasets = {}
     for split in splits:
         training = split == "train"
-        ds = read_split(dataset_dir, split, columns=["image", "label"], list_once=True)
-        if training:
-            ds = ds.randomize_block_order()
+        ds = read_split(
+            dataset_dir,
+            split,
+            columns=["image", "label"],
+            list_once=True,
+            shuffle_seed=seed if training else None,
+        )
         datasets[split] = ds.map_batches(
             decode_and_transform,
             batch_size=32,

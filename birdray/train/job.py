@@ -105,6 +105,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
         data_config,
         train_transform_kwargs(cfg.hflip, cfg.scale_min, cfg.auto_augment),
         cfg.data_cpus,
+        seed=cfg.seed,
     )
     resources = {"CPU": cfg.cpus_per_worker}
     trainer = TorchTrainer(
