@@ -9,6 +9,7 @@ node add one with ``add_node`` and remove it afterwards.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TQDM_MININTERVAL", "5")
 
 HEAD_CPUS = 4
+
+# Ctrl-C as in a terminal, however the suite was started: a shell script that runs it in the
+# background (``pytest &``, CI wrappers) starts it with SIGINT ignored, every child inherits
+# that, and the tests that press Ctrl-C on ``birdray dashboard``/``serve`` then wait on a
+# process that cannot hear it (seen: two dashboard tests failed and a Streamlit was orphaned).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # S3 in this session is a local moto server (see ``s3_bucket``), never a real account. Set before
