@@ -62,6 +62,21 @@ def test_contrast_wrapper_explains_the_logit_difference_and_keeps_probabilities(
     assert not Contrast(model, 1).training  # the wrapper keeps the model's mode
 
 
+def test_separating_rank_puts_a_part_the_map_misses_last_not_first_by_name():
+    names = ["back", "beak", "breast", "crown"]  # "back" sorts first
+    bbox = [100.0, 50.0, 200.0, 150.0]
+    parts = [[120.0, 70.0, 1], [280.0, 60.0, 1], [180.0, 140.0, 1], [150.0, 60.0, 1]]
+    off_bird = np.zeros((240, 360), dtype=np.float32)
+    off_bird[220:, :20] = 1.0 / (20 * 20)  # all mass in a corner, away from every part
+    missed = separating_score(off_bird, parts, bbox, names, ["back"])
+    assert missed["share"] == 0.0 and missed["rank"] == missed["visible_parts"] == 4.0
+    on_back = off_bird * 0
+    on_back[65:75, 115:125] = 1.0 / 100  # all mass on the back
+    hit = separating_score(on_back, parts, bbox, names, ["back"])
+    assert hit["share"] > 0.9 and hit["rank"] == 1.0
+    assert separating_score(on_back, parts, bbox, names, ["breast"])["rank"] == 4.0
+
+
 def test_pair_summary_counts_only_pairs_that_meet_the_goal():
     def rows(label, sibling, share, area, ranks):
         return [{"method": "m", "label": label, "sibling": sibling, "parts": ["crown"],

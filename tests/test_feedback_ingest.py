@@ -173,8 +173,8 @@ def test_report_counts_corrections_per_species(feedback, ingested, tmp_path):
 
 @pytest.mark.slow
 def test_a_model_trained_with_feedback_records_it(ray_cluster, feedback, ingested, tmp_path):
-    from birdray.images import decode_image
     from birdray.model.inference import Predictor
+    from birdray.model.preprocess import decode_for_model
     from birdray.registry import resolve, version_metadata
     from birdray.train.job import TrainConfig, run_training
 
@@ -201,5 +201,6 @@ def test_a_model_trained_with_feedback_records_it(ray_cluster, feedback, ingeste
     assert unseen["trained_with_feedback"] == 4
     assert (unseen["corrected_unseen"], unseen["unreadable"]) == (1, 1)
     predictor = Predictor(str(resolve("v0001", str(registry))), device="cpu")
-    got = predictor.predict_images([decode_image(test_bytes).image], top_k=1)[0].species
+    config = predictor.metadata.data_config
+    got = predictor.predict_images([decode_for_model(test_bytes, config).image])[0].species
     assert unseen["right"] == int(got == n[3])

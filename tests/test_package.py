@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -9,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from birdray.images import ImageError, decode_image
 from birdray.model.factory import ModelError
 from birdray.model.inference import Predictor
 from birdray.model.package import load_package, read_metadata, update_metadata
-from birdray.model.preprocess import build_transform, eval_geometry
+from birdray.model.preprocess import build_transform, decode_for_model, decode_side, eval_geometry
 from tests.model_fixture import make_package
 
 
@@ -86,3 +88,48 @@ def test_eval_geometry_inverts_the_eval_transform():
     geom = eval_geometry(cfg, w, h)
     ox, oy = geom.to_original(np.array([xs.mean()]), np.array([ys.mean()]))
     assert ox[0] == pytest.approx(165, abs=2.5) and oy[0] == pytest.approx(95, abs=2.5)
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash"])
+def test_model_input_decode_is_smaller_as_strict_and_nearly_the_same(crop_mode):
+    """A large JPEG decodes at a reduced scale that still covers the eval transform's resize,
+    fails on truncation like a full decode, and gives the model nearly the same pixels."""
+    cfg = {
+        "input_size": [3, 128, 128],
+        "interpolation": "bicubic",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "crop_pct": 0.875,
+        "crop_mode": crop_mode,
+    }
+    side = decode_side(cfg)
+    assert side == 147  # ceil(128 / 0.875): the short side timm's eval resize produces
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    photo = Image.fromarray(small).resize((1600, 1200), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=92)
+    data = buf.getvalue()
+
+    quick, full = decode_for_model(data, cfg), decode_image(data)
+    assert (quick.width, quick.height) == (full.width, full.height) == (1600, 1200)
+    assert quick.image.size == (200, 150)  # 1/8 scale: both sides still >= 147
+    transform = build_transform(cfg, training=False, uint8=True)
+    a = transform(quick.image).numpy().astype(int)
+    b = transform(full.image).numpy().astype(int)
+    assert a.shape == b.shape == (3, 128, 128)
+    assert np.abs(a - b).mean() < 2.0  # a few levels apart at most, on average
+
+    png = io.BytesIO()
+    photo.save(png, "PNG")
+    assert decode_for_model(png.getvalue(), cfg).image.size == (1600, 1200)  # only JPEG scales
+    tiny = decode_for_model(_jpeg(photo.resize((200, 150))), cfg)
+    assert tiny.image.size == (200, 150)  # below 2x the side: decoded in full
+    with pytest.raises(ImageError):
+        decode_for_model(data[: len(data) * 2 // 3], cfg)  # truncated: refused as in full
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=92)
+    return buf.getvalue()

@@ -193,9 +193,9 @@ def test_dashboard_lists_a_bucket_registry_without_downloading_weights(
 def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_path):
     """Train's registration, evaluate into the bucket, the Tune hand-off, Serve and scoring."""
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
-    from birdray.images import decode_image
     from birdray.model.inference import Predictor, softmax_np
     from birdray.model.package import update_metadata
+    from birdray.model.preprocess import decode_for_model
     from birdray.scoring.job import ScoreConfig, run_scoring
     from birdray.tune.promote import register_winner
 
@@ -220,9 +220,11 @@ def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_
     assert (view / "eval" / "reliability.png").is_file()
 
     predictor = Predictor(str(view), device="cpu", num_threads=1)
+    config = predictor.metadata.data_config
 
     def shift(path) -> tuple[float, float]:  # (calibrated top confidence, its change)
-        logits = predictor.logits(predictor.preprocess([decode_image(path.read_bytes()).image]))
+        image = decode_for_model(path.read_bytes(), config).image
+        logits = predictor.logits(predictor.preprocess([image]))
         logits = logits.numpy()[0]
         calibrated = float(softmax_np(logits, temperature).max())
         return calibrated, abs(calibrated - float(softmax_np(logits).max()))

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from birdray.cli import main
-from birdray.images import decode_image
 from birdray.model.inference import Predictor
+from birdray.model.preprocess import decode_for_model
 from birdray.scoring.job import ScoreConfig, run_scoring
 from birdray.scoring.stages import Scorer
 from tests.model_fixture import make_package
@@ -138,7 +138,7 @@ def test_scored_rows_equal_the_direct_model(scored, package):
     good = rows[rows["ok"]]
     assert len(good) == len(rows) - len(BROKEN)
     for row in good.itertuples():
-        decoded = decode_image(Path(row.path).read_bytes())
+        decoded = decode_for_model(Path(row.path).read_bytes(), predictor.metadata.data_config)
         direct = predictor.predict_images([decoded.image], top_k=5)[0]
         assert (row.label, row.species) == (direct.label, direct.species)
         assert row.confidence == pytest.approx(direct.confidence, abs=1e-5)
@@ -293,7 +293,8 @@ def test_scores_an_ingested_parquet_split(ray_cluster, package, tmp_path):
     assert set(rows.index) == set(test_split["image_id"])
     predictor = Predictor(str(package), device="cpu")
     for item in test_split.itertuples():
-        direct = predictor.predict_images([decode_image(item.image).image])[0]
+        image = decode_for_model(item.image, predictor.metadata.data_config).image
+        direct = predictor.predict_images([image])[0]
         row = rows.loc[item.image_id]
         assert row["path"] == item.path and row["ok"]
         assert row["label"] == direct.label

@@ -23,6 +23,7 @@ from PIL import Image
 from birdray.feedback.store import read_all, read_feedback
 from birdray.images import decode_image
 from birdray.model.inference import Predictor
+from birdray.model.preprocess import decode_for_model
 from tests.hostile_files import hostile_gif, hostile_tiff
 from tests.model_fixture import make_package
 from tests.serve_fixtures import (
@@ -102,19 +103,26 @@ def test_prediction_over_http_equals_direct_model_call(app, predictor):
         "a.jpg": encode(random_rgb(1, (120, 90)), "JPEG", quality=90),
         "b.png": encode(random_rgb(2, (64, 200)), "PNG"),
         "c.webp": encode(random_rgb(3, (300, 300)), "WEBP", quality=95),
+        # a phone-sized JPEG: decoded at 1/8 scale for the model (decode_side), same answer
+        "d.jpg": encode(random_rgb(4, (2000, 1500)), "JPEG", quality=90),
     }
     for name, data in images.items():
         result = predict_one(app, name, data, "image/jpeg")
-        image = decode_image(data).image
+        decoded = decode_for_model(data, predictor.metadata.data_config)
+        image = decoded.image
         want = expected_probs(predictor, image)
         np.testing.assert_allclose(served_probs(result), want, atol=1e-5)
         direct = predictor.predict_images([image], top_k=4)[0]
         assert result["prediction"]["label"] == direct.label
         assert result["prediction"]["species"] == direct.species
         assert result["prediction"]["confidence"] == pytest.approx(direct.confidence, abs=1e-5)
-        assert result["image"] == {"width": image.width, "height": image.height}
+        assert result["image"] == {"width": decoded.width, "height": decoded.height}
         assert result["model_version"] == predictor.version
         assert set(result["timing_ms"]) == {"decode", "queue_and_model", "total"}
+    assert min(image.size) < min(decoded.width, decoded.height) / 4  # it did decode smaller
+    # and the full decode of the phone-sized photo gives the model nearly the same picture
+    full = expected_probs(predictor, decode_image(images["d.jpg"]).image)
+    np.testing.assert_allclose(served_probs(result), full, atol=0.02)
 
 
 def test_response_shape_model_and_probes(app, predictor):

@@ -100,17 +100,20 @@ def separating_score(
     radius: float = 0.1,
 ) -> dict[str, float] | None:  # fmt: skip
     """Share, area share and rank (1 = most attributed visible part) of the separating part(s);
-    None when none of them is visible in this image."""
+    None when none of them is visible in this image.
+
+    A part tied with others ranks below all of them: a part the map gives nothing is last, not
+    first because its name sorts first (a map that misses the bird ties every part at zero)."""
     score = score_parts(attribution, parts, bbox, part_names, radius)
     seen = [p for p in separating if score.visible[p]]
     if not seen:
         return None
-    ranking = [name for name, _ in score.ranking()]
+    visible = [share for _, share in score.ranking()]
     return {
         "share": float(sum(score.shares[p] for p in seen)),
         "area_share": float(sum(score.area_shares[p] for p in seen)),
-        "rank": float(min(ranking.index(p) for p in seen) + 1),
-        "visible_parts": float(len(ranking)),
+        "rank": float(min(sum(s >= score.shares[p] for s in visible) for p in seen)),
+        "visible_parts": float(len(visible)),
     }
 
 

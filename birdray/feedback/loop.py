@@ -18,7 +18,6 @@ from typing import Any
 import requests
 
 from birdray.data.manifest import load_manifest
-from birdray.images import decode_image
 
 
 def send_answers(url: str, photos: list[tuple[Path, str]], timeout: float = 60) -> dict[str, Any]:
@@ -47,11 +46,13 @@ def send_answers(url: str, photos: list[tuple[Path, str]], timeout: float = 60) 
 
 def _accuracy(package: Path, photos: list[tuple[Path, str]]) -> float:
     from birdray.model.inference import Predictor
+    from birdray.model.preprocess import decode_for_model
 
     if not photos:
         return float("nan")
     predictor = Predictor(str(package), device="cpu")
-    images = [decode_image(path.read_bytes()).image for path, _ in photos]  # the one decoder
+    data_config = predictor.metadata.data_config
+    images = [decode_for_model(path.read_bytes(), data_config).image for path, _ in photos]
     predictions = predictor.predict_images(images)
     hits = [p.species == truth for p, (_, truth) in zip(predictions, photos, strict=True)]
     return sum(hits) / len(photos)

@@ -20,7 +20,7 @@ from typing import Any
 from birdray import storage
 from birdray.config import ConfigError, field
 from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
-from birdray.images import ImageError, decode_image
+from birdray.images import ImageError
 from birdray.registry.ref import MODEL_HELP, ModelRef
 
 ACTIONS = ("report",)
@@ -82,6 +82,7 @@ def species_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> dict[str, Any]:
     """The model's top-1 accuracy on corrected photos whose hash is not in its training record."""
     from birdray.model.inference import Predictor
+    from birdray.model.preprocess import decode_for_model
 
     predictor = Predictor(str(ModelRef(model, registry).resolve()), device="cpu")
     meta = predictor.metadata
@@ -95,7 +96,7 @@ def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> di
     right, unreadable = 0, 0
     for row in photos:
         try:
-            image = decode_image(row["image"]).image
+            image = decode_for_model(row["image"], meta.data_config).image
         except ImageError:
             unreadable += 1
             continue

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from timm.data import create_transform, resolve_model_data_config
 
+from birdray.images import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+
 
 def resolve_data_config(model: torch.nn.Module, image_size: int | None = None) -> dict[str, Any]:
     """timm's data config for the model, at ``image_size`` when given (e.g. 448 for fine-tunes)."""
@@ -52,6 +54,27 @@ def build_transform(
         is_training=training,
         **(train_kwargs if training else {}),
     )
+
+
+def decode_side(data_config: dict[str, Any]) -> int:
+    """The shortest side a photo needs for the eval transform (it resizes the short side to this).
+
+    A JPEG decodes at 1/2, 1/4 or 1/8 scale while both sides stay at least this long (libjpeg's
+    DCT scaling, Pillow's ``draft``): a 12-megapixel phone photo for a 224-px model costs a
+    third of a full decode, and the model sees the same picture (a few levels per pixel apart).
+    """
+    _, height, width = data_config["input_size"]
+    crop_pct = data_config.get("crop_pct", 0.875) or 1.0
+    return math.ceil(max(height, width) / min(crop_pct, 1.0))
+
+
+def decode_for_model(
+    data: bytes, data_config: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedImage:
+    """The one decode of a photo a model will classify (Serve, scoring, evaluation, validation):
+    as strict as a full decode, at the smallest JPEG scale the eval transform allows, so every
+    place that answers for a photo sees the same pixels."""
+    return decode_image(data, max_pixels, min_side=decode_side(data_config))
 
 
 def normalize_uint8(batch: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:

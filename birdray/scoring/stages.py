@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from birdray.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from birdray.images import DEFAULT_MAX_PIXELS, ImageError
 from birdray.runtime import init_ray
 from birdray.scoring.sources import Source, read_file
 from birdray.serve.metrics import ScoreMetrics
@@ -64,8 +64,11 @@ def _load_one(
     max_bytes: int,
     max_pixels: int,
     transform,
+    data_config: dict[str, Any],
 ) -> tuple[np.ndarray | None, int, int, str]:
     """(uint8 CHW crop, width, height, "") or (None, -1, -1, "code: reason")."""
+    from birdray.model.preprocess import decode_for_model  # torch/timm: in the task, not on import
+
     try:
         if data is None and source.kind == "dataset":
             raise ImageError("missing", "the dataset row holds no image bytes")
@@ -75,7 +78,7 @@ def _load_one(
             data = read_file(source, path)
         if max_bytes and len(data) > max_bytes:
             raise ImageError("file_too_big", f"{len(data):,} bytes (limit {max_bytes:,})")
-        decoded = decode_image(data, max_pixels)
+        decoded = decode_for_model(data, data_config, max_pixels)
         pixels = transform(decoded.image).numpy()
         return pixels, decoded.width, decoded.height, ""
     except ImageError as exc:
@@ -102,14 +105,17 @@ def prepare_batch(
 ) -> dict[str, np.ndarray]:
     """CPU task: read + decode + eval-transform each file; failures become error strings."""
     transform = _transform(data_config_json)
-    _, height, width = json.loads(data_config_json)["input_size"]
+    data_config = json.loads(data_config_json)
+    _, height, width = data_config["input_size"]
     paths = batch["path"].to_pylist()
     images = batch["image"].to_pylist() if "image" in batch.column_names else [None] * len(paths)
     sizes = _ints(batch, "file_size")
     pixels = np.zeros((len(paths), 3, height, width), dtype=np.uint8)
     widths, heights, errors = [], [], []
     for i, (path, size, data) in enumerate(zip(paths, sizes, images, strict=True)):
-        arr, w, h, error = _load_one(source, path, size, data, max_bytes, max_pixels, transform)
+        arr, w, h, error = _load_one(
+            source, path, size, data, max_bytes, max_pixels, transform, data_config
+        )
         if arr is not None:
             pixels[i] = arr
         widths.append(w)

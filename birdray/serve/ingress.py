@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from birdray.images import DecodedImage
 from birdray.model.factory import set_threads
-from birdray.model.preprocess import build_transform
+from birdray.model.preprocess import build_transform, decode_side
 from birdray.serve.api import CLIENT_KEY_HEADER, create_api
 from birdray.serve.errors import ApiError
 from birdray.serve.feedback_route import FeedbackRoute
@@ -119,12 +119,13 @@ class BirdIngress(FeedbackRoute):
         if role not in self._infos or refresh:
             info = await _answer(self._models[role].info.remote(), "model")
             info["transform"] = build_transform(info["data_config"], training=False, uint8=True)
+            info["decode_side"] = decode_side(info["data_config"])
             self._infos[role] = info
         return self._infos[role]
 
     async def model_info(self) -> dict[str, Any]:
         info = await self._current(refresh=True)
-        hidden = ("data_config", "config_key", "transform")
+        hidden = ("data_config", "config_key", "transform", "decode_side")
         return {k: v for k, v in info.items() if k not in hidden}
 
     async def rollout(self) -> dict[str, Any]:
@@ -151,8 +152,10 @@ class BirdIngress(FeedbackRoute):
         self, upload: Upload, info: dict[str, Any], decoded: DecodedImage | None = None
     ) -> dict[str, Any]:
         start = time.perf_counter()
-        if decoded is None:  # a shadow call reuses production's decode
-            decoded = decode_upload(upload, self._limits)
+        side = info["decode_side"]
+        # a shadow call reuses production's decode, unless its model needs more pixels than that
+        if decoded is None or min(decoded.image.size) < min(side, decoded.width, decoded.height):
+            decoded = decode_upload(upload, self._limits, side)
         pixels = info["transform"](decoded.image).numpy()
         return {
             "decoded": decoded,
@@ -200,8 +203,7 @@ class BirdIngress(FeedbackRoute):
             if not result.get("stale"):
                 break
             info = await self._current(refresh=True, role=role)
-            item["pixels"] = info["transform"](item["decoded"].image).numpy()
-            item["key"] = info["config_key"]
+            item = await asyncio.to_thread(self._prepare, upload, info, item["decoded"])
         else:
             error = ApiError(503, "model_updating", "the model changed twice; retry", upload.name)
             return error, item["decoded"]

@@ -133,11 +133,14 @@ def check_upload(upload: Upload, limits: Limits) -> None:
         )
 
 
-def decode_upload(upload: Upload, limits: Limits) -> DecodedImage:
-    """Checked, decoded RGB image; every failure is an ``ApiError`` naming the file, never a 500."""
+def decode_upload(upload: Upload, limits: Limits, min_side: int = 0) -> DecodedImage:
+    """Checked, decoded RGB image; every failure is an ``ApiError`` naming the file, never a 500.
+
+    ``min_side``: a JPEG may decode at a smaller scale down to this side (``decode_side`` of the
+    model that will see it; ``decode_image``)."""
     check_upload(upload, limits)
     try:
-        decoded = decode_image(upload.data, max_pixels=limits.max_pixels)
+        decoded = decode_image(upload.data, max_pixels=limits.max_pixels, min_side=min_side)
     except ImageError as exc:
         raise from_image_error(exc, upload.name) from exc
     except Exception as exc:  # a decoder bug on hostile bytes is still the file's fault
