@@ -6,7 +6,10 @@ separating part gets more of that map than of a deliberately wrong map (the same
 half the image, so it keeps its shape and mass but no longer sits on the bird's parts). Measured
 on one trained fixture (12 images of the pair, separating part: the breast): Grad-CAM one stage
 early 3.5x its area share (median rank 3.5), Integrated Gradients 3.9x (rank 1); last-stage
-Grad-CAM (a 4x4 map at 128 px) only 1.1x, which is why it is not tested here.
+Grad-CAM (a 4x4 map at 128 px) only 1.1x, which is why it is not tested here. The fixture is
+retrained every session and varies: one clean-clone run's model gave Grad-CAM early 2.5x and
+median rank 7.5, where the shifted map (share 0.000) had "ranked" 7.0 only because parts tied at
+zero were ranked in name order; a part tied at zero now ranks last (``separating_score``).
 """
 
 from __future__ import annotations
