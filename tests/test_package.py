@@ -71,15 +71,26 @@ def test_temperature_softens_confidence(tmp_path):
     assert soft.confidence == pytest.approx(0.25, abs=0.02)
 
 
-def test_eval_geometry_inverts_the_eval_transform():
-    cfg = {
-        "input_size": [3, 64, 64],
-        "interpolation": "bilinear",
+def _data_config(size: int, interpolation: str = "bilinear", crop_mode: str = "center") -> dict:
+    """A timm data config as a package stores it."""
+    return {
+        "input_size": [3, size, size],
+        "interpolation": interpolation,
         "mean": [0.5] * 3,
         "std": [0.5] * 3,
         "crop_pct": 0.875,
-        "crop_mode": "center",
+        "crop_mode": crop_mode,
     }
+
+
+def _encoded(image: Image.Image, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_eval_geometry_inverts_the_eval_transform():
+    cfg = _data_config(64)
     w, h = 300, 180
     img = np.zeros((h, w, 3), dtype=np.uint8)
     img[90:100, 160:170] = 255  # a bright patch at original (165, 95)
@@ -94,22 +105,13 @@ def test_eval_geometry_inverts_the_eval_transform():
 def test_model_input_decode_is_smaller_as_strict_and_nearly_the_same(crop_mode):
     """A large JPEG decodes at a reduced scale that still covers the eval transform's resize,
     fails on truncation like a full decode, and gives the model nearly the same pixels."""
-    cfg = {
-        "input_size": [3, 128, 128],
-        "interpolation": "bicubic",
-        "mean": [0.5] * 3,
-        "std": [0.5] * 3,
-        "crop_pct": 0.875,
-        "crop_mode": crop_mode,
-    }
+    cfg = _data_config(128, "bicubic", crop_mode)
     side = decode_side(cfg)
     assert side == 147  # ceil(128 / 0.875): the short side timm's eval resize produces
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     photo = Image.fromarray(small).resize((1600, 1200), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    photo.save(buf, "JPEG", quality=92)
-    data = buf.getvalue()
+    data = _encoded(photo)
 
     quick, full = decode_for_model(data, cfg), decode_image(data)
     assert (quick.width, quick.height) == (full.width, full.height) == (1600, 1200)
@@ -120,16 +122,8 @@ def test_model_input_decode_is_smaller_as_strict_and_nearly_the_same(crop_mode):
     assert a.shape == b.shape == (3, 128, 128)
     assert np.abs(a - b).mean() < 2.0  # a few levels apart at most, on average
 
-    png = io.BytesIO()
-    photo.save(png, "PNG")
-    assert decode_for_model(png.getvalue(), cfg).image.size == (1600, 1200)  # only JPEG scales
-    tiny = decode_for_model(_jpeg(photo.resize((200, 150))), cfg)
+    assert decode_for_model(_encoded(photo, "PNG"), cfg).image.size == (1600, 1200)  # JPEG only
+    tiny = decode_for_model(_encoded(photo.resize((200, 150))), cfg)
     assert tiny.image.size == (200, 150)  # below 2x the side: decoded in full
     with pytest.raises(ImageError):
         decode_for_model(data[: len(data) * 2 // 3], cfg)  # truncated: refused as in full
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=92)
-    return buf.getvalue()
