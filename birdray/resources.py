@@ -133,13 +133,16 @@ def plan_pool(
 def plan_serve(args: dict[str, Any], cluster: dict[str, float]) -> None:
     """The Serve app's replicas (``AppArgs`` fields; autoscaling starts at ``min_replicas``)
     must fit the cluster's totals, or they would wait for a node forever."""
-    from birdray.serve.app import AppArgs
+    from birdray.serve.app import AppArgs, colocated
 
     opts = from_dict(AppArgs, dict(args))
     replicas = {
         "model": (opts.min_replicas, opts.model_num_cpus, opts.num_gpus),
         "ingress": (opts.ingress_replicas, opts.ingress_num_cpus, 0.0),
     }
+    if colocated(opts):  # the model lives in each ingress replica, with its CPUs and GPUs
+        cpus, gpus = opts.ingress_num_cpus + opts.model_num_cpus, opts.num_gpus
+        replicas = {"ingress with the model": (opts.ingress_replicas, cpus, gpus)}
     if opts.candidate:  # the rollout's second model deployment, same options
         replicas["candidate"] = replicas["model"]
     if opts.explain:

@@ -94,7 +94,7 @@ def bench_serve(
     for birdray's Serve app and (``peers``) a plain FastAPI app, hit by the same client."""
     from birdray.benchmark.peers import serve_peer
     from birdray.model.inference import Predictor
-    from birdray.serve.job import start_local
+    from birdray.serve.job import start_local  # colocate=auto, as `birdray serve`
 
     files = image_files(source)[:32]
     payloads = [p.read_bytes() for p in files]

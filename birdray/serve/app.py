@@ -29,6 +29,7 @@ from birdray.serve.rollout import check_rollout
 from birdray.serve.uploads import Limits
 
 CANDIDATE_DEPLOYMENT = "CandidateClassifier"  # the candidate's model deployment (its own options)
+COLOCATE = ("on", "off", "auto")
 
 __all__ = ["AppArgs", "BirdClassifier", "BirdExplainer", "BirdIngress", "bind_app", "build_app"]
 
@@ -70,6 +71,13 @@ class AppArgs(ModelChoice):
     max_surge_percent: int = field(100, "extra replicas while a redeploy restarts (0: stop first)")
     replica_loop: bool = field(
         True, "model and ingress code on Serve's own event loop: a thread hop less per request"
+    )
+    colocate: str = field(
+        "off",
+        "on | off | auto (on unless a candidate or more than one model replica needs the model "
+        "deployment): "
+        "the model inside the ingress's process, batched there, one Ray hop and process less per "
+        "request; replicas scale with ingress_replicas",
     )
     ingress_replicas: int = field(1, "ingress (decode/preprocess) replicas")
     ingress_num_cpus: float = field(0.5, "CPUs per ingress replica")
@@ -153,6 +161,23 @@ def check_bounds(opts: AppArgs) -> None:
         got = opts.max_concurrent_requests
         raise ValueError(f"max_concurrent_requests must be >= 0 (got {got})")
     check_rollout(opts.rollout, opts.rollout_share, bool(opts.candidate))
+    if opts.colocate not in COLOCATE:
+        raise ValueError(f"colocate must be one of {', '.join(COLOCATE)} (got {opts.colocate!r})")
+    if opts.colocate == "on" and opts.candidate:
+        raise ValueError("colocate=on serves one model: a candidate needs colocate=off (or auto)")
+    if opts.colocate == "on" and max(opts.min_replicas, opts.max_replicas) > 1:
+        raise ValueError(
+            "colocate=on runs one model in each ingress replica: set ingress_replicas, not "
+            "min_replicas/max_replicas (or colocate=off)"
+        )
+
+
+def colocated(opts: AppArgs) -> bool:
+    """Whether the model runs inside the ingress (``colocate``; ``auto``: when nothing needs a
+    model deployment of its own: no candidate, one model replica, no autoscaling)."""
+    if opts.colocate == "auto":
+        return not opts.candidate and max(opts.min_replicas, opts.max_replicas) <= 1
+    return opts.colocate == "on"
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -173,10 +198,7 @@ def bind_app(opts: AppArgs, ref: ModelRef, candidate: ModelRef | None = None) ->
     ``user_config`` carries the rollout mode and share (live-tunable the same way)."""
     check_bounds(opts)
     device = None if opts.device in (None, "auto") else opts.device
-    user_config = {
-        "max_batch_size": opts.max_batch_size,
-        "batch_wait_timeout_s": opts.batch_wait_timeout_s,
-    }
+    user_config = _batch_config(opts)
     scaling: dict[str, Any] = {"num_replicas": opts.min_replicas}
     if opts.max_replicas > opts.min_replicas:
         scaling = {
@@ -203,27 +225,49 @@ def bind_app(opts: AppArgs, ref: ModelRef, candidate: ModelRef | None = None) ->
         max_surge_percent=opts.max_surge_percent,
     )
     model_args = {"device": device, "torch_threads": opts.torch_threads, "amp": opts.amp}
+    if colocated(opts):
+        return _ingress(opts, ref, None, _explainer(opts, ref, device), colocated=model_args)
     classifier = BirdClassifier.options(**model_options).bind(ref, **model_args)
     second = None
     if candidate is not None:
         second = BirdClassifier.options(name=CANDIDATE_DEPLOYMENT, **model_options).bind(
             candidate, **model_args
         )
-    explainer = None
-    if opts.explain:
-        explainer = BirdExplainer.options(
-            num_replicas=1,
-            max_ongoing_requests=opts.explain_max_ongoing_requests,
-            max_queued_requests=opts.explain_max_queued_requests,
-            ray_actor_options={
-                "num_cpus": opts.explain_num_cpus,
-                "num_gpus": opts.explain_num_gpus,
-            },
-            max_surge_percent=opts.max_surge_percent,
-        ).bind(ref, device=device, torch_threads=opts.torch_threads)
+    return _ingress(opts, ref, classifier, _explainer(opts, ref, device), candidate=second)
+
+
+def _explainer(opts: AppArgs, ref: ModelRef, device: str | None) -> Application | None:
+    if not opts.explain:
+        return None
+    return BirdExplainer.options(
+        num_replicas=1,
+        max_ongoing_requests=opts.explain_max_ongoing_requests,
+        max_queued_requests=opts.explain_max_queued_requests,
+        ray_actor_options={"num_cpus": opts.explain_num_cpus, "num_gpus": opts.explain_num_gpus},
+        max_surge_percent=opts.max_surge_percent,
+    ).bind(ref, device=device, torch_threads=opts.torch_threads)
+
+
+def _ingress(
+    opts: AppArgs,
+    ref: ModelRef,
+    classifier: Application | None,
+    explainer: Application | None,
+    candidate: Application | None = None,
+    colocated: dict[str, Any] | None = None,
+) -> Application:
+    """The ingress deployment, bound to the model deployments, or (``colocated``: the model's
+    arguments) holding the model itself, with the model's CPUs, GPUs and batch knobs."""
     # hand the key to the ingress replicas (they may run on other nodes than the builder)
     key = {opts.api_key_env: os.environ[opts.api_key_env]} if opts.api_key_env else {}
     ingress_actor = {"num_cpus": opts.ingress_num_cpus, **_request_path(opts, key)}
+    user_config: dict[str, Any] = {"rollout": opts.rollout, "rollout_share": opts.rollout_share}
+    model = None
+    if colocated is not None:
+        model = {"model": ref, **colocated}
+        ingress_actor["num_cpus"] += opts.model_num_cpus
+        ingress_actor["num_gpus"] = opts.num_gpus
+        user_config.update(_batch_config(opts))
     return BirdIngress.options(
         num_replicas=opts.ingress_replicas,
         # above the app's own admission limit, so overload gets its JSON 503, not the proxy's
@@ -235,15 +279,23 @@ def bind_app(opts: AppArgs, ref: ModelRef, candidate: ModelRef | None = None) ->
         backpressure_config=BackpressureConfig(retry_after_s=int(RETRY_AFTER_S)),
         ray_actor_options=ingress_actor,
         max_surge_percent=opts.max_surge_percent,
-        user_config={"rollout": opts.rollout, "rollout_share": opts.rollout_share},
+        user_config=user_config,
     ).bind(
         classifier,
         explainer,
         _limits(opts),
         opts.api_key_env,
         feedback_location(opts, ref),
-        candidate=second,
+        candidate=candidate,
+        model=model,
     )
+
+
+def _batch_config(opts: AppArgs) -> dict[str, Any]:
+    return {
+        "max_batch_size": opts.max_batch_size,
+        "batch_wait_timeout_s": opts.batch_wait_timeout_s,
+    }
 
 
 def live_user_configs(args: dict[str, Any] | AppArgs) -> dict[str, dict[str, Any]]:
@@ -254,16 +306,14 @@ def live_user_configs(args: dict[str, Any] | AppArgs) -> dict[str, dict[str, Any
     (pinned versions, so a move of an alias is a change Serve sees)."""
     opts = args if isinstance(args, AppArgs) else cfglib.from_dict(AppArgs, dict(args or {}))
     check_bounds(opts)
-    batch = {
-        "max_batch_size": opts.max_batch_size,
-        "batch_wait_timeout_s": opts.batch_wait_timeout_s,
-    }
+    batch = _batch_config(opts)
     production = opts.ref.pinned()
     pinned = {"model": production.model, "registry": production.registry}
-    out = {
-        "BirdIngress": {"rollout": opts.rollout, "rollout_share": opts.rollout_share},
-        "BirdClassifier": {**batch, **pinned},
-    }
+    out = {"BirdIngress": {"rollout": opts.rollout, "rollout_share": opts.rollout_share}}
+    if colocated(opts):  # the ingress holds the model: its user_config swaps it
+        out["BirdIngress"].update({**batch, **pinned})
+    else:
+        out["BirdClassifier"] = {**batch, **pinned}
     if opts.explain:
         out["BirdExplainer"] = pinned
     if opts.candidate:

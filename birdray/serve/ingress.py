@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import os
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from ray import serve
@@ -23,6 +24,7 @@ from birdray.images import DecodedImage
 from birdray.model.factory import set_threads
 from birdray.model.preprocess import build_transform, decode_side
 from birdray.serve.api import CLIENT_KEY_HEADER, create_api
+from birdray.serve.classifier import BirdClassifier
 from birdray.serve.errors import ApiError
 from birdray.serve.feedback_route import FeedbackRoute
 from birdray.serve.metrics import ServeMetrics
@@ -50,6 +52,18 @@ async def _answer(response: DeploymentResponse, what: str) -> Any:
         raise ApiError(503, "busy", f"too many {what} requests queued; retry shortly") from exc
     except DeploymentUnavailableError as exc:
         raise ApiError(503, "unavailable", f"the {what} deployment is not available") from exc
+
+
+class InProcess:
+    """A deployment's object in this process, called the way a ``DeploymentHandle`` is
+    (``handle.method.remote(...)``, awaited): the colocated model needs no other code path."""
+
+    def __init__(self, target: Any):
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._target, name)
+        return SimpleNamespace(remote=method)
 
 
 def admission_limit(limits: Limits) -> Limits:
@@ -93,8 +107,14 @@ class BirdIngress(FeedbackRoute):
         api_key_env: str | None,
         feedback_dir: str | None = None,
         candidate: DeploymentHandle | None = None,
+        model: dict[str, Any] | None = None,
     ):
-        set_threads(1)  # transforms are small; leave the cores to the model
+        self._local = None
+        if model is None:
+            set_threads(1)  # transforms are small; leave the cores to the model replicas
+        else:  # colocated: BirdClassifier's own code, batching here, inline on this loop
+            self._local = BirdClassifier.func_or_class(**model)
+            classifier = InProcess(self._local)
         self._api_key = api_key_from_env(api_key_env)
         self._classifier, self._explainer = classifier, explainer
         self._models = {PRODUCTION: classifier, CANDIDATE: candidate}
@@ -107,9 +127,12 @@ class BirdIngress(FeedbackRoute):
         self._tally = Tally()
         self._background: set[asyncio.Task] = set()  # shadow calls in flight (kept referenced)
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        """``user_config``: ``rollout`` (off | shadow | canary) and ``rollout_share``, live."""
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """``user_config``: ``rollout`` (off | shadow | canary) and ``rollout_share``, live;
+        colocated, also the model's batch knobs and reference (``BirdClassifier.reconfigure``)."""
         self._rollout.reconfigure(config)
+        if self._local is not None:
+            await self._local.reconfigure(config)
 
     def __serve_build_asgi_app__(self):
         return create_api(self, self._limits, self._api_key, recorder=self._metrics)
@@ -122,6 +145,10 @@ class BirdIngress(FeedbackRoute):
             info["decode_side"] = decode_side(info["data_config"])
             self._infos[role] = info
         return self._infos[role]
+
+    async def model_stats(self) -> dict[str, Any]:
+        """The production model's counters (``BirdClassifier.stats``), wherever it runs."""
+        return await _answer(self._models[PRODUCTION].stats.remote(), "model")
 
     async def model_info(self) -> dict[str, Any]:
         info = await self._current(refresh=True)

@@ -21,11 +21,12 @@ import ray
 from ray import serve
 from ray.serve.context import _get_global_client
 
+from birdray import config as cfglib
 from birdray.config import field
 from birdray.devices import gpus_to_use
 from birdray.resources import plan_serve
 from birdray.runtime import LOOPBACK, free_port, init_ray, sigterm_as_ctrl_c
-from birdray.serve.app import AppArgs, app_args, build_app
+from birdray.serve.app import AppArgs, app_args, build_app, colocated
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ class ServeConfig(AppArgs):
     address: str | None = field(None, "Ray address (default: RAY_ADDRESS, else a new local Ray)")
     num_cpus: float | None = field(None, "logical CPUs for a new local Ray")
     blocking: bool = field(True, "keep serving until Ctrl-C (false: return; needs a cluster)")
+    colocate: str = field(
+        "auto",
+        "on | off | auto: the model inside the ingress's process (one hop less; auto: unless a "
+        "candidate or more model replicas need the model deployment); config files default off",
+    )
     ready_timeout_s: float = field(120.0, "how long to wait for /readyz after deploying")
 
 
@@ -162,15 +168,19 @@ def start_local(
 ) -> LocalServe:
     """Start (or join) Ray, start Serve on ``host:port``, deploy the app, wait until it is ready.
 
-    ``app_kwargs`` are further ``AppArgs`` fields (``max_batch_size=16``, ``explain=False``...).
+    ``app_kwargs`` are further ``AppArgs`` fields (``max_batch_size=16``, ``explain=False``...);
+    ``colocate`` defaults to ``auto``, as for ``birdray serve``.
     If Serve already runs in this cluster its HTTP options stay as they are (Ray's rule).
     """
 
-    args = {"model": model, "registry": registry, **app_kwargs}
+    # as `birdray serve`: the model colocated with the ingress when nothing needs it apart
+    args = {"model": model, "registry": registry, "colocate": ServeConfig.colocate, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
     cluster = init_ray(address=address, num_cpus=num_cpus)
     # auto: the cluster's GPUs shared by the replicas that start (at most one each)
     replicas = max(1, int(args.get("min_replicas") or AppArgs().min_replicas))
+    if colocated(cfglib.from_dict(AppArgs, dict(args))):  # each ingress replica holds the model
+        replicas = max(1, int(args.get("ingress_replicas") or AppArgs().ingress_replicas))
     replicas *= 2 if args.get("candidate") else 1  # a rollout's candidate deployment too
     per = min(1.0, float(cluster.get("GPU", 0.0)) / replicas)
     gpus = gpus_to_use(args.get("device"), float(args.get("num_gpus") or 0.0), cluster, per)
