@@ -12,6 +12,8 @@ import requests
 from PIL import Image
 
 from birdray.explain.locate import LOCATOR_FILE
+from birdray.model.package import read_metadata
+from birdray.model.preprocess import decode_for_model
 from tests.model_fixture import fit_test_locator, make_package
 from tests.serve_fixtures import (
     deployed,
@@ -99,6 +101,41 @@ def test_explain_uses_the_served_model_version(app):
     assert {r["part"] for r in contrast["profile_difference"]} == set(PROFILE)
     # Grad-CAM was never evaluated for this model: a hint, not evidence
     assert body["reliability"]["status"] == "unverified"
+
+
+def test_a_large_jpeg_is_explained_at_the_models_scale_in_the_photos_pixels(app, package):
+    """As /v1/predict: the JPEG decodes at the DCT scale the model needs (same confidence as
+    /v1/predict), and boxes and parts come back in the photo's pixels: exactly the answer for
+    that smaller picture sent as a PNG (never draft-scaled), its coordinates scaled up."""
+    jpeg = encode(random_rgb(25, (2000, 1500)), "JPEG", quality=90)
+    small = decode_for_model(jpeg, read_metadata(package).data_config).image
+    assert small.size == (250, 188)  # 1/8 scale: still covers this model's 64-px input
+    big = post_explain(app, jpeg, method="gradcam").json()
+    ref = post_explain(app, encode(small, "PNG"), method="gradcam").json()
+    predicted = post_images(app, [("bird.jpg", jpeg, "image/jpeg")]).json()["results"][0]
+    assert big["prediction"] == ref["prediction"]
+    assert big["prediction"]["confidence"] == pytest.approx(
+        predicted["prediction"]["confidence"], abs=1e-5
+    )
+    assert big["image"] == {"width": 2000, "height": 1500}
+    assert big["overlay_size"] == ref["overlay_size"] == {"width": 250, "height": 188}
+    overlay = Image.open(io.BytesIO(base64.b64decode(big["overlay_png_base64"])))
+    assert overlay.size == small.size and big["overlay_png_base64"] == ref["overlay_png_base64"]
+    sx, sy = 2000 / 250, 1500 / 188
+    assert big["regions"] and len(big["regions"]) == len(ref["regions"])
+    for mine, theirs in zip(big["regions"], ref["regions"], strict=True):
+        assert mine["share"] == pytest.approx(theirs["share"])
+        assert abs(mine["x"] - theirs["x"] * sx) <= 1 and abs(mine["y"] - theirs["y"] * sy) <= 1
+        right, bottom = (theirs["x"] + theirs["w"]) * sx, (theirs["y"] + theirs["h"]) * sy
+        assert abs(mine["x"] + mine["w"] - min(2000, right)) <= 1
+        assert abs(mine["y"] + mine["h"] - min(1500, bottom)) <= 1
+    located = big["parts"]["located"]
+    for mine, theirs in zip(located, ref["parts"]["located"], strict=True):
+        assert mine["part"] == theirs["part"] and mine["visible"] == theirs["visible"]
+        assert mine["x"] == pytest.approx(theirs["x"] * sx)
+        assert mine["y"] == pytest.approx(theirs["y"] * sy)
+    assert max(p["x"] for p in located) > 250  # photo pixels, not the decoded picture's
+    assert big["parts"]["ranking"] == ref["parts"]["ranking"]
 
 
 def test_explain_without_a_method_uses_the_packages_measured_default(app):

@@ -315,9 +315,45 @@ class BirdIngress(FeedbackRoute):
             raise ApiError(404, "explain_disabled", "this app was built with explain=false")
         info = await self._current()
         label = self._target(target, info["classes"])
-        decoded = await asyncio.to_thread(decode_upload, upload, self._limits)
+        # the same decode as /v1/predict (a large JPEG at the scale the model needs), so both
+        # answer with the same confidence; regions and parts come back in the photo's pixels
+        decoded = await asyncio.to_thread(decode_upload, upload, self._limits, info["decode_side"])
         result = await _answer(
             self._explainer.explain.remote(decoded.image, method, label), "explain"
         )
         result["image"] = {"width": decoded.width, "height": decoded.height}
+        return to_photo_pixels(result, decoded)
+
+
+def to_photo_pixels(result: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:
+    """An explanation of ``decoded.image`` with its regions (boxes, peaks) and located parts in
+    the photo's own pixels; the overlays keep the decoded size, which ``overlay_size`` gives."""
+    shown = decoded.image
+    sx, sy = decoded.width / shown.width, decoded.height / shown.height
+    result["overlay_size"] = {"width": shown.width, "height": shown.height}
+    if (sx, sy) == (1.0, 1.0):
         return result
+
+    def scaled(v: float, s: float, limit: int) -> float:
+        return min(limit, round(v * s)) if isinstance(v, int) else min(limit, v * s)
+
+    for region in result.get("regions") or []:
+        x1, y1 = region["x"] + region["w"], region["y"] + region["h"]
+        region["x"], region["y"] = (
+            scaled(region["x"], sx, decoded.width),
+            scaled(region["y"], sy, decoded.height),
+        )
+        region["w"] = scaled(x1, sx, decoded.width) - region["x"]
+        region["h"] = scaled(y1, sy, decoded.height) - region["y"]
+        if "peak" in region:
+            peak = region["peak"]
+            peak["x"], peak["y"] = (
+                scaled(peak["x"], sx, decoded.width - 1),
+                scaled(peak["y"], sy, decoded.height - 1),
+            )
+    for part in (result.get("parts") or {}).get("located") or []:
+        part["x"], part["y"] = (
+            scaled(part["x"], sx, decoded.width),
+            scaled(part["y"], sy, decoded.height),
+        )
+    return result
