@@ -83,13 +83,16 @@ def _wait_version(url: str, version: str, timeout_s: float) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_colocated_app_answers_as_the_direct_model_batches_and_swaps_in_place(serve_http, registry):
-    """One deployment (no BirdClassifier), the direct model's answer, concurrent requests
-    batched inside the ingress, and a ``user_config`` model swap with no replica restart."""
+    """No BirdClassifier deployment, the direct model's answer (and the explainer's), concurrent
+    requests batched inside the ingress, and a ``user_config`` model swap with no restart."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     def config(version: str) -> ServeDeploySchema:
-        args = small_app_args("v0001", registry=registry, colocate="on")
+        # explain on, as `birdray serve` runs by default: the explainer stays a deployment
+        args = small_app_args(
+            "v0001", registry=registry, colocate="on", explain=True, explain_num_cpus=0.25
+        )
         user_config = {"model": version, "registry": registry, "max_batch_size": 8,
                        "batch_wait_timeout_s": 0.05, "rollout": "off"}  # fmt: skip
         return ServeDeploySchema.model_validate({"applications": [{
@@ -103,7 +106,7 @@ def test_colocated_app_answers_as_the_direct_model_batches_and_swaps_in_place(se
     client.deploy_apps(config("v0001"))
     try:
         _wait_version(url, "v0001", 240)
-        assert _deployments("colocated") == {"BirdIngress"}
+        assert _deployments("colocated") == {"BirdIngress", "BirdExplainer"}
         data = encode(random_rgb(11, (640, 480)), "JPEG", quality=90)
         body = post_images(url, [("a.jpg", data, "image/jpeg")], top_k=3).json()
         (result,) = body["results"]
@@ -117,6 +120,12 @@ def test_colocated_app_answers_as_the_direct_model_batches_and_swaps_in_place(se
             [t["probability"] for t in result["top_k"]],
             [t["probability"] for t in want.top_k],
             atol=1e-5,
+        )
+        files = {"file": ("a.jpg", data, "image/jpeg")}
+        explained = requests.post(f"{url}/v1/explain?method=gradcam", files=files, timeout=120)
+        assert explained.status_code == 200, explained.text
+        assert explained.json()["prediction"]["confidence"] == pytest.approx(
+            result["prediction"]["confidence"], abs=1e-5
         )
         run = load(url, encode(random_rgb(12), "PNG"), concurrency=8, requests_total=32)
         assert run.errors == [] and set(run.versions) == {"v0001"}
