@@ -35,7 +35,7 @@ from birdray.serve.rollout import (
     Tally,
     agreement,
 )
-from birdray.serve.uploads import Limits, Upload, decode_upload
+from birdray.serve.uploads import Limits, Upload, decode_upload, in_photo_pixels
 
 PROBE_SLOTS = 8  # requests Serve lets in beyond the app's own limit: probes, quick 503s
 
@@ -322,38 +322,4 @@ class BirdIngress(FeedbackRoute):
             self._explainer.explain.remote(decoded.image, method, label), "explain"
         )
         result["image"] = {"width": decoded.width, "height": decoded.height}
-        return to_photo_pixels(result, decoded)
-
-
-def to_photo_pixels(result: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:
-    """An explanation of ``decoded.image`` with its regions (boxes, peaks) and located parts in
-    the photo's own pixels; the overlays keep the decoded size, which ``overlay_size`` gives."""
-    shown = decoded.image
-    sx, sy = decoded.width / shown.width, decoded.height / shown.height
-    result["overlay_size"] = {"width": shown.width, "height": shown.height}
-    if (sx, sy) == (1.0, 1.0):
-        return result
-
-    def scaled(v: float, s: float, limit: int) -> float:
-        return min(limit, round(v * s)) if isinstance(v, int) else min(limit, v * s)
-
-    for region in result.get("regions") or []:
-        x1, y1 = region["x"] + region["w"], region["y"] + region["h"]
-        region["x"], region["y"] = (
-            scaled(region["x"], sx, decoded.width),
-            scaled(region["y"], sy, decoded.height),
-        )
-        region["w"] = scaled(x1, sx, decoded.width) - region["x"]
-        region["h"] = scaled(y1, sy, decoded.height) - region["y"]
-        if "peak" in region:
-            peak = region["peak"]
-            peak["x"], peak["y"] = (
-                scaled(peak["x"], sx, decoded.width - 1),
-                scaled(peak["y"], sy, decoded.height - 1),
-            )
-    for part in (result.get("parts") or {}).get("located") or []:
-        part["x"], part["y"] = (
-            scaled(part["x"], sx, decoded.width),
-            scaled(part["y"], sy, decoded.height),
-        )
-    return result
+        return in_photo_pixels(result, decoded)

@@ -4,12 +4,14 @@ The request body is read with a byte limit before parsing (a client cannot make 
 more than ``max_request_bytes``), parsed by Starlette's multipart parser with spooling kept in
 memory (no temp files) and its own part limits (it stops at the ``max_files + 1``-th file part,
 so 20,000 tiny parts cost no more than 17), and each file is checked for declared type and size,
-then decoded by ``birdray.images.decode_image`` (the one definition of a valid image).
+then decoded by ``birdray.images.decode_image`` (the one definition of a valid image), at the
+scale the model needs; ``in_photo_pixels`` maps what was found on that decode back to the photo.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -155,3 +157,37 @@ def decode_upload(upload: Upload, limits: Limits, min_side: int = 0) -> DecodedI
             upload.name,
         )
     return decoded
+
+
+def in_photo_pixels(result: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:
+    """An explanation of ``decoded.image`` with its regions (boxes, peaks) and located parts in
+    the photo's own pixels; the overlays keep the decoded size, which ``overlay_size`` gives."""
+    shown = decoded.image
+    sx, sy = decoded.width / shown.width, decoded.height / shown.height
+    result["overlay_size"] = {"width": shown.width, "height": shown.height}
+    if (sx, sy) == (1.0, 1.0):
+        return result
+
+    def scaled(v: float, s: float, limit: int) -> float:
+        return min(limit, round(v * s)) if isinstance(v, int) else min(limit, v * s)
+
+    for region in result.get("regions") or []:
+        x1, y1 = region["x"] + region["w"], region["y"] + region["h"]
+        region["x"], region["y"] = (
+            scaled(region["x"], sx, decoded.width),
+            scaled(region["y"], sy, decoded.height),
+        )
+        region["w"] = scaled(x1, sx, decoded.width) - region["x"]
+        region["h"] = scaled(y1, sy, decoded.height) - region["y"]
+        if "peak" in region:
+            peak = region["peak"]
+            peak["x"], peak["y"] = (
+                scaled(peak["x"], sx, decoded.width - 1),
+                scaled(peak["y"], sy, decoded.height - 1),
+            )
+    for part in (result.get("parts") or {}).get("located") or []:
+        part["x"], part["y"] = (
+            scaled(part["x"], sx, decoded.width),
+            scaled(part["y"], sy, decoded.height),
+        )
+    return result
