@@ -41,6 +41,25 @@ def deployed(base_url: str, name: str, **app_args: Any) -> Iterator[str]:
         serve.delete(name)
 
 
+def ready_version(url: str) -> str | None:
+    """The model version ``/readyz`` reports, or None while the app is not ready."""
+    try:
+        resp = requests.get(f"{url}/readyz", timeout=5)
+        return resp.json().get("model_version") if resp.status_code == 200 else None
+    except requests.RequestException:
+        return None
+
+
+def wait_for(predicate, timeout_s: float, every_s: float = 0.5) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return False
+
+
 def small_app_args(model: str, **overrides: Any) -> dict[str, Any]:
     """App args sized for a 2-core test machine (fractional CPUs, one thread, no explainer)."""
     args = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import requests
@@ -15,7 +13,15 @@ from birdray.registry.ref import ModelRef
 from birdray.resources import ResourceError, plan_serve
 from birdray.serve.app import AppArgs, build_app, colocated, live_user_configs
 from birdray.serve.job import ServeConfig
-from tests.serve_fixtures import encode, load, post_images, random_rgb, small_app_args
+from tests.serve_fixtures import (
+    encode,
+    load,
+    post_images,
+    random_rgb,
+    ready_version,
+    small_app_args,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -65,21 +71,6 @@ def _ingress_actors() -> set[str]:
     return {a.actor_id for a in alive if "BirdIngress" in a.class_name}
 
 
-def _ready_version(url: str) -> str | None:
-    try:
-        resp = requests.get(f"{url}/readyz", timeout=5)
-        return resp.json().get("model_version") if resp.status_code == 200 else None
-    except requests.RequestException:
-        return None
-
-
-def _wait_version(url: str, version: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _ready_version(url) != version:
-        assert time.monotonic() < deadline, f"{url} never answered with {version}"
-        time.sleep(0.5)
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_colocated_app_answers_as_the_direct_model_batches_and_swaps_in_place(serve_http, registry):
@@ -105,7 +96,7 @@ def test_colocated_app_answers_as_the_direct_model_batches_and_swaps_in_place(se
     before = _ingress_actors()
     client.deploy_apps(config("v0001"))
     try:
-        _wait_version(url, "v0001", 240)
+        assert wait_for(lambda: ready_version(url) == "v0001", timeout_s=240)
         assert _deployments("colocated") == {"BirdIngress", "BirdExplainer"}
         data = encode(random_rgb(11, (640, 480)), "JPEG", quality=90)
         body = post_images(url, [("a.jpg", data, "image/jpeg")], top_k=3).json()
@@ -136,7 +127,7 @@ def test_colocated_app_answers_as_the_direct_model_batches_and_swaps_in_place(se
         assert stats["items"] == 33 and 1 < stats["largest_batch"] <= 8  # batched in-process
 
         client.deploy_apps(config("v0002"))  # a config edit: reconfigure(), no restart
-        _wait_version(url, "v0002", 120)
+        assert wait_for(lambda: ready_version(url) == "v0002", timeout_s=120)
         assert _ingress_actors() - before == replica  # the same process loaded v0002
         stats = ingress.model_stats.remote().result()
         assert stats["swaps"] == 2 and stats["version"] == "v0002"

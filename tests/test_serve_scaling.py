@@ -24,7 +24,9 @@ from tests.serve_fixtures import (
     load,
     post_images,
     random_rgb,
+    ready_version,
     small_app_args,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.ray]
@@ -52,15 +54,6 @@ def classifier(app: str):
 def running_replicas(app: str, deployment: str = "BirdClassifier") -> int:
     status = serve.status().applications[app].deployments[deployment]
     return int(status.replica_states.get("RUNNING", 0))
-
-
-def wait_for(predicate, timeout_s: float, every_s: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every_s)
-    return False
 
 
 @pytest.mark.timeout(300)
@@ -218,7 +211,7 @@ def test_config_update_swaps_model_in_place_under_load(serve_http, registry):
     url = f"{serve_http}/inplace"
     client.deploy_apps(config("v0001", 8))  # its _blocking wait is a fixed 60 s: poll instead
     try:
-        assert wait_for(lambda: _ready_version(url) == "v0001", timeout_s=240)
+        assert wait_for(lambda: ready_version(url) == "v0001", timeout_s=240)
         stop = threading.Event()
         data = encode(random_rgb(35), "PNG")
         results = {}
@@ -229,7 +222,7 @@ def test_config_update_swaps_model_in_place_under_load(serve_http, registry):
         try:
             time.sleep(2)
             client.deploy_apps(config("v0002", 2))
-            assert wait_for(lambda: _ready_version(url) == "v0002", timeout_s=120)
+            assert wait_for(lambda: ready_version(url) == "v0002", timeout_s=120)
             time.sleep(2)
         finally:
             stop.set()
@@ -243,11 +236,3 @@ def test_config_update_swaps_model_in_place_under_load(serve_http, registry):
         assert stats["max_batch_size"] == 2  # batch knobs applied through reconfigure too
     finally:
         serve.delete("inplace")
-
-
-def _ready_version(url: str) -> str | None:
-    try:
-        resp = requests.get(f"{url}/readyz", timeout=5)
-        return resp.json().get("model_version") if resp.status_code == 200 else None
-    except requests.RequestException:
-        return None
