@@ -201,7 +201,7 @@ def run_contrastive(
     if not siblings:
         return {"available": False, "reason": source, "goal": GOAL}
     wanted = set(siblings)
-    ds = read_split(dataset, split, columns=["image_id", "image", "label", "bbox", "parts"])
+    ds = read_split(dataset, split, ["image_id", "image", "label", "bbox", "parts"], list_once=True)
     ds = ds.filter(lambda row: int(row["label"]) in wanted)
     if images > 0:
         ds = ds.limit(images)

@@ -278,13 +278,15 @@ def run_explain_eval(cfg: ExplainEvalConfig) -> dict[str, Any]:
     version = ref.model if ref.registry else None  # immutable: results become a record beside it
     package = ref.resolve()
     meta = read_metadata(package)
-    part_names = load_manifest(cfg.dataset).get("part_names") or []
+    manifest = load_manifest(cfg.dataset)
+    part_names = manifest.get("part_names") or []
     if not part_names:
         print(f"{cfg.dataset}: this dataset has no part annotations: part scores skipped")
     cluster = init_ray(cfg.address or None)
     actors = plan_pool("explanation", cfg.actors, cfg.actor_cpus, cfg.num_gpus, cluster)
-    ds = read_split(cfg.dataset, cfg.split, columns=["image_id", "image", "label", "bbox", "parts"])
-    total = read_split(cfg.dataset, cfg.split, columns=["image_id"]).count()  # Parquet metadata
+    columns = ["image_id", "image", "label", "bbox", "parts"]
+    ds = read_split(cfg.dataset, cfg.split, columns, list_once=True)  # no listing task first
+    total = int(manifest["splits"].get(cfg.split, {}).get("rows", 0))  # ingest counted them
     if cfg.limit > 0:
         ds, total = ds.limit(cfg.limit), min(total, cfg.limit)
     worker_cfg = {

@@ -207,7 +207,7 @@ def fit_and_measure(
 
     def measured() -> Iterator[dict[str, Any]]:
         test = (
-            read_split(dataset, split, columns=["image_id", "image", "bbox", "parts"])
+            read_split(dataset, split, ["image_id", "image", "bbox", "parts"], list_once=True)
             .filter(lambda row: int(row["image_id"]) in held_out)
             .take(images)
         )

@@ -254,6 +254,12 @@ def build_dataset(
 ) -> Any:
     """The Ray Data pipeline: listed rows -> CPU decode/preprocess tasks -> model actor pool.
     ``scorer_kwargs``: more actor arguments (``evaluate`` asks for ``logits=True``)."""
+    rows = listed_rows(source, todo, plan, resumed)
+    return add_stages(rows, source, plan, package, data_config_json, scorer_cls, scorer_kwargs)
+
+
+def listed_rows(source: Source, todo: pa.Table | None, plan: StagePlan, resumed: bool = False):
+    """The rows to score as a Ray Dataset: a dataset split's shards, or the listed files."""
     import ray
 
     if source.kind == "dataset":
@@ -268,11 +274,25 @@ def build_dataset(
             ds = ds.filter(expr=col("path").is_in(todo["path"].to_pylist()))
         # Parquet shards arrive as a few big blocks: one batch a block lets every decode task
         # and every actor in the pool (on every node) take a share instead of one taking all
-        ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
-    else:
-        per_block = max(plan.batch_size, math.ceil(len(todo) / 1000))  # bounded block count
-        ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, len(todo), per_block)])
-    ds = ds.map_batches(
+        return ds.repartition(target_num_rows_per_block=plan.batch_size)
+    per_block = max(plan.batch_size, math.ceil(len(todo) / 1000))  # bounded block count
+    return ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, len(todo), per_block)])
+
+
+def add_stages(
+    rows: Any,
+    source: Source,
+    plan: StagePlan,
+    package: dict[str, Any],
+    data_config_json: str,
+    scorer_cls: type = Scorer,
+    scorer_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """Decode + eval transform in CPU tasks, then the model in one actor pool, over ``rows``
+    (one source's, or several dataset splits' unioned: one pool, one model load)."""
+    import ray
+
+    ds = rows.map_batches(
         prepare_batch,
         batch_size=plan.batch_size,
         batch_format="pyarrow",
