@@ -251,7 +251,7 @@ def _train(cfg: Any) -> None:
     if cfg.pretrained_file:
         file("--pretrained-file", cfg.pretrained_file, "a weights file (.safetensors or .pth)")
     if cfg.init_from:
-        from birdray.model.factory import ModelError
+        from birdray.model.errors import ModelError
         from birdray.model.package import check_fine_tune_source
 
         try:
@@ -406,7 +406,7 @@ def _feedback(cfg: Any) -> None:
 
 
 def _explain(cfg: Any) -> None:
-    from birdray.explain.attribution import METHODS
+    from birdray.explain.methods import METHODS
 
     _device(cfg.device, None)
     if cfg.dataset:
@@ -424,7 +424,7 @@ def _explain(cfg: Any) -> None:
 
 
 def _explain_eval(cfg: Any) -> None:
-    from birdray.explain.attribution import METHODS
+    from birdray.explain.methods import METHODS
 
     dataset("--dataset", cfg.dataset, cfg.split)  # without part annotations: curves only
     names = [m.strip() for m in cfg.methods.split(",") if m.strip()]

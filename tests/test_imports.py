@@ -32,7 +32,10 @@ errors = []
 def first_import(name):
     barrier.wait()
     try:
-        importlib.import_module(name)
+        module, _, call = name.partition(":")  # "module:function": a lazy door, called
+        loaded = importlib.import_module(module)
+        if call:
+            getattr(loaded, call)()
     except Exception as exc:
         errors.append(f"{name}: {type(exc).__name__}: {exc}")
 threads = [threading.Thread(target=first_import, args=(m,)) for m in modules]
@@ -50,6 +53,7 @@ ENTRY_MODULES = [
     "birdray.model.inference",
     "birdray.model.factory",
     "birdray.model.package",
+    "birdray.model.package:_model_stack",  # the package loads torch/timm on first use only
     "birdray.train.loop",
 ]
 

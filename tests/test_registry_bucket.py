@@ -193,7 +193,8 @@ def test_dashboard_lists_a_bucket_registry_without_downloading_weights(
 def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_path):
     """Train's registration, evaluate into the bucket, the Tune hand-off, Serve and scoring."""
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
-    from birdray.model.inference import Predictor, softmax_np
+    from birdray.evaluate.metrics import softmax_np
+    from birdray.model.inference import Predictor
     from birdray.model.package import update_metadata
     from birdray.model.preprocess import decode_for_model
     from birdray.scoring.job import ScoreConfig, run_scoring

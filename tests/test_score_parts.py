@@ -154,7 +154,7 @@ def test_package_travels_as_bytes_and_is_still_verified(tmp_path):
     """Scoring actors on other nodes load the package from bytes, with the same checks."""
     import torch
 
-    from birdray.model.factory import ModelError
+    from birdray.model.errors import ModelError
     from birdray.model.package import load_package, load_package_files, package_files
     from tests.model_fixture import make_package
 

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from birdray.evaluate.metrics import calibration_bins, classification_metrics, fit_temperature
+from birdray.evaluate.metrics import softmax_np as softmax
 from birdray.model.factory import autocast_dtype, create_model, pick_device, prepare_for_device
-from birdray.model.inference import softmax_np as softmax
 from birdray.model.preprocess import build_transform, normalize_uint8, resolve_data_config
 
 

@@ -22,8 +22,12 @@ from birdray import plots
 from birdray.config import field
 from birdray.data.manifest import load_manifest
 from birdray.devices import DEVICE_HELP, gpus_to_use
-from birdray.evaluate.metrics import calibration_bins, classification_metrics, fit_temperature
-from birdray.model.inference import softmax_np
+from birdray.evaluate.metrics import (
+    calibration_bins,
+    classification_metrics,
+    fit_temperature,
+    softmax_np,
+)
 from birdray.model.package import read_metadata, update_metadata
 from birdray.registry import record_evaluation
 from birdray.registry.ref import ModelChoice

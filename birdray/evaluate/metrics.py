@@ -10,9 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from birdray.model.inference import softmax_np
-
 ECE_BINS = 15
+
+
+def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated probabilities in numpy (evaluation's drivers need no torch)."""
+    z = logits / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from birdray.explain.methods import METHODS
 from birdray.explain.parts import find_peak
 from birdray.model._stack import interrupt_ends_ray_worker
 from birdray.model.preprocess import CropGeometry, build_transform, eval_geometry
@@ -27,7 +28,6 @@ with interrupt_ends_ray_worker():  # captum's first import can be cut short by a
     import torch.nn.functional as F
     from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency
 
-METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
 BASELINES = ("blur", "black", "white", "mean")
 _LAYER_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 

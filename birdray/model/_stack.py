@@ -13,12 +13,14 @@ first import different parts of the stack (``birdray.model.preprocess`` needs ``
 initialized module 'timm.data'``, ``partially initialized module 'torch._dynamo'``, and a scoring,
 evaluation, explanation or training task dies at random (seen in CI, in a fresh worker).
 
-The fix: every ``birdray.model`` module imports this one first. A module that another thread is
-still initialising makes Python wait on that module's lock, so whichever thread comes first
-imports the complete stack here while the others wait for it, instead of racing into timm through
-different doors. A partially initialised parent *package* does not make Python wait, which is why
-this is a module of its own and not ``birdray/model/__init__.py``. ``tests/test_imports.py``
-starts concurrent first imports in a fresh interpreter and fails without this.
+The fix: every ``birdray.model`` module that uses torch or timm imports this one first (``package``
+only on first use, through ``factory``: reading a package's metadata needs no torch). A module
+that another thread is still initialising makes Python wait on that module's lock, so whichever
+thread comes first imports the complete stack here while the others wait for it, instead of
+racing into timm through different doors. A partially initialised parent *package* does not make
+Python wait, which is why this is a module of its own and not ``birdray/model/__init__.py``.
+``tests/test_imports.py`` starts concurrent first imports in a fresh interpreter and fails
+without this.
 """
 
 # ruff: noqa: I001, F401  (imported for their side effect, in this order: the point of the module)

@@ -15,9 +15,7 @@ from pathlib import Path
 import timm
 import torch
 
-
-class ModelError(ValueError):
-    """A model name, weights file or package that cannot be used."""
+from birdray.model.errors import ModelError
 
 
 def create_model(

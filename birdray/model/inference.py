@@ -13,7 +13,6 @@ from birdray.model import _stack  # noqa: F401
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -90,10 +89,3 @@ class Predictor:
             ]
             out.append(Prediction(top[0]["label"], top[0]["species"], top[0]["probability"], top))
         return out
-
-
-def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)

@@ -9,11 +9,6 @@ preprocessing path), the calibration temperature and where the model came from.
 
 from __future__ import annotations
 
-# First, before torch/timm: the thread-safe import of the stack (see _stack.py).
-from birdray import storage
-from birdray.model import _stack  # noqa: F401
-
-# isort: split
 import hashlib
 import json
 import os
@@ -22,13 +17,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save_file
+from birdray import storage
+from birdray.model.errors import ModelError
 
-from birdray.model.factory import ModelError, create_model
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -80,6 +75,19 @@ class ModelPackage:
         return f"{self.metadata.arch}@{self.metadata.version or self.metadata.content_hash[:12]}"
 
 
+def _model_stack() -> tuple[Any, Any]:
+    """``create_model`` and ``safetensors.torch``, imported on first use: reading and checking a
+    package (the registry, the CLI, a job's driver) needs neither torch nor timm, ~3 s to import
+    on 2 cores. ``birdray.model.factory`` comes first: it imports the stack in its one safe order
+    (``_stack.py``), so a lazy import here cannot race another thread's."""
+    from birdray.model.factory import create_model
+
+    # isort: split
+    from safetensors import torch as safetensors_torch  # after the stack, on purpose
+
+    return create_model, safetensors_torch
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -99,8 +107,9 @@ def save_package(out_dir: str | Path, model: torch.nn.Module, metadata: PackageM
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _, safetensors = _model_stack()
     try:
-        save_file(_state_dict_for_saving(model), str(tmp / WEIGHTS_FILE))
+        safetensors.save_file(_state_dict_for_saving(model), str(tmp / WEIGHTS_FILE))
         metadata.content_hash = file_sha256(tmp / WEIGHTS_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, default=str))
         if out_dir.exists():
@@ -158,8 +167,9 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
     """Load and verify a package directory; the model is returned in eval mode."""
     path = Path(path)
     meta = verify_package(path)
+    create_model, safetensors = _model_stack()
     model = create_model(meta.arch, num_classes=meta.num_classes, pretrained=False)
-    state = load_file(str(path / WEIGHTS_FILE), device="cpu")
+    state = safetensors.load_file(str(path / WEIGHTS_FILE), device="cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -203,9 +213,10 @@ def load_package_files(
     meta = PackageMetadata.from_json(json.loads(files[METADATA_FILE]))
     if not verified:
         _check_bytes(meta, files[WEIGHTS_FILE], path)
+    create_model, safetensors = _model_stack()
     model = create_model(meta.arch, num_classes=meta.num_classes, pretrained=False)
     try:
-        model.load_state_dict(load_bytes(files[WEIGHTS_FILE]), strict=True)
+        model.load_state_dict(safetensors.load(files[WEIGHTS_FILE]), strict=True)
     except RuntimeError as exc:
         raise ModelError(f"weights in {path} do not fit {meta.arch}: {exc}") from exc
     return ModelPackage(path=Path(path), metadata=meta, model=model.eval())

@@ -21,7 +21,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from birdray.model.factory import ModelError
+from birdray.model.errors import ModelError
 
 TIMM_ARCH = "tf_efficientnet_lite0"
 DEFAULT_OUT = "runs/weights/tf_efficientnet_lite0.safetensors"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from birdray.config import field
-from birdray.model.factory import ModelError
+from birdray.model.errors import ModelError
 from birdray.model.package import verify_package
 from birdray.registry.pointer import PRODUCTION, read_aliases
 from birdray.registry.versions import (

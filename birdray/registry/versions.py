@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from birdray import storage
-from birdray.model.factory import ModelError
+from birdray.model.errors import ModelError
 from birdray.model.package import METADATA_FILE, PackageMetadata, verify_package
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")

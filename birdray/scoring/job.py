@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from birdray import storage
 from birdray.config import ConfigError, field, to_dict
 from birdray.devices import DEVICE_HELP, gpus_to_use
-from birdray.explain.attribution import METHODS as EXPLAIN_METHODS
+from birdray.explain.methods import METHODS as EXPLAIN_METHODS
 from birdray.images import DEFAULT_MAX_PIXELS
 from birdray.model.package import read_metadata
 from birdray.registry.ref import ModelChoice

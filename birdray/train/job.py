@@ -25,7 +25,8 @@ from birdray.config import save_config
 from birdray.data.feedback import training_record
 from birdray.data.manifest import load_manifest, manifest_checksum
 from birdray.devices import gpus_to_use
-from birdray.model.factory import ModelError, arch_data_config, create_model
+from birdray.model.errors import ModelError
+from birdray.model.factory import arch_data_config, create_model
 from birdray.model.package import PackageMetadata, check_fine_tune_source, save_package
 from birdray.plots import training_curves
 from birdray.resources import ResourceError, plan_workers

@@ -38,7 +38,7 @@ def best_checkpoint(result, storage_path: str):
 
 def decide(registry: str, version: str, force: bool) -> tuple[bool, str]:
     """Whether ``version`` should replace production, and why (in words for the log)."""
-    from birdray.model.factory import ModelError
+    from birdray.model.errors import ModelError
     from birdray.registry import RegistryError, read_pointer, version_metadata
 
     current = read_pointer(registry).get("version")
