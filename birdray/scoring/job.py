@@ -84,7 +84,9 @@ class ScoreConfig(ModelChoice):
     device: str = field("auto", DEVICE_HELP)
     torch_threads: int = field(0, "torch threads per actor (0: actor_cpus rounded up)")
     preprocess_cpus: float = field(1.0, "CPUs reserved per decode/preprocess task")
-    preprocess_memory_mb: int = field(512, "memory reserved per decode task (torch+timm: ~0.5 GB)")
+    preprocess_memory_mb: int = field(
+        768, "memory reserved per decode task (a worker with torch+timm peaked at ~490 MiB)"
+    )
     stall_timeout_s: float = field(
         300.0, "stop with Ray's pending-resource view when no rows arrive this long (0: never)"
     )

@@ -229,7 +229,7 @@ class StagePlan:
     actor_cpus: float
     num_gpus: float = 0.0
     preprocess_cpus: float = 1.0
-    preprocess_memory_mb: int = 512
+    preprocess_memory_mb: int = 768
     torch_threads: int = 0  # 0: actor_cpus rounded up
     max_file_mb: float = 50.0
     max_pixels: int = DEFAULT_MAX_PIXELS
