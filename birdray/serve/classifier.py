@@ -13,16 +13,16 @@ import asyncio
 import hashlib
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from ray import serve
 
-from birdray.model.inference import Predictor
-from birdray.model.preprocess import normalize_uint8
 from birdray.registry.ref import ModelRef
 from birdray.serve.metrics import ServeMetrics
+
+if TYPE_CHECKING:  # torch and timm load in the replica, not in the driver that builds the app
+    from birdray.model.inference import Predictor
 
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_S = 0.002
@@ -42,6 +42,8 @@ def load_predictor(
     channels_last: bool = True,
 ) -> Predictor:
     path = ref.resolve()
+    from birdray.model.inference import Predictor
+
     return Predictor(
         str(path), device=device, num_threads=threads, amp=amp, channels_last=channels_last
     )
@@ -155,6 +157,10 @@ class BirdClassifier:
         out: list[dict[str, Any]] = [{"stale": True} for _ in items]
         if not fresh:
             return out
+        import torch  # loaded with the model in __init__: a dictionary lookup here
+
+        from birdray.model.preprocess import normalize_uint8
+
         pixels = torch.from_numpy(np.stack([items[i]["pixels"] for i in fresh]))
         start = time.perf_counter()
         batch = normalize_uint8(pixels, predictor.metadata.data_config)

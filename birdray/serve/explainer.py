@@ -15,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from ray import serve
 
-from birdray.model.factory import set_threads
-from birdray.model.inference import Predictor
 from birdray.registry.ref import ModelRef
 from birdray.serve.classifier import load_predictor
 from birdray.serve.metrics import ServeMetrics
+
+if TYPE_CHECKING:  # torch and timm load in the replica, not in the driver
+    from birdray.model.inference import Predictor
 
 
 def _jsonable(value: Any) -> Any:
@@ -88,6 +89,7 @@ class BirdExplainer:
         """``method`` is already resolved (``explain`` fills in the default)."""
         from birdray.explain import explain, species_profile
         from birdray.explain.answer import answer_in_parts
+        from birdray.model.factory import set_threads
 
         set_threads(self._threads)  # torch's thread setting is per OS thread: set it here too
         predictor, profiles = self._predictor, self._profiles

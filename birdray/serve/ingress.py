@@ -21,8 +21,6 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from birdray.images import DecodedImage
-from birdray.model.factory import set_threads
-from birdray.model.preprocess import build_transform, decode_side
 from birdray.serve.api import CLIENT_KEY_HEADER, create_api
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.errors import ApiError
@@ -111,6 +109,8 @@ class BirdIngress(FeedbackRoute):
     ):
         self._local = None
         if model is None:
+            from birdray.model.factory import set_threads  # the torch stack, once, here
+
             set_threads(1)  # transforms are small; leave the cores to the model replicas
         else:  # colocated: BirdClassifier's own code, batching here, inline on this loop
             self._local = BirdClassifier.func_or_class(**model)
@@ -140,6 +140,8 @@ class BirdIngress(FeedbackRoute):
     async def _current(self, refresh: bool = False, role: str = PRODUCTION) -> dict[str, Any]:
         """A model's info with its eval transform (kept together so they always match)."""
         if role not in self._infos or refresh:
+            from birdray.model.preprocess import build_transform, decode_side
+
             info = await _answer(self._models[role].info.remote(), "model")
             info["transform"] = build_transform(info["data_config"], training=False, uint8=True)
             info["decode_side"] = decode_side(info["data_config"])
