@@ -12,7 +12,8 @@ from PIL import Image
 
 from birdray.explain import METHODS, explain, find_gradcam_layer
 from birdray.explain.attribution import to_original
-from birdray.model.preprocess import eval_geometry, resolve_data_config
+from birdray.model.crop import eval_geometry
+from birdray.model.preprocess import resolve_data_config
 
 FAST = {"steps": 8, "nt_samples": 4, "internal_batch_size": 8}
 

@@ -16,8 +16,8 @@ import pytest
 from birdray.data.manifest import load_manifest
 from birdray.explain.locate import feature_map, fit_locator, locate, part_features, pck
 from birdray.images import decode_image
+from birdray.model.crop import CropGeometry
 from birdray.model.package import load_package
-from birdray.model.preprocess import CropGeometry
 
 RADIUS = 0.1  # explain-eval's default part radius
 GRID = CropGeometry(80, 80, 1.0, 1.0, 0, 0, 80, 80)  # an 80 px photo, no resize or crop

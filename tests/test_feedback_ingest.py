@@ -173,8 +173,8 @@ def test_report_counts_corrections_per_species(feedback, ingested, tmp_path):
 
 @pytest.mark.slow
 def test_a_model_trained_with_feedback_records_it(ray_cluster, feedback, ingested, tmp_path):
+    from birdray.model.crop import decode_for_model
     from birdray.model.inference import Predictor
-    from birdray.model.preprocess import decode_for_model
     from birdray.registry import resolve, version_metadata
     from birdray.train.job import TrainConfig, run_training
 

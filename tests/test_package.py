@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from birdray.images import ImageError, decode_image
+from birdray.model.crop import decode_for_model, decode_side, eval_geometry
 from birdray.model.errors import ModelError
 from birdray.model.inference import Predictor
 from birdray.model.package import load_package, read_metadata, update_metadata
-from birdray.model.preprocess import build_transform, decode_for_model, decode_side, eval_geometry
+from birdray.model.preprocess import build_transform
 from tests.model_fixture import make_package
 
 

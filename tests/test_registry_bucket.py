@@ -194,9 +194,9 @@ def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_
     """Train's registration, evaluate into the bucket, the Tune hand-off, Serve and scoring."""
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.evaluate.metrics import softmax_np
+    from birdray.model.crop import decode_for_model
     from birdray.model.inference import Predictor
     from birdray.model.package import update_metadata
-    from birdray.model.preprocess import decode_for_model
     from birdray.scoring.job import ScoreConfig, run_scoring
     from birdray.tune.promote import register_winner
 

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from birdray.cli import main
+from birdray.model.crop import decode_for_model
 from birdray.model.inference import Predictor
-from birdray.model.preprocess import decode_for_model
 from birdray.scoring.job import ScoreConfig, run_scoring
 from birdray.scoring.stages import Scorer
 from tests.model_fixture import make_package

@@ -22,8 +22,8 @@ from PIL import Image
 
 from birdray.feedback.store import read_all, read_feedback
 from birdray.images import decode_image
+from birdray.model.crop import decode_for_model
 from birdray.model.inference import Predictor
-from birdray.model.preprocess import decode_for_model
 from tests.hostile_files import hostile_gif, hostile_tiff
 from tests.model_fixture import make_package
 from tests.serve_fixtures import (

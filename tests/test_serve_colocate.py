@@ -7,8 +7,8 @@ import pytest
 import requests
 from ray import serve
 
+from birdray.model.crop import decode_for_model
 from birdray.model.inference import Predictor
-from birdray.model.preprocess import decode_for_model
 from birdray.registry.ref import ModelRef
 from birdray.resources import ResourceError, plan_serve
 from birdray.serve.app import AppArgs, build_app, colocated, live_user_configs

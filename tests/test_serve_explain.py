@@ -12,8 +12,8 @@ import requests
 from PIL import Image
 
 from birdray.explain.locate import LOCATOR_FILE
+from birdray.model.crop import decode_for_model
 from birdray.model.package import read_metadata
-from birdray.model.preprocess import decode_for_model
 from tests.model_fixture import fit_test_locator, make_package
 from tests.serve_fixtures import (
     deployed,

@@ -21,7 +21,8 @@ from PIL import Image
 from birdray.explain.methods import METHODS
 from birdray.explain.parts import find_peak
 from birdray.model._stack import interrupt_ends_ray_worker
-from birdray.model.preprocess import CropGeometry, build_transform, eval_geometry
+from birdray.model.crop import CropGeometry, eval_geometry
+from birdray.model.preprocess import build_transform
 
 with interrupt_ends_ray_worker():  # captum's first import can be cut short by a task cancel too
     import torch

@@ -28,7 +28,8 @@ from birdray.data.manifest import read_split
 from birdray.explain.attribution import find_early_layer
 from birdray.explain.parts import EXPLAIN_DIR, part_radius, part_xyv
 from birdray.images import decode_image
-from birdray.model.preprocess import CropGeometry, build_transform, eval_geometry
+from birdray.model.crop import CropGeometry, eval_geometry
+from birdray.model.preprocess import build_transform
 from birdray.resources import watched
 
 LOCATOR_FILE = "part_locator.json"

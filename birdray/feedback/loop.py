@@ -45,8 +45,8 @@ def send_answers(url: str, photos: list[tuple[Path, str]], timeout: float = 60) 
 
 
 def _accuracy(package: Path, photos: list[tuple[Path, str]]) -> float:
+    from birdray.model.crop import decode_for_model
     from birdray.model.inference import Predictor
-    from birdray.model.preprocess import decode_for_model
 
     if not photos:
         return float("nan")

@@ -81,8 +81,8 @@ def species_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> dict[str, Any]:
     """The model's top-1 accuracy on corrected photos whose hash is not in its training record."""
+    from birdray.model.crop import decode_for_model
     from birdray.model.inference import Predictor
-    from birdray.model.preprocess import decode_for_model
 
     predictor = Predictor(str(ModelRef(model, registry).resolve()), device="cpu")
     meta = predictor.metadata

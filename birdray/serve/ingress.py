@@ -107,12 +107,8 @@ class BirdIngress(FeedbackRoute):
         candidate: DeploymentHandle | None = None,
         model: dict[str, Any] | None = None,
     ):
-        self._local = None
-        if model is None:
-            from birdray.model.factory import set_threads  # the torch stack, once, here
-
-            set_threads(1)  # transforms are small; leave the cores to the model replicas
-        else:  # colocated: BirdClassifier's own code, batching here, inline on this loop
+        self._local = None  # with a model deployment, this process never imports torch
+        if model is not None:  # colocated: BirdClassifier's own code, batching here, inline
             self._local = BirdClassifier.func_or_class(**model)
             classifier = InProcess(self._local)
         self._api_key = api_key_from_env(api_key_env)
@@ -140,10 +136,10 @@ class BirdIngress(FeedbackRoute):
     async def _current(self, refresh: bool = False, role: str = PRODUCTION) -> dict[str, Any]:
         """A model's info with its eval transform (kept together so they always match)."""
         if role not in self._infos or refresh:
-            from birdray.model.preprocess import build_transform, decode_side
+            from birdray.model.crop import decode_side, uint8_eval_transform
 
             info = await _answer(self._models[role].info.remote(), "model")
-            info["transform"] = build_transform(info["data_config"], training=False, uint8=True)
+            info["transform"] = uint8_eval_transform(info["data_config"])
             info["decode_side"] = decode_side(info["data_config"])
             self._infos[role] = info
         return self._infos[role]
@@ -185,7 +181,7 @@ class BirdIngress(FeedbackRoute):
         # a shadow call reuses production's decode, unless its model needs more pixels than that
         if decoded is None or min(decoded.image.size) < min(side, decoded.width, decoded.height):
             decoded = decode_upload(upload, self._limits, side)
-        pixels = info["transform"](decoded.image).numpy()
+        pixels = info["transform"](decoded.image)
         return {
             "decoded": decoded,
             "pixels": pixels,

@@ -17,7 +17,8 @@ import numpy as np
 
 from birdray.data.manifest import read_split
 from birdray.images import decode_image
-from birdray.model.preprocess import build_transform, decode_side
+from birdray.model.crop import decode_side
+from birdray.model.preprocess import build_transform
 
 
 @functools.lru_cache(maxsize=8)
