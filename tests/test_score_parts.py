@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -211,3 +212,18 @@ def test_decode_stage_turns_every_failure_into_an_error_string(tmp_path):
     rows = pa.table({"path": ["a"], "image_id": [7], "image": pa.array([None], pa.binary())})
     out = prepare_batch(rows, Source("dataset", "/d", "", "/d/s"), json.dumps(config), 0, 10**6)
     assert out["error"][0].startswith("missing:") and out["image_id"][0] == 7
+
+
+@pytest.mark.parametrize(("rows", "batch"), [(0, 16), (1, 16), (10, 16), (3200, 16), (250_000, 32)])
+def test_blocks_start_with_one_batch_and_grow_to_task_size(rows, batch):
+    from birdray.scoring.stages import StagePlan, block_slices, task_rows
+
+    plan = StagePlan(batch_size=batch, pool_size=1, actor_cpus=1.0)
+    slices = block_slices(rows, plan)
+    assert sum(n for _, n in slices) == rows  # every row once, in order, no gaps
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(slices))
+    if rows:
+        assert slices[0] == (0, min(batch, rows))  # the first results wait for one batch only
+        sizes = [n for _, n in slices[:-1]]
+        assert sizes == sorted(sizes) and max(sizes or [0]) <= max(task_rows(plan), rows / 1000)
+    assert len(slices) <= 1000 + 8  # bounded block count, whatever the input size
