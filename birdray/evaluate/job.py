@@ -127,13 +127,14 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             "the dataset's classes differ from the model's: wrong dataset for this model"
         )
     init_ray(cfg.address or None)
-    fit = cfg.calibrate and "val" in manifest["splits"] and cfg.split != "val"
+    calibrates = cfg.calibrate and "val" in manifest["splits"]
+    fit = calibrates and cfg.split != "val"  # val scored beside the report split, in one pool
     scored = score_splits(package, cfg.dataset, [cfg.split] + (["val"] if fit else []), cfg)
     report = scored[cfg.split]
     keep = ~np.isin(report["image_id"], list(_excluded(cfg.exclude_ids)))
     logits, labels = report["logits"][keep], report["label"][keep]
     temperature = meta.temperature or 1.0
-    if cfg.calibrate and "val" in manifest["splits"]:
+    if calibrates:
         val = scored.get("val", report)
         temperature = fit_temperature(val["logits"], val["label"])
     metrics = classification_metrics(logits, labels, meta.num_classes)

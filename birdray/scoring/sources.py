@@ -92,7 +92,7 @@ def list_inputs(
 ) -> pa.Table:
     """Every file (or dataset row) to score, sorted by path: what "files seen" means."""
     if source.kind == "dataset":
-        table = _split_dataset(source).to_table(columns=["image_id", "path"])
+        table = split_columns(source, ["image_id", "path"])
         rows = {
             "path": table["path"],
             "image_id": pc.cast(table["image_id"], pa.int64()),
