@@ -69,7 +69,8 @@ def test_configs_outside_the_pillow_crop_get_timms_transform(change):
 
 
 def test_crop_and_scorings_decode_tasks_never_import_torch(tmp_path):
-    """A scoring decode task run in a fresh interpreter: crops made, torch and timm not loaded."""
+    """A scoring decode task run in a fresh interpreter: crops made, torch and timm not loaded;
+    nor by Serve's ingress modules (an ingress beside a model deployment needs no torch)."""
     photo = tmp_path / "bird.jpg"
     _photo(500, 375, 3).save(photo, quality=90)
     code = f"""
@@ -77,6 +78,7 @@ import json, sys
 import pyarrow as pa
 from birdray.scoring.sources import Source
 from birdray.scoring.stages import prepare_batch
+import birdray.serve.app, birdray.serve.ingress, birdray.serve.uploads
 cfg = {_config(128, "bicubic", 0.875, "center")!r}
 batch = pa.table({{"path": [{str(photo)!r}, "/nonexistent.jpg"], "file_size": [0, 0]}})
 out = prepare_batch(batch, Source("folder", {str(tmp_path)!r}, ""), json.dumps(cfg), 0, 10**8)

@@ -107,7 +107,7 @@ class BirdIngress(FeedbackRoute):
         candidate: DeploymentHandle | None = None,
         model: dict[str, Any] | None = None,
     ):
-        self._local = None  # with a model deployment, this process never imports torch
+        self._local = None  # with a model deployment: no torch here (``uint8_eval_transform``)
         if model is not None:  # colocated: BirdClassifier's own code, batching here, inline
             self._local = BirdClassifier.func_or_class(**model)
             classifier = InProcess(self._local)
