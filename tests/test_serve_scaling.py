@@ -68,6 +68,10 @@ def test_concurrent_requests_are_served_in_fewer_model_calls(serve_http, package
         mid = classifier("batching").stats.remote().result()
         assert mid["items"] - before["items"] == 4
         assert mid["calls"] - before["calls"] <= 2
+        # a lone image does not sit out batch_wait_timeout_s (0.25 s) waiting for nobody
+        lone = post_images(url, [("one.png", data, "image/png")]).json()["results"][0]
+        assert lone["ok"] and lone["timing_ms"]["queue_and_model"] < 250, lone["timing_ms"]
+        mid = classifier("batching").stats.remote().result()
         # sixteen concurrent single-image requests
         with ThreadPoolExecutor(16) as pool:
             codes = list(

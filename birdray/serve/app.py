@@ -52,7 +52,9 @@ class AppArgs(ModelChoice):
     torch_threads: int = field(2, "torch threads per model replica (Ray sets OMP_NUM_THREADS=1)")
     amp: bool = field(False, "bf16/fp16 autocast in model replicas")
     max_batch_size: int = field(8, "@serve.batch size (user_config; live-tunable)")
-    batch_wait_timeout_s: float = field(0.002, "@serve.batch wait (user_config; live-tunable)")
+    batch_wait_timeout_s: float = field(
+        0.002, "@serve.batch wait, only while another image can join (user_config; live-tunable)"
+    )
     max_ongoing_requests: int = field(
         64,
         "per model replica (>= max_batch_size); below what an ingress admits, the rest wait in "

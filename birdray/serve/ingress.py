@@ -190,9 +190,9 @@ class BirdIngress(FeedbackRoute):
         }
 
     async def _classify(
-        self, upload: Upload, top_k: int, role: str
+        self, upload: Upload, top_k: int, role: str, company: int = 0
     ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
-        result, decoded = await self._classify_one(upload, top_k, role)
+        result, decoded = await self._classify_one(upload, top_k, role, company=company)
         if isinstance(result, ApiError):
             self._metrics.image_error(result.code)
         else:
@@ -209,8 +209,10 @@ class BirdIngress(FeedbackRoute):
         top_k: int,
         role: str = PRODUCTION,
         decoded: DecodedImage | None = None,
+        company: int = 0,
     ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
-        """One image through ``role``'s model; also the decoded image (a shadow call reuses it)."""
+        """One image through ``role``'s model; also the decoded image (a shadow call reuses it).
+        ``company``: the request's other images, worth a batch wait in the model replica."""
         start = time.perf_counter()
         info = await self._current(role=role)
         try:
@@ -219,7 +221,12 @@ class BirdIngress(FeedbackRoute):
             return exc, None
         for _attempt in range(2):  # a swap may change the preprocessing: redo it once
             queued = time.perf_counter()
-            request = {"pixels": item["pixels"], "key": item["key"], "top_k": top_k}
+            request = {
+                "pixels": item["pixels"],
+                "key": item["key"],
+                "top_k": top_k,
+                "company": company,
+            }
             try:
                 result = await _answer(self._models[role].predict.remote(request), "model")
             except ApiError as exc:
@@ -252,7 +259,8 @@ class BirdIngress(FeedbackRoute):
     ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]:
         """Every image of a request goes to one model: production, or the canary's candidate."""
         role, mode = self._rollout.answering(client_key), self._rollout.mode
-        pairs = await asyncio.gather(*(self._classify(u, top_k, role) for u in uploads))
+        company = len(uploads) - 1
+        pairs = await asyncio.gather(*(self._classify(u, top_k, role, company) for u in uploads))
         results = [r for r, _ in pairs]
         answered = [r for r in results if isinstance(r, dict)]
         info = await self._current(role=role)
