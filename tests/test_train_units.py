@@ -38,7 +38,14 @@ def test_uint8_path_matches_float_eval_transform():
     reference = build_transform(cfg, training=False)(img)
     raw = build_transform(cfg, training=False, uint8=True)(img)
     assert raw.dtype == torch.uint8
-    assert torch.allclose(normalize_uint8(raw.unsqueeze(0), cfg)[0], reference, atol=1e-5)
+    batch = raw.unsqueeze(0).repeat(2, 1, 1, 1)
+    before = batch.clone()
+    for channels_last in (True, False):
+        out = normalize_uint8(batch, cfg, channels_last)
+        assert torch.allclose(out[1], reference, atol=1e-5)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert out.is_contiguous(memory_format=layout)
+    assert torch.equal(batch, before)  # normalised in place on its own copy, never the input
 
 
 def test_temperature_scaling_fixes_an_overconfident_model():

@@ -135,7 +135,7 @@ def plain_train_throughput(
     dtype = autocast_dtype(dev, amp)
 
     def step():
-        x = normalize_uint8(batch, data_config).contiguous(memory_format=torch.channels_last)
+        x = normalize_uint8(batch, data_config)
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(model(x), labels)
         opt.zero_grad(set_to_none=True)

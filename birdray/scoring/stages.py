@@ -171,7 +171,10 @@ class Scorer:
 
         from birdray.model.preprocess import normalize_uint8
 
-        return normalize_uint8(torch.from_numpy(pixels), self.predictor.metadata.data_config)
+        predictor = self.predictor
+        return normalize_uint8(
+            torch.from_numpy(pixels), predictor.metadata.data_config, predictor.channels_last
+        )
 
     def score(self, pixels: np.ndarray) -> list[dict[str, Any]]:
         return [

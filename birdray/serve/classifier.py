@@ -181,7 +181,7 @@ class BirdClassifier:
 
         pixels = torch.from_numpy(np.stack([items[i]["pixels"] for i in fresh]))
         start = time.perf_counter()
-        batch = normalize_uint8(pixels, predictor.metadata.data_config)
+        batch = normalize_uint8(pixels, predictor.metadata.data_config, predictor.channels_last)
         # inline, not in a worker thread: torch's thread count was set on this thread, and the
         # same forward pass from a pool thread ran ~15x slower with 2 threads on 2 shared cores
         probs = predictor.probabilities(predictor.logits(batch))

@@ -212,9 +212,7 @@ class _Step:
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) of a uint8 batch, normalised and autocast as configured."""
-        images = normalize_uint8(batch["image"], self.data_config)
-        if self.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = normalize_uint8(batch["image"], self.data_config, self.cfg.channels_last)
         amp = self.amp_dtype
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             return self.model(images), batch["label"].long()
