@@ -32,6 +32,11 @@ class DemoConfig:
     epochs: int = field(0, "override the recipe's epochs (0: keep)")
     address: str = field("", "Ray address (empty: a private local Ray on 127.0.0.1)")
     dashboard: bool = field(False, "leave Serve and the Streamlit dashboard running at the end")
+    serve_proxy: str = field(
+        "haproxy",
+        "Serve's front door in a local Ray: haproxy (a Python hop less a request; its stats "
+        "and exporter ports listen on all interfaces) | serve (Serve's proxy, all on loopback)",
+    )
 
 
 DEMO_WEIGHTS = "runs/demo/weights/tf_efficientnet_lite0.safetensors"  # as demo.yaml names them
@@ -76,11 +81,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from birdray.data.ingest import IngestConfig, run_ingest, summary
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.registry import read_pointer
+    from birdray.serve.job import choose_proxy
     from birdray.train.job import run_training
     from birdray.tune.job import run_sweep
 
     out = Path(cfg.out).resolve()
     results: dict[str, Any] = {}
+    if not cfg.address:
+        choose_proxy(cfg.serve_proxy)  # Serve reads it from the local Ray started next
     resources = init_ray(cfg.address or None, num_cpus=4)  # local: dashboard + Jobs API on loopback
     print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
 

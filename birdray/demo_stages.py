@@ -115,7 +115,7 @@ def consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: s
     from birdray.explain.job import ExplainConfig, run_explain
     from birdray.registry import read_pointer
     from birdray.scoring.job import ScoreConfig, run_scoring
-    from birdray.serve.job import shadow_agreement, shutdown, start_local
+    from birdray.serve.job import running_proxy, shadow_agreement, shutdown, start_local
 
     source = Path(synth.out)
     results: dict[str, Any] = {}
@@ -144,7 +144,10 @@ def consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: s
 
     t = stage("7. serve: Ray Serve on the production model, the other one in its shadow")
     shadow = shadow_args(registry, read_pointer(str(registry))["version"])
-    app = start_local(model="production", registry=str(registry), port=0, **shadow)
+    proxy = "serve" if cfg.address else cfg.serve_proxy  # a cluster keeps the proxy it runs
+    app = start_local(model="production", registry=str(registry), port=0, proxy=proxy, **shadow)
+    front = {"haproxy": "HAProxy", "serve": "Serve's Python proxy"}.get(running_proxy() or "")
+    print(f"  {app.url}, through {front or 'a proxy Serve did not name'}", flush=True)
     keep = cfg.dashboard
     try:
         for path in _test_images(source, 3):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,13 +18,13 @@ from tests.model_fixture import make_package
 from tests.serve_fixtures import encode, post_images, random_rgb
 
 
-def _birdray_serve(tmp_path, port: int) -> subprocess.Popen:
+def _birdray_serve(tmp_path, port: int, *extra: str) -> subprocess.Popen:
     """``birdray serve`` of a small package on its own local Ray, output in one text pipe."""
     package = make_package(tmp_path / "pkg", num_classes=4)
     cmd = [
         sys.executable, "-m", "birdray.cli", "serve", "--model", str(package),
         "--registry", "none", "--port", str(port), "--explain", "false",
-        "--num-cpus", "2", "--torch-threads", "1",
+        "--num-cpus", "2", "--torch-threads", "1", *extra,
     ]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -91,3 +92,72 @@ def test_birdray_serve_interrupted_while_starting_exits_cleanly(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _haproxy_configs() -> dict[int, str]:
+    """The config text of each running HAProxy process, by pid (its ``-f`` argument)."""
+    found = {}
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"haproxy") and b"-f" in args:
+            config = Path(args[args.index(b"-f") + 1].decode())
+            found[int(proc_dir.name)] = config.read_text() if config.exists() else ""
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_birdray_serve_proxy_haproxy_answers_through_haproxy_on_loopback(tmp_path):
+    """``--proxy haproxy``: HAProxy listens on the asked port (loopback) and forwards to the
+    replica's own server (loopback); Ctrl-C stops it quickly and leaves no HAProxy behind."""
+    port = free_port()
+    proc = _birdray_serve(tmp_path, port, "--proxy", "haproxy")
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines.append(proc.stdout.readline())
+            if "press Ctrl-C" in lines[-1]:
+                break
+        assert "press Ctrl-C" in lines[-1], f"rc={proc.poll()}\n" + "".join(lines[-40:])
+        url = f"http://127.0.0.1:{port}"
+        resp = post_images(url, [("a.png", encode(random_rgb(43), "PNG"), "image/png")])
+        assert resp.status_code == 200 and resp.json()["results"][0]["ok"], resp.text
+        mine = {pid: text for pid, text in _haproxy_configs().items() if f":{port}\n" in text}
+        assert mine, "no HAProxy process listens on the port\n" + "".join(lines[-40:])
+        config = next(iter(mine.values()))
+        assert f"bind 127.0.0.1:{port}" in config
+        assert re.search(r"server \S+ 127\.0\.0\.1:\d+", config), config[-2000:]
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        lines.append(out)
+        assert proc.returncode == 0, "".join(lines[-40:])
+        assert time.monotonic() - stopping < 60, "stopping waited out Ray's 30 s drain"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/healthz", timeout=5)
+        time.sleep(2)
+        assert not set(mine) & set(_haproxy_configs()), "HAProxy outlived birdray serve"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_proxy_haproxy_on_a_serve_that_runs_the_python_proxy_fails_before_deploying(
+    serve_http, tmp_path
+):
+    from birdray.serve.job import serve_apps, start_local
+
+    before = serve_apps()
+    package = make_package(tmp_path / "pkg", num_classes=4)
+    with pytest.raises(RuntimeError, match="RAY_SERVE_ENABLE_HA_PROXY=1"):
+        start_local(str(package), registry="", name="never", route_prefix="/never",
+                    explain=False, proxy="haproxy")  # fmt: skip
+    assert serve_apps() == before
+    assert os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1"  # the test process's Ray untouched
+    with pytest.raises(ValueError, match="serve, haproxy"):
+        start_local(str(package), registry="", proxy="nginx")

@@ -39,6 +39,7 @@ class BenchmarkConfig:
     repeats: int = field(3, "repeats per timing (median and spread reported)")
     requests: int = field(300, "Serve requests per concurrency level")
     concurrency: list[int] = field([1, 8, 32, 128], "Serve concurrency levels (birdray and peer)")
+    serve_proxy: str = field("serve", "birdray Serve's front door: serve | haproxy (`--proxy`)")
     peers: bool = field(True, "also run the plain-tool peers (DataLoader, FastAPI, one process)")
     explain_arch: str = field("resnet50", "model for explanation timings")
     explain_sizes: list[int] = field([224, 448], "resolutions for explanation timings")
@@ -132,7 +133,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         return {"results": str(out / "gpu.json"), "rows": rows}
 
     from birdray.data.ingest import IngestConfig, run_ingest
+    from birdray.serve.job import choose_proxy
 
+    if not cfg.address:
+        choose_proxy(cfg.serve_proxy)  # before the local Ray starts: Serve reads it from there
     init_ray(cfg.address or None, num_cpus=4)
     want = {cfg.stage} if cfg.stage != "all" else set(STAGES) - {"gpu", "all"}
     source = stages.make_folder(out / "data-1x", cfg.classes, cfg.per_class)
@@ -161,7 +165,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     _write(out, cfg, rows, final=False)
     if "serve" in want:
         rows += serving.bench_serve(
-            source, package, cfg.requests, cfg.threads, cfg.concurrency, peers=cfg.peers
+            source,
+            package,
+            cfg.requests,
+            cfg.threads,
+            cfg.concurrency,
+            peers=cfg.peers,
+            proxy=cfg.serve_proxy,
         )
     _write(out, cfg, rows, final=False)
     if "explain" in want:

@@ -89,6 +89,7 @@ def bench_serve(
     threads: int,
     levels: list[int] | tuple[int, ...] = (1, 8, 32, 128),
     peers: bool = False,
+    proxy: str = "serve",
 ) -> list[dict]:
     """One-image latency overhead vs the direct call; req/s, p50 and p99 per concurrency level,
     for birdray's Serve app and (``peers``) a plain FastAPI app, hit by the same client."""
@@ -116,6 +117,7 @@ def bench_serve(
         torch_threads=threads,
         explain=False,
         max_ongoing_requests=64,
+        proxy=proxy,
     )
     try:
         me = {"startup_s": time.perf_counter() - started}

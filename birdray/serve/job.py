@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -48,9 +49,66 @@ class ServeConfig(AppArgs):
         "candidate or more model replicas need the model deployment); config files default off",
     )
     ready_timeout_s: float = field(120.0, "how long to wait for /readyz after deploying")
+    proxy: str = field(
+        "serve",
+        "serve | haproxy: the HTTP front door; haproxy (Ray's HAProxy mode, experimental) forwards "
+        "to the ingress replica's own HTTP server, a Python hop less; chosen when Ray starts",
+    )
 
 
 PROXY_TIMEOUT_MARGIN_S = 10.0  # the proxy's backstop waits longer than the app's own JSON 504
+PROXIES = ("serve", "haproxy")
+
+
+def choose_proxy(proxy: str) -> None:
+    """Set Ray's switches for Serve's front door; they take effect in a Ray started after this.
+
+    Serve picks its proxy once, when its controller starts, from the Ray processes' environment,
+    which a local Ray started by this process inherits. HAProxy's stats page and Prometheus
+    exporter listen on all interfaces (Ray's template), so they get free ports rather than
+    Ray's fixed 8404 and 9101 (two services on one machine would clash); and on one node a
+    stopping replica needs a short drain only (HAProxy drops it within a second).
+    """
+    if proxy not in PROXIES:
+        raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+    if proxy == "haproxy":
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+        for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+            os.environ.setdefault(name, str(free_port("0.0.0.0")))
+
+
+def running_proxy() -> str | None:
+    """The front door of the connected cluster's Serve (``serve`` or ``haproxy``; None: unknown)."""
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    try:  # the controller's own flag: set when it started, so no race with the proxies starting
+        enabled = ray.get(
+            client._controller.__ray_call__.remote(
+                lambda controller: getattr(controller, "_ha_proxy_enabled", None)
+            ),
+            timeout=30,
+        )
+    except Exception as exc:  # an older or changed controller: say so, don't guess
+        logger.warning("could not ask Serve's controller which proxy it runs: %s", exc)
+        return None
+    return None if enabled is None else ("haproxy" if enabled else "serve")
+
+
+def check_proxy(wanted: str) -> None:
+    """Fail before deploying when Serve runs another front door than the one asked for."""
+
+    running = running_proxy()
+    if wanted == "haproxy" and running == "serve":
+        raise RuntimeError(
+            "--proxy haproxy: this Ray's Serve already runs its Python proxy, and the proxy is "
+            "chosen when Serve starts; start the cluster with RAY_SERVE_ENABLE_HA_PROXY=1 "
+            "(birdray does that for a local Ray it starts), or use --proxy serve"
+        )
+    if running and running != wanted:
+        logger.info("Serve in this cluster runs the %s proxy (asked: %s)", running, wanted)
 
 
 def ensure_serve(
@@ -164,6 +222,7 @@ def start_local(
     address: str | None = None,
     num_cpus: float | None = None,
     ready_timeout_s: float = 120.0,
+    proxy: str = "serve",
     **app_kwargs: Any,
 ) -> LocalServe:
     """Start (or join) Ray, start Serve on ``host:port``, deploy the app, wait until it is ready.
@@ -171,11 +230,17 @@ def start_local(
     ``app_kwargs`` are further ``AppArgs`` fields (``max_batch_size=16``, ``explain=False``...);
     ``colocate`` defaults to ``auto``, as for ``birdray serve``.
     If Serve already runs in this cluster its HTTP options stay as they are (Ray's rule).
+    ``proxy="haproxy"`` needs Serve started in HAProxy mode: a local Ray started here is.
     """
 
     # as `birdray serve`: the model colocated with the ingress when nothing needs it apart
     args = {"model": model, "registry": registry, "colocate": ServeConfig.colocate, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
+    if proxy not in PROXIES:
+        raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+    joining = (address or os.environ.get("RAY_ADDRESS")) not in (None, "", "local")
+    if not ray.is_initialized() and not joining:
+        choose_proxy(proxy)  # a local Ray is started next
     cluster = init_ray(address=address, num_cpus=num_cpus)
     # auto: the cluster's GPUs shared by the replicas that start (at most one each)
     replicas = max(1, int(args.get("min_replicas") or AppArgs().min_replicas))
@@ -190,6 +255,7 @@ def start_local(
     plan_serve(args, cluster)  # fits, or fails now
     app_timeout = app_kwargs.get("request_timeout_s") or AppArgs().request_timeout_s
     base = ensure_serve(host, port, float(app_timeout) + PROXY_TIMEOUT_MARGIN_S)
+    check_proxy(proxy)
     serve.run(app, name=name, route_prefix=route_prefix)
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
     url = f"{base}{prefix}"
@@ -228,6 +294,7 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
             address=cfg.address,
             num_cpus=cfg.num_cpus,
             ready_timeout_s=cfg.ready_timeout_s,
+            proxy=cfg.proxy,
             **args,
         )
     except KeyboardInterrupt:  # stopped while starting: no traceback, no half-deployed app left
