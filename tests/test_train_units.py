@@ -86,3 +86,36 @@ def test_init_from_a_package_keeps_its_head(tmp_path):
     with torch.no_grad():
         assert torch.allclose(kept(x), loaded(x), atol=1e-5)
         assert not torch.allclose(fresh(x), loaded(x), atol=1e-3)  # a new, random head
+
+
+def test_training_pipeline_plans_without_torch_and_validates_with_the_eval_pixels(tmp_path):
+    """Ray Data's split coordinator unpickles the pipeline's function only to plan: in a fresh
+    interpreter that must not load torch (it held each split's start up by seconds on 2 cores).
+    Validation batches are timm's eval transform, byte for byte, made without torch too."""
+    import io
+    import json
+    import subprocess
+    import sys
+
+    cfg = resolve_data_config(create_model("resnet18", 3), 96)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (150, 200, 3), np.uint8))
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    (tmp_path / "bird.png").write_bytes(data.getvalue())
+    code = f"""
+import json, pickle, sys
+import numpy as np
+from birdray.train.data import decode_and_transform
+fn = pickle.loads(pickle.dumps(decode_and_transform))  # what the coordinator receives
+assert "torch" not in sys.modules, "unpickling the pipeline's function imported torch"
+image = open({str(tmp_path / "bird.png")!r}, "rb").read()
+batch = {{"image": np.array([image], dtype=object), "label": np.array([3])}}
+out = fn(batch, json.loads({json.dumps(cfg)!r}), training=False)
+assert "torch" not in sys.modules, "validation's transform imported torch"
+np.save({str(tmp_path / "val.npy")!r}, out["image"])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.load(tmp_path / "val.npy")
+    want = build_transform(cfg, training=False, uint8=True)(image.convert("RGB")).numpy()
+    assert got.shape == (1, *want.shape) and np.array_equal(got[0], want)

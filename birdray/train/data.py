@@ -17,12 +17,21 @@ import numpy as np
 
 from birdray.data.manifest import read_split
 from birdray.images import decode_image
-from birdray.model.crop import decode_side
-from birdray.model.preprocess import build_transform
+from birdray.model.crop import decode_side, uint8_eval_transform
 
 
 @functools.lru_cache(maxsize=8)
 def _transform(config_json: str, training: bool, train_kwargs_json: str):
+    """The split's uint8 transform: validation's is the eval crop scoring, evaluation and Serve
+    use (Pillow, no torch, for the configs it covers); training's is timm's augmentation.
+
+    Imported here, not at the top: Ray Data's split coordinator unpickles this module's functions
+    to plan each pipeline and never runs them, and importing torch/timm there held every split's
+    start (and an epoch's first batch) up by seconds."""
+    if not training:
+        return uint8_eval_transform(json.loads(config_json))
+    from birdray.model.preprocess import build_transform
+
     return build_transform(
         json.loads(config_json), training, uint8=True, **json.loads(train_kwargs_json)
     )
