@@ -102,11 +102,15 @@ def test_training_pipeline_plans_without_torch_and_validates_with_the_eval_pixel
     data = io.BytesIO()
     image.save(data, format="PNG")
     (tmp_path / "bird.png").write_bytes(data.getvalue())
+    from ray import cloudpickle
+
+    from birdray.train.data import decode_and_transform
+
+    pickled = cloudpickle.dumps(decode_and_transform).hex()  # what the coordinator receives
     code = f"""
 import json, pickle, sys
 import numpy as np
-from birdray.train.data import decode_and_transform
-fn = pickle.loads(pickle.dumps(decode_and_transform))  # what the coordinator receives
+fn = pickle.loads(bytes.fromhex({pickled!r}))
 assert "torch" not in sys.modules, "unpickling the pipeline's function imported torch"
 image = open({str(tmp_path / "bird.png")!r}, "rb").read()
 batch = {{"image": np.array([image], dtype=object), "label": np.array([3])}}

@@ -17,7 +17,7 @@ import numpy as np
 
 from birdray.data.manifest import read_split
 from birdray.images import decode_image
-from birdray.model.crop import decode_side, uint8_eval_transform
+from birdray.model.crop import decode_for_model, uint8_eval_transform
 
 
 @functools.lru_cache(maxsize=8)
@@ -56,12 +56,13 @@ def decode_and_transform(
         training,
         json.dumps(train_kwargs or {}, sort_keys=True),
     )
-    # validation sees the pixels evaluation, scoring and Serve see; augmentation crops and zooms
-    # into the photo, so it decodes at full size
-    side = 0 if training else decode_side(data_config)
+    # validation sees the pixels evaluation, scoring and Serve see (their one decode);
+    # augmentation crops and zooms into the photo, so it decodes at full size
+    decode = (
+        decode_image if training else functools.partial(decode_for_model, data_config=data_config)
+    )
     images = [
-        np.asarray(transform(decode_image(bytes(data), min_side=side).image), dtype=np.uint8)
-        for data in batch["image"]
+        np.asarray(transform(decode(bytes(data)).image), dtype=np.uint8) for data in batch["image"]
     ]
     return {"image": np.stack(images), "label": batch["label"].astype(np.int64)}
 
