@@ -1,15 +1,20 @@
 """Contrastive ground truth: "why this species and not its sibling" against the generator's record.
 
 Sibling species differ in one known part. The trained-model test explains logit(species) -
-logit(sibling) on real test images of the shared ``trained_package`` and checks that the true
-separating part gets more of that map than of a deliberately wrong map (the same map shifted by
-half the image, so it keeps its shape and mass but no longer sits on the bird's parts). Measured
-on one trained fixture (12 images of the pair, separating part: the breast): Grad-CAM one stage
-early 3.5x its area share (median rank 3.5), Integrated Gradients 3.9x (rank 1); last-stage
-Grad-CAM (a 4x4 map at 128 px) only 1.1x, which is why it is not tested here. The fixture is
-retrained every session and varies: one clean-clone run's model gave Grad-CAM early 2.5x and
-median rank 7.5, where the shifted map (share 0.000) had "ranked" 7.0 only because parts tied at
-zero were ranked in name order; a part tied at zero now ranks last (``separating_score``).
+logit(sibling) on every test image of the pair in the shared ``trained_package`` (40 images;
+separating part: the breast) and checks that the true separating part gets more of that map than
+of a deliberately wrong map (the same map shifted by half the image, so it keeps its shape and
+mass but no longer sits on the bird's parts). Last-stage Grad-CAM (a 4x4 map at 128 px) reaches
+only about 1.1x, which is why it is not tested here.
+
+Why every image: per image, Grad-CAM one stage early gives the breast 0x to 12x its area share,
+so a mean over a few images is mostly sampling noise. The test once used the first 12 images:
+over fourteen fixture trainings that read 1.9x (a clean-clone CI failure), 2.5x twice, 2.6x and
+up to 4.6x, and within one model, 12 of its 40 images drawn at random spanned 2.6x-5.6x (5th-95th
+percentile). Over all 40 images, nine fixture trainings gave 3.8x-4.8x (median 4.2x), and
+Integrated Gradients 3.8x-4.4x over four (on 12 images it had read 4.1x-4.6x over six);
+the explain job's own table takes up to 60 images (``contrast_images``). A part tied at zero
+ranks last (``separating_score``): a map that misses the bird must not rank a part first by name.
 """
 
 from __future__ import annotations
@@ -117,7 +122,7 @@ def test_contrastive_map_puts_its_mass_on_the_separating_part(trained_package, m
     siblings, _ = load_siblings(manifest)
     rows, part_names, _ = _sibling_test_rows(trained_package)
     true, shifted = [], []
-    for row in rows[:12]:
+    for row in rows:  # all of them: one image's ratio ranges 0x-12x (module docstring)
         pair = siblings[row["label"]]
         image = decode_image(row["image"]).image
         exp = contrastive_explain(model, config, image, row["label"], pair["sibling"], method,
@@ -131,7 +136,7 @@ def test_contrastive_map_puts_its_mass_on_the_separating_part(trained_package, m
             continue
         for out, s in zip((true, shifted), scores, strict=True):
             out.append((s["share"], s["area_share"], s["rank"]))
-    assert len(true) >= 8
+    assert len(true) >= 30
     t, s = np.array(true), np.array(shifted)
     ratio = t[:, 0].mean() / t[:, 1].mean()
     print(f"{method}: separating part share {t[:, 0].mean():.3f} ({ratio:.1f}x its area share), "
