@@ -13,6 +13,7 @@ Only what can be judged cheaply and without Ray is checked here: bucket paths ar
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -198,6 +199,11 @@ def _download(cfg: Any) -> None:
         )
     _md5(cfg.md5)
     require(cfg.timeout_s > 0, "--timeout-s", "must be > 0")
+    require(
+        math.isfinite(cfg.max_extract_gb) and cfg.max_extract_gb > 0,
+        "--max-extract-gb",
+        "must be > 0",
+    )
 
 
 def _ingest(cfg: Any) -> None:
@@ -228,6 +234,7 @@ def _ingest(cfg: Any) -> None:
     )
     positive({"--rows-per-shard": cfg.rows_per_shard, "--max-pixels": cfg.max_pixels})
     positive({"--max-side": cfg.max_side}, 0)
+    require(cfg.max_file_mb > 0, "--max-file-mb", f"must be > 0, got {cfg.max_file_mb:g}")
     _md5(cfg.md5)
 
 
@@ -455,11 +462,67 @@ def _demo(cfg: Any) -> None:
 
 
 def _benchmark(cfg: Any) -> None:
+    from birdray.benchmark import effective
 
+    cfg = effective(cfg)  # the sizes that will run (--smoke fills what was not given)
     choice("stage", cfg.stage, STAGES)
     choice("--device", cfg.device, ("cpu", "cuda"))
+    choice("--serve-proxy", cfg.serve_proxy, ("serve", "haproxy"))
     output("--out", cfg.out)
-    positive({"--classes": cfg.classes, "--per-class": cfg.per_class, "--repeats": cfg.repeats})
+    positive(
+        {
+            "--classes": cfg.classes,
+            "--per-class": cfg.per_class,
+            "--repeats": cfg.repeats,
+            "--scaling-per-class": cfg.scaling_per_class,
+            "--image-size": cfg.image_size,
+            "--batch-size": cfg.batch_size,
+            "--threads": cfg.threads,
+            "--requests": cfg.requests,
+            **{f"--scales {v}": v for v in cfg.scales},
+            **{f"--concurrency {v}": v for v in cfg.concurrency},
+            **{f"--explain-sizes {v}": v for v in cfg.explain_sizes},
+        }
+    )
+    require(
+        len(set(cfg.concurrency)) == len(cfg.concurrency) and bool(cfg.concurrency),
+        "--concurrency",
+        f"needs distinct levels, got {cfg.concurrency}",
+    )
+    require(
+        cfg.requests >= max(cfg.concurrency),
+        "--requests",
+        f"{cfg.requests} requests cannot keep {max(cfg.concurrency)} in flight (--concurrency)",
+    )
+    if cfg.device == "cuda" or (cfg.stage == "gpu" and cfg.device != "cpu"):
+        import torch
+
+        require(torch.cuda.is_available(), "--device", "cuda asked for, but no CUDA GPU here")
+    if cfg.stage in ("train", "all"):
+        train, val = _split_sizes(cfg.classes, cfg.per_class)
+        require(
+            train >= cfg.batch_size and val > 0,
+            "--per-class",
+            f"{cfg.classes} x {cfg.per_class} images give {train} train and {val} val images; "
+            f"training needs a batch ({cfg.batch_size}) of train images and some val images",
+        )
+
+
+def _split_sizes(classes: int, per_class: int) -> tuple[int, int]:
+    """Train and val images of a generated benchmark set, split as ingest will split it."""
+    from birdray.data.cub import CubRecord
+    from birdray.data.folders import assign_splits
+    from birdray.data.ingest import IngestConfig
+
+    records = [
+        CubRecord(c * per_class + i + 1, "", c, "", True)
+        for c in range(classes)
+        for i in range(per_class)
+    ]
+    ingest = IngestConfig()
+    split = assign_splits(records, ingest.val_fraction, ingest.test_fraction, ingest.seed)
+    values = list(split.values())
+    return values.count("train"), values.count("val")
 
 
 CHECKS: dict[str, Callable[[Any], None]] = {

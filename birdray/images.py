@@ -15,6 +15,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 7,300 x 5,500: far above any real CUB photo, far below a bomb
+# longest / shortest side: a 100000x1 PNG is a few hundred bytes and 100,000 pixels, but a model's
+# resize of its short side to 256 asks for 25.6 M x 256 (GBs); no photo of a bird is that thin
+DEFAULT_MAX_ASPECT = 20.0
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 
 
@@ -99,7 +102,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, min_side: int = 0
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    min_side: int = 0,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> DecodedImage:
     """Decode bytes to RGB; raise ``ImageError`` for empty, non-image, truncated or bomb input.
 
@@ -107,6 +114,10 @@ def decode_image(
     its shorter side stays at least ``min_side``: 3-4x cheaper, and just as strict, because the
     scaled decoder still reads every byte of the entropy-coded data (a truncated or corrupt
     file fails the same way). ``width``/``height`` stay the full size; ``image`` is smaller.
+
+    Size limits are read from the header, before any pixel is decoded: ``max_pixels`` (bombs)
+    and ``max_aspect`` (long / short side; 0 turns it off), so every stage refuses the same
+    thin strips instead of one of them resizing them to gigabytes.
 
     Every ``Exception`` the decoders raise becomes the file's ``ImageError``: Pillow's plugins
     answer hostile bytes with ``TypeError``, ``IndexError``, ``struct.error``... and one bad file
@@ -117,22 +128,47 @@ def decode_image(
     if not data:
         raise ImageError("empty", "zero-byte file")
     try:
-        return _decode(data, max_pixels, min_side)
+        return _decode(data, max_pixels, min_side, max_aspect)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
-        raise ImageError("too_large", str(exc) or type(exc).__name__) from exc
+    except Image.DecompressionBombError as exc:  # beyond twice Pillow's own limit (~179 Mpx)
+        raise ImageError("too_large", f"over Pillow's decompression-bomb limit: {exc}") from exc
+    except MemoryError as exc:
+        raise ImageError("too_large", "decoding it needs more memory than is available") from exc
     except UnidentifiedImageError as exc:
+        fmt = _sniffed(data)
+        if fmt:  # a known signature Pillow cannot open: damaged, or a variant it does not decode
+            detail = f"looks like {fmt} but cannot be read (damaged, or a {fmt} variant "
+            raise ImageError("corrupt", detail + "the decoder does not support)") from exc
         raise ImageError("not_an_image", "bytes are not a recognised image format") from exc
     except Exception as exc:
         raise ImageError("corrupt", f"cannot decode: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(data: bytes, max_pixels: int, min_side: int) -> DecodedImage:
+# magic numbers of the accepted formats: a file that starts like one and still fails to open
+# is a damaged (or unsupported) image, not "not an image"
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _sniffed(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), "")
+
+
+def _decode(data: bytes, max_pixels: int, min_side: int, max_aspect: float) -> DecodedImage:
     with warnings.catch_warnings():
-        # Pillow's per-file warnings about broken metadata would flood a million-file job's log
+        # Pillow's per-file warnings about broken metadata would flood a million-file job's log;
+        # its bomb warning too: the configured ``max_pixels`` below is the limit, with our words
         warnings.simplefilter("ignore")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
         width, height = img.size
         if width <= 0 or height <= 0:
@@ -140,6 +176,10 @@ def _decode(data: bytes, max_pixels: int, min_side: int) -> DecodedImage:
         if width * height > max_pixels:
             limit = f"{max_pixels:,}-pixel limit"
             raise ImageError("too_large", f"{width}x{height} exceeds the {limit}")
+        if max_aspect and max(width, height) / min(width, height) > max_aspect:
+            raise ImageError(
+                "bad_dimensions", f"{width}x{height} is more elongated than {max_aspect:g}:1"
+            )
         fmt = img.format or "unknown"
         if fmt not in ALLOWED_FORMATS:
             raise ImageError("unsupported_format", f"format {fmt} is not accepted")

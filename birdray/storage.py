@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 
@@ -51,8 +53,15 @@ def is_remote(location: str | Path) -> bool:
 
 
 def local_path(location: str | Path) -> Path:
-    """The absolute local path of a non-remote location (a path or a ``file://`` URI)."""
-    return Path(str(location).removeprefix("file://")).expanduser().resolve()
+    """The absolute local path of a non-remote location (a path or a ``file://`` URI, whose
+    ``%20``-style escapes are decoded and whose host may be ``localhost``)."""
+    text = str(location)
+    if text.startswith("file://"):
+        text = text.removeprefix("file://")
+        text = unquote(
+            "/" + text.removeprefix("localhost/") if text.startswith("localhost/") else text
+        )
+    return Path(text).expanduser().resolve()
 
 
 def absolute(location: str | Path) -> str:
@@ -85,6 +94,47 @@ def read_bytes(location: str | Path) -> bytes:
         raise FileNotFoundError(location)
     with fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+class NotRegularFile(OSError):
+    """A FIFO, socket, device or folder where a file was expected (opening a FIFO blocks)."""
+
+
+class FileTooBig(OSError):
+    """A file over the size limit, refused before its bytes are read."""
+
+
+def utf8_name(name: str) -> tuple[str, bool]:
+    """``name`` as text Parquet and JSON can hold, and whether it was valid UTF-8 already.
+
+    Linux names are bytes; Python hands undecodable ones over with surrogate escapes, which no
+    UTF-8 writer accepts. Those come back with ``\\xe9``-style escapes (and False), so the file
+    can be reported by a readable name instead of failing the whole listing."""
+    try:
+        name.encode("utf-8")
+        return name, True
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace"), False
+
+
+def read_local_file(path: str | Path, max_bytes: int = 0) -> bytes:
+    """The bytes of one input file on this machine, refusing without blocking or reading what is
+    not a regular file (``open`` on a FIFO waits for a writer forever) or exceeds ``max_bytes``
+    (0: no limit). ``FileNotFoundError`` for a missing file or a dangling link."""
+    if stat.S_ISDIR(os.stat(path).st_mode):  # follows links; FileNotFoundError if dangling
+        raise NotRegularFile("not a regular file (a folder)")
+    # non-blocking open, then the type of what was opened: no window for a swap to a FIFO
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile("not a regular file (a FIFO, socket or device)")
+        if max_bytes and info.st_size > max_bytes:
+            raise FileTooBig(f"{info.st_size:,} bytes (limit {max_bytes:,})")
+        data = fh.read(max_bytes + 1) if max_bytes else fh.read()
+    if max_bytes and len(data) > max_bytes:  # grew since the stat
+        raise FileTooBig(f"more than {max_bytes:,} bytes (limit {max_bytes:,})")
+    return data
 
 
 def write_bytes_atomic(location: str | Path, data: bytes) -> None:

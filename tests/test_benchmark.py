@@ -61,3 +61,38 @@ def test_gpu_check_runs_on_cpu():
     assert out["feed_vs_train_bf16"] == pytest.approx(
         out["dataloader_feed_img_s"] / out["train_bf16_cl_img_s"]
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--classes", "2", "--per-class", "2", "--batch-size", "4"], "0 val images"),
+        (["serve", "--serve-proxy", "bogus"], "--serve-proxy"),
+        (["serve", "--concurrency", "[0, 3]"], "--concurrency 0: must be >= 1"),
+        (["serve", "--concurrency", "[3, 3]"], "distinct levels"),
+        (["serve", "--requests", "5", "--concurrency", "[1, 8]"], "cannot keep 8 in flight"),
+        (["score", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["all", "--scales", "[0]"], "--scales 0"),
+        (["all", "--device", "cuda"], "no CUDA GPU here"),
+    ],
+)
+def test_sizes_that_cannot_run_are_refused_before_anything_starts(argv, message, tmp_path, capsys):
+    """These ran Ray, ingest and a timing first, then ended in a traceback or wrote 0 img/s."""
+    from birdray.cli import main
+
+    assert main(["benchmark", *argv, "--out", str(tmp_path / "b")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_smoke_keeps_the_sizes_given_and_results_are_strict_json():
+    from birdray.benchmark import BenchmarkConfig, _json_safe, effective
+
+    cfg = effective(BenchmarkConfig(smoke=True, per_class=30, batch_size=4))
+    assert (cfg.per_class, cfg.batch_size, cfg.classes, cfg.arch) == (30, 4, 2, "test_resnet")
+    assert effective(BenchmarkConfig(per_class=30)).arch == "resnet18"  # no smoke: untouched
+    record = _json_safe({"p50_ms": float("nan"), "rows": [{"v": float("inf")}, {"v": 0.0}]})
+    assert json.loads(json.dumps(record, allow_nan=False)) == {
+        "p50_ms": None,
+        "rows": [{"v": None}, {"v": 0.0}],
+    }

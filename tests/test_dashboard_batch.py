@@ -114,3 +114,24 @@ def test_submit_follow_and_browse_a_scoring_job(jobs_api, photos, tmp_path, app_
     at.run()
     errors = at.dataframe[-1].value
     assert errors["path"].str.endswith("broken.jpg").tolist() == [True]
+
+
+def test_thumbnails_show_what_the_decoder_sees_and_never_block(tmp_path):
+    """The Batch page's thumbnail opened files with Pillow directly: EXIF-turned photos came out
+    unturned, files the decoder refuses were drawn, a FIFO would have blocked the page."""
+    import io
+    import os
+
+    from PIL import Image
+
+    from birdray.dashboard.stage_reports import thumbnail
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to view"
+    (tmp_path / "turned.jpg").write_bytes(encode(random_rgb(1, (256, 192)), "JPEG", exif=exif))
+    shown = Image.open(io.BytesIO(thumbnail(str(tmp_path / "turned.jpg"))))
+    assert shown.size == (192, 256)  # upright, as scored
+    (tmp_path / "strip.png").write_bytes(encode(random_rgb(2, (2000, 10)), "PNG"))
+    os.mkfifo(tmp_path / "pipe.jpg")
+    assert thumbnail(str(tmp_path / "strip.png")) is None
+    assert thumbnail(str(tmp_path / "pipe.jpg")) is None

@@ -87,3 +87,17 @@ def test_the_driver_reads_bytes_or_records_why_it_could_not(tmp_path):
     assert _read_bytes(item_row(rec, "train"), tmp_path)["data"] == b"bytes"
     gone = CubRecord(2, "001.A/gone.jpg", 0, "001.A", True)
     assert _read_bytes(item_row(gone, "train"), tmp_path)["problems"].startswith("missing")
+
+
+def test_a_fifo_or_an_oversized_file_is_quarantined_without_being_read(tmp_path):
+    """Reading a FIFO blocks until a writer comes (ingest hung); a 2 GB file filled the driver."""
+    import os
+
+    (tmp_path / "001.A").mkdir()
+    os.mkfifo(tmp_path / "001.A" / "pipe.jpg")
+    (tmp_path / "001.A" / "big.jpg").write_bytes(b"x" * 2048)
+    pipe = item_row(CubRecord(1, "001.A/pipe.jpg", 0, "001.A", True), "train")
+    assert _read_bytes(pipe, tmp_path)["problems"].startswith("unreadable: not a regular file")
+    big = item_row(CubRecord(2, "001.A/big.jpg", 0, "001.A", True), "train")
+    assert _read_bytes(big, tmp_path, max_bytes=1024)["problems"].startswith("file_too_big")
+    assert len(_read_bytes(big, tmp_path, max_bytes=4096)["data"]) == 2048

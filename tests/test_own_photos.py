@@ -14,6 +14,7 @@ from birdray.data.folders import (
     LayoutError,
     assign_splits,
     find_layout,
+    fingerprint,
     read_csv,
     read_species_folders,
 )
@@ -139,3 +140,23 @@ def _explain_eval_without_parts(dataset, tmp_path, capsys) -> None:
     assert method["images"] == 2 and method["pointing_bbox"] is None
     assert len(method["deletion"]["deletion_correct"]) == 2
     assert not (package / "explain" / "part_profiles.json").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_quarantined_by_an_escaped_name(tmp_path):
+    """Linux names are bytes: one that is not UTF-8 ended the whole ingest (Parquet and JSON
+    hold text). Now that photo is its own quarantine row, shown escaped, and the rest go on."""
+    import os
+
+    for name in ("wren", os.fsdecode(b"caf\xe9")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "1.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "wren" / os.fsdecode(b"2\xff.jpg")).write_bytes(jpeg_bytes())
+    dataset = read_species_folders(tmp_path)
+    problems = {r.rel_path: r.problems for r in dataset.records}
+    assert problems == {
+        "caf\\xe9/1.jpg": ["bad_filename: 'caf\\xe9/1.jpg' is not valid UTF-8; rename it"],
+        "wren/1.jpg": [],
+        "wren/2\\xff.jpg": ["bad_filename: 'wren/2\\xff.jpg' is not valid UTF-8; rename it"],
+    }
+    assert all(name.encode("utf-8") for name in dataset.class_names)
+    assert fingerprint(dataset, None)  # hashes the shown names: no UnicodeEncodeError

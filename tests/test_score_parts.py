@@ -68,6 +68,30 @@ def test_listing_is_recursive_filtered_and_skips_own_output(tmp_path):
     assert via_uri["path"].to_pylist() == [str(src / "y.png")]
 
 
+def test_listing_gives_every_entry_a_row_and_each_folder_once(tmp_path):
+    """A link back up listed one photo 41 times (two such links: forever); a name that is not
+    UTF-8 ended the job; a FIFO, a dangling link were dropped without a row. Now each file is
+    listed once and what cannot be read says why, without being opened."""
+    import os
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "bird.jpg").write_bytes(b"1")
+    (src / "sub" / "loop").symlink_to(src)
+    (src / "up").symlink_to(src)
+    os.mkfifo(src / "pipe.jpg")
+    (src / "dangling.jpg").symlink_to(src / "gone.jpg")
+    (src / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"2")
+    listing = list_inputs(open_source(str(src)), (".jpg",), exclude=None)
+    rows = dict(zip(listing["path"].to_pylist(), listing["error"].to_pylist(), strict=True))
+    assert rows.pop(str(src / "sub" / "bird.jpg")) is None  # once, though reachable thrice
+    assert rows == {
+        str(src / "caf\\xe9.jpg"): "bad_filename: the name is not valid UTF-8; rename the file",
+        str(src / "dangling.jpg"): "missing: the file (or a link's target) does not exist",
+        str(src / "pipe.jpg"): "unreadable: not a regular file (a FIFO, socket or device)",
+    }
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         open_source(str(tmp_path / "nope"))
@@ -212,6 +236,18 @@ def test_decode_stage_turns_every_failure_into_an_error_string(tmp_path):
     rows = pa.table({"path": ["a"], "image_id": [7], "image": pa.array([None], pa.binary())})
     out = prepare_batch(rows, Source("dataset", "/d", "", "/d/s"), json.dumps(config), 0, 10**6)
     assert out["error"][0].startswith("missing:") and out["image_id"][0] == 7
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")  # became a FIFO after the listing: fails, never blocks
+    listed = batch.append_column("error", pa.array([None, None, None, "bad_filename: x", None]))
+    listed = pa.concat_tables([listed, listed.slice(0, 1).set_column(
+        0, "path", pa.array([str(tmp_path / "pipe.jpg")]))])  # fmt: skip
+    out = prepare_batch(
+        listed, Source("folder", str(tmp_path), ""), json.dumps(config), 2**20, 10**6
+    )
+    codes = [e.split(":", 1)[0] for e in out["error"]]
+    assert codes == ["", "empty", "not_an_image", "bad_filename", "file_too_big", "unreadable"]
+    assert "not a regular file" in out["error"][5]
 
 
 @pytest.mark.parametrize(("rows", "batch"), [(0, 16), (1, 16), (10, 16), (3200, 16), (250_000, 32)])

@@ -63,3 +63,22 @@ def test_the_same_calls_work_on_a_bucket(s3_bucket):
     assert storage.count_files(root, ".json") == 1
     storage.delete_dir(root)
     assert storage.list_files(root) == []
+
+
+def test_reading_an_input_file_refuses_what_would_block_or_is_too_big(tmp_path):
+    import os
+
+    (tmp_path / "a.jpg").write_bytes(b"12345")
+    assert storage.read_local_file(tmp_path / "a.jpg", max_bytes=5) == b"12345"
+    with pytest.raises(storage.FileTooBig, match="5 bytes"):
+        storage.read_local_file(tmp_path / "a.jpg", max_bytes=4)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "pipe.jpg")
+    for name in ("pipe.jpg", "link.jpg"):
+        with pytest.raises(storage.NotRegularFile, match="FIFO"):
+            storage.read_local_file(tmp_path / name)
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(FileNotFoundError):
+        storage.read_local_file(tmp_path / "dangling.jpg")
+    assert storage.utf8_name("ok é.jpg") == ("ok é.jpg", True)
+    assert storage.utf8_name(os.fsdecode(b"bad \xe9.jpg")) == ("bad \\xe9.jpg", False)

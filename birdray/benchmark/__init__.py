@@ -9,6 +9,7 @@ BENCHMARKS.md quotes). Ratios, never absolute timings, are what the goals are st
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ class BenchmarkConfig:
     image_size: int = field(128, "resolution for train/score/serve")
     batch_size: int = field(16, "batch size")
     threads: int = field(2, "torch threads (the machine's cores)")
-    repeats: int = field(3, "repeats per timing (median and spread reported)")
+    repeats: int = field(3, "repeats of the ingest and explain timings (median and spread)")
     requests: int = field(300, "Serve requests per concurrency level")
     concurrency: list[int] = field([1, 8, 32, 128], "Serve concurrency levels (birdray and peer)")
     serve_proxy: str = field("serve", "birdray Serve's front door: serve | haproxy (`--proxy`)")
@@ -48,24 +49,35 @@ class BenchmarkConfig:
     address: str = field("", "Ray address")
 
 
-def _smoke(cfg: BenchmarkConfig) -> BenchmarkConfig:
+def effective(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    """The config that runs: with ``--smoke``, tiny sizes for what was left at its default (a
+    size given with it is kept: a smoke run on other sizes measures those sizes)."""
+    if not cfg.smoke:
+        return cfg
+    given = {k: v for k, v in asdict(cfg).items() if v != getattr(BenchmarkConfig(), k)}
     return BenchmarkConfig(
         **{
             **asdict(cfg),
-            "classes": 2,
-            "per_class": 8,  # a few training steps per epoch at batch 2
-            "scales": [1],
-            "scaling_per_class": 8,
-            "arch": "test_resnet",
-            "image_size": 64,
-            "batch_size": 2,
-            "repeats": 1,
-            "requests": 8,
-            "concurrency": [1, 4],
-            "explain_arch": "test_resnet",
-            "explain_sizes": [64],
+            **_SMOKE,
+            **given,
         }
     )
+
+
+_SMOKE: dict[str, Any] = {
+    "classes": 2,
+    "per_class": 8,  # a few training steps per epoch at batch 2
+    "scales": [1],
+    "scaling_per_class": 8,
+    "arch": "test_resnet",
+    "image_size": 64,
+    "batch_size": 2,
+    "repeats": 1,
+    "requests": 8,
+    "concurrency": [1, 4],
+    "explain_arch": "test_resnet",
+    "explain_sizes": [64],
+}
 
 
 def _package(cfg: BenchmarkConfig, out: Path, classes: int) -> Path:
@@ -85,6 +97,26 @@ def _package(cfg: BenchmarkConfig, out: Path, classes: int) -> Path:
     return save_package(out / "package", model, meta)
 
 
+def _cell(value: float | None, unit: str = "") -> str:
+    """A number as the table shows it; "—" for none measured (a 0 is shown as 0)."""
+    return f"{value:.3g}{unit}" if _finite(value) else "—"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf (a percentile of no successful request) become null: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'};"
@@ -97,13 +129,12 @@ def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str)
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cell = lambda v, unit="": f"{v:.3g}{unit}" if v is not None else "—"  # noqa: E731
         unit = f" {r['unit']}"
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
         lines.append(
-            f"| {r['stage']} | {r['metric']} | {cell(r['value'], unit)} "
-            f"| {cell(r.get('peer') or None, unit)} | {cell(r.get('peer_ratio'))} "
-            f"| {cell(r.get('baseline') or None, unit)} | {cell(r.get('ratio'))} "
+            f"| {r['stage']} | {r['metric']} | {_cell(r['value'], unit)} "
+            f"| {_cell(r.get('peer'), unit)} | {_cell(r.get('peer_ratio'))} "
+            f"| {_cell(r.get('baseline'), unit)} | {_cell(r.get('ratio'))} "
             f"| {r.get('goal', '')} | {met} |"
         )
     return "\n".join(lines) + "\n"
@@ -115,11 +146,11 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
 
     if cfg.stage not in STAGES:
         raise ValueError(f"unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
-    if cfg.smoke:
-        cfg = _smoke(cfg)
+    cfg = effective(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    _write(out, cfg, rows, final=False)  # an earlier run's results never pass for this one's
     if cfg.stage == "gpu" or cfg.device == "cuda":
         from birdray.benchmark.gpu import run as gpu_run
 
@@ -139,8 +170,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         choose_proxy(cfg.serve_proxy)  # before the local Ray starts: Serve reads it from there
     init_ray(cfg.address or None, num_cpus=4)
     want = {cfg.stage} if cfg.stage != "all" else set(STAGES) - {"gpu", "all"}
-    source = stages.make_folder(out / "data-1x", cfg.classes, cfg.per_class)
-    dataset = out / "dataset-1x"
+    size = f"{cfg.classes}x{cfg.per_class}"  # another size gets its own data, not an error
+    source = stages.make_folder(out / f"data-{size}", cfg.classes, cfg.per_class)
+    dataset = out / f"dataset-{size}"
     run_ingest(IngestConfig(source=str(source), out=str(dataset)))
     package = _package(cfg, out, cfg.classes)
     if "ingest" in want:
@@ -180,9 +212,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     if "scaling" in want:
         for scale in cfg.scales:
             per_class = cfg.scaling_per_class * scale
-            # its own folders: the stages above generated data-1x at --per-class
+            # its own folders: the stages above generated data at --per-class
             data = stages.make_folder(out / f"scaling-data-{scale}x", cfg.classes, per_class)
-            rows += stages.bench_ingest(data, out / f"ingest-{scale}x", 1, f"{scale}x")
+            label = f"scaling {scale}x"  # not the main stage's "(1x)" rows
+            rows += stages.bench_ingest(data, out / f"ingest-{scale}x", cfg.repeats, label)
             rows += stages.bench_score(
                 data,
                 None,
@@ -190,7 +223,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 out / f"score-{scale}x",
                 cfg.batch_size,
                 cfg.threads,
-                f"{scale}x",
+                label,
             )
     _write(out, cfg, rows, final=True)
     return {"results": str(out / "results.json"), "table": str(out / "results.md")}
@@ -200,11 +233,15 @@ def _write(out: Path, cfg: BenchmarkConfig, rows: list[dict[str, Any]], final: b
     """results.json and results.md for the rows so far: a stage that fails late loses no
     earlier stage's numbers (a full run takes half an hour on 2 cores)."""
     info = machine()
-    command = f"birdray benchmark {cfg.stage}" + (" --smoke true" if cfg.smoke else "")
-    record = {"machine": info, "config": asdict(cfg), "rows": rows, "finished": final}
-    (out / "results.json").write_text(
-        json.dumps({**record, "written_at": time.time()}, indent=2, default=str)
+    changed = {k: v for k, v in asdict(cfg).items() if v != getattr(BenchmarkConfig(), k)}
+    shown = lambda v: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else v  # noqa: E731
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {shown(v)}" for k, v in changed.items() if k != "stage"
     )
+    command = f"birdray benchmark {cfg.stage} {flags}".strip()
+    record = {"machine": info, "config": asdict(cfg), "rows": rows, "finished": final}
+    record = _json_safe({**record, "written_at": time.time()})
+    (out / "results.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
     (out / "results.md").write_text(_markdown(rows, info, command))
     if final:
         print(_markdown(rows, info, command))

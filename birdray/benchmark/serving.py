@@ -44,10 +44,17 @@ def _serve_rows(me: dict, peer: dict, bare_ips: float, direct_ms: float) -> list
     for load in me["levels"]:
         c, other = load["concurrency"], peer_levels.get(load["concurrency"], {})
         goal = ">= 0.8 of bare batched" if c == 32 else ""
+        # refused or failed requests are not in the rates and percentiles: the table says so
+        failures = f"{load['failed']}" + (f" / peer {other['failed']}" if other else "")
+        refused = (
+            f", failed {failures} of {load['requests']}"
+            if load["failed"] or (other and other.get("failed"))
+            else ""
+        )
         rows.append(
             row(
                 "serve",
-                f"req/s at concurrency {c} (1 image each)",
+                f"req/s at concurrency {c} (1 image each{refused})",
                 load["req_s"],
                 bare_ips,
                 "req/s",

@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 import streamlit as st
-from PIL import Image
 
 from birdray import storage
+from birdray.images import ImageError, decode_image
 
 SUCCESS, PREDICTIONS, SUMMARY, EXPLANATIONS = (
     "_SUCCESS",
@@ -28,6 +28,7 @@ SUCCESS, PREDICTIONS, SUMMARY, EXPLANATIONS = (
 TUNE_FILES = {"trials": "trials.csv", "curves": "curves.csv", "summary": "summary.json"}
 TUNE_PNGS = ("val_top1_curves.png", "best_val_top1_by_arch.png")
 EVAL_PNGS = ("confusion_matrix.png", "reliability.png", "train_val_losses.png")
+THUMBNAIL_MAX_BYTES = 50 * 2**20  # scoring's default --max-file-mb: a bigger file was never scored
 
 
 def _json(path: Path) -> Any:
@@ -119,16 +120,15 @@ def thumbnail(path: str, size: int = 256) -> bytes | None:
 
     if storage.is_remote(path):
         return None
-    local = storage.local_path(path)
-    try:
-        with Image.open(local) as img:
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            return buf.getvalue()
-    except (OSError, ValueError):
+    try:  # the one decoder: the thumbnail shows what the model saw (EXIF turn, 16-bit, alpha)
+        data = storage.read_local_file(storage.local_path(path), THUMBNAIL_MAX_BYTES)
+        img = decode_image(data).image
+    except (OSError, ImageError):  # changed or gone since it was scored
         return None
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 # --- Tune ----------------------------------------------------------------------------------------

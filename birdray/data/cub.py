@@ -92,11 +92,16 @@ def _has_link(base: Path, parts: tuple[str, ...]) -> bool:
 
 
 def find_root(path: str | Path) -> Path:
-    """The ``CUB_200_2011`` folder given it or its parent."""
+    """The ``CUB_200_2011`` folder given it or its parent (an archive unpacked under another
+    top folder name, e.g. ``CUB_200_2011_v2/``, is found when it is the only one)."""
     path = Path(path)
     for candidate in (path, path / ROOT_NAME):
         if (candidate / "images.txt").is_file():
             return candidate
+    if path.is_dir() and not path.is_symlink():
+        inside = [d for d in path.iterdir() if d.is_dir() and (d / "images.txt").is_file()]
+        if len(inside) == 1:
+            return inside[0]
     raise CubFormatError(
         f"{path}: no images.txt here or in {path / ROOT_NAME} (not a CUB-200-2011 folder)"
     )

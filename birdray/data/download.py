@@ -3,20 +3,18 @@
 A 1.1 GB download over a flaky link must resume where it stopped (HTTP Range), a corrupted or
 substituted archive must be refused before anything reads it (MD5 from Caltech's record; with no
 MD5 given, the computed one is printed so a person can compare it), and an archive must never
-write outside its target folder nor fill the disk: path traversal, every link (CUB has none, so
-any link is refused, even one pointing inside), devices, more than ``max_bytes`` of files or
-``MAX_MEMBERS`` entries are refused before anything is written.
+write outside its target folder nor fill the disk (``birdray.data.archive``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 import requests
@@ -24,16 +22,18 @@ from tqdm import tqdm
 
 from birdray import storage
 from birdray.config import field
+from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's one name)
+    DEFAULT_MAX_EXTRACT_GB,
+    EXTRACT_MARKER,
+    ArchiveError,
+    md5sum,
+    progress_bar,
+    safe_extract,
+)
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
-EXTRACT_MARKER = ".birdray-extracted"
-DEFAULT_MAX_EXTRACT_GB = 4.0  # CUB unpacks to ~1.2 GB
-MAX_MEMBERS = 200_000  # CUB has ~12,000 entries; millions of empty files would exhaust inodes
-
-
-class ArchiveError(ValueError):
-    """A download or archive that must not be used (bad checksum, unsafe member, not a tar)."""
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar")
 
 
 @dataclass
@@ -48,12 +48,11 @@ class DownloadConfig:
     timeout_s: float = field(60.0, "per-request network timeout")
 
 
-def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def regular_file(path: Path, what: str) -> Path:
+    """``path`` if it is a regular file; a FIFO there would block the first read forever."""
+    if path.exists() and not path.is_file():
+        raise ArchiveError(f"{what} {path} exists but is not a regular file; remove it")
+    return path
 
 
 def verify_md5(path: str | Path, expected: str) -> str:
@@ -77,6 +76,14 @@ def fetch(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
 
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
+    try:
+        return _fetch(url, dest, part, have, timeout_s)
+    except requests.RequestException as exc:  # offline, refused, 404, a cut connection...
+        kept = " (the part file is kept: run again to resume)" if part.exists() else ""
+        raise ArchiveError(f"download of {url} failed: {exc}{kept}") from exc
+
+
+def _fetch(url: str, dest: Path, part: Path, have: int, timeout_s: float) -> Path:
     headers = {"Range": f"bytes={have}-"} if have else {}
     with requests.get(url, headers=headers, stream=True, timeout=timeout_s) as resp:
         if resp.status_code == 416:  # the part file is already complete
@@ -100,72 +107,12 @@ def fetch(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
     return dest
 
 
-def _check_member(member: tarfile.TarInfo, target: Path) -> None:
-    resolved = (target / member.name).resolve()
-    if not resolved.is_relative_to(target):
-        raise ArchiveError(f"unsafe archive member {member.name!r}: escapes {target}")
-    if member.issym() or member.islnk():
-        kind = "symbolic" if member.issym() else "hard"
-        raise ArchiveError(
-            f"unsafe link {member.name!r} -> {member.linkname!r}: the archive holds a {kind} "
-            "link, and a CUB archive holds none; refusing it"
-        )
-    if member.isdev() or member.isfifo():
-        raise ArchiveError(f"archive member {member.name!r} is a device or pipe")
-    if not (member.isfile() or member.isdir()):
-        raise ArchiveError(f"archive member {member.name!r} is not a file or folder")
-
-
-def _check_size(members: list[tarfile.TarInfo], max_bytes: int) -> None:
-    """The bytes the members would write, checked before one is written (a tar bomb stops here)."""
-    if len(members) > MAX_MEMBERS:
-        raise ArchiveError(
-            f"the archive has {len(members):,} entries, more than {MAX_MEMBERS:,}; refusing it"
-        )
-    total = sum(m.size for m in members if m.isfile())
-    if total > max_bytes:
-        raise ArchiveError(
-            f"the archive would unpack to {total / 1e9:.2f} GB, more than the cap of "
-            f"{max_bytes / 1e9:.2f} GB (raise --max-extract-gb if this archive is trusted)"
-        )
-
-
-def safe_extract(
-    archive: str | Path, target: str | Path, max_bytes: int = int(DEFAULT_MAX_EXTRACT_GB * 1e9)
-) -> Path:
-    """Extract into ``target`` after checking every member and the total size; returns it.
-
-    A marker file is written last, so a half-finished extraction is redone, not trusted.
-    """
-    archive, target = Path(archive), Path(target).resolve()
-    if (target / EXTRACT_MARKER).is_file():
-        return target
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise ArchiveError(f"{archive}: not a readable tar archive ({exc})") from exc
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ArchiveError(f"{archive}: damaged tar archive ({exc})") from exc
-        for member in members:
-            _check_member(member, target)
-        _check_size(members, max_bytes)
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        tar.extractall(tmp, members=members, filter="data")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    (target / EXTRACT_MARKER).write_text(str(archive))
-    return target
-
-
 def extracted_dir(archive: str | Path) -> Path:
     """Where ``open_source`` unpacks an archive: beside it, named after it."""
     archive = Path(archive)
-    return archive.with_name(archive.name.split(".")[0] + "_extracted")
+    name = archive.name
+    stem = next((name[: -len(x)] for x in ARCHIVE_SUFFIXES if name.lower().endswith(x)), name)
+    return archive.with_name(stem + "_extracted")
 
 
 def open_source(
@@ -181,10 +128,11 @@ def open_source(
     )
     if source.is_dir() or (source.is_file() and source.suffix.lower() == ".csv"):
         return source  # a folder, or a CSV of path,label (birdray.data.folders)
-    if not source.is_file():
+    if not source.exists():
         raise FileNotFoundError(f"CUB source not found: {source}")
-    verify_md5(source, md5)
-    return safe_extract(source, extracted_dir(source), int(max_extract_gb * 1e9))
+    regular_file(source, "CUB source")
+    actual = verify_md5(source, md5)
+    return safe_extract(source, extracted_dir(source), int(max_extract_gb * 1e9), actual)
 
 
 def _copy_from_bucket(uri: str) -> Path:
@@ -213,20 +161,65 @@ def _copy_from_bucket(uri: str) -> Path:
 def download_cub(cfg: DownloadConfig) -> Path:
     """Download (resuming), verify and extract the official archive; returns the folder."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    archive = out / Path(cfg.url).name
+    with contextlib.ExitStack() as held:
+        try:  # one download at a time into a folder; a second waits, then reuses the first's
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(storage.file_lock(out / ".birdray-download.lock"))
+        except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+            raise ArchiveError(f"--out {out} cannot be written: {exc}") from exc
+        return _download(cfg, out)
+
+
+def _download(cfg: DownloadConfig, out: Path) -> Path:
+    name = Path(unquote(urlparse(cfg.url).path)).name or "archive.tgz"  # no ?query in the name
+    archive = regular_file(out / name, "the archive's place")
+    source = storage.local_path(cfg.url) if cfg.url.startswith("file://") else None
+    if source is not None:
+        regular_file(source, "--url")  # a FIFO would block the copy forever
     if not archive.exists():
-        if cfg.url.startswith("file://"):  # an archive already on disk: copied, then verified
-            part = archive.with_name(archive.name + ".part")
-            shutil.copyfile(storage.local_path(cfg.url), part)
-            os.replace(part, archive)
+        if source is not None:  # an archive already on disk: copied, then verified
+            _copy(source, archive)
         else:
             fetch(cfg.url, archive, cfg.timeout_s)
     try:
-        verify_md5(archive, cfg.md5)
-    except ArchiveError:
-        archive.rename(archive.with_name(archive.name + ".bad"))
-        raise
+        actual = verify_md5(archive, cfg.md5)
+    except ArchiveError as exc:
+        if source is not None and archive.resolve() == source:
+            raise  # the user's own file: never moved
+        bad = archive.with_name(archive.name + ".bad")
+        archive.rename(bad)  # a re-run downloads again instead of meeting the same bytes
+        raise ArchiveError(f"{exc}; moved it to {bad}") from exc
     if not cfg.extract:
-        return archive
-    return safe_extract(archive, out / "extracted", int(cfg.max_extract_gb * 1e9))
+        return archive.resolve()
+    folder = safe_extract(archive, out / "extracted", int(cfg.max_extract_gb * 1e9), actual)
+    _check_layout(folder)
+    return folder
+
+
+def _copy(source: Path, dest: Path) -> None:
+    part = dest.with_name(dest.name + ".part")
+    with (
+        open(source, "rb") as src,
+        open(part, "wb") as dst,
+        progress_bar(os.fstat(src.fileno()).st_size, f"copying {source.name}") as bar,
+    ):
+        while block := src.read(1 << 20):
+            dst.write(block)
+            bar.update(len(block))
+    os.replace(part, dest)
+
+
+def _check_layout(folder: Path) -> None:
+    """The unpacked archive is one ``ingest`` reads, or the error says where its files went."""
+    from birdray.data.cub import CubFormatError, find_root
+
+    try:
+        find_root(folder)
+    except CubFormatError as exc:
+        found = sorted(folder.glob("*/*/images.txt")) + sorted(folder.glob("*/images.txt"))
+        where = (
+            f"; images.txt is at {found[0]}: pass that folder to ingest --source"
+            if found
+            else ("; the archive holds no images.txt")
+        )
+        raise ArchiveError(f"unpacked, but not a CUB-200-2011 layout: {exc}{where}") from exc

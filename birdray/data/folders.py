@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from birdray.data.cub import CubDataset, CubFormatError, CubRecord, confined_path, find_root
+from birdray.storage import utf8_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 LAYOUTS = "a CUB_200_2011 folder (images.txt) or .tgz, a CSV of path,label, or DIR/<species>/*.jpg"
@@ -63,10 +64,17 @@ def read_layout(source: Path, layout: str) -> CubDataset:
 
 def read_species_folders(root: Path) -> CubDataset:
     """Every image file one level below ``root``; ids follow the sorted paths (deterministic)."""
-    entries = [(f"{d.name}/{p.name}", d.name) for d in _class_dirs(root) for p in _images(d)]
+    entries, problems = [], {}
+    for folder in _class_dirs(root):
+        label, label_ok = utf8_name(folder.name)
+        for image in _images(folder):
+            rel, rel_ok = utf8_name(f"{folder.name}/{image.name}")
+            if not (label_ok and rel_ok):  # Parquet and JSON hold UTF-8 text only
+                problems[len(entries)] = f"bad_filename: '{rel}' is not valid UTF-8; rename it"
+            entries.append((rel, label))
     if not entries:
         raise LayoutError(f"{root}: no species folder holds images; expected {LAYOUTS}")
-    return _dataset(root, entries, problems={})
+    return _dataset(root, entries, problems)
 
 
 def read_csv(path: Path) -> CubDataset:
@@ -142,5 +150,5 @@ def fingerprint(dataset: CubDataset, csv_file: Path | None) -> str:
     for rec in dataset.records:
         image = confined_path(dataset.root, rec.rel_path)  # never stat a path outside the source
         size = image.stat().st_size if image is not None and image.is_file() else -1
-        digest.update(f"{rec.rel_path}\0{rec.class_name}\0{size}\n".encode())
+        digest.update(f"{rec.rel_path}\0{rec.class_name}\0{size}\n".encode())  # UTF-8 names
     return digest.hexdigest()

@@ -64,6 +64,7 @@ class IngestConfig:
     seed: int = field(0, "seed of the stratified val (and test) split")
     max_side: int = field(0, "re-encode images whose longer side exceeds this (0 keeps originals)")
     max_pixels: int = field(DEFAULT_MAX_PIXELS, "larger images are quarantined as bombs")
+    max_file_mb: float = field(50.0, "larger files are quarantined without being read")
     rows_per_shard: int = field(256, "upper bound of rows per Parquet file (keeps blocks small)")
     md5: str = field("", "expected MD5 when the source is an archive (none: it is printed)")
     max_extract_gb: float = field(
@@ -102,12 +103,12 @@ def source_fingerprint(cub: CubDataset) -> str:
     """Hash of the metadata files and each image's path and size: changes when the source does."""
     digest = hashlib.sha256()
     for path in sorted(p for p in cub.root.rglob("*.txt") if p.is_file()):
-        digest.update(str(path.relative_to(cub.root)).encode())
+        digest.update(str(path.relative_to(cub.root)).encode(errors="surrogateescape"))
         digest.update(path.read_bytes())
     for rec in cub.records:
         image = image_path(cub.root, rec.rel_path)  # never stat a path outside the source
         size = image.stat().st_size if image is not None and image.is_file() else -1
-        digest.update(f"{rec.rel_path}\0{size}\n".encode())
+        digest.update(f"{rec.rel_path}\0{size}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 
@@ -206,7 +207,8 @@ def run_ingest(cfg: IngestConfig) -> str:
     batch = 32
     rows_per_block = block_rows(len(items), ray.cluster_resources().get("CPU", 1))
     hashes: dict[str, str] | None = {} if cfg.feedback else None
-    blocks = put_blocks(items, images_dir, rows_per_block, hashes)
+    max_bytes = int(cfg.max_file_mb * 2**20)
+    blocks = put_blocks(items, images_dir, rows_per_block, hashes, max_bytes)
     feedback = None
     if cfg.feedback:  # after the source's bytes are read: their hashes say what is a duplicate
         first_id = max(item["image_id"] for item in items) + 1

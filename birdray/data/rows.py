@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from birdray import storage
 from birdray.data.cub import CubRecord
 from birdray.images import ImageError, decode_image, reencode_max_side
 
@@ -73,13 +74,15 @@ def item_row(rec: CubRecord, split: str) -> dict[str, Any]:
     }
 
 
-def _read_bytes(item: dict[str, Any], images: Path) -> dict[str, Any]:
+def _read_bytes(item: dict[str, Any], images: Path, max_bytes: int = 0) -> dict[str, Any]:
     if item["problems"] or item["data"] is not None:  # feedback rows arrive with their bytes
         return item
     try:
-        return {**item, "data": (images / item["path"]).read_bytes()}
+        return {**item, "data": storage.read_local_file(images / item["path"], max_bytes)}
     except FileNotFoundError:
         return {**item, "problems": "missing: the listed file does not exist"}
+    except storage.FileTooBig as exc:
+        return {**item, "problems": f"file_too_big: {exc}"}
     except OSError as exc:
         return {**item, "problems": f"unreadable: {exc}"}
 
@@ -89,10 +92,12 @@ def put_blocks(
     images: Path,
     rows_per_block: int,
     hashes: dict[str, str] | None = None,
+    max_bytes: int = 0,
 ) -> list:
     """The driver reads the bytes (the source sits where it runs) one block at a time into the
     object store, so its own memory holds one block, not the dataset. ``hashes``, if given, is
-    filled with each read image's SHA-256 -> split (feedback must not repeat a dataset photo)."""
+    filled with each read image's SHA-256 -> split (feedback must not repeat a dataset photo).
+    Files over ``max_bytes`` become quarantine rows without being read."""
     import ray
 
     refs = []
@@ -100,7 +105,8 @@ def put_blocks(
         total=len(items), desc="reading images", unit="img", disable=len(items) < 1000
     ) as bar:
         for start in range(0, len(items), rows_per_block):
-            chunk = [_read_bytes(item, images) for item in items[start : start + rows_per_block]]
+            block = items[start : start + rows_per_block]
+            chunk = [_read_bytes(item, images, max_bytes) for item in block]
             if hashes is not None:
                 hashes.update(
                     (hashlib.sha256(i["data"]).hexdigest(), i["split"])

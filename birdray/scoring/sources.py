@@ -1,8 +1,10 @@
 """Where the images come from: a folder or filesystem URI listed recursively, or an ingested split.
 
 The driver lists the files once (one row each: that list is what "files seen" means and what the
-output must reconcile with); Ray tasks then read the bytes themselves through the same pyarrow
-filesystem, so an unreadable file becomes an error row in a task instead of failing the listing.
+output must reconcile with); Ray tasks then read the bytes themselves (local files without ever
+blocking on a FIFO, buckets through pyarrow), so an unreadable file becomes an error row in a task
+instead of failing the listing. What cannot be read at all is found while listing, and gets its
+error row without a read.
 Local paths must be visible to every node (one machine, or a shared filesystem); object-store
 URIs (``s3://``, ``gs://``) work from anywhere.
 """
@@ -10,6 +12,9 @@ URIs (``s3://``, ``gs://``) work from anywhere.
 from __future__ import annotations
 
 import functools
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,7 @@ LISTING_SCHEMA = pa.schema(
         ("image_id", pa.int64()),
         ("file_size", pa.int64()),
         ("mtime_ns", pa.int64()),
+        ("error", pa.string()),  # why a listed entry cannot be read, found while listing
     ]
 )
 
@@ -98,38 +104,85 @@ def list_inputs(
             "image_id": pc.cast(table["image_id"], pa.int64()),
             "file_size": pa.nulls(len(table), pa.int64()),
             "mtime_ns": pa.nulls(len(table), pa.int64()),
+            "error": pa.nulls(len(table), pa.string()),
         }
         return pa.table(rows, schema=LISTING_SCHEMA).sort_by("path")
-    fs, root = source.filesystem()
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.File:
-        infos = [info]
-    else:
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     # the output folder (a path, or a URI in the input's own bucket) is never scored
     skip = str(exclude).rstrip("/") + "/" if exclude is not None else None
-    paths, sizes, mtimes = [], [], []
-    for item in infos:
-        if item.type != pafs.FileType.File:
+    rows: dict[str, list] = {name: [] for name in LISTING_SCHEMA.names}
+    for path, size, mtime_ns, error in _listed(source):
+        if extensions is not None and not path.lower().endswith(extensions):
             continue
-        if extensions is not None and not item.path.lower().endswith(extensions):
-            continue
-        path = source.prefix + item.path
         if skip and (path + "/").startswith(skip):
             continue  # our own output folder inside the input: never score results
-        paths.append(path)
-        sizes.append(item.size)
-        mtimes.append(item.mtime_ns)
-    table = pa.table(
-        {
-            "path": paths,
-            "image_id": pa.nulls(len(paths), pa.int64()),
-            "file_size": sizes,
-            "mtime_ns": mtimes,
-        },
-        schema=LISTING_SCHEMA,
+        values = (path, None, size, mtime_ns, error)
+        for name, value in zip(LISTING_SCHEMA.names, values, strict=True):
+            rows[name].append(value)
+    return pa.table(rows, schema=LISTING_SCHEMA).sort_by("path")
+
+
+Listed = tuple[str, int | None, int | None, str | None]  # path, size, mtime_ns, error
+
+
+def _listed(source: Source) -> Iterator[Listed]:
+    """(path users see, size, mtime, listing error) of every file under the input."""
+    if not source.prefix:
+        yield from _walk_local(source.uri)
+        return
+    fs, root = source.filesystem()
+    info = fs.get_file_info(root)
+    infos = (
+        [info]
+        if info.type == pafs.FileType.File
+        else fs.get_file_info(pafs.FileSelector(root, recursive=True))
     )
-    return table.sort_by("path")
+    for item in infos:
+        if item.type == pafs.FileType.File:
+            yield source.prefix + item.path, item.size, item.mtime_ns, None
+
+
+def _walk_local(root: str) -> Iterator[Listed]:
+    """Every non-folder entry under ``root``, following folder links but each folder once (a
+    link back up would otherwise list the same photos forever). What cannot be scored still gets
+    its row: a FIFO, device or dangling link is listed with the reason (a read would block or
+    fail), and a name that is not UTF-8 is shown escaped with ``bad_filename``."""
+    seen: set[tuple[int, int]] = set()
+    folders = [root] if os.path.isdir(root) else []
+    if not folders:  # one file given as the input
+        yield _entry(root, None)
+    while folders:
+        folder = folders.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # an unreadable folder holds nothing we can list
+        for entry in entries:
+            try:
+                if entry.is_dir():  # follows links; the seen set stops loops
+                    folders.append(entry.path)
+                    continue
+            except OSError:
+                pass
+            yield _entry(entry.path, entry)
+
+
+def _entry(path: str, entry: os.DirEntry | None) -> Listed:
+    shown, valid = storage.utf8_name(path)
+    if not valid:
+        return shown, None, None, "bad_filename: the name is not valid UTF-8; rename the file"
+    try:
+        info = entry.stat() if entry is not None else os.stat(path)
+    except FileNotFoundError:
+        return path, None, None, "missing: the file (or a link's target) does not exist"
+    except OSError as exc:
+        return path, None, None, f"unreadable: {exc.strerror or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return path, None, None, "unreadable: not a regular file (a FIFO, socket or device)"
+    return path, info.st_size, info.st_mtime_ns, None
 
 
 def split_columns(source: Source, columns: list[str]) -> pa.Table:
@@ -143,8 +196,11 @@ def _split_dataset(source: Source) -> pads.Dataset:
     return pads.dataset(path, filesystem=fs, format="parquet")
 
 
-def read_file(source: Source, path: str) -> bytes:
-    """The bytes of one listed file (raises OSError when it cannot be read)."""
+def read_file(source: Source, path: str, max_bytes: int = 0) -> bytes:
+    """The bytes of one listed file (raises OSError when it cannot be read; ``max_bytes`` is
+    enforced before reading local files, after for buckets, whose listing gave the size)."""
+    if not source.prefix:  # a FIFO or device must fail, not block the task forever
+        return storage.read_local_file(path, max_bytes)
     fs, _ = source.filesystem()
     with fs.open_input_file(source.fs_path(path)) as fh:
         return fh.read()

@@ -26,6 +26,7 @@ from birdray.model.crop import decode_for_model, uint8_eval_transform
 from birdray.runtime import init_ray
 from birdray.scoring.sources import Source, read_file
 from birdray.serve.metrics import ScoreMetrics
+from birdray.storage import FileTooBig
 
 TOP_K_TYPE = pa.list_(
     pa.struct([("label", pa.int32()), ("species", pa.string()), ("probability", pa.float64())])
@@ -71,21 +72,26 @@ def _load_one(
     max_pixels: int,
     transform,
     data_config: dict[str, Any],
+    listing_error: str | None = None,
 ) -> tuple[np.ndarray | None, int, int, str]:
     """(uint8 CHW crop, width, height, "") or (None, -1, -1, "code: reason")."""
+    if listing_error:  # found while listing (not a regular file, a name that is not UTF-8...)
+        return None, MISSING, MISSING, listing_error
     try:
         if data is None and source.kind == "dataset":
             raise ImageError("missing", "the dataset row holds no image bytes")
         if data is None:
             if max_bytes and size > max_bytes:
                 raise ImageError("file_too_big", f"{size:,} bytes (limit {max_bytes:,})")
-            data = read_file(source, path)
+            data = read_file(source, path, max_bytes)
         if max_bytes and len(data) > max_bytes:
             raise ImageError("file_too_big", f"{len(data):,} bytes (limit {max_bytes:,})")
         decoded = decode_for_model(data, data_config, max_pixels)
         return transform(decoded.image), decoded.width, decoded.height, ""
     except ImageError as exc:
         return None, MISSING, MISSING, str(exc)
+    except FileTooBig as exc:
+        return None, MISSING, MISSING, f"file_too_big: {exc}"
     except OSError as exc:
         return None, MISSING, MISSING, f"unreadable: {exc}"
     except Exception as exc:  # any other failure is still this file's row, never the job's end
@@ -113,11 +119,14 @@ def prepare_batch(
     paths = batch["path"].to_pylist()
     images = batch["image"].to_pylist() if "image" in batch.column_names else [None] * len(paths)
     sizes = _ints(batch, "file_size")
+    listed = batch["error"].to_pylist() if "error" in batch.column_names else [None] * len(paths)
     pixels = np.zeros((len(paths), 3, height, width), dtype=np.uint8)
     widths, heights, errors = [], [], []
-    for i, (path, size, data) in enumerate(zip(paths, sizes, images, strict=True)):
+    for i, (path, size, data, listing_error) in enumerate(
+        zip(paths, sizes, images, listed, strict=True)
+    ):
         arr, w, h, error = _load_one(
-            source, path, size, data, max_bytes, max_pixels, transform, data_config
+            source, path, size, data, max_bytes, max_pixels, transform, data_config, listing_error
         )
         if arr is not None:
             pixels[i] = arr

@@ -20,6 +20,7 @@ from ray.serve.config import BackpressureConfig
 from birdray import config as cfglib
 from birdray import storage
 from birdray.config import field
+from birdray.images import DEFAULT_MAX_ASPECT
 from birdray.registry.ref import ModelChoice, ModelRef
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.errors import RETRY_AFTER_S
@@ -45,7 +46,9 @@ class AppArgs(ModelChoice):
     max_request_mb: float = field(64.0, "largest accepted request body")
     max_files: int = field(16, "most images per /v1/predict request")
     max_pixels: int = field(40_000_000, "largest accepted width x height (decompression bombs)")
-    max_aspect_ratio: float = field(20.0, "most elongated accepted image (long / short side)")
+    max_aspect_ratio: float = field(
+        DEFAULT_MAX_ASPECT, "most elongated accepted image (long / short side)"
+    )
     device: str | None = field(
         "auto", "model replicas: auto (a GPU each when the cluster has one) | cpu | cuda (insist)"
     )

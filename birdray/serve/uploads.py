@@ -142,21 +142,16 @@ def decode_upload(upload: Upload, limits: Limits, min_side: int = 0) -> DecodedI
     model that will see it; ``decode_image``)."""
     check_upload(upload, limits)
     try:
-        decoded = decode_image(upload.data, max_pixels=limits.max_pixels, min_side=min_side)
+        return decode_image(
+            upload.data,
+            max_pixels=limits.max_pixels,
+            min_side=min_side,
+            max_aspect=limits.max_aspect_ratio,
+        )
     except ImageError as exc:
         raise from_image_error(exc, upload.name) from exc
     except Exception as exc:  # a decoder bug on hostile bytes is still the file's fault
         raise ApiError(422, "corrupt_image", f"cannot decode: {exc}", upload.name) from exc
-    short, long = sorted((decoded.width, decoded.height))
-    if long / max(short, 1) > limits.max_aspect_ratio:
-        raise ApiError(
-            422,
-            "bad_dimensions",
-            f"{decoded.width}x{decoded.height} is more elongated than "
-            f"{limits.max_aspect_ratio:g}:1",
-            upload.name,
-        )
-    return decoded
 
 
 def in_photo_pixels(result: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:

@@ -1,0 +1,206 @@
+"""Unpack an archive safely: every member checked, the size capped, the stream proven whole.
+
+An archive must never write outside its target folder nor fill the disk: path traversal, every
+link (CUB has none, so any link is refused, even one pointing inside), devices, more than
+``max_bytes`` of files or ``MAX_MEMBERS`` entries are refused before anything is written; a
+damaged archive fails instead of unpacking in part; a second process waits for the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from birdray import storage
+
+EXTRACT_MARKER = ".birdray-extracted"
+DEFAULT_MAX_EXTRACT_GB = 4.0  # CUB unpacks to ~1.2 GB
+MAX_MEMBERS = 200_000  # CUB has ~12,000 entries; millions of empty files would exhaust inodes
+SHOW_PROGRESS_BYTES = 64 * 2**20  # smaller files are read, copied or unpacked without a bar
+# what a damaged compressed stream raises from inside tarfile
+_STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error)
+
+
+class ArchiveError(ValueError):
+    """A download or archive that must not be used (bad checksum, unsafe member, not a tar)."""
+
+
+def progress_bar(total: int, desc: str, unit: str = "B") -> tqdm:
+    """A progress bar for the long steps of a 1.1 GB archive, silent for small files."""
+    return tqdm(
+        total=total, desc=desc, unit=unit, unit_scale=True, disable=total < SHOW_PROGRESS_BYTES
+    )
+
+
+def _check_member(member: tarfile.TarInfo, target: Path) -> None:
+    resolved = (target / member.name).resolve()
+    if not resolved.is_relative_to(target):
+        raise ArchiveError(f"unsafe archive member {member.name!r}: escapes {target}")
+    if member.issym() or member.islnk():
+        kind = "symbolic" if member.issym() else "hard"
+        raise ArchiveError(
+            f"unsafe link {member.name!r} -> {member.linkname!r}: the archive holds a {kind} "
+            "link, and a CUB archive holds none; refusing it"
+        )
+    if member.isdev() or member.isfifo():
+        raise ArchiveError(f"archive member {member.name!r} is a device or pipe")
+    if not (member.isfile() or member.isdir()):
+        raise ArchiveError(f"archive member {member.name!r} is not a file or folder")
+
+
+def _check_size(members: list[tarfile.TarInfo], max_bytes: int) -> None:
+    """The bytes the members would write, checked before one is written (a tar bomb stops here)."""
+    if len(members) > MAX_MEMBERS:
+        raise ArchiveError(
+            f"the archive has {len(members):,} entries, more than {MAX_MEMBERS:,}; refusing it"
+        )
+    total = sum(m.size for m in members if m.isfile())
+    if total > max_bytes:
+        raise ArchiveError(
+            f"the archive would unpack to {total / 1e9:.2f} GB, more than the cap of "
+            f"{max_bytes / 1e9:.2f} GB (raise --max-extract-gb if this archive is trusted)"
+        )
+
+
+def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    size = os.stat(path).st_size
+    with open(path, "rb") as fh, progress_bar(size, f"MD5 {Path(path).name}") as bar:
+        while block := fh.read(chunk):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def safe_extract(
+    archive: str | Path,
+    target: str | Path,
+    max_bytes: int = int(DEFAULT_MAX_EXTRACT_GB * 1e9),
+    md5: str = "",
+) -> Path:
+    """Extract into ``target`` after checking every member, the total size and that the whole
+    compressed stream is intact (nothing is written before); returns it.
+
+    A marker naming the archive's MD5 is written last, so a half-finished extraction is redone
+    and another archive unpacked into the same folder replaces it instead of being mistaken for
+    it. A lock (in the temp folder, so that a refused archive writes nothing near ``target``)
+    makes a second process wait for the first, then reuse its result without reading the archive.
+    """
+    archive, target = Path(archive), Path(target).resolve()
+    identity = json.dumps({"md5": (md5 or md5sum(archive)).lower()})
+    marker = target / EXTRACT_MARKER
+    done = lambda: marker.is_file() and marker.read_text() == identity  # noqa: E731
+    if done():
+        return target
+    with storage.file_lock(_lock_file(target)):
+        if done():  # another process unpacked it while this one waited
+            return target
+        with _checked(archive, target, max_bytes) as (tar, members):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for stale in target.parent.glob(target.name + ".partial-*"):  # a killed run's
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the data from other users
+            try:
+                _unpack(tar, members, tmp, archive.name)
+                _remove(target)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            marker.write_text(identity)
+    return target
+
+
+def _lock_file(target: Path) -> Path:
+    digest = hashlib.sha256(str(target).encode(errors="surrogateescape")).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "birdray-locks" / f"extract-{digest}.lock"
+
+
+@contextlib.contextmanager
+def _checked(
+    archive: Path, target: Path, max_bytes: int
+) -> Iterator[tuple[tarfile.TarFile, list[tarfile.TarInfo]]]:
+    """The open archive and its members, every one checked, the stream read to its end."""
+    try:
+        tar = tarfile.open(archive, "r:*", tarinfo=_StrictInfo)
+    except _STREAM_ERRORS as exc:
+        hint = " (a zip archive: CUB ships as a .tgz)" if zipfile.is_zipfile(archive) else ""
+        raise ArchiveError(f"{archive}: not a readable tar archive{hint} ({exc})") from exc
+    with tar:
+        try:
+            members = tar.getmembers()
+            _read_to_end(tar)
+        except _STREAM_ERRORS as exc:
+            raise ArchiveError(f"{archive}: damaged tar archive ({exc})") from exc
+        for member in members:
+            _check_member(member, target)
+        _check_size(members, max_bytes)
+        yield tar, members
+
+
+def _unpack(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path, name: str) -> None:
+    total = sum(m.size for m in members if m.isfile())
+    try:
+        with progress_bar(total, f"unpacking {name}") as bar:
+            for member in members:
+                tar.extract(member, dest, filter="data")
+                bar.update(member.size if member.isfile() else 0)
+    except _STREAM_ERRORS as exc:  # e.g. a name too long for this filesystem
+        raise ArchiveError(f"{name}: cannot unpack it here ({exc})") from exc
+
+
+class _StrictInfo(tarfile.TarInfo):
+    """tarfile ends the member list at the first unreadable header after the first one, as if
+    the archive ended there: a damaged archive would unpack in part, silently. Here such a
+    header is the archive's error (an ``ArchiveError`` passes through tarfile's own handling)."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as exc:
+            if tar.offset == 0:
+                raise  # not a tar at all: tarfile.open tries the next compression
+            # the stream ends where a header (or the end-of-archive zeros every tar writer puts
+            # there) should be: a plain .tar cut at a block boundary, e.g. a download stopped
+            # at a 1 MiB chunk, would otherwise pass as whole
+            raise ArchiveError(
+                f"damaged tar archive: it ends at byte {tar.offset:,} of the unpacked stream "
+                "without its end-of-archive blocks (cut short?); download it again"
+            ) from exc
+        except tarfile.InvalidHeaderError as exc:
+            if tar.offset == 0:
+                raise
+            raise ArchiveError(
+                f"damaged tar archive: unreadable entry header at byte {tar.offset:,} of the "
+                f"unpacked stream ({exc}); download it again"
+            ) from exc
+
+
+def _read_to_end(tar: tarfile.TarFile) -> None:
+    """What follows the end-of-archive blocks, read to the end: only that checks the CRC of a
+    gzip, bzip2 or xz stream, which tarfile never reaches."""
+    while tar.fileobj.read(1 << 20):
+        pass
+
+
+def _remove(path: Path) -> None:
+    """Whatever is at ``path`` (a folder, a file, a link), so an extraction can take its place."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

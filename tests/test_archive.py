@@ -1,0 +1,136 @@
+"""Archives that look fine and are not: damaged streams, replaced archives, racing processes."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import threading
+
+import pytest
+
+from birdray.data.archive import EXTRACT_MARKER, ArchiveError, md5sum, safe_extract
+from birdray.data.cub import read_cub
+from birdray.data.download import DownloadConfig, download_cub, open_source
+from tests.cub_fixture import jpeg_bytes, write_layout
+
+
+def _archive(tmp_path, name="CUB_200_2011.tgz", top="CUB_200_2011", images=6, mode="w:gz"):
+    photos = [
+        (i % 3 + 1, jpeg_bytes(color=(i * 37 % 256, 90, 200)), i % 2 == 0) for i in range(images)
+    ]
+    root = write_layout(tmp_path / f"layout-{name}", photos)
+    archive = tmp_path / name
+    with tarfile.open(archive, mode) as tar:
+        tar.add(root, arcname=top)
+    return archive
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz", "w:"])
+@pytest.mark.parametrize("where", [0.5, 0.8])
+def test_a_damaged_archive_is_refused_whole_never_unpacked_in_part(tmp_path, mode, where):
+    """tarfile stops at the first bad header as if the archive ended there (and never reads
+    gzip's CRC): a flipped stretch used to unpack 7 of 12 photos, marked done, exit 0."""
+    archive = _archive(tmp_path, images=24, mode=mode)
+    data = bytearray(archive.read_bytes())
+    at = int(len(data) * where)
+    if mode == "w:":  # no checksum over a plain tar's data (the MD5 guards it): hit a header
+        with tarfile.open(archive) as tar:
+            at = tar.getmembers()[int(len(tar.getmembers()) * where)].offset
+    data[at : at + 64] = bytes(b ^ 0x5A for b in data[at : at + 64])
+    archive.write_bytes(bytes(data))
+    target = tmp_path / "out"
+    with pytest.raises(ArchiveError, match="damaged|not a readable"):
+        safe_extract(archive, target)
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_another_archive_in_the_same_folder_replaces_the_old_extraction(tmp_path):
+    first = _archive(tmp_path / "a", images=3)
+    second = _archive(tmp_path / "b", images=9)
+    target = tmp_path / "out"
+    before = len(read_cub(safe_extract(first, target)).records)
+    assert len(read_cub(safe_extract(second, target)).records) > before
+    assert md5sum(second) in (target / EXTRACT_MARKER).read_text()
+    marker_time = (target / EXTRACT_MARKER).stat().st_mtime_ns
+    safe_extract(second, target)  # the same archive again: kept, not redone
+    assert (target / EXTRACT_MARKER).stat().st_mtime_ns == marker_time
+
+
+def test_two_processes_unpacking_one_archive_both_get_all_of_it(tmp_path):
+    archive = _archive(tmp_path, images=36)
+    target = tmp_path / "out"
+    results, errors = [], []
+
+    def unpack() -> None:
+        try:
+            results.append(safe_extract(archive, target))
+        except Exception as exc:  # any failure is the test's finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=unpack) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and results == [target] * 3
+    assert len(read_cub(target).records) == len(read_cub(safe_extract(archive, target)).records)
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+
+
+def test_a_fifo_where_the_archive_goes_is_an_error_not_a_hang(tmp_path):
+    archive = _archive(tmp_path / "src")
+    out = tmp_path / "raw"
+    out.mkdir()
+    os.mkfifo(out / "CUB_200_2011.tgz")
+    with pytest.raises(ArchiveError, match="not a regular file"):
+        download_cub(DownloadConfig(out=str(out), url=archive.as_uri(), md5=md5sum(archive)))
+    os.mkfifo(tmp_path / "pipe.tgz")
+    with pytest.raises(ArchiveError, match="not a regular file"):
+        open_source(tmp_path / "pipe.tgz")
+
+
+def test_download_says_where_images_txt_is_when_the_archive_wraps_it(tmp_path):
+    wrapped = _archive(tmp_path, name="wrapped.tgz", top="wrapper/CUB_200_2011")
+    cfg = DownloadConfig(out=str(tmp_path / "raw"), url=wrapped.as_uri(), md5=md5sum(wrapped))
+    with pytest.raises(ArchiveError, match="wrapper/CUB_200_2011/images.txt"):
+        download_cub(cfg)
+    renamed = _archive(tmp_path, name="v2.tgz", top="CUB_200_2011_v2")  # one top folder, any name
+    cfg = DownloadConfig(out=str(tmp_path / "raw2"), url=renamed.as_uri(), md5=md5sum(renamed))
+    assert read_cub(download_cub(cfg)).records
+
+
+def test_network_failures_and_unwritable_folders_are_one_line_errors(tmp_path):
+    cfg = DownloadConfig(out=str(tmp_path / "raw"), url="http://127.0.0.1:9/CUB_200_2011.tgz")
+    with pytest.raises(
+        ArchiveError, match="download of http://127.0.0.1:9/CUB_200_2011.tgz failed"
+    ):
+        download_cub(cfg)
+    (tmp_path / "file").write_text("x")
+    archive = _archive(tmp_path / "src")
+    with pytest.raises(ArchiveError, match="cannot be written"):
+        download_cub(DownloadConfig(out=str(tmp_path / "file" / "raw"), url=archive.as_uri()))
+
+
+def test_a_plain_tar_cut_where_a_header_would_start_is_refused(tmp_path):
+    """A plain .tar has no checksum over its data: cut at a block boundary (a download stopped at
+    a 1 MiB chunk), it used to read as a shorter, complete archive."""
+    archive = _archive(tmp_path, name="CUB_200_2011.tar", images=12, mode="w:")
+    with tarfile.open(archive) as tar:
+        cut = tar.getmembers()[10].offset
+    archive.write_bytes(archive.read_bytes()[:cut])
+    with pytest.raises(ArchiveError, match="without its end-of-archive blocks"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_unpacked_folder_is_readable_by_others_and_a_killed_runs_leftovers_go(tmp_path):
+    archive = _archive(tmp_path)
+    (tmp_path / "out.partial-killed" / "CUB_200_2011").mkdir(parents=True)  # a kill -9's
+    umask = os.umask(0o022)
+    try:
+        target = safe_extract(archive, tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []

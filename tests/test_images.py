@@ -1,0 +1,70 @@
+"""The one decoder's limits: read from the header, the same for every stage, in its own words."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from birdray.images import DEFAULT_MAX_ASPECT, ImageError, decode_image
+from birdray.model.crop import decode_for_model
+from birdray.serve.uploads import Limits, Upload, decode_upload
+from tests.serve_fixtures import encode, random_rgb
+
+CONFIG = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bilinear"}
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` and holds almost no data (a few dozen bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    crc = struct.pack(">I", zlib.crc32(chunk))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + crc + end
+
+
+@pytest.mark.parametrize("size", [(100_000, 1), (1, 100_000), (3, 20_000), (500, 1)])
+def test_thin_strips_are_refused_from_the_header_by_every_stage(size):
+    """A 100000x1 PNG is a few hundred bytes; a model's eval resize would make it 25.6 M x 256."""
+    data = encode(random_rgb(1, size), "PNG")
+    with pytest.raises(ImageError) as raised:
+        decode_for_model(data, CONFIG)  # scoring, evaluation, validation, Serve's model input
+    assert raised.value.reason == "bad_dimensions" and "elongated" in raised.value.detail
+    with pytest.raises(ImageError, match="bad_dimensions"):
+        decode_image(data)  # ingest, training, explanations
+    limits = Limits(2**24, 2**25, 4, 40_000_000, DEFAULT_MAX_ASPECT)
+    with pytest.raises(Exception) as served:
+        decode_upload(Upload("strip.png", "image/png", data), limits)
+    assert (served.value.status, served.value.code) == (422, "bad_dimensions")
+
+
+def test_the_aspect_limit_is_a_setting_and_ordinary_photos_pass():
+    wide = encode(random_rgb(2, (600, 40)), "PNG")  # 15:1
+    assert decode_image(wide).width == 600
+    with pytest.raises(ImageError, match="more elongated than 10:1"):
+        decode_image(wide, max_aspect=10)
+    assert decode_image(encode(random_rgb(3, (500, 1)), "PNG"), max_aspect=0).height == 1
+
+
+@pytest.mark.parametrize("max_pixels", [40_000_000, 200_000_000])
+def test_the_configured_pixel_limit_is_the_one_applied_and_named(max_pixels):
+    """Pillow's own bomb limit (~89 Mpx) used to answer first, in its words, whatever was set."""
+    data = _png_header(10_000, 10_000)  # 100 Mpx claimed
+    with pytest.raises(ImageError) as raised:
+        decode_image(data, max_pixels=max_pixels)
+    if max_pixels < 100_000_000:
+        assert raised.value.reason == "too_large"
+        assert raised.value.detail == "10000x10000 exceeds the 40,000,000-pixel limit"
+    else:  # allowed through the size check: the missing pixel data is what fails
+        assert raised.value.reason == "corrupt"
+
+
+def test_a_damaged_file_of_a_known_format_is_corrupt_not_not_an_image():
+    png = bytearray(encode(random_rgb(4), "PNG"))
+    png[29] ^= 0xFF  # inside IHDR: its CRC no longer matches
+    with pytest.raises(ImageError) as raised:
+        decode_image(bytes(png))
+    assert raised.value.reason == "corrupt" and "PNG" in raised.value.detail
+    with pytest.raises(ImageError, match="not_an_image"):
+        decode_image(b"plain text that happens to be long enough to sniff")
