@@ -160,3 +160,16 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_by_an_escaped_name(tmp_path
     }
     assert all(name.encode("utf-8") for name in dataset.class_names)
     assert fingerprint(dataset, None)  # hashes the shown names: no UnicodeEncodeError
+
+
+def test_a_link_loop_is_unreadable_and_a_link_out_is_unsafe(tmp_path):
+    """Both are refused; the reason must say which (a loop used to read as "leaves" the folder)."""
+    (tmp_path / "src" / "wren").mkdir(parents=True)
+    (tmp_path / "src" / "wren" / "1.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "src" / "wren" / "loop.jpg").symlink_to("loop.jpg")
+    (tmp_path / "outside.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "src" / "wren" / "out.jpg").symlink_to(tmp_path / "outside.jpg")
+    problems = {r.rel_path: r.problems for r in read_species_folders(tmp_path / "src").records}
+    assert problems["wren/1.jpg"] == []
+    assert problems["wren/loop.jpg"] == ["unreadable: 'wren/loop.jpg' is a symbolic-link loop"]
+    assert problems["wren/out.jpg"][0].startswith("unsafe_path: 'wren/out.jpg' leaves")

@@ -147,6 +147,10 @@ def test_multipart_parser_stops_at_the_first_file_past_the_limit():
     assert _multipart(fields + b"--xyz--\r\n") == (400, "bad_multipart")  # too many fields
     ok = _multipart(b"".join(_file_part(i) for i in range(LIMITS.max_files)) + b"--xyz--\r\n")
     assert [u.name for u in ok] == [f"f{i}.png" for i in range(LIMITS.max_files)]
+    # a body cut off in transit: the parser keeps the parts before the cut without a word
+    whole = _file_part(0) + _file_part(1) + b"--xyz--\r\n"
+    for cut in (len(_file_part(0)) + 20, len(whole) - 9):
+        assert _multipart(whole[:cut]) == (400, "bad_multipart")
 
 
 @pytest.mark.parametrize("target", ["²", "٣", "3.0", "-1", "99", "no_such_bird"])

@@ -11,6 +11,7 @@ is never opened.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import defaultdict
@@ -70,6 +71,21 @@ def confined_path(base: Path, rel_path: str) -> Path | None:
     except (OSError, RuntimeError):  # a symlink loop
         return None
     return base / rel if inside else None
+
+
+def refused_reason(base: Path, rel_path: str, leaves: str) -> str:
+    """Why ``confined_path`` refused ``base/rel_path``: a link loop inside ``base`` is unreadable,
+    not a path leaving it (``leaves`` says where a leaving path went)."""
+    try:
+        (base / rel_path).resolve(strict=True)
+    except RuntimeError:  # Python 3.11's resolve on a loop
+        return f"unreadable: {rel_path!r} is a symbolic-link loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"unreadable: {rel_path!r} is a symbolic-link loop"
+    except ValueError:  # a NUL byte
+        pass
+    return f"unsafe_path: {leaves}"
 
 
 def _has_link(base: Path, parts: tuple[str, ...]) -> bool:
@@ -207,9 +223,8 @@ def read_cub(path: str | Path) -> CubDataset:
             )
         rec = CubRecord(image_id, rel, class_id - 1, class_names[class_id - 1], split == "1")
         if image_path(root, rel) is None:
-            rec.problems.append(
-                f"unsafe_path: images.txt:{lineno} path {rel!r} leaves the images folder"
-            )
+            leaves = f"images.txt:{lineno} path {rel!r} leaves the images folder"
+            rec.problems.append(refused_reason(root / "images", rel, leaves))
         if image_id in boxes:
             box = _floats(boxes[image_id][1].split(), 4)
             if box is None or box[2] <= 0 or box[3] <= 0:

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from birdray.data.cub import CubDataset, CubFormatError, CubRecord, confined_path, find_root
+from birdray.data.cub import (
+    CubDataset,
+    CubFormatError,
+    CubRecord,
+    confined_path,
+    find_root,
+    refused_reason,
+)
 from birdray.storage import utf8_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -91,9 +98,8 @@ def read_csv(path: Path) -> CubDataset:
             if lineno == 1 and (rel.lower(), label.lower()) == ("path", "label"):
                 continue  # header
             if confined_path(path.parent, rel) is None:
-                problems[len(entries)] = (
-                    f"unsafe_path: {path.name}:{lineno} path {rel!r} leaves {path.parent}"
-                )
+                leaves = f"{path.name}:{lineno} path {rel!r} leaves {path.parent}"
+                problems[len(entries)] = refused_reason(path.parent, rel, leaves)
             entries.append((rel, label))
     if not entries:
         raise CubFormatError(f"{path}: lists no images")
@@ -109,7 +115,7 @@ def _dataset(root: Path, entries: list[tuple[str, str]], problems: dict[int, str
         if i in problems:
             rec.problems.append(problems[i])
         elif confined_path(root, rel) is None:  # a species folder's link pointing elsewhere
-            rec.problems.append(f"unsafe_path: {rel!r} leaves {root}")
+            rec.problems.append(refused_reason(root, rel, f"{rel!r} leaves {root}"))
         records.append(rec)
     return CubDataset(root, class_names, [], [], records)
 

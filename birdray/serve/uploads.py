@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -101,6 +102,13 @@ async def read_form(
                 400, "too_many_files", f"more than {limits.max_files} files per request"
             ) from exc
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
+    boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
+    if b"--" + boundary + b"--" not in body:  # the parser keeps the parts before a cut silently
+        raise ApiError(
+            400,
+            "bad_multipart",
+            "malformed multipart body: it ends before its closing boundary (cut off in transit?)",
+        )
     files = [v for k, v in form.multi_items() if isinstance(v, UploadFile)]
     wanted = [v for k, v in form.multi_items() if k == field and isinstance(v, UploadFile)]
     if not wanted:
