@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -29,18 +30,32 @@ def scheme(location: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(lock_file: Path, wait: bool = True) -> Iterator[bool]:
+def file_lock(lock_file: Path, wait: bool = True, waiting_for: str = "") -> Iterator[bool]:
     """An exclusive lock between processes on this machine, released when the holder dies.
 
-    Yields True once held; with ``wait=False`` yields False at once when another holds it.
+    Yields True once held; with ``wait=False`` yields False at once when another holds it. A wait
+    is never silent: it says on stderr what it waits for and which process holds the lock.
     """
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as fh:
+    with open(lock_file, "a+") as fh:  # not "w": the holder's pid in it must survive a waiter
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            what = waiting_for or f"the lock {lock_file}"
+            print(
+                f"birdray: waiting for {what}: process {holder} holds {lock_file}",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
         try:
             yield True
         finally:
@@ -121,14 +136,14 @@ def read_local_file(path: str | Path, max_bytes: int = 0) -> bytes:
     """The bytes of one input file on this machine, refusing without blocking or reading what is
     not a regular file (``open`` on a FIFO waits for a writer forever) or exceeds ``max_bytes``
     (0: no limit). ``FileNotFoundError`` for a missing file or a dangling link."""
-    if stat.S_ISDIR(os.stat(path).st_mode):  # follows links; FileNotFoundError if dangling
-        raise NotRegularFile("not a regular file (a folder)")
-    # non-blocking open, then the type of what was opened: no window for a swap to a FIFO
+    # non-blocking open (FileNotFoundError if dangling), then the type of what was opened: no
+    # window for a swap to a FIFO
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as fh:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFile("not a regular file (a FIFO, socket or device)")
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
+            raise NotRegularFile(f"not a regular file ({kind})")
         if max_bytes and info.st_size > max_bytes:
             raise FileTooBig(f"{info.st_size:,} bytes (limit {max_bytes:,})")
         data = fh.read(max_bytes + 1) if max_bytes else fh.read()

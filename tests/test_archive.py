@@ -126,11 +126,11 @@ def test_a_plain_tar_cut_where_a_header_would_start_is_refused(tmp_path):
 
 def test_the_unpacked_folder_is_readable_by_others_and_a_killed_runs_leftovers_go(tmp_path):
     archive = _archive(tmp_path)
-    (tmp_path / "out.partial-killed" / "CUB_200_2011").mkdir(parents=True)  # a kill -9's
+    (tmp_path / "out.partial" / "CUB_200_2011").mkdir(parents=True)  # a kill -9's
     umask = os.umask(0o022)
     try:
         target = safe_extract(archive, tmp_path / "out")
     finally:
         os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert target.stat().st_mode & 0o777 == 0o755  # the umask's, not a private temp folder's
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []

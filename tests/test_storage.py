@@ -37,7 +37,7 @@ def _hold(lock: str, taken, seconds: float) -> None:
         time.sleep(seconds)
 
 
-def test_file_lock_excludes_other_processes_until_released(tmp_path):
+def test_file_lock_excludes_other_processes_until_released_and_says_it_waits(tmp_path, capsys):
     lock = tmp_path / "job" / ".lock"
     ctx = multiprocessing.get_context("spawn")
     taken = ctx.Event()
@@ -47,10 +47,15 @@ def test_file_lock_excludes_other_processes_until_released(tmp_path):
     with storage.file_lock(lock, wait=False) as held:
         assert not held
     started = time.time()
-    with storage.file_lock(lock) as held:  # waits for the other process
+    with storage.file_lock(lock, waiting_for="the other job") as held:  # waits for the other
         assert held
     other.join(timeout=60)
     assert other.exitcode == 0 and time.time() - started > 0.5
+    said = capsys.readouterr().err
+    assert f"waiting for the other job: process {other.pid} holds {lock}" in said
+    with storage.file_lock(lock) as held:  # free now: taken without a word
+        assert held
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.slow

@@ -104,17 +104,15 @@ def safe_extract(
     done = lambda: marker.is_file() and marker.read_text() == identity  # noqa: E731
     if done():
         return target
-    with storage.file_lock(_lock_file(target)):
+    waiting_for = f"another extraction of {archive.name} into {target}"
+    with storage.file_lock(_lock_file(target), waiting_for=waiting_for):
         if done():  # another process unpacked it while this one waited
             return target
         with _checked(archive, target, max_bytes) as (tar, members):
             target.parent.mkdir(parents=True, exist_ok=True)
-            for stale in target.parent.glob(target.name + ".partial-*"):  # a killed run's
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
-            umask = os.umask(0)
-            os.umask(umask)
-            tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the data from other users
+            tmp = target.with_name(target.name + ".partial")  # one name: the lock is held
+            _remove(tmp)  # a killed run's leftovers
+            tmp.mkdir()
             try:
                 _unpack(tar, members, tmp, archive.name)
                 _remove(target)

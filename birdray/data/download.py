@@ -164,7 +164,11 @@ def download_cub(cfg: DownloadConfig) -> Path:
     with contextlib.ExitStack() as held:
         try:  # one download at a time into a folder; a second waits, then reuses the first's
             out.mkdir(parents=True, exist_ok=True)
-            held.enter_context(storage.file_lock(out / ".birdray-download.lock"))
+            held.enter_context(
+                storage.file_lock(
+                    out / ".birdray-download.lock", waiting_for=f"another download into {out}"
+                )
+            )
         except (PermissionError, NotADirectoryError, FileExistsError) as exc:
             raise ArchiveError(f"--out {out} cannot be written: {exc}") from exc
         return _download(cfg, out)

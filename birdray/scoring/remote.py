@@ -49,7 +49,8 @@ def marker(location: str) -> bytes | None:
 @contextlib.contextmanager
 def _pull_lock(mirror: Path) -> Iterator[None]:
     """Readers sharing a mirror (dashboard sessions) take turns refreshing it."""
-    with storage.file_lock(mirror.parent / f".{mirror.name}.pull.lock"):
+    lock = mirror.parent / f".{mirror.name}.pull.lock"
+    with storage.file_lock(lock, waiting_for=f"another refresh of {mirror}"):
         yield
 
 
