@@ -49,6 +49,9 @@ DRY_RUN_HELP = (
 )
 
 
+_POSITIONAL = "given_by_position_"  # the dest of a positional word, apart from its flag's
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's errors as ``UsageError``: one line instead of the whole usage text.
 
@@ -59,10 +62,20 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
         self.switches: list[str] = []
+        self.positionals: list[str] = []  # fields also given by position (``benchmark train``)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(cfglib.switch_values(argv, self.switches), namespace)
+        parsed, rest = super().parse_known_args(
+            cfglib.switch_values(argv, self.switches), namespace
+        )
+        for name in self.positionals:  # the word and the flag fill one field
+            word, flag = vars(parsed).pop(_POSITIONAL + name), getattr(parsed, name, None)
+            if word not in (None, []) and flag is not None and word != flag:
+                self.error(f"{name} given twice: {word!r} by position and {flag!r} by --{name}")
+            if word not in (None, []):
+                setattr(parsed, name, word)
+        return parsed, rest
 
     def error(self, message: str) -> NoReturn:
         raise cfglib.UsageError(f"{message} (see {self.prog} --help)")
@@ -127,12 +140,18 @@ def build_parser(name: str, job: Job) -> tuple[argparse.ArgumentParser, type, An
     extra = getattr(config_cls, "positional", None)
     if extra:
         parser.add_argument(
-            extra, nargs="?", default=None, help=f"{docs[extra]} (the same as --{extra})"
+            _POSITIONAL + extra,
+            metavar=extra,
+            nargs="?",
+            default=None,
+            help=f"{docs[extra]} (the same as --{extra})",
         )
+        parser.positionals.append(extra)
     rest = getattr(config_cls, "positional_rest", None)  # e.g. ``registry alias set NAME V``
     if rest:
         help_ = f"{docs.get(rest) or 'further words'} (the same as --{rest})"
-        parser.add_argument(rest, nargs="*", default=None, help=help_)
+        parser.add_argument(_POSITIONAL + rest, metavar=rest, nargs="*", default=None, help=help_)
+        parser.positionals.append(rest)
     parser.switches = cfglib.add_config_arguments(parser, config_cls)
     if name in DRY_RUN:
         parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)

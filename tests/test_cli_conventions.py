@@ -46,6 +46,19 @@ def test_a_switch_before_a_positional_leaves_it_alone():
     assert cfg.smoke is True and cfg.stage == "ingest"
 
 
+def test_a_positional_and_its_flag_fill_one_field_and_never_disagree_silently():
+    # before, an absent positional overwrote its flag: `benchmark --stage score` ran every stage
+    assert _parse("benchmark", ["--stage", "score"]).stage == "score"
+    assert _parse("benchmark", ["score", "--stage", "score"]).stage == "score"
+    assert _parse("benchmark", []).stage == "all"
+    with pytest.raises(cfglib.UsageError, match="'train' by position and 'score' by --stage"):
+        _parse("benchmark", ["train", "--stage", "score"])
+    registry = _parse("registry", ["--action", "list"])
+    assert registry.action == "list" and not registry.args
+    alias = _parse("registry", ["alias", "set", "best", "3"])
+    assert alias.action == "alias" and alias.args == ["set", "best", "3"]
+
+
 def test_timm_flag_names_are_aliases():
     timm_argv = "--model resnet18 --img-size 64 --smoothing 0.2 --aa rand-m9 --lr-base 0.2"
     cfg = _parse("train", timm_argv.split())
