@@ -494,7 +494,7 @@ def _benchmark(cfg: Any) -> None:
         "--requests",
         f"{cfg.requests} requests cannot keep {max(cfg.concurrency)} in flight (--concurrency)",
     )
-    if cfg.device == "cuda" or (cfg.stage == "gpu" and cfg.device != "cpu"):
+    if cfg.device == "cuda":
         import torch
 
         require(torch.cuda.is_available(), "--device", "cuda asked for, but no CUDA GPU here")

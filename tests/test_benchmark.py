@@ -63,6 +63,19 @@ def test_gpu_check_runs_on_cpu():
     )
 
 
+def test_the_gpu_stage_writes_the_same_results_as_every_stage(tmp_path):
+    # before, it wrote gpu.json and left results.json marked unfinished with no rows
+    result = run_benchmark(BenchmarkConfig(stage="gpu", out=str(tmp_path), smoke=True))
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert result["results"] == str(tmp_path / "results.json") and data["finished"] is True
+    assert {r["stage"] for r in data["rows"]} == {"gpu"} and data["gpu"]["device"] == "cpu"
+    feed = next(r for r in data["rows"] if r["metric"].startswith("DataLoader feed"))
+    assert feed["value"] == pytest.approx(data["gpu"]["dataloader_feed_img_s"])
+    assert feed["ratio"] == pytest.approx(data["gpu"]["feed_vs_train_bf16"])
+    assert feed["met"] is (feed["ratio"] >= 1.0)
+    assert "| gpu | DataLoader feed images/s" in (tmp_path / "results.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -49,19 +49,17 @@ class BenchmarkConfig:
     address: str = field("", "Ray address")
 
 
+def _given(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """The fields that differ from the defaults: what the user asked for."""
+    return {k: v for k, v in asdict(cfg).items() if v != getattr(BenchmarkConfig(), k)}
+
+
 def effective(cfg: BenchmarkConfig) -> BenchmarkConfig:
     """The config that runs: with ``--smoke``, tiny sizes for what was left at its default (a
     size given with it is kept: a smoke run on other sizes measures those sizes)."""
     if not cfg.smoke:
         return cfg
-    given = {k: v for k, v in asdict(cfg).items() if v != getattr(BenchmarkConfig(), k)}
-    return BenchmarkConfig(
-        **{
-            **asdict(cfg),
-            **_SMOKE,
-            **given,
-        }
-    )
+    return BenchmarkConfig(**{**asdict(cfg), **_SMOKE, **_given(cfg)})
 
 
 _SMOKE: dict[str, Any] = {
@@ -153,15 +151,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     _write(out, cfg, rows, final=False)  # an earlier run's results never pass for this one's
     if cfg.stage == "gpu" or cfg.device == "cuda":
         from birdray.benchmark.gpu import run as gpu_run
+        from birdray.benchmark.gpu import table_rows
 
-        rows.append(
-            {
-                "stage": "gpu",
-                **gpu_run(cfg.device, cfg.arch, cfg.image_size, cfg.batch_size, cfg.repeats * 3),
-            }
-        )
-        (out / "gpu.json").write_text(json.dumps(rows, indent=2))
-        return {"results": str(out / "gpu.json"), "rows": rows}
+        result = gpu_run(cfg.device, cfg.arch, cfg.image_size, cfg.batch_size, cfg.repeats * 3)
+        rows += table_rows(result)
+        _write(out, cfg, rows, final=True, extra={"gpu": result})
+        return {"results": str(out / "results.json"), "table": str(out / "results.md")}
 
     from birdray.data.ingest import IngestConfig, run_ingest
     from birdray.serve.job import choose_proxy
@@ -229,17 +224,28 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     return {"results": str(out / "results.json"), "table": str(out / "results.md")}
 
 
-def _write(out: Path, cfg: BenchmarkConfig, rows: list[dict[str, Any]], final: bool) -> None:
+def _write(
+    out: Path,
+    cfg: BenchmarkConfig,
+    rows: list[dict[str, Any]],
+    final: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """results.json and results.md for the rows so far: a stage that fails late loses no
     earlier stage's numbers (a full run takes half an hour on 2 cores)."""
     info = machine()
-    changed = {k: v for k, v in asdict(cfg).items() if v != getattr(BenchmarkConfig(), k)}
     shown = lambda v: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else v  # noqa: E731
     flags = " ".join(
-        f"--{k.replace('_', '-')} {shown(v)}" for k, v in changed.items() if k != "stage"
+        f"--{k.replace('_', '-')} {shown(v)}" for k, v in _given(cfg).items() if k != "stage"
     )
     command = f"birdray benchmark {cfg.stage} {flags}".strip()
-    record = {"machine": info, "config": asdict(cfg), "rows": rows, "finished": final}
+    record = {
+        "machine": info,
+        "config": asdict(cfg),
+        "rows": rows,
+        "finished": final,
+        **(extra or {}),
+    }
     record = _json_safe({**record, "written_at": time.time()})
     (out / "results.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
     (out / "results.md").write_text(_markdown(rows, info, command))

@@ -152,6 +152,48 @@ def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict
     return results
 
 
+def table_rows(result: dict) -> list[dict]:
+    """The check's numbers as benchmark rows (results.md's table): each precision against the
+    fp32 rate, GPU decode against Pillow, and the DataLoader feed against the bf16 training rate
+    it must keep up with."""
+    what = f"{result['arch']}@{result['image_size']} batch {result['batch']} on {result['device']}"
+
+    def row(metric: str, key: str, limit_key: str = "", goal: str = "") -> dict:
+        value = result.get(key)
+        limit = result.get(limit_key) if limit_key else None
+        return {
+            "stage": "gpu",
+            "metric": metric,
+            "value": value,
+            "unit": "img/s",
+            "baseline": limit,
+            "ratio": value / limit if value is not None and limit else None,
+            "goal": goal,
+            "met": (value / limit >= 1.0) if goal and value is not None and limit else None,
+        }
+
+    rows = [
+        row(f"train images/s, fp32, {what}", "train_fp32_img_s"),
+        row(
+            f"train images/s, bf16 + channels_last, {what}",
+            "train_bf16_cl_img_s",
+            "train_fp32_img_s",
+        ),
+        row(f"inference images/s, fp32, {what}", "infer_fp32_img_s"),
+        row(
+            f"inference images/s, bf16 + channels_last, {what}",
+            "infer_bf16_cl_img_s",
+            "infer_fp32_img_s",
+        ),
+        row("JPEG decode images/s, Pillow on the CPU (one core)", "pillow_img_s"),
+    ]
+    if "gpu_decode_img_s" in result:
+        rows.append(row("JPEG decode images/s on the GPU", "gpu_decode_img_s", "pillow_img_s"))
+    feed = f"DataLoader feed images/s, {result['feed_workers']} workers, vs bf16 training"
+    rows.append(row(feed, "dataloader_feed_img_s", "train_bf16_cl_img_s", ">= 1x the GPU's rate"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
