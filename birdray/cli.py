@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-from birdray import checks
+from birdray import checks, storage
 from birdray import config as cfglib
 from birdray.runtime import keep_local_ray_on_loopback
 
@@ -236,6 +236,8 @@ def _say(name: str, exc: BaseException) -> None:
 
 
 def _is_job_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in storage.REFUSED_WRITE:
+        return True
     for module, cls_name in JOB_ERRORS:
         cls = getattr(sys.modules.get(module), cls_name, None)
         if isinstance(cls, type) and isinstance(exc, cls):

@@ -8,6 +8,7 @@ Local paths are made absolute, because Ray workers do not run in the driver's fo
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -17,6 +18,10 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pyarrow.fs as pafs
+
+# The storage a job writes to refusing it (a full disk or quota, a read-only mount, no
+# permission): the user's to fix, so the CLI says it in one line naming the path, exit 1.
+REFUSED_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def is_uri(location: str | Path) -> bool:

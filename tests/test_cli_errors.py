@@ -11,6 +11,7 @@ other job, with ``ray.init`` replaced by a function that fails the test.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -246,3 +247,25 @@ def test_init_from_must_be_a_package_of_this_arch_and_these_classes(
     for flags, reason in cases:
         assert main([*dataset, *flags]) == 2
         assert reason in _one_line(capsys.readouterr().err, "train", "--init-from")
+
+
+@pytest.mark.parametrize(
+    "err", [errno.ENOSPC, errno.EROFS, errno.EACCES], ids=["disk-full", "read-only", "no-access"]
+)
+def test_storage_that_refuses_writes_is_one_line_exit_1(tmp_path, monkeypatch, capsys, err):
+    """A full disk or read-only registry/--storage-path: one line naming the path, no traceback."""
+    from birdray import storage
+    from birdray.cli import main
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg")
+    target = tmp_path / "reg"
+
+    def refuse(local, location):
+        raise OSError(err, os.strerror(err), str(location))
+
+    monkeypatch.setattr(storage, "upload_file", refuse)
+    assert main(["registry", "add", str(package), "--registry", str(target)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("birdray registry: error: ")
+    assert str(target) in lines[0] and "Traceback" not in lines[0]

@@ -271,3 +271,23 @@ def test_bucket_registry_end_to_end(trained_package, s3_bucket, serve_http, tmp_
     again = register_winner(handoff, trained_package.package, {"sweep": "s"}, force=False)
     assert again == {**again, "version": "v0001", "promoted": False}
     assert list_versions(handoff) == ["v0001"] and np.isfinite(meta.temperature)
+
+
+def test_a_version_copied_here_still_resolves_while_the_bucket_is_unreachable(
+    s3_bucket, tmp_path, monkeypatch
+):
+    """A Serve replica restarted (crash, SIGKILL) while the bucket is out of reach loads the copy
+    of its pinned version this machine already has, instead of failing its start forever."""
+    from birdray.runtime import free_port
+
+    monkeypatch.setenv("BIRDRAY_CACHE", str(tmp_path / "cache"))
+    reg = _fresh(s3_bucket)
+    packages = [make_package(tmp_path / f"p{i}", seed=i) for i in range(2)]
+    for package in packages:
+        register(reg, package)
+    path = resolve("v0001", reg)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    assert resolve("v0001", reg) == path
+    assert _hash(path) == _hash(packages[0])
+    with pytest.raises(OSError):  # never copied here: the bucket's error, not a guess
+        resolve("v0002", reg)

@@ -194,3 +194,23 @@ def test_every_list_of_explanation_methods_is_the_explain_packages():
     from birdray.serve.api import METHODS as api_methods
 
     assert tuple(api_methods) == tuple(METHODS) == tuple(dashboard_methods)
+
+
+@pytest.mark.parametrize(
+    "died",
+    [lambda e: e.ActorDiedError(), lambda e: e.ActorUnavailableError("gone", b"\0" * 16)],
+    ids=["died", "unavailable"],
+)
+def test_a_model_replica_dying_mid_request_is_503_unavailable(died):
+    """SIGKILL of the model replica while a request waits on it: a 503 the client may retry
+    (Retry-After), not a 500 ``internal_error``; Serve restarts the replica."""
+    import ray.exceptions
+
+    from birdray.serve.ingress import _answer
+
+    async def dies():
+        raise died(ray.exceptions)
+
+    with pytest.raises(ApiError) as info:
+        asyncio.run(_answer(dies(), "model"))
+    assert (info.value.status, info.value.code) == (503, "unavailable")

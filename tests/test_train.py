@@ -198,3 +198,26 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(
 def test_infeasible_cpu_request_says_what_the_cluster_has():
     with pytest.raises(ResourceError, match="need 16 CPU and 0 GPU; the cluster has 4 CPU"):
         check_resources(TrainConfig(num_workers=4, cpus_per_worker=4), {"CPU": 4})
+
+
+@pytest.mark.parametrize("where", ["controller", "worker"])
+def test_checkpoint_storage_that_refuses_writes_is_one_error_naming_it(where):
+    """A full disk or read-only --storage-path (workers' checkpoints), or a bucket gone (the
+    controller's state): one ResourceError naming --storage-path, a one-line CLI error."""
+    import errno
+
+    from ray.train import ControllerError, WorkerGroupError
+
+    from birdray.train.job import ResourceError, storage_failure
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    error = (
+        ControllerError(OSError("When initiating multiple part upload ... Could not connect"))
+        if where == "controller"
+        else WorkerGroupError("Training failed due to worker errors", {0: full, 1: full})
+    )
+    cfg = TrainConfig(dataset="d", storage_path="/full/runs", **SMALL)
+    failure = storage_failure(cfg, error)
+    assert isinstance(failure, ResourceError) and "--storage-path /full/runs" in str(failure)
+    other = WorkerGroupError("Training failed", {0: RuntimeError("injected failure")})
+    assert storage_failure(cfg, other) is None  # anything else is Ray Train's error, unchanged

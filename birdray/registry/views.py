@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -41,6 +42,8 @@ from birdray.registry.versions import (
     verify_files,
     version_uri,
 )
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION = "calibration.json"
 EXPLANATIONS = "explanations"
@@ -106,8 +109,19 @@ def _fetch_record(src: str, files: list[str], record: str, marker: str, tmp: Pat
 def local_copy(registry: str, version: str) -> Path:
     """A local folder: the committed version's files, its newest calibration and explanations."""
     src = version_uri(registry, version)
-    marker = read_marker(registry, version)
-    files = storage.list_files(src)
+    # the newest copy of this version made here: a replica restarted while the bucket is out
+    # of reach serves it (versions are immutable) instead of failing its start-up over and over
+    kept = cache_root() / f"{hashlib.sha256(src.encode()).hexdigest()[:16]}.last"
+    try:
+        marker = read_marker(registry, version)
+        files = storage.list_files(src)
+    except OSError as exc:
+        copy = cache_root() / kept.read_text() if kept.is_file() else None
+        unreachable = storage.is_remote(src) and not isinstance(exc, FileNotFoundError)
+        if not unreachable or copy is None or not (copy / METADATA_FILE).is_file():
+            raise  # a version that is gone, or never copied here: the bucket's own error
+        logger.warning("%s cannot be read (%s); using this machine's copy %s", src, exc, copy)
+        return copy
     records, explained = _records(files), _explanations(files)
     if not storage.is_remote(src) and not records and not explained:
         return storage.local_path(src)
@@ -115,6 +129,7 @@ def local_copy(registry: str, version: str) -> Path:
     key = f"{src}|{marker.get('commit')}|{newest}"
     cache = cache_root() / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (cache / METADATA_FILE).is_file():
+        storage.write_bytes_atomic(kept, cache.name.encode())
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=cache.parent))
@@ -141,6 +156,7 @@ def local_copy(registry: str, version: str) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    storage.write_bytes_atomic(kept, cache.name.encode())
     return cache
 
 

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
@@ -50,6 +51,9 @@ async def _answer(response: DeploymentResponse, what: str) -> Any:
         raise ApiError(503, "busy", f"too many {what} requests queued; retry shortly") from exc
     except DeploymentUnavailableError as exc:
         raise ApiError(503, "unavailable", f"the {what} deployment is not available") from exc
+    except RayActorError as exc:  # the replica died (or is unreachable) mid-request: Serve
+        # restarts it, so the client retries, as for busy; never a 500 ``internal_error``
+        raise ApiError(503, "unavailable", f"the {what} replica stopped; retry shortly") from exc
 
 
 class InProcess:

@@ -81,6 +81,19 @@ def check_reachable(cfg: TrainConfig) -> None:
             raise ResourceError(f"storage_path {cfg.storage_path}: {exc}") from None
 
 
+def storage_failure(cfg: TrainConfig, error: BaseException) -> ResourceError | None:
+    """The run's checkpoint storage refusing it (disk full, read-only, bucket unreachable) as
+    one error naming ``--storage-path``: Ray Train reports it as a ``ControllerError`` (the
+    controller persists the run's state) or a ``WorkerGroupError`` (workers write checkpoints)."""
+    controller = getattr(error, "controller_failure", None)
+    workers = list(getattr(error, "worker_failures", {}).values())
+    causes = [controller] if isinstance(controller, OSError) else []
+    causes += [e for e in workers if isinstance(e, OSError) and e.errno in storage.REFUSED_WRITE]
+    if not causes:
+        return None
+    return ResourceError(f"--storage-path {cfg.storage_path}: {' '.join(str(causes[0]).split())}")
+
+
 def default_name(cfg: TrainConfig) -> str:
     return cfg.name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -228,6 +241,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
+    except Exception as exc:  # Ray Train raises the run's error from fit()
+        failure = storage_failure(cfg, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         # fit() leaves Ray Train's Ctrl-C handler behind, and with it a handle that keeps the
         # finished run's controller, dataset actors and a CPU-holding pipeline alive in a
