@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,22 @@ def file(flag: str, location: str, what: str) -> None:
 
 
 def output(flag: str, location: str) -> None:
-    """An output location must be given and must not be an existing file."""
+    """An output location must be given, must not be an existing file, and its folder (or the
+    nearest one that exists) must take a new file: a read-only mount or a folder the user may
+    not write fails here, in a second, not after Ray has started and the job has run."""
     require(bool(location), flag, "is required (an output folder or bucket URI)")
-    if not storage.is_remote(location):
-        path = storage.local_path(location)
-        require(not path.is_file(), flag, f"{location} is a file; expected a folder")
+    if storage.is_remote(location):
+        return
+    path = storage.local_path(location)
+    require(not path.is_file(), flag, f"{location} is a file; expected a folder")
+    nearest = next(p for p in (path, *path.parents) if p.exists())
+    require(nearest.is_dir(), flag, f"{nearest} is a file, so {location} cannot be made")
+    try:
+        tempfile.TemporaryFile(dir=nearest).close()
+    except OSError as exc:
+        raise UsageError(
+            f"{flag}: {location} cannot be written ({nearest}: {exc.strerror})"
+        ) from None
 
 
 def dataset(flag: str, location: str, split: str | None = None) -> dict[str, Any]:

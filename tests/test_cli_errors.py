@@ -149,6 +149,7 @@ IN_PROCESS_CASES = {
         "--dataset",
     ),
     "synth-zero-classes": (["synth", "--classes", "0"], "--classes"),
+    "synth-out-under-a-file": (["synth", "--out", "{tmp}/photos/a.png/birds"], "--out"),
     "synth-not-a-number": (["synth", "--classes", "many"], "--classes"),
     "download-bad-md5": (["download", "--md5", "xyz"], "--md5"),
     "ingest-not-cub": (["ingest", "--source", "{tmp}/not_a_dataset"], "--source"),
@@ -247,6 +248,30 @@ def test_init_from_must_be_a_package_of_this_arch_and_these_classes(
     for flags, reason in cases:
         assert main([*dataset, *flags]) == 2
         assert reason in _one_line(capsys.readouterr().err, "train", "--init-from")
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_ray(
+    tmp_path, monkeypatch, capsys
+):
+    """A read-only mount where --storage-path would go: one line naming it, before Ray starts
+    (before, training failed after Ray's start-up). root ignores chmod, so the OS's refusal of
+    the probe file is what is simulated; the check and the CLI around it are real."""
+    import errno
+    import tempfile
+
+    import ray
+
+    from birdray.cli import main
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    runs = tmp_path / "ro" / "runs"
+    assert main(["synth", "--out", str(runs)]) == 2
+    line = _one_line(capsys.readouterr().err, "synth", "--out")
+    assert f"{runs} cannot be written ({tmp_path}: Read-only file system)" in line
 
 
 @pytest.mark.parametrize(
