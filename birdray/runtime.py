@@ -144,6 +144,13 @@ def init_ray(
                 _node_ip_address=LOOPBACK,
                 **kwargs,
             )
+    # From here this process never calls ray.init() by itself: a Ray Data thread still running
+    # at exit (a job that failed mid-stream) did, after Ray's atexit shutdown, and joined another
+    # user's Ray on the machine ("Found multiple active Ray instances ... Connecting to latest").
+    # The same switch as RAY_ENABLE_AUTO_CONNECT=0, which Ray reads only when imported.
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = False
     return ray.cluster_resources()
 
 

@@ -68,3 +68,19 @@ def test_without_a_gap_below_the_ephemeral_range_the_kernel_chooses(monkeypatch)
     port = runtime.free_port()
     with socket.socket() as sock:
         sock.bind((runtime.LOOPBACK, port))
+
+
+def test_after_init_ray_nothing_reconnects_by_itself():
+    """A Ray Data thread left running when a job fails mid-stream calls Ray after the atexit
+    shutdown; it must fail there, not ray.init() into whatever other Ray runs on the machine."""
+    code = (
+        "from birdray.runtime import init_ray; init_ray(num_cpus=1, include_dashboard=False)\n"
+        "import ray; ray.shutdown()\n"
+        "try:\n    ray.put(1)\nexcept Exception as exc:\n    print('refused', type(exc).__name__)\n"
+        "else:\n    print('reconnected')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1].startswith("refused"), done.stderr[-2000:]

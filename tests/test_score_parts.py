@@ -263,3 +263,53 @@ def test_blocks_start_with_one_batch_and_grow_to_task_size(rows, batch):
         sizes = [n for _, n in slices[:-1]]
         assert sizes == sorted(sizes) and max(sizes or [0]) <= max(task_rows(plan), rows / 1000)
     assert len(slices) <= 1000 + 8  # bounded block count, whatever the input size
+
+
+def test_a_write_that_fails_is_one_error_naming_the_folder_and_no_torn_part(tmp_path, monkeypatch):
+    """Disk full while a part file is closed: an OutputError naming the folder (one line from the
+    CLI, not pyarrow's traceback), and the torn file keeps its temporary name even after the
+    caller's ``finally: writer.close()``, so nothing with a real name is unreadable."""
+
+    def disk_full(self):
+        raise OSError(28, "No space left on device")
+
+    writer = PartWriter(tmp_path, "part", rows_per_file=2)
+    monkeypatch.setattr(pq.ParquetWriter, "close", disk_full)
+    with pytest.raises(OutputError, match=f"cannot write to {tmp_path}.*No space left"):
+        writer.write(pa.Table.from_pylist([_row("/a"), _row("/b")], SCHEMA))
+    writer.close()  # what _stream_rows' finally does: nothing left to rename
+    assert list(tmp_path.glob("*.parquet")) == []
+    assert [p.name for p in tmp_path.glob(".*.inprogress")] == [".part-00000.inprogress"]
+
+
+def test_a_bucket_that_is_gone_ends_the_job_naming_it(tmp_path, monkeypatch):
+    """One object that fails is its row; a bucket that stops answering is the job's error, found
+    at the first failed read (not after every file has waited out the S3 client's retries)."""
+    from birdray.scoring import stages
+    from birdray.scoring.job import _stream_rows
+    from birdray.scoring.sources import Source
+
+    tried = []
+
+    def read(source, path, max_bytes):
+        tried.append(path)
+        raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation")
+
+    monkeypatch.setattr(stages, "read_file", read)
+    monkeypatch.setattr(stages, "bucket_reachable", lambda source: False)
+    config = {"input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.5] * 3,
+              "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+    paths = [f"s3://birds/photos/{i}.jpg" for i in range(3)]
+    batch = pa.table({"path": paths, "file_size": [5] * 3, "mtime_ns": [1, 2, 3]})
+    source = Source("folder", "s3://birds/photos", "s3://")
+    out = stages.prepare_batch(batch, source, json.dumps(config), 2**20, 10**6)
+    assert [e.split(":", 1)[0] for e in out["error"]] == ["unreachable"] * 3
+    assert "s3://birds/photos" in out["error"][0] and tried == paths[:1]
+
+    class Rows:  # the driver's side: the first such row ends the job before _SUCCESS
+        def iter_batches(self, **kwargs):
+            row = {**_row(paths[0], ok=False), "error": out["error"][0]}
+            yield pa.Table.from_pylist([row], SCHEMA)
+
+    with pytest.raises(SourceError, match="cannot reach s3://birds/photos"):
+        _stream_rows(Rows(), PartWriter(tmp_path, "part", 10))

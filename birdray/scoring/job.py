@@ -48,17 +48,20 @@ from birdray.scoring.output import (
     summarize,
     write_csv,
     write_json,
+    writing,
 )
 from birdray.scoring.remote import marker, mirror_of, publish, pull
 from birdray.scoring.sources import (
     DEFAULT_EXTENSIONS,
     Source,
+    SourceError,
     list_inputs,
     normalize_extensions,
     open_source,
 )
 from birdray.scoring.stages import (
     SCHEMA,
+    UNREACHABLE,
     Scorer,
     StagePlan,
     build_dataset,
@@ -222,8 +225,9 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
         )
         write_json(staging / SUMMARY_FILE, summary)
         commit(root, staging, {"run_id": run_id, "rows": summary["files_seen"]})
-        if remote:
-            publish(root, remote, seen)
+        if remote:  # a bucket gone meanwhile: one error naming it (the result stays in root)
+            with writing(remote):
+                publish(root, remote, seen)
     print(_headline(summary))
     return summary
 
@@ -245,6 +249,9 @@ def _stream_rows(ds: Any, writer: PartWriter, stall_timeout_s: float = 0.0) -> d
     try:
         for batch in watched(batches, stall_timeout_s, "scoring"):
             writer.write(batch)
+            gone = pc.filter(batch["error"], pc.starts_with(batch["error"], UNREACHABLE + ":"))
+            if len(gone):  # the bucket itself is gone: end now, naming it (no _SUCCESS)
+                raise SourceError(gone[0].as_py())
             if first_at is None:
                 first_at, first_rows = time.time(), len(batch)
     finally:

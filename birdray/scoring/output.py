@@ -52,6 +52,15 @@ def locked(root: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def writing(location: Path | str) -> Iterator[None]:
+    """A write that fails (disk full, read-only, gone) is one ``OutputError`` naming the place."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write to {location}: {exc}") from exc
+
+
 class PartWriter:
     """Parquet files of at most ``rows_per_file`` rows; a file gets its real name once closed."""
 
@@ -68,9 +77,11 @@ class PartWriter:
         while start < len(table):
             if self.writer is None:
                 self.tmp = self.folder / f".{self.prefix}-{self.index:05d}.inprogress"
-                self.writer = pq.ParquetWriter(self.tmp, SCHEMA)
+                with writing(self.folder):
+                    self.writer = pq.ParquetWriter(self.tmp, SCHEMA)
             take = min(len(table) - start, self.rows_per_file - self.rows)
-            self.writer.write_table(table.slice(start, take))
+            with writing(self.folder):
+                self.writer.write_table(table.slice(start, take))
             start += take
             self.rows += take
             self.total += take
@@ -80,9 +91,13 @@ class PartWriter:
     def _finish(self) -> None:
         if self.writer is None or self.tmp is None:
             return
-        self.writer.close()
-        os.replace(self.tmp, self.folder / f"{self.prefix}-{self.index:05d}.parquet")
+        writer, tmp = self.writer, self.tmp
+        # forgotten first: a close that fails leaves a torn file under its temporary name, which
+        # a later close() (the caller's ``finally``) must not rename into a real one
         self.writer, self.tmp, self.rows = None, None, 0
+        with writing(self.folder):
+            writer.close()
+            os.replace(tmp, self.folder / f"{self.prefix}-{self.index:05d}.parquet")
         self.index += 1
 
     def close(self) -> None:
@@ -190,7 +205,8 @@ def write_csv(pred_dir: Path, dest: Path) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    storage.write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode())
+    with writing(path):
+        storage.write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode())
 
 
 def commit(root: Path, staging: Path, marker: dict[str, Any]) -> None:

@@ -50,6 +50,8 @@ SCHEMA = pa.schema(
         ("device", pa.string()),
     ]
 )
+UNREACHABLE = "unreachable"  # the error of a row whose bucket could not be reached at all: the
+# driver ends the job on it (a bucket that is gone is the job's error, not every file's)
 MISSING = -1  # integer sentinel between the stages (numpy batches have no nullable ints)
 # Rows per Ray task (a block) in both stages; the actor still calls the model per batch. Each
 # task costs the driver's scheduler, the raylet and the worker ~1 ms whatever its size: at 16
@@ -93,9 +95,21 @@ def _load_one(
     except FileTooBig as exc:
         return None, MISSING, MISSING, f"file_too_big: {exc}"
     except OSError as exc:
+        if source.prefix and not bucket_reachable(source):
+            return None, MISSING, MISSING, f"{UNREACHABLE}: cannot reach {source.uri}: {exc}"
         return None, MISSING, MISSING, f"unreadable: {exc}"
     except Exception as exc:  # any other failure is still this file's row, never the job's end
         return None, MISSING, MISSING, f"preprocess_failed: {type(exc).__name__}: {exc}"
+
+
+def bucket_reachable(source: Source) -> bool:
+    """Whether the input's bucket answers at all (one object failing is that file's row)."""
+    fs, root = source.filesystem()
+    try:
+        fs.get_file_info(root)
+    except OSError:
+        return False
+    return True
 
 
 def _ints(batch: pa.Table, name: str) -> np.ndarray:
@@ -122,12 +136,18 @@ def prepare_batch(
     listed = batch["error"].to_pylist() if "error" in batch.column_names else [None] * len(paths)
     pixels = np.zeros((len(paths), 3, height, width), dtype=np.uint8)
     widths, heights, errors = [], [], []
+    gone = ""  # the bucket is gone: the rest are not tried (each read waits out S3's retries)
     for i, (path, size, data, listing_error) in enumerate(
         zip(paths, sizes, images, listed, strict=True)
     ):
-        arr, w, h, error = _load_one(
-            source, path, size, data, max_bytes, max_pixels, transform, data_config, listing_error
-        )
+        if gone:
+            arr, w, h, error = None, MISSING, MISSING, gone
+        else:
+            arr, w, h, error = _load_one(
+                source, path, size, data, max_bytes, max_pixels, transform, data_config,
+                listing_error,
+            )  # fmt: skip
+            gone = error if error.startswith(UNREACHABLE + ":") else ""
         if arr is not None:
             pixels[i] = arr
         widths.append(w)
