@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in rest or os.environ.get("BIRDRAY_DEBUG", "") not in ("", "0")
     try:
         return _run(name, jobs[name], rest)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see runtime.sigterm_as_ctrl_c) is the user's
+        if debug:
+            raise
+        print(f"birdray {name}: interrupted", file=sys.stderr, flush=True)
+        return 130  # the shell's code for a command ended by SIGINT
     except cfglib.ConfigError as exc:  # UsageError included: the flags, found before starting
         if debug:
             raise

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,3 +296,25 @@ def test_storage_that_refuses_writes_is_one_line_exit_1(tmp_path, monkeypatch, c
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("birdray registry: error: ")
     assert str(target) in lines[0] and "Traceback" not in lines[0]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C during a job: one line saying so and the shell's 130, not a traceback and 1."""
+    out = tmp_path / "birds"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:9"}
+    env.pop("BIRDRAY_DEBUG", None)
+    argv = ["synth", "--classes", "200", "--per-class", "60", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "birdray.cli", *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not out.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # the job has started writing: well past Python's own start-up
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "birdray synth: interrupted" and "Traceback" not in err
