@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import socket
 import struct
 import time
@@ -479,6 +480,14 @@ def test_overload_and_slow_clients_get_503_and_504_in_the_error_shape(guarded):
         deadline = time.monotonic() + GUARD["request_timeout_s"]
         busy = post_images(guarded, [("a.png", data, "image/png")], headers=headers)
         while busy.status_code == 200 and time.monotonic() < deadline:
+            if select.select([stalled], [], [], 0)[0]:
+                # a loaded machine let a quick request reach the app first: the stalled upload
+                # was the one turned away (right: one slot), so stall again
+                status, body = _read_response(stalled)
+                assert status == 503 and body["error"]["code"] == "busy", body
+                stalled.close()
+                stalled = _slow_upload(guarded)
+                deadline = time.monotonic() + GUARD["request_timeout_s"]
             time.sleep(0.1)  # the stalled request may not have reached the app yet
             busy = post_images(guarded, [("a.png", data, "image/png")], headers=headers)
         assert_error(busy, 503, "busy", None)
