@@ -129,8 +129,7 @@ def local_copy(registry: str, version: str) -> Path:
     key = f"{src}|{marker.get('commit')}|{newest}"
     cache = cache_root() / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (cache / METADATA_FILE).is_file():
-        storage.write_bytes_atomic(kept, cache.name.encode())
-        return cache
+        return _remember(kept, cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=cache.parent))
     try:
@@ -156,7 +155,14 @@ def local_copy(registry: str, version: str) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    storage.write_bytes_atomic(kept, cache.name.encode())
+    return _remember(kept, cache)
+
+
+def _remember(kept: Path, cache: Path) -> Path:
+    """Point ``kept`` at ``cache`` (written only when it changes: most resolves are cache hits,
+    and an fsync'd write each time would be I/O on every replica start and page view)."""
+    if not (kept.is_file() and kept.read_text() == cache.name):
+        storage.write_bytes_atomic(kept, cache.name.encode())
     return cache
 
 
