@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from birdray.benchmark import BenchmarkConfig, run_benchmark
+from birdray.benchmark.gpu import _jpegs, gpu_eval_feed_rate
 from birdray.benchmark.gpu import run as gpu_run
+from birdray.model.factory import create_model
+from birdray.model.preprocess import resolve_data_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -61,6 +66,18 @@ def test_gpu_check_runs_on_cpu():
     assert out["feed_vs_train_bf16"] == pytest.approx(
         out["dataloader_feed_img_s"] / out["train_bf16_cl_img_s"]
     )
+    # and scoring's: the eval crop against the inference rate
+    assert out["eval_feed_vs_infer_bf16"] == pytest.approx(
+        out["dataloader_eval_feed_img_s"] / out["infer_bf16_cl_img_s"]
+    )
+
+
+def test_the_gpu_decode_feed_makes_the_eval_crop_at_the_model_size():
+    model = create_model("test_resnet", 200)
+    data_config = resolve_data_config(model, 64)
+    # on the CPU here; the GPU check runs it with nvJPEG on the device
+    rate = gpu_eval_feed_rate(_jpegs(3), data_config, batch=2, total=4, device="cpu")
+    assert rate > 0
 
 
 def test_the_gpu_stage_writes_the_same_results_as_every_stage(tmp_path):
@@ -74,6 +91,24 @@ def test_the_gpu_stage_writes_the_same_results_as_every_stage(tmp_path):
     assert feed["ratio"] == pytest.approx(data["gpu"]["feed_vs_train_bf16"])
     assert feed["met"] is (feed["ratio"] >= 1.0)
     assert "| gpu | DataLoader feed images/s" in (tmp_path / "results.md").read_text()
+    assert any(r["metric"].startswith("DataLoader eval-crop feed") for r in data["rows"])
+
+
+def test_the_gpu_stage_runs_where_ray_is_not_installed(tmp_path):
+    # the GPU box has torch and timm but no Ray; before, describing the machine imported Ray
+    script = (
+        "import importlib.abc, sys\n"
+        "class NoRay(importlib.abc.MetaPathFinder):\n"  # as if Ray were not installed
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.partition('.')[0] == 'ray':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, NoRay())\n"
+        "from birdray.cli import main\n"
+        f"raise SystemExit(main(['benchmark', 'gpu', '--smoke', '--out', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "results.json").read_text())["finished"] is True
 
 
 @pytest.mark.parametrize(

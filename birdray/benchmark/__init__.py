@@ -118,7 +118,8 @@ def _json_safe(value: Any) -> Any:
 def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'};"
-        f" torch {machine['torch']}, timm {machine['timm']}, Ray {machine['ray']}.",
+        f" torch {machine['torch']}, timm {machine['timm']},"
+        f" Ray {machine['ray'] or 'not installed'}.",
         f"Command: `{command}`",
         "",
         "Ratios are birdray / other: above 1 is faster for rates, slower for s and ms.",

@@ -2,12 +2,13 @@
 
 Training step and inference with bf16 autocast and channels_last against fp32/contiguous;
 JPEG decoding on the GPU (torchvision.io.decode_jpeg) against Pillow on the CPU; and the peer
-question for training: how many images a ``torch.utils.data.DataLoader`` with one worker per
-core feeds when each does birdray's own per-batch data work (``decode_and_transform``), against
-the rate the GPU trains at. Ray's path is proven on CPU; this measures what a GPU worker or
+question for training and scoring: how many images a ``torch.utils.data.DataLoader`` with one
+worker per core feeds when each does birdray's own per-batch data work
+(``decode_and_transform``: augmentation, or the eval crop), against the rate the GPU trains or
+infers at. Ray's path is proven on CPU; this measures what a GPU worker or
 replica would do with its device, and whether the CPUs beside it can keep up.
 
-    python -m birdray.benchmark.gpu --out gpu.json     # ~1-2 minutes on one H100
+    python -m birdray.benchmark.gpu --out gpu.json     # ~30-40 s a model on one H200
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from PIL import Image
 
 from birdray.benchmark.measure import timed
 from birdray.model.factory import create_model
-from birdray.model.preprocess import resolve_data_config
+from birdray.model.preprocess import normalize_uint8, resolve_data_config
 from birdray.train.config import TrainConfig
 from birdray.train.data import decode_and_transform, train_transform_kwargs
 
@@ -88,27 +90,39 @@ def decode_rates(count: int, device: str) -> dict[str, float]:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Batches of JPEG bytes, each turned into uint8 crops by birdray's Ray Data batch fn."""
+    """Batches of JPEG bytes, each turned into uint8 crops by birdray's Ray Data batch fn:
+    training's augmentation, or the eval crop that validation, scoring and Serve decode to."""
 
-    def __init__(self, chunks: list[list[bytes]], data_config: dict, train_kwargs: dict):
+    def __init__(
+        self, chunks: list[list[bytes]], data_config: dict, train_kwargs: dict, training: bool
+    ):
         self.chunks, self.data_config, self.train_kwargs = chunks, data_config, train_kwargs
+        self.training = training
 
     def __len__(self) -> int:
         return len(self.chunks)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         batch = {"image": self.chunks[i], "label": np.zeros(len(self.chunks[i]), np.int64)}
-        return decode_and_transform(batch, self.data_config, True, self.train_kwargs)
+        return decode_and_transform(batch, self.data_config, self.training, self.train_kwargs)
 
 
-def feed_rate(blobs: list[bytes], data_config: dict, batch: int, workers: int, total: int) -> float:
-    """Images/s ``workers`` DataLoader processes deliver (decode + timm train transform)."""
+def feed_rate(
+    blobs: list[bytes],
+    data_config: dict,
+    batch: int,
+    workers: int,
+    total: int,
+    training: bool = True,
+) -> float:
+    """Images/s ``workers`` DataLoader processes deliver (decode + the model's timm transform:
+    training's augmentation, or with ``training=False`` the eval crop scoring feeds)."""
     recipe = TrainConfig()
     kwargs = train_transform_kwargs(recipe.hflip, recipe.scale_min, recipe.auto_augment)
     chunks = [blobs[i : i + batch] for i in range(0, len(blobs), batch)]
     chunks = (chunks * (total // max(1, len(blobs)) + 1))[: max(1, total // batch)]
     loader = torch.utils.data.DataLoader(  # a worker that hangs ends the check, with a reason
-        _Batches(chunks, data_config, kwargs),
+        _Batches(chunks, data_config, kwargs, training),
         batch_size=None,
         num_workers=workers,
         timeout=300 if workers else 0,
@@ -119,8 +133,43 @@ def feed_rate(blobs: list[bytes], data_config: dict, batch: int, workers: int, t
     return count / (time.perf_counter() - started)
 
 
+def gpu_eval_feed_rate(
+    blobs: list[bytes], data_config: dict, batch: int, total: int, device: str = "cuda"
+) -> float:
+    """Images/s when the GPU itself decodes (nvJPEG) and makes the eval crop: scoring's feed
+    with no CPU worker in the way, to set against the DataLoader's eval-crop feed."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvf
+
+    mode = InterpolationMode(data_config.get("interpolation", "bilinear"))
+    size = int(data_config["input_size"][-1])
+    shorter = math.floor(size / data_config["crop_pct"])
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    chunks = [tensors[i : i + batch] for i in range(0, len(tensors), batch)]
+
+    def one(chunk: list[torch.Tensor]) -> torch.Tensor:
+        images = tvio.decode_jpeg(chunk, mode=tvio.ImageReadMode.RGB, device=device)
+        crops = [tvf.center_crop(tvf.resize(im, [shorter], mode), [size, size]) for im in images]
+        return normalize_uint8(torch.stack(crops), data_config)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    one(chunks[0])  # nvJPEG's and the kernels' first-call set-up
+    sync()
+    started, count = time.perf_counter(), 0
+    while count < total:
+        for chunk in chunks:
+            one(chunk)
+            count += len(chunk)
+    sync()
+    return count / (time.perf_counter() - started)
+
+
 def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict:
     dev = torch.device(device)
+    torch.backends.cudnn.benchmark = True  # as timm's train.py and inference.py set it
     model = create_model(arch, 200).to(dev)
     x = torch.randn(batch, 3, image_size, image_size, device=dev)
     results = {
@@ -137,17 +186,22 @@ def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict
             )
     results.update(decode_rates(256 if dev.type == "cuda" else 32, device))
     workers = os.cpu_count() or 1
-    feed = feed_rate(
-        _jpegs(64),
-        resolve_data_config(model, image_size),
-        batch,
-        workers,
-        total=2048 if dev.type == "cuda" else 2 * batch,
-    )
+    blobs, data_config = _jpegs(64), resolve_data_config(model, image_size)
+    total = 2048 if dev.type == "cuda" else 2 * batch
+    feed = feed_rate(blobs, data_config, batch, workers, total)
+    eval_feed = feed_rate(blobs, data_config, batch, workers, total, training=False)
+    if dev.type == "cuda":
+        gpu_feed = gpu_eval_feed_rate(blobs * 2, data_config, batch, total)
+        results.update(
+            gpu_eval_feed_img_s=gpu_feed,
+            gpu_eval_feed_vs_infer_bf16=gpu_feed / results["infer_bf16_cl_img_s"],
+        )
     results.update(
         feed_workers=workers,
         dataloader_feed_img_s=feed,
         feed_vs_train_bf16=feed / results["train_bf16_cl_img_s"],
+        dataloader_eval_feed_img_s=eval_feed,
+        eval_feed_vs_infer_bf16=eval_feed / results["infer_bf16_cl_img_s"],
     )
     return results
 
@@ -191,6 +245,25 @@ def table_rows(result: dict) -> list[dict]:
         rows.append(row("JPEG decode images/s on the GPU", "gpu_decode_img_s", "pillow_img_s"))
     feed = f"DataLoader feed images/s, {result['feed_workers']} workers, vs bf16 training"
     rows.append(row(feed, "dataloader_feed_img_s", "train_bf16_cl_img_s", ">= 1x the GPU's rate"))
+    if "dataloader_eval_feed_img_s" in result:
+        feed = f"DataLoader eval-crop feed images/s (scoring), {result['feed_workers']} workers,"
+        rows.append(
+            row(
+                f"{feed} vs bf16 inference",
+                "dataloader_eval_feed_img_s",
+                "infer_bf16_cl_img_s",
+                ">= 1x the GPU's rate",
+            )
+        )
+    if "gpu_eval_feed_img_s" in result:
+        rows.append(
+            row(
+                "GPU decode + eval-crop feed images/s (nvJPEG, no CPU workers) vs bf16 inference",
+                "gpu_eval_feed_img_s",
+                "infer_bf16_cl_img_s",
+                ">= 1x the GPU's rate",
+            )
+        )
     return rows
 
 

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +134,16 @@ class PeakMemory:
         self._thread.join()
 
 
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def machine() -> dict[str, Any]:
-    """What ran the benchmark: CPU model, cores, GPU, versions."""
-    import ray
+    """What ran the benchmark: CPU model, cores, GPU, versions. Ray is optional: the GPU check
+    runs on a box without it."""
     import timm
     import torch
 
@@ -155,6 +163,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "ray": ray.__version__,
+        "ray": _version("ray"),
         "platform": platform.platform(),
     }
