@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -65,6 +67,13 @@ def file_lock(lock_file: Path, wait: bool = True, waiting_for: str = "") -> Iter
             yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def machine_lock_file(kind: str, location: str | Path) -> Path:
+    """This machine's lock file for ``kind`` of work on ``location`` (a path or a bucket URI).
+    It lives in the temp folder: no write access to the location is needed, buckets included."""
+    digest = hashlib.sha256(str(location).encode(errors="surrogateescape")).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "birdray-locks" / f"{kind}-{digest}.lock"
 
 
 def is_remote(location: str | Path) -> bool:

@@ -196,6 +196,41 @@ def test_reconcile_checks_the_set_of_ids_not_only_counts():
         reconcile([1, 2], [1, 9], [])
 
 
+def test_two_ingests_into_one_folder_take_turns_and_lose_nothing(ray_cluster, tmp_path, capsys):
+    """Before, a finishing ingest deleted every shard folder its manifest did not name, another
+    run's still being written among them: that run failed, or its manifest named a folder gone."""
+    source = write_layout(
+        tmp_path / "src",
+        [(c, jpeg_bytes(color=(60 * c, 90, 20 * i)), i % 2) for c in (1, 2) for i in range(6)],
+    )
+    out = tmp_path / "ds"
+    results: list[object] = []
+    together = threading.Barrier(2, timeout=30)
+
+    def ingest() -> None:
+        try:
+            together.wait()
+            results.append(
+                run_ingest(IngestConfig(source=str(source.parent), out=str(out), force=True))
+            )
+        except BaseException as exc:  # reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=ingest) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [str(out / "manifest.json")] * 2, results
+    assert f"waiting for another ingest into {out}" in capsys.readouterr().err
+    manifest = load_manifest(out)
+    assert [p.name for p in out.iterdir() if p.name.startswith("shards-")] == [
+        manifest["shards_dir"]
+    ]
+    rows = sum(pq.read_table(split_path(out, split)).num_rows for split in manifest["splits"])
+    assert rows == manifest["counts"]["ingested"] == 12
+
+
 def test_concurrent_manifest_writers_never_clobber_each_others_temp_file(tmp_path):
     """Two ingests finishing together: each write lands whole, none fails on a vanished temp."""
     errors: list[BaseException] = []

@@ -15,7 +15,6 @@ import lzma
 import os
 import shutil
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -105,7 +104,7 @@ def safe_extract(
     if done():
         return target
     waiting_for = f"another extraction of {archive.name} into {target}"
-    with storage.file_lock(_lock_file(target), waiting_for=waiting_for):
+    with storage.file_lock(storage.machine_lock_file("extract", target), waiting_for=waiting_for):
         if done():  # another process unpacked it while this one waited
             return target
         with _checked(archive, target, max_bytes) as (tar, members):
@@ -121,11 +120,6 @@ def safe_extract(
                 shutil.rmtree(tmp, ignore_errors=True)
             marker.write_text(identity)
     return target
-
-
-def _lock_file(target: Path) -> Path:
-    digest = hashlib.sha256(str(target).encode(errors="surrogateescape")).hexdigest()[:24]
-    return Path(tempfile.gettempdir()) / "birdray-locks" / f"extract-{digest}.lock"
 
 
 @contextlib.contextmanager

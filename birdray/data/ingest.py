@@ -156,7 +156,19 @@ def _split_counts(shard_root: str) -> tuple[dict[str, Any], str, list[int]]:
 
 
 def run_ingest(cfg: IngestConfig) -> str:
-    """Ingest CUB into ``cfg.out``; returns the manifest's location (unchanged if up to date)."""
+    """Ingest CUB into ``cfg.out``; returns the manifest's location (unchanged if up to date).
+
+    One ingest at a time into an output on this machine: a finishing ingest deletes the shard
+    folders its manifest does not name, which would include another run's, still being written.
+    A second waits (and says so), then finds the first's manifest and reuses it if it matches.
+    """
+    out = storage.absolute(cfg.out)
+    lock = storage.machine_lock_file("ingest", out)
+    with storage.file_lock(lock, waiting_for=f"another ingest into {out}"):
+        return _ingest(cfg)
+
+
+def _ingest(cfg: IngestConfig) -> str:
     import ray
 
     started = time.time()
