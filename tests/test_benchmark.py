@@ -66,6 +66,8 @@ def test_gpu_check_runs_on_cpu():
     assert out["feed_vs_train_bf16"] == pytest.approx(
         out["dataloader_feed_img_s"] / out["train_bf16_cl_img_s"]
     )
+    # birdray's own inference path (Predictor, as scoring and Serve call it) ran both ways
+    assert out["predictor_img_s"] > 0 and out["predictor_cpu_normalize_img_s"] > 0
     # and scoring's: the eval crop against the inference rate
     assert out["eval_feed_vs_infer_bf16"] == pytest.approx(
         out["dataloader_eval_feed_img_s"] / out["infer_bf16_cl_img_s"]

@@ -72,6 +72,21 @@ def test_temperature_softens_confidence(tmp_path):
     assert soft.confidence == pytest.approx(0.25, abs=0.02)
 
 
+def test_uint8_crops_become_the_model_input_on_its_device_unchanged_in_value(tmp_path):
+    # scoring and Serve hand the predictor uint8 crops; it moves the bytes, then normalises
+    predictor = Predictor(str(make_package(tmp_path / "pkg", num_classes=4)), device="cpu")
+    config = predictor.metadata.data_config
+    pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    before = pixels.clone()
+    batch = predictor.from_uint8(pixels)
+    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    assert batch.device == predictor.device and batch.dtype == torch.float32
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(batch, (pixels.float() / 255 - mean) / std, atol=1e-5, rtol=0)
+    assert torch.equal(pixels, before)  # the caller's bytes are not touched
+
+
 def _data_config(size: int, interpolation: str = "bilinear", crop_mode: str = "center") -> dict:
     """A timm data config as a package stores it."""
     return {

@@ -167,6 +167,32 @@ def gpu_eval_feed_rate(
     return count / (time.perf_counter() - started)
 
 
+def predictor_rates(
+    model: torch.nn.Module, data_config: dict, image_size: int, batch: int, steps: int, device: str
+) -> dict[str, float]:
+    """birdray's own inference path (``Predictor``, bf16) from host uint8 crops, as scoring and
+    Serve call it: normalised on the model's device (``from_uint8``) against normalised on the
+    CPU and copied as floats (the path before), to set against the bare model's rate."""
+    from birdray.model.inference import Predictor
+    from birdray.model.package import ModelPackage, PackageMetadata
+
+    names = [f"species {i}" for i in range(200)]
+    meta = PackageMetadata("bench", 200, names, data_config, image_size)
+    predictor = Predictor(ModelPackage(Path("."), meta, model), device=device, amp=True)
+    pixels = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8)
+
+    def on_device() -> None:
+        predictor.probabilities(predictor.logits(predictor.from_uint8(pixels)))
+
+    def on_cpu() -> None:
+        predictor.probabilities(predictor.logits(normalize_uint8(pixels, data_config)))
+
+    return {
+        "predictor_img_s": batch / timed(on_device, steps, warmup=3)["median_s"],
+        "predictor_cpu_normalize_img_s": batch / timed(on_cpu, steps, warmup=3)["median_s"],
+    }
+
+
 def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict:
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True  # as timm's train.py and inference.py set it
@@ -184,9 +210,11 @@ def run(device: str, arch: str, image_size: int, batch: int, steps: int) -> dict
             results[key] = _throughput(
                 create_model(arch, 200).to(dev) if train else model, x, steps, train, amp, cl
             )
+    data_config = resolve_data_config(model, image_size)
+    results.update(predictor_rates(model, data_config, image_size, batch, steps, device))
     results.update(decode_rates(256 if dev.type == "cuda" else 32, device))
     workers = os.cpu_count() or 1
-    blobs, data_config = _jpegs(64), resolve_data_config(model, image_size)
+    blobs = _jpegs(64)
     total = 2048 if dev.type == "cuda" else 2 * batch
     feed = feed_rate(blobs, data_config, batch, workers, total)
     eval_feed = feed_rate(blobs, data_config, batch, workers, total, training=False)
@@ -241,6 +269,18 @@ def table_rows(result: dict) -> list[dict]:
         ),
         row("JPEG decode images/s, Pillow on the CPU (one core)", "pillow_img_s"),
     ]
+    if "predictor_img_s" in result:
+        path = f"birdray Predictor (scoring, Serve) images/s, bf16, {what}, uint8 from the host"
+        rows.append(
+            row(f"{path}, normalised on the device", "predictor_img_s", "infer_bf16_cl_img_s")
+        )
+        rows.append(
+            row(
+                f"{path}, normalised on the CPU (before)",
+                "predictor_cpu_normalize_img_s",
+                "infer_bf16_cl_img_s",
+            )
+        )
     if "gpu_decode_img_s" in result:
         rows.append(row("JPEG decode images/s on the GPU", "gpu_decode_img_s", "pillow_img_s"))
     feed = f"DataLoader feed images/s, {result['feed_workers']} workers, vs bf16 training"

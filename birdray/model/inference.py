@@ -18,7 +18,7 @@ from PIL import Image
 
 from birdray.model.factory import autocast_dtype, pick_device, prepare_for_device, set_threads
 from birdray.model.package import ModelPackage, load_package
-from birdray.model.preprocess import build_transform
+from birdray.model.preprocess import build_transform, normalize_uint8
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,13 @@ class Predictor:
     @property
     def version(self) -> str:
         return self.metadata.version or self.metadata.content_hash[:12]
+
+    def from_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW eval crops (scoring's and Serve's decode) to the model's input, on its
+        device: the bytes travel, a quarter of the floats, and are normalised where the model
+        runs, so a GPU box's CPUs (its bottleneck: BENCHMARKS.md, GPU) skip that arithmetic."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        return normalize_uint8(pixels, self.metadata.data_config, self.channels_last)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(img) for img in images])

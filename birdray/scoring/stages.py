@@ -198,12 +198,7 @@ class Scorer:
     def _normalized(self, pixels: np.ndarray):
         import torch
 
-        from birdray.model.preprocess import normalize_uint8
-
-        predictor = self.predictor
-        return normalize_uint8(
-            torch.from_numpy(pixels), predictor.metadata.data_config, predictor.channels_last
-        )
+        return self.predictor.from_uint8(torch.from_numpy(pixels))
 
     def score(self, pixels: np.ndarray) -> list[dict[str, Any]]:
         return [

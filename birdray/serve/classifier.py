@@ -177,11 +177,9 @@ class BirdClassifier:
             return out
         import torch  # loaded with the model in __init__: a dictionary lookup here
 
-        from birdray.model.preprocess import normalize_uint8
-
         pixels = torch.from_numpy(np.stack([items[i]["pixels"] for i in fresh]))
         start = time.perf_counter()
-        batch = normalize_uint8(pixels, predictor.metadata.data_config, predictor.channels_last)
+        batch = predictor.from_uint8(pixels)
         # inline, not in a worker thread: torch's thread count was set on this thread, and the
         # same forward pass from a pool thread ran ~15x slower with 2 threads on 2 shared cores
         probs = predictor.probabilities(predictor.logits(batch))
