@@ -342,6 +342,8 @@ def _evaluate(cfg: Any) -> None:
     dataset("--dataset", cfg.dataset, cfg.split)
     if cfg.exclude_ids:
         file("--exclude-ids", cfg.exclude_ids, "a file of image ids")
+    if cfg.out:
+        output("--out", cfg.out)
     positive({"--batch-size": cfg.batch_size, "--actors": cfg.actors})
 
 
@@ -436,6 +438,7 @@ def _explain(cfg: Any) -> None:
     else:
         require(bool(cfg.image), "--image", "give --image PATH, or --dataset DIR --image-id N")
         file("--image", cfg.image, "an image file")
+    output("--out", cfg.out)
     names = list(METHODS) if cfg.method.strip() == "all" else cfg.method.split(",")
     for name in names:
         choice("--method", name.strip(), (*METHODS, "all", "default"))

@@ -32,6 +32,7 @@ JOB_ERRORS = (
     ("birdray.data.cub", "CubFormatError"),
     ("birdray.data.download", "ArchiveError"),
     ("birdray.data.manifest", "DatasetError"),
+    ("birdray.images", "ImageError"),  # an input image that does not decode (explain --image)
     ("birdray.model.factory", "ModelError"),
     ("birdray.registry", "RegistryError"),
     ("birdray.scoring.output", "OutputError"),

@@ -153,11 +153,12 @@ def read_local_file(path: str | Path, max_bytes: int = 0) -> bytes:
     # non-blocking open (FileNotFoundError if dangling), then the type of what was opened: no
     # window for a swap to a FIFO
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    info = os.fstat(fd)  # before open(): io refuses a folder's fd with "Is a directory: <fd>"
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
+        raise NotRegularFile(f"not a regular file ({kind})")
     with open(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
-            raise NotRegularFile(f"not a regular file ({kind})")
         if max_bytes and info.st_size > max_bytes:
             raise FileTooBig(f"{info.st_size:,} bytes (limit {max_bytes:,})")
         data = fh.read(max_bytes + 1) if max_bytes else fh.read()

@@ -203,6 +203,15 @@ def test_with_a_real_package_the_remaining_input_errors_are_one_line(places, mon
     assert main([*argv, "--model", package]) == 1
     line = _one_line(capsys.readouterr().err, "score", "--resume")
     assert "already holds a finished run" in line
+    # explain: a photo that does not decode, a class the model lacks, an --out that is a file
+    (places / "torn.jpg").write_bytes((places / "photos" / "a.png").read_bytes()[:40])
+    assert main(["explain", "--image", str(places / "torn.jpg"), "--model", package]) == 1
+    assert str(places / "torn.jpg") in _one_line(capsys.readouterr().err, "explain", "corrupt")
+    argv = ["explain", "--image", str(places / "photos" / "a.png"), "--model", package]
+    assert main([*argv, "--target", "99"]) == 1
+    _one_line(capsys.readouterr().err, "explain", "--target 99")
+    assert main([*argv, "--out", str(places / "photos" / "a.png")]) == 2
+    _one_line(capsys.readouterr().err, "explain", "--out")
 
 
 def test_registry_alias_names_pass_the_model_check(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from birdray.data.folders import (
 from birdray.data.ingest import IngestConfig, run_ingest
 from birdray.data.manifest import load_manifest, read_split
 from birdray.explain.evaluation import ExplainEvalConfig, run_explain_eval
+from birdray.explain.job import ExplainConfig, run_explain
 from tests.cub_fixture import jpeg_bytes, write_layout
 from tests.model_fixture import make_package
 
@@ -140,6 +142,14 @@ def _explain_eval_without_parts(dataset, tmp_path, capsys) -> None:
     assert method["images"] == 2 and method["pointing_bbox"] is None
     assert len(method["deletion"]["deletion_correct"]) == 2
     assert not (package / "explain" / "part_profiles.json").exists()
+    # one image of it explained by id: no part scores, and before, a TypeError on the None bbox
+    image_id = read_split(dataset, "test", columns=["image_id"]).take(1)[0]["image_id"]
+    cfg = ExplainConfig(
+        model=str(package), dataset=str(dataset), image_id=image_id, method="gradcam",
+        out=str(tmp_path / "explained"), device="cpu",
+    )  # fmt: skip
+    result = json.loads(Path(run_explain(cfg)).read_text())
+    assert result["explanations"] and all("parts" not in e for e in result["explanations"])
 
 
 def test_a_file_name_that_is_not_utf8_is_quarantined_by_an_escaped_name(tmp_path):
@@ -160,6 +170,20 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_by_an_escaped_name(tmp_path
     }
     assert all(name.encode("utf-8") for name in dataset.class_names)
     assert fingerprint(dataset, None)  # hashes the shown names: no UnicodeEncodeError
+
+
+def test_a_photo_edited_in_place_changes_the_fingerprint_even_at_the_same_size(tmp_path):
+    import os
+
+    (tmp_path / "wren").mkdir()
+    photo = tmp_path / "wren" / "1.jpg"
+    photo.write_bytes(jpeg_bytes(color=(10, 20, 30)))
+    before = fingerprint(read_species_folders(tmp_path), None)
+    assert fingerprint(read_species_folders(tmp_path), None) == before  # nothing changed
+    info = photo.stat()
+    os.utime(photo, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))  # rewritten
+    # before, only path and size were hashed: "already ingested" kept the stale photo
+    assert fingerprint(read_species_folders(tmp_path), None) != before
 
 
 def test_a_link_loop_is_unreadable_and_a_link_out_is_unsafe(tmp_path):

@@ -85,5 +85,8 @@ def test_reading_an_input_file_refuses_what_would_block_or_is_too_big(tmp_path):
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
     with pytest.raises(FileNotFoundError):
         storage.read_local_file(tmp_path / "dangling.jpg")
+    (tmp_path / "album.jpg").mkdir()  # a folder with an image's name: said so, not errno 21
+    with pytest.raises(storage.NotRegularFile, match="a folder"):
+        storage.read_local_file(tmp_path / "album.jpg")
     assert storage.utf8_name("ok é.jpg") == ("ok é.jpg", True)
     assert storage.utf8_name(os.fsdecode(b"bad \xe9.jpg")) == ("bad \\xe9.jpg", False)

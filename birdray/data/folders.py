@@ -155,6 +155,7 @@ def fingerprint(dataset: CubDataset, csv_file: Path | None) -> str:
     digest = hashlib.sha256(csv_file.read_bytes() if csv_file is not None else b"folders")
     for rec in dataset.records:
         image = confined_path(dataset.root, rec.rel_path)  # never stat a path outside the source
-        size = image.stat().st_size if image is not None and image.is_file() else -1
+        info = image.stat() if image is not None and image.is_file() else None
+        size = f"{info.st_size}\0{info.st_mtime_ns}" if info else "-1"  # a same-size edit too
         digest.update(f"{rec.rel_path}\0{rec.class_name}\0{size}\n".encode())  # UTF-8 names
     return digest.hexdigest()

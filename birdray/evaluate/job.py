@@ -20,7 +20,7 @@ import numpy as np
 
 from birdray import plots
 from birdray.config import field
-from birdray.data.manifest import load_manifest
+from birdray.data.manifest import DatasetError, load_manifest
 from birdray.devices import DEVICE_HELP, gpus_to_use
 from birdray.evaluate.metrics import (
     calibration_bins,
@@ -123,8 +123,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     meta = read_metadata(package)
     manifest = load_manifest(cfg.dataset)
     if manifest["class_names"] != meta.class_names:
-        raise ValueError(
-            "the dataset's classes differ from the model's: wrong dataset for this model"
+        theirs, ours = manifest["class_names"], meta.class_names
+        diff = sorted(set(theirs) ^ set(ours))[:5] or ["same names, other order"]
+        raise DatasetError(
+            f"{cfg.dataset}: its {len(theirs)} classes differ from the model's {len(ours)} "
+            f"(e.g. {', '.join(diff)}): wrong dataset for this model"
         )
     init_ray(cfg.address or None)
     calibrates = cfg.calibrate and "val" in manifest["splits"]

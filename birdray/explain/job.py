@@ -18,10 +18,11 @@ from PIL import Image
 
 from birdray import storage
 from birdray.config import field
-from birdray.data.manifest import load_manifest
+from birdray.data.manifest import DatasetError, load_manifest
 from birdray.explain.attribution import METHODS, explain
 from birdray.explain.parts import load_part_profiles, score_parts, species_profile
-from birdray.images import decode_image
+from birdray.images import ImageError, decode_image
+from birdray.model.errors import ModelError
 from birdray.model.factory import pick_device, set_threads
 from birdray.model.package import load_package
 from birdray.registry.ref import ModelChoice
@@ -58,7 +59,7 @@ def load_dataset_image(dataset: str, image_id: int) -> tuple[Image.Image, dict[s
     columns = ["image_id", "image", "label", "class_name", "bbox", "parts", "split"]
     rows = shards.to_table(columns=columns, filter=pads.field("image_id") == image_id).to_pylist()
     if not rows:
-        raise ValueError(f"image id {image_id} is not in {dataset} (quarantined or unknown)")
+        raise DatasetError(f"image id {image_id} is not in {dataset} (quarantined or unknown)")
     row = rows[0]
     row["part_names"] = manifest.get("part_names") or []
     return decode_image(row.pop("image")).image, row
@@ -91,11 +92,18 @@ def run_explain(cfg: ExplainConfig) -> Path:
     package = load_package(package_path)
     package.model.to(pick_device(cfg.device != "cpu"))  # check_local refused cuda without CUDA
     meta = package.metadata
+    if cfg.target is not None and not 0 <= cfg.target < len(meta.class_names):
+        raise ModelError(
+            f"--target {cfg.target}: the model's classes are 0..{len(meta.class_names) - 1}"
+        )
     if cfg.dataset:
         image, annotations = load_dataset_image(cfg.dataset, cfg.image_id)
         stem = f"image{cfg.image_id}"
     elif cfg.image:
-        image, annotations = decode_image(Path(cfg.image).read_bytes()).image, None
+        try:
+            image, annotations = decode_image(Path(cfg.image).read_bytes()).image, None
+        except ImageError as exc:  # one line naming the file, not a traceback
+            raise ImageError(exc.reason, f"{cfg.image}: {exc.detail}") from None
         stem = re.sub(r"[^\w.-]+", "_", Path(cfg.image).stem) or "image"
     else:
         raise ValueError("give --image PATH, or --dataset DIR with --image-id N")
@@ -125,7 +133,7 @@ def run_explain(cfg: ExplainConfig) -> Path:
                  "target_species": meta.class_names[exp.target]}  # fmt: skip
         print(f"{method}: predicted {entry['predicted_species']} ({exp.confidence:.3f}); "
               f"explained {entry['target_species']}, {exp.seconds:.2f}s -> {overlay}")  # fmt: skip
-        if annotations is not None:
+        if annotations is not None and annotations["bbox"] is not None and annotations["parts"]:
             score = score_parts(exp.attribution, annotations["parts"], annotations["bbox"],
                                 annotations["part_names"], cfg.radius)  # fmt: skip
             entry["parts"] = score.to_dict()
