@@ -76,6 +76,13 @@ def machine_lock_file(kind: str, location: str | Path) -> Path:
     return Path(tempfile.gettempdir()) / "birdray-locks" / f"{kind}-{digest}.lock"
 
 
+def file_stamp(path: Path | None) -> str:
+    """Size and modification time of a regular file ("-1" when there is none): what a source's
+    fingerprint hashes per image, so a same-size edit in place changes it too."""
+    info = path.stat() if path is not None and path.is_file() else None
+    return f"{info.st_size}\0{info.st_mtime_ns}" if info else "-1"
+
+
 def is_remote(location: str | Path) -> bool:
     """A bucket (``s3://``, ``gs://``...), as opposed to this machine's files (``file://`` too)."""
     return is_uri(location) and not str(location).startswith("file://")

@@ -28,7 +28,7 @@ from birdray.data.cub import (
     find_root,
     refused_reason,
 )
-from birdray.storage import utf8_name
+from birdray.storage import file_stamp, utf8_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 LAYOUTS = "a CUB_200_2011 folder (images.txt) or .tgz, a CSV of path,label, or DIR/<species>/*.jpg"
@@ -155,7 +155,6 @@ def fingerprint(dataset: CubDataset, csv_file: Path | None) -> str:
     digest = hashlib.sha256(csv_file.read_bytes() if csv_file is not None else b"folders")
     for rec in dataset.records:
         image = confined_path(dataset.root, rec.rel_path)  # never stat a path outside the source
-        info = image.stat() if image is not None and image.is_file() else None
-        size = f"{info.st_size}\0{info.st_mtime_ns}" if info else "-1"  # a same-size edit too
-        digest.update(f"{rec.rel_path}\0{rec.class_name}\0{size}\n".encode())  # UTF-8 names
+        stamp = file_stamp(image)
+        digest.update(f"{rec.rel_path}\0{rec.class_name}\0{stamp}\n".encode())  # UTF-8 names
     return digest.hexdigest()

@@ -107,9 +107,8 @@ def source_fingerprint(cub: CubDataset) -> str:
         digest.update(path.read_bytes())
     for rec in cub.records:
         image = image_path(cub.root, rec.rel_path)  # never stat a path outside the source
-        info = image.stat() if image is not None and image.is_file() else None
-        size = f"{info.st_size}\0{info.st_mtime_ns}" if info else "-1"  # a same-size edit too
-        digest.update(f"{rec.rel_path}\0{size}\n".encode(errors="surrogateescape"))
+        stamp = storage.file_stamp(image)
+        digest.update(f"{rec.rel_path}\0{stamp}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 
