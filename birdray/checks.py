@@ -290,6 +290,10 @@ def _train(cfg: Any) -> None:
             "--image-size": cfg.image_size,
         }
     )
+    from birdray.train.config import short_of_one_batch
+
+    short = short_of_one_batch(splits["train"]["rows"], cfg.batch_size, cfg.num_workers)
+    require(not short, "--batch-size", short)
     require(cfg.cpus_per_worker > 0, "--cpus-per-worker", "must be > 0")
     require(cfg.data_cpus > 0, "--data-cpus", "must be > 0")
     require(cfg.lr > 0, "--lr", "must be > 0")
@@ -318,6 +322,16 @@ def _tune(cfg: Any) -> None:
         )
     manifest = dataset("--dataset", cfg.dataset)
     have = sorted(manifest.get("splits") or {})
+    if (manifest.get("splits") or {}).get("train"):  # trials would train nothing, each of them
+        from dataclasses import fields
+
+        from birdray.train.config import TrainConfig, short_of_one_batch
+
+        default = {f.name: f.default for f in fields(TrainConfig)}
+        batch, workers = (cfg.train.get(k, default[k]) for k in ("batch_size", "num_workers"))
+        if isinstance(batch, int) and isinstance(workers, int):  # else the sweep's own error
+            short = short_of_one_batch(manifest["splits"]["train"]["rows"], batch, workers)
+            require(not short, "--train", short.replace("--batch-size", "train: batch_size"))
     if cfg.registry:  # the winner is evaluated on it before it is registered
         require(cfg.eval_split in have, "--eval-split", f"{cfg.eval_split!r} is not in {have}")
     positive({"--epochs": cfg.epochs, "--num-samples": cfg.num_samples})

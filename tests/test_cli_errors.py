@@ -327,3 +327,32 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "birdray synth: interrupted" and "Traceback" not in err
+
+
+@pytest.mark.timeout(300)
+def test_a_split_smaller_than_one_batch_per_worker_is_refused_not_trained_on(
+    small_dataset, tmp_path, monkeypatch, capsys
+):
+    """12 train images, 2 workers of batch 8: each worker's 6 images are less than one batch,
+    so no step would run. Before, the run ended 'successfully' and registered an untrained
+    model; now train and tune refuse it before Ray with the numbers, and the job function does
+    too (a Tune trial or a caller of ``run_training`` has no CLI in front of it)."""
+    import ray
+
+    from birdray.cli import main
+    from birdray.data.manifest import DatasetError
+    from birdray.train.job import TrainConfig, run_training
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", str(small_dataset), "--arch", "test_resnet", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "8", "--num-workers", "2"]) == 2
+    line = _one_line(capsys.readouterr().err, "train", "--batch-size")
+    assert "12 images, 6 per worker for 2 workers" in line and "--batch-size 6 or less" in line
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("archs: [test_resnet]\ntrain:\n  batch_size: 8\n  num_workers: 2\n")
+    assert main(["tune", "--config", str(sweep), "--dataset", str(small_dataset)]) == 2
+    assert "train: batch_size 6 or less" in _one_line(capsys.readouterr().err, "tune", "--train")
+    assert not (tmp_path / "runs").exists()  # neither job started
+    with pytest.raises(DatasetError, match="no training step would run"):
+        run_training(TrainConfig(dataset=str(small_dataset), batch_size=8, num_workers=2))

@@ -19,7 +19,7 @@ def _recipe(dataset: Path, storage: Path, name: str, epochs: int) -> TrainConfig
         dataset=str(dataset),
         arch="test_resnet",
         image_size=64,
-        batch_size=8,
+        batch_size=4,  # 12 train rows over 2 workers: one full batch each per epoch
         lr=0.05,
         warmup_epochs=0,
         epochs=epochs,

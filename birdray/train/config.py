@@ -86,3 +86,20 @@ class TrainConfig:
     inject_failure_at_epoch: int = field(
         -1, "chaos test: rank 0 raises once during this epoch, to prove recovery (-1: never)"
     )
+
+
+def short_of_one_batch(train_rows: int, batch_size: int, num_workers: int) -> str:
+    """Why no worker would take a training step, or "" when each gets at least one batch.
+
+    Ray Train splits the train split equally between workers and the loop drops a last partial
+    batch (a batch of one breaks BatchNorm), so a split smaller than batch x workers trains
+    nothing: the run used to end "successfully" and register an untrained model."""
+    per_worker = train_rows // max(num_workers, 1)
+    if per_worker >= batch_size:
+        return ""
+    fits = max(1, per_worker)
+    return (
+        f"the train split has {train_rows} images, {per_worker} per worker for {num_workers}"
+        f" workers, fewer than one batch of {batch_size}: no training step would run; use"
+        f" --batch-size {fits} or less, fewer --num-workers, or more data"
+    )

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from birdray import storage
 from birdray.config import save_config
 from birdray.data.feedback import training_record
-from birdray.data.manifest import load_manifest, manifest_checksum
+from birdray.data.manifest import DatasetError, load_manifest, manifest_checksum
 from birdray.devices import gpus_to_use
 from birdray.model.errors import ModelError
 from birdray.model.factory import arch_data_config, create_model
@@ -31,7 +31,7 @@ from birdray.model.package import PackageMetadata, check_fine_tune_source, save_
 from birdray.plots import training_curves
 from birdray.resources import ResourceError, plan_workers
 from birdray.runtime import init_ray
-from birdray.train.config import TrainConfig
+from birdray.train.config import TrainConfig, short_of_one_batch
 from birdray.train.data import build_datasets, train_transform_kwargs
 from birdray.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
 
@@ -111,6 +111,10 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     manifest = load_manifest(cfg.dataset)
     if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
+    if short := short_of_one_batch(
+        manifest["splits"]["train"]["rows"], cfg.batch_size, cfg.num_workers
+    ):
+        raise DatasetError(f"{cfg.dataset}: {short}")
     if cfg.init_from:
         check_fine_tune_source(cfg.init_from, cfg.arch, manifest["class_names"], cfg.dataset)
     data_config = arch_data_config(cfg.arch, len(manifest["class_names"]), cfg.image_size)

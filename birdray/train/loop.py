@@ -167,6 +167,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         totals = _all_reduce(
             [train_loss, seen, train_seconds, gpu_assigned, data_wait, first_wait], device
         )
+        if not totals[1]:  # the job checks this up front; a dataset changed under it would not
+            raise RuntimeError(
+                f"epoch {epoch + 1}: no worker got a full batch of {cfg.batch_size} from"
+                f" {config['train_rows']} train images over {world} workers; nothing was trained"
+            )
         metrics = {
             "epoch": epoch + 1,
             "train_loss": totals[0] / max(totals[1], 1),
