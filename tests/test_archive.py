@@ -134,3 +134,99 @@ def test_the_unpacked_folder_is_readable_by_others_and_a_killed_runs_leftovers_g
         os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o755  # the umask's, not a private temp folder's
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def _zip(path, members: dict[str, bytes], modes: dict[str, int] | None = None, flags: int = 0):
+    """A zip as tools write them: ``members`` name -> bytes; ``modes`` Unix modes to record."""
+    import warnings
+    import zipfile
+
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about a name written twice
+        for name, data in members.items() if isinstance(members, dict) else members:
+            if name not in (modes or {}):  # as zipfile writes it: permissions, no file type
+                zf.writestr(name, data)
+                continue
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = modes[name] << 16
+            zf.writestr(info, data)
+    if flags:  # zipfile writes no encrypted members: set the flag in every header it wrote
+        data = bytearray(path.read_bytes())
+        for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            start = data.find(signature)
+            while start >= 0:
+                data[start + at] |= flags
+                start = data.find(signature, start + 4)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_zip_of_species_folders_made_on_a_mac_ingests_as_its_species(tmp_path):
+    """What people send: ``photos.zip`` holding ``photos/<species>/`` (Finder adds
+    ``__MACOSX/`` resource forks), or made on Windows with ``\\`` separators. It unpacks like a
+    .tgz, and the folder it wraps is the dataset; before, a zip was 'not a readable tar'."""
+    from birdray.data.folders import find_layout, read_layout
+
+    photos = {
+        f"photos/{species}/{n}.jpg": jpeg_bytes(color=(40 * n, 90, 200))
+        for species in ("Cardinal", "Blue_Jay")
+        for n in range(3)
+    }
+    forks = {f"__MACOSX/{name.rsplit('/', 1)[0]}/._x.jpg": b"\x00\x05\x16\x07" for name in photos}
+    for name, members in {
+        "mac.zip": {**photos, "photos/.DS_Store": b"\x00", **forks},
+        "windows.zip": {name.replace("/", "\\"): data for name, data in photos.items()},
+    }.items():
+        folder = open_source(_zip(tmp_path / name, members))
+        assert folder.name == "photos" and find_layout(folder) == "folders", sorted(
+            folder.iterdir()
+        )
+        dataset = read_layout(folder, "folders")
+        assert dataset.class_names == ["Blue_Jay", "Cardinal"] and len(dataset.records) == 6
+        for record in dataset.records:  # the bytes are the photo's, not a copy of another
+            assert (folder / record.rel_path).read_bytes() == photos[f"photos/{record.rel_path}"]
+
+
+@pytest.mark.parametrize(
+    "members, modes, flags, message",
+    [
+        ({"photos/a.jpg": b"x", "../escaped.txt": b"x"}, None, 0, "escapes"),
+        ({"/escaped.txt": b"x"}, None, 0, "escapes"),
+        ({"..\\escaped.txt": b"x"}, None, 0, "escapes"),
+        ({"C:/escaped.txt": b"x"}, None, 0, "escapes"),
+        ({"photos/link.jpg": b"/etc/passwd"}, {"photos/link.jpg": 0o120777}, 0, "unsafe link"),
+        ({"photos/fifo": b""}, {"photos/fifo": 0o010644}, 0, "not a file or folder"),
+        ({"photos/a.jpg": b"x"}, None, 0x1, "encrypted"),
+        ([("photos/a.jpg", b"x"), ("photos/a.jpg", b"y")], None, 0, "twice"),
+        ({"photos/zeros.bin": bytes(3_000_000)}, None, 0, "more than the cap"),
+    ],
+    ids=["dotdot", "absolute", "backslash-dotdot", "drive", "symlink", "fifo", "encrypted",
+         "twice", "bomb"],
+)  # fmt: skip
+def test_unsafe_zip_members_are_refused_and_nothing_is_written(
+    tmp_path, members, modes, flags, message
+):
+    archive = _zip(tmp_path / "evil.zip", members, modes, flags)
+    target = tmp_path / "sandbox" / "out"
+    with pytest.raises(ArchiveError, match=message):
+        safe_extract(archive, target, max_bytes=1_000_000)
+    assert not target.exists() and not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_damaged_zip_is_refused_whole(tmp_path):
+    """A flipped stretch inside one photo's compressed bytes: its CRC is checked before any
+    member is written, so nothing of the archive is unpacked."""
+    members = {
+        f"photos/Wren/{n}.jpg": jpeg_bytes(size=(160, 120), color=(n, 9, 9)) for n in range(6)
+    }
+    archive = _zip(tmp_path / "photos.zip", members)
+    data = bytearray(archive.read_bytes())
+    at = len(data) // 2
+    data[at : at + 32] = bytes(b ^ 0x5A for b in data[at : at + 32])
+    archive.write_bytes(bytes(data))
+    target = tmp_path / "out"
+    with pytest.raises(ArchiveError, match="damaged zip"):
+        safe_extract(archive, target)
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]

@@ -109,8 +109,14 @@ def test_ingest_end_to_end(ray_cluster, tmp_path):
 
 def test_shuffled_reads_keep_every_row_in_a_new_order_each_epoch(ray_cluster, tmp_path):
     """Training's file shuffle (no barrier, unlike randomize_block_order): each execution of the
-    same dataset reads every row once, in another file order, reproducibly from the seed."""
+    same dataset reads every row once, in another file order, reproducibly from the seed.
+
+    The seed fixes the order the files are read in; the rows arrive as the read tasks finish
+    (Ray Data holds no block back for order unless asked, and training does not ask), so on a
+    loaded machine two files can swap. This test asks (``preserve_order``) to see the planned
+    order itself: it once failed under load comparing arrival orders."""
     import pyarrow as pa
+    from ray.data import DataContext
 
     from birdray.data.manifest import read_parquet
 
@@ -119,8 +125,13 @@ def test_shuffled_reads_keep_every_row_in_a_new_order_each_epoch(ray_cluster, tm
         pq.write_table(pa.table({"image_id": ids}), tmp_path / f"part-{part}.parquet")
 
     def epochs(seed: int, n: int = 3) -> list[list[int]]:
-        ds = read_parquet(str(tmp_path), list_once=True, shuffle_seed=seed)
-        return [[row["image_id"] for row in ds.iter_rows()] for _ in range(n)]
+        options = DataContext.get_current().execution_options
+        options.preserve_order = True
+        try:
+            ds = read_parquet(str(tmp_path), list_once=True, shuffle_seed=seed)
+            return [[row["image_id"] for row in ds.iter_rows()] for _ in range(n)]
+        finally:
+            options.preserve_order = False
 
     first = epochs(seed=0)
     assert all(sorted(order) == list(range(80)) for order in first)  # nothing lost or repeated

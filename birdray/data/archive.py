@@ -1,4 +1,5 @@
-"""Unpack an archive safely: every member checked, the size capped, the stream proven whole.
+"""Unpack an archive (tar of any compression, or zip) safely: every member checked, the size
+capped, the stream proven whole.
 
 An archive must never write outside its target folder nor fill the disk: path traversal, every
 link (CUB has none, so any link is refused, even one pointing inside), devices, more than
@@ -14,10 +15,11 @@ import json
 import lzma
 import os
 import shutil
+import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -107,13 +109,13 @@ def safe_extract(
     with storage.file_lock(storage.machine_lock_file("extract", target), waiting_for=waiting_for):
         if done():  # another process unpacked it while this one waited
             return target
-        with _checked(archive, target, max_bytes) as (tar, members):
+        with _checked(archive, target, max_bytes) as unpack:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".partial")  # one name: the lock is held
             _remove(tmp)  # a killed run's leftovers
             tmp.mkdir()
             try:
-                _unpack(tar, members, tmp, archive.name)
+                unpack(tmp)
                 _remove(target)
                 os.replace(tmp, target)
             finally:
@@ -123,15 +125,18 @@ def safe_extract(
 
 
 @contextlib.contextmanager
-def _checked(
-    archive: Path, target: Path, max_bytes: int
-) -> Iterator[tuple[tarfile.TarFile, list[tarfile.TarInfo]]]:
-    """The open archive and its members, every one checked, the stream read to its end."""
+def _checked(archive: Path, target: Path, max_bytes: int) -> Iterator[Callable[[Path], None]]:
+    """What unpacks the archive into a folder, once every member is checked and the whole
+    archive read (its compressed stream or its CRCs): a tar of any compression, or a zip (what
+    people's photo folders come as)."""
     try:
         tar = tarfile.open(archive, "r:*", tarinfo=_StrictInfo)
     except _STREAM_ERRORS as exc:
-        hint = " (a zip archive: CUB ships as a .tgz)" if zipfile.is_zipfile(archive) else ""
-        raise ArchiveError(f"{archive}: not a readable tar archive{hint} ({exc})") from exc
+        if zipfile.is_zipfile(archive):
+            with _checked_zip(archive, target, max_bytes) as unpack:
+                yield unpack
+            return
+        raise ArchiveError(f"{archive}: not a readable tar archive, nor a zip ({exc})") from exc
     with tar:
         try:
             members = tar.getmembers()
@@ -141,7 +146,7 @@ def _checked(
         for member in members:
             _check_member(member, target)
         _check_size(members, max_bytes)
-        yield tar, members
+        yield lambda dest: _unpack(tar, members, dest, archive.name)
 
 
 def _unpack(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path, name: str) -> None:
@@ -188,6 +193,80 @@ def _read_to_end(tar: tarfile.TarFile) -> None:
     gzip, bzip2 or xz stream, which tarfile never reaches."""
     while tar.fileobj.read(1 << 20):
         pass
+
+
+@contextlib.contextmanager
+def _checked_zip(archive: Path, target: Path, max_bytes: int) -> Iterator[Callable[[Path], None]]:
+    """A zip's members checked as a tar's are (links, devices, escapes, size, count), plus what
+    only zips have: encryption, a name listed twice, and ``\\`` as a separator (zips made on
+    Windows). Every member's CRC is read before anything is written."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, *_STREAM_ERRORS) as exc:
+        raise ArchiveError(f"{archive}: damaged zip archive ({exc})") from exc
+    with zf:
+        infos, seen = zf.infolist(), set()
+        if len(infos) > MAX_MEMBERS:
+            raise ArchiveError(
+                f"the archive has {len(infos):,} entries, more than {MAX_MEMBERS:,}; refusing it"
+            )
+        for info in infos:
+            name = _zip_name(info, target)
+            if name in seen and not info.is_dir():
+                raise ArchiveError(f"the zip lists {info.filename!r} twice; which one is meant?")
+            seen.add(name)
+        total = sum(info.file_size for info in infos if not info.is_dir())
+        if total > max_bytes:
+            raise ArchiveError(
+                f"the archive would unpack to {total / 1e9:.2f} GB, more than the cap of "
+                f"{max_bytes / 1e9:.2f} GB (raise --max-extract-gb if this archive is trusted)"
+            )
+        try:
+            bad = zf.testzip()
+        except (zipfile.BadZipFile, *_STREAM_ERRORS) as exc:
+            raise ArchiveError(f"{archive}: damaged zip archive ({exc})") from exc
+        if bad is not None:
+            raise ArchiveError(f"{archive}: damaged zip archive (bad CRC in {bad!r})")
+        yield lambda dest: _unpack_zip(zf, infos, target, dest, archive.name)
+
+
+def _zip_name(info: zipfile.ZipInfo, target: Path) -> str:
+    """The member's relative path with ``/`` separators, or ArchiveError if it must not be
+    written (zipfile's own extract would quietly rewrite an escaping name instead)."""
+    mode = info.external_attr >> 16
+    if info.flag_bits & 0x1:
+        raise ArchiveError(f"zip member {info.filename!r} is encrypted; unzip it yourself")
+    if stat.S_ISLNK(mode):
+        raise ArchiveError(
+            f"unsafe link {info.filename!r}: the archive holds a symbolic link; refusing it"
+        )
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type (DOS, zipfile)
+        raise ArchiveError(f"archive member {info.filename!r} is not a file or folder")
+    name = info.filename.replace("\\", "/")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    escapes = name.startswith("/") or ":" in (parts[0] if parts else "") or ".." in parts
+    if escapes or not parts or not (target / "/".join(parts)).resolve().is_relative_to(target):
+        raise ArchiveError(f"unsafe archive member {info.filename!r}: escapes {target}")
+    return "/".join(parts)
+
+
+def _unpack_zip(
+    zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], target: Path, dest: Path, name: str
+) -> None:
+    total = sum(info.file_size for info in infos if not info.is_dir())
+    try:
+        with progress_bar(total, f"unpacking {name}") as bar:
+            for info in infos:
+                path = dest / _zip_name(info, target)
+                if info.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(path, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                bar.update(info.file_size)
+    except (zipfile.BadZipFile, *_STREAM_ERRORS) as exc:
+        raise ArchiveError(f"{name}: cannot unpack it here ({exc})") from exc
 
 
 def _remove(path: Path) -> None:

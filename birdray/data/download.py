@@ -33,7 +33,8 @@ from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's 
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
-ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar")
+MACOS = "__MACOSX"  # the resource forks macOS's Finder adds to every zip it makes
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
 
 
 @dataclass
@@ -132,7 +133,20 @@ def open_source(
         raise FileNotFoundError(f"CUB source not found: {source}")
     regular_file(source, "CUB source")
     actual = verify_md5(source, md5)
-    return safe_extract(source, extracted_dir(source), int(max_extract_gb * 1e9), actual)
+    return unwrapped(safe_extract(source, extracted_dir(source), int(max_extract_gb * 1e9), actual))
+
+
+def unwrapped(folder: Path) -> Path:
+    """The folder an archive wraps its content in (``photos.zip`` holding ``photos/<species>/``,
+    macOS's ``__MACOSX`` metadata aside), so an archive of species folders reads as its species;
+    a folder holding files (``CUB_200_2011/``, a species) is content, not a wrapper."""
+    while True:
+        inside = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != MACOS]
+        if len(inside) != 1 or not inside[0].is_dir():
+            return folder
+        if any(p.is_file() and not p.name.startswith(".") for p in inside[0].iterdir()):
+            return folder
+        folder = inside[0]
 
 
 def _copy_from_bucket(uri: str) -> Path:
