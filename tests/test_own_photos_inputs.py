@@ -1,17 +1,23 @@
 """Awkward own-photo sources a new user really has (a new-user pass found each one passing
 silently): CSVs from spreadsheets (BOM, Latin-1, Windows paths, other headers, rows twice),
 species folders with sub-folders, ``.jfif``, loose files and empty folders, case-only class
-names. Real files in ``tmp_path``; no mocks."""
+names, and the same photo twice. Real files in ``tmp_path``; no mocks."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import pytest
 
 from birdray.checks import check
+from birdray.cli import main
 from birdray.config import UsageError
 from birdray.data.cub import CubFormatError
+from birdray.data.duplicates import mark_duplicates
 from birdray.data.folders import read_csv, read_species_folders
 from birdray.data.ingest import IngestConfig
+from birdray.data.manifest import load_manifest, read_split
 from birdray.images import ALLOWED_FORMATS, IMAGE_SUFFIXES
 from tests.cub_fixture import jpeg_bytes
 
@@ -119,3 +125,72 @@ def test_the_image_suffixes_are_the_decoders_formats():
     assert {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".tif"} <= set(IMAGE_SUFFIXES)
     assert {Image.registered_extensions()[s] for s in IMAGE_SUFFIXES} <= ALLOWED_FORMATS
     assert ".heic" not in IMAGE_SUFFIXES and ".svg" not in IMAGE_SUFFIXES
+
+
+def test_the_same_bytes_are_kept_once_and_under_two_labels_none(tmp_path):
+    root = tmp_path / "birds"
+    data, other = jpeg_bytes(color=(1, 2, 3)), jpeg_bytes(color=(200, 2, 3))
+    for rel in ("wren/a.jpg", "wren/copy/a.jpg"):  # one photo twice in one class
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    for rel in ("robin/x.jpg", "sparrow/x.jpg"):  # one photo filed under two species
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(other)
+    _photo(root / "robin" / "ok.jpg", 7)
+    dataset = read_species_folders(root)
+    assert mark_duplicates(dataset) == 3
+    rows = _rows(dataset)
+    assert rows["wren/a.jpg"][1] == [] and rows["robin/ok.jpg"][1] == []
+    assert rows["wren/copy/a.jpg"][1] == ["duplicate: the same bytes as 'wren/a.jpg' (kept)"]
+    for rel in ("robin/x.jpg", "sparrow/x.jpg"):
+        [reason] = rows[rel][1]
+        assert reason.startswith("duplicate_conflict: the same bytes are labelled 'robin' and")
+        assert "'sparrow/x.jpg' (sparrow)" in reason
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_birdray_ingest_says_what_it_quarantined_and_no_split_repeats_a_photo(
+    ray_cluster, tmp_path, capsys
+):
+    root = tmp_path / "birds"
+    for c, name in enumerate(("robin", "wren")):
+        for i in range(6):
+            _photo(root / name / f"{i}.jpg", 20 * c + i)
+    (root / "wren" / "again").mkdir()
+    for i in range(6):  # the whole class copied again below itself: used to leak into test
+        (root / "wren" / "again" / f"{i}.jpg").write_bytes(
+            (root / "wren" / f"{i}.jpg").read_bytes()
+        )
+    (root / "robin" / "w0.jpg").write_bytes((root / "wren" / "0.jpg").read_bytes())  # 2 labels
+    (root / "owl" / "1.jpg").parent.mkdir()
+    (root / "owl" / "1.jpg").write_bytes(b"not a photo")  # a class with no usable image
+    _photo(root / "loose.jpg")
+    out = tmp_path / "ds"
+    assert main(["ingest", "--source", str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    manifest = load_manifest(out)
+    assert manifest["counts"] == {"listed": 20, "ingested": 11, "quarantined": 9}
+    assert "11 images ingested" in printed
+    assert "quarantined by reason: duplicate 5, duplicate_conflict 3, not_an_image 1" in printed
+    assert printed.count("\n  ") == 6  # five examples and where the rest are
+    assert "warning: 1 file(s) directly in" in printed and "'loose.jpg'" in printed
+    assert "warning: 1 class(es) have no usable image" in printed and "'owl'" in printed
+    assert json.dumps(manifest["warnings"]) and len(manifest["warnings"]) == 2
+    hashes = [
+        row["content_hash"]
+        for split in manifest["splits"]
+        for row in read_split(out, split, columns=["content_hash"]).take_all()
+    ]
+    assert len(hashes) == len(set(hashes)) == 11  # no photo in two splits, or twice in one
+
+    junk = tmp_path / "junk"
+    for i in range(2):
+        (junk / "wren" / f"{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (junk / "wren" / f"{i}.jpg").write_bytes(b"GIF89a broken %d" % i)
+    assert main(["ingest", "--source", str(junk), "--out", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err  # Ray's own log lines come before it
+    [line] = [x for x in err.splitlines() if x.startswith("birdray ingest: error:")]
+    assert err.strip().endswith(line), err
+    assert "none of the 2 listed images is usable (corrupt 2; e.g. wren/0.jpg" in line, line
+    assert not os.path.exists(tmp_path / "none" / "manifest.json")
