@@ -119,6 +119,12 @@ def test_species_folders_recurse_take_jfif_and_say_what_they_skip(tmp_path):
     assert "'robin/notes.txt'" in warnings
 
 
+def test_a_folder_of_loose_photos_is_told_to_make_species_folders(tmp_path):
+    _photo(tmp_path / "IMG_0001.JPG")
+    with pytest.raises(UsageError, match="photos lie directly in it: put each species' photos"):
+        check("ingest", IngestConfig(source=str(tmp_path), out=str(tmp_path / "out")))
+
+
 def test_the_image_suffixes_are_the_decoders_formats():
     from PIL import Image
 

@@ -54,7 +54,12 @@ def find_layout(source: Path) -> str:
         return "csv"
     if source.is_dir() and any(_images(d)[0] for d in _class_dirs(source)):
         return "folders"
-    raise LayoutError(f"{source}: not a dataset layout birdray reads; expected {LAYOUTS}")
+    hint = ""
+    if source.is_dir() and any(_loose_file(p) and _is_image(p) for p in source.iterdir()):
+        hint = (
+            "; its photos lie directly in it: put each species' photos in a folder named after it"
+        )
+    raise LayoutError(f"{source}: not a dataset layout birdray reads; expected {LAYOUTS}{hint}")
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -70,7 +75,7 @@ def _images(folder: Path) -> tuple[list[Path], list[Path]]:
         for name in files:
             if not name.startswith("."):
                 path = Path(top, name)
-                (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
+                (images if _is_image(path) else others).append(path)
     return sorted(images), sorted(others)
 
 
@@ -119,6 +124,10 @@ def read_species_folders(root: Path) -> CubDataset:
             f"({', '.join(IMAGE_SUFFIXES)}) and were skipped: {_shown(other)}"
         )
     return dataset
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _loose_file(path: Path) -> bool:
