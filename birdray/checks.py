@@ -25,7 +25,7 @@ from birdray import storage
 from birdray.benchmark import STAGES
 from birdray.config import ConfigError, UsageError, config_path, recipe_names
 from birdray.data.cub import CubFormatError
-from birdray.data.folders import LAYOUTS, find_layout, read_csv
+from birdray.data.folders import LAYOUTS, find_layout, read_layout
 from birdray.data.manifest import DatasetError, load_manifest
 from birdray.devices import DEVICES, check_local
 
@@ -232,8 +232,9 @@ def _ingest(cfg: Any) -> None:
         exists("--feedback", cfg.feedback, "a feedback folder or URI (serve's feedback_dir)")
     if local is not None and (local.is_dir() or local.suffix.lower() == ".csv"):
         try:
-            if find_layout(local) == "csv":
-                read_csv(local)  # a malformed line is the user's to fix before Ray starts
+            layout = find_layout(local)
+            if layout != "cub":  # a malformed line, case-only class names: before Ray starts
+                read_layout(local, layout)
         except CubFormatError as exc:
             raise UsageError(f"--source: {exc}") from exc
     output("--out", cfg.out)

@@ -95,7 +95,9 @@ JOBS: dict[str, Job] = {
     "download": Job(
         "birdray.data.download", "DownloadConfig", "download_cub", "download + verify CUB"
     ),
-    "ingest": Job("birdray.data.ingest", "IngestConfig", "run_ingest", "CUB -> Parquet shards"),
+    "ingest": Job(
+        "birdray.data.ingest", "IngestConfig", "ingest_and_report", "CUB -> Parquet shards"
+    ),
     "train": Job("birdray.train.job", "TrainConfig", "run_training", "train with Ray Train"),
     "evaluate": Job(
         "birdray.evaluate.job", "EvaluateConfig", "run_evaluation", "test metrics, calibration"

@@ -78,7 +78,8 @@ def _sweep(cfg: DemoConfig, out: Path, registry: Path):
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Generate birds, ingest, sweep, train, evaluate, promote, explain, serve, score."""
-    from birdray.data.ingest import IngestConfig, run_ingest, summary
+    from birdray.data.ingest import IngestConfig, run_ingest
+    from birdray.data.ingest_report import summary
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.registry import read_pointer
     from birdray.serve.job import choose_proxy

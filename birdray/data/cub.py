@@ -50,6 +50,7 @@ class CubDataset:
     records: list[CubRecord]
     certainty_names: list[str] = field(default_factory=list)
     class_attributes: list[list[float]] = field(default_factory=list)  # per class, % present
+    warnings: list[str] = field(default_factory=list)  # skipped files, said in the summary
 
 
 def image_path(root: Path, rel_path: str) -> Path | None:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import os
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +31,12 @@ from birdray.data.cub import (
     find_root,
     refused_reason,
 )
+from birdray.images import IMAGE_SUFFIXES
 from birdray.storage import file_stamp, utf8_name
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 LAYOUTS = "a CUB_200_2011 folder (images.txt) or .tgz, a CSV of path,label, or DIR/<species>/*.jpg"
+CSV_COLUMNS = ("path", "label")
+SHOWN = 5  # file names a warning shows; the rest are counted
 
 
 class LayoutError(CubFormatError):
@@ -47,21 +52,36 @@ def find_layout(source: Path) -> str:
         pass
     if source.is_file() and source.suffix.lower() == ".csv":
         return "csv"
-    if source.is_dir() and any(_images(d) for d in _class_dirs(source)):
+    if source.is_dir() and any(_images(d)[0] for d in _class_dirs(source)):
         return "folders"
-    raise LayoutError(f"{source}: not a dataset layout birdray reads; expected {LAYOUTS}")
+    hint = ""
+    if source.is_dir() and any(_loose_file(p) and _is_image(p) for p in source.iterdir()):
+        hint = (
+            "; its photos lie directly in it: put each species' photos in a folder named after it"
+        )
+    raise LayoutError(f"{source}: not a dataset layout birdray reads; expected {LAYOUTS}{hint}")
 
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+def _images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files anywhere below ``folder`` (hidden files and folders skipped, links to folders
+    not followed), and the other files found there (skipped, but said)."""
+    images, others = [], []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                path = Path(top, name)
+                (images if _is_image(path) else others).append(path)
+    return sorted(images), sorted(others)
+
+
+def _shown(paths: list[str]) -> str:
+    more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
+    return ", ".join(repr(p) for p in paths[:SHOWN]) + more
 
 
 def read_layout(source: Path, layout: str) -> CubDataset:
@@ -70,44 +90,134 @@ def read_layout(source: Path, layout: str) -> CubDataset:
 
 
 def read_species_folders(root: Path) -> CubDataset:
-    """Every image file one level below ``root``; ids follow the sorted paths (deterministic)."""
-    entries, problems = [], {}
+    """Every image file below ``root/<species>/`` (sub-folders too: the class is the top-level
+    folder); ids follow the sorted paths (deterministic). Loose files, empty species folders and
+    non-image files are skipped and listed in the dataset's ``warnings``."""
+    entries, problems, empty, other = [], {}, [], []
     for folder in _class_dirs(root):
         label, label_ok = utf8_name(folder.name)
-        for image in _images(folder):
-            rel, rel_ok = utf8_name(f"{folder.name}/{image.name}")
+        images, others = _images(folder)
+        other += [utf8_name(p.relative_to(root).as_posix())[0] for p in others]
+        if not images:
+            empty.append(label)
+        for image in images:
+            rel, rel_ok = utf8_name(image.relative_to(root).as_posix())
             if not (label_ok and rel_ok):  # Parquet and JSON hold UTF-8 text only
                 problems[len(entries)] = f"bad_filename: '{rel}' is not valid UTF-8; rename it"
             entries.append((rel, label))
     if not entries:
         raise LayoutError(f"{root}: no species folder holds images; expected {LAYOUTS}")
-    return _dataset(root, entries, problems)
+    dataset = _dataset(root, entries, problems)
+    loose = [utf8_name(p.name)[0] for p in sorted(root.iterdir()) if _loose_file(p)]
+    if loose:
+        dataset.warnings.append(
+            f"{len(loose)} file(s) directly in {root} belong to no species folder and were "
+            f"skipped: {_shown(loose)}"
+        )
+    if empty:
+        dataset.warnings.append(
+            f"{len(empty)} species folder(s) hold no image and are not classes: {_shown(empty)}"
+        )
+    if other:
+        dataset.warnings.append(
+            f"{len(other)} file(s) in species folders are not images by their name "
+            f"({', '.join(IMAGE_SUFFIXES)}) and were skipped: {_shown(other)}"
+        )
+    return dataset
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _loose_file(path: Path) -> bool:
+    return not path.name.startswith(".") and not path.is_dir()
 
 
 def read_csv(path: Path) -> CubDataset:
-    """``path,label`` rows; a path leaving the CSV's folder is quarantined as ``unsafe_path``."""
+    """``path,label`` rows; a path leaving the CSV's folder is quarantined as ``unsafe_path``.
+
+    UTF-8 (a BOM is fine); a ``path,label`` header is optional, another header is refused. A
+    Windows ``a\\b.jpg`` path means ``a/b.jpg``. A path listed twice is kept once (the repeat
+    is quarantined as ``duplicate``), or refused when the two rows give it different labels."""
     entries: list[tuple[str, str]] = []
     problems: dict[int, str] = {}
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise CubFormatError(f"{path}:{lineno}: expected path,label, got {row!r}")
-            rel, label = row[0].strip(), row[1].strip()
-            if lineno == 1 and (rel.lower(), label.lower()) == ("path", "label"):
-                continue  # header
-            if confined_path(path.parent, rel) is None:
-                leaves = f"{path.name}:{lineno} path {rel!r} leaves {path.parent}"
-                problems[len(entries)] = refused_reason(path.parent, rel, leaves)
-            entries.append((rel, label))
+    first: dict[str, tuple[int, str]] = {}  # path -> (line, label) of its first row
+    for lineno, row in enumerate(csv.reader(_utf8_text(path)), 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise CubFormatError(f"{path}:{lineno}: expected path,label, got {row!r}")
+        rel, label = row[0].strip(), row[1].strip()
+        if not entries and not first and _header(path, lineno, rel, label):
+            continue
+        rel = _slashes(rel)
+        key = posixpath.normpath(rel)
+        if key in first:
+            line, seen = first[key]
+            if seen != label:
+                raise CubFormatError(
+                    f"{path}:{lineno}: {rel!r} is labelled {label!r} here and {seen!r} at line "
+                    f"{line}; give each photo one label"
+                )
+            problems[len(entries)] = (
+                f"duplicate: {path.name}:{lineno} lists {rel!r} again (line {line}); kept once"
+            )
+        else:
+            first[key] = (lineno, label)
+        if confined_path(path.parent, rel) is None:
+            leaves = f"{path.name}:{lineno} path {rel!r} leaves {path.parent}"
+            problems[len(entries)] = refused_reason(path.parent, rel, leaves)
+        entries.append((rel, label))
     if not entries:
         raise CubFormatError(f"{path}: lists no images")
     return _dataset(path.parent, entries, problems)
 
 
+def _utf8_text(path: Path) -> io.StringIO:
+    """The CSV as text; bytes that are not UTF-8 are one error naming the line (U+FFFD class
+    names from a Latin-1 file passed silently). A BOM is dropped."""
+    data = path.read_bytes()
+    try:
+        return io.StringIO(data.decode("utf-8-sig"), newline="")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CubFormatError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}, as in a Latin-1 or "
+            "Windows-1252 file); save the CSV as UTF-8"
+        ) from None
+
+
+def _header(path: Path, lineno: int, rel: str, label: str) -> bool:
+    """Whether the first row is the ``path,label`` header; another header is refused (it would
+    become a class of one missing photo)."""
+    if (rel.lower(), label.lower()) == CSV_COLUMNS:
+        return True
+    inside = confined_path(path.parent, _slashes(rel))  # never stat outside the CSV's folder
+    if Path(rel).suffix.lower() in IMAGE_SUFFIXES or (inside is not None and inside.exists()):
+        return False
+    raise CubFormatError(
+        f"{path}:{lineno}: {rel},{label} is not a header birdray reads nor a photo; expected "
+        f"columns {','.join(CSV_COLUMNS)} (the header is optional)"
+    )
+
+
+def _slashes(rel: str) -> str:
+    """A Windows relative path (``Cardinal\\1.jpg``) with ``/``: a name holding a backslash is
+    refused by ``confined_path`` anyway, and absolute or ``..`` paths stay refused after this."""
+    return rel.replace("\\", "/")
+
+
 def _dataset(root: Path, entries: list[tuple[str, str]], problems: dict[int, str]) -> CubDataset:
     class_names = sorted({label for _, label in entries})
+    folded: dict[str, str] = {}
+    for name in class_names:
+        other = folded.setdefault(name.casefold(), name)
+        if other != name:
+            raise CubFormatError(
+                f"{root}: classes {other!r} and {name!r} differ only in case; one species "
+                "should have one name (rename or merge them)"
+            )
     index = {name: i for i, name in enumerate(class_names)}
     records = []
     for i, (rel, label) in enumerate(entries):

@@ -18,11 +18,9 @@ shards there directly and the manifest is one object written last.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +32,12 @@ from birdray.data import feedback as fblib
 from birdray.data import folders
 from birdray.data.cub import CubDataset, CubRecord, image_path, read_cub
 from birdray.data.download import DEFAULT_MAX_EXTRACT_GB, open_source
+from birdray.data.duplicates import mark_duplicates
+from birdray.data.ingest_report import empty_classes, reason_counts, report
 from birdray.data.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
+    DatasetError,
     load_manifest,
     write_manifest,
 )
@@ -155,6 +156,13 @@ def _split_counts(shard_root: str) -> tuple[dict[str, Any], str, list[int]]:
     return splits, hashlib.sha256(payload.encode()).hexdigest(), frame["image_id"].tolist()
 
 
+def ingest_and_report(cfg: IngestConfig) -> str:
+    """``birdray ingest``: ``run_ingest``, then what was kept, quarantined (why) and skipped."""
+    manifest_path = run_ingest(cfg)
+    print(report(manifest_path), flush=True)
+    return manifest_path
+
+
 def run_ingest(cfg: IngestConfig) -> str:
     """Ingest CUB into ``cfg.out``; returns the manifest's location (unchanged if up to date).
 
@@ -200,11 +208,15 @@ def _ingest(cfg: IngestConfig) -> str:
                 return manifest_path
         except ValueError:
             pass  # no manifest, or not a valid one: ingest
+    max_bytes = int(cfg.max_file_mb * 2**20)
     if layout == "cub":
         split = assign_splits(cub.records, cfg.val_fraction, cfg.seed)
-    else:
-        split = folders.assign_splits(cub.records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    items = [item_row(rec, split[rec.image_id]) for rec in cub.records]
+    else:  # copies kept once, before splitting: no split may hold the same bytes twice
+        mark_duplicates(cub, max_bytes)
+        usable = [rec for rec in cub.records if not rec.problems]
+        split = folders.assign_splits(usable, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    # a record already known bad is quarantined whatever its split says
+    items = [item_row(rec, split.get(rec.image_id, "train")) for rec in cub.records]
     if not items:
         raise ValueError(f"{source} lists no images: nothing to ingest")
     # Shards come out class-mixed, so a shard-local shuffle while training sees many classes.
@@ -219,7 +231,6 @@ def _ingest(cfg: IngestConfig) -> str:
     batch = 32
     rows_per_block = block_rows(len(items), ray.cluster_resources().get("CPU", 1))
     hashes: dict[str, str] | None = {} if cfg.feedback else None
-    max_bytes = int(cfg.max_file_mb * 2**20)
     blocks = put_blocks(items, images_dir, rows_per_block, hashes, max_bytes)
     feedback = None
     if cfg.feedback:  # after the source's bytes are read: their hashes say what is a duplicate
@@ -256,6 +267,14 @@ def _ingest(cfg: IngestConfig) -> str:
     except RuntimeError:
         storage.delete_dir(shards)
         raise
+    if not ingested:  # not a dataset: say why in one line, and leave no manifest claiming one
+        storage.delete_dir(shards)
+        first = quarantine[0] if quarantine else {"path": "-", "reason": "-"}
+        raise DatasetError(
+            f"{cfg.source}: none of the {len(items)} listed images is usable "
+            f"({reason_counts(quarantine)}; e.g. {first['path']}: {first['reason']}); "
+            "nothing was written"
+        )
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.time(),
@@ -271,6 +290,7 @@ def _ingest(cfg: IngestConfig) -> str:
         "attribute_names": cub.attribute_names,
         "columns": [f.name for f in SCHEMA if f.name != "split"],
         "quarantine": quarantine,
+        "warnings": cub.warnings + empty_classes(cub.class_names, splits),
         **({"feedback": fblib.finish(feedback, quarantine)} if feedback else {}),
         "seconds": round(time.time() - started, 2),
     }
@@ -305,14 +325,3 @@ def _collect_quarantine(shards: str) -> list[dict[str, Any]]:
     storage.delete_dir(folder)
     rows = sorted(table.to_pylist(), key=lambda r: r["image_id"])
     return [{"image_id": r["image_id"], "path": r["path"], "reason": r["error"]} for r in rows]
-
-
-def summary(manifest_path: str | Path) -> str:
-    manifest = json.loads(storage.read_bytes(manifest_path))
-    parts = [f"{k}={v['rows']}" for k, v in manifest["splits"].items()]
-    feedback = manifest.get("feedback")
-    extra = f", {feedback['used']} of them from feedback" if feedback else ""
-    return (
-        f"{manifest['counts']['ingested']} images ingested ({', '.join(parts)}{extra}), "
-        f"{manifest['counts']['quarantined']} quarantined"
-    )
