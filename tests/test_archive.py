@@ -177,15 +177,19 @@ def test_a_zip_of_species_folders_made_on_a_mac_ingests_as_its_species(tmp_path)
     for name, members in {
         "mac.zip": {**photos, "photos/.DS_Store": b"\x00", **forks},
         "windows.zip": {name.replace("/", "\\"): data for name, data in photos.items()},
+        "unwrapped.zip": {  # species at the top: the forks' folder is not a species
+            **{n.split("/", 1)[1]: d for n, d in photos.items()},
+            **{f"__MACOSX/{n.split('/', 1)[1]}": b"\x00\x05" for n in photos},
+        },
     }.items():
         folder = open_source(_zip(tmp_path / name, members))
-        assert folder.name == "photos" and find_layout(folder) == "folders", sorted(
-            folder.iterdir()
-        )
+        top = "unwrapped_extracted" if name == "unwrapped.zip" else "photos"
+        assert folder.name == top and find_layout(folder) == "folders", sorted(folder.iterdir())
         dataset = read_layout(folder, "folders")
         assert dataset.class_names == ["Blue_Jay", "Cardinal"] and len(dataset.records) == 6
         for record in dataset.records:  # the bytes are the photo's, not a copy of another
             assert (folder / record.rel_path).read_bytes() == photos[f"photos/{record.rel_path}"]
+        assert not dataset.warnings, dataset.warnings  # nothing of macOS's taken for a photo
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from birdray.config import field
 from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's one name)
     DEFAULT_MAX_EXTRACT_GB,
     EXTRACT_MARKER,
+    MACOS_FORKS,
     ArchiveError,
     md5sum,
     progress_bar,
@@ -33,7 +34,6 @@ from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's 
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
-MACOS = "__MACOSX"  # the resource forks macOS's Finder adds to every zip it makes
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
 
 
@@ -141,7 +141,9 @@ def unwrapped(folder: Path) -> Path:
     macOS's ``__MACOSX`` metadata aside), so an archive of species folders reads as its species;
     a folder holding files (``CUB_200_2011/``, a species) is content, not a wrapper."""
     while True:
-        inside = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != MACOS]
+        inside = [
+            p for p in folder.iterdir() if not p.name.startswith(".") and p.name != MACOS_FORKS
+        ]
         if len(inside) != 1 or not inside[0].is_dir():
             return folder
         if any(p.is_file() and not p.name.startswith(".") for p in inside[0].iterdir()):

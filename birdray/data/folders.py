@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from birdray.data.archive import MACOS_FORKS
 from birdray.data.cub import (
     CubDataset,
     CubFormatError,
@@ -34,7 +35,10 @@ from birdray.data.cub import (
 from birdray.images import IMAGE_SUFFIXES
 from birdray.storage import file_stamp, utf8_name
 
-LAYOUTS = "a CUB_200_2011 folder (images.txt) or .tgz, a CSV of path,label, or DIR/<species>/*.jpg"
+LAYOUTS = (
+    "a CUB_200_2011 folder (images.txt), a CSV of path,label, or DIR/<species>/*.jpg (each may"
+    " come as a .tgz or .zip)"
+)
 CSV_COLUMNS = ("path", "label")
 SHOWN = 5  # file names a warning shows; the rest are counted
 
@@ -63,7 +67,12 @@ def find_layout(source: Path) -> str:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(d for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
+
+
+def _hidden(name: str) -> bool:
+    """Not the user's: hidden files and folders, and macOS's resource forks in a zip."""
+    return name.startswith(".") or name == MACOS_FORKS
 
 
 def _images(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -71,7 +80,7 @@ def _images(folder: Path) -> tuple[list[Path], list[Path]]:
     not followed), and the other files found there (skipped, but said)."""
     images, others = [], []
     for top, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not _hidden(d)]
         for name in files:
             if not name.startswith("."):
                 path = Path(top, name)
