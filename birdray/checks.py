@@ -229,7 +229,7 @@ def _ingest(cfg: Any) -> None:
         )
     exists("--source", cfg.source, LAYOUTS)
     if cfg.feedback:
-        exists("--feedback", cfg.feedback, "a feedback folder or URI (serve's feedback_dir)")
+        feedback_store(cfg.feedback)
     if local is not None and (local.is_dir() or local.suffix.lower() == ".csv"):
         try:
             if find_layout(local) == "csv":
@@ -417,9 +417,18 @@ def _score(cfg: Any) -> None:
     positive({"--explain-lowest": cfg.explain_lowest}, 0)
 
 
+def feedback_store(location: str) -> None:
+    """A feedback store that exists and is one: a plain file or an ingested dataset given as
+    ``--feedback`` is said here (its parts' contents are the store reader's to judge)."""
+    from birdray.feedback.store import EXPECTED, location_problem
+
+    exists("--feedback", location, EXPECTED)
+    problem = None if storage.is_remote(location) else location_problem(location)
+    require(problem is None, "--feedback", problem or "")
+
+
 def _feedback(cfg: Any) -> None:
-    location = cfg.feedback or storage.join(cfg.registry, "feedback")
-    exists("--feedback", location, "a feedback folder or URI (serve's feedback_dir)")
+    feedback_store(cfg.feedback or storage.join(cfg.registry, "feedback"))
     if cfg.model:
         model(cfg.model, cfg.registry)
     if cfg.out and not storage.is_remote(cfg.out):
