@@ -65,6 +65,37 @@ def test_class_names_map_full_or_short_any_case():
     assert "tern" not in index and index["004.tern"] == 3  # ambiguous short name: full only
 
 
+def test_class_names_differing_only_by_case_are_matched_exactly(tmp_path):
+    """An own-photos dataset with classes ``Robin`` and ``robin``: before, every answer for
+    either went to the last of them (the index folded case); now the exact spelling wins and a
+    spelling that fits both by case alone is skipped and counted, never guessed. Serve's
+    ``/v1/feedback`` and explain target read names the same way."""
+    from birdray.data.feedback import feedback_items
+    from birdray.serve.errors import ApiError
+    from birdray.serve.feedback_route import FeedbackRoute
+    from birdray.serve.ingress import BirdIngress
+
+    names = ["Robin", "robin", "001.Wren"]
+    location = str(tmp_path / "feedback")
+    for i, answer in enumerate(["Robin", "robin", "ROBIN", "wren", "001.WREN"]):
+        append(location, [Feedback(_photo(i), f"p{i}.jpg", "v0001", "001.Wren", answer)])
+    items, entry = feedback_items(location, names, 100, {})
+    assert [item["class_name"] for item in items] == ["Robin", "robin", "001.Wren", "001.Wren"]
+    assert entry["skipped"] == {"ambiguous_species": 1}
+    index = class_index(names)
+    assert (index["Robin"], index["robin"], index["wren"]) == (0, 1, 2) and "ROBIN" not in index
+
+    route = FeedbackRoute()
+    assert route._class_name("Robin", names, "species") == "Robin"
+    assert route._class_name("robin", names, "species") == "robin"
+    with pytest.raises(ApiError, match="could be any of Robin, robin"):
+        route._class_name("ROBIN", names, "species")
+    target = BirdIngress.func_or_class._target
+    assert (target(None, "Robin", names), target(None, "robin", names)) == (0, 1)
+    with pytest.raises(ApiError):
+        target(None, "rObIn", names)
+
+
 def _train_hashes(dataset) -> dict[str, tuple[str, str]]:
     table = pq.read_table(
         split_path(dataset, "train"), columns=["path", "content_hash", "class_name"]

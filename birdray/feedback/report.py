@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from birdray import storage
+from birdray.class_names import ClassIndex
 from birdray.config import ConfigError, field
 from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
 from birdray.images import ImageError
@@ -87,11 +88,10 @@ def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> di
     predictor = Predictor(str(ModelRef(model, registry).resolve()), device="cpu")
     meta = predictor.metadata
     seen = set((meta.dataset.get("feedback") or {}).get("sha256", []))
-    classes = {name.lower(): name for name in meta.class_names}
+    classes = ClassIndex.of(meta.class_names)  # names differing only by case: exact only
     photos = [
         r for r in rows
-        if r["verdict"] == "corrected" and r["sha256"] not in seen
-        and r["answer"].lower() in classes
+        if r["verdict"] == "corrected" and r["sha256"] not in seen and r["answer"] in classes
     ]  # fmt: skip
     right, unreadable = 0, 0
     for row in photos:
@@ -101,7 +101,7 @@ def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> di
             unreadable += 1
             continue
         got = predictor.predict_images([image], top_k=1)[0].species
-        right += got == classes[row["answer"].lower()]
+        right += got == meta.class_names[classes[row["answer"]]]
     photos_read = len(photos) - unreadable
     return {
         "model": predictor.version,
