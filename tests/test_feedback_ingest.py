@@ -202,6 +202,33 @@ def test_report_counts_corrections_per_species(feedback, ingested, tmp_path):
     assert n[2] in printed and "not a bird" in printed
 
 
+def test_report_with_model_says_which_photos_it_counts(tmp_path):
+    """``--model``'s line counted every feedback photo the model learnt from as 'corrected
+    photos it was trained on' (confirmations included): it now gives both, each named."""
+    from birdray.model.package import update_metadata
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg", num_classes=4)
+    n = [f"{i + 1:03d}.Species_{i + 1}" for i in range(4)]
+    location = str(tmp_path / "feedback")
+    answers = [(n[0], n[0]), (n[0], n[1]), (n[2], n[2]), (n[1], n[3]), (n[3], n[2])]
+    for i, (predicted, answer) in enumerate(answers):
+        append(location, [Feedback(_photo(i), f"p{i}.jpg", "v0001", predicted, answer)])
+    rows = read_feedback(location).to_pylist()
+    learnt = sorted(r["sha256"] for r in rows[:3])  # 2 confirmations and 1 correction
+    update_metadata(package, dataset={"feedback": {"sha256": learnt}})
+    out = tmp_path / "report.json"
+    printed = _report(["feedback", "report", "--feedback", location, "--model", str(package),
+                       "--out", str(out)])  # fmt: skip
+    unseen = json.loads(out.read_text())["unseen"]
+    assert (unseen["trained_with_feedback"], unseen["corrected_trained"]) == (3, 1)
+    assert (unseen["corrected_unseen"], unseen["unreadable"]) == (2, 0)
+    assert (
+        "right on 2 corrected photos it was not trained on (1 corrected photos it was trained "
+        "on left out; it learnt from 3 feedback photos in all)"
+    ) in printed
+
+
 @pytest.mark.slow
 def test_a_model_trained_with_feedback_records_it(ray_cluster, feedback, ingested, tmp_path):
     from birdray.model.crop import decode_for_model

@@ -89,10 +89,8 @@ def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> di
     meta = predictor.metadata
     seen = set((meta.dataset.get("feedback") or {}).get("sha256", []))
     classes = ClassIndex.of(meta.class_names)  # names differing only by case: exact only
-    photos = [
-        r for r in rows
-        if r["verdict"] == "corrected" and r["sha256"] not in seen and r["answer"] in classes
-    ]  # fmt: skip
+    corrected = [r for r in rows if r["verdict"] == "corrected" and r["answer"] in classes]
+    photos = [r for r in corrected if r["sha256"] not in seen]
     right, unreadable = 0, 0
     for row in photos:
         try:
@@ -105,7 +103,8 @@ def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> di
     photos_read = len(photos) - unreadable
     return {
         "model": predictor.version,
-        "trained_with_feedback": len(seen),
+        "trained_with_feedback": len(seen),  # every feedback photo it learnt from, any verdict
+        "corrected_trained": len(corrected) - len(photos),  # left out of the measurement
         "corrected_unseen": photos_read,
         "unreadable": unreadable,
         "right": right,
@@ -130,7 +129,9 @@ def format_table(report: dict[str, Any]) -> str:
         acc = "n/a" if unseen["accuracy"] is None else f"{unseen['accuracy']:.0%}"
         lines.append(
             f"model {unseen['model']}: {acc} right on {unseen['corrected_unseen']} corrected "
-            f"photos it was not trained on ({unseen['trained_with_feedback']} it was)"
+            f"photos it was not trained on ({unseen['corrected_trained']} corrected photos it "
+            f"was trained on left out; it learnt from {unseen['trained_with_feedback']} feedback "
+            "photos in all)"
         )
     return "\n".join(lines)
 
