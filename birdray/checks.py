@@ -341,10 +341,26 @@ def _evaluate(cfg: Any) -> None:
     model(cfg.model, cfg.registry)
     dataset("--dataset", cfg.dataset, cfg.split)
     if cfg.exclude_ids:
-        file("--exclude-ids", cfg.exclude_ids, "a file of image ids")
+        _exclude_ids(cfg.exclude_ids, cfg.dataset, cfg.split)
     if cfg.out:
         output("--out", cfg.out)
     positive({"--batch-size": cfg.batch_size, "--actors": cfg.actors})
+
+
+def _exclude_ids(path: str, location: str, split: str) -> None:
+    """Every token an id, and some image of the split left to report on (one column read)."""
+    import pyarrow.dataset as pads
+
+    from birdray.data.manifest import split_path
+    from birdray.evaluate.exclude import nothing_left, read_exclude_ids
+
+    file("--exclude-ids", path, "a file of image ids")
+    ids = read_exclude_ids(path)
+    if ids and not storage.is_remote(location):
+        fs, root = storage.filesystem(split_path(location, split))
+        listed = pads.dataset(root, filesystem=fs, format="parquet").to_table(["image_id"])
+        left = set(listed["image_id"].to_pylist()) - set(ids)
+        require(bool(left), "--exclude-ids", nothing_left(path, split, len(ids), listed.num_rows))
 
 
 def _registry(cfg: Any) -> None:
