@@ -96,6 +96,20 @@ def test_exclude_ids_take_commas_and_spaces_and_report_ids_not_in_the_split(
     assert np.asarray(metrics["confusion_matrix"]).sum() == len(ids) - 4  # really left out
 
 
+def test_no_val_split_says_calibration_was_skipped(no_val, tmp_path, capsys):
+    """Before: the model's old temperature was kept without a word, like a fresh fit."""
+    dataset, package, _ = no_val
+    out = tmp_path / "eval"
+    argv = ["--model", str(package), "--dataset", str(dataset), "--out", str(out)]
+    code, printed, err = _evaluate(argv, capsys)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["calibration"].startswith("skipped: no val split in ")
+    assert metrics["temperature"] == pytest.approx(1.7)
+    assert "evaluate: calibration skipped: no val split" in printed
+    assert json.loads(printed[printed.index("{") :])["calibration"] == metrics["calibration"]
+
+
 @pytest.mark.parametrize(
     "text, token, line",
     [("1 2\n3;4\n", "3;4", 2), ("5\n\n 6, x7", "x7", 3), ("²", "²", 1), ("-3", "-3", 1)],

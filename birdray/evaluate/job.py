@@ -142,10 +142,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             raise UsageError(f"--exclude-ids: {why}")
         raise DatasetError(f"{cfg.dataset}: no image of the {cfg.split!r} split could be scored")
     logits, labels = report["logits"][keep], report["label"][keep]
-    temperature = meta.temperature or 1.0
-    if calibrates:
-        val = scored.get("val", report)
-        temperature = fit_temperature(val["logits"], val["label"])
+    temperature, calibration = _calibration(cfg, meta.temperature or 1.0, scored, calibrates)
+    print(f"evaluate: calibration {calibration}", flush=True)
     metrics = classification_metrics(logits, labels, meta.num_classes)
     ece_before, bins_before = calibration_bins(softmax_np(logits), labels)
     ece_after, bins_after = calibration_bins(softmax_np(logits, temperature), labels)
@@ -162,6 +160,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         "split": cfg.split,
         "excluded": int((~keep).sum()),
         "exclude_ids_not_in_split": absent,
+        "calibration": calibration,
         **metrics,
         "ece_before": ece_before,
         "ece_after": ece_after,
@@ -195,7 +194,30 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         "report": report,
         **summary,
         "temperature": temperature,
+        "calibration": calibration,
         "excluded": result["excluded"],
         "exclude_ids_not_in_split": absent,
         "version": version,
     }
+
+
+def _calibration(
+    cfg: EvaluateConfig,
+    kept: float,
+    scored: dict[str, dict[str, np.ndarray]],
+    calibrates: bool,
+) -> tuple[float, str]:
+    """The temperature to store and how it was chosen: a skipped fit is said, never silent
+    (the model's old temperature kept looked like a fresh calibration)."""
+    if not cfg.calibrate:
+        return kept, f"skipped: --no-calibrate (the model's temperature {kept:.4g} is kept)"
+    if not calibrates:
+        return kept, (
+            f"skipped: no val split in {cfg.dataset} to fit on (the model's temperature "
+            f"{kept:.4g} is kept)"
+        )
+    val = scored.get("val", scored[cfg.split])
+    if not len(val["label"]):
+        return kept, f"skipped: no val image could be scored (temperature {kept:.4g} kept)"
+    temperature = fit_temperature(val["logits"], val["label"])
+    return temperature, f"fitted on val ({len(val['label'])} images): temperature {temperature:.4g}"
