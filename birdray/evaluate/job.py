@@ -137,10 +137,14 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         print(f"--exclude-ids: {absent} of {len(exclude)} ids are not in the {cfg.split!r} split "
               f"of {cfg.dataset}", flush=True)  # fmt: skip
     if not keep.any():  # metrics of nothing are NaN: never written into a package or registry
-        if exclude:
-            why = nothing_left(cfg.exclude_ids, cfg.split, len(exclude), len(report["listed"]))
+        listed = len(report["listed"])
+        if exclude and not set(report["listed"].tolist()) - set(exclude):
+            why = nothing_left(cfg.exclude_ids, cfg.split, len(exclude), listed)
             raise UsageError(f"--exclude-ids: {why}")
-        raise DatasetError(f"{cfg.dataset}: no image of the {cfg.split!r} split could be scored")
+        raise DatasetError(
+            f"{cfg.dataset}: none of the {listed} images of the {cfg.split!r} split is left to "
+            f"evaluate ({int((~keep).sum())} excluded, the others could not be scored)"
+        )
     logits, labels = report["logits"][keep], report["label"][keep]
     temperature, calibration = _calibration(cfg, meta.temperature or 1.0, scored, calibrates)
     print(f"evaluate: calibration {calibration}", flush=True)
