@@ -202,6 +202,24 @@ def test_report_counts_corrections_per_species(feedback, ingested, tmp_path):
     assert n[2] in printed and "not a bird" in printed
 
 
+def test_a_real_ingested_dataset_is_refused_as_a_feedback_store(ingested, capsys):
+    """``--feedback data/cub_v2`` (the dataset instead of the answers): one line saying what it
+    is, before; its shard folder (no manifest there) is named as Parquet of another schema."""
+    from birdray.feedback.store import FeedbackError
+
+    plain, _ = ingested
+    assert main(["feedback", "report", "--feedback", str(plain)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"--feedback: {plain} is an ingested dataset (it has manifest.json)" in err
+    shards = plain / load_manifest(plain)["shards_dir"]
+    with pytest.raises(FeedbackError, match=r"\.parquet is a Parquet file of another schema"):
+        read_feedback(str(shards))
+    assert main(["feedback", "report", "--feedback", str(shards)]) == 1
+    line = capsys.readouterr().err.strip()
+    assert str(shards) in line and "another schema" in line and len(line.splitlines()) == 1
+
+
 def test_report_with_model_says_which_photos_it_counts(tmp_path):
     """``--model``'s line counted every feedback photo the model learnt from as 'corrected
     photos it was trained on' (confirmations included): it now gives both, each named."""
