@@ -229,7 +229,7 @@ def _ingest(cfg: Any) -> None:
         )
     exists("--source", cfg.source, LAYOUTS)
     if cfg.feedback:
-        exists("--feedback", cfg.feedback, "a feedback folder or URI (serve's feedback_dir)")
+        feedback_store(cfg.feedback)
     if local is not None and (local.is_dir() or local.suffix.lower() == ".csv"):
         try:
             layout = find_layout(local)
@@ -356,10 +356,26 @@ def _evaluate(cfg: Any) -> None:
     model(cfg.model, cfg.registry)
     dataset("--dataset", cfg.dataset, cfg.split)
     if cfg.exclude_ids:
-        file("--exclude-ids", cfg.exclude_ids, "a file of image ids")
+        _exclude_ids(cfg.exclude_ids, cfg.dataset, cfg.split)
     if cfg.out:
         output("--out", cfg.out)
     positive({"--batch-size": cfg.batch_size, "--actors": cfg.actors})
+
+
+def _exclude_ids(path: str, location: str, split: str) -> None:
+    """Every token an id, and some image of the split left to report on (one column read)."""
+    import pyarrow.dataset as pads
+
+    from birdray.data.manifest import split_path
+    from birdray.evaluate.exclude import nothing_left, read_exclude_ids
+
+    file("--exclude-ids", path, "a file of image ids")
+    ids = read_exclude_ids(path)
+    if ids and not storage.is_remote(location):
+        fs, root = storage.filesystem(split_path(location, split))
+        listed = pads.dataset(root, filesystem=fs, format="parquet").to_table(["image_id"])
+        left = set(listed["image_id"].to_pylist()) - set(ids)
+        require(bool(left), "--exclude-ids", nothing_left(path, split, len(ids), listed.num_rows))
 
 
 def _registry(cfg: Any) -> None:
@@ -432,9 +448,18 @@ def _score(cfg: Any) -> None:
     positive({"--explain-lowest": cfg.explain_lowest}, 0)
 
 
+def feedback_store(location: str) -> None:
+    """A feedback store that exists and is one: a plain file or an ingested dataset given as
+    ``--feedback`` is said here (its parts' contents are the store reader's to judge)."""
+    from birdray.feedback.store import EXPECTED, location_problem
+
+    exists("--feedback", location, EXPECTED)
+    problem = None if storage.is_remote(location) else location_problem(location)
+    require(problem is None, "--feedback", problem or "")
+
+
 def _feedback(cfg: Any) -> None:
-    location = cfg.feedback or storage.join(cfg.registry, "feedback")
-    exists("--feedback", location, "a feedback folder or URI (serve's feedback_dir)")
+    feedback_store(cfg.feedback or storage.join(cfg.registry, "feedback"))
     if cfg.model:
         model(cfg.model, cfg.registry)
     if cfg.out and not storage.is_remote(cfg.out):

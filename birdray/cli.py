@@ -32,6 +32,7 @@ JOB_ERRORS = (
     ("birdray.data.cub", "CubFormatError"),
     ("birdray.data.download", "ArchiveError"),
     ("birdray.data.manifest", "DatasetError"),
+    ("birdray.feedback.store", "FeedbackError"),  # a torn or foreign file in a feedback store
     ("birdray.images", "ImageError"),  # an input image that does not decode (explain --image)
     ("birdray.model.factory", "ModelError"),
     ("birdray.registry", "RegistryError"),

@@ -18,13 +18,14 @@ def make_package(
     image_size: int = 64,
     seed: int = 0,
     temperature: float = 1.0,
+    class_names: list[str] | None = None,  # a dataset's, to evaluate on it
 ) -> Path:
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=num_classes)
     meta = PackageMetadata(
         arch=arch,
         num_classes=num_classes,
-        class_names=[f"{i + 1:03d}.Species_{i + 1}" for i in range(num_classes)],
+        class_names=class_names or [f"{i + 1:03d}.Species_{i + 1}" for i in range(num_classes)],
         data_config=resolve_data_config(model, image_size),
         image_size=image_size,
         temperature=temperature,

@@ -167,3 +167,28 @@ def test_no_review_set_is_said_plainly(app_test, tmp_path):
     no_exceptions(at)
     (error,) = texts(at, "error")
     assert "No review set in" in error and "--review-below" in error
+
+
+def test_a_bad_feedback_store_is_said_on_review_not_shown_as_unanswered(
+    ray_cluster, app_test, tmp_path
+):
+    """A zero-byte part in the store: before, the Review page read nothing and showed every
+    photo as pending without a word (the other answers silently dropped); now it says which
+    file is bad. No Serve is needed to see it (the service URL is a closed port)."""
+    from birdray.feedback.store import Feedback, append
+
+    package = make_package(tmp_path / "pkg", num_classes=4, seed=3)
+    out = scored(tmp_path, str(package), "", n=2, seed=120)
+    first = read_review(out).to_pylist()[0]
+    registry = tmp_path / "registry"
+    image = Path(first["path"]).read_bytes()
+    append(str(registry / "feedback"), [Feedback(image, "a.jpg", "v1", first["species"], "unsure")])
+    bad = registry / "feedback" / "00000000000000000001-bad.parquet"
+    bad.write_bytes(b"")
+    env = dict(BIRDRAY_SERVE_URL="http://127.0.0.1:9", BIRDRAY_REGISTRY=str(registry))
+    at = app_test(REVIEW, BIRDRAY_SCORE_DIR=out, **env)
+    no_exceptions(at)
+    warnings = [w for w in texts(at, "warning") if "feedback store could not be read" in w]
+    assert len(warnings) == 1, dump(at)
+    assert str(bad) in warnings[0] and "is empty (0 bytes)" in warnings[0]
+    assert "the other 1 of 2 files are readable" in warnings[0]

@@ -65,6 +65,37 @@ def test_class_names_map_full_or_short_any_case():
     assert "tern" not in index and index["004.tern"] == 3  # ambiguous short name: full only
 
 
+def test_class_names_differing_only_by_case_are_matched_exactly(tmp_path):
+    """An own-photos dataset with classes ``Robin`` and ``robin``: before, every answer for
+    either went to the last of them (the index folded case); now the exact spelling wins and a
+    spelling that fits both by case alone is skipped and counted, never guessed. Serve's
+    ``/v1/feedback`` and explain target read names the same way."""
+    from birdray.data.feedback import feedback_items
+    from birdray.serve.errors import ApiError
+    from birdray.serve.feedback_route import FeedbackRoute
+    from birdray.serve.ingress import BirdIngress
+
+    names = ["Robin", "robin", "001.Wren"]
+    location = str(tmp_path / "feedback")
+    for i, answer in enumerate(["Robin", "robin", "ROBIN", "wren", "001.WREN"]):
+        append(location, [Feedback(_photo(i), f"p{i}.jpg", "v0001", "001.Wren", answer)])
+    items, entry = feedback_items(location, names, 100, {})
+    assert [item["class_name"] for item in items] == ["Robin", "robin", "001.Wren", "001.Wren"]
+    assert entry["skipped"] == {"ambiguous_species": 1}
+    index = class_index(names)
+    assert (index["Robin"], index["robin"], index["wren"]) == (0, 1, 2) and "ROBIN" not in index
+
+    route = FeedbackRoute()
+    assert route._class_name("Robin", names, "species") == "Robin"
+    assert route._class_name("robin", names, "species") == "robin"
+    with pytest.raises(ApiError, match="could be any of Robin, robin"):
+        route._class_name("ROBIN", names, "species")
+    target = BirdIngress.func_or_class._target
+    assert (target(None, "Robin", names), target(None, "robin", names)) == (0, 1)
+    with pytest.raises(ApiError):
+        target(None, "rObIn", names)
+
+
 def _train_hashes(dataset) -> dict[str, tuple[str, str]]:
     table = pq.read_table(
         split_path(dataset, "train"), columns=["path", "content_hash", "class_name"]
@@ -169,6 +200,51 @@ def test_report_counts_corrections_per_species(feedback, ingested, tmp_path):
     assert (report["not_a_bird"], report["unsure"]) == (1, 1)
     assert (report["labelled"], report["corrected"]) == (7, 5)
     assert n[2] in printed and "not a bird" in printed
+
+
+def test_a_real_ingested_dataset_is_refused_as_a_feedback_store(ingested, capsys):
+    """``--feedback data/cub_v2`` (the dataset instead of the answers): one line saying what it
+    is, before; its shard folder (no manifest there) is named as Parquet of another schema."""
+    from birdray.feedback.store import FeedbackError
+
+    plain, _ = ingested
+    assert main(["feedback", "report", "--feedback", str(plain)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"--feedback: {plain} is an ingested dataset (it has manifest.json)" in err
+    shards = plain / load_manifest(plain)["shards_dir"]
+    with pytest.raises(FeedbackError, match=r"\.parquet is a Parquet file of another schema"):
+        read_feedback(str(shards))
+    assert main(["feedback", "report", "--feedback", str(shards)]) == 1
+    line = capsys.readouterr().err.strip()
+    assert str(shards) in line and "another schema" in line and len(line.splitlines()) == 1
+
+
+def test_report_with_model_says_which_photos_it_counts(tmp_path):
+    """``--model``'s line counted every feedback photo the model learnt from as 'corrected
+    photos it was trained on' (confirmations included): it now gives both, each named."""
+    from birdray.model.package import update_metadata
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg", num_classes=4)
+    n = [f"{i + 1:03d}.Species_{i + 1}" for i in range(4)]
+    location = str(tmp_path / "feedback")
+    answers = [(n[0], n[0]), (n[0], n[1]), (n[2], n[2]), (n[1], n[3]), (n[3], n[2])]
+    for i, (predicted, answer) in enumerate(answers):
+        append(location, [Feedback(_photo(i), f"p{i}.jpg", "v0001", predicted, answer)])
+    rows = read_feedback(location).to_pylist()
+    learnt = sorted(r["sha256"] for r in rows[:3])  # 2 confirmations and 1 correction
+    update_metadata(package, dataset={"feedback": {"sha256": learnt}})
+    out = tmp_path / "report.json"
+    printed = _report(["feedback", "report", "--feedback", location, "--model", str(package),
+                       "--out", str(out)])  # fmt: skip
+    unseen = json.loads(out.read_text())["unseen"]
+    assert (unseen["trained_with_feedback"], unseen["corrected_trained"]) == (3, 1)
+    assert (unseen["corrected_unseen"], unseen["unreadable"]) == (2, 0)
+    assert (
+        "right on 2 corrected photos it was not trained on (1 corrected photos it was trained "
+        "on left out; it learnt from 3 feedback photos in all)"
+    ) in printed
 
 
 @pytest.mark.slow

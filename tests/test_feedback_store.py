@@ -42,3 +42,106 @@ def test_bucket_store_appends_and_dedupes_by_hash_on_read(s3_bucket):
     location = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/feedback"
     _fill(location)
     _check(location)
+
+
+# ---- a store that is not one: one line naming the path and what was expected ----------------
+
+
+def _one_line(err: str, job: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"birdray {job}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """These errors are all found before Ray starts."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+
+
+def _bad_parts(tmp_path) -> dict[str, tuple[str, str]]:
+    """Stores with one good answer and one bad part: (location, bad file, what is said)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stores = {}
+    for kind in ("empty", "other_schema", "not_parquet"):
+        location = tmp_path / kind
+        append(str(location), [Feedback(b"img-a", "a.jpg", "v0001", "001.A", "002.B")])
+        bad = location / "00000000000000000001-bad.parquet"  # sorts first: read before the good
+        if kind == "empty":
+            bad.write_bytes(b"")
+            said = "is empty (0 bytes)"
+        elif kind == "other_schema":
+            pq.write_table(pa.table({"image_id": [1], "label": [0]}), bad)
+            said = "Parquet file of another schema (no sha256"
+        else:
+            bad.write_bytes(b"PAR1 but not really")
+            said = "is not a readable Parquet file"
+        stores[kind] = (str(location), str(bad), said)
+    return stores
+
+
+def test_a_bad_part_is_named_and_the_others_are_said_to_be_intact(tmp_path):
+    from birdray.feedback.store import FeedbackError
+
+    for location, bad, said in _bad_parts(tmp_path).values():
+        with pytest.raises(FeedbackError) as caught:
+            read_feedback(location)
+        message = str(caught.value)
+        assert message.startswith(bad) and said in message, message
+        assert "the other 1 of 2 files are readable" in message  # not silently dropped
+        assert "\n" not in message
+
+
+def test_a_file_or_a_dataset_is_not_a_store(tmp_path):
+    from birdray.feedback.store import FeedbackError
+
+    (tmp_path / "answers.parquet").write_bytes(b"")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text("{}")
+    with pytest.raises(FeedbackError, match=r"answers.parquet is a file, not a folder; expected"):
+        read_all(str(tmp_path / "answers.parquet"))
+    with pytest.raises(FeedbackError, match=r"/ds is an ingested dataset \(it has manifest.json"):
+        read_all(str(tmp_path / "ds"))
+
+
+def test_feedback_report_on_a_bad_store_is_one_line(tmp_path, no_ray, capsys):
+    """Before: a traceback from pyarrow (or from ``cast``) for each of these."""
+    from birdray.cli import main
+
+    for location, bad, said in _bad_parts(tmp_path).values():
+        assert main(["feedback", "report", "--feedback", location]) == 1
+        line = _one_line(capsys.readouterr().err, "feedback")
+        assert bad in line and said in line
+    (tmp_path / "answers.parquet").write_bytes(b"")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text("{}")
+    for given, said in (("answers.parquet", "is a file"), ("ds", "is an ingested dataset")):
+        assert main(["feedback", "report", "--feedback", str(tmp_path / given)]) == 2
+        line = _one_line(capsys.readouterr().err, "feedback")
+        assert f"--feedback: {tmp_path / given} {said}" in line and "feedback_dir" in line
+
+
+def test_ingest_with_a_bad_store_is_one_line_before_ray(tmp_path, no_ray, capsys):
+    from PIL import Image
+
+    from birdray.cli import main
+
+    for species in ("robin", "wren"):
+        (tmp_path / "photos" / species).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (60 * i, 90, 30)).save(
+                tmp_path / "photos" / species / f"{i}.png"
+            )
+    ingest = ["ingest", "--source", str(tmp_path / "photos"), "--out", str(tmp_path / "out")]
+    location, bad, _ = _bad_parts(tmp_path)["empty"]
+    assert main([*ingest, "--feedback", location]) == 1
+    assert bad in _one_line(capsys.readouterr().err, "ingest")
+    (tmp_path / "answers").write_text("not a folder")
+    assert main([*ingest, "--feedback", str(tmp_path / "answers")]) == 2
+    assert "--feedback: " in _one_line(capsys.readouterr().err, "ingest")

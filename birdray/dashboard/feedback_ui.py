@@ -18,7 +18,7 @@ from birdray.dashboard.client import (
     species_name,
 )
 from birdray.dashboard.settings import Settings
-from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
+from birdray.feedback.store import NOT_A_BIRD, UNSURE, FeedbackError, read_feedback
 
 SPECIAL = {NOT_A_BIRD: "not a bird", UNSURE: "unsure"}
 
@@ -43,14 +43,18 @@ def served_classes(settings: Settings) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, ttl=10)
-def stored_answers(location: str) -> dict[str, str]:
-    """sha256 -> latest answer in the feedback store ({} when there is none or it is unreadable).
-    Read directly (Serve has no route for it); emptied after every answer sent from here."""
+def stored_answers(location: str) -> tuple[dict[str, str], str]:
+    """(sha256 -> latest answer in the feedback store, why it could not be read: '' when it
+    could). Read directly (Serve has no route for it); emptied after every answer sent from
+    here. A store with a bad part is said, never shown as 'nothing answered yet'."""
     try:
         table = read_feedback(location)
-    except (OSError, ValueError):
-        return {}
-    return dict(zip(table["sha256"].to_pylist(), table["answer"].to_pylist(), strict=True))
+    except FeedbackError as exc:
+        return {}, str(exc)
+    except (OSError, ValueError) as exc:  # e.g. a bucket that cannot be reached
+        return {}, f"{location}: {type(exc).__name__}: {str(exc)[:200]}"
+    answers = dict(zip(table["sha256"].to_pylist(), table["answer"].to_pylist(), strict=True))
+    return answers, ""
 
 
 def species_picker(settings: Settings, key: str, label: str = "The right species") -> str | None:

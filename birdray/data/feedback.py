@@ -4,7 +4,8 @@ Only answers that name a species become rows, and only in ``train``: val and tes
 official splits, so a model trained with feedback is still measured on the same photos as before.
 A photo whose bytes are already in the dataset is not added again (one that is a val or test photo
 would leak evaluation data into training). The species must be one of the dataset's classes, in
-the dataset's spelling or the part after the number, any case (how Serve accepts it). The rows
+the dataset's spelling or the part after the number, any case where that names one class (how
+Serve accepts it: ``birdray.class_names``); an ambiguous answer is skipped and counted. The rows
 go through the same decoder and quarantine as the source's images.
 """
 
@@ -15,21 +16,16 @@ from collections import Counter
 from pathlib import PurePosixPath
 from typing import Any
 
+from birdray.class_names import ClassIndex
 from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
 
 LABELLED = ("confirmed", "corrected")
 
 
-def class_index(class_names: list[str]) -> dict[str, int]:
-    """Every spelling an answer may use -> the class's label (ambiguous short names left out)."""
-    index: dict[str, int] = {}
-    short = Counter(name.split(".", 1)[-1].lower() for name in class_names)
-    for label, name in enumerate(class_names):
-        index[name.lower()] = label
-        tail = name.split(".", 1)[-1].lower()
-        if short[tail] == 1:
-            index.setdefault(tail, label)
-    return index
+def class_index(class_names: list[str]) -> ClassIndex:
+    """Every spelling an answer may use -> the class's label (``birdray.class_names``: names
+    that differ only by case are matched exactly, ambiguous spellings left out)."""
+    return ClassIndex.of(class_names)
 
 
 def source_digest(location: str) -> str:
@@ -62,9 +58,9 @@ def feedback_items(
         if answer in (NOT_A_BIRD, UNSURE):
             skipped[answer] += 1
             continue
-        label = labels.get(answer.lower())
-        if label is None:
-            skipped["unknown_species"] += 1
+        label = labels.get(answer)
+        if label is None:  # several classes differ from it only by case: never guess one
+            skipped["ambiguous_species" if labels.could_mean(answer) else "unknown_species"] += 1
             continue
         if row["sha256"] in known:
             skipped[f"already_in_{known[row['sha256']]}"] += 1

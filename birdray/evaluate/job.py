@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from birdray import plots
-from birdray.config import field
+from birdray.config import UsageError, field
 from birdray.data.manifest import DatasetError, load_manifest
 from birdray.devices import DEVICE_HELP, gpus_to_use
+from birdray.evaluate.exclude import nothing_left, read_exclude_ids
 from birdray.evaluate.metrics import (
     calibration_bins,
     classification_metrics,
@@ -100,17 +101,12 @@ def score_splits(
         order = np.argsort(ids[good], kind="stable")
         kept = ids[good][order]
         out[split] = {
+            "listed": np.array(ids_of),  # every row of the split, scored or not
             "image_id": kept,
             "label": np.array([label_of[int(i)] for i in kept]),
             "logits": logits[good][order],
         }
     return out
-
-
-def _excluded(path: str) -> set[int]:
-    if not path:
-        return set()
-    return {int(tok) for tok in Path(path).read_text().split() if tok.strip().isdigit()}
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -129,17 +125,29 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             f"{cfg.dataset}: its {len(theirs)} classes differ from the model's {len(ours)} "
             f"(e.g. {', '.join(diff)}): wrong dataset for this model"
         )
+    exclude = read_exclude_ids(cfg.exclude_ids)  # a bad token is an error before Ray starts
     init_ray(cfg.address or None)
     calibrates = cfg.calibrate and "val" in manifest["splits"]
     fit = calibrates and cfg.split != "val"  # val scored beside the report split, in one pool
     scored = score_splits(package, cfg.dataset, [cfg.split] + (["val"] if fit else []), cfg)
     report = scored[cfg.split]
-    keep = ~np.isin(report["image_id"], list(_excluded(cfg.exclude_ids)))
+    keep = ~np.isin(report["image_id"], exclude)
+    absent = len(set(exclude) - set(report["listed"].tolist()))
+    if absent:  # a list for another dataset (or another split) excludes less than it seems
+        print(f"--exclude-ids: {absent} of {len(exclude)} ids are not in the {cfg.split!r} split "
+              f"of {cfg.dataset}", flush=True)  # fmt: skip
+    if not keep.any():  # metrics of nothing are NaN: never written into a package or registry
+        listed = len(report["listed"])
+        if exclude and not set(report["listed"].tolist()) - set(exclude):
+            why = nothing_left(cfg.exclude_ids, cfg.split, len(exclude), listed)
+            raise UsageError(f"--exclude-ids: {why}")
+        raise DatasetError(
+            f"{cfg.dataset}: none of the {listed} images of the {cfg.split!r} split is left to "
+            f"evaluate ({int((~keep).sum())} excluded, the others could not be scored)"
+        )
     logits, labels = report["logits"][keep], report["label"][keep]
-    temperature = meta.temperature or 1.0
-    if calibrates:
-        val = scored.get("val", report)
-        temperature = fit_temperature(val["logits"], val["label"])
+    temperature, calibration = _calibration(cfg, meta.temperature or 1.0, scored, calibrates)
+    print(f"evaluate: calibration {calibration}", flush=True)
     metrics = classification_metrics(logits, labels, meta.num_classes)
     ece_before, bins_before = calibration_bins(softmax_np(logits), labels)
     ece_after, bins_after = calibration_bins(softmax_np(logits, temperature), labels)
@@ -155,6 +163,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     result = {
         "split": cfg.split,
         "excluded": int((~keep).sum()),
+        "exclude_ids_not_in_split": absent,
+        "calibration": calibration,
         **metrics,
         "ece_before": ece_before,
         "ece_after": ece_after,
@@ -184,4 +194,34 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             staging.cleanup()
     else:
         update_metadata(package, temperature=temperature, metrics={**meta.metrics, **summary})
-    return {"report": report, **summary, "temperature": temperature, "version": version}
+    return {
+        "report": report,
+        **summary,
+        "temperature": temperature,
+        "calibration": calibration,
+        "excluded": result["excluded"],
+        "exclude_ids_not_in_split": absent,
+        "version": version,
+    }
+
+
+def _calibration(
+    cfg: EvaluateConfig,
+    kept: float,
+    scored: dict[str, dict[str, np.ndarray]],
+    calibrates: bool,
+) -> tuple[float, str]:
+    """The temperature to store and how it was chosen: a skipped fit is said, never silent
+    (the model's old temperature kept looked like a fresh calibration)."""
+    if not cfg.calibrate:
+        return kept, f"skipped: --no-calibrate (the model's temperature {kept:.4g} is kept)"
+    if not calibrates:
+        return kept, (
+            f"skipped: no val split in {cfg.dataset} to fit on (the model's temperature "
+            f"{kept:.4g} is kept)"
+        )
+    val = scored.get("val", scored[cfg.split])
+    if not len(val["label"]):
+        return kept, f"skipped: no val image could be scored (temperature {kept:.4g} kept)"
+    temperature = fit_temperature(val["logits"], val["label"])
+    return temperature, f"fitted on val ({len(val['label'])} images): temperature {temperature:.4g}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from birdray import storage
+from birdray.class_names import ClassIndex
 from birdray.config import ConfigError, field
 from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
 from birdray.images import ImageError
@@ -87,12 +88,9 @@ def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> di
     predictor = Predictor(str(ModelRef(model, registry).resolve()), device="cpu")
     meta = predictor.metadata
     seen = set((meta.dataset.get("feedback") or {}).get("sha256", []))
-    classes = {name.lower(): name for name in meta.class_names}
-    photos = [
-        r for r in rows
-        if r["verdict"] == "corrected" and r["sha256"] not in seen
-        and r["answer"].lower() in classes
-    ]  # fmt: skip
+    classes = ClassIndex.of(meta.class_names)  # names differing only by case: exact only
+    corrected = [r for r in rows if r["verdict"] == "corrected" and r["answer"] in classes]
+    photos = [r for r in corrected if r["sha256"] not in seen]
     right, unreadable = 0, 0
     for row in photos:
         try:
@@ -101,11 +99,12 @@ def unseen_accuracy(rows: list[dict[str, Any]], model: str, registry: str) -> di
             unreadable += 1
             continue
         got = predictor.predict_images([image], top_k=1)[0].species
-        right += got == classes[row["answer"].lower()]
+        right += got == meta.class_names[classes[row["answer"]]]
     photos_read = len(photos) - unreadable
     return {
         "model": predictor.version,
-        "trained_with_feedback": len(seen),
+        "trained_with_feedback": len(seen),  # every feedback photo it learnt from, any verdict
+        "corrected_trained": len(corrected) - len(photos),  # left out of the measurement
         "corrected_unseen": photos_read,
         "unreadable": unreadable,
         "right": right,
@@ -130,7 +129,9 @@ def format_table(report: dict[str, Any]) -> str:
         acc = "n/a" if unseen["accuracy"] is None else f"{unseen['accuracy']:.0%}"
         lines.append(
             f"model {unseen['model']}: {acc} right on {unseen['corrected_unseen']} corrected "
-            f"photos it was not trained on ({unseen['trained_with_feedback']} it was)"
+            f"photos it was not trained on ({unseen['corrected_trained']} corrected photos it "
+            f"was trained on left out; it learnt from {unseen['trained_with_feedback']} feedback "
+            "photos in all)"
         )
     return "\n".join(lines)
 

@@ -4,6 +4,10 @@ Writers never rewrite: each accepted feedback becomes a new file with a unique, 
 written atomically through ``birdray.storage`` (a local folder or a bucket prefix), so concurrent
 ingress replicas cannot lose or tear each other's rows. The same image sent twice is resolved when
 reading: ``read_feedback`` keeps, per SHA-256 of the image bytes, the newest answer.
+
+A store that is not one (a plain file, an ingested dataset, a torn or foreign Parquet file in it)
+raises ``FeedbackError`` naming the path and what was expected: a bad part is never skipped, as
+that would drop its answer silently, nor left to fail deep inside pyarrow.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from birdray import storage
+from birdray.data.manifest import MANIFEST_FILE
 
 NOT_A_BIRD = "not_a_bird"
 UNSURE = "unsure"
@@ -35,6 +41,14 @@ SCHEMA = pa.schema(
         ("note", pa.string()),
     ]
 )
+
+
+EXPECTED = "a feedback folder or URI (serve's feedback_dir: one Parquet file per answer)"
+
+
+class FeedbackError(ValueError):
+    """The feedback store cannot be read as one: the message names the path and what was
+    expected (the CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -98,14 +112,69 @@ def feedback_files(location: str) -> list[str]:
     ]
 
 
-def read_all(location: str) -> pa.Table:
-    """Every stored row, duplicates included, in arrival order (empty table if none)."""
+def location_problem(location: str) -> str | None:
+    """Why ``location`` is not a feedback store, judged without reading answers (None: it may
+    be one; a missing folder is an empty store). Shared by the reader and the CLI's pre-flight."""
     root = storage.absolute(location)
-    tables = [
-        pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(root, name))))
-        for name in feedback_files(location)
-    ]
-    return pa.concat_tables(tables).cast(SCHEMA) if tables else SCHEMA.empty_table()
+    if storage.file_type(root) not in (pafs.FileType.Directory, pafs.FileType.NotFound):
+        return f"{root} is a file, not a folder; expected {EXPECTED}"
+    if storage.file_type(storage.join(root, MANIFEST_FILE)) == pafs.FileType.File:
+        return (
+            f"{root} is an ingested dataset (it has {MANIFEST_FILE}), not a feedback store; "
+            f"expected {EXPECTED}"
+        )
+    return None
+
+
+def _read_part(path: str) -> pa.Table:
+    """One answer file, in ``SCHEMA``; ``FeedbackError`` naming the file when it is not one."""
+    data = storage.read_bytes(path)
+    if not data:
+        raise FeedbackError(f"{path} is empty (0 bytes); expected a feedback Parquet file")
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise FeedbackError(f"{path} is not a readable Parquet file ({exc})") from None
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise FeedbackError(
+            f"{path} is a Parquet file of another schema (no {', '.join(missing)}); expected "
+            f"the feedback columns {', '.join(SCHEMA.names)}"
+        )
+    try:
+        return table.select(SCHEMA.names).cast(SCHEMA)
+    except (pa.ArrowException, ValueError) as exc:
+        raise FeedbackError(
+            f"{path}: its columns have other types than feedback's ({exc})"
+        ) from None
+
+
+def read_all(location: str) -> pa.Table:
+    """Every stored row, duplicates included, in arrival order (empty table if none).
+
+    Every part is read before any error is raised, so the message can say how many are bad
+    and that the other answers are intact (move the bad files aside to use them)."""
+    problem = location_problem(location)
+    if problem:
+        raise FeedbackError(problem)
+    root = storage.absolute(location)
+    names = feedback_files(location)
+    tables, bad = [], []
+    for name in names:
+        try:
+            tables.append(_read_part(storage.join(root, name)))
+        except FeedbackError as exc:
+            bad.append(str(exc))
+    if bad:
+        more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+        rest = (
+            f"; the other {len(tables)} of {len(names)} files are readable: move the bad ones "
+            "out of the store to use their answers"
+            if tables
+            else ""
+        )
+        raise FeedbackError(f"{bad[0]}{more}{rest}")
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
 def read_feedback(location: str) -> pa.Table:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from birdray.class_names import ClassIndex
 from birdray.feedback import store as feedback_store
 from birdray.serve.errors import ApiError
 from birdray.serve.rollout import CANDIDATE, PRODUCTION
@@ -80,9 +81,17 @@ class FeedbackRoute:
 
     def _class_name(self, given: str, classes: list[str], what: str) -> str:
         """The served model's own spelling of ``given`` (full class name or the part after the
-        number, any case); 422 ``unknown_species`` otherwise."""
-        wanted = given.strip().lower()
-        for name in classes:
-            if wanted in (name.lower(), name.split(".", 1)[-1].lower()):
-                return name
+        number; any case when that names one class); 422 ``unknown_species`` otherwise."""
+        index = ClassIndex.of(classes)
+        label = index.get(given)
+        if label is not None:
+            return classes[label]
+        could = index.could_mean(given)
+        if could:
+            raise ApiError(
+                422,
+                "unknown_species",
+                f"{what} {given!r} could be any of {', '.join(could)} (they differ only by "
+                "case): give the exact spelling",
+            )
         raise ApiError(422, "unknown_species", f"{what} {given!r} is not a class of this model")

@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from birdray.class_names import ClassIndex
 from birdray.images import DecodedImage
 from birdray.serve.api import CLIENT_KEY_HEADER, create_api
 from birdray.serve.classifier import BirdClassifier
@@ -312,11 +313,12 @@ class BirdIngress(FeedbackRoute):
             return None
         if target.isascii() and target.isdigit() and int(target) < len(classes):  # not "²"
             return int(target)
-        wanted = target.lower()
-        for index, name in enumerate(classes):
-            if wanted in (name.lower(), name.split(".", 1)[-1].lower()):
-                return index
-        raise ApiError(422, "invalid_parameter", f"unknown target class {target!r}")
+        label = ClassIndex.of(classes).get(target)  # names differing only by case: exact only
+        if label is None:
+            raise ApiError(
+                422, "invalid_parameter", f"unknown or ambiguous target class {target!r}"
+            )
+        return label
 
     async def explain(
         self, upload: Upload, method: str | None, target: str | None

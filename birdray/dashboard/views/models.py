@@ -21,7 +21,7 @@ from birdray.dashboard.stage_reports import (
     tune_report,
 )
 from birdray.feedback.report import species_report
-from birdray.feedback.store import read_feedback
+from birdray.feedback.store import FeedbackError, read_feedback
 
 settings: Settings = st.session_state.get("settings") or Settings.from_env()
 
@@ -253,6 +253,9 @@ def corrections_tab() -> None:
     location = settings.feedback_location
     try:
         rows = read_feedback(location).to_pylist()
+    except FeedbackError as exc:  # a bad part or no store at all: never "no feedback yet"
+        st.error(f"The feedback store cannot be read: {exc}")
+        return
     except (OSError, ValueError) as exc:
         st.info(f"No feedback at {location} yet ({str(exc).splitlines()[0]}).")
         return

@@ -146,7 +146,12 @@ except Exception as exc:  # no review set here: say where it would be and how to
 session: dict[str, dict[str, str]] = st.session_state.setdefault("review_answers", {})
 answered_here = session.setdefault(output, {})
 skipped: set[str] = st.session_state.setdefault("review_skipped", set())
-stored = stored_answers(settings.feedback_location)
+stored, unreadable = stored_answers(settings.feedback_location)
+if unreadable:
+    st.warning(
+        f"The feedback store could not be read, so answers stored before are not counted "
+        f"here: {unreadable}"
+    )
 answered = {
     r["path"]: answered_here.get(r["path"]) or stored[r["sha256"]]
     for r in rows
