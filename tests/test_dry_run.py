@@ -25,13 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def dataset(ray_cluster, synth_root, tmp_path_factory) -> Path:
-    """A real ingested dataset (train/val/test), so only resources decide the verdict."""
+def dataset(ray_cluster, tmp_path_factory) -> Path:
+    """A real ingested dataset (train/val/test), so only resources decide the verdict: 232
+    train images, a full batch for every worker of every recipe (workstation_4gpu: 4 x 32)."""
     from birdray.data.ingest import IngestConfig, run_ingest
+    from birdray.synth.job import SynthConfig, generate
 
-    out = tmp_path_factory.mktemp("dry") / "ds"
-    run_ingest(IngestConfig(source=str(synth_root), out=str(out)))
-    return out
+    root = tmp_path_factory.mktemp("dry")
+    synth = SynthConfig(
+        out=str(root / "src"), classes=4, per_class=80, test_fraction=0.2, seed=2, workers=1,
+        min_side=64, max_side=96,
+    )  # fmt: skip
+    run_ingest(IngestConfig(source=str(generate(synth)), out=str(root / "ds")))
+    return root / "ds"
 
 
 def _cpus() -> int:

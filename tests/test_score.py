@@ -317,3 +317,27 @@ def test_a_finished_output_is_not_overwritten_by_accident(scored, package):
     with pytest.raises(RuntimeError, match="--resume or --overwrite"):
         run_scoring(_cfg(root, out, package))
     assert (out / "_SUCCESS").read_text() == before
+
+
+def test_a_folder_lists_every_ending_the_decoder_reads_and_nothing_else(tmp_path):
+    """The default extensions are the decoder's (``birdray.images``): a camera's ``.JFIF`` or
+    ``.jpe`` is scored as ingest takes it (before, scoring's own list skipped them silently:
+    not scored, not reported); a text file is not listed."""
+    from birdray.images import IMAGE_SUFFIXES
+    from birdray.scoring.sources import (
+        DEFAULT_EXTENSIONS,
+        list_inputs,
+        normalize_extensions,
+        open_source,
+    )
+    from tests.cub_fixture import jpeg_bytes
+
+    names = ["a.jpg", "b.JFIF", "c.jpe", "d.PNG", "e.webp", "notes.txt", "sub/f.tiff"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(jpeg_bytes())
+    listed = list_inputs(open_source(str(tmp_path)), normalize_extensions(DEFAULT_EXTENSIONS), None)
+    assert sorted(listed["path"].to_pylist()) == sorted(
+        str(tmp_path / n) for n in names if n != "notes.txt"
+    )
+    assert set(normalize_extensions(DEFAULT_EXTENSIONS)) == set(IMAGE_SUFFIXES)

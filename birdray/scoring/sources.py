@@ -25,8 +25,10 @@ import pyarrow.fs as pafs
 
 from birdray import storage
 from birdray.data.manifest import is_dataset, split_path
+from birdray.images import IMAGE_SUFFIXES
 
-DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+# what the one decoder reads (birdray.images), so a folder's .jfif is scored as ingest takes it
+DEFAULT_EXTENSIONS = list(IMAGE_SUFFIXES)
 LISTING_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
