@@ -143,10 +143,12 @@ def test_the_same_bytes_are_kept_once_and_under_two_labels_none(tmp_path):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(other)
     _photo(root / "robin" / "ok.jpg", 7)
+    (root / "wren" / "twin.jpg").write_bytes(data[:-1] + b"\x00")  # same size, other bytes
     dataset = read_species_folders(root)
     assert mark_duplicates(dataset) == 3
     rows = _rows(dataset)
     assert rows["wren/a.jpg"][1] == [] and rows["robin/ok.jpg"][1] == []
+    assert rows["wren/twin.jpg"][1] == []  # only equal bytes are copies, not equal sizes
     assert rows["wren/copy/a.jpg"][1] == ["duplicate: the same bytes as 'wren/a.jpg' (kept)"]
     for rel in ("robin/x.jpg", "sparrow/x.jpg"):
         [reason] = rows[rel][1]
