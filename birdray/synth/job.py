@@ -157,14 +157,18 @@ def _draw_chunk(args: tuple[str, int, int, int, list[_Job]]) -> list[dict]:
 
 
 # --- the dataset --------------------------------------------------------------------------------
+def test_images(per_class: int, test_fraction: float) -> int:
+    """Each species' official test images (59 -> 29 test, 30 train; CUB: ~5.8k/6k)."""
+    n_test = int(per_class * test_fraction + 1e-9)
+    if per_class >= 2 and 0 < test_fraction < 1:  # every species in both splits, as in CUB
+        n_test = min(max(n_test, 1), per_class - 1)
+    return n_test
+
+
 def _plan(cfg: SynthConfig, species: list[Species]) -> tuple[list[_Job], list[int]]:
     """Image ids, file names, split and the few grayscale photos, all fixed before drawing."""
     jobs, is_train = [], []
-    n_test = int(
-        cfg.per_class * cfg.test_fraction + 1e-9
-    )  # 59 -> 29 test, 30 train (CUB: ~5.8k/6k)
-    if cfg.per_class >= 2 and 0 < cfg.test_fraction < 1:  # every species in both splits, as in CUB
-        n_test = min(max(n_test, 1), cfg.per_class - 1)
+    n_test = test_images(cfg.per_class, cfg.test_fraction)
     total = cfg.classes * cfg.per_class
     n_gray = min(total, max(2, total // 2000))
     gray = set(

@@ -1,0 +1,174 @@
+"""Pre-flight of the jobs that train: train, tune, and the benchmark (which trains too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from birdray import storage
+from birdray.benchmark import STAGES
+from birdray.checks.common import (
+    choice,
+    dataset,
+    file,
+    output,
+    positive,
+    require,
+)
+from birdray.config import UsageError
+
+
+def train(cfg: Any) -> None:
+    if cfg.use_gpu:  # --device's advice does not fit train, which has no --device
+        from birdray.devices import joins_cluster, local_gpus
+
+        require(
+            joins_cluster(cfg.address) or local_gpus() > 0,
+            "--use-gpu",
+            "this machine has no CUDA GPU (torch sees none); train on CPU with --no-use-gpu,"
+            " --address a Ray cluster with GPUs, or see what the recipe needs with --dry-run",
+        )
+    manifest = dataset("--dataset", cfg.dataset)
+    splits = manifest.get("splits") or {}
+    require(
+        bool(splits.get("train")) and bool(splits.get("val")),
+        "--dataset",
+        f"{cfg.dataset} needs non-empty train and val splits (has {sorted(splits)})",
+    )
+    if cfg.pretrained_file:
+        file("--pretrained-file", cfg.pretrained_file, "a weights file (.safetensors or .pth)")
+    if cfg.init_from:
+        from birdray.model.errors import ModelError
+        from birdray.model.package import check_fine_tune_source
+
+        try:
+            check_fine_tune_source(
+                Path(cfg.init_from).expanduser(),
+                cfg.arch,
+                manifest.get("class_names") or [],
+                cfg.dataset,
+            )
+        except ModelError as exc:
+            raise UsageError(f"--init-from: {exc}") from None
+    positive(
+        {
+            "--epochs": cfg.epochs,
+            "--batch-size": cfg.batch_size,
+            "--num-workers": cfg.num_workers,
+            "--image-size": cfg.image_size,
+        }
+    )
+    from birdray.train.config import short_of_one_batch
+
+    short = short_of_one_batch(splits["train"]["rows"], cfg.batch_size, cfg.num_workers)
+    require(not short, "--batch-size", short)
+    require(cfg.cpus_per_worker > 0, "--cpus-per-worker", "must be > 0")
+    require(cfg.data_cpus > 0, "--data-cpus", "must be > 0")
+    require(cfg.lr > 0, "--lr", "must be > 0")
+    choice("--placement-strategy", cfg.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
+    output("--storage-path", cfg.storage_path)
+    if cfg.registry and not storage.is_remote(cfg.registry):
+        require(
+            not storage.local_path(cfg.registry).is_file(),
+            "--registry",
+            f"{cfg.registry} is a file; expected a registry folder",
+        )
+
+
+def tune(cfg: Any) -> None:
+    """The search space and the shared train settings are checked by the sweep itself, before
+    it starts Ray (``base_train_config``, ``search_space``: ConfigError, one line too)."""
+    if cfg.train.get("use_gpu"):  # trials on a machine without CUDA would wait for GPUs forever
+        from birdray.devices import joins_cluster, local_gpus
+
+        require(
+            joins_cluster(cfg.address) or local_gpus() > 0,
+            "--train",
+            "use_gpu: true but this machine has no CUDA GPU (torch sees none); run it on a GPU"
+            " machine, --address a Ray cluster with GPUs, or set train: {use_gpu: false}"
+            " (--dry-run shows what the sweep needs)",
+        )
+    manifest = dataset("--dataset", cfg.dataset)
+    have = sorted(manifest.get("splits") or {})
+    if (manifest.get("splits") or {}).get("train"):  # trials would train nothing, each of them
+        from dataclasses import fields
+
+        from birdray.train.config import TrainConfig, short_of_one_batch
+
+        default = {f.name: f.default for f in fields(TrainConfig)}
+        batch, workers = (cfg.train.get(k, default[k]) for k in ("batch_size", "num_workers"))
+        if isinstance(batch, int) and isinstance(workers, int):  # else the sweep's own error
+            short = short_of_one_batch(manifest["splits"]["train"]["rows"], batch, workers)
+            require(not short, "--train", short.replace("--batch-size", "train: batch_size"))
+    if cfg.registry:  # the winner is evaluated on it before it is registered
+        require(cfg.eval_split in have, "--eval-split", f"{cfg.eval_split!r} is not in {have}")
+    positive({"--epochs": cfg.epochs, "--num-samples": cfg.num_samples})
+    positive({"--grace-period": cfg.grace_period})
+    positive({"--reduction-factor": cfg.reduction_factor}, 2)
+    output("--storage-path", cfg.storage_path)
+
+
+def benchmark(cfg: Any) -> None:
+    from birdray.benchmark import effective
+
+    cfg = effective(cfg)  # the sizes that will run (--smoke fills what was not given)
+    choice("stage", cfg.stage, STAGES)
+    choice("--device", cfg.device, ("cpu", "cuda"))
+    choice("--serve-proxy", cfg.serve_proxy, ("serve", "haproxy"))
+    output("--out", cfg.out)
+    positive(
+        {
+            "--classes": cfg.classes,
+            "--per-class": cfg.per_class,
+            "--repeats": cfg.repeats,
+            "--scaling-per-class": cfg.scaling_per_class,
+            "--image-size": cfg.image_size,
+            "--batch-size": cfg.batch_size,
+            "--threads": cfg.threads,
+            "--requests": cfg.requests,
+            **{f"--scales {v}": v for v in cfg.scales},
+            **{f"--concurrency {v}": v for v in cfg.concurrency},
+            **{f"--explain-sizes {v}": v for v in cfg.explain_sizes},
+        }
+    )
+    require(
+        len(set(cfg.concurrency)) == len(cfg.concurrency) and bool(cfg.concurrency),
+        "--concurrency",
+        f"needs distinct levels, got {cfg.concurrency}",
+    )
+    require(
+        cfg.requests >= max(cfg.concurrency),
+        "--requests",
+        f"{cfg.requests} requests cannot keep {max(cfg.concurrency)} in flight (--concurrency)",
+    )
+    if cfg.device == "cuda":
+        import torch
+
+        require(torch.cuda.is_available(), "--device", "cuda asked for, but no CUDA GPU here")
+    if cfg.stage in ("train", "all"):
+        train_rows, val_rows = _split_sizes(cfg.classes, cfg.per_class)
+        require(
+            train_rows >= cfg.batch_size and val_rows > 0,
+            "--per-class",
+            f"{cfg.classes} x {cfg.per_class} images give {train_rows} train and {val_rows} val"
+            " images; "
+            f"training needs a batch ({cfg.batch_size}) of train images and some val images",
+        )
+
+
+def _split_sizes(classes: int, per_class: int) -> tuple[int, int]:
+    """Train and val images of the benchmark's generated set, split as it will be: synth's
+    official test share (CUB layout), then ingest's val share of each species' train images."""
+    from birdray.data.cub import CubRecord
+    from birdray.data.ingest import IngestConfig, assign_splits
+    from birdray.synth.job import SynthConfig, test_images
+
+    n_test = test_images(per_class, SynthConfig().test_fraction)
+    records = [
+        CubRecord(c * per_class + i + 1, "", c, "", i >= n_test)
+        for c in range(classes)
+        for i in range(per_class)
+    ]
+    ingest = IngestConfig()
+    values = list(assign_splits(records, ingest.val_fraction, ingest.seed).values())
+    return values.count("train"), values.count("val")
