@@ -283,7 +283,9 @@ def test_request_content_types(app):
             f"{app}/v1/predict", data=body, headers={"Content-Type": ctype}, timeout=30
         )
         assert_error(broken, 400, "bad_multipart", None)
-    assert_error(requests.get(f"{app}/v1/predict", timeout=10), 405, "method_not_allowed", None)
+    wrong_method = requests.get(f"{app}/v1/predict", timeout=10)
+    assert_error(wrong_method, 405, "method_not_allowed", None)
+    assert wrong_method.headers.get("Allow") == "POST"  # RFC 9110: a 405 names what is allowed
     assert_error(
         post_images(app, [("a.jpg", data, "image/jpeg")], top_k=0), 422, "invalid_parameter", None
     )
