@@ -394,17 +394,43 @@ def _registry(cfg: Any) -> None:
         require(
             storage.local_path(cfg.registry).is_dir(),
             "--registry",
-            f"no registry at {_abs(cfg.registry)} (train with --registry to create one)",
+            f"no registry at {_abs(cfg.registry)} (train with --registry, or 'birdray registry "
+            "add PACKAGE', to create one)",
         )
-    ref = words[0] if words and cfg.action in ("show", "promote") else cfg.version
+    if cfg.action == "alias":  # alias list | alias set NAME REF
+        _alias_words(cfg.registry, words)
+        return
+    takes = 1 if cfg.action in ("show", "promote") else 0
+    require(len(words) <= takes, cfg.action, f"takes {takes or 'no'} word(s), got {words}")
+    ref = words[0] if words else cfg.version
     if cfg.action in ("show", "promote"):
         model(ref, cfg.registry, "--version")
     elif cfg.action == "rollback":
-        from birdray.registry import read_pointer
+        from birdray.registry import read_aliases, read_pointer
 
         require(ALIAS_RE.match(cfg.alias) is not None, "--alias", f"{cfg.alias!r} is no alias")
         history = read_pointer(cfg.registry, cfg.alias).get("history", [])
+        set_ = ", ".join(read_aliases(cfg.registry)) or "none"
+        require(
+            bool(history),
+            "rollback",
+            f"nothing to roll back to: alias {cfg.alias!r} was never set (set: {set_})",
+        )
         require(len(history) >= 2, "rollback", f"nothing to roll back to (history {history})")
+
+
+def _alias_words(registry: str, words: list[str]) -> None:
+    from birdray.registry.versions import RegistryError, check_alias
+
+    usage = "alias list | alias set NAME REF"
+    if words in ([], ["list"]):
+        return
+    require(words[0] == "set" and len(words) == 3, "alias", f"expected {usage}, got {words}")
+    try:
+        check_alias(words[1])
+    except RegistryError as exc:
+        raise UsageError(f"alias: {exc}") from exc
+    model(words[2], registry, "alias set")
 
 
 def _serve(cfg: Any) -> None:

@@ -127,6 +127,27 @@ IN_PROCESS_CASES = {
         ["registry", "rollback", "--registry", "{tmp}/registry"],
         "rollback",
     ),
+    # these were exit 1 (alias, extra words) or a misleading "nothing to roll back to"
+    "registry-alias-unknown-version": (
+        ["registry", "alias", "set", "candidate", "v0007", "--registry", "{tmp}/registry"],
+        "alias set",
+    ),
+    "registry-alias-bad-name": (
+        ["registry", "alias", "set", "Candidate", "v0007", "--registry", "{tmp}/registry"],
+        "not a valid alias name",
+    ),
+    "registry-alias-bad-words": (
+        ["registry", "alias", "get", "candidate", "--registry", "{tmp}/registry"],
+        "alias set NAME REF",
+    ),
+    "registry-list-extra-words": (
+        ["registry", "list", "v0001", "--registry", "{tmp}/registry"],
+        "list",
+    ),
+    "registry-rollback-unknown-alias": (
+        ["registry", "rollback", "--alias", "nosuch", "--registry", "{tmp}/registry"],
+        "'nosuch' was never set",
+    ),
     "serve-folder-not-a-package": (["serve", "--model", "{tmp}/not_a_package"], "--model"),
     "serve-latest-of-empty-registry": (
         ["serve", "--model", "latest", "--registry", "{tmp}/registry"],
