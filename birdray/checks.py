@@ -433,8 +433,32 @@ def _alias_words(registry: str, words: list[str]) -> None:
     model(words[2], registry, "alias set")
 
 
+def _listenable(host: str, port: int, address: str | None) -> None:
+    """The local Ray that ``birdray serve`` starts must be able to listen on --host:--port:
+    taken, Serve's proxy failed ~40 s later with Ray's tracebacks and a Python traceback here.
+    Joining a cluster (--address, RAY_ADDRESS) is left alone: its Serve may hold the port."""
+    import socket
+
+    if not port or (address or os.environ.get("RAY_ADDRESS")) not in (None, "", "local"):
+        return
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise UsageError(f"--host: cannot resolve {host!r}: {exc}") from exc
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Serve's proxy binds
+        try:
+            sock.bind(where)
+        except OSError as exc:
+            raise UsageError(
+                f"--port: cannot listen on {host}:{port} ({exc.strerror or exc}); stop what "
+                "listens there, or pick another --port (0: a free one)"
+            ) from exc
+
+
 def _serve(cfg: Any) -> None:
     _port(cfg.port)
+    _listenable(cfg.host, cfg.port, cfg.address)
     _device(cfg.device, cfg.address)
     if cfg.api_key_env:
         require(
