@@ -414,6 +414,9 @@ def test_bad_feedback_is_refused_and_stores_nothing(app, feedback_dir):
         resp = send_feedback(app, body, **fields)
         assert 400 <= resp.status_code < 500, (code, resp.text)
         assert resp.json()["error"]["code"] == code, resp.text
+    # "unsure" is a value of species, not a field of its own: the error says so
+    unsure = send_feedback(app, data, predicted=said, model_version=version, unsure="true")
+    assert "species (a class name, or not_a_bird or unsure)" in unsure.json()["error"]["message"]
     no_file = requests.post(f"{app}/v1/feedback", data=good, files={"x": ("a", b"")}, timeout=60)
     assert no_file.status_code == 422 and no_file.json()["error"]["code"] == "no_files"
     assert read_all(str(feedback_dir)).num_rows == before  # nothing stored
