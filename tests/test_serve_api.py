@@ -143,6 +143,9 @@ def test_response_shape_model_and_probes(app, predictor):
     ready = requests.get(f"{app}/readyz", timeout=10)
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "model_version": predictor.version}
+    for probe in ("healthz", "readyz"):  # HEAD was 405 (uptime checkers probe with HEAD)
+        head = requests.head(f"{app}/{probe}", timeout=10)
+        assert head.status_code == 200 and not head.content, (probe, head.status_code)
     spec = requests.get(f"{app}/openapi.json", timeout=10).json()
     paths = {"/v1/predict", "/v1/model", "/v1/explain", "/v1/feedback", "/healthz", "/readyz"}
     assert paths <= set(spec["paths"])
