@@ -127,6 +127,27 @@ IN_PROCESS_CASES = {
         ["registry", "rollback", "--registry", "{tmp}/registry"],
         "rollback",
     ),
+    # these were exit 1 (alias, extra words) or a misleading "nothing to roll back to"
+    "registry-alias-unknown-version": (
+        ["registry", "alias", "set", "candidate", "v0007", "--registry", "{tmp}/registry"],
+        "alias set",
+    ),
+    "registry-alias-bad-name": (
+        ["registry", "alias", "set", "Candidate", "v0007", "--registry", "{tmp}/registry"],
+        "not a valid alias name",
+    ),
+    "registry-alias-bad-words": (
+        ["registry", "alias", "get", "candidate", "--registry", "{tmp}/registry"],
+        "alias set NAME REF",
+    ),
+    "registry-list-extra-words": (
+        ["registry", "list", "v0001", "--registry", "{tmp}/registry"],
+        "list",
+    ),
+    "registry-rollback-unknown-alias": (
+        ["registry", "rollback", "--alias", "nosuch", "--registry", "{tmp}/registry"],
+        "'nosuch' was never set",
+    ),
     "serve-folder-not-a-package": (["serve", "--model", "{tmp}/not_a_package"], "--model"),
     "serve-latest-of-empty-registry": (
         ["serve", "--model", "latest", "--registry", "{tmp}/registry"],
@@ -356,3 +377,25 @@ def test_a_split_smaller_than_one_batch_per_worker_is_refused_not_trained_on(
     assert not (tmp_path / "runs").exists()  # neither job started
     with pytest.raises(DatasetError, match="no training step would run"):
         run_training(TrainConfig(dataset=str(small_dataset), batch_size=8, num_workers=2))
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_ray(tmp_path, monkeypatch, capsys):
+    """A port another program listens on: Serve's proxy failed ~40 s after Ray started, with
+    Ray's tracebacks and a Python traceback from ``birdray serve`` (exit 1)."""
+    import socket
+
+    import ray
+
+    from birdray.cli import main
+    from tests.model_fixture import make_package
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    package = str(make_package(tmp_path / "pkg"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", package, "--registry", "", "--port", str(port)]) == 2
+    line = _one_line(capsys.readouterr().err, "serve", "--port")
+    assert f"127.0.0.1:{port}" in line and "in use" in line

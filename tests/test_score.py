@@ -129,6 +129,9 @@ def test_every_file_gets_exactly_one_row(scored):
     assert (out / "_SUCCESS").is_file() and not list(out.glob(".partial-*"))
     assert len(pd.read_csv(out / "predictions.csv")) == len(rows)
     assert f"scored {summary['scored']} of {len(rows)} files" in printed
+    # what --extensions left out is said, not silently dropped
+    assert summary["skipped_by_extension"] == {".txt": 1}
+    assert "not scored: 1 file skipped by --extensions (.txt 1)" in printed
 
 
 def test_scored_rows_equal_the_direct_model(scored, package):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -95,6 +96,39 @@ def test_listing_gives_every_entry_a_row_and_each_folder_once(tmp_path):
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         open_source(str(tmp_path / "nope"))
+
+
+def test_files_the_extension_filter_leaves_out_are_counted(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"1")
+    (tmp_path / "b.HEIC").write_bytes(b"2")
+    (tmp_path / "notes.txt").write_text("no")
+    (tmp_path / "README").write_text("no")
+    skipped = Counter()
+    listing = list_inputs(open_source(str(tmp_path)), (".jpg",), exclude=None, skipped=skipped)
+    assert listing["path"].to_pylist() == [str(tmp_path / "a.jpg")]
+    assert skipped == {".heic": 1, ".txt": 1, "(no extension)": 1}
+
+
+def test_a_folder_with_nothing_to_score_is_an_error_not_zero_of_zero(tmp_path, capsys):
+    """A folder of only .heic/.txt files printed 'scored 0 of 0 files', exit 0, and wrote a
+    finished (empty) result: the photos were neither scored nor reported."""
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "x.heic").write_bytes(b"1")
+    (photos / "y.txt").write_text("no")
+    out = tmp_path / "out"
+    argv = ["score", "--input", str(photos), "--model", str(package), "--output", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "nothing to score" in err and "2 files skipped by --extensions (.heic 1, .txt 1)" in err
+    assert not (out / SUCCESS).exists()
+    (photos / "x.heic").unlink()
+    (photos / "y.txt").unlink()
+    assert main(argv) == 1
+    assert "no files found" in capsys.readouterr().err
 
 
 def test_config_is_checked_before_anything_runs(capsys):

@@ -143,6 +143,9 @@ def test_response_shape_model_and_probes(app, predictor):
     ready = requests.get(f"{app}/readyz", timeout=10)
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "model_version": predictor.version}
+    for probe in ("healthz", "readyz"):  # HEAD was 405 (uptime checkers probe with HEAD)
+        head = requests.head(f"{app}/{probe}", timeout=10)
+        assert head.status_code == 200 and not head.content, (probe, head.status_code)
     spec = requests.get(f"{app}/openapi.json", timeout=10).json()
     paths = {"/v1/predict", "/v1/model", "/v1/explain", "/v1/feedback", "/healthz", "/readyz"}
     assert paths <= set(spec["paths"])
@@ -283,7 +286,9 @@ def test_request_content_types(app):
             f"{app}/v1/predict", data=body, headers={"Content-Type": ctype}, timeout=30
         )
         assert_error(broken, 400, "bad_multipart", None)
-    assert_error(requests.get(f"{app}/v1/predict", timeout=10), 405, "method_not_allowed", None)
+    wrong_method = requests.get(f"{app}/v1/predict", timeout=10)
+    assert_error(wrong_method, 405, "method_not_allowed", None)
+    assert wrong_method.headers.get("Allow") == "POST"  # RFC 9110: a 405 names what is allowed
     assert_error(
         post_images(app, [("a.jpg", data, "image/jpeg")], top_k=0), 422, "invalid_parameter", None
     )
@@ -412,6 +417,9 @@ def test_bad_feedback_is_refused_and_stores_nothing(app, feedback_dir):
         resp = send_feedback(app, body, **fields)
         assert 400 <= resp.status_code < 500, (code, resp.text)
         assert resp.json()["error"]["code"] == code, resp.text
+    # "unsure" is a value of species, not a field of its own: the error says so
+    unsure = send_feedback(app, data, predicted=said, model_version=version, unsure="true")
+    assert "species (a class name, or not_a_bird or unsure)" in unsure.json()["error"]["message"]
     no_file = requests.post(f"{app}/v1/feedback", data=good, files={"x": ("a", b"")}, timeout=60)
     assert no_file.status_code == 422 and no_file.json()["error"]["code"] == "no_files"
     assert read_all(str(feedback_dir)).num_rows == before  # nothing stored

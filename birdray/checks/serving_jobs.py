@@ -21,7 +21,7 @@ from birdray.checks.common import (
     require,
     url,
 )
-from birdray.config import ConfigError, config_path, recipe_names
+from birdray.config import ConfigError, UsageError, config_path, recipe_names
 
 
 def registry(cfg: Any) -> None:
@@ -40,21 +40,76 @@ def registry(cfg: Any) -> None:
         require(
             storage.local_path(cfg.registry).is_dir(),
             "--registry",
-            f"no registry at {full_path(cfg.registry)} (train with --registry to create one)",
+            f"no registry at {full_path(cfg.registry)} (train with --registry, or 'birdray "
+            "registry add PACKAGE', to create one)",
         )
-    ref = words[0] if words and cfg.action in ("show", "promote") else cfg.version
+    if cfg.action == "alias":  # alias list | alias set NAME REF
+        _alias_words(cfg.registry, words)
+        return
+    takes = 1 if cfg.action in ("show", "promote") else 0
+    require(len(words) <= takes, cfg.action, f"takes {takes or 'no'} word(s), got {words}")
+    ref = words[0] if words else cfg.version
     if cfg.action in ("show", "promote"):
         model(ref, cfg.registry, "--version")
     elif cfg.action == "rollback":
-        from birdray.registry import read_pointer
+        from birdray.registry import read_aliases, read_pointer
 
         require(ALIAS_RE.match(cfg.alias) is not None, "--alias", f"{cfg.alias!r} is no alias")
         history = read_pointer(cfg.registry, cfg.alias).get("history", [])
+        set_ = ", ".join(read_aliases(cfg.registry)) or "none"
+        require(
+            bool(history),
+            "rollback",
+            f"nothing to roll back to: alias {cfg.alias!r} was never set (set: {set_})",
+        )
         require(len(history) >= 2, "rollback", f"nothing to roll back to (history {history})")
+
+
+def _alias_words(registry: str, words: list[str]) -> None:
+    from birdray.registry.versions import RegistryError, check_alias
+
+    usage = "alias list | alias set NAME REF"
+    if words in ([], ["list"]):
+        return
+    require(words[0] == "set" and len(words) == 3, "alias", f"expected {usage}, got {words}")
+    try:
+        check_alias(words[1])
+    except RegistryError as exc:
+        raise UsageError(f"alias: {exc}") from exc
+    model(words[2], registry, "alias set")
+
+
+def _listenable(host: str, number: int, address: str | None) -> None:
+    """The local Ray that ``birdray serve`` starts must be able to listen on --host:--port:
+    taken, Serve's proxy failed ~40 s later with Ray's tracebacks and a Python traceback here.
+    Joining a cluster (--address, RAY_ADDRESS), or a Ray this process already runs, is left
+    alone: its Serve may hold the port."""
+    import socket
+    import sys
+
+    ray = sys.modules.get("ray")
+    if not number or (ray is not None and ray.is_initialized()):
+        return
+    if (address or os.environ.get("RAY_ADDRESS")) not in (None, "", "local"):
+        return
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, number, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise UsageError(f"--host: cannot resolve {host!r}: {exc}") from exc
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Serve's proxy binds
+        try:
+            sock.bind(where)
+        except OSError as exc:
+            raise UsageError(
+                f"--port: cannot listen on {host}:{number} ({exc.strerror or exc}); stop what "
+                "listens there, or pick another --port (0: a free one)"
+            ) from exc
 
 
 def serve(cfg: Any) -> None:
     port(cfg.port)
+    _listenable(cfg.host, cfg.port, cfg.address)
     device(cfg.device, cfg.address)
     if cfg.api_key_env:
         require(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,13 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
             raise OutputError(
                 f"{cfg.output} already holds a finished run: pass --resume or --overwrite"
             )
-        listing = list_inputs(source, normalize_extensions(cfg.extensions), exclude=remote or root)
+        skipped: Counter = Counter()
+        extensions = normalize_extensions(cfg.extensions)
+        listing = list_inputs(source, extensions, exclude=remote or root, skipped=skipped)
+        if not len(listing):  # "scored 0 of 0 files" and exit 0 would hide a wrong filter
+            raise SourceError(
+                f"nothing to score under {cfg.input}: {_no_files(extensions, skipped)}"
+            )
         listed_at = time.time()
         reused = reusable_rows(root, listing, version) if cfg.resume else SCHEMA.empty_table()
         todo = listing.filter(pc.invert(pc.is_in(listing["path"], reused["path"])))
@@ -203,6 +210,7 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
                 cfg.preprocess_cpus, cfg.address or None,
             )  # fmt: skip
         summary.update(
+            skipped_by_extension=dict(skipped.most_common()),
             input=cfg.input,
             input_kind=source.kind,
             output=remote or str(root),
@@ -274,4 +282,25 @@ def _headline(s: dict[str, Any]) -> str:
         f"{s['resume']['reused']} reused) with model {s['model']['version']} in "
         f"{s['timing']['total_s']:.1f} s{f' ({rate} img/s)' if rate else ''} -> {s['output']}"
         + (f"; {s['review']['rows']} to review in review/" if "review" in s else "")
+        + (
+            f"; not scored: {_skipped(s['skipped_by_extension'])}"
+            if s.get("skipped_by_extension")
+            else ""
+        )
+    )
+
+
+def _skipped(skipped: dict[str, int]) -> str:
+    """``3 files skipped by --extensions (.txt 2, .heic 1)``."""
+    kinds = ", ".join(f"{ext} {n}" for ext, n in skipped.items())
+    total = sum(skipped.values())
+    return f"{total} file{'s' if total != 1 else ''} skipped by --extensions ({kinds})"
+
+
+def _no_files(extensions: tuple[str, ...] | None, skipped: Counter) -> str:
+    if not skipped:
+        return "no files found there"
+    return (
+        f"no file has one of --extensions {', '.join(extensions or ())}; "
+        f"{_skipped(dict(skipped.most_common()))}; add them to --extensions (or '*' for every file)"
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +97,15 @@ def normalize_extensions(extensions: list[str]) -> tuple[str, ...] | None:
 
 
 def list_inputs(
-    source: Source, extensions: tuple[str, ...] | None, exclude: str | Path | None
+    source: Source,
+    extensions: tuple[str, ...] | None,
+    exclude: str | Path | None,
+    skipped: Counter | None = None,
 ) -> pa.Table:
-    """Every file (or dataset row) to score, sorted by path: what "files seen" means."""
+    """Every file (or dataset row) to score, sorted by path: what "files seen" means.
+
+    Files left out by ``extensions`` are counted by extension into ``skipped`` (when given), so
+    the job can say what it did not score."""
     if source.kind == "dataset":
         table = split_columns(source, ["image_id", "path"])
         rows = {
@@ -113,10 +120,12 @@ def list_inputs(
     skip = str(exclude).rstrip("/") + "/" if exclude is not None else None
     rows: dict[str, list] = {name: [] for name in LISTING_SCHEMA.names}
     for path, size, mtime_ns, error in _listed(source):
-        if extensions is not None and not path.lower().endswith(extensions):
-            continue
         if skip and (path + "/").startswith(skip):
             continue  # our own output folder inside the input: never score results
+        if extensions is not None and not path.lower().endswith(extensions):
+            if skipped is not None:
+                skipped[os.path.splitext(path)[1].lower() or "(no extension)"] += 1
+            continue
         values = (path, None, size, mtime_ns, error)
         for name, value in zip(LISTING_SCHEMA.names, values, strict=True):
             rows[name].append(value)

@@ -186,11 +186,15 @@ def create_api(
         if not hmac.compare_digest(sent.encode(), api_key.encode()):
             raise ApiError(401, "unauthorized", f"missing or wrong {API_KEY_HEADER} header")
 
-    @app.get("/healthz", summary="The HTTP server is up")
+    probe = ["GET", "HEAD"]  # uptime checkers and load balancers often probe with HEAD
+
+    @app.api_route("/healthz", methods=probe, summary="The HTTP server is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="A model is loaded and answering (503 otherwise)")
+    @app.api_route(
+        "/readyz", methods=probe, summary="A model is loaded and answering (503 otherwise)"
+    )
     async def readyz() -> dict[str, Any]:
         return await service.readiness()
 

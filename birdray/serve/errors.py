@@ -87,7 +87,8 @@ def install_error_handlers(app: FastAPI, auth_header: str) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         request.scope[CODE_KEY] = code
-        return error_response(exc.status_code, code, str(exc.detail))
+        body = ApiError(exc.status_code, code, str(exc.detail)).body()
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)  # 405: Allow
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -48,6 +48,8 @@ class FeedbackRoute:
         if self._feedback_dir is None:
             raise ApiError(404, "feedback_disabled", "this app was built without feedback_dir")
         missing = [k for k in ("predicted", "model_version", "species") if not fields.get(k)]
+        if "species" in missing:  # ``not_a_bird=true`` or ``unsure=1`` are not the form
+            missing[-1] = f"species (a class name, or {' or '.join(FEEDBACK_ANSWERS)})"
         if missing:
             raise ApiError(422, "missing_field", f"missing form field(s): {', '.join(missing)}")
         note = fields.get("note", "")
