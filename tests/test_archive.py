@@ -234,3 +234,47 @@ def test_a_damaged_zip_is_refused_whole(tmp_path):
         safe_extract(archive, target)
     assert not target.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_zips_as_other_tools_make_them_unpack_to_what_the_folder_was(tmp_path):
+    """Folder entries written ``photos\\robin\\`` (older Windows tools: were 0-byte files, so
+    every photo fell into one class 'photos'), a note beside the species folders (stopped the
+    unwrapping there), a CSV of path,label (read as one species), a ``12:30`` folder name (a
+    time, not a drive: was refused as an escape)."""
+    from birdray.data.folders import find_layout, read_layout
+
+    jpg = {n: jpeg_bytes(color=(30 * n, 60, 90)) for n in range(4)}
+    cases = {
+        "explorer.zip": [
+            ("photos\\", b""), ("photos\\robin\\", b""), ("photos\\robin\\0.jpg", jpg[0]),
+            ("photos\\sparrow\\", b""), ("photos\\sparrow\\1.jpg", jpg[1]), ("photos\\wren\\", b""),
+        ],
+        "noted.zip": [("photos/README.txt", b"taken in May"), ("photos/robin/0.jpg", jpg[0]),
+                      ("photos/sparrow/1.jpg", jpg[1])],
+        "csv.zip": [("birds/labels.csv", b"a.jpg,robin\nb.jpg,sparrow\n"),
+                    ("birds/a.jpg", jpg[0]), ("birds/b.jpg", jpg[1])],
+        "time.zip": [("12:30 robin/0.jpg", jpg[0]), ("sparrow/1.jpg", jpg[1])],
+    }  # fmt: skip
+    for name, members in cases.items():
+        source = open_source(_zip(tmp_path / name, members))
+        layout = find_layout(source)
+        dataset = read_layout(source, layout)
+        expected = ["12:30 robin", "sparrow"] if name == "time.zip" else ["robin", "sparrow"]
+        assert dataset.class_names == expected, (name, layout, source)
+        assert layout == ("csv" if name == "csv.zip" else "folders"), name
+
+
+def test_a_zip_member_compressed_with_a_method_python_cannot_read_is_named(tmp_path):
+    """Deflate64 (Windows Explorer, large files), PPMd, zstd: before, a NotImplementedError
+    traceback from zipfile; now the member, its method and what to do."""
+    archive = _zip(tmp_path / "big.zip", {"photos/robin/0.jpg": jpeg_bytes()})
+    data = bytearray(archive.read_bytes())
+    for signature, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # method 9: Deflate64
+        start = data.find(signature)
+        data[start + at : start + at + 2] = (9).to_bytes(2, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(
+        ArchiveError, match=r"'photos/robin/0.jpg' uses compression method 9.*Deflate"
+    ):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

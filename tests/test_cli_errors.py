@@ -38,6 +38,19 @@ def places(tmp_path):
     return tmp_path
 
 
+def _png(seed: int) -> bytes:
+    """A small photo-like PNG, different bytes per seed."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
 def _one_line(err: str, job: str, flag: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -361,6 +374,7 @@ def test_a_split_smaller_than_one_batch_per_worker_is_refused_not_trained_on(
     import ray
 
     from birdray.cli import main
+    from birdray.data.ingest import IngestConfig, run_ingest
     from birdray.data.manifest import DatasetError
     from birdray.train.job import TrainConfig, run_training
 
@@ -375,6 +389,13 @@ def test_a_split_smaller_than_one_batch_per_worker_is_refused_not_trained_on(
     assert main(["tune", "--config", str(sweep), "--dataset", str(small_dataset)]) == 2
     assert "train: batch_size 6 or less" in _one_line(capsys.readouterr().err, "tune", "--train")
     assert not (tmp_path / "runs").exists()  # neither job started
+    one = tmp_path / "one_species"
+    for n in range(12):  # one species: its model would be "right" about every photo
+        (one / "Robin").mkdir(parents=True, exist_ok=True)
+        (one / "Robin" / f"{n}.png").write_bytes(_png(n))
+    run_ingest(IngestConfig(source=str(one), out=str(tmp_path / "one_ds")))
+    assert main(["train", "--dataset", str(tmp_path / "one_ds"), "--batch-size", "2"]) == 2
+    assert "has 1 class(es) ['Robin']" in _one_line(capsys.readouterr().err, "train", "--dataset")
     with pytest.raises(DatasetError, match="no training step would run"):
         run_training(TrainConfig(dataset=str(small_dataset), batch_size=8, num_workers=2))
 

@@ -85,7 +85,8 @@ def test_exclude_ids_take_commas_and_spaces_and_report_ids_not_in_the_split(
     """Before: ``12,34`` was one token that is not all digits, so nothing was excluded."""
     dataset, package, ids = no_val
     ids_file = tmp_path / "overlaps.txt"
-    ids_file.write_text(f"# ImageNet overlaps\n{ids[0]},{ids[1]}\n{ids[2]} {ids[3]}, 99999\n")
+    # as Excel's "CSV UTF-8" saves it: a byte-order mark before the first id
+    ids_file.write_text(f"\ufeff{ids[0]},{ids[1]}\n# ImageNet overlaps\n{ids[2]} {ids[3]}, 99999\n")
     out = tmp_path / "eval"
     argv = ["--model", str(package), "--dataset", str(dataset), "--exclude-ids", str(ids_file)]
     code, printed, err = _evaluate([*argv, "--out", str(out)], capsys)

@@ -126,12 +126,12 @@ def test_shuffled_reads_keep_every_row_in_a_new_order_each_epoch(ray_cluster, tm
 
     def epochs(seed: int, n: int = 3) -> list[list[int]]:
         options = DataContext.get_current().execution_options
-        options.preserve_order = True
+        before, options.preserve_order = options.preserve_order, True
         try:
             ds = read_parquet(str(tmp_path), list_once=True, shuffle_seed=seed)
             return [[row["image_id"] for row in ds.iter_rows()] for _ in range(n)]
         finally:
-            options.preserve_order = False
+            options.preserve_order = before
 
     first = epochs(seed=0)
     assert all(sorted(order) == list(range(80)) for order in first)  # nothing lost or repeated

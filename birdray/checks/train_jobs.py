@@ -35,6 +35,13 @@ def train(cfg: Any) -> None:
         "--dataset",
         f"{cfg.dataset} needs non-empty train and val splits (has {sorted(splits)})",
     )
+    classes = manifest.get("class_names") or []
+    require(  # one class: a "classifier" that is always right, at 100% on every metric
+        len(classes) >= 2,
+        "--dataset",
+        f"{cfg.dataset} has {len(classes)} class(es) {classes[:1]}; a classifier needs at least"
+        " 2 (an archive of one species' folder? give the folder of species folders)",
+    )
     if cfg.pretrained_file:
         file("--pretrained-file", cfg.pretrained_file, "a weights file (.safetensors or .pth)")
     if cfg.init_from:
@@ -60,8 +67,8 @@ def train(cfg: Any) -> None:
     )
     from birdray.train.config import short_of_one_batch
 
-    short = short_of_one_batch(splits["train"]["rows"], cfg.batch_size, cfg.num_workers)
-    require(not short, "--batch-size", short)
+    flag, short = short_of_one_batch(splits["train"]["rows"], cfg.batch_size, cfg.num_workers)
+    require(not short, flag, short)
     require(cfg.cpus_per_worker > 0, "--cpus-per-worker", "must be > 0")
     require(cfg.data_cpus > 0, "--data-cpus", "must be > 0")
     require(cfg.lr > 0, "--lr", "must be > 0")
@@ -98,8 +105,10 @@ def tune(cfg: Any) -> None:
         default = {f.name: f.default for f in fields(TrainConfig)}
         batch, workers = (cfg.train.get(k, default[k]) for k in ("batch_size", "num_workers"))
         if isinstance(batch, int) and isinstance(workers, int):  # else the sweep's own error
-            short = short_of_one_batch(manifest["splits"]["train"]["rows"], batch, workers)
-            require(not short, "--train", short.replace("--batch-size", "train: batch_size"))
+            _, short = short_of_one_batch(manifest["splits"]["train"]["rows"], batch, workers)
+            for flag, key in (("--batch-size", "batch_size"), ("--num-workers", "num_workers")):
+                short = short.replace(flag, f"train: {key}")
+            require(not short, "--train", short)
     if cfg.registry:  # the winner is evaluated on it before it is registered
         require(cfg.eval_split in have, "--eval-split", f"{cfg.eval_split!r} is not in {have}")
     positive({"--epochs": cfg.epochs, "--num-samples": cfg.num_samples})
@@ -146,13 +155,16 @@ def benchmark(cfg: Any) -> None:
 
         require(torch.cuda.is_available(), "--device", "cuda asked for, but no CUDA GPU here")
     if cfg.stage in ("train", "all"):
+        from birdray.train.config import short_of_one_batch
+
         train_rows, val_rows = _split_sizes(cfg.classes, cfg.per_class)
+        _, short = short_of_one_batch(train_rows, cfg.batch_size, 1)  # the benchmark: 1 worker
         require(
-            train_rows >= cfg.batch_size and val_rows > 0,
+            not short and val_rows > 0,
             "--per-class",
             f"{cfg.classes} x {cfg.per_class} images give {train_rows} train and {val_rows} val"
-            " images; "
-            f"training needs a batch ({cfg.batch_size}) of train images and some val images",
+            f" images; training needs a batch ({cfg.batch_size}) of train images and some val"
+            " images",
         )
 
 

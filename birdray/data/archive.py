@@ -20,7 +20,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from tqdm import tqdm
 
@@ -213,10 +213,10 @@ def _checked_zip(archive: Path, target: Path, max_bytes: int) -> Iterator[Callab
             )
         for info in infos:
             name = _zip_name(info, target)
-            if name in seen and not info.is_dir():
+            if name in seen and not _is_dir(info):
                 raise ArchiveError(f"the zip lists {info.filename!r} twice; which one is meant?")
             seen.add(name)
-        total = sum(info.file_size for info in infos if not info.is_dir())
+        total = sum(info.file_size for info in infos if not _is_dir(info))
         if total > max_bytes:
             raise ArchiveError(
                 f"the archive would unpack to {total / 1e9:.2f} GB, more than the cap of "
@@ -224,11 +224,24 @@ def _checked_zip(archive: Path, target: Path, max_bytes: int) -> Iterator[Callab
             )
         try:
             bad = zf.testzip()
-        except (zipfile.BadZipFile, *_STREAM_ERRORS) as exc:
+        except (zipfile.BadZipFile, NotImplementedError, *_STREAM_ERRORS) as exc:
             raise ArchiveError(f"{archive}: damaged zip archive ({exc})") from exc
         if bad is not None:
             raise ArchiveError(f"{archive}: damaged zip archive (bad CRC in {bad!r})")
         yield lambda dest: _unpack_zip(zf, infos, target, dest, archive.name)
+
+
+_ZIP_METHODS = {  # what zipfile decompresses; Deflate64, PPMd, zstd ... it cannot
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+
+
+def _is_dir(info: zipfile.ZipInfo) -> bool:
+    """A folder entry: ``name/``, ``name\\`` (older Windows tools) or a folder's mode."""
+    return info.filename.endswith(("/", "\\")) or stat.S_ISDIR(info.external_attr >> 16)
 
 
 def _zip_name(info: zipfile.ZipInfo, target: Path) -> str:
@@ -237,6 +250,12 @@ def _zip_name(info: zipfile.ZipInfo, target: Path) -> str:
     mode = info.external_attr >> 16
     if info.flag_bits & 0x1:
         raise ArchiveError(f"zip member {info.filename!r} is encrypted; unzip it yourself")
+    if info.compress_type not in _ZIP_METHODS and not _is_dir(info):
+        raise ArchiveError(
+            f"zip member {info.filename!r} uses compression method {info.compress_type}, which"
+            f" cannot be read here ({', '.join(_ZIP_METHODS.values())} can); zip it again with"
+            " Deflate"
+        )
     if stat.S_ISLNK(mode):
         raise ArchiveError(
             f"unsafe link {info.filename!r}: the archive holds a symbolic link; refusing it"
@@ -245,7 +264,7 @@ def _zip_name(info: zipfile.ZipInfo, target: Path) -> str:
         raise ArchiveError(f"archive member {info.filename!r} is not a file or folder")
     name = info.filename.replace("\\", "/")
     parts = [p for p in name.split("/") if p not in ("", ".")]
-    escapes = name.startswith("/") or ":" in (parts[0] if parts else "") or ".." in parts
+    escapes = name.startswith("/") or bool(PureWindowsPath(info.filename).drive) or ".." in parts
     if escapes or not parts or not (target / "/".join(parts)).resolve().is_relative_to(target):
         raise ArchiveError(f"unsafe archive member {info.filename!r}: escapes {target}")
     return "/".join(parts)
@@ -254,12 +273,12 @@ def _zip_name(info: zipfile.ZipInfo, target: Path) -> str:
 def _unpack_zip(
     zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], target: Path, dest: Path, name: str
 ) -> None:
-    total = sum(info.file_size for info in infos if not info.is_dir())
+    total = sum(info.file_size for info in infos if not _is_dir(info))
     try:
         with progress_bar(total, f"unpacking {name}") as bar:
             for info in infos:
                 path = dest / _zip_name(info, target)
-                if info.is_dir():
+                if _is_dir(info):
                     path.mkdir(parents=True, exist_ok=True)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's 
     progress_bar,
     safe_extract,
 )
+from birdray.images import IMAGE_SUFFIXES
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
@@ -137,18 +138,36 @@ def open_source(
 
 
 def unwrapped(folder: Path) -> Path:
-    """The folder an archive wraps its content in (``photos.zip`` holding ``photos/<species>/``,
-    macOS's ``__MACOSX`` metadata aside), so an archive of species folders reads as its species;
-    a folder holding files (``CUB_200_2011/``, a species) is content, not a wrapper."""
+    """What an unpacked archive holds: the one CSV of path,label in it, or the folder it wraps
+    its content in (``photos.zip`` holding ``photos/<species>/``; hidden files and macOS's
+    ``__MACOSX`` aside). A folder holding photos or CUB's ``images.txt`` is content, not a
+    wrapper; one species' folder of dated sub-folders zipped alone cannot be told from a
+    wrapper, and reads as those sub-folders."""
     while True:
-        inside = [
-            p for p in folder.iterdir() if not p.name.startswith(".") and p.name != MACOS_FORKS
-        ]
+        if csv := _one_csv(folder):
+            return csv
+        inside = _visible(folder)
         if len(inside) != 1 or not inside[0].is_dir():
             return folder
-        if any(p.is_file() and not p.name.startswith(".") for p in inside[0].iterdir()):
+        if _content(inside[0]) and not _one_csv(inside[0]):
             return folder
         folder = inside[0]
+
+
+def _visible(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != MACOS_FORKS]
+
+
+def _one_csv(folder: Path) -> Path | None:
+    csvs = [p for p in _visible(folder) if p.suffix.lower() == ".csv" and p.is_file()]
+    return csvs[0] if len(csvs) == 1 else None
+
+
+def _content(folder: Path) -> bool:
+    return any(
+        p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.name == "images.txt")
+        for p in folder.iterdir()
+    )
 
 
 def _copy_from_bucket(uri: str) -> Path:

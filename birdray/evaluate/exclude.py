@@ -24,7 +24,7 @@ def read_exclude_ids(path: str) -> list[int]:
     if not path:
         return []
     try:
-        text = Path(path).expanduser().read_text()
+        text = Path(path).expanduser().read_text(encoding="utf-8-sig")  # Excel writes a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{FLAG}: cannot read {path} ({exc}); expected {FORMAT}") from None
     ids: dict[int, None] = {}

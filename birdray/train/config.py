@@ -88,18 +88,24 @@ class TrainConfig:
     )
 
 
-def short_of_one_batch(train_rows: int, batch_size: int, num_workers: int) -> str:
-    """Why no worker would take a training step, or "" when each gets at least one batch.
+def short_of_one_batch(train_rows: int, batch_size: int, num_workers: int) -> tuple[str, str]:
+    """(the flag to change, why no worker would take a training step), or ("", "") when each
+    worker gets at least one batch.
 
     Ray Train splits the train split equally between workers and the loop drops a last partial
     batch (a batch of one breaks BatchNorm), so a split smaller than batch x workers trains
     nothing: the run used to end "successfully" and register an untrained model."""
     per_worker = train_rows // max(num_workers, 1)
     if per_worker >= batch_size:
-        return ""
-    fits = max(1, per_worker)
-    return (
+        return "", ""
+    said = (
         f"the train split has {train_rows} images, {per_worker} per worker for {num_workers}"
-        f" workers, fewer than one batch of {batch_size}: no training step would run; use"
-        f" --batch-size {fits} or less, fewer --num-workers, or more data"
+        f" workers, fewer than one batch of {batch_size}: no training step would run; "
     )
+    if per_worker >= 2:
+        return "--batch-size", said + (
+            f"use --batch-size {per_worker} or less, fewer --num-workers, or more data"
+        )
+    most = train_rows // 2  # workers that each get a batch of two
+    fewer = f"use --num-workers {most} or fewer with --batch-size 2, or " if most else "use "
+    return "--num-workers", said + fewer + "more data"

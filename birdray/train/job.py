@@ -111,9 +111,10 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     manifest = load_manifest(cfg.dataset)
     if not manifest["splits"].get("train") or not manifest["splits"].get("val"):
         raise ValueError(f"{cfg.dataset}: training needs non-empty train and val splits")
-    if short := short_of_one_batch(
+    _, short = short_of_one_batch(
         manifest["splits"]["train"]["rows"], cfg.batch_size, cfg.num_workers
-    ):
+    )
+    if short:
         raise DatasetError(f"{cfg.dataset}: {short}")
     if cfg.init_from:
         check_fine_tune_source(cfg.init_from, cfg.arch, manifest["class_names"], cfg.dataset)
