@@ -400,23 +400,27 @@ def test_a_split_smaller_than_one_batch_per_worker_is_refused_not_trained_on(
         run_training(TrainConfig(dataset=str(small_dataset), batch_size=8, num_workers=2))
 
 
-def test_serve_on_a_port_in_use_is_one_line_before_ray(tmp_path, monkeypatch, capsys):
+def test_serve_on_a_port_in_use_is_one_line_before_ray(tmp_path):
     """A port another program listens on: Serve's proxy failed ~40 s after Ray started, with
-    Ray's tracebacks and a Python traceback from ``birdray serve`` (exit 1)."""
+    Ray's tracebacks and a Python traceback from ``birdray serve`` (exit 1). A fresh process, as
+    a user's: in one that already runs Ray (this session's) the check rightly stands aside, since
+    that Ray's own Serve may hold the port."""
     import socket
 
-    import ray
-
-    from birdray.cli import main
     from tests.model_fixture import make_package
 
-    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     package = str(make_package(tmp_path / "pkg"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--model", package, "--registry", "", "--port", str(port)]) == 2
-    line = _one_line(capsys.readouterr().err, "serve", "--port")
+        argv = ["serve", "--model", package, "--registry", "", "--port", str(port)]
+        done = subprocess.run(
+            [sys.executable, "-m", "birdray.cli", *argv],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = _one_line(done.stderr, "serve", "--port")
     assert f"127.0.0.1:{port}" in line and "in use" in line
+    assert not any(said in done.stderr + done.stdout for said in RAY_LINES)
