@@ -215,10 +215,26 @@ def main(argv: list[str] | None = None) -> int:
         _say(name, exc)
         return 2
     except Exception as exc:
+        if _interrupted(exc) and not debug:  # Ctrl-C that landed inside a lock's handling
+            print(f"birdray {name}: interrupted", file=sys.stderr, flush=True)
+            return 130
         if debug or not _is_job_error(exc):
             raise
         _say(name, exc)
         return 1
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a Ctrl-C is what went wrong: CPython turns a KeyboardInterrupt that arrives while
+    ``queue.get`` or ``Condition.wait`` restores its lock into ``RuntimeError: release unlocked
+    lock``, raised while handling it (Ctrl-C during ``birdray score``: a traceback, exit 1)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _run(name: str, job: Job, argv: list[str]) -> int:

@@ -363,6 +363,25 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert err.strip().splitlines()[-1] == "birdray synth: interrupted" and "Traceback" not in err
 
 
+def test_ctrl_c_inside_a_locks_handling_is_still_an_interrupt(monkeypatch, capsys):
+    """Ctrl-C during ``birdray score`` once landed while ``queue.get`` restored its lock, and
+    CPython raised ``RuntimeError: release unlocked lock`` while handling the KeyboardInterrupt:
+    the CLI printed that traceback and exited 1. Whatever an interrupt turns into, it is one
+    line and 130."""
+    from birdray import cli
+
+    def job_hit_by_ctrl_c(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")  # noqa: B904  (as CPython: implicitly chained)
+
+    monkeypatch.setattr(cli, "_run", job_hit_by_ctrl_c)
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+    assert cli.main(["score"]) == 130
+    assert capsys.readouterr().err.strip() == "birdray score: interrupted"
+
+
 @pytest.mark.timeout(300)
 def test_a_split_smaller_than_one_batch_per_worker_is_refused_not_trained_on(
     small_dataset, tmp_path, monkeypatch, capsys
