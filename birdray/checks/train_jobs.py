@@ -98,12 +98,11 @@ def tune(cfg: Any) -> None:
     manifest = dataset("--dataset", cfg.dataset)
     have = sorted(manifest.get("splits") or {})
     if (manifest.get("splits") or {}).get("train"):  # trials would train nothing, each of them
-        from dataclasses import fields
-
         from birdray.train.config import TrainConfig, short_of_one_batch
 
-        default = {f.name: f.default for f in fields(TrainConfig)}
-        batch, workers = (cfg.train.get(k, default[k]) for k in ("batch_size", "num_workers"))
+        default = TrainConfig()
+        batch = cfg.train.get("batch_size", default.batch_size)
+        workers = cfg.train.get("num_workers", default.num_workers)
         if isinstance(batch, int) and isinstance(workers, int):  # else the sweep's own error
             _, short = short_of_one_batch(manifest["splits"]["train"]["rows"], batch, workers)
             for flag, key in (("--batch-size", "batch_size"), ("--num-workers", "num_workers")):

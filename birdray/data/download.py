@@ -25,9 +25,9 @@ from birdray.config import field
 from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's one name)
     DEFAULT_MAX_EXTRACT_GB,
     EXTRACT_MARKER,
-    MACOS_FORKS,
     ArchiveError,
     md5sum,
+    not_the_users,
     progress_bar,
     safe_extract,
 )
@@ -155,7 +155,7 @@ def unwrapped(folder: Path) -> Path:
 
 
 def _visible(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != MACOS_FORKS]
+    return [p for p in folder.iterdir() if not not_the_users(p.name)]
 
 
 def _one_csv(folder: Path) -> Path | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birdray.data.archive import MACOS_FORKS
+from birdray.data.archive import not_the_users
 from birdray.data.cub import (
     CubDataset,
     CubFormatError,
@@ -67,12 +67,7 @@ def find_layout(source: Path) -> str:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
-
-
-def _hidden(name: str) -> bool:
-    """Not the user's: hidden files and folders, and macOS's resource forks in a zip."""
-    return name.startswith(".") or name == MACOS_FORKS
+    return sorted(d for d in root.iterdir() if d.is_dir() and not not_the_users(d.name))
 
 
 def _images(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -80,9 +75,9 @@ def _images(folder: Path) -> tuple[list[Path], list[Path]]:
     not followed), and the other files found there (skipped, but said)."""
     images, others = [], []
     for top, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not _hidden(d)]
+        dirs[:] = [d for d in dirs if not not_the_users(d)]
         for name in files:
-            if not name.startswith("."):
+            if not not_the_users(name):
                 path = Path(top, name)
                 (images if _is_image(path) else others).append(path)
     return sorted(images), sorted(others)
@@ -140,7 +135,7 @@ def _is_image(path: Path) -> bool:
 
 
 def _loose_file(path: Path) -> bool:
-    return not path.name.startswith(".") and not path.is_dir()
+    return not not_the_users(path.name) and not path.is_dir()
 
 
 def read_csv(path: Path) -> CubDataset:
