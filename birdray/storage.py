@@ -212,16 +212,29 @@ def upload_dir(local: str | Path, location: str | Path) -> None:
     )
 
 
+def _listing(location: str | Path, recursive: bool) -> tuple[str, list[pafs.FileInfo]]:
+    """What is under ``location`` (nothing if it does not exist), even while it is being made.
+
+    Arrow's local listing looks twice (list the folder; on failure, does it exist?), so a folder
+    another writer creates between the two looks fails with FileNotFoundError (racing alias moves
+    lost entries this way). Folders are made, never moved away, so a second look sees it whole.
+    """
+    fs, path = filesystem(location)
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+    try:
+        return path, fs.get_file_info(selector)
+    except FileNotFoundError:
+        return path, fs.get_file_info(selector)
+
+
 def child_dirs(location: str | Path) -> list[str]:
     """Names of the folders directly under ``location`` (empty if it does not exist)."""
-    fs, path = filesystem(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    _, infos = _listing(location, recursive=False)
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
 def count_files(location: str | Path, suffix: str) -> int:
-    fs, path = filesystem(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    _, infos = _listing(location, recursive=True)
     return sum(1 for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
@@ -244,8 +257,7 @@ def list_files(location: str | Path) -> list[str]:
 
     On an object store this is one paginated LIST, so a reader sees a consistent set of names.
     """
-    fs, path = filesystem(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    path, infos = _listing(location, recursive=True)
     base = path.rstrip("/") + "/"
     return sorted(i.path[len(base) :] for i in infos if i.type == pafs.FileType.File)
 

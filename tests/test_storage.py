@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -90,3 +91,29 @@ def test_reading_an_input_file_refuses_what_would_block_or_is_too_big(tmp_path):
         storage.read_local_file(tmp_path / "album.jpg")
     assert storage.utf8_name("ok é.jpg") == ("ok é.jpg", True)
     assert storage.utf8_name(os.fsdecode(b"bad \xe9.jpg")) == ("bad \\xe9.jpg", False)
+
+
+def test_listing_a_folder_while_another_writer_creates_it_never_fails(tmp_path):
+    """Arrow looks twice when a listing fails: a folder made between the looks is not an error."""
+    folders = [tmp_path / f"alias{i}" for i in range(3000)]
+    start = threading.Barrier(2, timeout=10)  # a failed listing must not leave the writer waiting
+
+    def create() -> None:
+        for folder in folders:
+            try:
+                start.wait()
+            except threading.BrokenBarrierError:
+                return
+            folder.mkdir()
+
+    writer = threading.Thread(target=create)
+    writer.start()
+    listed = []
+    try:
+        for folder in folders:
+            start.wait()
+            listed.append(storage.list_files(folder) + storage.child_dirs(folder))
+    finally:
+        start.abort()
+        writer.join()
+    assert listed == [[]] * len(folders)
