@@ -29,12 +29,17 @@ IMAGE_SUFFIXES = (
 
 
 class ImageError(ValueError):
-    """The bytes are not a usable image; ``reason`` is a short machine-stable code."""
+    """The bytes are not a usable image; ``reason`` is a short machine-stable code.
 
-    def __init__(self, reason: str, detail: str):
+    ``size`` is (width, height) when the header was read before the refusal (too large, too
+    elongated), so a scoring row can still say how big the refused photo is.
+    """
+
+    def __init__(self, reason: str, detail: str, size: tuple[int, int] | None = None):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.size = size
 
 
 @dataclass(frozen=True)
@@ -178,14 +183,15 @@ def _decode(data: bytes, max_pixels: int, min_side: int, max_aspect: float) -> D
         warnings.simplefilter("ignore")
         img = Image.open(io.BytesIO(data))
         width, height = img.size
+        size = (width, height)
         if width <= 0 or height <= 0:
-            raise ImageError("bad_dimensions", f"{width}x{height}")
+            raise ImageError("bad_dimensions", f"{width}x{height}", size)
         if width * height > max_pixels:
             limit = f"{max_pixels:,}-pixel limit"
-            raise ImageError("too_large", f"{width}x{height} exceeds the {limit}")
+            raise ImageError("too_large", f"{width}x{height} exceeds the {limit}", size)
         if max_aspect and max(width, height) / min(width, height) > max_aspect:
             raise ImageError(
-                "bad_dimensions", f"{width}x{height} is more elongated than {max_aspect:g}:1"
+                "bad_dimensions", f"{width}x{height} is more elongated than {max_aspect:g}:1", size
             )
         fmt = img.format or "unknown"
         if fmt not in ALLOWED_FORMATS:

@@ -36,8 +36,11 @@ BROKEN = {
     "truncated.jpg": "corrupt",
     "text.jpg": "not_an_image",
     "bomb.png": "too_large",
+    "huge.png": "too_large",  # over --max-pixels, under Pillow's own limit: its header is read
+    "strip.png": "bad_dimensions",
     "big.jpg": "file_too_big",
 }
+HEADER_SIZES = {"huge.png": (8_000, 6_000), "strip.png": (3_000, 10)}  # refused by their headers
 MAX_FILE_MB = 0.03  # ~31 KB: the small test photos pass, big.jpg does not
 
 
@@ -72,6 +75,8 @@ def _folder(root: Path) -> Path:
     (root / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     (root / "text.jpg").write_text("this is a text file, not a photo")
     (root / "bomb.png").write_bytes(_png_bomb())
+    (root / "huge.png").write_bytes(_png_bomb(*HEADER_SIZES["huge.png"]))
+    (root / "strip.png").write_bytes(_png_bomb(*HEADER_SIZES["strip.png"]))
     big = np.random.default_rng(9).integers(0, 255, (300, 300, 3), dtype=np.uint8)
     Image.fromarray(big).save(root / "big.jpg", quality=95)
     (root / "notes.txt").write_text("not an image extension: not a row")
@@ -161,8 +166,11 @@ def test_broken_files_become_error_rows(scored):
         assert not row["ok"] and row["error"].startswith(code + ":"), (name, row["error"])
         assert row["label"] is None or pd.isna(row["label"])
         assert row["top_k"] is None
+        # a photo refused after its header was read still says how big it is
+        size = HEADER_SIZES.get(name)
+        assert (row["width"], row["height"]) == size if size else pd.isna(row["width"]), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["errors"] == {code: 1 for code in BROKEN.values()}
+    assert summary["errors"] == dict(Counter(BROKEN.values()))
 
 
 def test_odd_file_names_round_trip(scored):

@@ -135,6 +135,12 @@ def test_response_shape_model_and_probes(app, predictor):
         "arch": "test_resnet",
     }
     assert len(body["results"][0]["top_k"]) == 2
+    png = [("files", ("a.png", encode(random_rgb(4), "PNG"), "image/png"))]
+    as_form = requests.post(f"{app}/v1/predict", data={"top_k": "3"}, files=png, timeout=60)
+    assert len(as_form.json()["results"][0]["top_k"]) == 3, as_form.text  # a form field counts too
+    twice = requests.post(f"{app}/v1/predict?top_k=2", data={"top_k": "3"}, files=png, timeout=60)
+    assert_error(twice, 422, "invalid_parameter", None)
+    assert "top_k sent twice" in twice.json()["error"]["message"]
     model = requests.get(f"{app}/v1/model", timeout=10).json()
     assert model["version"] == predictor.version
     assert model["classes"] == predictor.metadata.class_names
@@ -289,9 +295,10 @@ def test_request_content_types(app):
     wrong_method = requests.get(f"{app}/v1/predict", timeout=10)
     assert_error(wrong_method, 405, "method_not_allowed", None)
     assert wrong_method.headers.get("Allow") == "POST"  # RFC 9110: a 405 names what is allowed
-    assert_error(
-        post_images(app, [("a.jpg", data, "image/jpeg")], top_k=0), 422, "invalid_parameter", None
-    )
+    for top_k in (0, 1001, "two"):
+        refused = post_images(app, [("a.jpg", data, "image/jpeg")], top_k=top_k)
+        assert_error(refused, 422, "invalid_parameter", None)
+        assert "top_k must be a whole number 1-1000" in refused.json()["error"]["message"]
     assert_healthy(app)
 
 
@@ -410,6 +417,7 @@ def test_bad_feedback_is_refused_and_stores_nothing(app, feedback_dir):
         ({**good, "predicted": "Dodo"}, data, "unknown_species"),
         ({**good, "model_version": "v9999"}, data, "wrong_model_version"),
         ({**good, "note": "x" * 1001}, data, "note_too_long"),
+        ({**good, "note": "x" * 70_000}, data, "note_too_long"),  # was the parser's bad_multipart
         ({k: v for k, v in good.items() if k != "species"}, data, "missing_field"),
         (good, b"this is not an image", "not_an_image"),
     ]

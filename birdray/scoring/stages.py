@@ -76,7 +76,8 @@ def _load_one(
     data_config: dict[str, Any],
     listing_error: str | None = None,
 ) -> tuple[np.ndarray | None, int, int, str]:
-    """(uint8 CHW crop, width, height, "") or (None, -1, -1, "code: reason")."""
+    """(uint8 CHW crop, width, height, "") or (None, width, height, "code: reason"); a refused
+    image's width and height are -1 unless its header was read (too large, too elongated)."""
     if listing_error:  # found while listing (not a regular file, a name that is not UTF-8...)
         return None, MISSING, MISSING, listing_error
     try:
@@ -91,7 +92,8 @@ def _load_one(
         decoded = decode_for_model(data, data_config, max_pixels)
         return transform(decoded.image), decoded.width, decoded.height, ""
     except ImageError as exc:
-        return None, MISSING, MISSING, str(exc)
+        width, height = exc.size or (MISSING, MISSING)
+        return None, width, height, str(exc)
     except FileTooBig as exc:
         return None, MISSING, MISSING, f"file_too_big: {exc}"
     except OSError as exc:

@@ -30,6 +30,37 @@ VERSION_HEADER = "X-Model-Version"  # the version that answered
 METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
 
 
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 1000
+
+
+def form_or_query(request: Request, texts: dict[str, str], name: str) -> str | None:
+    """A parameter from the query or a form text field (HTML forms and many clients send the
+    latter); sent both ways with different values is an error, never a silent pick."""
+    query, form = request.query_params.get(name), texts.get(name)
+    if query is not None and form is not None and query.strip() != form.strip():
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"{name} sent twice: {query!r} in the URL, {form!r} in the form",
+        )
+    return (query if query is not None else form) or None
+
+
+def parse_top_k(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_TOP_K
+    try:
+        top_k = int(value.strip())
+    except ValueError:
+        top_k = 0
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ApiError(
+            422, "invalid_parameter", f"top_k must be a whole number 1-{MAX_TOP_K} (got {value!r})"
+        )
+    return top_k
+
+
 class Service(Protocol):
     """What the routes need from the deployment behind them."""
 
@@ -176,9 +207,6 @@ def create_api(
             recorder.upload(request.scope["route"].path, time.perf_counter() - start)
         return uploads, texts
 
-    async def read(request: Request, field: str) -> list[Upload]:
-        return (await read_all(request, field))[0]
-
     async def authorized(request: Request) -> None:
         if api_key is None:
             return
@@ -221,12 +249,17 @@ def create_api(
     async def predict(
         request: Request,
         response: Response,
-        top_k: int = Query(5, ge=1, le=1000, description="species per image"),
+        top_k: str | None = Query(
+            None,
+            description=f"species per image, 1-{MAX_TOP_K} (default {DEFAULT_TOP_K}); "
+            "also read from a form field",
+        ),
     ) -> dict[str, Any]:
         async with admitted():
-            uploads = await read(request, "files")
+            uploads, texts = await read_all(request, "files")
+            top_k_n = parse_top_k(form_or_query(request, texts, "top_k"))
             client = request.headers.get(CLIENT_KEY_HEADER) or None
-            model_block, results = await service.predict(uploads, top_k, client)
+            model_block, results = await service.predict(uploads, top_k_n, client)
         response.headers[VERSION_HEADER] = model_block["version"]
         if len(uploads) == 1 and isinstance(results[0], ApiError):
             raise results[0]
@@ -248,14 +281,24 @@ def create_api(
     async def explain(
         request: Request,
         method: str | None = Query(
-            None, description=" | ".join(METHODS) + "; default: the model's measured best"
+            None,
+            description=" | ".join(METHODS) + "; default: the model's measured best "
+            "(also read from a form field)",
         ),
-        target: str | None = Query(None, description="class index or species; default: predicted"),
+        target: str | None = Query(
+            None, description="class index or species; default: predicted (or a form field)"
+        ),
     ) -> dict[str, Any]:
-        if method is not None and method not in METHODS:
+        if method is not None and method not in METHODS:  # refused before reading the body
             raise ApiError(422, "invalid_parameter", f"method must be one of {', '.join(METHODS)}")
         async with admitted():
-            uploads = await read(request, "file")
+            uploads, texts = await read_all(request, "file")
+            method = form_or_query(request, texts, "method")
+            target = form_or_query(request, texts, "target")
+            if method is not None and method not in METHODS:
+                raise ApiError(
+                    422, "invalid_parameter", f"method must be one of {', '.join(METHODS)}"
+                )
             if len(uploads) != 1:
                 raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
             return await service.explain(uploads[0], method, target)

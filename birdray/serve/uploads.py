@@ -23,7 +23,7 @@ from birdray.serve.errors import ApiError, from_image_error
 
 # Declared part types we accept; the real format is sniffed from the bytes by decode_image.
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
-MAX_FIELDS = 8  # non-file form fields (the API reads none; a few are tolerated)
+MAX_FIELDS = 8  # non-file form fields (top_k, feedback's few; more is not a client of ours)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upl
 async def read_form(
     request: Request, field: str, limits: Limits
 ) -> tuple[list[Upload], dict[str, str]]:
-    """Files under multipart ``field`` and the text fields (each at most 64 kB) of the form."""
+    """Files under multipart ``field`` and the text fields of the form."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         shown = content_type or "none"
@@ -91,7 +91,9 @@ async def read_form(
         replay(),
         max_files=limits.max_files,  # raises at the next file part, while parsing
         max_fields=MAX_FIELDS,
-        max_part_size=64 * 1024,
+        # text fields are bounded by the body limit already read; routes check their own lengths
+        # (a long feedback note is 422 note_too_long, not a parser error)
+        max_part_size=limits.max_request_bytes,
     )
     parser.spool_max_size = limits.max_request_bytes + 1  # keep every part in memory
     try:
