@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -207,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see runtime.sigterm_as_ctrl_c) is the user's
         if debug:
             raise
-        print(f"birdray {name}: interrupted", file=sys.stderr, flush=True)
-        return 130  # the shell's code for a command ended by SIGINT
+        return _interrupt_ends(name)
     except cfglib.ConfigError as exc:  # UsageError included: the flags, found before starting
         if debug:
             raise
@@ -216,12 +216,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         if _interrupted(exc) and not debug:  # Ctrl-C that landed inside a lock's handling
-            print(f"birdray {name}: interrupted", file=sys.stderr, flush=True)
-            return 130
+            return _interrupt_ends(name)
         if debug or not _is_job_error(exc):
             raise
         _say(name, exc)
         return 1
+
+
+def _interrupt_ends(name: str) -> int:
+    """One line and the shell's code for SIGINT. Ray's loggers go quiet first: Ray shuts down at
+    exit under a Ray Data pipeline still running in its threads, which otherwise logs ~100 lines
+    of "Ray is not initialized" tracebacks after the user's Ctrl-C."""
+    logging.getLogger("ray").setLevel(logging.CRITICAL + 1)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL + 1)
+    print(f"birdray {name}: interrupted", file=sys.stderr, flush=True)
+    return 130
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -9,6 +9,7 @@ time (another job holding the CPUs) is caught by ``watched``, which names Ray's 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import sys
@@ -207,7 +208,11 @@ def watched(items: Iterable[T], timeout_s: float, what: str) -> Iterator[T]:
         finally:  # a consumer that gave up must not leave the pipeline running in this thread
             close = getattr(items, "close", None)
             if stop.is_set() and close is not None:
-                close()
+                # after Ctrl-C the driver may already have shut Ray down: there is nothing left to
+                # stop, and Ray Data's failing shutdown was ~150 lines of tracebacks after
+                # "interrupted"
+                with contextlib.suppress(Exception):
+                    close()
 
     threading.Thread(target=pull, name=f"birdray-watch-{what}", daemon=True).start()
     try:

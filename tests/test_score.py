@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -352,3 +357,41 @@ def test_a_folder_lists_every_ending_the_decoder_reads_and_nothing_else(tmp_path
         str(tmp_path / n) for n in names if n != "notes.txt"
     )
     assert set(normalize_extensions(DEFAULT_EXTENSIONS)) == set(IMAGE_SUFFIXES)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_scoring_is_one_line_130_and_whole_parts(package, tmp_path):
+    """Ctrl-C mid-stream: Ray shut down at exit under a Ray Data pipeline still running in its
+    threads, and ~150 lines of "Ray is not initialized" tracebacks followed "interrupted"."""
+    root = tmp_path / "in"
+    for i in range(3000):
+        _photo(root / f"bird_{i:04d}.jpg", seed=i)
+    out = tmp_path / "out"
+    argv = ["score", "--input", str(root), "--model", str(package), "--output", str(out),
+            "--batch-size", "4", "--preprocess-cpus", "0.5"]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    env.pop("BIRDRAY_DEBUG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "birdray.cli", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob(".partial-*/predictions/.*.inprogress")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)  # until a first block is being written: the pipeline is streaming
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    after = err[err.index("birdray score: interrupted") :]
+    assert after.strip() == "birdray score: interrupted", after[:3000]
+    assert not (out / "_SUCCESS").exists()
+    parts = list(out.glob(".partial-*/predictions/*.parquet"))  # whole files, for --resume
+    assert parts and all(pq.read_metadata(part).num_rows > 0 for part in parts)
