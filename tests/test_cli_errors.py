@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_process import birdray_process
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY_LINES = ("Started a local Ray instance", "Connecting to existing Ray cluster", "ray.init")
 
@@ -344,16 +346,8 @@ def test_storage_that_refuses_writes_is_one_line_exit_1(tmp_path, monkeypatch, c
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C during a job: one line saying so and the shell's 130, not a traceback and 1."""
     out = tmp_path / "birds"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:9"}
-    env.pop("BIRDRAY_DEBUG", None)
     argv = ["synth", "--classes", "200", "--per-class", "60", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "birdray.cli", *argv],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = birdray_process(argv, PYTHONPATH=str(ROOT), RAY_ADDRESS="127.0.0.1:9")
     deadline = time.time() + 120
     while not out.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)  # the job has started writing: well past Python's own start-up

@@ -9,11 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import signal
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from collections import Counter
@@ -30,6 +27,7 @@ from birdray.model.crop import decode_for_model
 from birdray.model.inference import Predictor
 from birdray.scoring.job import ScoreConfig, run_scoring
 from birdray.scoring.stages import Scorer
+from tests.cli_process import birdray_process
 from tests.model_fixture import make_package
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -369,15 +367,7 @@ def test_ctrl_c_while_scoring_is_one_line_130_and_whole_parts(package, tmp_path)
     out = tmp_path / "out"
     argv = ["score", "--input", str(root), "--model", str(package), "--output", str(out),
             "--batch-size", "4", "--preprocess-cpus", "0.5"]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
-    env.pop("BIRDRAY_DEBUG", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "birdray.cli", *argv],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = birdray_process(argv, RAY_ADDRESS="")  # its own local Ray, as a user's shell starts it
     try:
         deadline = time.monotonic() + 240
         while not list(out.glob(".partial-*/predictions/.*.inprogress")):
