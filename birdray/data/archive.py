@@ -28,18 +28,16 @@ from birdray import storage
 
 EXTRACT_MARKER = ".birdray-extracted"
 MACOS_FORKS = "__MACOSX"  # the resource forks macOS's Finder puts in every zip it makes
-
-
-def not_the_users(name: str) -> bool:
-    """A file or folder no one put there as data: hidden ones, and macOS's forks in a zip."""
-    return name.startswith(".") or name == MACOS_FORKS
-
-
 DEFAULT_MAX_EXTRACT_GB = 4.0  # CUB unpacks to ~1.2 GB
 MAX_MEMBERS = 200_000  # CUB has ~12,000 entries; millions of empty files would exhaust inodes
 SHOW_PROGRESS_BYTES = 64 * 2**20  # smaller files are read, copied or unpacked without a bar
 # what a damaged compressed stream raises from inside tarfile
 _STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error)
+
+
+def not_the_users(name: str) -> bool:
+    """A file or folder no one put there as data: hidden ones, and macOS's forks in a zip."""
+    return name.startswith(".") or name == MACOS_FORKS
 
 
 class ArchiveError(ValueError):
