@@ -238,6 +238,38 @@ def test_same_seed_gives_identical_bytes_regardless_of_workers(tmp_path):
     assert ta.keys() != tc.keys() or any(ta[k] != tc[k] for k in ta)
 
 
+def test_an_interrupt_while_the_pool_is_still_being_fed_ends_the_job_without_drawing_the_rest(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C can land while ``Executor.map`` is still submitting chunks; ``map`` then never
+    hands back the iterator that would cancel them, and a plain ``with`` shutdown drew every
+    submitted chunk before the job could end (a CI run's ``birdray synth`` outlived its SIGINT
+    by minutes). Now only the chunks already running are finished."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from birdray.synth import job
+
+    interrupt_at = 40  # chunks of 32 images submitted before the "Ctrl-C"
+
+    class InterruptedWhileFeeding(ProcessPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            InterruptedWhileFeeding.submitted += 1
+            if InterruptedWhileFeeding.submitted == interrupt_at:
+                raise KeyboardInterrupt
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(job, "ProcessPoolExecutor", InterruptedWhileFeeding)
+    out = tmp_path / "birds"
+    with pytest.raises(KeyboardInterrupt):
+        generate(SynthConfig(out=str(out), classes=50, per_class=40, seed=1, workers=2))
+    drawn = len(list(out.rglob("*.jpg")))
+    assert InterruptedWhileFeeding.submitted == interrupt_at
+    # Two workers: at most the two chunks they hold and the three queued for them.
+    assert drawn <= 5 * 32, f"{drawn} images drawn after the interrupt"
+
+
 def test_rerun_returns_existing_and_refuses_foreign_folders(tmp_path):
     cfg = SynthConfig(out=str(tmp_path / "d"), classes=1, per_class=2, seed=0, workers=1)
     root = generate(cfg)

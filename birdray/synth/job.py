@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -130,8 +131,10 @@ def _attribute_labels(
 _SPECIES: list[Species] = []
 
 
-def _init_worker(species: list[Species]) -> None:
+def _init_worker(species: list[Species], in_pool: bool = False) -> None:
     _SPECIES[:] = species
+    if in_pool:  # Ctrl-C is the parent's to handle: it cancels the queue and stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _draw_chunk(args: tuple[str, int, int, int, list[_Job]]) -> list[dict]:
@@ -204,13 +207,19 @@ def _draw_all(
         _init_worker(species)
         return [r for task in tasks for r in _draw_chunk(task)]
     # spawn: forking a parent that may hold Ray or torch threads is unsafe.
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         min(workers, len(tasks)),
         mp_context=get_context("spawn"),
         initializer=_init_worker,
-        initargs=(species,),
-    ) as pool:
+        initargs=(species, True),
+    )
+    try:
         return [r for records in pool.map(_draw_chunk, tasks) for r in records]
+    finally:
+        # Not the ``with`` block's plain shutdown: an interrupt that lands while ``map`` is
+        # still submitting leaves every submitted chunk to be drawn before the job could end
+        # (minutes for a big set); cancelling leaves only the chunks already running.
+        pool.shutdown(cancel_futures=True)
 
 
 def _species_json(cfg: SynthConfig, species: list[Species]) -> dict:
