@@ -150,7 +150,8 @@ class BirdClassifier:
         """One preprocessed image, answered from a batch (``_predict_batch``).
 
         ``batch_wait_timeout_s`` is spent only when company can come: another request in flight
-        here, or more images of the same HTTP request on their way (``item["company"]``). A lone
+        here, or more images on their way from the ingress (``item["company"]``: the same HTTP
+        request's others, and other requests' still being decoded). A lone
         request does not wait for nobody: at concurrency 1 that wait was ~2 ms of a ~21 ms
         request (BENCHMARKS.md). Serve reads the timeout when a batch takes its first item.
         """

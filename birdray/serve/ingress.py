@@ -127,6 +127,8 @@ class BirdIngress(FeedbackRoute):
         self._rollout = Rollout(has_candidate=candidate is not None)
         self._tally = Tally()
         self._background: set[asyncio.Task] = set()  # shadow calls in flight (kept referenced)
+        # images being decoded here that will reach a model soon: the company worth a batch wait
+        self._on_the_way = 0
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """``user_config``: ``rollout`` (off | shadow | canary) and ``rollout_share``, live;
@@ -195,9 +197,9 @@ class BirdIngress(FeedbackRoute):
         }
 
     async def _classify(
-        self, upload: Upload, top_k: int, role: str, company: int = 0
+        self, upload: Upload, top_k: int, role: str
     ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
-        result, decoded = await self._classify_one(upload, top_k, role, company=company)
+        result, decoded = await self._classify_one(upload, top_k, role)
         if isinstance(result, ApiError):
             self._metrics.image_error(result.code)
         else:
@@ -214,36 +216,53 @@ class BirdIngress(FeedbackRoute):
         top_k: int,
         role: str = PRODUCTION,
         decoded: DecodedImage | None = None,
-        company: int = 0,
     ) -> tuple[dict[str, Any] | ApiError, DecodedImage | None]:
         """One image through ``role``'s model; also the decoded image (a shadow call reuses it).
-        ``company``: the request's other images, worth a batch wait in the model replica."""
+
+        Each request to the model says how many other images are on their way to it from here
+        (this request's others, and other requests' still decoding): the model replica spends
+        its batch wait only when company can come. Counting only the request's own images, 16
+        concurrent clients on a busy machine reached the model one by one, each "alone", and
+        were answered in 9 model calls instead of a few batches.
+        """
         start = time.perf_counter()
-        info = await self._current(role=role)
+        self._on_the_way += 1
+        sent = False
         try:
-            item = await asyncio.to_thread(self._prepare, upload, info, decoded)
-        except ApiError as exc:
-            return exc, None
-        for _attempt in range(2):  # a swap may change the preprocessing: redo it once
-            queued = time.perf_counter()
-            request = {
-                "pixels": item["pixels"],
-                "key": item["key"],
-                "top_k": top_k,
-                "company": company,
-            }
+            info = await self._current(role=role)
             try:
-                result = await _answer(self._models[role].predict.remote(request), "model")
+                item = await asyncio.to_thread(self._prepare, upload, info, decoded)
             except ApiError as exc:
-                exc.file = upload.name
-                return exc, item["decoded"]
-            if not result.get("stale"):
-                break
-            info = await self._current(refresh=True, role=role)
-            item = await asyncio.to_thread(self._prepare, upload, info, item["decoded"])
-        else:
-            error = ApiError(503, "model_updating", "the model changed twice; retry", upload.name)
-            return error, item["decoded"]
+                return exc, None
+            for _attempt in range(2):  # a swap may change the preprocessing: redo it once
+                queued = time.perf_counter()
+                request = {
+                    "pixels": item["pixels"],
+                    "key": item["key"],
+                    "top_k": top_k,
+                    "company": self._on_the_way - (0 if sent else 1),
+                }
+                call = self._models[role].predict.remote(request)
+                if not sent:  # at the model now: no longer company for the others
+                    self._on_the_way -= 1
+                    sent = True
+                try:
+                    result = await _answer(call, "model")
+                except ApiError as exc:
+                    exc.file = upload.name
+                    return exc, item["decoded"]
+                if not result.get("stale"):
+                    break
+                info = await self._current(refresh=True, role=role)
+                item = await asyncio.to_thread(self._prepare, upload, info, item["decoded"])
+            else:
+                error = ApiError(
+                    503, "model_updating", "the model changed twice; retry", upload.name
+                )
+                return error, item["decoded"]
+        finally:
+            if not sent:
+                self._on_the_way -= 1
         decoded = item["decoded"]
         return {
             "file": upload.name,
@@ -264,8 +283,7 @@ class BirdIngress(FeedbackRoute):
     ) -> tuple[dict[str, Any], list[dict[str, Any] | ApiError]]:
         """Every image of a request goes to one model: production, or the canary's candidate."""
         role, mode = self._rollout.answering(client_key), self._rollout.mode
-        company = len(uploads) - 1
-        pairs = await asyncio.gather(*(self._classify(u, top_k, role, company) for u in uploads))
+        pairs = await asyncio.gather(*(self._classify(u, top_k, role) for u in uploads))
         results = [r for r, _ in pairs]
         answered = [r for r in results if isinstance(r, dict)]
         info = await self._current(role=role)
