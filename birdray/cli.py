@@ -37,9 +37,10 @@ JOB_ERRORS = (
     ("birdray.images", "ImageError"),  # an input image that does not decode (explain --image)
     ("birdray.model.factory", "ModelError"),
     ("birdray.registry", "RegistryError"),
+    ("birdray.resources", "ResourceError"),  # a request the cluster can never satisfy
+    ("birdray.resources", "StallError"),  # no progress for stall_timeout_s: Ray's view in one line
     ("birdray.scoring.output", "OutputError"),
     ("birdray.scoring.sources", "SourceError"),
-    ("birdray.train.job", "ResourceError"),
 )
 
 # Jobs with ``--dry-run``: the resolved config and the resource plan, nothing started

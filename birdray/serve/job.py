@@ -25,7 +25,7 @@ from ray.serve.context import _get_global_client
 from birdray import config as cfglib
 from birdray.config import field
 from birdray.devices import gpus_to_use
-from birdray.resources import plan_serve
+from birdray.resources import StallError, pending_report, plan_serve
 from birdray.runtime import LOOPBACK, free_port, init_ray, sigterm_as_ctrl_c
 from birdray.serve.app import AppArgs, app_args, build_app, colocated
 
@@ -111,6 +111,18 @@ def check_proxy(wanted: str) -> None:
         logger.info("Serve in this cluster runs the %s proxy (asked: %s)", running, wanted)
 
 
+def _proxy_did_not_start(waited_s: float, exc: BaseException) -> StallError:
+    """Serve gives its HTTP proxy 60 s to start, then raises a timeout or the actor's death ("killed
+    by ray.kill"), which says nothing of why; on an overloaded machine that is the load."""
+    load = os.getloadavg()[0]
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StallError(
+        f"Serve's HTTP proxy did not start within {waited_s:.0f} s ({first}); this machine has "
+        f"{os.cpu_count()} CPUs and a load average of {load:.1f} over the last minute; Ray: "
+        f"{pending_report()}"
+    )
+
+
 def ensure_serve(
     host: str = LOOPBACK, port: int = 0, request_timeout_s: float | None = None
 ) -> str:
@@ -125,10 +137,14 @@ def ensure_serve(
     if client is None:
         port = port or free_port(host)
         timeout = request_timeout_s or AppArgs().request_timeout_s + PROXY_TIMEOUT_MARGIN_S
-        serve.start(
-            http_options={"host": host, "port": port, "request_timeout_s": timeout},
-            proxy_location="HeadOnly",
-        )
+        started = time.monotonic()
+        try:
+            serve.start(
+                http_options={"host": host, "port": port, "request_timeout_s": timeout},
+                proxy_location="HeadOnly",
+            )
+        except (TimeoutError, ray.exceptions.RayError) as exc:
+            raise _proxy_did_not_start(time.monotonic() - started, exc) from exc
         client = _get_global_client()
     options = client.http_config
     if port and options.port != port:
