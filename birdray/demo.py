@@ -82,7 +82,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from birdray.data.ingest_report import summary
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.registry import read_pointer
-    from birdray.serve.job import choose_proxy
+    from birdray.serve.proxy import choose_proxy
     from birdray.train.job import run_training
     from birdray.tune.job import run_sweep
 

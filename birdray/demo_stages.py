@@ -115,7 +115,8 @@ def consumers(cfg: DemoConfig, out: Path, registry: Path, synth: Any, dataset: s
     from birdray.explain.job import ExplainConfig, run_explain
     from birdray.registry import read_pointer
     from birdray.scoring.job import ScoreConfig, run_scoring
-    from birdray.serve.job import running_proxy, shadow_agreement, shutdown, start_local
+    from birdray.serve.job import shadow_agreement, shutdown, start_local
+    from birdray.serve.proxy import running_proxy
 
     source = Path(synth.out)
     results: dict[str, Any] = {}

@@ -162,6 +162,8 @@ def pending_report() -> str:
         import ray
         from ray.autoscaler.v2.sdk import get_cluster_status
 
+        if not ray.is_initialized():  # asking the runtime context would start a Ray of its own
+            return "(not connected to Ray)"
         status = get_cluster_status(ray.get_runtime_context().gcs_address)
         total, free = status.total_resources(), status.available_resources()
         demands = status.resource_demands

@@ -193,7 +193,7 @@ def trained_package(ray_cluster, tmp_path_factory) -> TrainedModel:
 def serve_http(ray_cluster) -> str:
     """Base URL of Serve's HTTP proxy (head node only, 127.0.0.1, a free port, or the one a
     proxy of this session already has)."""
-    from birdray.serve.job import ensure_serve
+    from birdray.serve.proxy import ensure_serve
 
     return ensure_serve("127.0.0.1")
 

@@ -8,6 +8,8 @@ every free CPU, must stop with Ray's pending demand instead of waiting forever.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -100,6 +102,22 @@ def cpus_held(cpus: float):
     for thread in watchers:
         thread.join(timeout=120)
     assert not any(t.is_alive() for t in watchers)
+
+
+def test_the_pending_report_never_starts_a_ray_of_its_own():
+    """Asked before any Ray is connected (a proxy or job that failed early), the report says so:
+    asking Ray's runtime context would start a local Ray, on the machine's address, as a side
+    effect of writing an error message (it did, in a test process that then met another Ray)."""
+    script = (
+        "import ray\n"
+        "from birdray.resources import pending_report\n"
+        "print(pending_report())\n"
+        "print(ray.is_initialized())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    ).stdout.splitlines()
+    assert out == ["(not connected to Ray)", "False"]
 
 
 @pytest.mark.ray

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from birdray.serve.job import free_port
+from birdray.runtime import free_port
 from tests.model_fixture import make_package
 from tests.serve_fixtures import encode, post_images, random_rgb
 

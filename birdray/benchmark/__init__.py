@@ -160,7 +160,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         return {"results": str(out / "results.json"), "table": str(out / "results.md")}
 
     from birdray.data.ingest import IngestConfig, run_ingest
-    from birdray.serve.job import choose_proxy
+    from birdray.serve.proxy import choose_proxy
 
     if not cfg.address:
         choose_proxy(cfg.serve_proxy)  # before the local Ray starts: Serve reads it from there
