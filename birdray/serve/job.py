@@ -27,13 +27,7 @@ from birdray.devices import gpus_to_use
 from birdray.resources import plan_serve
 from birdray.runtime import LOOPBACK, init_ray, sigterm_as_ctrl_c
 from birdray.serve.app import AppArgs, app_args, build_app, colocated
-from birdray.serve.proxy import (
-    PROXIES,
-    PROXY_TIMEOUT_MARGIN_S,
-    check_proxy,
-    choose_proxy,
-    ensure_serve,
-)
+from birdray.serve.proxy import check_proxy, check_proxy_name, choose_proxy, ensure_serve
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +155,7 @@ def start_local(
     # as `birdray serve`: the model colocated with the ingress when nothing needs it apart
     args = {"model": model, "registry": registry, "colocate": ServeConfig.colocate, **app_kwargs}
     app = build_app(args)  # validates args and the model reference before starting anything
-    if proxy not in PROXIES:
-        raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+    check_proxy_name(proxy)
     joining = (address or os.environ.get("RAY_ADDRESS")) not in (None, "", "local")
     if not ray.is_initialized() and not joining:
         choose_proxy(proxy)  # a local Ray is started next
@@ -178,8 +171,7 @@ def start_local(
         args["num_gpus"] = gpus
         app = build_app(args)
     plan_serve(args, cluster)  # fits, or fails now
-    app_timeout = app_kwargs.get("request_timeout_s") or AppArgs().request_timeout_s
-    base = ensure_serve(host, port, float(app_timeout) + PROXY_TIMEOUT_MARGIN_S)
+    base = ensure_serve(host, port, app_kwargs.get("request_timeout_s"))
     check_proxy(proxy)
     serve.run(app, name=name, route_prefix=route_prefix)
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")

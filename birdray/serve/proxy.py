@@ -21,6 +21,12 @@ PROXY_TIMEOUT_MARGIN_S = 10.0  # the proxy's backstop waits longer than the app'
 PROXIES = ("serve", "haproxy")
 
 
+def check_proxy_name(proxy: str) -> None:
+    """Refuse an unknown front door before anything starts."""
+    if proxy not in PROXIES:
+        raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+
+
 def choose_proxy(proxy: str) -> None:
     """Set Ray's switches for Serve's front door; they take effect in a Ray started after this.
 
@@ -30,8 +36,7 @@ def choose_proxy(proxy: str) -> None:
     Ray's fixed 8404 and 9101 (two services on one machine would clash); and on one node a
     stopping replica needs a short drain only (HAProxy drops it within a second).
     """
-    if proxy not in PROXIES:
-        raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+    check_proxy_name(proxy)
     if proxy == "haproxy":
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
@@ -84,20 +89,18 @@ def _proxy_did_not_start(waited_s: float, exc: BaseException) -> StallError:
     )
 
 
-def ensure_serve(
-    host: str = LOOPBACK, port: int = 0, request_timeout_s: float | None = None
-) -> str:
+def ensure_serve(host: str = LOOPBACK, port: int = 0, app_timeout_s: float | None = None) -> str:
     """Start Serve's HTTP proxy on the head node (or join a running one); its base URL.
 
     Serve's HTTP options are fixed once it runs, so when it already runs the URL reports the
-    port it really listens on, not the one asked for. ``request_timeout_s`` bounds every request
-    at the proxy (default: the app's own limit plus a margin, so the app answers first).
+    port it really listens on, not the one asked for. The proxy bounds every request at the app's
+    own limit ``app_timeout_s`` (default: ``AppArgs``') plus a margin, so the app answers first.
     """
 
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
         port = port or free_port(host)
-        timeout = request_timeout_s or AppArgs().request_timeout_s + PROXY_TIMEOUT_MARGIN_S
+        timeout = float(app_timeout_s or AppArgs().request_timeout_s) + PROXY_TIMEOUT_MARGIN_S
         started = time.monotonic()
         try:
             serve.start(
