@@ -45,7 +45,7 @@ def test_benchmark_smoke_writes_every_stage(ray_cluster, tmp_path):
         *[
             ("serve", f"{q} at concurrency {c}")
             for c in (1, 4)
-            for q in ("req/s", "p50 latency", "p99 latency")
+            for q in ("req/s", "p50 latency", "p99 latency", "CPU ms per answer")
         ],
     ]
     for stage, text in wanted:

@@ -69,11 +69,15 @@ def http_load(
             ok = False
         return ok, time.perf_counter() - started
 
+    busy_before, client_before = machine_busy_s(), time.process_time()
     started = time.perf_counter()
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
         results = list(pool.map(call, range(requests)))
     seconds = time.perf_counter() - started
+    busy_after, client_s = machine_busy_s(), time.process_time() - client_before
     good = [s for ok, s in results if ok]
+    per_answer = 1000 / max(1, len(good))
+    measured = busy_before is not None and busy_after is not None
     return {
         "concurrency": concurrency,
         "requests": requests,
@@ -82,7 +86,25 @@ def http_load(
         "p50_ms": percentile(good, 50) * 1000,
         "p99_ms": percentile(good, 99) * 1000,
         "latencies_s": good,
+        # where a level's rate comes from on a CPU-bound machine: CPU spent per answer
+        "cpu_ms_per_answer": (busy_after - busy_before) * per_answer if measured else None,
+        "client_cpu_ms_per_answer": client_s * per_answer,
     }
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``; None
+    elsewhere): the difference over a load level, divided by its answers, is what each answer
+    cost in all processes together (server, Ray's, the client)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user, nice, system, then irq and softirq; not idle, iowait, a hypervisor's steal, or
+    # guest time (already inside user and nice)
+    busy = sum(ticks[:3]) + sum(ticks[5:7])
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kb(pid: str) -> int:

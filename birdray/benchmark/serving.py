@@ -76,6 +76,20 @@ def _serve_rows(me: dict, peer: dict, bare_ips: float, direct_ms: float) -> list
                     peer=other.get(f"{q}_ms"),
                 )
             )
+        if load.get("cpu_ms_per_answer") is not None:
+            rows.append(
+                row(
+                    "serve",
+                    f"CPU ms per answer at concurrency {c} (all processes; the client's alone "
+                    f"{load['client_cpu_ms_per_answer']:.1f})",
+                    load["cpu_ms_per_answer"],
+                    None,
+                    "ms",
+                    peer=other.get("cpu_ms_per_answer"),
+                    client_cpu_ms=load["client_cpu_ms_per_answer"],
+                    peer_client_cpu_ms=other.get("client_cpu_ms_per_answer"),
+                )
+            )
     return rows
 
 
