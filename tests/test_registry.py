@@ -108,6 +108,65 @@ def test_half_registered_version_is_invisible_and_skipped(registry, tmp_path, mo
     assert register(registry, make_package(tmp_path / "pkg10", seed=10)) == "v0005"
 
 
+def test_clean_removes_what_killed_registrations_left_and_spares_running_ones(
+    registry, tmp_path, monkeypatch
+):
+    from birdray.registry import versions
+
+    real_put = versions.storage.put_bytes
+
+    def crash_before_commit(location, data):
+        if str(location).endswith(versions.COMMITTED):
+            raise OSError("node lost")
+        real_put(location, data)
+
+    monkeypatch.setattr(versions.storage, "put_bytes", crash_before_commit)
+    with pytest.raises(OSError, match="node lost"):
+        register(registry, make_package(tmp_path / "pkg9", seed=9))
+    monkeypatch.undo()
+    left = tmp_path / "registry" / "models" / "v0004"
+    assert (left / "model.safetensors").is_file()
+    clean = RegistryConfig(action="clean", registry=registry)  # 24 h: it may still be copying
+    kept = run_registry(clean)
+    assert kept["removed"] == [] and [e["version"] for e in kept["in_progress"]] == ["v0004"]
+    assert kept["in_progress"][0]["files"] >= 2 and kept["in_progress"][0]["age_hours"] < 1
+    gone = run_registry(RegistryConfig(action="clean", registry=registry, stale_hours=0))
+    assert [e["version"] for e in gone["removed"]] == ["v0004"] and gone["in_progress"] == []
+    assert sorted(p.name for p in left.iterdir()) == [versions.ABANDONED]  # the number stays taken
+    assert list_versions(registry) == ["v0001", "v0002", "v0003"]
+    assert register(registry, make_package(tmp_path / "pkg10", seed=10)) == "v0005"
+    assert run_registry(clean) == {"removed": [], "in_progress": []}  # committed ones untouched
+    assert resolve("v0005", registry).is_dir()
+
+    # a copy so slow that a clean removed its version meanwhile: it refuses to commit, and what it
+    # wrote after the clean is removed by the next one, whatever its age
+    real_upload, cleaned = versions.storage.upload_file, []
+
+    def clean_midway(local, location):
+        real_upload(local, location)
+        if not cleaned:
+            cleaned.append(versions.clean_abandoned(registry, 0))
+
+    monkeypatch.setattr(versions.storage, "upload_file", clean_midway)
+    with pytest.raises(RegistryError, match="v0006 was removed as an abandoned registration"):
+        register(registry, make_package(tmp_path / "pkg11", seed=11))
+    monkeypatch.undo()
+    assert [e["version"] for e in cleaned[0]["removed"]] == ["v0006"]
+    assert list_versions(registry) == ["v0001", "v0002", "v0003", "v0005"]
+    again = run_registry(clean)
+    assert [e["version"] for e in again["removed"]] == ["v0006"]
+    assert [p.name for p in (left.parent / "v0006").iterdir()] == [versions.ABANDONED]
+
+
+@pytest.mark.parametrize(
+    "words, settings, message",
+    [(["v0001"], {}, "usage"), ([], {"stale_hours": -1.0}, "must be >= 0")],
+)
+def test_clean_refuses_bad_arguments(registry, words, settings, message):
+    with pytest.raises(RegistryError, match=message):
+        run_registry(RegistryConfig(action="clean", args=words, registry=registry, **settings))
+
+
 def test_concurrent_registrations_get_distinct_whole_versions(tmp_path):
     reg = str(tmp_path / "race")
     packages = [make_package(tmp_path / f"p{i}", seed=20 + i) for i in range(4)]
@@ -254,3 +313,9 @@ def test_registry_add_and_alias_through_the_cli(tmp_path):
     with pytest.raises(RegistryError, match="not a model package folder"):
         run_registry(RegistryConfig(action="add", args=[str(tmp_path)], registry=reg))
     assert list_versions(reg) == ["v0001"]
+    cleaned = _cli("clean", "--stale-hours", "0", "--registry", reg)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert json.loads(cleaned.stdout[cleaned.stdout.index("{") :]) == {
+        "removed": [],
+        "in_progress": [],
+    }

@@ -99,6 +99,11 @@ def test_a_crash_mid_register_is_invisible_in_a_bucket(s3_bucket, tmp_path, monk
     with pytest.raises(RegistryError, match="no version"):
         resolve("v0002", reg)
     assert register(reg, make_package(tmp_path / "c", seed=3)) == "v0003"
+    cleaned = run_registry(RegistryConfig(action="clean", registry=reg, stale_hours=0))
+    assert [e["version"] for e in cleaned["removed"]] == ["v0002"]  # the leftover, not v0003
+    assert storage.list_files(f"{reg}/models/v0002") == [registry_versions.ABANDONED]
+    assert list_versions(reg) == ["v0001", "v0003"]
+    assert register(reg, make_package(tmp_path / "d", seed=4)) == "v0004"
 
 
 def test_racing_writers_in_a_bucket_lose_nothing(s3_bucket, tmp_path):

@@ -4,6 +4,7 @@ A registry is a folder or a bucket URI (any pyarrow filesystem), written the sam
 
     <registry>/models/v0001/{model.safetensors, metadata.json, eval/...}   the package as registered
     <registry>/models/v0001/_COMMITTED                                     written last
+    <registry>/models/v0004/_ABANDONED          a killed registration, cleaned (number kept)
     <registry>/models/v0001/evaluations/<id>/{eval/..., calibration.json}  later evaluations
     <registry>/models/v0001/explanations/<id>/{explain/..., _COMMITTED}    explain-eval results
     <registry>/production/<seq>-<ns>-<id>-promote-v0001.json               append-only alias log

@@ -1,4 +1,5 @@
-"""``birdray registry list|show|add|promote|rollback|alias``: inspect the registry, move aliases."""
+"""``birdray registry list|show|add|promote|rollback|alias|clean``: inspect the registry, move
+aliases, remove what killed registrations left."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from birdray.registry.versions import (
     RegistryError,
     check_alias,
     check_ref,
+    clean_abandoned,
     find_version,
     list_versions,
     register,
@@ -27,10 +29,10 @@ from birdray.registry.views import (
     version_of,
 )
 
-ACTIONS = ("list", "show", "add", "promote", "rollback", "alias")
+ACTIONS = ("list", "show", "add", "promote", "rollback", "alias", "clean")
 USAGE = (
     "birdray registry list | show [REF] | add PACKAGE [--promote] | promote [REF] | "
-    "rollback [--alias NAME] | alias list | alias set NAME REF"
+    "rollback [--alias NAME] | alias list | alias set NAME REF | clean [--stale-hours H]"
 )
 
 
@@ -38,12 +40,15 @@ USAGE = (
 class RegistryConfig:
     positional = "action"
     positional_rest = "args"
-    action: str = field("list", "list | show | add | promote | rollback | alias")
+    action: str = field("list", "list | show | add | promote | rollback | alias | clean")
     args: list[str] = field([], "the action's words: show REF, add PACKAGE, alias set NAME REF")
     registry: str = field("runs/registry", "registry folder or URI")
     version: str = field("production", "show/promote: vNNNN | latest | an alias (candidate, ...)")
     alias: str = field(PRODUCTION, "rollback: the alias to move back")
     promote: bool = field(False, "add: also make the new version production")
+    stale_hours: float = field(
+        24.0, "clean: remove never-committed versions claimed longer ago than this"
+    )
 
 
 def list_rows(registry: str) -> list[dict[str, Any]]:
@@ -109,11 +114,13 @@ def run_registry(cfg: RegistryConfig) -> Any:
         if len(words) != 1:
             raise RegistryError(f"usage: {USAGE}")
         return add(cfg.registry, words[0], cfg.promote)
-    if len(words) > 1 or (words and cfg.action in ("list", "rollback")):
+    if len(words) > 1 or (words and cfg.action in ("list", "rollback", "clean")):
         raise RegistryError(f"usage: {USAGE}")
     ref = check_ref(words[0] if words else cfg.version)  # a typo is one clear line, nothing read
     if cfg.action == "list":
         return list_rows(cfg.registry)
+    if cfg.action == "clean":
+        return clean_abandoned(cfg.registry, cfg.stale_hours)
     if cfg.action == "show":
         return asdict(version_metadata(cfg.registry, version_of(ref, cfg.registry)))
     if cfg.action == "promote":  # promote candidate: production takes candidate's version

@@ -8,7 +8,8 @@ on local folders, where the marker write is an atomic rename.
 
 Two writers that pick the same number both see each other's claim (S3 and GCS list strongly after
 a write), so at most one proceeds; the others drop their claim and try a higher number (so after
-a race numbers may skip one; they never repeat).
+a race numbers may skip one; they never repeat). A registration killed mid-copy leaves its files
+behind, invisible; ``registry clean`` deletes those older than ``--stale-hours``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from birdray.model.package import METADATA_FILE, PackageMetadata, verify_package
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 COMMITTED = "_COMMITTED"
+ABANDONED = "_ABANDONED"  # left by ``registry clean`` where a never-committed version was
 CLAIM_PREFIX = ".claim-"
 EVALUATIONS = "evaluations"
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -77,17 +79,21 @@ def _number(version: str) -> int:
     return int(version[1:])
 
 
+def _files_by_version(registry: str) -> dict[str, list[str]]:
+    """Every version prefix in use and its files (relative to it), from one listing."""
+    by_version: dict[str, list[str]] = {}
+    for name in storage.list_files(storage.join(storage.absolute(registry), "models")):
+        version, _, rest = name.partition("/")
+        if rest and VERSION_RE.match(version):
+            by_version.setdefault(version, []).append(rest)
+    return by_version
+
+
 def _scan(registry: str) -> tuple[list[str], set[str]]:
     """(committed versions in order, every version prefix in use) from one listing."""
-    committed, used = set(), set()
-    for name in storage.list_files(storage.join(storage.absolute(registry), "models")):
-        parts = name.split("/")
-        if len(parts) < 2 or not VERSION_RE.match(parts[0]):
-            continue
-        used.add(parts[0])
-        if parts[1:] == [COMMITTED]:
-            committed.add(parts[0])
-    return sorted(committed, key=_number), used
+    by_version = _files_by_version(registry)
+    committed = [v for v, files in by_version.items() if COMMITTED in files]
+    return sorted(committed, key=_number), set(by_version)
 
 
 def list_versions(registry: str) -> list[str]:
@@ -176,9 +182,66 @@ def register(
         "content_hash": meta.content_hash,
         "committed_at": time.time(),
     }
+    if ABANDONED in storage.list_files(target):  # cleaned away while this copy ran
+        raise RegistryError(
+            f"{registry}: {version} was removed as an abandoned registration while this one was "
+            "still copying (`registry clean --stale-hours` shorter than the upload); register again"
+        )
     storage.put_bytes(storage.join(target, COMMITTED), json.dumps(marker).encode())  # last
     storage.delete_file(claim)
     return version
+
+
+def _claimed_at(registry: str, version: str, claim: str) -> float | None:
+    try:
+        when = json.loads(storage.read_bytes(storage.join(version_uri(registry, version), claim)))
+        return float(when["claimed_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # gone meanwhile, or not a claim this code wrote
+
+
+def uncommitted_versions(registry: str) -> list[dict[str, Any]]:
+    """Versions claimed and never committed: a registration killed mid-copy (or one still
+    running). Readers never see them, but their files stay until ``clean_abandoned``."""
+    out = []
+    for version, files in sorted(_files_by_version(registry).items(), key=lambda v: _number(v[0])):
+        if COMMITTED in files or files == [ABANDONED]:
+            continue
+        claims = [f for f in files if f.startswith(CLAIM_PREFIX)]
+        started = [t for t in (_claimed_at(registry, version, c) for c in claims) if t]
+        out.append(
+            {
+                "version": version,
+                "files": len([f for f in files if f != ABANDONED]) - len(claims),
+                "claimed_at": max(started, default=None),
+                # files a killed copy went on writing after a clean: removed whatever their age
+                "abandoned": ABANDONED in files,
+            }
+        )
+    return out
+
+
+def clean_abandoned(registry: str, stale_hours: float) -> dict[str, Any]:
+    """Delete the files of registrations claimed more than ``stale_hours`` ago and never
+    committed; younger ones may still be copying and are kept. A removed version keeps an
+    ``_ABANDONED`` marker, so its number stays taken (numbers never repeat)."""
+    if stale_hours < 0:
+        raise RegistryError(f"--stale-hours {stale_hours}: must be >= 0")
+    now, removed, in_progress = time.time(), [], []
+    for entry in uncommitted_versions(registry):
+        claimed_at, abandoned = entry.pop("claimed_at"), entry.pop("abandoned")
+        if not abandoned and claimed_at is not None and now - claimed_at < stale_hours * 3600:
+            in_progress.append({**entry, "age_hours": round((now - claimed_at) / 3600, 2)})
+            continue
+        target = version_uri(registry, entry["version"])
+        if not abandoned:  # the marker first: from here the number stays taken, files or not
+            tombstone = {"abandoned_at": now, "claimed_at": claimed_at, "files": entry["files"]}
+            storage.put_bytes(storage.join(target, ABANDONED), json.dumps(tombstone).encode())
+        for name in storage.list_files(target):
+            if name != ABANDONED:
+                storage.delete_file(storage.join(target, name))
+        removed.append({"version": entry["version"], "files": entry["files"]})
+    return {"removed": removed, "in_progress": in_progress}
 
 
 def verify_files(path: Path, version: str) -> PackageMetadata:
