@@ -77,7 +77,7 @@ def test_crop_and_scorings_decode_tasks_never_import_torch(tmp_path):
 import json, sys
 import pyarrow as pa
 from birdray.scoring.sources import Source
-from birdray.scoring.stages import prepare_batch
+from birdray.scoring.decode import prepare_batch
 import birdray.serve.app, birdray.serve.ingress, birdray.serve.uploads
 cfg = {_config(128, "bicubic", 0.875, "center")!r}
 batch = pa.table({{"path": [{str(photo)!r}, "/nonexistent.jpg"], "file_size": [0, 0]}})

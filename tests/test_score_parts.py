@@ -240,8 +240,8 @@ def test_decode_stage_turns_every_failure_into_an_error_string(tmp_path):
 
     from PIL import Image
 
+    from birdray.scoring.decode import prepare_batch
     from birdray.scoring.sources import Source
-    from birdray.scoring.stages import prepare_batch
 
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
@@ -319,7 +319,7 @@ def test_a_write_that_fails_is_one_error_naming_the_folder_and_no_torn_part(tmp_
 def test_a_bucket_that_is_gone_ends_the_job_naming_it(tmp_path, monkeypatch):
     """One object that fails is its row; a bucket that stops answering is the job's error, found
     at the first failed read (not after every file has waited out the S3 client's retries)."""
-    from birdray.scoring import stages
+    from birdray.scoring import decode
     from birdray.scoring.job import _stream_rows
     from birdray.scoring.sources import Source
 
@@ -329,14 +329,14 @@ def test_a_bucket_that_is_gone_ends_the_job_naming_it(tmp_path, monkeypatch):
         tried.append(path)
         raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation")
 
-    monkeypatch.setattr(stages, "read_file", read)
-    monkeypatch.setattr(stages, "bucket_reachable", lambda source: False)
+    monkeypatch.setattr(decode, "read_file", read)
+    monkeypatch.setattr(decode, "bucket_reachable", lambda source: False)
     config = {"input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.5] * 3,
               "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
     paths = [f"s3://birds/photos/{i}.jpg" for i in range(3)]
     batch = pa.table({"path": paths, "file_size": [5] * 3, "mtime_ns": [1, 2, 3]})
     source = Source("folder", "s3://birds/photos", "s3://")
-    out = stages.prepare_batch(batch, source, json.dumps(config), 2**20, 10**6)
+    out = decode.prepare_batch(batch, source, json.dumps(config), 2**20, 10**6)
     assert [e.split(":", 1)[0] for e in out["error"]] == ["unreachable"] * 3
     assert "s3://birds/photos" in out["error"][0] and tried == paths[:1]
 

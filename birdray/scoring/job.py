@@ -34,6 +34,7 @@ from birdray.model.package import read_metadata
 from birdray.registry.ref import ModelChoice
 from birdray.resources import DATA_CPUS, plan_pool, watched
 from birdray.runtime import init_ray
+from birdray.scoring.decode import UNREACHABLE
 from birdray.scoring.output import (
     CSV_FILE,
     EXPLANATIONS,
@@ -62,7 +63,6 @@ from birdray.scoring.sources import (
 )
 from birdray.scoring.stages import (
     SCHEMA,
-    UNREACHABLE,
     Scorer,
     StagePlan,
     build_dataset,
