@@ -82,7 +82,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from birdray.data.ingest_report import summary
     from birdray.evaluate.job import EvaluateConfig, run_evaluation
     from birdray.registry import read_pointer
-    from birdray.registry.versions import clean_abandoned
+    from birdray.registry.versions import STALE_HOURS, clean_abandoned
     from birdray.serve.proxy import choose_proxy
     from birdray.train.job import run_training
     from birdray.tune.job import run_sweep
@@ -150,7 +150,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         str(registry), Path(trained["package"]), {"run": recipe.name, "source": "demo"}, force=False
     )
     version = read_pointer(str(registry))["version"]
-    leftovers = clean_abandoned(str(registry), 24.0)  # `registry clean`: killed registrations
+    leftovers = clean_abandoned(str(registry), STALE_HOURS)  # `registry clean`
     done(
         t,
         registry=registry,

@@ -86,6 +86,27 @@ def s3_bucket() -> str:
 
 
 @pytest.fixture
+def killed_register(monkeypatch):
+    """``register`` as if its node died after copying the files, before ``_COMMITTED``."""
+    from birdray.registry import register, versions
+
+    real_put = versions.storage.put_bytes
+
+    def crash_before_commit(location, data):
+        if str(location).endswith(versions.COMMITTED):
+            raise OSError("node lost")
+        real_put(location, data)
+
+    def register_and_die(registry: str, package: Path) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(versions.storage, "put_bytes", crash_before_commit)
+            with pytest.raises(OSError, match="node lost"):
+                register(registry, package)
+
+    return register_and_die
+
+
+@pytest.fixture
 def two_version_registry(tmp_path) -> str:
     """A local registry with v0001 (production) and v0002 of small test packages."""
     from birdray.registry import promote, register

@@ -21,6 +21,7 @@ from birdray.registry import (
     resolve,
     rollback,
     run_registry,
+    versions,
 )
 from tests.model_fixture import make_package
 
@@ -86,20 +87,8 @@ def test_concurrent_promotions_leave_a_whole_pointer(registry, tmp_path):
     assert pointer["entries"] == 30  # every promotion is in the log: none overwrote another
 
 
-def test_half_registered_version_is_invisible_and_skipped(registry, tmp_path, monkeypatch):
-    from birdray.registry import versions
-
-    real_put = versions.storage.put_bytes
-
-    def crash_before_commit(location, data):
-        if str(location).endswith(versions.COMMITTED):
-            raise OSError("node lost")
-        real_put(location, data)
-
-    monkeypatch.setattr(versions.storage, "put_bytes", crash_before_commit)
-    with pytest.raises(OSError, match="node lost"):
-        register(registry, make_package(tmp_path / "pkg9", seed=9))
-    monkeypatch.undo()
+def test_half_registered_version_is_invisible_and_skipped(registry, tmp_path, killed_register):
+    killed_register(registry, make_package(tmp_path / "pkg9", seed=9))
     assert (tmp_path / "registry" / "models" / "v0004" / "model.safetensors").is_file()
     assert list_versions(registry) == ["v0001", "v0002", "v0003"]  # v0004 has no marker
     assert resolve("latest", registry).name == "v0003"
@@ -109,21 +98,9 @@ def test_half_registered_version_is_invisible_and_skipped(registry, tmp_path, mo
 
 
 def test_clean_removes_what_killed_registrations_left_and_spares_running_ones(
-    registry, tmp_path, monkeypatch
+    registry, tmp_path, killed_register, monkeypatch
 ):
-    from birdray.registry import versions
-
-    real_put = versions.storage.put_bytes
-
-    def crash_before_commit(location, data):
-        if str(location).endswith(versions.COMMITTED):
-            raise OSError("node lost")
-        real_put(location, data)
-
-    monkeypatch.setattr(versions.storage, "put_bytes", crash_before_commit)
-    with pytest.raises(OSError, match="node lost"):
-        register(registry, make_package(tmp_path / "pkg9", seed=9))
-    monkeypatch.undo()
+    killed_register(registry, make_package(tmp_path / "pkg9", seed=9))
     left = tmp_path / "registry" / "models" / "v0004"
     assert (left / "model.safetensors").is_file()
     clean = RegistryConfig(action="clean", registry=registry)  # 24 h: it may still be copying

@@ -77,20 +77,10 @@ def test_register_promote_rollback_list_resolve_in_a_bucket(s3_bucket, tmp_path)
         promote(reg, "v0042")
 
 
-def test_a_crash_mid_register_is_invisible_in_a_bucket(s3_bucket, tmp_path, monkeypatch):
+def test_a_crash_mid_register_is_invisible_in_a_bucket(s3_bucket, tmp_path, killed_register):
     reg = _fresh(s3_bucket)
     register(reg, make_package(tmp_path / "a", seed=1))
-    real_put = registry_versions.storage.put_bytes
-
-    def crash_before_commit(location, data):
-        if str(location).endswith(registry_versions.COMMITTED):
-            raise OSError("node lost")
-        real_put(location, data)
-
-    monkeypatch.setattr(registry_versions.storage, "put_bytes", crash_before_commit)
-    with pytest.raises(OSError, match="node lost"):
-        register(reg, make_package(tmp_path / "b", seed=2))
-    monkeypatch.undo()
+    killed_register(reg, make_package(tmp_path / "b", seed=2))
     files = storage.list_files(f"{reg}/models/v0002")
     assert "model.safetensors" in files and "metadata.json" in files  # copied, not committed
     assert list_versions(reg) == ["v0001"]

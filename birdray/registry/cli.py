@@ -12,6 +12,7 @@ from birdray.model.errors import ModelError
 from birdray.model.package import verify_package
 from birdray.registry.pointer import PRODUCTION, read_aliases
 from birdray.registry.versions import (
+    STALE_HOURS,
     RegistryError,
     check_alias,
     check_ref,
@@ -47,7 +48,7 @@ class RegistryConfig:
     alias: str = field(PRODUCTION, "rollback: the alias to move back")
     promote: bool = field(False, "add: also make the new version production")
     stale_hours: float = field(
-        24.0, "clean: remove never-committed versions claimed longer ago than this"
+        STALE_HOURS, "clean: remove never-committed versions claimed longer ago than this"
     )
 
 

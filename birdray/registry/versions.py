@@ -35,6 +35,7 @@ EVALUATIONS = "evaluations"
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 NOT_ALIASES = re.compile(r"^(latest|v\d+)$")
 CLAIM_ATTEMPTS = 30
+STALE_HOURS = 24.0  # ``registry clean``: a never-committed version older than this was killed
 
 
 class RegistryError(ValueError):
