@@ -15,6 +15,7 @@ import os
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -36,30 +37,38 @@ def scheme(location: str | Path) -> str:
     return text.split("://", 1)[0] + "://" if is_uri(text) else ""
 
 
+class LockTimeout(TimeoutError):
+    """Another process held a lock longer than this one would wait (``file_lock``'s bound)."""
+
+
+LOCK_MAX_WAIT_S = 4 * 3600.0  # a second ingest or download waits for the first, not forever
+LOCK_NOTE_EVERY_S = 300.0  # while waiting, a line this often: alive, not flooding the log
+
+
 @contextlib.contextmanager
-def file_lock(lock_file: Path, wait: bool = True, waiting_for: str = "") -> Iterator[bool]:
+def file_lock(
+    lock_file: Path,
+    wait: bool = True,
+    waiting_for: str = "",
+    max_wait_s: float = LOCK_MAX_WAIT_S,
+    note_every_s: float = LOCK_NOTE_EVERY_S,
+) -> Iterator[bool]:
     """An exclusive lock between processes on this machine, released when the holder dies.
 
     Yields True once held; with ``wait=False`` yields False at once when another holds it. A wait
-    is never silent: it says on stderr what it waits for and which process holds the lock.
+    is never silent and never endless: it says on stderr what it waits for and which process
+    holds the lock, says it again every ``note_every_s``, and raises ``LockTimeout`` (naming the
+    holder) after ``max_wait_s``: a holder that hangs must not hang every job queued behind it.
     """
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+") as fh:  # not "w": the holder's pid in it must survive a waiter
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fh):
             if not wait:
                 yield False
                 return
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            what = waiting_for or f"the lock {lock_file}"
-            print(
-                f"birdray: waiting for {what}: process {holder} holds {lock_file}",
-                file=sys.stderr,
-                flush=True,
+            _wait_for_lock(
+                fh, lock_file, waiting_for or f"the lock {lock_file}", max_wait_s, note_every_s
             )
-            fcntl.flock(fh, fcntl.LOCK_EX)
         fh.truncate(0)
         fh.write(str(os.getpid()))
         fh.flush()
@@ -67,6 +76,45 @@ def file_lock(lock_file: Path, wait: bool = True, waiting_for: str = "") -> Iter
             yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _try_lock(fh) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _wait_for_lock(fh, lock_file: Path, what: str, max_wait_s: float, note_every_s: float) -> None:
+    """Poll until the lock is ours (flock has no timed wait), saying who holds it meanwhile."""
+
+    def holder() -> str:
+        fh.seek(0)
+        return fh.read().strip() or "unknown"
+
+    started = time.monotonic()
+    next_note = started
+    while not _try_lock(fh):
+        waited = time.monotonic() - started
+        if waited >= max_wait_s:
+            raise LockTimeout(
+                f"gave up waiting for {what} after {_duration(waited)}: process {holder()} still"
+                f" holds {lock_file} (it is released when that process ends)"
+            )
+        if time.monotonic() >= next_note:
+            still = f" (still, after {_duration(waited)})" if next_note > started else ""
+            print(
+                f"birdray: waiting for {what}{still}: process {holder()} holds {lock_file}",
+                file=sys.stderr,
+                flush=True,
+            )
+            next_note += note_every_s
+        time.sleep(min(0.25, max(max_wait_s - waited, 0.0)))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
 def machine_lock_file(kind: str, location: str | Path) -> Path:

@@ -42,11 +42,19 @@ def test_file_lock_excludes_other_processes_until_released_and_says_it_waits(tmp
     lock = tmp_path / "job" / ".lock"
     ctx = multiprocessing.get_context("spawn")
     taken = ctx.Event()
-    other = ctx.Process(target=_hold, args=(str(lock), taken, 3.0))
+    other = ctx.Process(target=_hold, args=(str(lock), taken, 4.0))
     other.start()
     assert taken.wait(timeout=60)
     with storage.file_lock(lock, wait=False) as held:
         assert not held
+    # a bounded wait gives up naming the holder, and repeats its note while it waits
+    bounded = storage.file_lock(lock, waiting_for="the other job", max_wait_s=1.0, note_every_s=0.3)
+    gave_up = f"after 1 s: process {other.pid} still holds"
+    with pytest.raises(storage.LockTimeout, match=gave_up), bounded:
+        pytest.fail("the lock is held by the other process")
+    notes = capsys.readouterr().err.splitlines()
+    assert notes[0] == f"birdray: waiting for the other job: process {other.pid} holds {lock}"
+    assert len(notes) >= 3 and all("(still, after " in note for note in notes[1:])
     started = time.time()
     with storage.file_lock(lock, waiting_for="the other job") as held:  # waits for the other
         assert held
