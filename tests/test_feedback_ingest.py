@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from birdray.cli import main
-from birdray.data.cub import image_path, read_cub
+from birdray.data.confined import image_path
+from birdray.data.cub import read_cub
 from birdray.data.feedback import class_index
 from birdray.data.ingest import IngestConfig, run_ingest
 from birdray.data.manifest import load_manifest, split_path

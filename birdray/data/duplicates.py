@@ -18,7 +18,8 @@ import stat
 from pathlib import Path
 
 from birdray import storage
-from birdray.data.cub import CubDataset, CubRecord, confined_path
+from birdray.data.confined import confined_path
+from birdray.data.cub import CubDataset, CubRecord
 
 SHOWN = 3  # copies a reason names
 

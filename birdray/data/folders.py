@@ -24,14 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from birdray.data.archive import not_the_users
-from birdray.data.cub import (
-    CubDataset,
-    CubFormatError,
-    CubRecord,
-    confined_path,
-    find_root,
-    refused_reason,
-)
+from birdray.data.confined import confined_path, refused_reason
+from birdray.data.cub import CubDataset, CubFormatError, CubRecord, find_root
 from birdray.images import IMAGE_SUFFIXES
 from birdray.storage import file_stamp, utf8_name
 

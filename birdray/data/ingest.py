@@ -30,7 +30,8 @@ from birdray import storage
 from birdray.config import field, to_dict
 from birdray.data import feedback as fblib
 from birdray.data import folders
-from birdray.data.cub import CubDataset, CubRecord, image_path, read_cub
+from birdray.data.confined import image_path
+from birdray.data.cub import CubDataset, CubRecord, read_cub
 from birdray.data.download import DEFAULT_MAX_EXTRACT_GB, open_source
 from birdray.data.duplicates import mark_duplicates
 from birdray.data.ingest_report import empty_classes, reason_counts, report
