@@ -134,7 +134,7 @@ def plan_pool(
 def plan_serve(args: dict[str, Any], cluster: dict[str, float]) -> None:
     """The Serve app's replicas (``AppArgs`` fields; autoscaling starts at ``min_replicas``)
     must fit the cluster's totals, or they would wait for a node forever."""
-    from birdray.serve.app import AppArgs, colocated
+    from birdray.serve.args import AppArgs, colocated
 
     opts = from_dict(AppArgs, dict(args))
     replicas = {

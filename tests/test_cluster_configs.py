@@ -404,7 +404,8 @@ def test_serve_config_matches_the_app_contract(source):
 def test_serve_config_fits_the_app_code(source):
     """args are build_app's own AppArgs; names and user_config keys are what the code uses."""
     from birdray import config as cfglib
-    from birdray.serve.app import AppArgs, BirdIngress
+    from birdray.serve.app import BirdIngress
+    from birdray.serve.args import AppArgs
     from birdray.serve.classifier import BirdClassifier
     from birdray.serve.explainer import BirdExplainer
 

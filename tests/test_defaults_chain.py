@@ -12,7 +12,7 @@ from birdray.data.ingest import IngestConfig
 from birdray.demo import next_commands
 from birdray.evaluate.job import EvaluateConfig
 from birdray.explain.evaluation import ExplainEvalConfig
-from birdray.serve.app import AppArgs
+from birdray.serve.args import AppArgs
 from birdray.train.config import TrainConfig
 from birdray.tune.config import SweepConfig
 

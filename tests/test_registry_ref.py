@@ -12,7 +12,7 @@ from birdray.explain.job import ExplainConfig
 from birdray.registry import RegistryError, set_alias
 from birdray.registry.ref import DEFAULT_REGISTRY, ModelChoice, ModelRef
 from birdray.scoring.job import ScoreConfig
-from birdray.serve.app import AppArgs
+from birdray.serve.args import AppArgs
 from tests.model_fixture import make_package
 
 

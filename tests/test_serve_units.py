@@ -16,7 +16,8 @@ from birdray.config import ConfigError
 from birdray.serve.api import create_api
 from birdray.serve.app import REPLICA_LOOP_ENV, build_app
 from birdray.serve.errors import ApiError
-from birdray.serve.ingress import BirdIngress, api_key_from_env
+from birdray.serve.ingress import BirdIngress
+from birdray.serve.replica import api_key_from_env
 from birdray.serve.uploads import Limits, Upload, decode_upload, read_uploads
 from tests.model_fixture import make_package
 from tests.serve_fixtures import encode, random_rgb
@@ -206,11 +207,11 @@ def test_a_model_replica_dying_mid_request_is_503_unavailable(died):
     (Retry-After), not a 500 ``internal_error``; Serve restarts the replica."""
     import ray.exceptions
 
-    from birdray.serve.ingress import _answer
+    from birdray.serve.replica import answer
 
     async def dies():
         raise died(ray.exceptions)
 
     with pytest.raises(ApiError) as info:
-        asyncio.run(_answer(dies(), "model"))
+        asyncio.run(answer(dies(), "model"))
     assert (info.value.status, info.value.code) == (503, "unavailable")

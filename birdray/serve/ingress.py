@@ -10,16 +10,11 @@ arrays and the ingress redoes them once with the new transform.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import time
-from types import SimpleNamespace
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 
 from birdray.class_names import ClassIndex
 from birdray.images import DecodedImage
@@ -28,6 +23,7 @@ from birdray.serve.classifier import BirdClassifier
 from birdray.serve.errors import ApiError
 from birdray.serve.feedback_route import FeedbackRoute
 from birdray.serve.metrics import ServeMetrics
+from birdray.serve.replica import InProcess, admission_limit, answer, api_key_from_env
 from birdray.serve.rollout import (
     CANDIDATE,
     PRODUCTION,
@@ -37,64 +33,9 @@ from birdray.serve.rollout import (
 )
 from birdray.serve.uploads import Limits, Upload, decode_upload, in_photo_pixels
 
-PROBE_SLOTS = 8  # requests Serve lets in beyond the app's own limit: probes, quick 503s
-
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
-
-
-async def _answer(response: DeploymentResponse, what: str) -> Any:
-    """Await a deployment call; overload and absence become 503s in the API's error shape."""
-    try:
-        return await response
-    except BackPressureError as exc:
-        raise ApiError(503, "busy", f"too many {what} requests queued; retry shortly") from exc
-    except DeploymentUnavailableError as exc:
-        raise ApiError(503, "unavailable", f"the {what} deployment is not available") from exc
-    except RayActorError as exc:  # the replica died (or is unreachable) mid-request: Serve
-        # restarts it, so the client retries, as for busy; never a 500 ``internal_error``
-        raise ApiError(503, "unavailable", f"the {what} replica stopped; retry shortly") from exc
-
-
-class InProcess:
-    """A deployment's object in this process, called the way a ``DeploymentHandle`` is
-    (``handle.method.remote(...)``, awaited): the colocated model needs no other code path."""
-
-    def __init__(self, target: Any):
-        self._target = target
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._target, name)
-        return SimpleNamespace(remote=method)
-
-
-def admission_limit(limits: Limits) -> Limits:
-    """``limits`` with ``max_concurrent_requests`` set: when 0, this replica's Serve
-    ``max_ongoing_requests`` (as a config file may have set it) less ``PROBE_SLOTS``, so the app
-    turns overload away in its JSON shape before Serve's proxy queues or drops it in plain text."""
-    if limits.max_concurrent_requests:
-        return limits
-    # Serve has no public getter for a running replica's own options
-    ongoing = serve.get_replica_context()._deployment_config.max_ongoing_requests
-    return dataclasses.replace(limits, max_concurrent_requests=max(1, ongoing - PROBE_SLOTS))
-
-
-def api_key_from_env(name: str | None) -> str | None:
-    """The key in variable ``name`` (None: no key configured); fails closed on unset or blank.
-
-    A named but missing key is a deployment mistake (a secret that did not mount), never a
-    reason to serve ``/v1`` to anyone: the replica refuses to start and Serve reports why.
-    """
-    if not name:
-        return None
-    key = os.environ.get(name, "")
-    if not key.strip():
-        raise RuntimeError(
-            f"api_key_env names {name}, but {name} is unset or empty in this replica: "
-            "refusing to serve /v1 without an API key"
-        )
-    return key
 
 
 @serve.deployment(name="BirdIngress", max_ongoing_requests=64)
@@ -145,7 +86,7 @@ class BirdIngress(FeedbackRoute):
         if role not in self._infos or refresh:
             from birdray.model.crop import decode_side, uint8_eval_transform
 
-            info = await _answer(self._models[role].info.remote(), "model")
+            info = await answer(self._models[role].info.remote(), "model")
             info["transform"] = uint8_eval_transform(info["data_config"])
             info["decode_side"] = decode_side(info["data_config"])
             self._infos[role] = info
@@ -153,7 +94,7 @@ class BirdIngress(FeedbackRoute):
 
     async def model_stats(self) -> dict[str, Any]:
         """The production model's counters (``BirdClassifier.stats``), wherever it runs."""
-        return await _answer(self._models[PRODUCTION].stats.remote(), "model")
+        return await answer(self._models[PRODUCTION].stats.remote(), "model")
 
     async def model_info(self) -> dict[str, Any]:
         info = await self._current(refresh=True)
@@ -247,7 +188,7 @@ class BirdIngress(FeedbackRoute):
                     self._on_the_way -= 1
                     sent = True
                 try:
-                    result = await _answer(call, "model")
+                    result = await answer(call, "model")
                 except ApiError as exc:
                     exc.file = upload.name
                     return exc, item["decoded"]
@@ -348,7 +289,7 @@ class BirdIngress(FeedbackRoute):
         # the same decode as /v1/predict (a large JPEG at the scale the model needs), so both
         # answer with the same confidence; regions and parts come back in the photo's pixels
         decoded = await asyncio.to_thread(decode_upload, upload, self._limits, info["decode_side"])
-        result = await _answer(
+        result = await answer(
             self._explainer.explain.remote(decoded.image, method, label), "explain"
         )
         result["image"] = {"width": decoded.width, "height": decoded.height}

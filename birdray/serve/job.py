@@ -26,7 +26,8 @@ from birdray.config import field
 from birdray.devices import gpus_to_use
 from birdray.resources import plan_serve
 from birdray.runtime import LOOPBACK, init_ray, sigterm_as_ctrl_c
-from birdray.serve.app import AppArgs, app_args, build_app, colocated
+from birdray.serve.app import app_args, build_app
+from birdray.serve.args import AppArgs, colocated
 from birdray.serve.proxy import check_proxy, check_proxy_name, choose_proxy, ensure_serve
 
 logger = logging.getLogger(__name__)

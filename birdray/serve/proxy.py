@@ -13,7 +13,7 @@ from ray.serve.context import _get_global_client
 
 from birdray.resources import StallError, pending_report
 from birdray.runtime import LOOPBACK, free_port
-from birdray.serve.app import AppArgs
+from birdray.serve.args import AppArgs
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ when they start. Use the written YAML as a starting point; for deployments prefe
 Binding only describes the app: importing this module reads no registry and loads no model.
 """
 
-from birdray.serve.app import AppArgs, bind_app
+from birdray.serve.app import bind_app
+from birdray.serve.args import AppArgs
 
 _defaults = AppArgs()
 app = bind_app(_defaults, _defaults.ref)
