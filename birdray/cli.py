@@ -41,7 +41,7 @@ JOB_ERRORS = (
     ("birdray.resources", "StallError"),  # no progress for stall_timeout_s: Ray's view in one line
     ("birdray.scoring.output", "OutputError"),
     ("birdray.scoring.sources", "SourceError"),
-    ("birdray.storage", "LockTimeout"),  # another job held the lock past the wait's bound
+    ("birdray.locks", "LockTimeout"),  # another job held the lock past the wait's bound
 )
 
 # Jobs with ``--dry-run``: the resolved config and the resource plan, nothing started

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from birdray.data.cub import read_cub
-from birdray.data.ingest import IngestConfig, assign_splits, reconcile, run_ingest
+from birdray.data.ingest import IngestConfig, assign_splits, run_ingest
 from birdray.data.manifest import (
     DatasetError,
     load_manifest,
@@ -19,6 +19,7 @@ from birdray.data.manifest import (
     split_path,
     write_manifest,
 )
+from birdray.data.readback import reconcile
 from tests.cub_fixture import jpeg_bytes, real_photos, write_layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]

@@ -1,10 +1,8 @@
-"""The one storage helper: local paths and URIs, atomic writes, process locks, on folders and S3."""
+"""The one storage helper: local paths and URIs, atomic writes, on folders and S3."""
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -29,42 +27,6 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
     storage.write_bytes_atomic(target, b"two")
     assert storage.read_bytes(target) == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
-
-
-def _hold(lock: str, taken, seconds: float) -> None:
-    with storage.file_lock(Path(lock)) as held:
-        assert held
-        taken.set()
-        time.sleep(seconds)
-
-
-def test_file_lock_excludes_other_processes_until_released_and_says_it_waits(tmp_path, capsys):
-    lock = tmp_path / "job" / ".lock"
-    ctx = multiprocessing.get_context("spawn")
-    taken = ctx.Event()
-    other = ctx.Process(target=_hold, args=(str(lock), taken, 4.0))
-    other.start()
-    assert taken.wait(timeout=60)
-    with storage.file_lock(lock, wait=False) as held:
-        assert not held
-    # a bounded wait gives up naming the holder, and repeats its note while it waits
-    bounded = storage.file_lock(lock, waiting_for="the other job", max_wait_s=1.0, note_every_s=0.3)
-    gave_up = f"after 1 s: process {other.pid} still holds"
-    with pytest.raises(storage.LockTimeout, match=gave_up), bounded:
-        pytest.fail("the lock is held by the other process")
-    notes = capsys.readouterr().err.splitlines()
-    assert notes[0] == f"birdray: waiting for the other job: process {other.pid} holds {lock}"
-    assert len(notes) >= 3 and all("(still, after " in note for note in notes[1:])
-    started = time.time()
-    with storage.file_lock(lock, waiting_for="the other job") as held:  # waits for the other
-        assert held
-    other.join(timeout=60)
-    assert other.exitcode == 0 and time.time() - started > 0.5
-    said = capsys.readouterr().err
-    assert f"waiting for the other job: process {other.pid} holds {lock}" in said
-    with storage.file_lock(lock) as held:  # free now: taken without a word
-        assert held
-    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.slow

@@ -141,7 +141,7 @@ def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str)
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     """Run the chosen stage(s); write results.json and results.md under ``cfg.out``."""
-    from birdray.benchmark import serving, stages  # torch: not at the CLI's start-up
+    from birdray.benchmark import scoring, serving, stages  # torch: not at the CLI's start-up
 
     if cfg.stage not in STAGES:
         raise ValueError(f"unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
@@ -187,7 +187,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         )
     _write(out, cfg, rows, final=False)
     if "score" in want:
-        rows += stages.bench_score(
+        rows += scoring.bench_score(
             source, dataset, package, out / "score", cfg.batch_size, cfg.threads, peers=cfg.peers
         )
     _write(out, cfg, rows, final=False)
@@ -212,7 +212,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             data = stages.make_folder(out / f"scaling-data-{scale}x", cfg.classes, per_class)
             label = f"scaling {scale}x"  # not the main stage's "(1x)" rows
             rows += stages.bench_ingest(data, out / f"ingest-{scale}x", cfg.repeats, label)
-            rows += stages.bench_score(
+            rows += scoring.bench_score(
                 data,
                 None,
                 package,

@@ -24,7 +24,7 @@ from pathlib import Path, PureWindowsPath
 
 from tqdm import tqdm
 
-from birdray import storage
+from birdray import locks
 
 EXTRACT_MARKER = ".birdray-extracted"
 MACOS_FORKS = "__MACOSX"  # the resource forks macOS's Finder puts in every zip it makes
@@ -112,7 +112,7 @@ def safe_extract(
     if done():
         return target
     waiting_for = f"another extraction of {archive.name} into {target}"
-    with storage.file_lock(storage.machine_lock_file("extract", target), waiting_for=waiting_for):
+    with locks.file_lock(locks.machine_lock_file("extract", target), waiting_for=waiting_for):
         if done():  # another process unpacked it while this one waited
             return target
         with _checked(archive, target, max_bytes) as unpack:

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import requests
 from tqdm import tqdm
 
-from birdray import storage
+from birdray import locks, storage
 from birdray.config import field
 from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's one name)
     DEFAULT_MAX_EXTRACT_GB,
@@ -200,7 +200,7 @@ def download_cub(cfg: DownloadConfig) -> Path:
         try:  # one download at a time into a folder; a second waits, then reuses the first's
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(
-                storage.file_lock(
+                locks.file_lock(
                     out / ".birdray-download.lock", waiting_for=f"another download into {out}"
                 )
             )

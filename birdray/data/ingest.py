@@ -21,12 +21,10 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import pyarrow.dataset as pads
 
-from birdray import storage
+from birdray import locks, storage
 from birdray.config import field, to_dict
 from birdray.data import feedback as fblib
 from birdray.data import folders
@@ -42,7 +40,8 @@ from birdray.data.manifest import (
     load_manifest,
     write_manifest,
 )
-from birdray.data.rows import QUARANTINE, SCHEMA, item_row, load_images, put_blocks
+from birdray.data.readback import collect_quarantine, reconcile, split_counts
+from birdray.data.rows import SCHEMA, item_row, load_images, put_blocks
 from birdray.images import DEFAULT_MAX_PIXELS
 from birdray.resources import watched_call
 from birdray.runtime import init_ray
@@ -114,49 +113,6 @@ def source_fingerprint(cub: CubDataset) -> str:
     return digest.hexdigest()
 
 
-def reconcile(listed: list[int], ingested: list[int], quarantined: list[int]) -> None:
-    """Every listed id exactly once in ``ingested`` + ``quarantined``, and nothing else.
-
-    Equal counts are not enough: a row written twice hides a row lost.
-    """
-    seen = list(ingested) + list(quarantined)
-    counts: dict[int, int] = {}
-    for image_id in seen:
-        counts[image_id] = counts.get(image_id, 0) + 1
-    twice = sorted(i for i, n in counts.items() if n > 1)
-    missing = sorted(set(listed) - set(counts))
-    unlisted = sorted(set(counts) - set(listed))
-    if twice or missing or unlisted:
-        raise RuntimeError(
-            f"image ids do not reconcile ({len(ingested)} ingested + {len(quarantined)} "
-            f"quarantined, {len(listed)} listed): written more than once {twice[:10]}, "
-            f"missing {missing[:10]}, not listed {unlisted[:10]}"
-        )
-
-
-def _split_counts(shard_root: str) -> tuple[dict[str, Any], str, list[int]]:
-    """Per-split row/class counts read back from the written files, a content checksum, and
-    every image id written (to reconcile against the list)."""
-    fs, root = storage.filesystem(shard_root)
-    table = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table(
-        columns=["image_id", "label", "split", "content_hash"]
-    )
-    splits: dict[str, Any] = {}
-    frame = table.to_pandas().sort_values("image_id")
-    for split, group in frame.groupby("split"):
-        splits[str(split)] = {
-            "rows": len(group),
-            "files": storage.count_files(storage.join(shard_root, f"split={split}"), ".parquet"),
-            "per_class": {
-                int(k): int(v) for k, v in group["label"].value_counts().sort_index().items()
-            },
-        }
-    payload = "\n".join(
-        f"{r.image_id} {r.label} {r.split} {r.content_hash}" for r in frame.itertuples()
-    )
-    return splits, hashlib.sha256(payload.encode()).hexdigest(), frame["image_id"].tolist()
-
-
 def ingest_and_report(cfg: IngestConfig) -> str:
     """``birdray ingest``: ``run_ingest``, then what was kept, quarantined (why) and skipped."""
     manifest_path = run_ingest(cfg)
@@ -172,8 +128,8 @@ def run_ingest(cfg: IngestConfig) -> str:
     A second waits (and says so), then finds the first's manifest and reuses it if it matches.
     """
     out = storage.absolute(cfg.out)
-    lock = storage.machine_lock_file("ingest", out)
-    with storage.file_lock(lock, waiting_for=f"another ingest into {out}"):
+    lock = locks.machine_lock_file("ingest", out)
+    with locks.file_lock(lock, waiting_for=f"another ingest into {out}"):
         return _ingest(cfg)
 
 
@@ -256,9 +212,9 @@ def _ingest(cfg: IngestConfig) -> str:
     written_files = lambda: storage.count_files(shards, ".parquet")  # noqa: E731
     watched_call(write_shards, written_files, cfg.stall_timeout_s, "ingest")
 
-    quarantine = _collect_quarantine(shards)  # leaves only the split=train/val/test folders
+    quarantine = collect_quarantine(shards)  # leaves only the split=train/val/test folders
     splits, content_checksum, written = (
-        _split_counts(shards) if storage.child_dirs(shards) else ({}, "", [])
+        split_counts(shards) if storage.child_dirs(shards) else ({}, "", [])
     )
     ingested = len(written)
     try:
@@ -312,17 +268,3 @@ def block_rows(items: int, cpus: float, per_cpu: int = 2, largest: int = 1024) -
     """
     wanted = -(-items // max(1, int(cpus * per_cpu)))
     return max(32, min(wanted, largest))
-
-
-def _collect_quarantine(shards: str) -> list[dict[str, Any]]:
-    """Rejected rows move from their Parquet folder into the manifest, with their reasons."""
-    folder = storage.join(shards, f"split={QUARANTINE}")
-    if QUARANTINE not in {name.removeprefix("split=") for name in storage.child_dirs(shards)}:
-        return []
-    fs, path = storage.filesystem(folder)
-    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-        columns=["image_id", "path", "error"]
-    )
-    storage.delete_dir(folder)
-    rows = sorted(table.to_pylist(), key=lambda r: r["image_id"])
-    return [{"image_id": r["image_id"], "path": r["path"], "reason": r["error"]} for r in rows]

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from birdray import storage
+from birdray import locks, storage
 from birdray.scoring.stages import SCHEMA
 
 SUCCESS = "_SUCCESS"
@@ -46,7 +46,7 @@ class OutputError(RuntimeError):
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Refuse a second job on the same output while one runs (released when the process dies)."""
-    with storage.file_lock(root / ".lock", wait=False) as held:
+    with locks.file_lock(root / ".lock", wait=False) as held:
         if not held:
             raise OutputError(f"another scoring job is writing to {root}")
         yield

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from birdray import storage
+from birdray import locks, storage
 from birdray.scoring.output import RESULTS, SUCCESS, OutputError
 
 
@@ -50,7 +50,7 @@ def marker(location: str) -> bytes | None:
 def _pull_lock(mirror: Path) -> Iterator[None]:
     """Readers sharing a mirror (dashboard sessions) take turns refreshing it."""
     lock = mirror.parent / f".{mirror.name}.pull.lock"
-    with storage.file_lock(lock, waiting_for=f"another refresh of {mirror}"):
+    with locks.file_lock(lock, waiting_for=f"another refresh of {mirror}"):
         yield
 
 

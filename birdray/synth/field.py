@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from birdray.synth.draw import render
-from birdray.synth.job import IMAGE_STREAM, SynthConfig, image_size, seeded_rng
+from birdray.synth.job import SynthConfig
+from birdray.synth.photo import IMAGE_STREAM, image_size, seeded_rng
 from birdray.synth.species import make_species
 
 FIELD_KEY = 1_000_000_000  # above every image id a dataset has
