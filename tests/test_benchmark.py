@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from birdray.benchmark import BenchmarkConfig, run_benchmark
+from birdray.benchmark import BenchmarkConfig, effective, run_benchmark
 from birdray.benchmark.gpu import _jpegs, gpu_eval_feed_rate
 from birdray.benchmark.gpu import run as gpu_run
 from birdray.model.factory import create_model
@@ -121,6 +121,7 @@ def test_the_gpu_stage_runs_where_ray_is_not_installed(tmp_path):
         (["serve", "--concurrency", "[0, 3]"], "--concurrency 0: must be >= 1"),
         (["serve", "--concurrency", "[3, 3]"], "distinct levels"),
         (["serve", "--requests", "5", "--concurrency", "[1, 8]"], "cannot keep 8 in flight"),
+        (["serve", "--requests-per-client", "0"], "--requests-per-client: must be >= 1"),
         (["score", "--batch-size", "0"], "--batch-size: must be >= 1"),
         (["all", "--scales", "[0]"], "--scales 0"),
         (["all", "--device", "cuda"], "no CUDA GPU here"),
@@ -136,7 +137,7 @@ def test_sizes_that_cannot_run_are_refused_before_anything_starts(argv, message,
 
 
 def test_smoke_keeps_the_sizes_given_and_results_are_strict_json():
-    from birdray.benchmark import BenchmarkConfig, _json_safe, effective
+    from birdray.benchmark import _json_safe
 
     cfg = effective(BenchmarkConfig(smoke=True, per_class=30, batch_size=4))
     assert (cfg.per_class, cfg.batch_size, cfg.classes, cfg.arch) == (30, 4, 2, "test_resnet")
@@ -146,3 +147,12 @@ def test_smoke_keeps_the_sizes_given_and_results_are_strict_json():
         "p50_ms": None,
         "rows": [{"v": None}, {"v": 0.0}],
     }
+
+
+def test_each_serve_level_sends_enough_for_every_client_to_reach_steady_state():
+    from birdray.benchmark.serving import level_requests
+
+    assert level_requests(300, 1, 8) == 300  # the floor
+    assert level_requests(300, 32, 8) == 300
+    assert level_requests(300, 128, 8) == 1024  # not 2.3 requests a client
+    assert effective(BenchmarkConfig(smoke=True)).requests_per_client == 1  # smoke stays tiny

@@ -93,13 +93,23 @@ def _serve_rows(me: dict, peer: dict, bare_ips: float, direct_ms: float) -> list
     return rows
 
 
-def _drive(url: str, payloads: list[bytes], requests: int, levels: list[int]) -> dict:
+def level_requests(requests: int, concurrency: int, per_client: int) -> int:
+    """Requests sent at one level: ``requests``, or ``per_client`` for each client if that is
+    more, so every level reaches steady state (each quick 503 spends one of them)."""
+    return max(requests, per_client * concurrency)
+
+
+def _drive(
+    url: str, payloads: list[bytes], requests: int, levels: list[int], per_client: int
+) -> dict:
     """The same load for birdray and the peer: a warm-up, sequential calls, then each level."""
     http_load(url, payloads, min(10, requests), 1)  # warm-up, not reported
     sequential = http_load(url, payloads, min(requests, 100), 1)
     return {
         "sequential": sequential,
-        "levels": [http_load(url, payloads, requests, c) for c in levels],
+        "levels": [
+            http_load(url, payloads, level_requests(requests, c, per_client), c) for c in levels
+        ],
     }
 
 
@@ -111,6 +121,7 @@ def bench_serve(
     levels: list[int] | tuple[int, ...] = (1, 8, 32, 128),
     peers: bool = False,
     proxy: str = "serve",
+    per_client: int = 1,
 ) -> list[dict]:
     """One-image latency overhead vs the direct call; req/s, p50 and p99 per concurrency level,
     for birdray's Serve app and (``peers``) a plain FastAPI app, hit by the same client."""
@@ -128,6 +139,7 @@ def bench_serve(
     ]
     batch = predictor.preprocess(images)
     bare_ips = len(images) / timed(lambda: predictor.logits(batch), 3, warmup=1)["median_s"]
+    load = (payloads, requests, list(levels), per_client)
     started = time.perf_counter()
     app = start_local(
         model=str(package),
@@ -142,12 +154,12 @@ def bench_serve(
     )
     try:
         me = {"startup_s": time.perf_counter() - started}
-        me.update(_drive(f"{app.url}/v1/predict", payloads, requests, list(levels)))
+        me.update(_drive(f"{app.url}/v1/predict", *load))
     finally:
         app.stop()
     peer: dict[str, Any] = {}
     if peers:
         with serve_peer(package, threads) as plain:
             peer = {"startup_s": plain["startup_s"]}
-            peer.update(_drive(f"{plain['url']}/v1/predict", payloads, requests, list(levels)))
+            peer.update(_drive(f"{plain['url']}/v1/predict", *load))
     return _serve_rows(me, peer, bare_ips, float(np.median(direct)) * 1000)

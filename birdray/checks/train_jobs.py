@@ -145,6 +145,11 @@ def benchmark(cfg: Any) -> None:
         f"needs distinct levels, got {cfg.concurrency}",
     )
     require(
+        cfg.requests_per_client >= 1,
+        "--requests-per-client",
+        f"must be >= 1, got {cfg.requests_per_client}",
+    )
+    require(
         cfg.requests >= max(cfg.concurrency),
         "--requests",
         f"{cfg.requests} requests cannot keep {max(cfg.concurrency)} in flight (--concurrency)",
