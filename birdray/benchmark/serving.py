@@ -121,7 +121,8 @@ def bench_serve(
     levels: list[int] | tuple[int, ...] = (1, 8, 32, 128),
     peers: bool = False,
     proxy: str = "serve",
-    per_client: int = 1,
+    *,
+    per_client: int,
 ) -> list[dict]:
     """One-image latency overhead vs the direct call; req/s, p50 and p99 per concurrency level,
     for birdray's Serve app and (``peers``) a plain FastAPI app, hit by the same client."""

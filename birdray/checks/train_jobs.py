@@ -134,6 +134,7 @@ def benchmark(cfg: Any) -> None:
             "--batch-size": cfg.batch_size,
             "--threads": cfg.threads,
             "--requests": cfg.requests,
+            "--requests-per-client": cfg.requests_per_client,
             **{f"--scales {v}": v for v in cfg.scales},
             **{f"--concurrency {v}": v for v in cfg.concurrency},
             **{f"--explain-sizes {v}": v for v in cfg.explain_sizes},
@@ -143,11 +144,6 @@ def benchmark(cfg: Any) -> None:
         len(set(cfg.concurrency)) == len(cfg.concurrency) and bool(cfg.concurrency),
         "--concurrency",
         f"needs distinct levels, got {cfg.concurrency}",
-    )
-    require(
-        cfg.requests_per_client >= 1,
-        "--requests-per-client",
-        f"must be >= 1, got {cfg.requests_per_client}",
     )
     require(
         cfg.requests >= max(cfg.concurrency),
