@@ -11,24 +11,20 @@ and never to the browser.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from birdray import storage
 from birdray.config import field
-from birdray.runtime import LOOPBACK, free_port, sigterm_as_ctrl_c
+from birdray.runtime import LOOPBACK, free_port, interrupts_held, sigterm_as_ctrl_c
 
 APP = Path(__file__).resolve().parent / "dashboard" / "app.py"  # package data, run by path
 PACKAGE_ROOT = APP.parents[2]  # the folder holding this birdray: a checkout or site-packages
@@ -143,7 +139,7 @@ def launch(cfg: DashboardConfig, log: Path | None = None) -> tuple[str, subproce
     output = open(log, "ab") if log else None  # the child process writes to it
     process = None
     try:
-        with _interrupts_held():
+        with interrupts_held():
             process = subprocess.Popen(
                 dashboard_command(cfg),
                 env=dashboard_env(cfg),
@@ -160,29 +156,6 @@ def launch(cfg: DashboardConfig, log: Path | None = None) -> tuple[str, subproce
             stop(process)
         raise
     return url, process
-
-
-@contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """Ctrl-C or SIGTERM inside the block acts when it ends, once the child's pid is known.
-
-    Interrupted inside ``Popen`` (after the fork, before it returns), the launcher lost the only
-    handle on a Streamlit that went on running (CI caught it). Outside the main thread Python
-    delivers no signals, so there is nothing to hold.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for signum in held[:1]:
-            signal.raise_signal(signum)  # now handled as it would have been
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 15.0) -> None:

@@ -77,6 +77,33 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[list[int]]:
+    """Ctrl-C or SIGTERM inside the block acts when it ends; the block sees them in the list.
+
+    Some bookkeeping must not be cut in half. Interrupted inside ``Popen`` (after the fork,
+    before it returns), the dashboard launcher lost its only handle on a Streamlit that went on
+    running. Interrupted between starting a pool worker and recording it, ``ProcessPoolExecutor``
+    sent its stop sentinels to the wrong workers and ``shutdown`` waited forever for one that
+    never got its own (``birdray synth``, CI caught both). A block that waits for long can poll
+    the list and wind down at once. Outside the main thread Python delivers no signals, so
+    there is nothing to hold.
+    """
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in signals}
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for signum in held[:1]:
+            signal.raise_signal(signum)  # now handled as it would have been
+
+
 def keep_local_ray_on_loopback() -> None:
     """Make a locally started Ray bind 127.0.0.1 instead of the machine's network address.
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -247,7 +249,7 @@ def test_an_interrupt_while_the_pool_is_still_being_fed_ends_the_job_without_dra
     by minutes). Now only the chunks already running are finished."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from birdray.synth import job
+    from birdray.synth import workers
 
     interrupt_at = 40  # chunks of 32 images submitted before the "Ctrl-C"
 
@@ -257,17 +259,51 @@ def test_an_interrupt_while_the_pool_is_still_being_fed_ends_the_job_without_dra
         def submit(self, *args, **kwargs):
             InterruptedWhileFeeding.submitted += 1
             if InterruptedWhileFeeding.submitted == interrupt_at:
-                raise KeyboardInterrupt
+                signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, handled as the user's is
             return super().submit(*args, **kwargs)
 
-    monkeypatch.setattr(job, "ProcessPoolExecutor", InterruptedWhileFeeding)
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", InterruptedWhileFeeding)
     out = tmp_path / "birds"
     with pytest.raises(KeyboardInterrupt):
         generate(SynthConfig(out=str(out), classes=50, per_class=40, seed=1, workers=2))
     drawn = len(list(out.rglob("*.jpg")))
-    assert InterruptedWhileFeeding.submitted == interrupt_at
+    assert interrupt_at <= InterruptedWhileFeeding.submitted
     # Two workers: at most the two chunks they hold and the three queued for them.
     assert drawn <= 5 * 32, f"{drawn} images drawn after the interrupt"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nth_worker", [1, 2])
+def test_ctrl_c_just_after_a_pool_worker_starts_ends_the_job_and_its_workers_cleanly(
+    tmp_path, monkeypatch, nth_worker
+):
+    """A terminal's Ctrl-C reaches the job and its workers. Landing between a worker's start and
+    the executor recording it, it left a worker the executor did not know: that worker took
+    another's stop sentinel, and ``shutdown`` waited forever for the one left without (a CI
+    run's ``birdray synth`` never answered its SIGINT). And a worker still starting Python died
+    of it with a "Fatal Python error" traceback. Now the job ends at once and every worker
+    stops normally, having ignored the Ctrl-C."""
+    import multiprocessing
+    import multiprocessing.process
+
+    real_start = multiprocessing.process.BaseProcess.start
+    started = []
+
+    def start_then_ctrl_c(process):
+        real_start(process)
+        started.append(process)
+        os.kill(process.pid, signal.SIGINT)  # the worker is still starting Python
+        if len(started) == nth_worker:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_then_ctrl_c)
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        generate(SynthConfig(out=str(tmp_path / "b"), classes=20, per_class=32, workers=2))
+    assert len(started) >= nth_worker
+    assert time.monotonic() - began < 60
+    assert not multiprocessing.active_children()
+    assert [p.exitcode for p in started] == [0] * len(started)
 
 
 def test_rerun_returns_existing_and_refuses_foreign_folders(tmp_path):

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from birdray.data.cub import read_cub
 from birdray.data.manifest import load_manifest, split_path
 from birdray.data.rows import item_row, load_images
-from birdray.runtime import free_port
+from birdray.runtime import free_port, interrupts_held
 from birdray.train.config import TrainConfig
 
 
@@ -213,10 +213,9 @@ def serve_peer(package: Path, threads: int, ready_timeout_s: float = 120.0) -> I
     root = str(Path(__file__).resolve().parents[2])  # this birdray, not another install's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "birdray.benchmark.peer_app", str(package), str(port), str(threads)],
-        env=env,
-    )
+    with interrupts_held():  # Ctrl-C inside Popen would lose the only handle on the peer
+        argv = [sys.executable, "-m", "birdray.benchmark.peer_app", str(package), str(port)]
+        proc = subprocess.Popen([*argv, str(threads)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:

@@ -11,19 +11,14 @@ second run with the same config returns the existing dataset instead of redrawin
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from birdray.config import field
-from birdray.synth.draw import render
-from birdray.synth.photo import IMAGE_STREAM, attribute_labels, clicks, image_size, seeded_rng
+from birdray.synth.photo import seeded_rng
 from birdray.synth.species import (
     ATTRIBUTE_NAMES,
     COLORS,
@@ -34,6 +29,7 @@ from birdray.synth.species import (
     class_attribute_ids,
     make_species,
 )
+from birdray.synth.workers import DrawJob, draw_all
 
 FORMAT_VERSION = 1
 MARKER = "synthetic_species.json"
@@ -55,14 +51,6 @@ class SynthConfig:
     test_fraction: float = field(0.5, "share of each species' images in the test split (CUB: ~0.5)")
 
 
-@dataclass(frozen=True)
-class _Job:
-    image_id: int
-    class_index: int
-    relpath: str
-    gray: bool
-
-
 def _validate(cfg: SynthConfig) -> None:
     if not 1 <= cfg.classes <= 999:
         raise ValueError(f"classes must be 1..999 (3-digit CUB folder numbers), got {cfg.classes}")
@@ -80,38 +68,6 @@ def _fingerprint(cfg: SynthConfig) -> dict:
     return {"format_version": FORMAT_VERSION, **keep}
 
 
-# --- drawing in worker processes ----------------------------------------------------------------
-_SPECIES: list[Species] = []
-
-
-def _init_worker(species: list[Species], in_pool: bool = False) -> None:
-    _SPECIES[:] = species
-    if in_pool:  # Ctrl-C is the parent's to handle: it cancels the queue and stops the pool
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _draw_chunk(args: tuple[str, int, int, int, list[_Job]]) -> list[dict]:
-    """Draw, save and annotate a run of images; returns their metadata lines in id order."""
-    images_dir, seed, lo, hi, jobs = args
-    records = []
-    for job in jobs:
-        species = _SPECIES[job.class_index]
-        rng = seeded_rng(seed, IMAGE_STREAM, job.image_id)
-        width, height = image_size(rng, lo, hi)
-        drawn = render(species.traits, rng, width, height, gray=job.gray)
-        path = Path(images_dir) / job.relpath
-        drawn.image.save(path, format="JPEG", quality=90)
-        labels, present = attribute_labels(rng, job.image_id, class_attribute_ids(species.traits))
-        records.append({
-            "bbox": " ".join(f"{v}.0" for v in drawn.bbox),
-            "parts": [f"{x}.0 {y}.0 {v}" if v else "0.0 0.0 0" for x, y, v in drawn.parts],
-            "clicks": clicks(rng, job.image_id, drawn.parts, drawn.bbox, (width, height)),
-            "attributes": labels,
-            "present": present,
-        })  # fmt: skip
-    return records
-
-
 # --- the dataset --------------------------------------------------------------------------------
 def test_images(per_class: int, test_fraction: float) -> int:
     """Each species' official test images (59 -> 29 test, 30 train; CUB: ~5.8k/6k)."""
@@ -121,7 +77,7 @@ def test_images(per_class: int, test_fraction: float) -> int:
     return n_test
 
 
-def _plan(cfg: SynthConfig, species: list[Species]) -> tuple[list[_Job], list[int]]:
+def _plan(cfg: SynthConfig, species: list[Species]) -> tuple[list[DrawJob], list[int]]:
     """Image ids, file names, split and the few grayscale photos, all fixed before drawing."""
     jobs, is_train = [], []
     n_test = test_images(cfg.per_class, cfg.test_fraction)
@@ -136,7 +92,7 @@ def _plan(cfg: SynthConfig, species: list[Species]) -> tuple[list[_Job], list[in
         for n in range(cfg.per_class):
             image_id = len(jobs) + 1
             relpath = f"{sp.folder}/{sp.name}_{n + 1:04d}_{image_id}.jpg"
-            jobs.append(_Job(image_id, index, relpath, image_id in gray))
+            jobs.append(DrawJob(image_id, index, relpath, image_id in gray))
             is_train.append(0 if n in test else 1)
     return jobs, is_train
 
@@ -145,34 +101,6 @@ def _write(path: Path, lines: list[str] | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = lines if isinstance(lines, str) else "\n".join(lines)
     path.write_text(text + "\n" if text else "")
-
-
-def _draw_all(
-    cfg: SynthConfig, species: list[Species], jobs: list[_Job], images_dir: Path
-) -> list[dict]:
-    workers = cfg.workers or os.cpu_count() or 1
-    chunk = 32
-    tasks = [
-        (str(images_dir), cfg.seed, cfg.min_side, cfg.max_side, jobs[i : i + chunk])
-        for i in range(0, len(jobs), chunk)
-    ]
-    if workers == 1 or len(tasks) == 1:
-        _init_worker(species)
-        return [r for task in tasks for r in _draw_chunk(task)]
-    # spawn: forking a parent that may hold Ray or torch threads is unsafe.
-    pool = ProcessPoolExecutor(
-        min(workers, len(tasks)),
-        mp_context=get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(species, True),
-    )
-    try:
-        return [r for records in pool.map(_draw_chunk, tasks) for r in records]
-    finally:
-        # Not the ``with`` block's plain shutdown: an interrupt that lands while ``map`` is
-        # still submitting leaves every submitted chunk to be drawn before the job could end
-        # (minutes for a big set); cancelling leaves only the chunks already running.
-        pool.shutdown(cancel_futures=True)
 
 
 def _species_json(cfg: SynthConfig, species: list[Species]) -> dict:
@@ -204,7 +132,9 @@ def _build(cfg: SynthConfig, cub: Path) -> None:
     jobs, is_train = _plan(cfg, species)
     for sp in species:
         (cub / "images" / sp.folder).mkdir(parents=True, exist_ok=True)
-    records = _draw_all(cfg, species, jobs, cub / "images")
+    records = draw_all(
+        cfg.workers, (cfg.seed, cfg.min_side, cfg.max_side), species, jobs, cub / "images"
+    )
     ids = [job.image_id for job in jobs]
     _write(cub / "images.txt", [f"{i} {job.relpath}" for i, job in zip(ids, jobs, strict=True)])
     _write(cub / "classes.txt", [f"{sp.class_id} {sp.folder}" for sp in species])
