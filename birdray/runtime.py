@@ -93,7 +93,8 @@ def interrupts_held() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    signals = (signal.SIGINT, signal.SIGTERM)
+    # one the process ignores (a script's ``birdray synth &``) stays ignored, not held
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
     previous = {sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in signals}
     try:
         yield held

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+
+import pytest
 
 from birdray import runtime
 
@@ -84,3 +87,23 @@ def test_after_init_ray_nothing_reconnects_by_itself():
         env={**os.environ, "RAY_ADDRESS": ""},
     )  # fmt: skip
     assert done.stdout.strip().splitlines()[-1].startswith("refused"), done.stderr[-2000:]
+
+
+def test_an_interrupt_inside_interrupts_held_acts_when_the_block_ends():
+    seen_inside = None
+    with pytest.raises(KeyboardInterrupt), runtime.interrupts_held() as held:
+        signal.raise_signal(signal.SIGINT)
+        seen_inside = list(held)  # reached: not raised inside the block
+    assert seen_inside == [signal.SIGINT]
+
+
+def test_a_signal_the_process_ignores_stays_ignored_inside_interrupts_held():
+    """A script's ``birdray synth &`` runs with SIGINT ignored: holding it turned the Ctrl-C
+    meant for the script into one that stopped the job."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with runtime.interrupts_held() as held:
+            signal.raise_signal(signal.SIGINT)
+        assert held == [] and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

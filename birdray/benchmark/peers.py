@@ -213,9 +213,9 @@ def serve_peer(package: Path, threads: int, ready_timeout_s: float = 120.0) -> I
     root = str(Path(__file__).resolve().parents[2])  # this birdray, not another install's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
+    argv = [sys.executable, "-m", "birdray.benchmark.peer_app", *map(str, (package, port, threads))]
     with interrupts_held():  # Ctrl-C inside Popen would lose the only handle on the peer
-        argv = [sys.executable, "-m", "birdray.benchmark.peer_app", str(package), str(port)]
-        proc = subprocess.Popen([*argv, str(threads)], env=env)
+        proc = subprocess.Popen(argv, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
