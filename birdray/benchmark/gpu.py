@@ -31,6 +31,7 @@ from birdray.model.factory import create_model
 from birdray.model.preprocess import normalize_uint8, resolve_data_config
 from birdray.train.config import TrainConfig
 from birdray.train.data import decode_and_transform, train_transform_kwargs
+from birdray.train.optim import build_optimizer
 
 
 def _throughput(model, x, steps: int, train: bool, amp: bool, channels_last: bool) -> float:
@@ -38,7 +39,12 @@ def _throughput(model, x, steps: int, train: bool, amp: bool, channels_last: boo
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01) if train else None
+    recipe = TrainConfig()  # the optimizer birdray trains with (fused where torch has it)
+    opt = (
+        build_optimizer(model, recipe.opt, 0.01, recipe.weight_decay, recipe.momentum, dev)
+        if train
+        else None
+    )
     labels = torch.randint(0, 200, (len(x),), device=dev)
     model.train(train)
 

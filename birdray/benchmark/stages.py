@@ -117,13 +117,17 @@ def plain_train_throughput(
     device: str = "cpu",
     amp: bool = False,
 ) -> float:
-    """Images/s of the plain PyTorch loop on pre-decoded uint8 tensors: the training limit."""
+    """Images/s of the plain PyTorch loop on pre-decoded uint8 tensors: the training limit
+    (birdray's recipe optimizer, fused where torch has it, as the training loop builds it)."""
     from birdray.model.factory import autocast_dtype, create_model
     from birdray.model.preprocess import normalize_uint8
+    from birdray.train.config import TrainConfig
+    from birdray.train.optim import build_optimizer
 
     dev = torch.device(device)
     model = create_model(arch, num_classes).to(dev).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    recipe = TrainConfig()
+    opt = build_optimizer(model, recipe.opt, recipe.lr, recipe.weight_decay, recipe.momentum, dev)
     labels = torch.randint(0, num_classes, (len(batch),), device=dev)
     batch = batch.to(dev)
     dtype = autocast_dtype(dev, amp)
@@ -170,7 +174,7 @@ def bench_train(
     transform = build_transform(cfg, training=False, uint8=True)
     batch = torch.stack([transform(im) for im in tmp])
     set_threads(threads)
-    plain = plain_train_throughput(arch, classes, batch, cfg, steps=5)
+    plain = plain_train_throughput(arch, classes, batch, cfg, steps=10)
     train_cfg = TrainConfig(
         dataset=str(dataset),
         arch=arch,

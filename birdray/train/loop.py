@@ -25,6 +25,7 @@ from birdray.model.package import WEIGHTS_FILE
 from birdray.model.preprocess import normalize_uint8
 from birdray.resources import watched
 from birdray.train.config import TrainConfig
+from birdray.train.optim import build_optimizer
 
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
@@ -107,7 +108,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
     import ray.train.torch
-    import timm.optim
     import timm.scheduler
 
     cfg = TrainConfig(**config["train"])
@@ -131,13 +131,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     global_batch = cfg.batch_size * world
-    optimizer = timm.optim.create_optimizer_v2(
-        model,
-        opt=cfg.opt,
-        lr=cfg.lr * global_batch / 256,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-    )
+    lr = cfg.lr * global_batch / 256
+    optimizer = build_optimizer(model, cfg.opt, lr, cfg.weight_decay, cfg.momentum, device)
     steps_per_epoch = max(1, config["train_rows"] // global_batch)
     scheduler, _ = timm.scheduler.create_scheduler_v2(
         optimizer,
