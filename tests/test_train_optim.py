@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from birdray.train.optim import build_optimizer, fused_kwargs
+from birdray.train.optim import build_optimizer, fused_kwargs, optimizer_class, unknown_optimizer
 
 CPU = torch.device("cpu")
 
@@ -22,6 +22,8 @@ CPU = torch.device("cpu")
         ("adagrad", "cuda", False),  # torch's fused Adagrad is CPU only
         ("lamb", "cpu", False),  # timm's own: no fused kernel
         ("sgd", "mps", False),
+        ("lookahead_SGD", "cpu", True),  # timm wraps the fused SGD in its Lookahead
+        ("nosuch", "cpu", False),  # timm's factory raises its own error; the checks say it first
     ],
 )
 def test_fused_only_where_torch_has_the_kernel(opt: str, device: str, fused: bool) -> None:
@@ -58,3 +60,39 @@ def test_steps_match_timms_unfused_optimizer(opt: str) -> None:
     for ours_p, plain_p, start_p in params:
         torch.testing.assert_close(ours_p, plain_p, rtol=1e-5, atol=1e-6)
         assert not torch.equal(ours_p, start_p)  # every parameter was trained
+
+
+def test_names_parse_as_timms_factory_parses_them() -> None:
+    assert optimizer_class("AdamW") is torch.optim.AdamW
+    assert optimizer_class("lookahead_sgd") is torch.optim.SGD
+    assert optimizer_class("adamx") is None
+    assert unknown_optimizer("lookahead_adamw") == ""
+    said = unknown_optimizer("adamx")
+    assert said.startswith("timm has no optimizer 'adamx'; did you mean adamax")
+    wrapped = build_optimizer(torch.nn.Linear(3, 2), "lookahead_sgd", 0.1, 0.0, 0.9, CPU)
+    assert type(wrapped).__name__ == "Lookahead" and wrapped.defaults.get("fused") is True
+
+
+def test_an_unknown_optimizer_is_refused_before_ray(small_dataset, tmp_path, monkeypatch, capsys):
+    """It failed inside the first Ray Train worker, after Ray and the data had started, and was
+    retried --max-failures times; the sweep's trials each did the same."""
+    import ray
+
+    from birdray.cli import main
+    from birdray.config import ConfigError
+    from birdray.tune.job import SweepConfig, base_train_config
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", str(small_dataset), "--batch-size", "2", "--arch", "test_resnet"]
+    assert main(["train", *argv, "--opt", "adamx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("birdray train: error: --opt: timm has no optimizer 'adamx'")
+    assert len(err.splitlines()) == 1
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("archs: [test_resnet]\ntrain:\n  opt: adamx\n  batch_size: 2\n")
+    assert main(["tune", "--config", str(sweep), "--dataset", str(small_dataset)]) == 2
+    assert "--train: opt: timm has no optimizer 'adamx'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="train.opt: timm has no optimizer 'adamx'"):
+        base_train_config(SweepConfig(train={"opt": "adamx"}))
+    assert not (tmp_path / "runs").exists()

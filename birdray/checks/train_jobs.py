@@ -72,6 +72,10 @@ def train(cfg: Any) -> None:
     require(cfg.cpus_per_worker > 0, "--cpus-per-worker", "must be > 0")
     require(cfg.data_cpus > 0, "--data-cpus", "must be > 0")
     require(cfg.lr > 0, "--lr", "must be > 0")
+    from birdray.train.optim import unknown_optimizer
+
+    why = unknown_optimizer(cfg.opt)  # else it failed in the first worker, retried --max-failures
+    require(not why, "--opt", why)
     choice("--placement-strategy", cfg.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
     output("--storage-path", cfg.storage_path)
     if cfg.registry and not storage.is_remote(cfg.registry):
@@ -108,6 +112,12 @@ def tune(cfg: Any) -> None:
             for flag, key in (("--batch-size", "batch_size"), ("--num-workers", "num_workers")):
                 short = short.replace(flag, f"train: {key}")
             require(not short, "--train", short)
+    opt = cfg.train.get("opt")
+    if isinstance(opt, str):  # else every trial's first worker failed on it, after Ray started
+        from birdray.train.optim import unknown_optimizer
+
+        why = unknown_optimizer(opt)
+        require(not why, "--train", f"opt: {why}")
     if cfg.registry:  # the winner is evaluated on it before it is registered
         require(cfg.eval_split in have, "--eval-split", f"{cfg.eval_split!r} is not in {have}")
     positive({"--epochs": cfg.epochs, "--num-samples": cfg.num_samples})

@@ -13,14 +13,44 @@ from typing import Any
 import torch
 
 
+def optimizer_class(opt: str) -> type | None:
+    """The optimizer class timm's factory builds for ``opt``, None when timm has none.
+
+    Parsed as ``create_optimizer_v2`` parses it: the name after the last ``_`` (a
+    ``lookahead_`` prefix wraps that optimizer in timm's Lookahead), case-insensitive."""
+    import timm.optim
+
+    try:
+        return timm.optim.get_optimizer_class(opt.lower().split("_")[-1], bind_defaults=False)
+    except ValueError:
+        return None
+
+
+def unknown_optimizer(opt: str) -> str:
+    """Why timm's factory cannot build ``opt``, with the nearest names; "" when it can."""
+    if optimizer_class(opt) is not None:
+        return ""
+    import difflib
+
+    import timm.optim
+
+    names = timm.optim.list_optimizers()
+    close = difflib.get_close_matches(opt.lower().split("_")[-1], names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return (
+        f"timm has no optimizer {opt!r}; {hint}it has {len(names)}, e.g. sgd, momentum, adamw"
+        " (lookahead_<name> wraps one in Lookahead)"
+    )
+
+
 def fused_kwargs(opt: str, device: torch.device) -> dict[str, Any]:
     """``{"fused": True}`` when timm's ``opt`` is a torch optimizer with a fused kernel for
     ``device`` (SGD, Adam, AdamW on CPU and CUDA; Adagrad's is CPU only), else ``{}``: timm's
     own optimizers (lamb, lion, ...) have none."""
-    import timm.optim
-
-    cls = timm.optim.get_optimizer_class(opt, bind_defaults=False)
-    if device.type not in ("cpu", "cuda") or "fused" not in inspect.signature(cls).parameters:
+    cls = optimizer_class(opt)
+    if cls is None or device.type not in ("cpu", "cuda"):
+        return {}
+    if "fused" not in inspect.signature(cls).parameters:
         return {}
     if issubclass(cls, torch.optim.Adagrad) and device.type != "cpu":
         return {}
