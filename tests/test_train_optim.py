@@ -80,7 +80,7 @@ def test_an_unknown_optimizer_is_refused_before_ray(small_dataset, tmp_path, mon
 
     from birdray.cli import main
     from birdray.config import ConfigError
-    from birdray.tune.job import SweepConfig, base_train_config
+    from birdray.train.job import TrainConfig, build_trainer
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
     monkeypatch.chdir(tmp_path)
@@ -93,6 +93,7 @@ def test_an_unknown_optimizer_is_refused_before_ray(small_dataset, tmp_path, mon
     sweep.write_text("archs: [test_resnet]\ntrain:\n  opt: adamx\n  batch_size: 2\n")
     assert main(["tune", "--config", str(sweep), "--dataset", str(small_dataset)]) == 2
     assert "--train: opt: timm has no optimizer 'adamx'" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="train.opt: timm has no optimizer 'adamx'"):
-        base_train_config(SweepConfig(train={"opt": "adamx"}))
+    with pytest.raises(ConfigError, match="opt: timm has no optimizer 'adamx'"):
+        # what run_training and each sweep trial build, with no CLI in front of them
+        build_trainer(TrainConfig(dataset=str(small_dataset), batch_size=2, opt="adamx"))
     assert not (tmp_path / "runs").exists()

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from birdray import storage
-from birdray.config import save_config
+from birdray.config import ConfigError, save_config
 from birdray.data.feedback import training_record
 from birdray.data.manifest import DatasetError, load_manifest, manifest_checksum
 from birdray.devices import gpus_to_use
@@ -34,6 +34,7 @@ from birdray.runtime import init_ray
 from birdray.train.config import TrainConfig, short_of_one_batch
 from birdray.train.data import build_datasets, train_transform_kwargs
 from birdray.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
+from birdray.train.optim import unknown_optimizer
 
 __all__ = ["ResourceError", "TrainConfig", "build_trainer", "export_package", "run_training"]
 
@@ -116,6 +117,9 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     )
     if short:
         raise DatasetError(f"{cfg.dataset}: {short}")
+    unknown = unknown_optimizer(cfg.opt)
+    if unknown:  # else the first worker failed on it, after Ray and the data had started
+        raise ConfigError(f"opt: {unknown}")
     if cfg.init_from:
         check_fine_tune_source(cfg.init_from, cfg.arch, manifest["class_names"], cfg.dataset)
     data_config = arch_data_config(cfg.arch, len(manifest["class_names"]), cfg.image_size)

@@ -13,15 +13,18 @@ from typing import Any
 import torch
 
 
-def optimizer_class(opt: str) -> type | None:
-    """The optimizer class timm's factory builds for ``opt``, None when timm has none.
+def _timm_name(opt: str) -> str:
+    """The registry name in ``opt``, parsed as ``create_optimizer_v2`` parses it: after the last
+    ``_`` (a ``lookahead_`` prefix wraps that optimizer in timm's Lookahead), lower case."""
+    return opt.lower().split("_")[-1]
 
-    Parsed as ``create_optimizer_v2`` parses it: the name after the last ``_`` (a
-    ``lookahead_`` prefix wraps that optimizer in timm's Lookahead), case-insensitive."""
+
+def optimizer_class(opt: str) -> type | None:
+    """The optimizer class timm's factory builds for ``opt``, None when timm has none."""
     import timm.optim
 
     try:
-        return timm.optim.get_optimizer_class(opt.lower().split("_")[-1], bind_defaults=False)
+        return timm.optim.get_optimizer_class(_timm_name(opt), bind_defaults=False)
     except ValueError:
         return None
 
@@ -35,7 +38,7 @@ def unknown_optimizer(opt: str) -> str:
     import timm.optim
 
     names = timm.optim.list_optimizers()
-    close = difflib.get_close_matches(opt.lower().split("_")[-1], names, n=3)
+    close = difflib.get_close_matches(_timm_name(opt), names, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     return (
         f"timm has no optimizer {opt!r}; {hint}it has {len(names)}, e.g. sgd, momentum, adamw"

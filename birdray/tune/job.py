@@ -25,7 +25,6 @@ from birdray.resources import DATA_CPUS
 from birdray.runtime import init_ray
 from birdray.train.config import TrainConfig
 from birdray.train.job import build_trainer, check_reachable, check_resources
-from birdray.train.optim import unknown_optimizer
 from birdray.tune.config import (
     METRIC,
     MODE,
@@ -55,9 +54,6 @@ def base_train_config(cfg: SweepConfig) -> TrainConfig:
     if clash:
         raise ConfigError(f"train: {', '.join(clash)} are sweep settings, not train settings")
     base = from_dict(TrainConfig, dict(cfg.train))
-    unknown = unknown_optimizer(base.opt)
-    if unknown:  # else every trial's first worker failed on it, after Ray and the data started
-        raise ConfigError(f"train.opt: {unknown}")
     base.dataset = storage.absolute(cfg.dataset)
     base.epochs = cfg.epochs
     base.storage_path = join_path(cfg.storage_path, cfg.name, "trainers")
