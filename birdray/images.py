@@ -7,9 +7,12 @@ exactly one answer. Nothing here touches the filesystem: uploads are decoded in 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -176,7 +179,34 @@ def _sniffed(data: bytes) -> str:
     return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), "")
 
 
+@functools.cache
+def _quiet_libtiff() -> int:
+    """Unset libtiff's error handler in the copies Pillow loaded; returns how many were found.
+
+    Pillow silences libtiff's warnings but not its errors, which libtiff prints to the process's
+    stderr: each hostile TIFF put lines such as ``tempfile.tif: Using code not yet in table.``
+    into every worker's log, naming no file, while the decoder's ``ImageError`` already says
+    which file failed and why. Python's ``warnings`` cannot reach them; the C handler can.
+    """
+    maps = Path("/proc/self/maps")  # Linux: the libraries mapped into this process
+    if maps.exists():
+        paths = {ln.split()[-1] for ln in maps.read_text().splitlines() if "/libtiff" in ln}
+    else:  # macOS wheels keep theirs beside the extension
+        paths = {str(p) for p in (Path(Image.__file__).parent / ".dylibs").glob("libtiff*")}
+    quieted = 0
+    for path in sorted(paths):
+        try:
+            set_handler = ctypes.CDLL(path).TIFFSetErrorHandler
+        except (OSError, AttributeError):  # not loadable here, or not libtiff after all
+            continue
+        set_handler.restype, set_handler.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+        set_handler(None)
+        quieted += 1
+    return quieted
+
+
 def _decode(data: bytes, max_pixels: int, min_side: int, max_aspect: float) -> DecodedImage:
+    _quiet_libtiff()
     with warnings.catch_warnings():
         # Pillow's per-file warnings about broken metadata would flood a million-file job's log;
         # its bomb warning too: the configured ``max_pixels`` below is the limit, with our words

@@ -187,3 +187,18 @@ def test_draft_mode_jpeg_decoding_accepts_and_rejects_exactly_what_full_decoding
         assert draft == full, f"case {case} ({name}): full decode {full}, draft {draft}"
         counts[full[0]] += 1
     assert counts["decoded"] > 300 and counts["rejected"] > 300, counts
+
+
+def test_broken_tiffs_print_nothing_to_stderr(capfd):
+    """libtiff printed its errors (``tempfile.tif: Using code not yet in table.``) to the
+    process's stderr, several lines a hostile TIFF naming no file, in every worker's log; the
+    file's ``ImageError`` is the one report. (Pillow's own Python log records are not stderr.)"""
+    seeds, rng, refused = _seeds(), random.Random(3), 0
+    for _ in range(400):
+        try:
+            decode_image(_mutate(seeds["tiff_lzw"], rng))
+        except ImageError:
+            refused += 1
+    assert refused > 200  # the LZW data really was broken, and libtiff saw it
+    printed = capfd.readouterr().err.splitlines()
+    assert not [ln for ln in printed if "TIFF" in ln or ".tif" in ln], printed[:5]

@@ -9,6 +9,7 @@ workers) and rank 0 attaches a checkpoint; a restarted or resubmitted run resume
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -27,6 +28,7 @@ from birdray.resources import watched
 from birdray.train.config import TrainConfig
 from birdray.train.optim import build_optimizer
 
+logger = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
 
@@ -182,13 +184,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **val,
         }
         history.append(metrics)
-        if rank == 0:  # the one log line per epoch (progress bars are off in logs)
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs}: {int(totals[1])} images,"
-                f" {metrics['images_per_s']:.1f} img/s, train_loss {metrics['train_loss']:.4f},"
-                f" val_top1 {metrics['val_top1']:.4f}, {metrics['epoch_seconds']:.1f} s",
-                flush=True,
-            )
+        if rank == 0:  # one line an epoch; Ray Train's patched print() wrote each twice
+            logger.info(
+                "epoch %d/%d: %d images, %.1f img/s, train_loss %.4f, val_top1 %.4f, %.1f s",
+                epoch + 1, cfg.epochs, totals[1], metrics["images_per_s"],
+                metrics["train_loss"], metrics["val_top1"], metrics["epoch_seconds"],
+            )  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
