@@ -10,12 +10,14 @@ stopped by Tune's scheduler) through the dashboard's state API, so without it a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,42 @@ def quiet_progress_when_logged(interactive: bool | None = None) -> bool:
     return interactive
 
 
+class _StaleNoCpuWarning(logging.Filter):
+    """Drop Ray Data's "no available CPUs ... will hang" warning when its reading was stale.
+
+    Ray Data checks ``ray.available_resources()`` once as an execution starts. That view lags the
+    release of task leases, so right after other tasks (``from_arrow_refs`` runs one metadata
+    task per block) it reads 0 free CPUs while nothing holds them: on 2 cores, 4 of 10 ingests'
+    writes warned that they would hang, and ran. The warning passes only if no CPU frees up
+    within ``settle_s``; a real stall still ends with birdray's ``StallError`` and its numbers.
+    """
+
+    MESSAGE = "does not have any available CPUs"
+
+    def __init__(self, settle_s: float = 3.0) -> None:
+        super().__init__()
+        self.settle_s = settle_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.MESSAGE not in record.getMessage():
+            return True
+        import ray
+
+        deadline = time.monotonic() + self.settle_s
+        while time.monotonic() < deadline:
+            if ray.available_resources().get("CPU", 0) > 0:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+def quiet_stale_cpu_warning(settle_s: float = 3.0) -> None:
+    """Install ``_StaleNoCpuWarning`` on Ray Data's logger (once per process)."""
+    ray_data_log = logging.getLogger("ray.data.dataset")
+    if not any(isinstance(f, _StaleNoCpuWarning) for f in ray_data_log.filters):
+        ray_data_log.addFilter(_StaleNoCpuWarning(settle_s))
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: float | None = None,
@@ -155,6 +193,7 @@ def init_ray(
     import ray
 
     quiet_progress_when_logged()
+    quiet_stale_cpu_warning()
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
