@@ -202,6 +202,9 @@ def bench_train(
         peer = train_peer(
             dataset, arch, image_size, batch_size, threads, epochs, workers, storage / "peer"
         )
+    # the limit again, last: a machine that slowed or sped up during the stage shows in the row
+    set_threads(threads)
+    plain_after = plain_train_throughput(arch, classes, batch, cfg, steps=10)
     return [
         row(
             "train",
@@ -231,6 +234,13 @@ def bench_train(
             "s",
             peer=peer.get("fixed_s"),
             peer_first_batch_s=peer.get("first_batch_s"),
+        ),
+        row(
+            "train",
+            "the plain loop again, after birdray and the peer (ratio: drift during the stage)",
+            plain_after,
+            plain,
+            "img/s",
         ),
     ]
 
