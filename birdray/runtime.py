@@ -165,8 +165,11 @@ class _StaleNoCpuWarning(logging.Filter):
 
         deadline = time.monotonic() + self.settle_s
         while time.monotonic() < deadline:
-            if ray.available_resources().get("CPU", 0) > 0:
-                return False
+            try:
+                if ray.available_resources().get("CPU", 0) > 0:
+                    return False
+            except Exception:  # a filter must never break the execution it logs for
+                return True
             time.sleep(0.1)
         return True
 

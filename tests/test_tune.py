@@ -235,4 +235,18 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(
     summary = run_sweep(cfg)
     assert summary["resumed"] and summary["trials"] == 2
     assert {r["trial"] for r in _rows(summary["report"])} == {finished, running}
-    assert _checkpoints(finished_run) and len(_checkpoints(finished_run)) <= 2
+    _assert_kept_best_and_latest(finished_run, TRAIN["checkpoints_to_keep"], cfg.epochs)
+
+
+def _assert_kept_best_and_latest(trainer: Path, keep: int, epochs: int) -> None:
+    """Ray Train keeps the `keep` best checkpoints by val_top1 and, for resume, the latest too."""
+    kept = {len(json.loads((c / "history.json").read_text())) for c in _checkpoints(trainer)}
+    history = json.loads((_checkpoints(trainer)[-1] / "history.json").read_text())
+    assert epochs in kept and len(history) == epochs, kept
+    assert len(kept) <= keep + 1, kept
+    assert len(kept) >= min(keep, epochs), kept  # nothing pruned beyond what was asked
+    score = {h["epoch"]: h["val_top1"] for h in history}
+    older_kept = [score[e] for e in kept if e != epochs]
+    dropped = [score[e] for e in score if e not in kept]
+    floor = min(older_kept) if older_kept else score[epochs]
+    assert all(d <= floor for d in dropped), (kept, score)  # the worst went first

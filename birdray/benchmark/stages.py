@@ -203,7 +203,6 @@ def bench_train(
             dataset, arch, image_size, batch_size, threads, epochs, workers, storage / "peer"
         )
     # the limit again, last: a machine that slowed or sped up during the stage shows in the row
-    set_threads(threads)
     plain_after = plain_train_throughput(arch, classes, batch, cfg, steps=10)
     return [
         row(

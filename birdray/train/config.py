@@ -74,7 +74,7 @@ class TrainConfig:
     # run
     storage_path: str = field("runs/train", "where Ray Train keeps checkpoints (path or URI)")
     name: str = field("", "run name; submitting again with the same name resumes it")
-    checkpoints_to_keep: int = field(2, "best checkpoints kept (by val_top1)")
+    checkpoints_to_keep: int = field(2, "best checkpoints kept (by val_top1); the latest too")
     max_failures: int = field(2, "worker failures to recover from (restart from last checkpoint)")
     package_out: str = field(
         "",
