@@ -55,6 +55,13 @@ def test_benchmark_smoke_writes_every_stage(ray_cluster, tmp_path):
             assert r["peer"] > 0 and r["value"] > 0, r
             assert r["peer_ratio"] == pytest.approx(r["value"] / r["peer"])
     assert not any(r.get("peer") for r in data["rows"] if r["stage"] == "explain")
+    # issue 16's goals are judged by the run itself, for every stage that has a peer
+    judged = [r for r in data["rows"] if r["met"] is not None]
+    assert {r["stage"] for r in judged} == {"ingest", "train", "score", "serve"}
+    met = sum(r["met"] for r in judged)
+    assert f"Goals met: {met} of {len(judged)}." in table
+    ingest = next(r for r in judged if r["stage"] == "ingest")
+    assert ingest["met"] is (ingest["value"] <= 0.6 * ingest["peer"])
 
 
 def test_gpu_check_runs_on_cpu():
@@ -156,3 +163,27 @@ def test_each_serve_level_sends_enough_for_every_client_to_reach_steady_state():
     assert level_requests(300, 128, 8) == 1024  # not 2.3 requests a client
     assert level_requests(5, 8, 1) == 8  # every client sends one: a small --requests runs
     assert effective(BenchmarkConfig(smoke=True)).requests_per_client == 1  # smoke stays tiny
+
+
+def test_serve_levels_are_judged_against_the_previous_level_and_the_plain_app():
+    from birdray.benchmark.serving import _serve_rows
+
+    def load(c: int, req_s: float) -> dict:
+        return {"concurrency": c, "req_s": req_s, "p50_ms": 10.0 * c, "p99_ms": 20.0 * c,
+                "failed": 0, "requests": 300}  # fmt: skip
+
+    me = {"startup_s": 5.0, "sequential": {"p50_ms": 14.0, "p99_ms": 20.0},
+          "levels": [load(1, 30), load(8, 40), load(32, 60), load(128, 59)]}  # fmt: skip
+    peer = {"startup_s": 2.0, "sequential": {"p50_ms": 9.0, "p99_ms": 15.0},
+            "levels": [load(1, 35), load(8, 45), load(32, 40), load(128, 41)]}  # fmt: skip
+    rows = {r["metric"]: r for r in _serve_rows(me, peer, bare_ips=100.0, direct_ms=8.0)}
+    rate = {c: rows[f"req/s at concurrency {c} (1 image each)"] for c in (1, 8, 32, 128)}
+    assert rate[1]["met"] is None and rate[8]["met"] is True
+    assert rate[32]["met"] is True and "1.5x the plain app" in rate[32]["goal"]  # 60 >= 1.5 * 40
+    assert rate[128]["met"] is False  # 59 < 60: it fell as concurrency rose
+    assert rows["p50 one-image latency overhead over the direct call"]["met"] is False  # 6 ms
+    assert rows["p50 latency at concurrency 1"]["met"] is True  # 10 <= 1.3 * 10
+    # without the plain app, only what birdray alone can be judged on
+    alone = {r["metric"]: r for r in _serve_rows(me, {}, bare_ips=100.0, direct_ms=8.0)}
+    assert alone["req/s at concurrency 32 (1 image each)"]["goal"] == ">= c=8's rate"
+    assert alone["p50 latency at concurrency 1"]["met"] is None

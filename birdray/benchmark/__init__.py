@@ -142,6 +142,16 @@ def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str)
             f"| {_cell(r.get('baseline'), unit)} | {_cell(r.get('ratio'))} "
             f"| {r.get('goal', '')} | {met} |"
         )
+    judged = [r for r in rows if r.get("met") is not None]
+    if judged:  # what BENCHMARKS.md reports as met, counted by the run rather than by hand
+        missed = "; ".join(
+            f"{r['stage']}: {r['metric']} ({r['goal']})" for r in judged if not r["met"]
+        )
+        met_count = sum(bool(r["met"]) for r in judged)
+        lines += [
+            "",
+            f"Goals met: {met_count} of {len(judged)}." + (f" Missed: {missed}." if missed else ""),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -87,7 +87,6 @@ def bench_ingest(
     cfg = IngestConfig(source=str(source), out=str(out), force=True)
     with PeakMemory() as memory:
         ingest = timed(lambda: run_ingest(cfg), repeats)
-    ratio = ingest["median_s"] / read["median_s"]
     peer_out = out.with_name(out.name + "-peer")
     peer = timed(lambda: ingest_peer(source, peer_out), repeats) if peers else None
     return [
@@ -97,8 +96,8 @@ def bench_ingest(
             ingest["median_s"],
             read["median_s"],
             "s",
-            "<= 2x reading the bytes",
-            ratio <= 2.0,
+            "<= 0.6x the single-process peer",
+            ingest["median_s"] <= 0.6 * peer["median_s"] if peer else None,
             peer=peer["median_s"] if peer else None,
             spread=[ingest["min_s"], ingest["max_s"]],
             images=len(files),
@@ -211,8 +210,8 @@ def bench_train(
             ray_ips,
             plain,
             "img/s",
-            ">= 0.95 of the plain loop",
-            ray_ips / plain >= 0.95,
+            ">= 1.0x the DataLoader peer",
+            ray_ips >= peer["images_per_s"] if peer.get("images_per_s") else None,
             peer=peer.get("images_per_s"),
             epoch_seconds=history["epoch_seconds"],
             peer_workers=peer.get("workers"),
@@ -233,6 +232,17 @@ def bench_train(
             "s",
             peer=peer.get("fixed_s"),
             peer_first_batch_s=peer.get("first_batch_s"),
+        ),
+        row(  # the epoch's pipeline start; validation reads from memory after the first epoch
+            "train",
+            f"seconds before the last epoch's first batch (per-epoch fixed cost; validation "
+            f"{'from memory' if history.get('val_from_memory') else 'planned again'})",
+            float(history["first_batch_s"]),
+            None,
+            "s",
+            "<= 1 s" if epochs > 1 else "",
+            float(history["first_batch_s"]) <= 1.0 if epochs > 1 else None,
+            val_seconds=history.get("val_seconds"),
         ),
         row(
             "train",
