@@ -9,7 +9,14 @@ from PIL import Image
 
 from birdray.evaluate.metrics import calibration_bins, classification_metrics, fit_temperature
 from birdray.evaluate.metrics import softmax_np as softmax
-from birdray.model.factory import autocast_dtype, create_model, pick_device, prepare_for_device
+from birdray.model.factory import (
+    autocast_dtype,
+    cpu_computes_bf16,
+    create_model,
+    pick_device,
+    prepare_for_device,
+    train_autocast,
+)
 from birdray.model.preprocess import build_transform, normalize_uint8, resolve_data_config
 
 
@@ -22,6 +29,23 @@ def test_device_and_amp_choices(monkeypatch):
     assert autocast_dtype(torch.device("cuda"), amp=True) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert autocast_dtype(torch.device("cuda"), amp=True) is torch.float16
+
+
+def test_training_autocasts_to_bf16_on_cpu_exactly_where_the_cpu_computes_it(monkeypatch):
+    cpu = torch.device("cpu")
+    for native in (True, False):  # AVX512-BF16 here, as on AMX; elsewhere oneDNN emulates bf16
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert cpu_computes_bf16() is native
+        assert train_autocast(cpu, amp=True, amp_cpu=None) is (torch.bfloat16 if native else None)
+        # a choice the user made is kept either way, and the GPU switch is not the CPU's
+        assert train_autocast(cpu, amp=False, amp_cpu=True) is torch.bfloat16
+        assert train_autocast(cpu, amp=True, amp_cpu=False) is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_computes_bf16() is True
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # an older or other torch
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert cpu_computes_bf16() is False
 
 
 def test_channels_last_is_applied():

@@ -95,11 +95,12 @@ def ingest_peer(source: Path, out: Path, rows_per_file: int = 256) -> int:
 
 def train_peer(
     dataset: Path, arch: str, image_size: int, batch_size: int, threads: int, epochs: int,
-    workers: int, out: Path,
+    workers: int, out: Path, bf16: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """timm ``train.py`` in short: DataLoader workers decode the split's JPEGs with PIL and the
     model's own timm train transform; the main process steps the model (birdray's recipe
-    defaults: optimizer, lr scaling, label smoothing, channels_last) and validates each epoch."""
+    defaults: optimizer, lr scaling, label smoothing, channels_last) and validates each epoch.
+    ``bf16``: as ``train.py --amp --amp-dtype bfloat16`` (forward and loss under autocast)."""
     import timm.optim
 
     from birdray.model.factory import create_model, set_threads
@@ -135,14 +136,15 @@ def train_peer(
         for x, y, _w, _h in loaders["train"]:
             if first_batch_s is None:
                 first_batch_s = time.perf_counter() - started
-            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             seen += len(y)
         ips = seen / (time.perf_counter() - epoch_start)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for x, _y, _w, _h in loaders["val"]:
                 model(x.contiguous(memory_format=torch.channels_last))
         torch.save(model.state_dict(), out / "last.pth")  # as train.py checkpoints each epoch

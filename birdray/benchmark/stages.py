@@ -114,11 +114,11 @@ def plain_train_throughput(
     data_config: dict,
     steps: int,
     device: str = "cpu",
-    amp: bool = False,
 ) -> float:
     """Images/s of the plain PyTorch loop on pre-decoded uint8 tensors: the training limit
-    (birdray's recipe optimizer, fused where torch has it, as the training loop builds it)."""
-    from birdray.model.factory import autocast_dtype, create_model
+    (birdray's recipe optimizer, fused where torch has it, and its autocast choice, bf16 on a
+    CPU with bf16 instructions, as the training loop makes them)."""
+    from birdray.model.factory import create_model, train_autocast
     from birdray.model.preprocess import normalize_uint8
     from birdray.train.config import TrainConfig
     from birdray.train.optim import build_optimizer
@@ -129,7 +129,7 @@ def plain_train_throughput(
     opt = build_optimizer(model, recipe.opt, recipe.lr, recipe.weight_decay, recipe.momentum, dev)
     labels = torch.randint(0, num_classes, (len(batch),), device=dev)
     batch = batch.to(dev)
-    dtype = autocast_dtype(dev, amp)
+    dtype = train_autocast(dev, recipe.amp, recipe.amp_cpu)
 
     def step():
         x = normalize_uint8(batch, data_config)
@@ -195,25 +195,32 @@ def bench_train(
     with open(Path(summary["run_dir"]) / "summary.csv") as fh:
         fixed = wall - sum(float(r["epoch_seconds"]) for r in csv.DictReader(fh))
     peer: dict[str, Any] = {}
+    peer_bf16: dict[str, Any] = {}
     if peers:  # DataLoader workers = the CPUs Ray Data's tasks had beside the Train worker
         have = float(init_ray().get("CPU", 1.0))
         workers = max(1, int(have - train_cfg.cpus_per_worker))
         peer = train_peer(
             dataset, arch, image_size, batch_size, threads, epochs, workers, storage / "peer"
         )
+        if history.get("precision", "fp32") != "fp32":
+            peer_bf16 = train_peer(
+                dataset, arch, image_size, batch_size, threads, epochs, workers,
+                storage / "peer-bf16", bf16=True,
+            )  # fmt: skip
     # the limit again, last: a machine that slowed or sped up during the stage shows in the row
     plain_after = plain_train_throughput(arch, classes, batch, cfg, steps=10)
-    return [
+    rows = [
         row(
             "train",
             f"{arch}@{image_size} images/s, batch {batch_size} (last epoch)",
             ray_ips,
             plain,
             "img/s",
-            ">= 1.0x the DataLoader peer",
+            ">= 1.0x the DataLoader peer (timm train.py's defaults)",
             ray_ips >= peer["images_per_s"] if peer.get("images_per_s") else None,
             peer=peer.get("images_per_s"),
             epoch_seconds=history["epoch_seconds"],
+            precision=history.get("precision"),
             peer_workers=peer.get("workers"),
         ),
         row(
@@ -252,6 +259,10 @@ def bench_train(
             "img/s",
         ),
     ]
+    if peer_bf16:  # the user who asks timm for birdray's precision
+        metric = "images/s against the peer in bf16 (timm train.py --amp --amp-dtype bfloat16)"
+        rows.insert(1, row("train", metric, ray_ips, None, "img/s", peer=peer_bf16["images_per_s"]))
+    return rows
 
 
 def bench_explain(arch: str, sizes: tuple[int, ...], repeats: int) -> list[dict]:

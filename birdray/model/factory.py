@@ -81,6 +81,21 @@ def prepare_for_device(
     return model
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast makes a
+    CPU training step ~1.7x faster; elsewhere oneDNN emulates bf16 and it is slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own CPUID probes
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def train_autocast(device: torch.device, amp: bool, amp_cpu: bool | None) -> torch.dtype | None:
+    """The training step's autocast dtype: ``amp`` on GPUs; on CPU ``amp_cpu``, where unset
+    (None) means bf16 exactly when the CPU computes it natively (``cpu_computes_bf16``)."""
+    if device.type == "cuda":
+        return autocast_dtype(device, amp)
+    return autocast_dtype(device, cpu_computes_bf16() if amp_cpu is None else amp_cpu)
+
+
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     """bf16 autocast on GPUs that support it and on CPU when asked; None means full precision."""
     if not amp:

@@ -48,7 +48,11 @@ class TrainConfig:
         "", "timm auto-augment policy, e.g. rand-m9-mstd0.5 (empty: off)", aliases=("--aa",)
     )
     amp: bool = field(True, "bf16 autocast on GPU")
-    amp_cpu: bool = field(False, "bf16 autocast on CPU too")
+    amp_cpu: bool | None = field(
+        None,
+        "bf16 autocast on CPU: on, off, or unset: on where the CPU has bf16 instructions "
+        "(AVX512-BF16, AMX; ~1.7x faster steps), off where bf16 would be emulated",
+    )
     channels_last: bool = field(True, "channels_last memory format")
     seed: int = field(0, "seed")
     # scaling

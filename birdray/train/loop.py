@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from birdray.model.factory import autocast_dtype, create_model, set_threads
+from birdray.model.factory import create_model, set_threads, train_autocast
 from birdray.model.package import WEIGHTS_FILE
 from birdray.model.preprocess import normalize_uint8
 from birdray.resources import watched
@@ -147,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step_on_epochs=False,
     )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    amp_dtype = autocast_dtype(device, cfg.amp if device.type == "cuda" else cfg.amp_cpu)
+    amp_dtype = train_autocast(device, cfg.amp, cfg.amp_cpu)
     start_epoch, history = _load_state(model, optimizer, scheduler)
     step = _Step(cfg, model, optimizer, scheduler, loss_fn, data_config, device, amp_dtype)
     nodes = _distinct_nodes()
@@ -181,6 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "nodes": nodes,
             "gpu_workers": int(totals[3]),
             "device": device.type,
+            "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
             **val,
         }
         history.append(metrics)
