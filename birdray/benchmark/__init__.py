@@ -133,24 +133,31 @@ def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str)
         "| stage | metric | birdray | peer | ratio vs peer | limit | ratio vs limit | goal | met |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    verdict = {True: "yes", False: "**no**", None: ""}
     for r in rows:
         unit = f" {r['unit']}"
-        met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
+        each = [g["met"] for g in r.get("goals", [])]
+        met = "; ".join(verdict[m] for m in each) if len(each) > 1 else verdict[r.get("met")]
         lines.append(
             f"| {r['stage']} | {r['metric']} | {_cell(r['value'], unit)} "
             f"| {_cell(r.get('peer'), unit)} | {_cell(r.get('peer_ratio'))} "
             f"| {_cell(r.get('baseline'), unit)} | {_cell(r.get('ratio'))} "
             f"| {r.get('goal', '')} | {met} |"
         )
-    judged = [r for r in rows if r.get("met") is not None]
-    if judged:  # what BENCHMARKS.md reports as met, counted by the run rather than by hand
+    goals = [
+        (r, g["goal"], g["met"])
+        for r in rows
+        for g in r.get("goals") or ([{"goal": r.get("goal"), "met": r.get("met")}])
+        if g["met"] is not None
+    ]
+    if goals:  # what BENCHMARKS.md reports as met, counted by the run rather than by hand
         missed = "; ".join(
-            f"{r['stage']}: {r['metric']} ({r['goal']})" for r in judged if not r["met"]
+            f"{r['stage']}: {r['metric']} ({goal})" for r, goal, ok in goals if not ok
         )
-        met_count = sum(bool(r["met"]) for r in judged)
+        met_count = sum(ok for _, _, ok in goals)
         lines += [
             "",
-            f"Goals met: {met_count} of {len(judged)}." + (f" Missed: {missed}." if missed else ""),
+            f"Goals met: {met_count} of {len(goals)}." + (f" Missed: {missed}." if missed else ""),
         ]
     return "\n".join(lines) + "\n"
 

@@ -36,11 +36,13 @@ def bench_score(
     peers: bool = False,
 ) -> list[dict]:
     """Batch scoring images/s (whole command and steady state) vs the bare model forward on
-    pre-decoded tensors and, for the folder, the DataLoader peer; start-up seconds apart."""
+    pre-decoded tensors and, for the folder, the DataLoader peer; start-up seconds apart.
+    Issue 16's goals are judged on the main run (``label`` 1x), not on the scaling run's sizes."""
     from birdray.benchmark.peers import score_peer
     from birdray.model.inference import Predictor
     from birdray.scoring.job import ScoreConfig, run_scoring
 
+    judged = label == "1x"
     files = image_files(source)
     predictor = Predictor(str(package), device="cpu", num_threads=threads)
     batch = decoded_batch(files[:batch_size], predictor.metadata.data_config, uint8=False)
@@ -78,8 +80,10 @@ def bench_score(
                 ips,
                 bare_ips,
                 "img/s",
-                ">= 0.8 of the bare model" + ("; >= 1.0x the peer" if peer else ""),
-                ips >= 0.8 * bare_ips and (not peer or ips >= peer["images_per_s"]),
+                [
+                    (">= 0.8 of the bare model", ips >= 0.8 * bare_ips if judged else None),
+                    (">= 1.0x the peer", ips >= peer["images_per_s"] if peer else None),
+                ],
                 peer=peer.get("images_per_s"),
                 seconds=seconds,
                 peer_seconds=peer.get("seconds"),
