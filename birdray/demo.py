@@ -131,6 +131,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         package=trained["package"],
         curves=Path(trained["run_dir"]) / "train_val_losses.png",
         best=f"val top-1 {best['val_top1']:.3f} at epoch {best['epoch']}",
+        # bf16 on a CPU with bf16 instructions, as on GPUs (README: Train)
+        steps=f"{trained['last'].get('precision', 'fp32')}, "
+        f"{trained['last'].get('images_per_s', 0):.1f} img/s in the last epoch",
     )
 
     t = stage("5. evaluate: test split, calibration")
