@@ -265,6 +265,30 @@ def test_failed_job_never_looks_finished_and_keeps_the_previous_result(
     pd.testing.assert_frame_equal(_rows(out).sort_values("path").reset_index(drop=True), rows)
 
 
+class ThreadsScorer(Scorer):
+    """A scorer that writes the torch threads its model runs on into the ``device`` column."""
+
+    def __init__(self, *args, **kwargs):
+        import torch
+
+        super().__init__(*args, **kwargs)
+        self.device = f"{self.device} threads={torch.get_num_threads()}"
+
+
+def test_unset_torch_threads_give_the_model_the_nodes_cores(ray_cluster, package, tmp_path):
+    """``birdray score``'s default on CPU: the model runs on the node's cores, not one thread
+    per reserved CPU (which left a 2-core laptop's model on one core); a set count is kept."""
+    from birdray.model.factory import node_cores
+
+    src = tmp_path / "in"
+    for i in range(3):
+        _photo(src / f"p{i}.jpg", seed=500 + i)
+    for threads, expected in ((0, max(1, node_cores())), (1, 1)):
+        out = tmp_path / f"out{threads}"
+        run_scoring(_cfg(src, out, package, torch_threads=threads), scorer_cls=ThreadsScorer)
+        assert set(_rows(out)["device"]) == {f"cpu threads={expected}"}
+
+
 @pytest.mark.slow
 def test_actor_pool_runs_on_the_gpu_node(ray_cluster, package, tmp_path):
     import ray

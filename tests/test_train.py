@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from birdray.model.factory import auto_threads
 from birdray.train.job import ResourceError, TrainConfig, check_resources, run_training
 from tests.train_fixtures import committed_checkpoint
 
@@ -48,6 +49,9 @@ def test_two_worker_training_learns(trained_package):
     assert len({h["val_images"] for h in epochs}) == 1
     assert all(0 < h["first_batch_s"] <= h["data_wait_s"] for h in epochs)
     assert best["workers"] == 2
+    # unset torch threads: the node's cores shared by the two workers on it (one each on 2
+    # cores), never fewer than the 1.0 CPU each reserves (TRAINED_RECIPE)
+    assert best["torch_threads"] == auto_threads(1.0, 2)
     run_dir = Path(trained_package.train_summary["run_dir"])
     for name in ("config.yaml", "summary.csv", "train_val_losses.png"):
         assert (run_dir / name).is_file()

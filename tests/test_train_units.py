@@ -9,7 +9,9 @@ from PIL import Image
 
 from birdray.evaluate.metrics import calibration_bins, classification_metrics, fit_temperature
 from birdray.evaluate.metrics import softmax_np as softmax
+from birdray.model import factory
 from birdray.model.factory import (
+    auto_threads,
     autocast_dtype,
     cpu_computes_bf16,
     create_model,
@@ -46,6 +48,28 @@ def test_training_autocasts_to_bf16_on_cpu_exactly_where_the_cpu_computes_it(mon
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # an older or other torch
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert cpu_computes_bf16() is False
+
+
+def test_unset_torch_threads_are_the_node_cores_shared_never_below_the_reservation(monkeypatch):
+    monkeypatch.setattr(factory, "node_cores", lambda: 2)  # this machine's kind: 2 cores
+    assert auto_threads(1.0) == 2  # one scoring actor: both cores, the decode tasks time-slice
+    assert auto_threads(1.0, sharing=2) == 1  # two workers on the node: one core each
+    assert auto_threads(0.5, sharing=2) == 1
+    assert auto_threads(4.0) == 4  # never fewer than the CPUs it reserved
+    monkeypatch.setattr(factory, "node_cores", lambda: 16)
+    assert auto_threads(1.0, sharing=3) == 5
+
+
+def test_node_cores_is_the_affinity_within_the_container_limit(monkeypatch):
+    import os
+
+    import ray._private.utils as ray_utils
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(ray_utils, "get_num_cpus", lambda *a, **k: 2)  # a 2-CPU cgroup quota
+    assert factory.node_cores() == 2
+    monkeypatch.setattr(ray_utils, "get_num_cpus", lambda *a, **k: 8)
+    assert factory.node_cores() == 4
 
 
 def test_channels_last_is_applied():

@@ -37,6 +37,19 @@ def test_concurrency_is_derived_from_the_cluster():
     assert gpu.trial_gpus == 4 and gpu.function_resources == {"CPU": 0.1}
 
 
+def test_a_trial_worker_gets_one_thread_per_reserved_cpu_not_the_node():
+    """Trials at once share a node: unset torch threads would give each worker every core."""
+    from dataclasses import asdict
+
+    from birdray.tune.config import trial_config
+
+    cfg = SweepConfig(archs=["a"], train={**ONE_WORKER})
+    base = asdict(base_train_config(cfg))
+    assert trial_config(base, {}, "t1").torch_threads == 1  # 0.9 CPU, rounded up
+    assert trial_config({**base, "cpus_per_worker": 2.5}, {}, "t2").torch_threads == 3
+    assert trial_config({**base, "torch_threads": 4}, {}, "t3").torch_threads == 4  # as set
+
+
 def test_a_trial_that_can_never_fit_is_an_error_naming_the_cluster():
     # only Ray Data's share is missing: the worker gets what is left instead of hanging
     assert _plan({"CPU": 2}, cpus_per_worker=1.0).trial_cpus == pytest.approx(2.0)

@@ -72,7 +72,7 @@ def score_splits(
     cfg.num_gpus = gpus_to_use(cfg.device, cfg.num_gpus, cluster)
     actors = plan_pool("evaluation", cfg.actors, 0.5, cfg.num_gpus, cluster)
     plan = StagePlan(cfg.batch_size, actors, actor_cpus=0.5, num_gpus=cfg.num_gpus,
-                     preprocess_cpus=0.5, torch_threads=2)  # fmt: skip
+                     preprocess_cpus=0.5)  # fmt: skip
     shipped = ship_package(package, cfg.address)
     data_config = config_json(read_metadata(package).data_config)
     sources = {split: open_source(dataset, split) for split in splits}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from birdray.model import _stack  # noqa: F401
 
 # isort: split
+import math
+import os
 from pathlib import Path
 
 import timm
@@ -68,6 +70,34 @@ def set_threads(num_threads: int | None) -> None:
     """Ray sets OMP_NUM_THREADS=1 in workers and replicas; give torch its cores back."""
     if num_threads and num_threads > 0:
         torch.set_num_threads(num_threads)
+
+
+def node_cores() -> int:
+    """The cores this process may run on: its CPU affinity, within the container's CPU limit
+    (Ray's own count, which reads the cgroup quota)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        from ray._private.utils import get_num_cpus
+
+        cores = min(cores, max(1, int(get_num_cpus())))
+    except Exception:  # a private helper: never let it decide whether a job runs
+        pass
+    return max(1, cores)
+
+
+def auto_threads(reserved_cpus: float, sharing: int = 1) -> int:
+    """Torch threads for a model process on CPU whose count was left unset (0): the node's cores,
+    shared with the job's other model processes there, and never fewer than its reservation.
+
+    A Ray Data decode task reserves a whole logical CPU and uses a fraction of it, so one thread
+    per reserved CPU left a 2-core laptop's scoring model on one core while the other idled
+    (measured in BENCHMARKS.md). The decode tasks time-slice with the model's threads, as a
+    DataLoader's workers do with those of timm's scripts.
+    """
+    return max(1, math.ceil(reserved_cpus), node_cores() // max(1, sharing))
 
 
 def prepare_for_device(

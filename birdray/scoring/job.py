@@ -86,7 +86,9 @@ class ScoreConfig(ModelChoice):
     actor_cpus: float = field(1.0, "CPUs reserved per scoring actor")
     num_gpus: float = field(0.0, "GPUs per scoring actor (0: as --device decides)")
     device: str = field("auto", DEVICE_HELP)
-    torch_threads: int = field(0, "torch threads per actor (0: actor_cpus rounded up)")
+    torch_threads: int = field(
+        0, "torch threads per actor (0: on CPU the node's cores, shared by the actors there)"
+    )
     preprocess_cpus: float = field(1.0, "CPUs reserved per decode/preprocess task")
     preprocess_memory_mb: int = field(
         768, "memory reserved per decode task (a worker with torch+timm peaked at ~490 MiB)"

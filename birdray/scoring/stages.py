@@ -62,17 +62,21 @@ class Scorer:
         num_threads: int,
         amp: bool,
         logits: bool = False,
+        reserved_cpus: float = 1.0,
+        sharing: int = 1,
     ):
         import ray
 
+        from birdray.model.factory import auto_threads
         from birdray.model.inference import Predictor
         from birdray.model.package import load_package_files
 
         files = ray.get(package["ref"])  # the package bytes: no path the driver sees is needed
-        # Predictor sets torch's thread count: Ray set OMP_NUM_THREADS=1 in this actor
+        # Predictor sets torch's thread count: Ray set OMP_NUM_THREADS=1 in this actor; unset
+        # (0), this node's cores shared by the pool's actors on it
         self.predictor = Predictor(
             load_package_files(files, package["name"], verified=True),
-            num_threads=max(1, num_threads),
+            num_threads=num_threads or auto_threads(reserved_cpus, sharing),
             amp=amp,
         )
         self.top_k, self.logits = top_k, logits
@@ -145,7 +149,7 @@ class StagePlan:
     num_gpus: float = 0.0
     preprocess_cpus: float = 1.0
     preprocess_memory_mb: int = 768
-    torch_threads: int = 0  # 0: actor_cpus rounded up
+    torch_threads: int = 0  # 0: on CPU, the node's cores shared by the actors on it
     max_file_mb: float = 50.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     top_k: int = 5
@@ -237,7 +241,7 @@ def add_stages(
             "max_pixels": plan.max_pixels,
         },
     )
-    threads = plan.torch_threads or max(1, math.ceil(plan.actor_cpus))
+    threads = plan.torch_threads or (max(1, math.ceil(plan.actor_cpus)) if plan.num_gpus else 0)
     return ds.map_batches(
         scorer_cls,
         batch_size=plan.batch_size,
@@ -251,9 +255,20 @@ def add_stages(
             "top_k": plan.top_k,
             "num_threads": threads,
             "amp": plan.amp,
+            "reserved_cpus": plan.actor_cpus,
+            "sharing": actors_per_node(plan.pool_size),
             **(scorer_kwargs or {}),
         },
     )
+
+
+def actors_per_node(actors: int) -> int:
+    """How many of a pool's actors share a node, at most: Ray Data spreads its actors over the
+    nodes with CPUs (its default scheduling strategy is SPREAD)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    return max(1, math.ceil(actors / max(1, len(nodes))))
 
 
 def ship_package(package_path: Path, address: str = "") -> dict[str, Any]:

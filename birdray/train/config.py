@@ -59,7 +59,9 @@ class TrainConfig:
     num_workers: int = field(2, "data-parallel training workers")
     use_gpu: bool = field(False, "one GPU per worker (falls back to CPU in the model if absent)")
     cpus_per_worker: float = field(1.0, "logical CPUs reserved per worker")
-    torch_threads: int = field(0, "torch threads per worker (0: cpus_per_worker, at least 1)")
+    torch_threads: int = field(
+        0, "torch threads per worker (0: on CPU the node's cores, shared by the workers there)"
+    )
     placement_strategy: str = field("PACK", "PACK | SPREAD | STRICT_SPREAD (one worker per node)")
     dist_backend: str = field("", "torch.distributed backend (empty: nccl on GPU, gloo on CPU)")
     data_cpus: float = field(

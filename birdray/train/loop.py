@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from birdray.model.factory import create_model, set_threads, train_autocast
+from birdray.model.factory import auto_threads, create_model, set_threads, train_autocast
 from birdray.model.package import WEIGHTS_FILE
 from birdray.model.preprocess import normalize_uint8
 from birdray.resources import watched
@@ -115,9 +115,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    set_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
-    torch.manual_seed(cfg.seed + rank)
     device = worker_device()
+    # unset (0): on CPU this node's cores, shared by this run's workers on it (Tune's trials,
+    # which share nodes with each other, are given one thread per reserved CPU)
+    cpu_threads = auto_threads(cfg.cpus_per_worker, ctx.get_local_world_size())
+    gpu_threads = max(1, math.ceil(cfg.cpus_per_worker))
+    set_threads(cfg.torch_threads or (gpu_threads if device.type == "cuda" else cpu_threads))
+    torch.manual_seed(cfg.seed + rank)
     data_config = config["data_config"]
 
     weights = str(Path(cfg.init_from) / WEIGHTS_FILE) if cfg.init_from else cfg.pretrained_file
@@ -182,6 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "gpu_workers": int(totals[3]),
             "device": device.type,
             "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+            "torch_threads": torch.get_num_threads(),  # rank 0's
             **val,
         }
         history.append(metrics)

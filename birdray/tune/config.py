@@ -5,6 +5,7 @@ Kept apart from ``job`` (which runs Tune) so ``promote`` reads it without import
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,4 +73,8 @@ def trial_config(base: dict[str, Any], config: dict[str, Any], trial_id: str) ->
     values = {**base, **{k: config[k] for k in SEARCHED if k in config}, "name": trial_id}
     values["image_size"] = int(values["image_size"])
     values["pretrained"] = bool(values["pretrained"])
+    # trials at once share a node: each worker one thread per reserved CPU, not the whole node
+    values["torch_threads"] = values.get("torch_threads") or max(
+        1, math.ceil(values["cpus_per_worker"])
+    )
     return TrainConfig(**values)
