@@ -93,6 +93,47 @@ def test_listing_gives_every_entry_a_row_and_each_folder_once(tmp_path):
     }
 
 
+def test_a_real_file_named_like_an_escaped_name_keeps_both_rows(tmp_path):
+    """``bird\\xe9.jpg`` (not UTF-8) is shown escaped, which is a real file's literal name too:
+    the two shared one path and the finished job failed its count check."""
+    import os
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / os.fsdecode(b"bird\xe9.jpg")).write_bytes(b"1")
+    (src / "bird\\xe9.jpg").write_bytes(b"2")
+    listing = list_inputs(open_source(str(src)), (".jpg",), exclude=None)
+    rows = dict(zip(listing["path"].to_pylist(), listing["error"].to_pylist(), strict=True))
+    assert len(rows) == 2
+    assert rows[str(src / "bird\\xe9.jpg")] is None  # the real name is kept as it is
+    assert rows[str(src / "bird\\xe9.jpg (not UTF-8, 2)")].startswith("bad_filename")
+
+
+def test_a_folder_that_cannot_be_listed_gets_a_row_saying_so(tmp_path, monkeypatch):
+    """Its photos are unknown, so it cannot vanish without a trace: one row, whatever the
+    extension filter (as root ``chmod 000`` does not stop a read, so the refusal is simulated)."""
+    import os
+
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    (src / "locked" / "a.jpg").write_bytes(b"1")
+    (src / "b.jpg").write_bytes(b"2")
+    scandir = os.scandir
+
+    def refusing(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    listing = list_inputs(open_source(str(src)), (".jpg",), exclude=None)
+    rows = dict(zip(listing["path"].to_pylist(), listing["error"].to_pylist(), strict=True))
+    assert rows == {
+        str(src / "b.jpg"): None,
+        str(src / "locked") + "/": "unreadable: cannot list this folder: Permission denied",
+    }
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         open_source(str(tmp_path / "nope"))

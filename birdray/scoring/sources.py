@@ -122,14 +122,35 @@ def list_inputs(
     for path, size, mtime_ns, error in _listed(source):
         if skip and (path + "/").startswith(skip):
             continue  # our own output folder inside the input: never score results
-        if extensions is not None and not path.lower().endswith(extensions):
+        folder = path.endswith("/")  # a folder that could not be listed: its files are unknown
+        if extensions is not None and not folder and not path.lower().endswith(extensions):
             if skipped is not None:
                 skipped[os.path.splitext(path)[1].lower() or "(no extension)"] += 1
             continue
         values = (path, None, size, mtime_ns, error)
         for name, value in zip(LISTING_SCHEMA.names, values, strict=True):
             rows[name].append(value)
+    rows["path"] = _distinct(rows["path"], rows["error"])
     return pa.table(rows, schema=LISTING_SCHEMA).sort_by("path")
+
+
+def _distinct(paths: list[str], errors: list[str | None]) -> list[str]:
+    """Paths with each shown once: a name that is not UTF-8 is shown escaped (``bird\\xe9.jpg``),
+    which a real file may be named literally; the escaped one gets a suffix, so every file keeps
+    its own row (two rows on one path ended the job at its count check)."""
+    taken = Counter(paths)
+    if len(taken) == len(paths):
+        return paths
+    out = list(paths)
+    for i, (path, error) in enumerate(zip(paths, errors, strict=True)):
+        if taken[path] > 1 and error and error.startswith("bad_filename"):
+            n = 2
+            while f"{path} (not UTF-8, {n})" in taken:
+                n += 1
+            out[i] = f"{path} (not UTF-8, {n})"
+            taken[path] -= 1
+            taken[out[i]] += 1
+    return out
 
 
 Listed = tuple[str, int | None, int | None, str | None]  # path, size, mtime_ns, error
@@ -169,8 +190,10 @@ def _walk_local(root: str) -> Iterator[Listed]:
                 continue
             seen.add((info.st_dev, info.st_ino))
             entries = list(os.scandir(folder))
-        except OSError:
-            continue  # an unreadable folder holds nothing we can list
+        except OSError as exc:  # its files are unknown: one row says so, never a silent gap
+            shown = storage.utf8_name(folder.rstrip("/"))[0] + "/"
+            yield shown, None, None, f"unreadable: cannot list this folder: {exc.strerror or exc}"
+            continue
         for entry in entries:
             try:
                 if entry.is_dir():  # follows links; the seen set stops loops
