@@ -206,6 +206,8 @@ def _quiet_libtiff() -> int:
 
 
 def _decode(data: bytes, max_pixels: int, min_side: int, max_aspect: float) -> DecodedImage:
+    from birdray.whole_image import check_whole  # it raises this module's ImageError
+
     _quiet_libtiff()
     with warnings.catch_warnings():
         # Pillow's per-file warnings about broken metadata would flood a million-file job's log;
@@ -232,6 +234,7 @@ def _decode(data: bytes, max_pixels: int, min_side: int, max_aspect: float) -> D
         if min_side > 0 and frames == 1:
             img.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
         img.load()
+        check_whole(data, fmt)  # what Pillow decodes without a word: data that stops early
         turned = img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
         img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)
