@@ -1,16 +1,20 @@
-"""Archives that look fine and are not: damaged streams, replaced archives, racing processes."""
+"""Archives that look fine and are not: damaged streams, replaced archives, racing processes,
+names listed twice, limits crossed early, a link where the unpacked folder goes."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import tarfile
 import threading
 
 import pytest
 
+from birdray.data import archive as archive_module
 from birdray.data.archive import EXTRACT_MARKER, ArchiveError, md5sum, safe_extract
 from birdray.data.cub import read_cub
-from birdray.data.download import DownloadConfig, download_cub, open_source
+from birdray.data.download import DownloadConfig, download_cub, extracted_dir, open_source
 from tests.cub_fixture import jpeg_bytes, write_layout
 
 
@@ -275,3 +279,117 @@ def test_a_zip_member_compressed_with_a_method_python_cannot_read_is_named(tmp_p
     ):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _tar(path, members: list[tuple[str, bytes | None]], mode: str = "w:gz"):
+    """A tar as other tools write them: (name, bytes) for a file, (name, None) for a folder."""
+    with tarfile.open(path, mode) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if data is None else tarfile.REGTYPE
+            info.size = len(data or b"")
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize("again", ["photos/robin/1.jpg", "./photos/robin/1.jpg"])
+def test_a_tar_listing_a_name_twice_is_refused_as_a_zip_is(tmp_path, again):
+    """The later copy used to replace the first silently (a wren photo labelled robin)."""
+    archive = _tar(
+        tmp_path / "birds.tar",
+        [("photos/robin/1.jpg", jpeg_bytes()), ("photos/robin/2.jpg", jpeg_bytes()),
+         (again, b"another photo")],
+        mode="w:",
+    )  # fmt: skip
+    with pytest.raises(ArchiveError, match=f"the tar lists {again!r} twice; which one is meant"):
+        open_source(archive)
+    assert not extracted_dir(archive).exists()
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+@pytest.mark.parametrize(
+    "members, file, folder",
+    [
+        ([("p/x.jpg", b"jpg"), ("p/x.jpg/", None)], "p/x.jpg", "p/x.jpg/"),
+        ([("p/x.jpg/", None), ("p/x.jpg", b"jpg")], "p/x.jpg", "p/x.jpg/"),
+        ([("p/x.jpg", b"jpg"), ("p/x.jpg/y.jpg", b"jpg")], "p/x.jpg", "p/x.jpg/y.jpg"),
+        ([("p/x.jpg/y.jpg", b"jpg"), ("p/x.jpg", b"jpg")], "p/x.jpg", "p/x.jpg/y.jpg"),
+    ],
+    ids=["file-then-folder", "folder-then-file", "file-then-inside", "inside-then-file"],
+)
+def test_a_file_and_a_folder_of_one_name_is_an_archive_error_naming_both(
+    tmp_path, kind, members, file, folder
+):
+    """Was '[Errno 17] File exists' (or 'Not a directory'), which reads like a disk problem."""
+    if kind == "tar":
+        archive = _tar(tmp_path / "a.tgz", members)
+    else:
+        archive = _zip(tmp_path / "a.zip", [(n, b"" if d is None else d) for n, d in members])
+    message = rf"the {kind} holds '{file}' both as a file and as a folder \('{folder}'\)"
+    with pytest.raises(ArchiveError, match=message):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _cut_after(path, infos: list[tarfile.TarInfo]):
+    """A .tgz of these headers (no data), then garbage where the next header should be: only
+    a reader that stops at the first header over a limit refuses it for that limit."""
+    with gzip.open(path, "wb") as fh:
+        for info in infos:
+            fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        fh.write(b"\x01" * 700)
+    return path
+
+
+def test_a_tar_crossing_a_limit_is_refused_at_that_header_not_after_reading_it_all(
+    tmp_path, monkeypatch
+):
+    """The limits were checked after the whole stream was decompressed and every header kept:
+    an 8 MB .tgz declaring 8 GB took 20 s to refuse, 2 million empty entries 99 s and 1 GB."""
+    bomb = tarfile.TarInfo("CUB_200_2011/images/big.jpg")
+    bomb.size = 10**12  # its data is not there: reading past it would fail as damaged
+    with pytest.raises(ArchiveError, match="at least 1000.00 GB, more than the cap"):
+        safe_extract(_cut_after(tmp_path / "bomb.tgz", [bomb]), tmp_path / "out")
+    monkeypatch.setattr(archive_module, "MAX_MEMBERS", 5)
+    many = [tarfile.TarInfo(f"d/{n}.jpg") for n in range(6)]
+    with pytest.raises(ArchiveError, match="more than 5 entries"):
+        safe_extract(_cut_after(tmp_path / "many.tgz", many), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ArchiveError, match="unreadable entry header"):  # under the limits
+        safe_extract(_cut_after(tmp_path / "cut.tgz", many[:5]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_link_where_the_extraction_folder_goes_is_refused_not_followed(tmp_path):
+    """The link was resolved, then the folder it points to emptied and unpacked into."""
+    archive = _archive(tmp_path, name="photos.tgz")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    extracted_dir(archive).symlink_to(victim)
+    with pytest.raises(ArchiveError, match=r"photos_extracted is a symbolic link \(to .*victim"):
+        open_source(archive)
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"]
+    assert extracted_dir(archive).is_symlink()
+    (tmp_path / "elsewhere").mkdir()  # a link above the folder is followed as ever
+    (tmp_path / "via").symlink_to(tmp_path / "elsewhere")
+    assert read_cub(safe_extract(archive, tmp_path / "via" / "out")).records
+    assert (tmp_path / "elsewhere" / "out" / EXTRACT_MARKER).is_file()
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["beside-images-txt", "in-its-folder"])
+def test_a_cub_archive_with_a_stray_csv_reads_as_cub_as_its_folder_does(tmp_path, inside):
+    """A lone CSV was taken for the dataset over CUB's images.txt ('notes.csv: lists no
+    images'), while the same folder unarchived ingested fine; a folder of only a CSV still
+    reads as that CSV (``csv.zip`` above)."""
+    from birdray.data.folders import find_layout
+
+    root = write_layout(tmp_path / "cub", [(c, jpeg_bytes(), c % 2 == 0) for c in (1, 2, 3)])
+    top = root if inside else root.parent  # CUB_200_2011/ alone, or beside attributes.txt
+    (top / "notes.csv").write_text("path,label\n")
+    archive = tmp_path / "cub_with_notes.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(top, arcname="CUB_200_2011" if inside else ".")
+    source = open_source(archive)
+    assert find_layout(source) == find_layout(top) == "cub", source
+    assert len(read_cub(source).records) == 3

@@ -2,9 +2,11 @@
 capped, the stream proven whole.
 
 An archive must never write outside its target folder nor fill the disk: path traversal, every
-link (CUB has none, so any link is refused, even one pointing inside), devices, more than
-``max_bytes`` of files or ``MAX_MEMBERS`` entries are refused before anything is written; a
-damaged archive fails instead of unpacking in part; a second process waits for the first.
+link (CUB has none, so any link is refused, even one pointing inside), devices, a name listed
+twice or as both a file and a folder, more than ``max_bytes`` of files or ``MAX_MEMBERS`` entries
+are refused before anything is written (a tar as soon as its headers cross a limit, not after its
+whole stream is decompressed); a damaged archive fails instead of unpacking in part; a second
+process waits for the first; a link where the extraction folder goes is refused, never followed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import lzma
 import os
+import posixpath
 import shutil
 import stat
 import tarfile
@@ -51,9 +54,12 @@ def progress_bar(total: int, desc: str, unit: str = "B") -> tqdm:
     )
 
 
-def _check_member(member: tarfile.TarInfo, target: Path) -> None:
-    resolved = (target / member.name).resolve()
-    if not resolved.is_relative_to(target):
+def _check_member(member: tarfile.TarInfo, target: Path) -> str:
+    """The member's path in the target, normalised ("" for the target itself), if it is safe to
+    write. Read by name alone, not on disk: it is unpacked into a fresh folder, and it holds no
+    links (tarfile's "data" filter checks each path on disk again as it writes it)."""
+    path = posixpath.normpath(member.name)
+    if path.startswith("/") or path == ".." or path.startswith("../"):
         raise ArchiveError(f"unsafe archive member {member.name!r}: escapes {target}")
     if member.issym() or member.islnk():
         kind = "symbolic" if member.issym() else "hard"
@@ -65,19 +71,57 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
         raise ArchiveError(f"archive member {member.name!r} is a device or pipe")
     if not (member.isfile() or member.isdir()):
         raise ArchiveError(f"archive member {member.name!r} is not a file or folder")
+    return "" if path == "." else path
 
 
-def _check_size(members: list[tarfile.TarInfo], max_bytes: int) -> None:
-    """The bytes the members would write, checked before one is written (a tar bomb stops here)."""
-    if len(members) > MAX_MEMBERS:
-        raise ArchiveError(
-            f"the archive has {len(members):,} entries, more than {MAX_MEMBERS:,}; refusing it"
-        )
-    total = sum(m.size for m in members if m.isfile())
+def _check_count(count: int) -> None:
+    if count > MAX_MEMBERS:
+        raise ArchiveError(f"the archive has more than {MAX_MEMBERS:,} entries; refusing it")
+
+
+def _check_total(total: int, max_bytes: int) -> None:
+    """The bytes the members read so far would write (a tar bomb stops at its first header)."""
     if total > max_bytes:
         raise ArchiveError(
-            f"the archive would unpack to {total / 1e9:.2f} GB, more than the cap of "
+            f"the archive would unpack to at least {total / 1e9:.2f} GB, more than the cap of "
             f"{max_bytes / 1e9:.2f} GB (raise --max-extract-gb if this archive is trusted)"
+        )
+
+
+class _Names:
+    """The paths an archive's members write: one listed twice (unpacking would keep the last
+    copy, silently), or a file and a folder of one name (unpacking would stop half-way with
+    'File exists' or 'Not a directory') is refused before anything is written."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.files: dict[str, str] = {}  # path -> the member's name in the archive
+        self.folders: dict[str, str] = {}  # path -> the member that is it, or is in it
+
+    def add(self, path: str, shown: str, is_dir: bool) -> None:
+        """``path``: the member's relative path, ``/``-separated, normalised."""
+        if path in self.files:
+            if not is_dir:
+                raise ArchiveError(f"the {self.kind} lists {shown!r} twice; which one is meant?")
+            raise self._both(self.files[path], shown)
+        if is_dir:
+            self.folders.setdefault(path, shown)  # a folder listed twice is harmless
+        elif path in self.folders:
+            raise self._both(shown, self.folders[path])
+        else:
+            self.files[path] = shown
+        while "/" in path:  # every folder above it, up to one already seen (and so checked)
+            path = path.rsplit("/", 1)[0]
+            if path in self.files:
+                raise self._both(self.files[path], shown)
+            if path in self.folders:
+                break
+            self.folders[path] = shown
+
+    def _both(self, file: str, folder: str) -> ArchiveError:
+        return ArchiveError(
+            f"the {self.kind} holds {file!r} both as a file and as a folder ({folder!r}); which "
+            "one is meant?"
         )
 
 
@@ -105,7 +149,7 @@ def safe_extract(
     it. A lock (in the temp folder, so that a refused archive writes nothing near ``target``)
     makes a second process wait for the first, then reuse its result without reading the archive.
     """
-    archive, target = Path(archive), Path(target).resolve()
+    archive, target = Path(archive), _not_a_link(target)
     identity = json.dumps({"md5": (md5 or md5sum(archive)).lower()})
     marker = target / EXTRACT_MARKER
     done = lambda: marker.is_file() and marker.read_text() == identity  # noqa: E731
@@ -130,6 +174,21 @@ def safe_extract(
     return target
 
 
+def _not_a_link(target: str | Path) -> Path:
+    """``target`` absolute, through links above it but never one at its own path. Unpacking
+    replaces what is there: through a link that would delete the folder it points to. Replacing
+    only the link would be safe for that folder, but a link there was made on purpose (say, to put
+    the data on another disk) and would be undone silently, gigabytes landing where its maker
+    chose not to have them; an error naming it loses nothing and lets them choose."""
+    path = Path(os.path.abspath(target))
+    if path.is_symlink():
+        raise ArchiveError(
+            f"the extraction folder {path} is a symbolic link (to {os.readlink(path)}); unpacking"
+            " replaces that folder's contents, so it is not followed: remove the link and run again"
+        )
+    return path.parent.resolve() / path.name
+
+
 @contextlib.contextmanager
 def _checked(archive: Path, target: Path, max_bytes: int) -> Iterator[Callable[[Path], None]]:
     """What unpacks the archive into a folder, once every member is checked and the whole
@@ -145,14 +204,26 @@ def _checked(archive: Path, target: Path, max_bytes: int) -> Iterator[Callable[[
         raise ArchiveError(f"{archive}: not a readable tar archive, nor a zip ({exc})") from exc
     with tar:
         try:
-            members = tar.getmembers()
+            members = _checked_members(tar, target, max_bytes)
             _read_to_end(tar)
         except _STREAM_ERRORS as exc:
             raise ArchiveError(f"{archive}: damaged tar archive ({exc})") from exc
-        for member in members:
-            _check_member(member, target)
-        _check_size(members, max_bytes)
         yield lambda dest: _unpack(tar, members, dest, archive.name)
+
+
+def _checked_members(tar: tarfile.TarFile, target: Path, max_bytes: int) -> list[tarfile.TarInfo]:
+    """Every member checked as tarfile reads its header, so the first to cross a limit stops the
+    reading: a small .tgz declaring terabytes, or millions of entries, is refused at once instead
+    of after its whole stream is decompressed and every header kept."""
+    names, total = _Names("tar"), 0
+    for count, member in enumerate(tar, 1):  # lazily: one header at a time
+        _check_count(count)
+        if path := _check_member(member, target):
+            names.add(path, member.name + ("/" if member.isdir() else ""), member.isdir())
+        if member.isfile():
+            total += member.size
+            _check_total(total, max_bytes)
+    return tar.getmembers()  # all read by now: nothing more is read
 
 
 def _unpack(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path, name: str) -> None:
@@ -211,22 +282,11 @@ def _checked_zip(archive: Path, target: Path, max_bytes: int) -> Iterator[Callab
     except (zipfile.BadZipFile, *_STREAM_ERRORS) as exc:
         raise ArchiveError(f"{archive}: damaged zip archive ({exc})") from exc
     with zf:
-        infos, seen = zf.infolist(), set()
-        if len(infos) > MAX_MEMBERS:
-            raise ArchiveError(
-                f"the archive has {len(infos):,} entries, more than {MAX_MEMBERS:,}; refusing it"
-            )
+        infos, names = zf.infolist(), _Names("zip")
+        _check_count(len(infos))
         for info in infos:
-            name = _zip_name(info, target)
-            if name in seen and not _is_dir(info):
-                raise ArchiveError(f"the zip lists {info.filename!r} twice; which one is meant?")
-            seen.add(name)
-        total = sum(info.file_size for info in infos if not _is_dir(info))
-        if total > max_bytes:
-            raise ArchiveError(
-                f"the archive would unpack to {total / 1e9:.2f} GB, more than the cap of "
-                f"{max_bytes / 1e9:.2f} GB (raise --max-extract-gb if this archive is trusted)"
-            )
+            names.add(_zip_name(info, target), info.filename, _is_dir(info))
+        _check_total(sum(info.file_size for info in infos if not _is_dir(info)), max_bytes)
         try:
             bad = zf.testzip()
         except (zipfile.BadZipFile, NotImplementedError, *_STREAM_ERRORS) as exc:

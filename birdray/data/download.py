@@ -31,6 +31,7 @@ from birdray.data.archive import (  # noqa: F401  (EXTRACT_MARKER: the marker's 
     progress_bar,
     safe_extract,
 )
+from birdray.data.cub import CubFormatError, find_root
 from birdray.images import IMAGE_SUFFIXES
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
@@ -138,12 +139,16 @@ def open_source(
 
 
 def unwrapped(folder: Path) -> Path:
-    """What an unpacked archive holds: the one CSV of path,label in it, or the folder it wraps
-    its content in (``photos.zip`` holding ``photos/<species>/``; hidden files and macOS's
-    ``__MACOSX`` aside). A folder holding photos or CUB's ``images.txt`` is content, not a
-    wrapper; one species' folder of dated sub-folders zipped alone cannot be told from a
-    wrapper, and reads as those sub-folders."""
+    """What an unpacked archive holds: CUB's layout, else the one CSV of path,label in it, else
+    the folder it wraps its content in (``photos.zip`` holding ``photos/<species>/``; hidden
+    files and macOS's ``__MACOSX`` aside). CUB comes first, as ingest reads the same folder
+    unarchived: a stray ``notes.csv`` beside ``images.txt`` is not the dataset. A folder holding
+    photos is content, not a wrapper; one species' folder of dated sub-folders zipped alone
+    cannot be told from a wrapper, and reads as those sub-folders."""
     while True:
+        with contextlib.suppress(CubFormatError):
+            find_root(folder)
+            return folder
         if csv := _one_csv(folder):
             return csv
         inside = _visible(folder)
@@ -164,10 +169,7 @@ def _one_csv(folder: Path) -> Path | None:
 
 
 def _content(folder: Path) -> bool:
-    return any(
-        p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.name == "images.txt")
-        for p in folder.iterdir()
-    )
+    return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
 
 
 def _copy_from_bucket(uri: str) -> Path:
@@ -250,8 +252,6 @@ def _copy(source: Path, dest: Path) -> None:
 
 def _check_layout(folder: Path) -> None:
     """The unpacked archive is one ``ingest`` reads, or the error says where its files went."""
-    from birdray.data.cub import CubFormatError, find_root
-
     try:
         find_root(folder)
     except CubFormatError as exc:
