@@ -119,3 +119,118 @@ def test_images_txt_paths_are_confined_to_the_images_folder(tmp_path):
     for image_id in (2, 3, 4, 5, 7):
         assert problems[image_id][0].startswith("unsafe_path: images.txt:"), problems[image_id]
         assert "leaves the images folder" in problems[image_id][0]
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_every_cub_text_file_may_start_with_a_bom(tmp_path):
+    """Notepad and Excel write one: it was read as part of the first id."""
+    root = _basic(tmp_path)
+    for name in ("images.txt", "classes.txt", "image_class_labels.txt", "bounding_boxes.txt"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    for name in ("parts/part_locs.txt", "attributes/image_attribute_labels.txt"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    cub = read_cub(root)
+    assert [r.image_id for r in cub.records] == [1, 2, 3]
+    assert cub.class_names[0] == "001.Species_1"
+    assert cub.records[0].bbox == [2.0, 3.0, 20.0, 15.0] and cub.records[0].problems == []
+    assert cub.records[0].parts[0] == [6.0, 7.0, 1.0]
+    assert cub.records[0].attributes[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "error"),
+    [
+        ("images.txt", "3 003", "3000000000 003", r"images.txt:3: id 3000000000 is outside"),
+        (
+            "attributes/image_attribute_labels.txt",
+            "1 1 1 3",
+            "1 70000 1 3",
+            r"image_attribute_labels.txt:1: attribute id 70000 is outside",
+        ),
+    ],
+)
+def test_an_id_the_dataset_cannot_store_names_file_and_line(tmp_path, name, old, new, error):
+    """Image ids are int32, attribute ids int16: a larger one crashed the whole ingest later
+    with Arrow's 'too large to fit in C integer type'."""
+    root = _basic(tmp_path)
+    _edit(root / name, old, new)
+    with pytest.raises(CubFormatError, match=error):
+        read_cub(root)
+
+
+def test_an_id_out_of_range_is_one_line_from_birdray_ingest(tmp_path, capsys):
+    from birdray.cli import main
+
+    root = _basic(tmp_path)
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt"):
+        _edit(root / name, "3 ", "3000000000 ")
+    assert main(["ingest", "--source", str(root), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "images.txt:3: id 3000000000 is outside" in err
+
+
+@pytest.mark.parametrize("box", ["nan nan nan nan", "0 0 inf inf", "-inf 3 20 15", "2 3 1e300 5"])
+def test_a_box_that_is_not_finite_is_malformed_like_a_negative_one(tmp_path, box):
+    """float() reads 'nan' and 'inf', and `nan <= 0` is False: they were stored as boxes."""
+    root = _basic(tmp_path)
+    _edit(root / "bounding_boxes.txt", "2 2.0 3.0 20.0 15.0", f"2 {box}")
+    negative = _basic(tmp_path / "negative")
+    _edit(negative / "bounding_boxes.txt", "2 2.0 3.0 20.0 15.0", "2 2 3 -20 15")
+    rec, like = read_cub(root).records[1], read_cub(negative).records[1]
+    assert rec.problems == like.problems == ["malformed bounding box (bounding_boxes.txt:2)"]
+    assert rec.bbox is like.bbox is None
+
+
+@pytest.mark.parametrize("coords", ["nan 7.0", "6.0 inf", "-inf nan", "1e39 7.0"])
+def test_a_part_location_that_is_not_finite_is_a_malformed_part_line(tmp_path, coords):
+    root = _basic(tmp_path)
+    _edit(root / "parts" / "part_locs.txt", "1 1 6.0 7.0 1", f"1 1 {coords} 1")
+    rec = read_cub(root).records[0]
+    assert rec.problems == ["malformed part line (part_locs.txt:1)"]
+    assert all(v == v and abs(v) != float("inf") for part in rec.parts for v in part)
+
+
+def test_part_clicks_that_are_not_finite_name_the_line(tmp_path):
+    root = _basic(tmp_path)
+    (root / "parts" / "part_click_locs.txt").write_text("1 1 5.0 6.0 1 1.5\nnan 1 5 6 1 2\n")
+    with pytest.raises(CubFormatError, match=r"part_click_locs.txt:2: expected"):
+        read_part_clicks(root)
+
+
+def test_a_file_listed_under_two_ids_is_kept_once_or_refused_with_two_classes(tmp_path):
+    """Stored twice, it broke scoring the dataset later ('counts do not reconcile')."""
+    root = write_layout(tmp_path, [(1, jpeg_bytes(), True)] * 2 + [(2, jpeg_bytes(), True)])
+    _edit(root / "images.txt", "2 001.Species_1/img_2.jpg", "2 001.Species_1/./img_1.jpg")
+    problems = [r.problems for r in read_cub(root).records]
+    assert problems[0] == [] and problems[2] == []
+    assert problems[1] == [
+        "duplicate: images.txt:2 lists '001.Species_1/./img_1.jpg' again (line 1); kept once"
+    ]
+    _edit(root / "images.txt", "3 002.Species_2/img_3.jpg", "3 001.Species_1/img_1.jpg")
+    with pytest.raises(
+        CubFormatError,
+        match=r"images.txt:3: '001.Species_1/img_1.jpg' is labelled "
+        r"'002.Species_2' here and '001.Species_1' at line 1",
+    ):
+        read_cub(root)
+
+
+def test_a_file_name_that_is_not_utf8_is_bad_filename_not_missing(tmp_path):
+    """images.txt was decoded with U+FFFD, so the existing file was reported missing."""
+    import os
+
+    root = _basic(tmp_path)
+    folder = root / "images" / "002.Species_2"
+    os.rename(folder / "img_2.jpg", os.fsencode(folder) + b"/img_\xe9.jpg")
+    data = (root / "images.txt").read_bytes()
+    (root / "images.txt").write_bytes(data.replace(b"img_2.jpg", b"img_\xe9.jpg"))
+    rec = read_cub(root).records[1]
+    assert rec.rel_path == "002.Species_2/img_\\xe9.jpg"  # escaped: Parquet holds UTF-8 only
+    assert rec.problems == [
+        "bad_filename: '002.Species_2/img_\\xe9.jpg' is not valid UTF-8; rename it"
+    ]

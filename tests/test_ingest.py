@@ -199,6 +199,36 @@ def test_ingest_never_reads_a_path_outside_the_source(ray_cluster, tmp_path):
     assert secret not in table.column("image").to_pylist()
 
 
+def test_odd_images_txt_rows_and_boxes_are_quarantined_and_counts_reconcile(ray_cluster, tmp_path):
+    """A file listed under two ids (stored twice, scoring failed later), a name that is not
+    UTF-8 (reported missing), a NaN box (stored), under a BOM (refused as id '\\ufeff1')."""
+    import os
+
+    root = write_layout(
+        tmp_path / "src", [(c, jpeg_bytes(color=(60 * c, 9, 9)), True) for c in (1, 1, 2, 3)]
+    )
+    folder = root / "images" / "001.Species_1"
+    os.rename(folder / "img_2.jpg", os.fsencode(folder) + b"/img_\xe9.jpg")
+    images = (root / "images.txt").read_bytes().replace(b"img_2.jpg", b"img_\xe9.jpg")
+    images += b"5 001.Species_1/img_1.jpg\n"  # the file of id 1 again
+    (root / "images.txt").write_bytes(b"\xef\xbb\xbf" + images)
+    for name, line in (("image_class_labels.txt", "5 1"), ("train_test_split.txt", "5 1")):
+        (root / name).write_text((root / name).read_text() + line + "\n")
+    boxes = (root / "bounding_boxes.txt").read_text().replace("3 2.0 3.0 20.0", "3 nan 3.0 20.0")
+    (root / "bounding_boxes.txt").write_text(boxes + "5 2.0 3.0 20.0 15.0\n")
+    out = tmp_path / "ds"
+    run_ingest(IngestConfig(source=str(root), out=str(out), val_fraction=0))
+    manifest = load_manifest(out)
+    assert manifest["counts"] == {"listed": 5, "ingested": 2, "quarantined": 3}
+    assert {q["image_id"]: q["reason"].split(":")[0] for q in manifest["quarantine"]} == {
+        2: "bad_filename",
+        3: "malformed bounding box (bounding_boxes.txt",
+        5: "duplicate",
+    }
+    table = pq.read_table(split_path(out, "train"))
+    assert sorted(table.column("image_id").to_pylist()) == [1, 4]
+
+
 def test_reconcile_checks_the_set_of_ids_not_only_counts():
     reconcile([1, 2, 3, 4], [1, 2], [3, 4])
     reconcile([1, 2], [], [2, 1])

@@ -85,6 +85,71 @@ def test_a_csv_listing_a_photo_twice_keeps_it_once_or_refuses_two_labels(tmp_pat
         read_csv(two)
 
 
+@pytest.mark.parametrize(
+    ("rows", "error"),
+    [
+        ('a.jpg,robin\nb.jpg,"wren\nc.jpg,wren\nd.jpg,robin\n', "2: not a CSV row"),  # open quote
+        ('a.jpg,robin\nb.jpg,wren\n"c.jpg\nd.jpg",robin\n', "3: a quoted field runs on to line 4"),
+        ('a.jpg,robin\nb.jpg,"wren"s\n', "2: not a CSV row .*',' expected after"),
+        ("a.jpg,robin\nb.jpg," + "x" * 131_073 + "\n", "2: not a CSV row .*field larger than"),
+    ],
+)
+def test_a_stray_quote_or_a_huge_field_in_a_csv_is_one_error_naming_the_line(
+    tmp_path, capsys, rows, error
+):
+    """One open quote swallowed every later row into one class name (exit 0); a field over
+    csv's limit was a traceback."""
+    for name in "abcd":
+        _photo(tmp_path / f"{name}.jpg", ord(name))
+    labels = tmp_path / "labels.csv"
+    labels.write_text(rows)
+    with pytest.raises(CubFormatError, match=f"labels.csv:{error}"):
+        read_csv(labels)
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match=f"^--source: .*labels.csv:{error}"):
+        check("ingest", IngestConfig(source=str(labels), out=str(out)))  # before Ray starts
+    assert main(["ingest", "--source", str(labels), "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "labels.csv:" in line and len(line) < 300
+
+
+def _unreadable(monkeypatch, folder):
+    """``folder`` can't be listed, as with mode 000 for a user (root reads it anyway)."""
+    folder.chmod(0)
+    if os.geteuid() == 0:
+        scandir = os.scandir
+
+        def refuse(path="."):
+            if os.fspath(path) == str(folder):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return scandir(path)
+
+        monkeypatch.setattr(os, "scandir", refuse)
+
+
+def test_an_unreadable_folder_is_a_warning_naming_it_not_photos_gone_silently(
+    tmp_path, monkeypatch
+):
+    root = tmp_path / "birds"
+    _photo(root / "robin" / "0.jpg")
+    for i in range(5):
+        _photo(root / "robin" / "locked" / f"{i}.jpg", i)
+    _photo(root / "wren" / "0.jpg", 9)
+    _photo(root / "owl" / "0.jpg", 8)
+    try:
+        _unreadable(monkeypatch, root / "robin" / "locked")
+        _unreadable(monkeypatch, root / "owl")
+        dataset = read_species_folders(root)
+    finally:
+        (root / "robin" / "locked").chmod(0o755)
+        (root / "owl").chmod(0o755)
+    assert sorted(_rows(dataset)) == ["robin/0.jpg", "wren/0.jpg"]
+    assert dataset.warnings == [
+        "2 folder(s) could not be read (Permission denied): 'owl', 'robin/locked'; their photos "
+        "are not in the dataset"
+    ]
+
+
 def test_classes_differing_only_in_case_are_refused_before_ray(tmp_path):
     _photo(tmp_path / "csv" / "1.jpg", 1)
     _photo(tmp_path / "csv" / "2.jpg", 2)

@@ -6,20 +6,25 @@ dataset to build. Problems of one image (a malformed box or part line) quarantin
 with a reason, so ingest can report it instead of crashing or silently dropping it. An
 ``images.txt`` path that would leave the ``images/`` folder (absolute, ``..``, a symlink pointing
 elsewhere) is such a problem of one image: the row is quarantined as ``unsafe_path`` and its file
-is never opened.
+is never opened. So is a path that is not UTF-8 (``bad_filename``) or one listed under two ids
+(``duplicate``, refused when the two ids give it different classes).
 """
 
 from __future__ import annotations
 
+import math
+import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from birdray.data.confined import image_path, refused_reason
 from birdray.data.cub_columns import part_locations, present_attributes
+from birdray.storage import utf8_name
 
 ROOT_NAME = "CUB_200_2011"
 NUM_PARTS = 15
+ENCODING = "utf-8-sig"  # UTF-8; a BOM (as Notepad or Excel write it) is dropped, not an id
 
 
 class CubFormatError(ValueError):
@@ -69,30 +74,53 @@ def find_root(path: str | Path) -> Path:
 
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, fields) for non-empty lines; undecodable bytes become U+FFFD, not a crash."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding=ENCODING, errors="replace") as fh:
         return [(n, line.split()) for n, line in enumerate(fh, 1) if line.strip()]
 
 
-def _int(value: str, path: Path, lineno: int, what: str) -> int:
+def _stored_range(column: str) -> tuple[float, float]:
+    """The values the dataset's ``column`` holds (its type in ``rows.ITEM_SCHEMA``)."""
+    from birdray.data.rows import stored_range  # rows imports this module: import when used
+
+    return stored_range(column)
+
+
+def _int(
+    value: str, path: Path, lineno: int, what: str, bounds: tuple[float, float] | None = None
+) -> int:
+    """``value`` as an int; outside ``bounds`` (what its column stores) it is this line's error,
+    not Arrow's about the whole table later."""
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise CubFormatError(f"{path}:{lineno}: {what} {value!r} is not an integer") from None
+    if bounds is not None and not bounds[0] <= number <= bounds[1]:
+        raise CubFormatError(
+            f"{path}:{lineno}: {what} {number} is outside what the dataset stores "
+            f"({bounds[0]}..{bounds[1]})"
+        )
+    return number
 
 
-def _read_pairs(path: Path, required: bool = True) -> dict[int, tuple[int, str]]:
-    """``id rest`` files: id -> (line number, rest of the line)."""
+def _read_pairs(
+    path: Path,
+    required: bool = True,
+    bounds: tuple[float, float] | None = None,
+    errors: str = "replace",
+) -> dict[int, tuple[int, str]]:
+    """``id rest`` files: id -> (line number, rest of the line). ``errors="surrogateescape"``
+    keeps bytes that are not UTF-8 so the caller can name them."""
     if not path.is_file():
         if required:
             raise CubFormatError(f"required file missing: {path}")
         return {}
     out: dict[int, tuple[int, str]] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding=ENCODING, errors=errors) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             head, _, rest = line.strip().partition(" ")
-            key = _int(head, path, lineno, "id")
+            key = _int(head, path, lineno, "id", bounds)
             if key in out:
                 raise CubFormatError(f"{path}:{lineno}: id {key} appears twice")
             out[key] = (lineno, rest.strip())
@@ -121,19 +149,24 @@ def _check_ids(name: Path, ids: set[int], image_ids: set[int], lines: dict) -> N
         raise CubFormatError(f"{name}: no line for image id {missing[0]} listed in images.txt")
 
 
-def _floats(fields: list[str], count: int) -> list[float] | None:
+def _floats(fields: list[str], count: int, bound: float = math.inf) -> list[float] | None:
+    """The first ``count`` fields as numbers, or None: too few, not numbers, or not finite
+    within ``bound`` (``float`` reads 'nan' and 'inf', which no box or click can be)."""
     if len(fields) < count:
         return None
     try:
-        return [float(v) for v in fields[:count]]
+        values = [float(v) for v in fields[:count]]
     except ValueError:
         return None
+    return values if all(math.isfinite(v) and abs(v) <= bound for v in values) else None
 
 
 def read_cub(path: str | Path) -> CubDataset:
     """Parse every metadata file of the layout (see GUIDE §4 for the formats)."""
     root = find_root(path)
-    images = _read_pairs(root / "images.txt")
+    images = _read_pairs(
+        root / "images.txt", bounds=_stored_range("image_id"), errors="surrogateescape"
+    )
     if not images:
         raise CubFormatError(f"{root / 'images.txt'}: lists no images")
     class_names = _read_named(root / "classes.txt")
@@ -147,7 +180,9 @@ def read_cub(path: str | Path) -> CubDataset:
         _check_ids(root / "bounding_boxes.txt", set(boxes), image_ids, boxes)
 
     records: dict[int, CubRecord] = {}
-    for image_id, (lineno, rel) in sorted(images.items()):
+    first: dict[str, tuple[int, str]] = {}  # path -> (line, class) where it was first listed
+    coordinate = _stored_range("bbox")[1]
+    for image_id, (lineno, rel) in images.items():  # in line order: the first listing is kept
         if not rel:
             raise CubFormatError(f"{root / 'images.txt'}:{lineno}: no path for id {image_id}")
         lab_line, lab = labels[image_id]
@@ -165,12 +200,18 @@ def read_cub(path: str | Path) -> CubDataset:
                 f"{root / 'train_test_split.txt'}:{split_line}: "
                 f"is_train must be 0 or 1, got {split!r}"
             )
+        rel, utf8 = utf8_name(rel)
         rec = CubRecord(image_id, rel, class_id - 1, class_names[class_id - 1], split == "1")
-        if image_path(root, rel) is None:
+        if not utf8:  # Parquet and JSON hold UTF-8 text only
+            rec.problems.append(f"bad_filename: '{rel}' is not valid UTF-8; rename it")
+        elif image_path(root, rel) is None:
             leaves = f"images.txt:{lineno} path {rel!r} leaves the images folder"
             rec.problems.append(refused_reason(root / "images", rel, leaves))
+        repeat = _repeated(root, first, rec, lineno)
+        if repeat:
+            rec.problems.append(repeat)
         if image_id in boxes:
-            box = _floats(boxes[image_id][1].split(), 4)
+            box = _floats(boxes[image_id][1].split(), 4, coordinate)
             if box is None or box[2] <= 0 or box[3] <= 0:
                 rec.problems.append(
                     f"malformed bounding box (bounding_boxes.txt:{boxes[image_id][0]})"
@@ -178,6 +219,7 @@ def read_cub(path: str | Path) -> CubDataset:
             else:
                 rec.bbox = box
         records[image_id] = rec
+    records = dict(sorted(records.items()))
 
     part_names = _read_parts(root, records)
     attribute_names = _read_attributes(root, records)
@@ -190,6 +232,24 @@ def read_cub(path: str | Path) -> CubDataset:
         certainty_names=_read_named(root / "attributes" / "certainties.txt", required=False),
         class_attributes=_read_class_attributes(root, len(class_names)),
     )
+
+
+def _repeated(root: Path, first: dict[str, tuple[int, str]], rec: CubRecord, lineno: int) -> str:
+    """A ``duplicate`` problem when ``rec``'s path was listed before (worded as for
+    ``labels.csv``: one file must be one dataset row), else ''. Two classes for it are an error."""
+    rel = rec.rel_path
+    key = posixpath.normpath(rel)
+    if key not in first:
+        first[key] = (lineno, rec.class_name)
+        return ""
+    line, seen = first[key]
+    here = rec.class_name
+    if seen != here:
+        raise CubFormatError(
+            f"{root / 'images.txt'}:{lineno}: {rel!r} is labelled {here!r} here and {seen!r} at "
+            f"line {line} (image_class_labels.txt); give each photo one label"
+        )
+    return f"duplicate: images.txt:{lineno} lists {rel!r} again (line {line}); kept once"
 
 
 def _read_class_attributes(root: Path, num_classes: int) -> list[list[float]]:
@@ -240,11 +300,12 @@ def _part_lines(
     locs_file: Path, records: dict[int, CubRecord], part_names: list[str]
 ) -> dict[int, dict[int, list[float]]]:
     table: dict[int, dict[int, list[float]]] = defaultdict(dict)
+    coordinate = _stored_range("parts")[1]
     for lineno, fields in _lines(locs_file):
         image_id = _int(fields[0], locs_file, lineno, "image id")
         if image_id not in records:
             raise CubFormatError(f"{locs_file}:{lineno}: image id {image_id} is not in images.txt")
-        vals = _floats(fields[1:], 4)
+        vals = _floats(fields[1:], 4, coordinate)
         if vals is None or not 1 <= vals[0] < len(part_names) + 1 or vals[3] not in (0.0, 1.0):
             records[image_id].problems.append(f"malformed part line ({locs_file.name}:{lineno})")
             continue
@@ -270,13 +331,14 @@ def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
     labels_file = root / "attributes" / "image_attribute_labels.txt"
     if not labels_file.is_file():
         return names
+    lowest, highest = _stored_range("attributes")
     fast = present_attributes(labels_file, set(records))
-    if fast is not None:
+    if fast is not None and all(lowest <= a <= highest for ids in fast.values() for a in ids):
         for image_id, rec in records.items():
             rec.attributes = fast.get(image_id, [])
         return names
     present: dict[int, list[int]] = defaultdict(list)
-    with open(labels_file, encoding="utf-8", errors="replace") as fh:
+    with open(labels_file, encoding=ENCODING, errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             fields = line.split()
             if not fields:
@@ -290,7 +352,9 @@ def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
                     f"{labels_file}:{lineno}: image id {image_id} not in images.txt"
                 )
             if fields[2] == "1":
-                present[image_id].append(int(fields[1]))
+                bounds = (lowest, highest)
+                attribute = _int(fields[1], labels_file, lineno, "attribute id", bounds)
+                present[image_id].append(attribute)
             elif fields[2] != "0":
                 records[image_id].problems.append(
                     f"malformed attribute line ({labels_file.name}:{lineno})"

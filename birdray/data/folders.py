@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,17 +65,18 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not not_the_users(d.name))
 
 
-def _images(folder: Path) -> tuple[list[Path], list[Path]]:
+def _images(folder: Path) -> tuple[list[Path], list[Path], list[OSError]]:
     """Image files anywhere below ``folder`` (hidden files and folders skipped, links to folders
-    not followed), and the other files found there (skipped, but said)."""
-    images, others = [], []
-    for top, dirs, files in os.walk(folder):
+    not followed), the other files found there (skipped, but said), and why each folder that
+    could not be listed was not (``os.walk`` skips those silently: their photos would vanish)."""
+    images, others, unlisted = [], [], []
+    for top, dirs, files in os.walk(folder, onerror=unlisted.append):
         dirs[:] = [d for d in dirs if not not_the_users(d)]
         for name in files:
             if not not_the_users(name):
                 path = Path(top, name)
                 (images if _is_image(path) else others).append(path)
-    return sorted(images), sorted(others)
+    return sorted(images), sorted(others), unlisted
 
 
 def _shown(paths: list[str]) -> str:
@@ -89,14 +91,15 @@ def read_layout(source: Path, layout: str) -> CubDataset:
 
 def read_species_folders(root: Path) -> CubDataset:
     """Every image file below ``root/<species>/`` (sub-folders too: the class is the top-level
-    folder); ids follow the sorted paths (deterministic). Loose files, empty species folders and
-    non-image files are skipped and listed in the dataset's ``warnings``."""
-    entries, problems, empty, other = [], {}, [], []
+    folder); ids follow the sorted paths (deterministic). Loose files, empty species folders,
+    non-image files and folders that cannot be listed are skipped and named in ``warnings``."""
+    entries, problems, empty, other, unlisted = [], {}, [], [], []
     for folder in _class_dirs(root):
         label, label_ok = utf8_name(folder.name)
-        images, others = _images(folder)
+        images, others, errors = _images(folder)
         other += [utf8_name(p.relative_to(root).as_posix())[0] for p in others]
-        if not images:
+        unlisted += errors
+        if not images and not errors:
             empty.append(label)
         for image in images:
             rel, rel_ok = utf8_name(image.relative_to(root).as_posix())
@@ -104,7 +107,8 @@ def read_species_folders(root: Path) -> CubDataset:
                 problems[len(entries)] = f"bad_filename: '{rel}' is not valid UTF-8; rename it"
             entries.append((rel, label))
     if not entries:
-        raise LayoutError(f"{root}: no species folder holds images; expected {LAYOUTS}")
+        why = f"; {_unread(root, unlisted)}" if unlisted else ""
+        raise LayoutError(f"{root}: no species folder holds images; expected {LAYOUTS}{why}")
     dataset = _dataset(root, entries, problems)
     loose = [utf8_name(p.name)[0] for p in sorted(root.iterdir()) if _loose_file(p)]
     if loose:
@@ -116,12 +120,25 @@ def read_species_folders(root: Path) -> CubDataset:
         dataset.warnings.append(
             f"{len(empty)} species folder(s) hold no image and are not classes: {_shown(empty)}"
         )
+    if unlisted:
+        dataset.warnings.append(f"{_unread(root, unlisted)}; their photos are not in the dataset")
     if other:
         dataset.warnings.append(
             f"{len(other)} file(s) in species folders are not images by their name "
             f"({', '.join(IMAGE_SUFFIXES)}) and were skipped: {_shown(other)}"
         )
     return dataset
+
+
+def _unread(root: Path, errors: list[OSError]) -> str:
+    """``1 folder(s) could not be read (Permission denied): 'wren/2023'``, names below ``root``."""
+    names = []
+    for exc in errors:
+        folder = Path(os.fsdecode(exc.filename or root))
+        inside = folder.is_relative_to(root) and folder != root
+        names.append(utf8_name(folder.relative_to(root).as_posix() if inside else str(folder))[0])
+    why = ", ".join(sorted({exc.strerror or type(exc).__name__ for exc in errors}))
+    return f"{len(errors)} folder(s) could not be read ({why}): {_shown(names)}"
 
 
 def _is_image(path: Path) -> bool:
@@ -141,7 +158,7 @@ def read_csv(path: Path) -> CubDataset:
     entries: list[tuple[str, str]] = []
     problems: dict[int, str] = {}
     first: dict[str, tuple[int, str]] = {}  # path -> (line, label) of its first row
-    for lineno, row in enumerate(csv.reader(_utf8_text(path)), 1):
+    for lineno, row in _csv_rows(path):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
@@ -172,6 +189,30 @@ def read_csv(path: Path) -> CubDataset:
     return _dataset(path.parent, entries, problems)
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each row. Strict: a quote left open or a stray quote, or a field
+    over csv's size limit, is one error naming the line; so is a quoted field running over lines
+    (a path or label is one line: non-strict csv let one open quote swallow the rest silently)."""
+    rows = csv.reader(_utf8_text(path), strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CubFormatError(
+                f"{path}:{start}: not a CSV row birdray reads ({exc}); a quote left open?"
+            ) from None
+        if rows.line_num > start:
+            raise CubFormatError(
+                f"{path}:{start}: a quoted field runs on to line {rows.line_num}; a path or "
+                "label is one line (a quote left open?)"
+            )
+        yield start, row
+        start = rows.line_num + 1
+
+
 def _utf8_text(path: Path) -> io.StringIO:
     """The CSV as text; bytes that are not UTF-8 are one error naming the line (U+FFFD class
     names from a Latin-1 file passed silently). A BOM is dropped."""
@@ -192,12 +233,20 @@ def _header(path: Path, lineno: int, rel: str, label: str) -> bool:
     if (rel.lower(), label.lower()) == CSV_COLUMNS:
         return True
     inside = confined_path(path.parent, _slashes(rel))  # never stat outside the CSV's folder
-    if Path(rel).suffix.lower() in IMAGE_SUFFIXES or (inside is not None and inside.exists()):
+    if Path(rel).suffix.lower() in IMAGE_SUFFIXES or _exists(inside):
         return False
     raise CubFormatError(
         f"{path}:{lineno}: {rel},{label} is not a header birdray reads nor a photo; expected "
         f"columns {','.join(CSV_COLUMNS)} (the header is optional)"
     )
+
+
+def _exists(path: Path | None) -> bool:
+    """Whether ``path`` is there; a name the system refuses (too long) is not a crash."""
+    try:
+        return path is not None and path.exists()
+    except OSError:
+        return False
 
 
 def _slashes(rel: str) -> str:
@@ -263,6 +312,9 @@ def fingerprint(dataset: CubDataset, csv_file: Path | None) -> str:
     digest = hashlib.sha256(csv_file.read_bytes() if csv_file is not None else b"folders")
     for rec in dataset.records:
         image = confined_path(dataset.root, rec.rel_path)  # never stat a path outside the source
-        stamp = file_stamp(image)
+        try:
+            stamp = file_stamp(image)
+        except OSError as exc:  # e.g. a name too long: reading it quarantines the row, and says why
+            stamp = f"-1 {exc.errno}"
         digest.update(f"{rec.rel_path}\0{rec.class_name}\0{stamp}\n".encode())  # UTF-8 names
     return digest.hexdigest()

@@ -59,6 +59,20 @@ ITEM_SCHEMA = pa.schema(
 )
 
 
+def stored_range(column: str) -> tuple[float, float]:
+    """The least and greatest value ``ITEM_SCHEMA``'s numeric ``column`` (or its lists' items)
+    holds, so readers can word a line whose value does not fit: a larger id fails the whole
+    table (``ArrowInvalid``), a larger coordinate becomes inf in float32."""
+    kind = ITEM_SCHEMA.field(column).type
+    while pa.types.is_list(kind):
+        kind = kind.value_type
+    if pa.types.is_integer(kind):
+        ints = np.iinfo(kind.to_pandas_dtype())
+        return int(ints.min), int(ints.max)
+    floats = np.finfo(kind.to_pandas_dtype())
+    return float(floats.min), float(floats.max)
+
+
 def item_row(rec: CubRecord, split: str) -> dict[str, Any]:
     return {
         "image_id": rec.image_id,
