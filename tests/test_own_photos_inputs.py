@@ -150,6 +150,22 @@ def test_an_unreadable_folder_is_a_warning_naming_it_not_photos_gone_silently(
     ]
 
 
+def test_a_species_folder_linking_out_of_the_source_is_not_walked(tmp_path):
+    """A species folder that is a link to ``/`` walked the whole file system (70 s, 46,865
+    files) and quarantined the real photos as conflicts; a link inside the source is kept."""
+    root = tmp_path / "birds"
+    _photo(root / "robin" / "0.jpg")
+    _photo(tmp_path / "elsewhere" / "x.jpg", 3)
+    (root / "everything").symlink_to("/")
+    (root / "away").symlink_to(tmp_path / "elsewhere")
+    dataset = read_species_folders(root)
+    assert sorted(_rows(dataset)) == ["robin/0.jpg"]
+    assert dataset.warnings == [
+        f"2 species folder(s) are links leading out of {root} and were not followed: 'away', "
+        "'everything'"
+    ]
+
+
 def test_classes_differing_only_in_case_are_refused_before_ray(tmp_path):
     _photo(tmp_path / "csv" / "1.jpg", 1)
     _photo(tmp_path / "csv" / "2.jpg", 2)

@@ -93,9 +93,12 @@ def read_species_folders(root: Path) -> CubDataset:
     """Every image file below ``root/<species>/`` (sub-folders too: the class is the top-level
     folder); ids follow the sorted paths (deterministic). Loose files, empty species folders,
     non-image files and folders that cannot be listed are skipped and named in ``warnings``."""
-    entries, problems, empty, other, unlisted = [], {}, [], [], []
+    entries, problems, empty, other, unlisted, outside = [], {}, [], [], [], []
     for folder in _class_dirs(root):
         label, label_ok = utf8_name(folder.name)
+        if not folder.resolve().is_relative_to(root.resolve()):  # a link to / walked it all
+            outside.append(label)
+            continue
         images, others, errors = _images(folder)
         other += [utf8_name(p.relative_to(root).as_posix())[0] for p in others]
         unlisted += errors
@@ -122,6 +125,11 @@ def read_species_folders(root: Path) -> CubDataset:
         )
     if unlisted:
         dataset.warnings.append(f"{_unread(root, unlisted)}; their photos are not in the dataset")
+    if outside:
+        dataset.warnings.append(
+            f"{len(outside)} species folder(s) are links leading out of {root} and were not "
+            f"followed: {_shown(outside)}"
+        )
     if other:
         dataset.warnings.append(
             f"{len(other)} file(s) in species folders are not images by their name "
