@@ -68,3 +68,27 @@ def test_a_damaged_file_of_a_known_format_is_corrupt_not_not_an_image():
     assert raised.value.reason == "corrupt" and "PNG" in raised.value.detail
     with pytest.raises(ImageError, match="not_an_image"):
         decode_image(b"plain text that happens to be long enough to sniff")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_flattened_over_white_as_alpha_composite_does(mode):
+    """Every colour value under every alpha: the low-memory paste gives alpha_composite's bytes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    value, alpha = np.meshgrid(np.arange(256), np.arange(256))
+    rgba = Image.fromarray(np.stack([value, value, 255 - value, alpha], -1).astype(np.uint8))
+    saved, options = {"RGBA": rgba, "LA": rgba.convert("LA")}.get(mode), {}
+    if mode == "P":  # 256 palette entries, each with its own alpha (tRNS)
+        saved = Image.fromarray(value.astype(np.uint8), "L").convert("P")
+        saved.putpalette([c for i in range(256) for c in (i, (3 * i) % 256, 255 - i)])
+        options["transparency"] = bytes((7 * i) % 256 for i in range(256))
+        saved.info["transparency"] = options["transparency"]
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    expected = np.asarray(Image.alpha_composite(white, saved.convert("RGBA")).convert("RGB"))
+    buf = io.BytesIO()
+    saved.save(buf, "PNG", **options)
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == mode
+    assert np.array_equal(np.asarray(decode_image(buf.getvalue()).image), expected)
