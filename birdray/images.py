@@ -126,6 +126,7 @@ def decode_image(
     *,
     min_side: int = 0,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    whole: bool = True,
 ) -> DecodedImage:
     """Decode bytes to RGB; raise ``ImageError`` for empty, non-image, truncated or bomb input.
 
@@ -143,11 +144,15 @@ def decode_image(
     must be that file's quarantine row / 4xx / error row, never the end of a job. A
     ``MemoryError`` while decoding one file is that file asking for too much (``too_large``).
     ``KeyboardInterrupt``/``SystemExit`` are not ``Exception``s and still stop the process.
+
+    ``whole=False`` skips the check that the pixel data covers the picture
+    (``birdray.whole_image``) for bytes this decoder already accepted with it: an ingested
+    dataset's images, decoded again every training epoch, or ingest's second decode of a file.
     """
     if not data:
         raise ImageError("empty", "zero-byte file")
     try:
-        return _decode(data, max_pixels, min_side, max_aspect)
+        return _decode(data, max_pixels, min_side, max_aspect, whole)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:  # beyond twice Pillow's own limit (~179 Mpx)
@@ -209,7 +214,9 @@ def _quiet_libtiff() -> int:
     return quieted
 
 
-def _decode(data: bytes, max_pixels: int, min_side: int, max_aspect: float) -> DecodedImage:
+def _decode(
+    data: bytes, max_pixels: int, min_side: int, max_aspect: float, whole: bool
+) -> DecodedImage:
     from birdray.whole_image import check_whole  # it raises this module's ImageError
 
     _quiet_libtiff()
@@ -238,7 +245,8 @@ def _decode(data: bytes, max_pixels: int, min_side: int, max_aspect: float) -> D
         if min_side > 0 and frames == 1:
             img.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
         img.load()
-        check_whole(data, fmt)  # what Pillow decodes without a word: data that stops early
+        if whole:  # what Pillow decodes without a word: data that stops early
+            check_whole(data, fmt)
         turned = img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
         img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)

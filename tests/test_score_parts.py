@@ -118,19 +118,24 @@ def test_a_folder_that_cannot_be_listed_gets_a_row_saying_so(tmp_path, monkeypat
     (src / "locked").mkdir(parents=True)
     (src / "locked" / "a.jpg").write_bytes(b"1")
     (src / "b.jpg").write_bytes(b"2")
+    (src / os.fsdecode(b"d\xe9")).mkdir()  # not UTF-8, shown escaped ...
+    (src / "d\\xe9").mkdir()  # ... as this one is literally named; neither can be listed
     scandir = os.scandir
 
     def refusing(path):
-        if str(path).endswith("locked"):
+        if str(path).endswith(("locked", "xe9", os.fsdecode(b"\xe9"))):
             raise PermissionError(13, "Permission denied")
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
     listing = list_inputs(open_source(str(src)), (".jpg",), exclude=None)
     rows = dict(zip(listing["path"].to_pylist(), listing["error"].to_pylist(), strict=True))
+    refused = "unreadable: cannot list this folder: Permission denied"
     assert rows == {
         str(src / "b.jpg"): None,
-        str(src / "locked") + "/": "unreadable: cannot list this folder: Permission denied",
+        str(src / "locked") + "/": refused,
+        str(src / "d\\xe9") + "/": refused,
+        str(src / "d\\xe9") + "/ (not UTF-8, 2)": refused + ": the name is not valid UTF-8",
     }
 
 

@@ -60,16 +60,31 @@ def test_unset_torch_threads_are_the_node_cores_shared_never_below_the_reservati
     assert auto_threads(1.0, sharing=3) == 5
 
 
-def test_node_cores_is_the_affinity_within_the_container_limit(monkeypatch):
-    import os
-
+def test_node_cores_are_physical_cores_within_the_container_and_ray_node_limits(monkeypatch):
     import ray._private.utils as ray_utils
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(factory, "_physical_cores", lambda cpus: 4)
+    monkeypatch.setattr(factory, "_ray_node_cpus", lambda: None)
     monkeypatch.setattr(ray_utils, "get_num_cpus", lambda *a, **k: 2)  # a 2-CPU cgroup quota
     assert factory.node_cores() == 2
     monkeypatch.setattr(ray_utils, "get_num_cpus", lambda *a, **k: 8)
     assert factory.node_cores() == 4
+    monkeypatch.setattr(factory, "_ray_node_cpus", lambda: 3.0)  # `ray start --num-cpus 3`
+    assert factory.node_cores() == 3
+
+
+def test_smt_siblings_count_as_one_core(monkeypatch, tmp_path):
+    """Two hyperthreads of one core are one core, as torch's default thread count has it."""
+    topology = {0: ("0", "0"), 1: ("0", "1"), 2: ("0", "0"), 3: ("0", "1")}  # 2 cores x 2 SMT
+    for cpu, ids in topology.items():
+        folder = tmp_path / f"cpu{cpu}" / "topology"
+        folder.mkdir(parents=True)
+        for name, value in zip(factory._TOPOLOGY, ids, strict=True):
+            (folder / name).write_text(value + "\n")
+    monkeypatch.setattr(factory, "_CPU_SYS", tmp_path)
+    assert factory._physical_cores([0, 1, 2, 3]) == 2
+    assert factory._physical_cores([0, 2]) == 1
+    assert factory._physical_cores([0, 7]) == 2  # no topology for cpu7: the plain count
 
 
 def test_channels_last_is_applied():

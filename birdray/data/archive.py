@@ -59,8 +59,10 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> str:
     write. Read by name alone, not on disk: it is unpacked into a fresh folder, and it holds no
     links (tarfile's "data" filter checks each path on disk again as it writes it)."""
     path = posixpath.normpath(member.name)
-    if path.startswith("/") or path == ".." or path.startswith("../"):
+    if path.startswith("/") or ".." in member.name.split("/"):  # 'a/./../b' included
         raise ArchiveError(f"unsafe archive member {member.name!r}: escapes {target}")
+    if path == "." and not member.isdir():
+        raise ArchiveError(f"archive member {member.name!r} is a file where its root folder goes")
     if member.issym() or member.islnk():
         kind = "symbolic" if member.issym() else "hard"
         raise ArchiveError(
@@ -180,13 +182,14 @@ def _not_a_link(target: str | Path) -> Path:
     only the link would be safe for that folder, but a link there was made on purpose (say, to put
     the data on another disk) and would be undone silently, gigabytes landing where its maker
     chose not to have them; an error naming it loses nothing and lets them choose."""
-    path = Path(os.path.abspath(target))
+    given = Path(target)
+    path = given.resolve() if given.name in ("", ".", "..") else given.parent.resolve() / given.name
     if path.is_symlink():
         raise ArchiveError(
             f"the extraction folder {path} is a symbolic link (to {os.readlink(path)}); unpacking"
             " replaces that folder's contents, so it is not followed: remove the link and run again"
         )
-    return path.parent.resolve() / path.name
+    return path
 
 
 @contextlib.contextmanager

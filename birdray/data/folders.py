@@ -93,11 +93,11 @@ def read_species_folders(root: Path) -> CubDataset:
     """Every image file below ``root/<species>/`` (sub-folders too: the class is the top-level
     folder); ids follow the sorted paths (deterministic). Loose files, empty species folders,
     non-image files and folders that cannot be listed are skipped and named in ``warnings``."""
-    entries, problems, empty, other, unlisted, outside = [], {}, [], [], [], []
+    entries, problems, empty, other, unlisted, around = [], {}, [], [], [], []
     for folder in _class_dirs(root):
         label, label_ok = utf8_name(folder.name)
-        if not folder.resolve().is_relative_to(root.resolve()):  # a link to / walked it all
-            outside.append(label)
+        if root.resolve().is_relative_to(folder.resolve()):  # a link to / walked it all
+            around.append(label)
             continue
         images, others, errors = _images(folder)
         other += [utf8_name(p.relative_to(root).as_posix())[0] for p in others]
@@ -111,6 +111,7 @@ def read_species_folders(root: Path) -> CubDataset:
             entries.append((rel, label))
     if not entries:
         why = f"; {_unread(root, unlisted)}" if unlisted else ""
+        why += f"; {_around(root, around)}" if around else ""
         raise LayoutError(f"{root}: no species folder holds images; expected {LAYOUTS}{why}")
     dataset = _dataset(root, entries, problems)
     loose = [utf8_name(p.name)[0] for p in sorted(root.iterdir()) if _loose_file(p)]
@@ -125,17 +126,21 @@ def read_species_folders(root: Path) -> CubDataset:
         )
     if unlisted:
         dataset.warnings.append(f"{_unread(root, unlisted)}; their photos are not in the dataset")
-    if outside:
-        dataset.warnings.append(
-            f"{len(outside)} species folder(s) are links leading out of {root} and were not "
-            f"followed: {_shown(outside)}"
-        )
+    if around:
+        dataset.warnings.append(_around(root, around))
     if other:
         dataset.warnings.append(
             f"{len(other)} file(s) in species folders are not images by their name "
             f"({', '.join(IMAGE_SUFFIXES)}) and were skipped: {_shown(other)}"
         )
     return dataset
+
+
+def _around(root: Path, labels: list[str]) -> str:
+    return (
+        f"{len(labels)} species folder(s) are links to {root} or a folder holding it and were "
+        f"not followed (it would be read again inside itself): {_shown(labels)}"
+    )
 
 
 def _unread(root: Path, errors: list[OSError]) -> str:

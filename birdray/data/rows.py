@@ -164,7 +164,7 @@ def _validated(data: bytes, max_side: int, max_pixels: int):
     quick = decode_image(data, max_pixels, min_side=1)
     if _keeps_original(quick, max_side):
         return quick
-    return decode_image(data, max_pixels)
+    return decode_image(data, max_pixels, whole=False)  # checked whole by the first decode
 
 
 def _keeps_original(decoded, max_side: int) -> bool:

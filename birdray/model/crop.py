@@ -51,12 +51,15 @@ def decode_side(data_config: dict[str, Any]) -> int:
 
 
 def decode_for_model(
-    data: bytes, data_config: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    data_config: dict[str, Any],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    whole: bool = True,
 ) -> DecodedImage:
     """The one decode of a photo a model will classify (Serve, scoring, evaluation, validation):
     as strict as a full decode, at the smallest JPEG scale the eval transform allows, so every
-    place that answers for a photo sees the same pixels."""
-    return decode_image(data, max_pixels, min_side=decode_side(data_config))
+    place that answers for a photo sees the same pixels (``whole``: see ``decode_image``)."""
+    return decode_image(data, max_pixels, min_side=decode_side(data_config), whole=whole)
 
 
 @dataclass(frozen=True)

@@ -73,19 +73,53 @@ def set_threads(num_threads: int | None) -> None:
 
 
 def node_cores() -> int:
-    """The cores this process may run on: its CPU affinity, within the container's CPU limit
-    (Ray's own count, which reads the cgroup quota)."""
+    """The cores this process may run on: physical cores (as torch counts them; SMT siblings
+    share one) in its CPU affinity, within the container's CPU limit (Ray's own count, which
+    reads the cgroup quota) and the CPUs its Ray node was started with (``--num-cpus 4`` on a
+    64-core host means 4)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+        cpus = list(range(os.cpu_count() or 1))
+    cores = _physical_cores(cpus)
     try:
         from ray._private.utils import get_num_cpus
 
-        cores = min(cores, max(1, int(get_num_cpus())))
+        cores = min(cores, max(1, int(get_num_cpus(override_docker_cpu_warning=True))))
     except Exception:  # a private helper: never let it decide whether a job runs
         pass
-    return max(1, cores)
+    declared = _ray_node_cpus()
+    return max(1, min(cores, int(declared)) if declared else cores)
+
+
+def _physical_cores(cpus: list[int]) -> int:
+    """Distinct (package, core) among ``cpus`` from Linux's topology files; else their count."""
+    seen = set()
+    for cpu in cpus:
+        topology = _CPU_SYS / f"cpu{cpu}" / "topology"
+        try:
+            seen.add(tuple((topology / f).read_text().strip() for f in _TOPOLOGY))
+        except OSError:
+            return len(cpus)
+    return len(seen) or len(cpus)
+
+
+_TOPOLOGY = ("physical_package_id", "core_id")
+_CPU_SYS = Path("/sys/devices/system/cpu")
+
+
+def _ray_node_cpus() -> float | None:
+    """The CPUs this process's Ray node declares (None outside Ray, or when it cannot tell)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        here = ray.get_runtime_context().get_node_id()
+        node = next(n for n in ray.nodes() if n.get("NodeID") == here)
+        return float(node["Resources"]["CPU"])
+    except Exception:  # no CPU resource, a changed API: the machine's count stands
+        return None
 
 
 def auto_threads(reserved_cpus: float, sharing: int = 1) -> int:

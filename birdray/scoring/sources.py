@@ -143,7 +143,7 @@ def _distinct(paths: list[str], errors: list[str | None]) -> list[str]:
         return paths
     out = list(paths)
     for i, (path, error) in enumerate(zip(paths, errors, strict=True)):
-        if taken[path] > 1 and error and error.startswith("bad_filename"):
+        if taken[path] > 1 and error and ESCAPED in error:
             n = 2
             while f"{path} (not UTF-8, {n})" in taken:
                 n += 1
@@ -154,6 +154,7 @@ def _distinct(paths: list[str], errors: list[str | None]) -> list[str]:
 
 
 Listed = tuple[str, int | None, int | None, str | None]  # path, size, mtime_ns, error
+ESCAPED = ": the name is not valid UTF-8"  # in the error of a row whose path is shown escaped
 
 
 def _listed(source: Source) -> Iterator[Listed]:
@@ -191,8 +192,9 @@ def _walk_local(root: str) -> Iterator[Listed]:
             seen.add((info.st_dev, info.st_ino))
             entries = list(os.scandir(folder))
         except OSError as exc:  # its files are unknown: one row says so, never a silent gap
-            shown = storage.utf8_name(folder.rstrip("/"))[0] + "/"
-            yield shown, None, None, f"unreadable: cannot list this folder: {exc.strerror or exc}"
+            shown, valid = storage.utf8_name(folder.rstrip("/"))
+            error = f"unreadable: cannot list this folder: {exc.strerror or exc}"
+            yield shown + "/", None, None, error + ("" if valid else ESCAPED)
             continue
         for entry in entries:
             try:
@@ -207,7 +209,7 @@ def _walk_local(root: str) -> Iterator[Listed]:
 def _entry(path: str, entry: os.DirEntry | None) -> Listed:
     shown, valid = storage.utf8_name(path)
     if not valid:
-        return shown, None, None, "bad_filename: the name is not valid UTF-8; rename the file"
+        return shown, None, None, f"bad_filename{ESCAPED}; rename the file"
     try:
         info = entry.stat() if entry is not None else os.stat(path)
     except FileNotFoundError:

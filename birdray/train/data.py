@@ -57,9 +57,12 @@ def decode_and_transform(
         json.dumps(train_kwargs or {}, sort_keys=True),
     )
     # validation sees the pixels evaluation, scoring and Serve see (their one decode);
-    # augmentation crops and zooms into the photo, so it decodes at full size
+    # augmentation crops and zooms into the photo, so it decodes at full size. Ingest decoded
+    # every stored image whole once: each epoch skips that check
     decode = (
-        decode_image if training else functools.partial(decode_for_model, data_config=data_config)
+        functools.partial(decode_image, whole=False)
+        if training
+        else functools.partial(decode_for_model, data_config=data_config, whole=False)
     )
     images = [
         np.asarray(transform(decode(bytes(data)).image), dtype=np.uint8) for data in batch["image"]
