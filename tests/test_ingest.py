@@ -186,17 +186,20 @@ def test_ingest_never_reads_a_path_outside_the_source(ray_cluster, tmp_path):
     lines = (root / "images.txt").read_text().splitlines()
     lines[1], lines[2] = "2 ../../secret.jpg", f"3 {tmp_path / 'secret.jpg'}"
     (root / "images.txt").write_text("\n".join(lines) + "\n")
-    out = tmp_path / "ds"
-    run_ingest(IngestConfig(source=str(root), out=str(out), val_fraction=0))
-    manifest = load_manifest(out)
-    assert manifest["counts"] == {"listed": 4, "ingested": 2, "quarantined": 2}
-    assert {q["image_id"]: q["reason"].split(":")[0] for q in manifest["quarantine"]} == {
-        2: "unsafe_path",
-        3: "unsafe_path",
-    }
-    table = pq.read_table(split_path(out, "train"))
+    counts, reasons, table = _ingested(root, tmp_path / "ds")
+    assert counts == {"listed": 4, "ingested": 2, "quarantined": 2}
+    assert reasons == {2: "unsafe_path", 3: "unsafe_path"}
     assert sorted(table.column("image_id").to_pylist()) == [1, 4]
     assert secret not in table.column("image").to_pylist()
+
+
+def _ingested(root, out):
+    """Ingest ``root`` with no validation split: (counts, quarantined id -> reason's first
+    part, the train split's table)."""
+    run_ingest(IngestConfig(source=str(root), out=str(out), val_fraction=0))
+    manifest = load_manifest(out)
+    reasons = {q["image_id"]: q["reason"].split(":")[0] for q in manifest["quarantine"]}
+    return manifest["counts"], reasons, pq.read_table(split_path(out, "train"))
 
 
 def test_odd_images_txt_rows_and_boxes_are_quarantined_and_counts_reconcile(ray_cluster, tmp_path):
@@ -216,16 +219,13 @@ def test_odd_images_txt_rows_and_boxes_are_quarantined_and_counts_reconcile(ray_
         (root / name).write_text((root / name).read_text() + line + "\n")
     boxes = (root / "bounding_boxes.txt").read_text().replace("3 2.0 3.0 20.0", "3 nan 3.0 20.0")
     (root / "bounding_boxes.txt").write_text(boxes + "5 2.0 3.0 20.0 15.0\n")
-    out = tmp_path / "ds"
-    run_ingest(IngestConfig(source=str(root), out=str(out), val_fraction=0))
-    manifest = load_manifest(out)
-    assert manifest["counts"] == {"listed": 5, "ingested": 2, "quarantined": 3}
-    assert {q["image_id"]: q["reason"].split(":")[0] for q in manifest["quarantine"]} == {
+    counts, reasons, table = _ingested(root, tmp_path / "ds")
+    assert counts == {"listed": 5, "ingested": 2, "quarantined": 3}
+    assert reasons == {
         2: "bad_filename",
         3: "malformed bounding box (bounding_boxes.txt",
         5: "duplicate",
     }
-    table = pq.read_table(split_path(out, "train"))
     assert sorted(table.column("image_id").to_pylist()) == [1, 4]
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from birdray.data.archive import not_the_users
 from birdray.data.confined import confined_path, refused_reason
-from birdray.data.cub import CubDataset, CubFormatError, CubRecord, find_root
+from birdray.data.cub import ENCODING, CubDataset, CubFormatError, CubRecord, find_root
 from birdray.images import IMAGE_SUFFIXES
 from birdray.storage import file_stamp, utf8_name
 
@@ -231,7 +231,7 @@ def _utf8_text(path: Path) -> io.StringIO:
     names from a Latin-1 file passed silently). A BOM is dropped."""
     data = path.read_bytes()
     try:
-        return io.StringIO(data.decode("utf-8-sig"), newline="")
+        return io.StringIO(data.decode(ENCODING), newline="")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise CubFormatError(

@@ -118,9 +118,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = worker_device()
     # unset (0): on CPU this node's cores, shared by this run's workers on it (Tune's trials,
     # which share nodes with each other, are given one thread per reserved CPU)
-    cpu_threads = auto_threads(cfg.cpus_per_worker, ctx.get_local_world_size())
-    gpu_threads = max(1, math.ceil(cfg.cpus_per_worker))
-    set_threads(cfg.torch_threads or (gpu_threads if device.type == "cuda" else cpu_threads))
+    threads = cfg.torch_threads
+    if not threads and device.type == "cuda":
+        threads = max(1, math.ceil(cfg.cpus_per_worker))
+    set_threads(threads or auto_threads(cfg.cpus_per_worker, ctx.get_local_world_size()))
     torch.manual_seed(cfg.seed + rank)
     data_config = config["data_config"]
 
