@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import tarfile
 import threading
 
 import pytest
 
-from birdray.data import archive as archive_module
-from birdray.data.archive import EXTRACT_MARKER, ArchiveError, md5sum, safe_extract
+from birdray.data import archive_members
+from birdray.data.archive import (
+    EXTRACT_CHECKS,
+    EXTRACT_MARKER,
+    ArchiveError,
+    md5sum,
+    safe_extract,
+)
 from birdray.data.cub import read_cub
 from birdray.data.download import DownloadConfig, download_cub, extracted_dir, open_source
 from tests.cub_fixture import jpeg_bytes, write_layout
@@ -64,6 +71,19 @@ def test_another_archive_in_the_same_folder_replaces_the_old_extraction(tmp_path
     marker_time = (target / EXTRACT_MARKER).stat().st_mtime_ns
     safe_extract(second, target)  # the same archive again: kept, not redone
     assert (target / EXTRACT_MARKER).stat().st_mtime_ns == marker_time
+
+
+def test_an_extraction_made_under_older_checks_is_redone(tmp_path):
+    """A folder an older birdray unpacked (its marker names the MD5 but no checks' version) may
+    hold what today's checks refuse, such as a link: it is unpacked again, not trusted."""
+    archive = _archive(tmp_path, images=3)
+    target = safe_extract(archive, tmp_path / "out")
+    (target / EXTRACT_MARKER).write_text(json.dumps({"md5": md5sum(archive)}))
+    (target / "CUB_200_2011" / "planted").symlink_to("/")
+    safe_extract(archive, target)
+    assert not (target / "CUB_200_2011" / "planted").is_symlink()
+    assert json.loads((target / EXTRACT_MARKER).read_text())["checks"] == EXTRACT_CHECKS
+    assert read_cub(target).records
 
 
 def test_two_processes_unpacking_one_archive_both_get_all_of_it(tmp_path):
@@ -350,7 +370,7 @@ def test_a_tar_crossing_a_limit_is_refused_at_that_header_not_after_reading_it_a
     bomb.size = 10**12  # its data is not there: reading past it would fail as damaged
     with pytest.raises(ArchiveError, match="at least 1000.00 GB, more than the cap"):
         safe_extract(_cut_after(tmp_path / "bomb.tgz", [bomb]), tmp_path / "out")
-    monkeypatch.setattr(archive_module, "MAX_MEMBERS", 5)
+    monkeypatch.setattr(archive_members, "MAX_MEMBERS", 5)
     many = [tarfile.TarInfo(f"d/{n}.jpg") for n in range(6)]
     with pytest.raises(ArchiveError, match="more than 5 entries"):
         safe_extract(_cut_after(tmp_path / "many.tgz", many), tmp_path / "out")

@@ -16,23 +16,32 @@ import hashlib
 import json
 import lzma
 import os
-import posixpath
 import shutil
-import stat
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 from tqdm import tqdm
 
 from birdray import locks
+from birdray.data.archive_members import (
+    ArchiveError,
+    Names,
+    check_count,
+    check_member,
+    check_total,
+    is_zip_dir,
+    zip_name,
+)
 
 EXTRACT_MARKER = ".birdray-extracted"
+# Raised whenever the checks below are tightened: an extraction a marker of another version
+# vouches for was made under rules that may have let through what these refuse, so it is redone.
+EXTRACT_CHECKS = 2
 MACOS_FORKS = "__MACOSX"  # the resource forks macOS's Finder puts in every zip it makes
 DEFAULT_MAX_EXTRACT_GB = 4.0  # CUB unpacks to ~1.2 GB
-MAX_MEMBERS = 200_000  # CUB has ~12,000 entries; millions of empty files would exhaust inodes
 SHOW_PROGRESS_BYTES = 64 * 2**20  # smaller files are read, copied or unpacked without a bar
 # what a damaged compressed stream raises from inside tarfile
 _STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error)
@@ -43,88 +52,11 @@ def not_the_users(name: str) -> bool:
     return name.startswith(".") or name == MACOS_FORKS
 
 
-class ArchiveError(ValueError):
-    """A download or archive that must not be used (bad checksum, unsafe member, not a tar)."""
-
-
 def progress_bar(total: int, desc: str, unit: str = "B") -> tqdm:
     """A progress bar for the long steps of a 1.1 GB archive, silent for small files."""
     return tqdm(
         total=total, desc=desc, unit=unit, unit_scale=True, disable=total < SHOW_PROGRESS_BYTES
     )
-
-
-def _check_member(member: tarfile.TarInfo, target: Path) -> str:
-    """The member's path in the target, normalised ("" for the target itself), if it is safe to
-    write. Read by name alone, not on disk: it is unpacked into a fresh folder, and it holds no
-    links (tarfile's "data" filter checks each path on disk again as it writes it)."""
-    path = posixpath.normpath(member.name)
-    if path.startswith("/") or ".." in member.name.split("/"):  # 'a/./../b' included
-        raise ArchiveError(f"unsafe archive member {member.name!r}: escapes {target}")
-    if path == "." and not member.isdir():
-        raise ArchiveError(f"archive member {member.name!r} is a file where its root folder goes")
-    if member.issym() or member.islnk():
-        kind = "symbolic" if member.issym() else "hard"
-        raise ArchiveError(
-            f"unsafe link {member.name!r} -> {member.linkname!r}: the archive holds a {kind} "
-            "link, and a CUB archive holds none; refusing it"
-        )
-    if member.isdev() or member.isfifo():
-        raise ArchiveError(f"archive member {member.name!r} is a device or pipe")
-    if not (member.isfile() or member.isdir()):
-        raise ArchiveError(f"archive member {member.name!r} is not a file or folder")
-    return "" if path == "." else path
-
-
-def _check_count(count: int) -> None:
-    if count > MAX_MEMBERS:
-        raise ArchiveError(f"the archive has more than {MAX_MEMBERS:,} entries; refusing it")
-
-
-def _check_total(total: int, max_bytes: int) -> None:
-    """The bytes the members read so far would write (a tar bomb stops at its first header)."""
-    if total > max_bytes:
-        raise ArchiveError(
-            f"the archive would unpack to at least {total / 1e9:.2f} GB, more than the cap of "
-            f"{max_bytes / 1e9:.2f} GB (raise --max-extract-gb if this archive is trusted)"
-        )
-
-
-class _Names:
-    """The paths an archive's members write: one listed twice (unpacking would keep the last
-    copy, silently), or a file and a folder of one name (unpacking would stop half-way with
-    'File exists' or 'Not a directory') is refused before anything is written."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.files: dict[str, str] = {}  # path -> the member's name in the archive
-        self.folders: dict[str, str] = {}  # path -> the member that is it, or is in it
-
-    def add(self, path: str, shown: str, is_dir: bool) -> None:
-        """``path``: the member's relative path, ``/``-separated, normalised."""
-        if path in self.files:
-            if not is_dir:
-                raise ArchiveError(f"the {self.kind} lists {shown!r} twice; which one is meant?")
-            raise self._both(self.files[path], shown)
-        if is_dir:
-            self.folders.setdefault(path, shown)  # a folder listed twice is harmless
-        elif path in self.folders:
-            raise self._both(shown, self.folders[path])
-        else:
-            self.files[path] = shown
-        while "/" in path:  # every folder above it, up to one already seen (and so checked)
-            path = path.rsplit("/", 1)[0]
-            if path in self.files:
-                raise self._both(self.files[path], shown)
-            if path in self.folders:
-                break
-            self.folders[path] = shown
-
-    def _both(self, file: str, folder: str) -> ArchiveError:
-        return ArchiveError(
-            f"the {self.kind} holds {file!r} both as a file and as a folder ({folder!r}); which "
-            "one is meant?"
-        )
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -146,13 +78,14 @@ def safe_extract(
     """Extract into ``target`` after checking every member, the total size and that the whole
     compressed stream is intact (nothing is written before); returns it.
 
-    A marker naming the archive's MD5 is written last, so a half-finished extraction is redone
-    and another archive unpacked into the same folder replaces it instead of being mistaken for
-    it. A lock (in the temp folder, so that a refused archive writes nothing near ``target``)
-    makes a second process wait for the first, then reuse its result without reading the archive.
+    A marker naming the archive's MD5 and the checks' version is written last, so a
+    half-finished extraction is redone, another archive unpacked into the same folder replaces it
+    instead of being mistaken for it, and one made under older, looser checks is checked again.
+    A lock (in the temp folder, so that a refused archive writes nothing near ``target``) makes a
+    second process wait for the first, then reuse its result without reading the archive.
     """
     archive, target = Path(archive), _not_a_link(target)
-    identity = json.dumps({"md5": (md5 or md5sum(archive)).lower()})
+    identity = json.dumps({"md5": (md5 or md5sum(archive)).lower(), "checks": EXTRACT_CHECKS})
     marker = target / EXTRACT_MARKER
     done = lambda: marker.is_file() and marker.read_text() == identity  # noqa: E731
     if done():
@@ -218,14 +151,14 @@ def _checked_members(tar: tarfile.TarFile, target: Path, max_bytes: int) -> list
     """Every member checked as tarfile reads its header, so the first to cross a limit stops the
     reading: a small .tgz declaring terabytes, or millions of entries, is refused at once instead
     of after its whole stream is decompressed and every header kept."""
-    names, total = _Names("tar"), 0
+    names, total = Names("tar"), 0
     for count, member in enumerate(tar, 1):  # lazily: one header at a time
-        _check_count(count)
-        if path := _check_member(member, target):
+        check_count(count)
+        if path := check_member(member, target):
             names.add(path, member.name + ("/" if member.isdir() else ""), member.isdir())
         if member.isfile():
             total += member.size
-            _check_total(total, max_bytes)
+            check_total(total, max_bytes)
     return tar.getmembers()  # all read by now: nothing more is read
 
 
@@ -285,11 +218,11 @@ def _checked_zip(archive: Path, target: Path, max_bytes: int) -> Iterator[Callab
     except (zipfile.BadZipFile, *_STREAM_ERRORS) as exc:
         raise ArchiveError(f"{archive}: damaged zip archive ({exc})") from exc
     with zf:
-        infos, names = zf.infolist(), _Names("zip")
-        _check_count(len(infos))
+        infos, names = zf.infolist(), Names("zip")
+        check_count(len(infos))
         for info in infos:
-            names.add(_zip_name(info, target), info.filename, _is_dir(info))
-        _check_total(sum(info.file_size for info in infos if not _is_dir(info)), max_bytes)
+            names.add(zip_name(info, target), info.filename, is_zip_dir(info))
+        check_total(sum(info.file_size for info in infos if not is_zip_dir(info)), max_bytes)
         try:
             bad = zf.testzip()
         except (zipfile.BadZipFile, NotImplementedError, *_STREAM_ERRORS) as exc:
@@ -299,54 +232,15 @@ def _checked_zip(archive: Path, target: Path, max_bytes: int) -> Iterator[Callab
         yield lambda dest: _unpack_zip(zf, infos, target, dest, archive.name)
 
 
-_ZIP_METHODS = {  # what zipfile decompresses; Deflate64, PPMd, zstd ... it cannot
-    zipfile.ZIP_STORED: "stored",
-    zipfile.ZIP_DEFLATED: "deflate",
-    zipfile.ZIP_BZIP2: "bzip2",
-    zipfile.ZIP_LZMA: "lzma",
-}
-
-
-def _is_dir(info: zipfile.ZipInfo) -> bool:
-    """A folder entry: ``name/``, ``name\\`` (older Windows tools) or a folder's mode."""
-    return info.filename.endswith(("/", "\\")) or stat.S_ISDIR(info.external_attr >> 16)
-
-
-def _zip_name(info: zipfile.ZipInfo, target: Path) -> str:
-    """The member's relative path with ``/`` separators, or ArchiveError if it must not be
-    written (zipfile's own extract would quietly rewrite an escaping name instead)."""
-    mode = info.external_attr >> 16
-    if info.flag_bits & 0x1:
-        raise ArchiveError(f"zip member {info.filename!r} is encrypted; unzip it yourself")
-    if info.compress_type not in _ZIP_METHODS and not _is_dir(info):
-        raise ArchiveError(
-            f"zip member {info.filename!r} uses compression method {info.compress_type}, which"
-            f" cannot be read here ({', '.join(_ZIP_METHODS.values())} can); zip it again with"
-            " Deflate"
-        )
-    if stat.S_ISLNK(mode):
-        raise ArchiveError(
-            f"unsafe link {info.filename!r}: the archive holds a symbolic link; refusing it"
-        )
-    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type (DOS, zipfile)
-        raise ArchiveError(f"archive member {info.filename!r} is not a file or folder")
-    name = info.filename.replace("\\", "/")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    escapes = name.startswith("/") or bool(PureWindowsPath(info.filename).drive) or ".." in parts
-    if escapes or not parts or not (target / "/".join(parts)).resolve().is_relative_to(target):
-        raise ArchiveError(f"unsafe archive member {info.filename!r}: escapes {target}")
-    return "/".join(parts)
-
-
 def _unpack_zip(
     zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], target: Path, dest: Path, name: str
 ) -> None:
-    total = sum(info.file_size for info in infos if not _is_dir(info))
+    total = sum(info.file_size for info in infos if not is_zip_dir(info))
     try:
         with progress_bar(total, f"unpacking {name}") as bar:
             for info in infos:
-                path = dest / _zip_name(info, target)
-                if _is_dir(info):
+                path = dest / zip_name(info, target)
+                if is_zip_dir(info):
                     path.mkdir(parents=True, exist_ok=True)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
