@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ DEFAULT_MAX_PIXELS = 40_000_000  # ~ 7,300 x 5,500: far above any real CUB photo
 # longest / shortest side: a 100000x1 PNG is a few hundred bytes and 100,000 pixels, but a model's
 # resize of its short side to 256 asks for 25.6 M x 256 (GBs); no photo of a bird is that thin
 DEFAULT_MAX_ASPECT = 20.0
+# frames of an animation or pages of a TIFF the decoder decodes to vouch for a file; a GIF of a
+# few bytes a frame can declare hundreds of thousands, each a decode, none of them a photo
+MAX_FRAMES = 1_000
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 # File name endings of those formats, as Pillow registers them: what a folder listing takes to
 # be an image. Written out (asking Pillow loads every plugin, 50 ms at import); a test keeps it
@@ -195,8 +199,12 @@ def _quiet_libtiff() -> int:
     Pillow silences libtiff's warnings but not its errors, which libtiff prints to the process's
     stderr: each hostile TIFF put lines such as ``tempfile.tif: Using code not yet in table.``
     into every worker's log, naming no file, while the decoder's ``ImageError`` already says
-    which file failed and why. Python's ``warnings`` cannot reach them; the C handler can.
+    which file failed and why. Python's ``warnings`` cannot reach them; the C handler can. Pillow's
+    TIFF plugin logs one such error itself (more samples per pixel than it decodes): dropped too.
     """
+    logging.getLogger("PIL.TiffImagePlugin").addFilter(
+        lambda record: record.levelno < logging.ERROR
+    )
     maps = Path("/proc/self/maps")  # Linux: the libraries mapped into this process
     if maps.exists():
         paths = {ln.split()[-1] for ln in maps.read_text().splitlines() if "/libtiff" in ln}
@@ -247,6 +255,8 @@ def _decode(
         img.load()
         if whole:  # what Pillow decodes without a word: data that stops early
             check_whole(data, fmt)
+            if frames > 1:
+                _check_later_frames(data, frames, max_pixels)
         turned = img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
         img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)
@@ -255,6 +265,28 @@ def _decode(
         raise ImageError("corrupt", f"decoded to {rgb.mode} {rgb.width}x{rgb.height}")
     full_w, full_h = (height, width) if turned else (width, height)
     return DecodedImage(rgb, fmt, source_mode, full_w, full_h, frames)
+
+
+def _check_later_frames(data: bytes, frames: int, max_pixels: int) -> None:
+    """Decode every frame after the first (a second reader: the caller's stays on frame 0), so a
+    file cut short in its third frame, or a multi-picture JPEG missing half its bytes, is
+    ``corrupt`` as a single photo cut short is. Every stage uses frame 0 only, but a file that
+    stops early is a damaged download, not a photo to vouch for. ``max_pixels`` bounds all the
+    frames together, so frames cannot multiply a bomb the single-picture limit refuses."""
+    if frames > MAX_FRAMES:
+        raise ImageError("too_large", f"{frames:,} frames; at most {MAX_FRAMES:,} are decoded")
+    later = Image.open(io.BytesIO(data))
+    total = later.width * later.height
+    for frame in range(1, frames):
+        later.seek(frame)
+        total += later.width * later.height
+        if total > max_pixels:
+            raise ImageError(
+                "too_large",
+                f"its first {frame + 1} of {frames} frames hold {total:,} pixels, over the "
+                f"{max_pixels:,}-pixel limit for the whole file",
+            )
+        later.load()
 
 
 def reencode_max_side(decoded: DecodedImage, max_side: int, quality: int = 90) -> bytes | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import pytest
 
+from birdray import images
 from birdray.images import DEFAULT_MAX_ASPECT, ImageError, decode_image
 from birdray.model.crop import decode_for_model
 from birdray.serve.uploads import Limits, Upload, decode_upload
@@ -92,3 +94,56 @@ def test_transparency_is_flattened_over_white_as_alpha_composite_does(mode):
     saved.save(buf, "PNG", **options)
     assert Image.open(io.BytesIO(buf.getvalue())).mode == mode
     assert np.array_equal(np.asarray(decode_image(buf.getvalue()).image), expected)
+
+
+def _animation(fmt: str, frames: int = 3, size: tuple[int, int] = (120, 90)) -> bytes:
+    """``frames`` different random pictures saved as one file of ``fmt`` (all frames kept)."""
+    pictures = [random_rgb(seed, size) for seed in range(frames)]
+    if fmt == "GIF":
+        pictures = [p.convert("P") for p in pictures]
+    buf = io.BytesIO()
+    pictures[0].save(buf, format=fmt, save_all=True, append_images=pictures[1:])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF", "MPO"])
+def test_a_many_frame_file_cut_short_in_a_later_frame_is_corrupt(fmt):
+    """Frame 0 is whole, so it alone decoded fine and half a download passed as a photo."""
+    data = _animation(fmt)
+    whole = decode_image(data)
+    assert whole.frames == 3 and whole.format == ("PNG" if fmt == "PNG" else fmt)
+    for kept in (0.8, 0.5):
+        with pytest.raises(ImageError) as raised:
+            decode_image(data[: int(len(data) * kept)])
+        assert raised.value.reason == "corrupt", (kept, raised.value)
+    # bytes already vouched for (an ingested image each epoch) are not decoded frame by frame
+    assert decode_image(data[: int(len(data) * 0.8)], whole=False).frames == 3
+
+
+def test_frames_share_one_pixel_limit_and_a_frame_count_cap(monkeypatch):
+    data = _animation("GIF", frames=4, size=(100, 100))
+    assert decode_image(data, max_pixels=40_000).frames == 4
+    with pytest.raises(ImageError) as raised:
+        decode_image(data, max_pixels=39_999)
+    assert raised.value.reason == "too_large" and "4 of 4 frames hold 40,000 pixels" in str(
+        raised.value
+    )
+    monkeypatch.setattr(images, "MAX_FRAMES", 3)
+    with pytest.raises(ImageError, match="too_large: 4 frames; at most 3"):
+        decode_image(data)
+
+
+def test_a_tiff_with_impossible_samples_is_corrupt_without_a_log_line_naming_no_file(caplog):
+    """Pillow logs "More samples per pixel than can be decoded" at ERROR, naming no file, before
+    failing: in a worker's log among thousands of files that line says nothing useful."""
+    buf = io.BytesIO()
+    random_rgb(0, (8, 8)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (entries,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 277:  # SamplesPerPixel
+            data[entry + 8 : entry + 10] = struct.pack("<H", 255)
+    with caplog.at_level("DEBUG"), pytest.raises(ImageError, match="corrupt"):
+        decode_image(bytes(data))
+    assert not [r for r in caplog.records if r.name.startswith("PIL") and r.levelno >= 40]
