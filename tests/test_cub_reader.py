@@ -195,6 +195,24 @@ def test_a_part_location_that_is_not_finite_is_a_malformed_part_line(tmp_path, c
     assert all(v == v and abs(v) != float("inf") for part in rec.parts for v in part)
 
 
+@pytest.mark.parametrize("part", ["1.7", "0", "16"])
+def test_a_part_id_that_is_not_one_of_the_parts_is_a_malformed_part_line(tmp_path, part):
+    """'1.7' was read as part 1: a click landed on another part, silently."""
+    root = _basic(tmp_path)
+    _edit(root / "parts" / "part_locs.txt", "1 1 6.0 7.0 1", f"1 {part} 6.0 7.0 1")
+    assert read_cub(root).records[0].problems == ["malformed part line (part_locs.txt:1)"]
+
+
+def test_a_class_without_a_name_names_its_line(tmp_path):
+    root = _basic(tmp_path)
+    path = root / "classes.txt"
+    lines = path.read_text().splitlines()
+    lines[1] = "2 "
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CubFormatError, match="classes.txt:2: id 2 has no name"):
+        read_cub(root)
+
+
 def test_part_clicks_that_are_not_finite_name_the_line(tmp_path):
     root = _basic(tmp_path)
     (root / "parts" / "part_click_locs.txt").write_text("1 1 5.0 6.0 1 1.5\nnan 1 5 6 1 2\n")
@@ -234,3 +252,119 @@ def test_a_file_name_that_is_not_utf8_is_bad_filename_not_missing(tmp_path):
     assert rec.problems == [
         "bad_filename: '002.Species_2/img_\\xe9.jpg' is not valid UTF-8; rename it"
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("classes.txt", 2),
+        ("parts/parts.txt", 7),
+        ("attributes/certainties.txt", 3),
+        ("../attributes.txt", 1),  # beside CUB_200_2011/, as in the archive
+    ],
+)
+def test_a_name_that_is_not_utf8_names_file_and_line(tmp_path, name, line):
+    """classes.txt was decoded with U+FFFD: a Latin-1 'Espèce' became a class named
+    '002.Esp\ufffdce' in every model and report, silently."""
+    root = _basic(tmp_path)
+    path = root / name
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] += b" Esp\xe8ce"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(CubFormatError) as caught:
+        read_cub(root)
+    message = str(caught.value)
+    assert f"{path.name}:{line}: name '" in message
+    assert "Esp\\xe8ce' is not UTF-8" in message and f"save {path.name} as UTF-8" in message
+    message.encode("utf-8")  # the bytes are shown escaped: the message itself is UTF-8 text
+
+
+def test_bytes_that_are_not_utf8_in_a_number_are_worded_in_utf8(tmp_path):
+    root = _basic(tmp_path)
+    (root / "train_test_split.txt").write_bytes(b"1 1\n2 \xff\n3 1\n")
+    with pytest.raises(CubFormatError, match=r"train_test_split.txt:2: .* got '\\xff'") as caught:
+        read_cub(root)
+    str(caught.value).encode("utf-8")
+    (root / "train_test_split.txt").write_bytes(b"1 1\n\xff2 0\n3 1\n")
+    with pytest.raises(CubFormatError, match=r"train_test_split.txt:2: id '\\xff2' is not an"):
+        read_cub(root)
+    (root / "train_test_split.txt").write_bytes(b"1 1\n2 0\n3 1\n")
+    boxes = root / "bounding_boxes.txt"
+    boxes.write_bytes(boxes.read_bytes().replace(b"2 2.0 3.0", b"2 \xff2.0 3.0", 1))
+    assert read_cub(root).records[1].problems == ["malformed bounding box (bounding_boxes.txt:2)"]
+
+
+@pytest.mark.parametrize("image_id", ["0", "-1"])
+def test_an_image_id_below_1_is_refused_even_when_every_file_agrees(tmp_path, image_id):
+    """CUB ids start at 1: an image renumbered 0 or -1 in every file was stored as such."""
+    root = _basic(tmp_path)
+    for name in (
+        "images.txt",
+        "image_class_labels.txt",
+        "train_test_split.txt",
+        "bounding_boxes.txt",
+        "parts/part_locs.txt",
+        "attributes/image_attribute_labels.txt",
+    ):
+        path = root / name
+        path.write_text(
+            "".join(
+                (image_id + line[1:] if line.startswith("1 ") else line)
+                for line in path.read_text().splitlines(keepends=True)
+            )
+        )
+    with pytest.raises(CubFormatError, match=rf"images.txt:1: id {image_id} is outside 1\.\."):
+        read_cub(root)
+
+
+@pytest.mark.parametrize("image_id", ["0", "-1"])
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("image_class_labels.txt", "id"),
+        ("train_test_split.txt", "id"),
+        ("bounding_boxes.txt", "id"),
+        ("parts/part_locs.txt", "image id"),
+    ],
+)
+def test_an_image_id_below_1_names_file_and_line(tmp_path, name, what, image_id):
+    root = _basic(tmp_path)
+    path = root / name
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = image_id + lines[1][1:]  # the second line, its one-digit image id replaced
+    path.write_text("".join(lines))
+    short = name.split("/")[-1]
+    with pytest.raises(CubFormatError, match=rf"{short}:2: {what} {image_id} is outside 1\.\."):
+        read_cub(root)
+
+
+@pytest.mark.parametrize("class_id", ["0", "-1"])
+def test_a_class_id_below_1_names_line(tmp_path, class_id):
+    root = _basic(tmp_path)
+    (root / "image_class_labels.txt").write_text(f"1 1\n2 {class_id}\n3 3\n")
+    with pytest.raises(
+        CubFormatError, match=rf"image_class_labels.txt:2: class id {class_id} not in classes.txt"
+    ):
+        read_cub(root)
+
+
+def test_an_attribute_id_below_1_names_line(tmp_path):
+    """Attribute ids are 1-based: a present attribute 0 was stored (int16 holds it)."""
+    root = _basic(tmp_path)
+    _edit(root / "attributes" / "image_attribute_labels.txt", "1 1 1 3", "1 0 1 3")
+    with pytest.raises(
+        CubFormatError, match=r"image_attribute_labels.txt:1: attribute id 0 is outside 1\.\."
+    ):
+        read_cub(root)
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [("0 1 5.0 6.0 1 1.5", "0 is outside 1"), ("1.5 1 5 6 1 2", "'1.5' is not an")],
+)
+def test_part_clicks_of_an_image_id_that_cannot_be_name_the_line(tmp_path, line, error):
+    """int(float(id)) kept clicks under image 0, -1, or 1 for '1.5'."""
+    root = _basic(tmp_path)
+    (root / "parts" / "part_click_locs.txt").write_text(f"1 1 5.0 6.0 1 1.5\n{line}\n")
+    with pytest.raises(CubFormatError, match=rf"part_click_locs.txt:2: image id {error}"):
+        read_part_clicks(root)

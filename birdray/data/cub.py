@@ -1,18 +1,18 @@
 """Read the official CUB-200-2011 layout: images, labels, split, boxes, 15 parts, 312 attributes.
 
 Structural problems (a missing ``images.txt``, ids that don't match across files, a line whose
-id can't be read) stop the reader with one error naming the file and line: there is no sensible
-dataset to build. Problems of one image (a malformed box or part line) quarantine that image
-with a reason, so ingest can report it instead of crashing or silently dropping it. An
-``images.txt`` path that would leave the ``images/`` folder (absolute, ``..``, a symlink pointing
-elsewhere) is such a problem of one image: the row is quarantined as ``unsafe_path`` and its file
-is never opened. So is a path that is not UTF-8 (``bad_filename``) or one listed under two ids
-(``duplicate``, refused when the two ids give it different classes).
+id can't be read or is below 1, a class name that is not UTF-8) stop the reader with one error
+naming the file and line: there is no sensible dataset to build (``cub_text`` reads the lines).
+Problems of one image (a malformed box or part line) quarantine that image with a reason, so
+ingest can report it instead of crashing or silently dropping it. An ``images.txt`` path that
+would leave the ``images/`` folder (absolute, ``..``, a symlink pointing elsewhere) is such a
+problem of one image: the row is quarantined as ``unsafe_path`` and its file is never opened. So
+is a path that is not UTF-8 (``bad_filename``) or one listed under two ids (``duplicate``,
+refused when the two ids give it different classes).
 """
 
 from __future__ import annotations
 
-import math
 import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,15 +20,23 @@ from pathlib import Path
 
 from birdray.data.confined import image_path, refused_reason
 from birdray.data.cub_columns import part_locations, present_attributes
+from birdray.data.cub_text import (
+    CubFormatError,
+    check_ids,
+    floats,
+    id_bounds,
+    int_field,
+    numbered_lines,
+    quoted,
+    read_names,
+    read_pairs,
+    split_lines,
+    stored_range,
+)
 from birdray.storage import utf8_name
 
 ROOT_NAME = "CUB_200_2011"
 NUM_PARTS = 15
-ENCODING = "utf-8-sig"  # UTF-8; a BOM (as Notepad or Excel write it) is dropped, not an id
-
-
-class CubFormatError(ValueError):
-    """The folder is not a readable CUB layout; the message names the file and line."""
 
 
 @dataclass
@@ -72,121 +80,31 @@ def find_root(path: str | Path) -> Path:
     )
 
 
-def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, fields) for non-empty lines; undecodable bytes become U+FFFD, not a crash."""
-    with open(path, encoding=ENCODING, errors="replace") as fh:
-        return [(n, line.split()) for n, line in enumerate(fh, 1) if line.strip()]
-
-
-def _stored_range(column: str) -> tuple[float, float]:
-    """The values the dataset's ``column`` holds (its type in ``rows.ITEM_SCHEMA``)."""
-    from birdray.data.rows import stored_range  # rows imports this module: import when used
-
-    return stored_range(column)
-
-
-def _int(
-    value: str, path: Path, lineno: int, what: str, bounds: tuple[float, float] | None = None
-) -> int:
-    """``value`` as an int; outside ``bounds`` (what its column stores) it is this line's error,
-    not Arrow's about the whole table later."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise CubFormatError(f"{path}:{lineno}: {what} {value!r} is not an integer") from None
-    if bounds is not None and not bounds[0] <= number <= bounds[1]:
-        raise CubFormatError(
-            f"{path}:{lineno}: {what} {number} is outside what the dataset stores "
-            f"({bounds[0]}..{bounds[1]})"
-        )
-    return number
-
-
-def _read_pairs(
-    path: Path,
-    required: bool = True,
-    bounds: tuple[float, float] | None = None,
-    errors: str = "replace",
-) -> dict[int, tuple[int, str]]:
-    """``id rest`` files: id -> (line number, rest of the line). ``errors="surrogateescape"``
-    keeps bytes that are not UTF-8 so the caller can name them."""
-    if not path.is_file():
-        if required:
-            raise CubFormatError(f"required file missing: {path}")
-        return {}
-    out: dict[int, tuple[int, str]] = {}
-    with open(path, encoding=ENCODING, errors=errors) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            head, _, rest = line.strip().partition(" ")
-            key = _int(head, path, lineno, "id", bounds)
-            if key in out:
-                raise CubFormatError(f"{path}:{lineno}: id {key} appears twice")
-            out[key] = (lineno, rest.strip())
-    return out
-
-
-def _read_named(path: Path, required: bool = True) -> list[str]:
-    """``id name`` files with consecutive 1-based ids (classes, parts, attributes)."""
-    pairs = _read_pairs(path, required)
-    names = []
-    for expected, key in enumerate(sorted(pairs), 1):
-        if key != expected:
-            raise CubFormatError(f"{path}:{pairs[key][0]}: ids must run 1..N, found {key}")
-        names.append(pairs[key][1])
-    return names
-
-
-def _check_ids(name: Path, ids: set[int], image_ids: set[int], lines: dict) -> None:
-    extra = sorted(ids - image_ids)
-    if extra:
-        raise CubFormatError(
-            f"{name}:{lines[extra[0]][0]}: image id {extra[0]} is not in images.txt"
-        )
-    missing = sorted(image_ids - ids)
-    if missing:
-        raise CubFormatError(f"{name}: no line for image id {missing[0]} listed in images.txt")
-
-
-def _floats(fields: list[str], count: int, bound: float = math.inf) -> list[float] | None:
-    """The first ``count`` fields as numbers, or None: too few, not numbers, or not finite
-    within ``bound`` (``float`` reads 'nan' and 'inf', which no box or click can be)."""
-    if len(fields) < count:
-        return None
-    try:
-        values = [float(v) for v in fields[:count]]
-    except ValueError:
-        return None
-    return values if all(math.isfinite(v) and abs(v) <= bound for v in values) else None
-
-
 def read_cub(path: str | Path) -> CubDataset:
     """Parse every metadata file of the layout (see GUIDE §4 for the formats)."""
     root = find_root(path)
-    images = _read_pairs(
-        root / "images.txt", bounds=_stored_range("image_id"), errors="surrogateescape"
-    )
+    ids = id_bounds("image_id")  # every file keyed by image id: 1 up to what is stored
+    images = read_pairs(root / "images.txt", bounds=ids)
     if not images:
         raise CubFormatError(f"{root / 'images.txt'}: lists no images")
-    class_names = _read_named(root / "classes.txt")
+    class_names = read_names(root / "classes.txt")
     image_ids = set(images)
-    labels = _read_pairs(root / "image_class_labels.txt")
-    splits = _read_pairs(root / "train_test_split.txt")
+    labels = read_pairs(root / "image_class_labels.txt", bounds=ids)
+    splits = read_pairs(root / "train_test_split.txt", bounds=ids)
     for fname, table in (("image_class_labels.txt", labels), ("train_test_split.txt", splits)):
-        _check_ids(root / fname, set(table), image_ids, table)
-    boxes = _read_pairs(root / "bounding_boxes.txt", required=False)
+        check_ids(root / fname, table, image_ids)
+    boxes = read_pairs(root / "bounding_boxes.txt", required=False, bounds=ids)
     if boxes:
-        _check_ids(root / "bounding_boxes.txt", set(boxes), image_ids, boxes)
+        check_ids(root / "bounding_boxes.txt", boxes, image_ids)
 
     records: dict[int, CubRecord] = {}
     first: dict[str, tuple[int, str]] = {}  # path -> (line, class) where it was first listed
-    coordinate = _stored_range("bbox")[1]
+    coordinate = stored_range("bbox")[1]
     for image_id, (lineno, rel) in images.items():  # in line order: the first listing is kept
         if not rel:
             raise CubFormatError(f"{root / 'images.txt'}:{lineno}: no path for id {image_id}")
         lab_line, lab = labels[image_id]
-        class_id = _int(
+        class_id = int_field(
             lab.split()[0] if lab else "", root / "image_class_labels.txt", lab_line, "class id"
         )
         if not 1 <= class_id <= len(class_names):
@@ -198,7 +116,7 @@ def read_cub(path: str | Path) -> CubDataset:
         if split not in ("0", "1"):
             raise CubFormatError(
                 f"{root / 'train_test_split.txt'}:{split_line}: "
-                f"is_train must be 0 or 1, got {split!r}"
+                f"is_train must be 0 or 1, got {quoted(split)}"
             )
         rel, utf8 = utf8_name(rel)
         rec = CubRecord(image_id, rel, class_id - 1, class_names[class_id - 1], split == "1")
@@ -211,7 +129,7 @@ def read_cub(path: str | Path) -> CubDataset:
         if repeat:
             rec.problems.append(repeat)
         if image_id in boxes:
-            box = _floats(boxes[image_id][1].split(), 4, coordinate)
+            box = floats(boxes[image_id][1].split(), 4, coordinate)
             if box is None or box[2] <= 0 or box[3] <= 0:
                 rec.problems.append(
                     f"malformed bounding box (bounding_boxes.txt:{boxes[image_id][0]})"
@@ -229,7 +147,7 @@ def read_cub(path: str | Path) -> CubDataset:
         part_names,
         attribute_names,
         list(records.values()),
-        certainty_names=_read_named(root / "attributes" / "certainties.txt", required=False),
+        certainty_names=read_names(root / "attributes" / "certainties.txt", required=False),
         class_attributes=_read_class_attributes(root, len(class_names)),
     )
 
@@ -257,8 +175,8 @@ def _read_class_attributes(root: Path, num_classes: int) -> list[list[float]]:
     if not path.is_file():
         return []
     rows = []
-    for lineno, fields in _lines(path):
-        vals = _floats(fields, len(fields))
+    for lineno, fields in split_lines(path):
+        vals = floats(fields, len(fields))
         if vals is None:
             raise CubFormatError(f"{path}:{lineno}: non-numeric value")
         rows.append(vals)
@@ -273,17 +191,19 @@ def read_part_clicks(path: str | Path) -> dict[int, list[list[float]]]:
     clicks: dict[int, list[list[float]]] = defaultdict(list)
     if not clicks_file.is_file():
         return clicks
-    for lineno, fields in _lines(clicks_file):
-        vals = _floats(fields, 5)
+    image_ids = id_bounds("image_id")
+    for lineno, fields in split_lines(clicks_file):
+        vals = floats(fields, 5)
         if vals is None:
             raise CubFormatError(f"{clicks_file}:{lineno}: expected image part x y visible")
-        clicks[int(vals[0])].append(vals[1:] + [float(v) for v in fields[5:6]])
+        image_id = int_field(fields[0], clicks_file, lineno, "image id", image_ids)
+        clicks[image_id].append(vals[1:] + [float(v) for v in fields[5:6]])
     return clicks
 
 
 def _read_parts(root: Path, records: dict[int, CubRecord]) -> list[str]:
     parts_file = root / "parts" / "parts.txt"
-    part_names = _read_named(parts_file, required=False)
+    part_names = read_names(parts_file, required=False)
     locs_file = root / "parts" / "part_locs.txt"
     if not part_names or not locs_file.is_file():
         return part_names
@@ -300,13 +220,15 @@ def _part_lines(
     locs_file: Path, records: dict[int, CubRecord], part_names: list[str]
 ) -> dict[int, dict[int, list[float]]]:
     table: dict[int, dict[int, list[float]]] = defaultdict(dict)
-    coordinate = _stored_range("parts")[1]
-    for lineno, fields in _lines(locs_file):
-        image_id = _int(fields[0], locs_file, lineno, "image id")
+    coordinate = stored_range("parts")[1]
+    image_ids = id_bounds("image_id")
+    for lineno, fields in split_lines(locs_file):
+        image_id = int_field(fields[0], locs_file, lineno, "image id", image_ids)
         if image_id not in records:
             raise CubFormatError(f"{locs_file}:{lineno}: image id {image_id} is not in images.txt")
-        vals = _floats(fields[1:], 4, coordinate)
-        if vals is None or not 1 <= vals[0] < len(part_names) + 1 or vals[3] not in (0.0, 1.0):
+        vals = floats(fields[1:], 4, coordinate)
+        part_ok = vals is not None and vals[0].is_integer() and 1 <= vals[0] <= len(part_names)
+        if not part_ok or vals[3] not in (0.0, 1.0):
             records[image_id].problems.append(f"malformed part line ({locs_file.name}:{lineno})")
             continue
         table[image_id][int(vals[0])] = [vals[1], vals[2], vals[3]]
@@ -327,38 +249,35 @@ def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
         ),
         None,
     )
-    names = _read_named(names_file) if names_file else []
+    names = read_names(names_file) if names_file else []
     labels_file = root / "attributes" / "image_attribute_labels.txt"
     if not labels_file.is_file():
         return names
-    lowest, highest = _stored_range("attributes")
+    lowest, highest = id_bounds("attributes")
     fast = present_attributes(labels_file, set(records))
     if fast is not None and all(lowest <= a <= highest for ids in fast.values() for a in ids):
         for image_id, rec in records.items():
             rec.attributes = fast.get(image_id, [])
         return names
     present: dict[int, list[int]] = defaultdict(list)
-    with open(labels_file, encoding=ENCODING, errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            # Real CUB has lines with extra fields; id, attr, is_present are always first.
-            if len(fields) < 3 or not (fields[0].isdecimal() and fields[1].isdecimal()):
-                raise CubFormatError(f"{labels_file}:{lineno}: cannot read {line.strip()!r}")
-            image_id = int(fields[0])
-            if image_id not in records:
-                raise CubFormatError(
-                    f"{labels_file}:{lineno}: image id {image_id} not in images.txt"
-                )
-            if fields[2] == "1":
-                bounds = (lowest, highest)
-                attribute = _int(fields[1], labels_file, lineno, "attribute id", bounds)
-                present[image_id].append(attribute)
-            elif fields[2] != "0":
-                records[image_id].problems.append(
-                    f"malformed attribute line ({labels_file.name}:{lineno})"
-                )
+    for lineno, line in numbered_lines(labels_file):
+        fields = line.split()
+        if not fields:
+            continue
+        # Real CUB has lines with extra fields; id, attr, is_present are always first.
+        if len(fields) < 3 or not (fields[0].isdecimal() and fields[1].isdecimal()):
+            raise CubFormatError(f"{labels_file}:{lineno}: cannot read {quoted(line.strip())}")
+        image_id = int(fields[0])
+        if image_id not in records:
+            raise CubFormatError(f"{labels_file}:{lineno}: image id {image_id} not in images.txt")
+        if fields[2] == "1":
+            bounds = (lowest, highest)
+            attribute = int_field(fields[1], labels_file, lineno, "attribute id", bounds)
+            present[image_id].append(attribute)
+        elif fields[2] != "0":
+            records[image_id].problems.append(
+                f"malformed attribute line ({labels_file.name}:{lineno})"
+            )
     for image_id, rec in records.items():
         rec.attributes = sorted(present.get(image_id, []))
     return names

@@ -132,7 +132,9 @@ def _part_locations(
     visible = values[3]
     if not np.isin(ids, np.fromiter(image_ids, np.int64, len(image_ids))).all():
         return None
-    if ((parts < 1) | (parts > num_parts)).any() or (~np.isin(visible, (0.0, 1.0))).any():
+    if ((parts != values[0]) | (parts < 1) | (parts > num_parts)).any():
+        return None  # '1.7' is no part: the careful reader words it
+    if (~np.isin(visible, (0.0, 1.0))).any():
         return None
     out: dict[int, dict[int, list[float]]] = {}
     for image_id, part, x, y, vis in zip(
