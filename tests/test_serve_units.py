@@ -13,12 +13,13 @@ from PIL import Image
 from starlette.requests import Request
 
 from birdray.config import ConfigError
-from birdray.serve.api import create_api
+from birdray.serve import uploads
+from birdray.serve.api import create_api, form_or_query, parse_top_k
 from birdray.serve.app import REPLICA_LOOP_ENV, build_app
 from birdray.serve.errors import ApiError
 from birdray.serve.ingress import BirdIngress
 from birdray.serve.replica import api_key_from_env
-from birdray.serve.uploads import Limits, Upload, decode_upload, read_uploads
+from birdray.serve.uploads import Limits, Upload, decode_upload, read_form, read_uploads
 from tests.model_fixture import make_package
 from tests.serve_fixtures import encode, random_rgb
 
@@ -215,3 +216,120 @@ def test_a_model_replica_dying_mid_request_is_503_unavailable(died):
     with pytest.raises(ApiError) as info:
         asyncio.run(answer(dies(), "model"))
     assert (info.value.status, info.value.code) == (503, "unavailable")
+
+
+# --- hostile requests a review found (2026-12-06): each a 4xx saying what to fix ---------------
+
+
+def _request(chunks: list[bytes | None], content_type: bytes, query: bytes = b"") -> Request:
+    """A Starlette request whose body arrives as ``chunks``; ``None`` is the client going away,
+    a float a pause of that many seconds before the next chunk."""
+    pending = list(chunks)
+
+    async def receive() -> dict:
+        while pending and isinstance(pending[0], float):
+            await asyncio.sleep(pending.pop(0))
+        if not pending or pending[0] is None:
+            return {"type": "http.disconnect"}
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    headers = [(b"content-type", content_type)]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    return Request({**scope, "query_string": query}, receive)
+
+
+def _form(chunks: list, content_type: bytes = b"multipart/form-data; boundary=xyz", **kw):
+    try:
+        return asyncio.run(read_form(_request(chunks, content_type, **kw), "files", BIG_BODIES))
+    except ApiError as exc:
+        return exc.status, exc.code, exc.message
+
+
+def _text_part(name: str, value: str) -> bytes:
+    return b'--xyz\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
+        name.encode(),
+        value.encode(),
+    )
+
+
+def test_a_client_that_goes_away_or_stalls_mid_upload_is_not_a_server_error(monkeypatch):
+    """A dropped mobile upload was an "unhandled error" traceback and a 500 in the metrics; a
+    stalled one held its admission slot until the request's deadline (50 s)."""
+    start = _file_part(0)
+    assert _form([start, None])[:2] == (499, "cancelled")
+    monkeypatch.setattr(uploads, "BODY_IDLE_TIMEOUT_S", 0.2)
+    status, code, message = _form([start, 1.0, b"--xyz--\r\n"])
+    assert (status, code) == (408, "request_timeout") and "stalled" in message
+    assert [u.name for u in _form([start, 0.05, b"--xyz--\r\n"])[0]] == ["f0.png"]
+
+
+def test_a_field_sent_twice_with_different_values_is_refused_not_picked():
+    """A correction sent as species=A then species=not_a_bird was stored as the last one."""
+    body = _file_part(0) + _text_part("species", "002.B") + _text_part("species", "not_a_bird")
+    status, code, message = _form([body + b"--xyz--\r\n"])
+    assert (status, code) == (422, "invalid_parameter") and "'species' sent twice" in message
+    same = _file_part(0) + _text_part("top_k", "2") + _text_part("top_k", " 2")
+    assert _form([same + b"--xyz--\r\n"])[1] == {"top_k": " 2"}
+    request = _request([b""], b"multipart/form-data", query=b"top_k=2&top_k=3")
+    with pytest.raises(ApiError, match="top_k sent twice with different values"):
+        form_or_query(request, {}, "top_k")
+    with pytest.raises(ApiError, match="top_k sent twice"):
+        form_or_query(_request([b""], b"", query=b"top_k=2"), {"top_k": "4"}, "top_k")
+    assert form_or_query(_request([b""], b"", query=b"top_k=2"), {"top_k": "2"}, "top_k") == "2"
+
+
+@pytest.mark.parametrize("value", ["1_000", "+3", "٣", "0", "1001", "9" * 5000, " "])
+def test_top_k_is_ascii_digits_in_range_and_a_long_value_is_not_echoed_whole(value):
+    with pytest.raises(ApiError) as info:
+        parse_top_k(value)
+    assert (info.value.status, info.value.code) == (422, "invalid_parameter")
+    assert len(info.value.message) < 200
+    assert parse_top_k(" 7 ") == 7 and parse_top_k("0012") == 12
+
+
+def test_an_explain_target_of_thousands_of_digits_is_422_not_500():
+    """int() refuses strings over 4,300 digits with a ValueError no one caught: a 500."""
+    with pytest.raises(ApiError) as info:
+        BirdIngress.func_or_class._target(None, "9" * 5000, ["a", "b"])
+    assert (info.value.status, info.value.code) == (422, "invalid_parameter")
+    assert len(info.value.message) < 200
+
+
+def test_multipart_errors_say_why_and_the_content_type_is_read_exactly():
+    long_name = _file_part(0).replace(b"f0.png", b"a" * 5000 + b".png")
+    status, code, message = _form([long_name + b"--xyz--\r\n"])
+    assert (status, code) == (400, "bad_multipart") and "header size" in message
+    status, code, _ = _form([_file_part(0) + b"--xyz--\r\n"], b"multipart/form-dataX; boundary=xyz")
+    assert (status, code) == (415, "unsupported_media_type")
+    epilogue = _file_part(0) + b"--xyz--\r\n" + b"trailing words " * 20
+    assert [u.name for u in _form([epilogue])[0]] == ["f0.png"]
+
+
+def test_an_api_key_is_what_a_header_can_carry(monkeypatch, registry):
+    """A key file written with echo ends in a newline: the app started and refused everyone."""
+    monkeypatch.setenv("BIRDRAY_NL_KEY", "s3cret-key\n")
+    assert api_key_from_env("BIRDRAY_NL_KEY") == "s3cret-key"
+    args = {"registry": registry, "explain": False}
+    assert build_app({**args, "api_key_env": "BIRDRAY_NL_KEY"}) is not None
+    for unsendable in ("clé-secrète", "two\x07parts"):
+        monkeypatch.setenv("BIRDRAY_ODD_KEY", unsendable)
+        with pytest.raises(ValueError, match="printable ASCII"):
+            build_app({**args, "api_key_env": "BIRDRAY_ODD_KEY"})
+        with pytest.raises(RuntimeError, match="printable ASCII"):
+            api_key_from_env("BIRDRAY_ODD_KEY")
+
+
+def test_feedback_into_a_folder_the_reader_refuses_stops_the_app_before_it_starts(
+    registry, tmp_path
+):
+    """Answers stored into an ingested dataset were each "stored": true, then unreadable."""
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="feedback_dir: .*ingested dataset"):
+        build_app({"registry": registry, "explain": False, "feedback_dir": str(dataset)})
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="feedback_dir: .*is a file"):
+        build_app({"registry": registry, "explain": False, "feedback_dir": str(a_file)})

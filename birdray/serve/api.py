@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, Query, Request, Response
 
 from birdray.serve.errors import CODE_KEY, HTTP_CODES, ApiError, install_error_handlers
-from birdray.serve.uploads import Limits, Upload, read_form
+from birdray.serve.uploads import Limits, Upload, read_form, shown
 
 API_KEY_HEADER = "X-API-Key"
 CLIENT_KEY_HEADER = "X-Client-Key"  # optional client id: a canary keeps each client on one model
@@ -36,29 +36,31 @@ MAX_TOP_K = 1000
 
 def form_or_query(request: Request, texts: dict[str, str], name: str) -> str | None:
     """A parameter from the query or a form text field (HTML forms and many clients send the
-    latter); sent both ways with different values is an error, never a silent pick."""
-    query, form = request.query_params.get(name), texts.get(name)
-    if query is not None and form is not None and query.strip() != form.strip():
+    latter); sent twice with different values (in the URL, the form, or one of each) is an
+    error, never a silent pick."""
+    values = request.query_params.getlist(name) + ([texts[name]] if name in texts else [])
+    if len({value.strip() for value in values}) > 1:
         raise ApiError(
             422,
             "invalid_parameter",
-            f"{name} sent twice: {query!r} in the URL, {form!r} in the form",
+            f"{name} sent {'twice' if len(values) == 2 else f'{len(values)} times'} with "
+            "different values: " + ", ".join(shown(value) for value in values[:3]),
         )
-    return (query if query is not None else form) or None
+    return values[0] if values and values[0] else None
 
 
 def parse_top_k(value: str | None) -> int:
     if value is None:
         return DEFAULT_TOP_K
-    try:
-        top_k = int(value.strip())
-    except ValueError:
-        top_k = 0
-    if not 1 <= top_k <= MAX_TOP_K:
+    digits = value.strip()  # ASCII digits only: int() also reads '1_000', '+3' and '٣'
+    whole = digits.isascii() and digits.isdigit() and len(digits) <= 8
+    if not (whole and 1 <= int(digits) <= MAX_TOP_K):
         raise ApiError(
-            422, "invalid_parameter", f"top_k must be a whole number 1-{MAX_TOP_K} (got {value!r})"
+            422,
+            "invalid_parameter",
+            f"top_k must be a whole number 1-{MAX_TOP_K} (got {shown(value)})",
         )
-    return top_k
+    return int(digits)
 
 
 class Service(Protocol):
@@ -210,8 +212,8 @@ def create_api(
     async def authorized(request: Request) -> None:
         if api_key is None:
             return
-        sent = request.headers.get(API_KEY_HEADER, "")
-        if not hmac.compare_digest(sent.encode(), api_key.encode()):
+        sent = request.headers.get(API_KEY_HEADER, "")  # decoded as Latin-1: its bytes again
+        if not hmac.compare_digest(sent.encode("latin-1"), api_key.encode()):
             raise ApiError(401, "unauthorized", f"missing or wrong {API_KEY_HEADER} header")
 
     probe = ["GET", "HEAD"]  # uptime checkers and load balancers often probe with HEAD

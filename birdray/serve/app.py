@@ -18,6 +18,7 @@ from ray.serve.config import BackpressureConfig
 
 from birdray import config as cfglib
 from birdray import storage
+from birdray.feedback.store import location_problem
 from birdray.registry.ref import ModelRef
 from birdray.serve.args import AppArgs, check_bounds, colocated
 from birdray.serve.classifier import BirdClassifier
@@ -67,7 +68,11 @@ def build_app(args: dict[str, Any]) -> Application:
     check_bounds(opts)  # before any registry is read
     # an alias becomes a version: a swap is an edit
     candidate = ModelRef(opts.candidate, opts.registry).pinned() if opts.candidate else None
-    return bind_app(opts, opts.ref.pinned(), candidate)
+    production = opts.ref.pinned()
+    feedback = feedback_location(opts, production)
+    if feedback and (problem := location_problem(feedback)):  # answers stored as "ok" there
+        raise ValueError(f"feedback_dir: {problem}")  # would be refused whole when read
+    return bind_app(opts, production, candidate)
 
 
 def bind_app(opts: AppArgs, ref: ModelRef, candidate: ModelRef | None = None) -> Application:

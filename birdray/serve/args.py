@@ -104,16 +104,32 @@ class AppArgs(ModelChoice):
     )
 
 
+def usable_api_key(name: str, value: str) -> str:
+    """The key clients send, from ``value`` of variable ``name``: whitespace around it dropped
+    (a secret file written by ``echo`` ends in a newline, which no header can carry: the key
+    started, and then refused everyone). ``ValueError`` when nothing is left, or it holds what a
+    header cannot carry as typed: non-ASCII (Starlette reads headers as Latin-1, clients send
+    UTF-8, so it never matched) or control characters."""
+    key = value.strip()
+    if not key:
+        raise ValueError(
+            f"api_key_env names {name}, which is unset or empty: "
+            "refusing to serve /v1 without an API key"
+        )
+    if not (key.isascii() and key.isprintable()):
+        raise ValueError(
+            f"the API key in {name} holds non-ASCII or control characters, which clients "
+            "cannot send in a header as they are: use printable ASCII (e.g. `openssl rand -hex 32`)"
+        )
+    return key
+
+
 def check_bounds(opts: AppArgs) -> None:
     """Fail closed before anything starts: a named API key must be there, limits must bound."""
     if opts.api_key_env is not None:
         if not opts.api_key_env.strip():
             raise ValueError("api_key_env is empty: name the variable that holds the API key")
-        if not os.environ.get(opts.api_key_env, "").strip():
-            raise ValueError(
-                f"api_key_env names {opts.api_key_env}, which is unset or empty: "
-                "refusing to serve /v1 without an API key"
-            )
+        usable_api_key(opts.api_key_env, os.environ.get(opts.api_key_env, ""))
     if not opts.request_timeout_s > 0:
         raise ValueError(f"request_timeout_s must be > 0 (got {opts.request_timeout_s})")
     if opts.max_concurrent_requests < 0:

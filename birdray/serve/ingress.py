@@ -31,7 +31,7 @@ from birdray.serve.rollout import (
     Tally,
     agreement,
 )
-from birdray.serve.uploads import Limits, Upload, decode_upload, in_photo_pixels
+from birdray.serve.uploads import Limits, Upload, decode_upload, in_photo_pixels, shown
 
 
 def _ms(start: float) -> float:
@@ -270,12 +270,13 @@ class BirdIngress(FeedbackRoute):
     def _target(self, target: str | None, classes: list[str]) -> int | None:
         if target is None or target == "":
             return None
-        if target.isascii() and target.isdigit() and int(target) < len(classes):  # not "²"
+        index = target.isascii() and target.isdigit() and len(target) <= 9  # not "²", not 10^5000
+        if index and int(target) < len(classes):
             return int(target)
         label = ClassIndex.of(classes).get(target)  # names differing only by case: exact only
         if label is None:
             raise ApiError(
-                422, "invalid_parameter", f"unknown or ambiguous target class {target!r}"
+                422, "invalid_parameter", f"unknown or ambiguous target class {shown(target)}"
             )
         return label
 

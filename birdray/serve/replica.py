@@ -13,6 +13,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentResponse
 
+from birdray.serve.args import usable_api_key
 from birdray.serve.errors import ApiError
 from birdray.serve.uploads import Limits
 
@@ -63,10 +64,7 @@ def api_key_from_env(name: str | None) -> str | None:
     """
     if not name:
         return None
-    key = os.environ.get(name, "")
-    if not key.strip():
-        raise RuntimeError(
-            f"api_key_env names {name}, but {name} is unset or empty in this replica: "
-            "refusing to serve /v1 without an API key"
-        )
-    return key
+    try:
+        return usable_api_key(name, os.environ.get(name, ""))
+    except ValueError as exc:
+        raise RuntimeError(f"{exc} (read in this replica)") from None

@@ -10,13 +10,14 @@ scale the model needs; ``in_photo_pixels`` maps what was found on that decode ba
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from birdray.images import DecodedImage, ImageError, decode_image
 from birdray.serve.errors import ApiError, from_image_error
@@ -24,6 +25,8 @@ from birdray.serve.errors import ApiError, from_image_error
 # Declared part types we accept; the real format is sniffed from the bytes by decode_image.
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
 MAX_FIELDS = 8  # non-file form fields (top_k, feedback's few; more is not a client of ours)
+BODY_IDLE_TIMEOUT_S = 15.0  # no byte of the body for this long: the upload has stalled (408)
+_EPILOGUE = 1024  # bytes a client may send after the closing boundary (RFC 2046's epilogue)
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,35 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+async def read_body(request: Request, limit: int) -> list[bytes]:
+    """The raw body as received, refusing (413) as soon as it exceeds ``limit`` bytes, and (408)
+    when the client sends nothing for ``BODY_IDLE_TIMEOUT_S``: an upload that stalls would hold
+    its admission slot until the request's deadline. A client that goes away mid-upload is a
+    499, as at any other point of the request, not an error of the server's."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "request_too_large", f"request body exceeds {_mb(limit)}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "request_too_large", f"request body exceeds {_mb(limit)}")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    chunks, size, stream = [], 0, request.stream()
+    try:
+        while True:
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+                chunk = await anext(stream, None)
+            if chunk is None:
+                return chunks
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "request_too_large", f"request body exceeds {_mb(limit)}")
+            chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the upload stalled: no bytes for {BODY_IDLE_TIMEOUT_S:g} s after {size:,}",
+        ) from None
+    except ClientDisconnect:
+        raise ApiError(
+            499, "cancelled", f"the client went away after sending {size:,} bytes"
+        ) from None
 
 
 async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upload]:
@@ -69,22 +89,39 @@ async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upl
     return (await read_form(request, field, limits))[0]
 
 
+def _ends_whole(chunks: list[bytes], boundary: bytes) -> bool:
+    """Whether the body holds its closing boundary (the parser keeps the parts before a cut
+    silently). Looked for in the body's end, not in a copy of all of it."""
+    closing, tail = b"--" + boundary + b"--", b""
+    for chunk in reversed(chunks):
+        tail = chunk + tail
+        if closing in tail:
+            return True
+        if len(tail) > len(closing) + _EPILOGUE:
+            return False
+    return False
+
+
 async def read_form(
     request: Request, field: str, limits: Limits
 ) -> tuple[list[Upload], dict[str, str]]:
-    """Files under multipart ``field`` and the text fields of the form."""
+    """Files under multipart ``field`` and the text fields of the form (a field sent twice with
+    different values is an error, never a silent pick)."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
+    if parse_options_header(content_type)[0].lower() != b"multipart/form-data":
         shown = content_type or "none"
         raise ApiError(
             415,
             "unsupported_media_type",
             f"send images as multipart/form-data field {field!r} (got content type {shown})",
         )
-    body = await read_body(request, limits.max_request_bytes)
+    chunks = await read_body(request, limits.max_request_bytes)
+    boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
+    ends_whole = _ends_whole(chunks, boundary)  # judged after the parser's own errors
 
     async def replay():
-        yield body
+        while chunks:  # each chunk let go once parsed: the body is not held twice
+            yield chunks.pop(0)
 
     parser = MultiPartParser(
         request.headers,
@@ -103,9 +140,9 @@ async def read_form(
             raise ApiError(
                 400, "too_many_files", f"more than {limits.max_files} files per request"
             ) from exc
-        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
-    boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
-    if b"--" + boundary + b"--" not in body:  # the parser keeps the parts before a cut silently
+        why = f"{exc.message} ({exc.__cause__})" if exc.__cause__ else exc.message
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {why}") from exc
+    if not ends_whole:
         raise ApiError(
             400,
             "bad_multipart",
@@ -122,8 +159,28 @@ async def read_form(
         name = item.filename or f"file{index}"
         uploads.append(Upload(name, item.content_type, data))
         await item.close()
-    texts = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-    return uploads, texts
+    return uploads, _texts(form.multi_items())
+
+
+def _texts(items: list[tuple[str, Any]]) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for key, value in items:
+        if not isinstance(value, str):
+            continue
+        if key in texts and texts[key].strip() != value.strip():
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"form field {key!r} sent twice: {shown(texts[key])} and {shown(value)}",
+            )
+        texts[key] = value
+    return texts
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """A client's value quoted in a message, cut to ``limit`` characters (a 50 KB parameter
+    is not echoed back whole)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value):,} chars)"
 
 
 def check_upload(upload: Upload, limits: Limits) -> None:
