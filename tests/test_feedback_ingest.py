@@ -281,3 +281,12 @@ def test_a_model_trained_with_feedback_records_it(ray_cluster, feedback, ingeste
     config = predictor.metadata.data_config
     got = predictor.predict_images([decode_for_model(test_bytes, config).image])[0].species
     assert unseen["right"] == int(got == n[3])
+
+
+@pytest.mark.parametrize("sent", ["..", "a/..", "C:\\photos\\..", ".", "", None])
+def test_a_sent_file_name_that_names_a_folder_becomes_image(sent):
+    """The sender's name becomes the row's path label: '..' named the folder above it."""
+    from birdray.data.feedback import _name
+
+    assert _name(sent) == "image"
+    assert _name("C:\\photos\\robin.jpg") == "robin.jpg" and _name("../../x.png") == "x.png"

@@ -103,7 +103,8 @@ def feedback_items(
 
 def _name(file: str | None) -> str:
     """The sender's file name without any folder in it: a label, never opened."""
-    return PurePosixPath((file or "").replace("\\", "/")).name or "image"
+    name = PurePosixPath((file or "").replace("\\", "/")).name
+    return name if name not in ("", ".", "..") else "image"  # '..' would name the folder above
 
 
 def finish(entry: dict[str, Any], quarantine: list[dict[str, Any]]) -> dict[str, Any]:
