@@ -395,8 +395,11 @@ def test_feedback_is_stored_and_the_same_image_twice_is_one_row(app, predictor, 
         app, data, predicted=said, model_version=version, species=wrong, note="red wings"
     )
     assert fixed.status_code == 200 and fixed.json()["verdict"] == "corrected", fixed.text
-    unsure = send_feedback(app, other, predicted=said, model_version=version, species="unsure")
-    assert unsure.status_code == 200 and unsure.json()["verdict"] == "unsure"
+    # the answer words in any case, the version with spaces around it, as the other fields
+    unsure = send_feedback(
+        app, other, predicted=said, model_version=f" {version} ", species="UNSURE"
+    )
+    assert unsure.status_code == 200 and unsure.json()["verdict"] == "unsure", unsure.text
     assert read_all(str(feedback_dir)).num_rows == 3  # append-only
     rows = {r["sha256"]: r for r in read_feedback(str(feedback_dir)).to_pylist()}
     assert len(rows) == 2  # the same image twice is one row, the latest answer
@@ -425,6 +428,8 @@ def test_bad_feedback_is_refused_and_stores_nothing(app, feedback_dir):
         resp = send_feedback(app, body, **fields)
         assert 400 <= resp.status_code < 500, (code, resp.text)
         assert resp.json()["error"]["code"] == code, resp.text
+    dodo = send_feedback(app, data, **{**good, "species": "Dodo"}).json()["error"]["message"]
+    assert "nor not_a_bird or unsure" in dodo
     # "unsure" is a value of species, not a field of its own: the error says so
     unsure = send_feedback(app, data, predicted=said, model_version=version, unsure="true")
     assert "species (a class name, or not_a_bird or unsure)" in unsure.json()["error"]["message"]

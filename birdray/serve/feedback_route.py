@@ -14,7 +14,7 @@ from birdray.class_names import ClassIndex
 from birdray.feedback import store as feedback_store
 from birdray.serve.errors import ApiError
 from birdray.serve.rollout import CANDIDATE, PRODUCTION
-from birdray.serve.uploads import Upload, decode_upload
+from birdray.serve.uploads import Upload, decode_upload, shown
 
 MAX_NOTE_CHARS = 1000
 FEEDBACK_ANSWERS = (feedback_store.NOT_A_BIRD, feedback_store.UNSURE)
@@ -55,10 +55,12 @@ class FeedbackRoute:
         note = fields.get("note", "")
         if len(note) > MAX_NOTE_CHARS:
             raise ApiError(422, "note_too_long", f"note is longer than {MAX_NOTE_CHARS} characters")
-        info = await self._served(fields["model_version"])
+        info = await self._served(fields["model_version"].strip())  # stripped as the others are
         predicted = self._class_name(fields["predicted"], info["classes"], "predicted")
         answer = fields["species"].strip()
-        if answer not in FEEDBACK_ANSWERS:
+        if answer.lower() in FEEDBACK_ANSWERS:  # NOT_A_BIRD is no class: the answer meant
+            answer = answer.lower()
+        else:
             answer = self._class_name(answer, info["classes"], "species")
         await asyncio.to_thread(decode_upload, upload, self._limits)
         item = feedback_store.Feedback(
@@ -78,7 +80,7 @@ class FeedbackRoute:
                     return info
         served = " or ".join(repr(self._infos[r]["version"]) for r in roles)
         raise ApiError(
-            422, "wrong_model_version", f"model_version {version!r} is not the served {served}"
+            422, "wrong_model_version", f"model_version {shown(version)} is not the served {served}"
         )
 
     def _class_name(self, given: str, classes: list[str], what: str) -> str:
@@ -93,7 +95,10 @@ class FeedbackRoute:
             raise ApiError(
                 422,
                 "unknown_species",
-                f"{what} {given!r} could be any of {', '.join(could)} (they differ only by "
+                f"{what} {shown(given)} could be any of {', '.join(could)} (they differ only by "
                 "case): give the exact spelling",
             )
-        raise ApiError(422, "unknown_species", f"{what} {given!r} is not a class of this model")
+        answers = f" (nor {' or '.join(FEEDBACK_ANSWERS)})" if what == "species" else ""
+        raise ApiError(
+            422, "unknown_species", f"{what} {shown(given)} is not a class of this model{answers}"
+        )
