@@ -11,6 +11,7 @@ scale the model needs; ``in_photo_pixels`` maps what was found on that decode ba
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,7 @@ async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upl
     return (await read_form(request, field, limits))[0]
 
 
-def _ends_whole(chunks: list[bytes], boundary: bytes) -> bool:
+def _ends_whole(chunks: deque[bytes], boundary: bytes) -> bool:
     """Whether the body holds its closing boundary (the parser keeps the parts before a cut
     silently). Looked for in the body's end, not in a copy of all of it."""
     closing, tail = b"--" + boundary + b"--", b""
@@ -109,19 +110,19 @@ async def read_form(
     different values is an error, never a silent pick)."""
     content_type = request.headers.get("content-type", "")
     if parse_options_header(content_type)[0].lower() != b"multipart/form-data":
-        shown = content_type or "none"
+        got = content_type or "none"
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"send images as multipart/form-data field {field!r} (got content type {shown})",
+            f"send images as multipart/form-data field {field!r} (got content type {got})",
         )
-    chunks = await read_body(request, limits.max_request_bytes)
+    pending = deque(await read_body(request, limits.max_request_bytes))
     boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
-    ends_whole = _ends_whole(chunks, boundary)  # judged after the parser's own errors
+    ends_whole = _ends_whole(pending, boundary)  # judged after the parser's own errors
 
     async def replay():
-        while chunks:  # each chunk let go once parsed: the body is not held twice
-            yield chunks.pop(0)
+        while pending:  # each chunk let go once parsed: the body is not held twice
+            yield pending.popleft()
 
     parser = MultiPartParser(
         request.headers,
