@@ -296,10 +296,14 @@ def test_an_explain_target_of_thousands_of_digits_is_422_not_500():
     assert len(info.value.message) < 200
 
 
-def test_multipart_errors_say_why_and_the_content_type_is_read_exactly():
+def test_multipart_errors_say_why_and_the_content_type_is_read_exactly(caplog):
     long_name = _file_part(0).replace(b"f0.png", b"a" * 5000 + b".png")
     status, code, message = _form([long_name + b"--xyz--\r\n"])
     assert (status, code) == (400, "bad_multipart") and "header size" in message
+    with caplog.at_level("DEBUG"):  # the answer says it; the replica's log gets no line of it
+        wrong = _form([_file_part(0).replace(b"xyz", b"abc") + b"--abc--\r\n"])
+    assert wrong[:2] == (400, "bad_multipart") and "Expected boundary character" in wrong[2]
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart")]
     status, code, _ = _form([_file_part(0) + b"--xyz--\r\n"], b"multipart/form-dataX; boundary=xyz")
     assert (status, code) == (415, "unsupported_media_type")
     epilogue = _file_part(0) + b"--xyz--\r\n" + b"trailing words " * 20

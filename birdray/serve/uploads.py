@@ -11,6 +11,8 @@ scale the model needs; ``in_photo_pixels`` maps what was found on that decode ba
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +92,16 @@ async def read_uploads(request: Request, field: str, limits: Limits) -> list[Upl
     return (await read_form(request, field, limits))[0]
 
 
+@functools.cache
+def _quiet_parser() -> None:
+    """python-multipart logs each malformed body's reason as a warning naming no request (one
+    line per bad client in the replica's log); the 400 ``bad_multipart`` answer carries the same
+    words to the client who sent it."""
+    logging.getLogger("python_multipart.multipart").addFilter(
+        lambda record: record.levelno > logging.WARNING
+    )
+
+
 def _ends_whole(chunks: deque[bytes], boundary: bytes) -> bool:
     """Whether the body holds its closing boundary (the parser keeps the parts before a cut
     silently). Looked for in the body's end, not in a copy of all of it."""
@@ -108,6 +120,7 @@ async def read_form(
 ) -> tuple[list[Upload], dict[str, str]]:
     """Files under multipart ``field`` and the text fields of the form (a field sent twice with
     different values is an error, never a silent pick)."""
+    _quiet_parser()
     content_type = request.headers.get("content-type", "")
     if parse_options_header(content_type)[0].lower() != b"multipart/form-data":
         got = content_type or "none"
