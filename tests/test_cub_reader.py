@@ -358,6 +358,17 @@ def test_an_attribute_id_below_1_names_line(tmp_path):
         read_cub(root)
 
 
+def test_an_attribute_id_beyond_the_named_attributes_names_line(tmp_path):
+    """An id attributes.txt does not name was stored as if it were an attribute."""
+    root = _basic(tmp_path)
+    named = len(read_cub(root).attribute_names)
+    _edit(root / "attributes" / "image_attribute_labels.txt", "1 1 1 3", f"1 {named + 1} 1 3")
+    with pytest.raises(
+        CubFormatError, match=rf"attribute id {named + 1} is outside 1\.\.{named} \(attributes"
+    ):
+        read_cub(root)
+
+
 @pytest.mark.parametrize(
     ("line", "error"),
     [("0 1 5.0 6.0 1 1.5", "0 is outside 1"), ("1.5 1 5 6 1 2", "'1.5' is not an")],

@@ -254,6 +254,9 @@ def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
     if not labels_file.is_file():
         return names
     lowest, highest = id_bounds("attributes")
+    why = ""
+    if names and len(names) < highest:  # an id beyond the named attributes names none
+        highest, why = len(names), f"{names_file.name} names {len(names)} attributes"
     fast = present_attributes(labels_file, set(records))
     if fast is not None and all(lowest <= a <= highest for ids in fast.values() for a in ids):
         for image_id, rec in records.items():
@@ -272,7 +275,7 @@ def _read_attributes(root: Path, records: dict[int, CubRecord]) -> list[str]:
             raise CubFormatError(f"{labels_file}:{lineno}: image id {image_id} not in images.txt")
         if fields[2] == "1":
             bounds = (lowest, highest)
-            attribute = int_field(fields[1], labels_file, lineno, "attribute id", bounds)
+            attribute = int_field(fields[1], labels_file, lineno, "attribute id", bounds, why)
             present[image_id].append(attribute)
         elif fields[2] != "0":
             records[image_id].problems.append(

@@ -57,18 +57,23 @@ def id_bounds(column: str) -> tuple[int, int]:
 
 
 def int_field(
-    value: str, path: Path, lineno: int, what: str, bounds: tuple[int, int] | None = None
+    value: str,
+    path: Path,
+    lineno: int,
+    what: str,
+    bounds: tuple[int, int] | None = None,
+    why: str = "",
 ) -> int:
-    """``value`` as an int; outside ``bounds`` (``id_bounds``) it is this line's error, not
-    Arrow's about the whole table later."""
+    """``value`` as an int; outside ``bounds`` (``id_bounds``, or what ``why`` says) it is this
+    line's error, not Arrow's about the whole table later."""
     try:
         number = int(value)
     except ValueError:
         raise CubFormatError(f"{path}:{lineno}: {what} {quoted(value)} is not an integer") from None
     if bounds is not None and not bounds[0] <= number <= bounds[1]:
+        why = why or f"CUB ids start at 1; the dataset stores ids up to {bounds[1]}"
         raise CubFormatError(
-            f"{path}:{lineno}: {what} {number} is outside {bounds[0]}..{bounds[1]} (CUB ids "
-            f"start at 1; the dataset stores ids up to {bounds[1]})"
+            f"{path}:{lineno}: {what} {number} is outside {bounds[0]}..{bounds[1]} ({why})"
         )
     return number
 
