@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -18,6 +19,7 @@ import pyarrow.fs as pafs
 # The storage a job writes to refusing it (a full disk or quota, a read-only mount, no
 # permission): the user's to fix, so the CLI says it in one line naming the path, exit 1.
 REFUSED_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+S3_ATTEMPTS = 4  # tries of one S3 request (a busy or briefly cut link), then its error
 
 
 def is_uri(location: str | Path) -> bool:
@@ -62,8 +64,19 @@ def absolute(location: str | Path) -> str:
 def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding ``location`` and the path on it."""
     if is_uri(location):
-        return pafs.FileSystem.from_uri(str(location))
+        fs, path = pafs.FileSystem.from_uri(str(location))
+        return (_bounded(fs) if isinstance(fs, pafs.S3FileSystem) else fs), path
     return pafs.LocalFileSystem(), absolute(location)
+
+
+def _bounded(fs: pafs.S3FileSystem) -> pafs.S3FileSystem:
+    """``fs`` with each request tried ``S3_ATTEMPTS`` times. Arrow's default retries one about
+    33 times, 3 s each when the endpoint stops answering: a frozen S3 server held one HEAD for
+    99 s and ``registry add``'s upload for over 8 minutes, deaf to Ctrl-C inside Arrow's call.
+    The options are the URI's own (``__reduce__`` is the public pickle form of them)."""
+    options = fs.__reduce__()[1][0]
+    retry = pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)
+    return pafs.S3FileSystem(**{**options, "retry_strategy": retry})
 
 
 def join(location: str | Path, *parts: str) -> str:
@@ -158,12 +171,37 @@ def make_dirs(location: str | Path) -> None:
 
 
 def upload_dir(local: str | Path, location: str | Path) -> None:
-    """Copy a local folder's contents to ``location`` (a bucket prefix or another folder)."""
+    """Copy a local folder's contents to ``location`` (a bucket prefix or another folder), and
+    check that every file arrived whole (``_check_arrived``)."""
     fs, path = filesystem(location)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(
         str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
     )
+    root = Path(local)
+    sizes = {
+        f.relative_to(root).as_posix(): f.stat().st_size for f in root.rglob("*") if f.is_file()
+    }
+    _check_arrived(location, sizes, dict(_stored_sizes(fs, path)))
+
+
+def _stored_sizes(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, int]]:
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
+    base = path.rstrip("/") + "/"
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            yield info.path[len(base) :], info.size
+
+
+def _check_arrived(location: str | Path, sent: dict[str, int], stored: dict[str, int]) -> None:
+    """Arrow's ``copy_files`` can return without an error when an upload's part failed (the
+    error is only logged as the stream is destroyed: "Error ignored when destroying file"): a
+    registry version was then committed without its weights. Each file sent must be stored,
+    at its size; otherwise the copy failed, and this says which file."""
+    for name, size in sorted(sent.items()):
+        if stored.get(name) != size:
+            got = "missing" if name not in stored else f"{stored[name]:,} of {size:,} bytes stored"
+            raise OSError(errno.EIO, f"the upload did not arrive whole ({name}: {got})", location)
 
 
 def _listing(location: str | Path, recursive: bool) -> tuple[str, list[pafs.FileInfo]]:
@@ -240,10 +278,14 @@ def delete_file(location: str | Path) -> None:
 
 
 def upload_file(local: str | Path, location: str | Path) -> None:
-    """Copy one local file to ``location`` (streamed; local parents are created)."""
+    """Copy one local file to ``location`` (streamed; local parents are created), and check
+    that it arrived whole (``_check_arrived``)."""
     fs, path = filesystem(location)
     if not is_remote(location):
         local_path(location).parent.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(
         str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
     )
+    info, name = fs.get_file_info(path), Path(local).name
+    stored = {name: info.size} if info.type == pafs.FileType.File else {}
+    _check_arrived(location, {name: Path(local).stat().st_size}, stored)

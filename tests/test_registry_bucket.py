@@ -286,3 +286,54 @@ def test_a_version_copied_here_still_resolves_while_the_bucket_is_unreachable(
     assert _hash(path) == _hash(packages[0])
     with pytest.raises(OSError):  # never copied here: the bucket's error, not a guess
         resolve("v0002", reg)
+
+
+def test_an_upload_that_lost_its_weights_is_never_committed(s3_bucket, tmp_path, monkeypatch):
+    """Arrow's copy can return without an error when a part of a multipart upload failed (a
+    10 s outage): ``registry add`` then committed a version without its weights, exit 0, and
+    re-adding found that broken version and stopped. The copy is now checked file by file."""
+    reg = _fresh(s3_bucket)
+    copy = storage.pafs.copy_files
+
+    def losing_the_weights(source, destination, **kw):
+        if not destination.endswith("model.safetensors"):
+            copy(source, destination, **kw)
+
+    monkeypatch.setattr(storage.pafs, "copy_files", losing_the_weights)
+    package = make_package(tmp_path / "a", seed=7)
+    with pytest.raises(OSError, match=r"did not arrive whole \(model.safetensors: missing\)"):
+        register(reg, package)
+    assert list_versions(reg) == []
+    monkeypatch.setattr(storage.pafs, "copy_files", copy)
+    assert register(reg, package) == "v0002" and resolve("latest", reg).exists()
+
+
+@pytest.mark.timeout(90)
+def test_a_bucket_that_stops_answering_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """A frozen S3 endpoint (connections accepted, nothing answered) held one HEAD for 99 s
+    and an upload for over 8 minutes: Arrow retried each request ~33 times."""
+    import socket
+
+    hole = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(hole.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{hole.getsockname()[1]}")
+    blob = tmp_path / "model.safetensors"
+    blob.write_bytes(b"\0" * 1000)
+    try:
+        with pytest.raises(OSError, match="Timeout was reached"):
+            storage.file_type("s3://birds/frozen/x")
+        with pytest.raises(OSError, match="Timeout was reached"):
+            storage.upload_file(blob, "s3://birds/frozen/model.safetensors")
+    finally:
+        hole.close()
+        for conn in accepted:
+            conn.close()
