@@ -32,6 +32,7 @@ from birdray.runtime import keep_local_ray_on_loopback
 JOB_ERRORS = (
     ("birdray.data.cub", "CubFormatError"),
     ("birdray.data.download", "ArchiveError"),
+    ("birdray.data.write_guard", "WriteError"),  # --out refused the shards (disk full, gone)
     ("birdray.data.manifest", "DatasetError"),
     ("birdray.feedback.store", "FeedbackError"),  # a torn or foreign file in a feedback store
     ("birdray.images", "ImageError"),  # an input image that does not decode (explain --image)
@@ -219,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if _interrupted(exc) and not debug:  # Ctrl-C that landed inside a lock's handling
             return _interrupt_ends(name)
-        if debug or not _is_job_error(exc):
+        said = None if debug else _job_error(exc)
+        if said is None:
             raise
-        _say(name, exc)
+        _say(name, said)
         return 1
 
 
@@ -271,14 +273,24 @@ def _say(name: str, exc: BaseException) -> None:
     print(f"birdray {name}: error: {text}", file=sys.stderr)
 
 
-def _is_job_error(exc: BaseException) -> bool:
+def _job_error(exc: BaseException) -> BaseException | None:
+    """The error to say in one line, or None for a traceback (a bug is shown whole).
+
+    Storage refusing a write is the user's, wherever it was raised. An error raised in a Ray
+    task reaches the driver as ``RayTaskError(<its class>)``: an ``OSError`` there has no
+    ``errno``, and its text is the task's whole traceback, so what is judged and said is the
+    task's own error (its ``cause``).
+    """
+    task_error = getattr(sys.modules.get("ray.exceptions"), "RayTaskError", None)
+    if isinstance(task_error, type) and isinstance(exc, task_error):
+        exc = exc.cause
     if isinstance(exc, OSError) and exc.errno in storage.REFUSED_WRITE:
-        return True
+        return exc
     for module, cls_name in JOB_ERRORS:
         cls = getattr(sys.modules.get(module), cls_name, None)
         if isinstance(cls, type) and isinstance(exc, cls):
-            return True
-    return False
+            return exc
+    return None
 
 
 def run_job(name: str, argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +245,39 @@ def _own_address_for_cluster_processes() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def signals_received() -> Iterator[Callable[[], set[int]]]:
+    """The signals this process received while the block ran, whichever handler took them.
+
+    Ray Train V2's ``fit()`` installs its own Ctrl-C handler: it aborts the run gracefully (the
+    workers stopped, committed checkpoints kept, so the same ``--name`` resumes) and then calls
+    ``sys.exit(0)`` inside ``ray.get``, which Ray turns into ``SystemExit(1)`` out of ``fit()``:
+    ``birdray train`` exited 1 without a word. Tune's handler stops the sweep and returns, so a
+    sweep went on to evaluate a half-trained winner. Python writes the number of every signal it
+    handles to the wakeup fd before any handler runs, so the caller can tell that Ctrl-C ended
+    the run and say so (``KeyboardInterrupt``: the CLI's one line and exit 130) once Ray's
+    abort has run. Only the main thread receives signals; elsewhere the set stays empty.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield set
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    seen: set[int] = set()
+
+    def received() -> set[int]:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(read_end, 256):
+                seen.update(chunk)
+        return seen
+
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)

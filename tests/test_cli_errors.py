@@ -343,6 +343,89 @@ def test_storage_that_refuses_writes_is_one_line_exit_1(tmp_path, monkeypatch, c
     assert str(target) in lines[0] and "Traceback" not in lines[0]
 
 
+def _unshare_with_tmpfs(folder: Path, size: str) -> list[str] | None:
+    """A command prefix that runs a command with a ``size`` tmpfs on ``folder``, seen only by it
+    and its children (Ray's too): a full disk without touching this machine's. None where this
+    user may not make a mount namespace (no ``unshare``, user namespaces switched off)."""
+    unshare = ["unshare", "--mount", "--map-root-user", "--propagation", "private"]
+    mount = f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"'
+    try:
+        probe = subprocess.run([*unshare, "sh", "-c", mount, str(folder), "true"], timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [*unshare, "sh", "-c", mount, str(folder)] if probe.returncode == 0 else None
+
+
+def _too_long_for_a_file_in(tmp_path: Path) -> Path:
+    """A folder path ~4,030 bytes long: it and the shard folder ingest makes in it fit in Linux's
+    PATH_MAX (4,096), the Parquet files Ray Data's write tasks open in there do not."""
+    out = tmp_path / "long"
+    while len(str(out)) < 4030:
+        out /= "d" * min(200, 4030 - len(str(out)) - 1)
+    return out
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["disk-full", "name-too-long"])
+def test_ingest_output_refused_inside_ray_write_tasks_is_one_line(synth_root, tmp_path, fault):
+    """The OS refusing a shard inside a Ray Data write task reached the CLI as
+    ``RayTaskError(OSError)`` (no errno): a disk filling up during ``birdray ingest`` printed
+    three tracebacks (287 lines) and no ``birdray ingest: error:`` line. Now one line naming
+    --out and the OS's reason, exit 1, and none of Ray Data's tracebacks. A real full disk where
+    a mount namespace may be made (a private 64 KiB tmpfs); a path too long for the task's file
+    everywhere (the same task-side path, no privileges needed)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    for name in ("RAY_ADDRESS", "BIRDRAY_DEBUG"):  # its own Ray, which sees the mount
+        env.pop(name, None)
+    argv = [sys.executable, "-m", "birdray.cli", "ingest", "--source", str(synth_root)]
+    if fault == "disk-full":
+        full = tmp_path / "full"
+        full.mkdir()
+        prefix = _unshare_with_tmpfs(full, "64k")
+        if prefix is None:
+            pytest.skip("no mount namespace for this user: the name-too-long case covers it")
+        out, reason, argv = full / "ds", "No space left on device", [*prefix, *argv]
+    else:
+        out, reason = _too_long_for_a_file_in(tmp_path), "File name too long"
+    proc = subprocess.run(
+        [*argv, "--out", str(out)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Full stack trace" not in proc.stderr
+    said = [line for line in proc.stderr.splitlines() if line.startswith("birdray ingest:")]
+    assert said == [f"birdray ingest: error: --out {out}: {reason}"], proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == said[0]
+    assert "execution failed" in proc.stderr  # the failure came from Ray Data's write tasks
+
+
+def test_a_ray_tasks_refused_write_is_said_as_the_tasks_own_error(monkeypatch, capsys):
+    """Any job: an OSError a Ray task raised (``RayTaskError(OSError)``: no errno, the task's
+    whole traceback as its text) is judged and said as the task's own error, in one line."""
+    from ray.exceptions import RayTaskError
+
+    from birdray import cli
+
+    full = OSError(errno.ENOSPC, "Error writing bytes to file. Detail: No space left on device")
+    remote = RayTaskError("write", "Traceback (most recent call last):\n  ...\n", full)
+    raised = remote.as_instanceof_cause()
+    assert isinstance(raised, OSError) and raised.errno is None  # what the CLI used to judge
+
+    def job_raising(error: BaseException):
+        def job(*args, **kwargs):
+            raise error
+
+        return job
+
+    monkeypatch.setattr(cli, "_run", job_raising(raised))
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+    assert cli.main(["score"]) == 1
+    assert capsys.readouterr().err.strip() == f"birdray score: error: {full}"
+    bug = RayTaskError("f", "Traceback ...", KeyError("bug")).as_instanceof_cause()
+    monkeypatch.setattr(cli, "_run", job_raising(bug))
+    with pytest.raises(KeyError):  # anything else stays a traceback
+        cli.main(["score"])
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C during a job: one line saying so and the shell's 130, not a traceback and 1."""
     out = tmp_path / "birds"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import threading
 
 import pyarrow.parquet as pq
@@ -296,3 +298,83 @@ def test_concurrent_manifest_writers_never_clobber_each_others_temp_file(tmp_pat
     assert not errors, errors
     assert json.loads((tmp_path / "manifest.json").read_text()) in docs
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp left behind
+
+
+def _two_class_source(tmp_path):
+    return write_layout(
+        tmp_path / "src",
+        [(c, jpeg_bytes(color=(60 * c, 90, 20 * i)), i % 2) for c in (1, 2) for i in range(6)],
+    ).parent
+
+
+@pytest.mark.parametrize("change", ["deleted", "deleted-and-made-again", "a-file-lost"])
+def test_an_output_folder_deleted_during_the_ingest_is_one_line(
+    ray_cluster, tmp_path, monkeypatch, capsys, change
+):
+    """``rm -rf`` of ``--out`` while ingest wrote to it: Ray Data made the folders again for the
+    files still to come, the read-back found rows missing, and the CLI printed ``RuntimeError:
+    image ids do not reconcile`` as a traceback. Now one line saying --out changed during the
+    run. The deletion is timed here just after the write (in the read-back), the same check.
+    "made again" is ext4's trap: a folder deleted and made again at once gets its old inode
+    number, unless something holds the old one open. A file lost with the folders intact is
+    not the user's doing that ingest can name: it stays the reconciliation's traceback."""
+    import shutil
+    from pathlib import Path
+
+    from birdray import cli
+    from birdray.data import ingest
+
+    out = tmp_path / "ds"
+    read_back = ingest.collect_quarantine
+
+    def changed_first(shards: str):
+        if change == "a-file-lost":
+            next(Path(shards).rglob("*.parquet")).unlink()
+        else:
+            shutil.rmtree(out)
+            if change == "deleted-and-made-again":
+                Path(shards).mkdir(parents=True)
+        return read_back(shards)
+
+    monkeypatch.setattr(ingest, "collect_quarantine", changed_first)
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+    argv = ["ingest", "--source", str(_two_class_source(tmp_path)), "--out", str(out)]
+    if change == "a-file-lost":
+        with pytest.raises(RuntimeError, match="do not reconcile"):
+            cli.main(argv)
+        return
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"birdray ingest: error: --out {out} was deleted or replaced while the ingest wrote to"
+        " it (its shards no longer hold all 12 images written); run the ingest again"
+    )
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "step, err",
+    [("write_manifest", errno.ENOSPC), ("split_counts", errno.EIO)],
+    ids=["manifest-disk-full", "read-back-io-error"],
+)
+def test_output_refused_in_the_driver_is_one_line(
+    ray_cluster, tmp_path, monkeypatch, capsys, step, err
+):
+    """The driver's own writes and reads of --out (the read-back, the manifest) failed by the
+    OS: one line naming --out and the OS's reason, exit 1, and no manifest. Any OS error there
+    is --out's (before, only a refusal with an errno in ``storage.REFUSED_WRITE`` was one line,
+    and it did not name the flag; an I/O error was a traceback)."""
+    from birdray import cli
+    from birdray.data import ingest
+
+    out = tmp_path / "ds"
+
+    def refused(location, *args, **kwargs):
+        raise OSError(err, os.strerror(err), str(location))
+
+    monkeypatch.setattr(ingest, step, refused)
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+    argv = ["ingest", "--source", str(_two_class_source(tmp_path)), "--out", str(out)]
+    assert cli.main(argv) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"birdray ingest: error: --out {out}: {os.strerror(err)}"), line
+    assert not (out / "manifest.json").exists()

@@ -160,3 +160,24 @@ def test_ray_datas_no_cpu_warning_only_when_no_cpu_frees_up():
     lines = done.stdout.strip().splitlines()
     assert "idle: 0" in lines, done.stdout + done.stderr[-3000:]
     assert "held: 1" in lines, done.stdout + done.stderr[-3000:]
+
+
+def test_signals_received_sees_a_ctrl_c_another_handler_took():
+    """Ray Train's and Tune's handlers take Ctrl-C inside ``fit()`` and end it their way (one
+    with ``SystemExit``, one by returning): the train and tune jobs still learn it was pressed."""
+    import os
+    import signal
+
+    from birdray.runtime import signals_received
+
+    taken: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: taken.append(number))
+    try:
+        with signals_received() as received:
+            assert signal.SIGINT not in received()
+            os.kill(os.getpid(), signal.SIGINT)
+            assert taken == [signal.SIGINT] and signal.SIGINT in received()
+        with signals_received() as received:  # a new block starts with none
+            assert not received()
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -17,6 +17,7 @@ shards there directly and the manifest is one object written last.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -42,6 +43,7 @@ from birdray.data.manifest import (
 )
 from birdray.data.readback import collect_quarantine, reconcile, split_counts
 from birdray.data.rows import SCHEMA, item_row, load_images, put_blocks
+from birdray.data.write_guard import WriteError, held_open, quiet_output_failure, writing
 from birdray.images import DEFAULT_MAX_PIXELS
 from birdray.resources import watched_call
 from birdray.runtime import init_ray
@@ -129,11 +131,14 @@ def run_ingest(cfg: IngestConfig) -> str:
     """
     out = storage.absolute(cfg.out)
     lock = locks.machine_lock_file("ingest", out)
-    with locks.file_lock(lock, waiting_for=f"another ingest into {out}"):
-        return _ingest(cfg)
+    with (
+        locks.file_lock(lock, waiting_for=f"another ingest into {out}"),
+        contextlib.ExitStack() as held,  # the output folders, open while they are written
+    ):
+        return _ingest(cfg, held)
 
 
-def _ingest(cfg: IngestConfig) -> str:
+def _ingest(cfg: IngestConfig, held: contextlib.ExitStack) -> str:
     import ray
 
     started = time.time()
@@ -180,11 +185,13 @@ def _ingest(cfg: IngestConfig) -> str:
     items = [items[i] for i in np.random.default_rng(cfg.seed).permutation(len(items))]
 
     init_ray(cfg.address or None)
-    storage.make_dirs(out)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     # No manifest points here until the end, so an interrupted run's folder is never read.
     shards_name = f"shards-{run_id}"
     shards = storage.join(out, shards_name)
+    with writing(out):
+        storage.make_dirs(shards)  # made here, not by Ray Data: it is known if it is replaced
+    changed = held.enter_context(held_open(out, shards))
     batch = 32
     rows_per_block = block_rows(len(items), ray.cluster_resources().get("CPU", 1))
     hashes: dict[str, str] | None = {} if cfg.feedback else None
@@ -210,19 +217,26 @@ def _ingest(cfg: IngestConfig) -> str:
         ds.write_parquet(shards, partition_cols=["split"], max_rows_per_file=cfg.rows_per_shard)
 
     written_files = lambda: storage.count_files(shards, ".parquet")  # noqa: E731
-    watched_call(write_shards, written_files, cfg.stall_timeout_s, "ingest")
-
-    quarantine = collect_quarantine(shards)  # leaves only the split=train/val/test folders
-    splits, content_checksum, written = (
-        split_counts(shards) if storage.child_dirs(shards) else ({}, "", [])
-    )
+    with writing(out, changed):
+        with quiet_output_failure():
+            watched_call(write_shards, written_files, cfg.stall_timeout_s, "ingest")
+        quarantine = collect_quarantine(shards)  # leaves only the split=train/val/test folders
+        splits, content_checksum, written = (
+            split_counts(shards) if storage.child_dirs(shards) else ({}, "", [])
+        )
     ingested = len(written)
     try:
         reconcile(
             [item["image_id"] for item in items], written, [q["image_id"] for q in quarantine]
         )
-    except RuntimeError:
+    except RuntimeError as exc:
+        gone = changed()  # deleted or replaced while Ray wrote into it (Ray made it again)
         storage.delete_dir(shards)
+        if gone:
+            raise WriteError(
+                f"--out {out} was deleted or replaced while the ingest wrote to it (its shards"
+                f" no longer hold all {len(items)} images written); run the ingest again"
+            ) from exc
         raise
     if not ingested:  # not a dataset: say why in one line, and leave no manifest claiming one
         storage.delete_dir(shards)
@@ -251,10 +265,11 @@ def _ingest(cfg: IngestConfig) -> str:
         **({"feedback": fblib.finish(feedback, quarantine)} if feedback else {}),
         "seconds": round(time.time() - started, 2),
     }
-    write_manifest(out, manifest)
-    for name in storage.child_dirs(out):  # only now is it safe to drop what the old one named
-        if name != shards_name and name.startswith(("shards-", ".staging-")):
-            storage.delete_dir(storage.join(out, name))
+    with writing(out, changed):
+        write_manifest(out, manifest)
+        for name in storage.child_dirs(out):  # only now is it safe to drop what the old one named
+            if name != shards_name and name.startswith(("shards-", ".staging-")):
+                storage.delete_dir(storage.join(out, name))
     return manifest_path
 
 

@@ -30,7 +30,7 @@ from birdray.model.factory import arch_data_config, create_model
 from birdray.model.package import PackageMetadata, check_fine_tune_source, save_package
 from birdray.plots import training_curves
 from birdray.resources import ResourceError, plan_workers
-from birdray.runtime import init_ray
+from birdray.runtime import init_ray, signals_received
 from birdray.train.config import TrainConfig, short_of_one_batch
 from birdray.train.data import build_datasets, train_transform_kwargs
 from birdray.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
@@ -248,19 +248,24 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     save_config(cfg, run_dir / "config.yaml")
     trainer, data_config, manifest = build_trainer(cfg)
     previous_sigint = signal.getsignal(signal.SIGINT)
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray Train raises the run's error from fit()
-        failure = storage_failure(cfg, exc)
-        if failure is None:
-            raise
-        raise failure from exc
-    finally:
-        # fit() leaves Ray Train's Ctrl-C handler behind, and with it a handle that keeps the
-        # finished run's controller, dataset actors and a CPU-holding pipeline alive in a
-        # long-lived driver (the demo): put the previous handler back
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous_sigint)
+    with signals_received() as received:
+        try:
+            result = trainer.fit()
+        except BaseException as exc:  # Ray Train raises the run's error from fit()
+            if signal.SIGINT in received():  # Ray Train aborted the run (signals_received)
+                raise KeyboardInterrupt from exc
+            failure = storage_failure(cfg, exc) if isinstance(exc, Exception) else None
+            if failure is None:
+                raise
+            raise failure from exc
+        finally:
+            # fit() leaves Ray Train's Ctrl-C handler behind, and with it a handle that keeps the
+            # finished run's controller, dataset actors and a CPU-holding pipeline alive in a
+            # long-lived driver (the demo): put the previous handler back
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous_sigint)
+        if signal.SIGINT in received():  # pressed as the run finished: Ray ignored it, not we
+            raise KeyboardInterrupt
     if result.error:
         raise result.error
     best = result.get_best_checkpoint(metric="val_top1", mode="max") or result.checkpoint

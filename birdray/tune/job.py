@@ -14,6 +14,7 @@ the winner's model package in ``package/``. Running again with the same name res
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from birdray import storage
 from birdray.config import ConfigError, from_dict, save_config
 from birdray.resources import DATA_CPUS
-from birdray.runtime import init_ray
+from birdray.runtime import init_ray, signals_received
 from birdray.train.config import TrainConfig
 from birdray.train.job import build_trainer, check_reachable, check_resources
 from birdray.tune.config import (
@@ -191,7 +192,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         f"once ({plan.trial_cpus:g} CPU + {plan.trial_gpus:g} GPU each)"
     )
     tuner, resumed = build_tuner(cfg, base, plan)
-    results = tuner.fit()
+    with signals_received() as received:
+        results = tuner.fit()
+        if signal.SIGINT in received():  # Tune stopped the sweep and saved it, then returned:
+            raise KeyboardInterrupt  # its half-trained "winner" is not evaluated nor promoted
     rows, curves = build_rows(results, base)
     if all(r["val_top1"] is None for r in rows):
         raise RuntimeError(f"every trial failed: {[r['error'] for r in rows]}")
