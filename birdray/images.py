@@ -25,6 +25,7 @@ DEFAULT_MAX_ASPECT = 20.0
 # frames of an animation or pages of a TIFF the decoder decodes to vouch for a file; a GIF of a
 # few bytes a frame can declare hundreds of thousands, each a decode, none of them a photo
 MAX_FRAMES = 1_000
+FRAMES_PIXELS_FACTOR = 10  # all frames together may hold this many times ``max_pixels``
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 # File name endings of those formats, as Pillow registers them: what a folder listing takes to
 # be an image. Written out (asking Pillow loads every plugin, 50 ms at import); a test keeps it
@@ -269,22 +270,30 @@ def _decode(
 
 def _check_later_frames(data: bytes, frames: int, max_pixels: int) -> None:
     """Decode every frame after the first (a second reader: the caller's stays on frame 0), so a
-    file cut short in its third frame, or a multi-picture JPEG missing half its bytes, is
-    ``corrupt`` as a single photo cut short is. Every stage uses frame 0 only, but a file that
-    stops early is a damaged download, not a photo to vouch for. ``max_pixels`` bounds all the
-    frames together, so frames cannot multiply a bomb the single-picture limit refuses."""
+    file cut short in its third frame, or a multi-picture JPEG cut inside its second picture,
+    is ``corrupt`` as a single photo cut short is. Every stage uses frame 0 only, but a file
+    that stops early is a damaged download, not a photo to vouch for. The frames together may
+    hold ``FRAMES_PIXELS_FACTOR`` times ``max_pixels`` (a 150-frame 640x480 GIF, a 24 MP stereo
+    pair), so frames cannot multiply a bomb without bound. A multi-picture JPEG whose index
+    names pictures that are not there at all (an editor kept the first and the index) is its
+    first picture: that is a photo, not a cut."""
     if frames > MAX_FRAMES:
-        raise ImageError("too_large", f"{frames:,} frames; at most {MAX_FRAMES:,} are decoded")
+        raise ImageError("too_large", f"too many frames: {frames:,} (at most {MAX_FRAMES:,})")
     later = Image.open(io.BytesIO(data))
-    total = later.width * later.height
+    budget, total = FRAMES_PIXELS_FACTOR * max_pixels, later.width * later.height
     for frame in range(1, frames):
-        later.seek(frame)
+        try:
+            later.seek(frame)
+        except ValueError:
+            if later.format == "MPO":  # "No data found for frame": the picture is not there
+                return
+            raise
         total += later.width * later.height
-        if total > max_pixels:
+        if total > budget:
             raise ImageError(
                 "too_large",
-                f"its first {frame + 1} of {frames} frames hold {total:,} pixels, over the "
-                f"{max_pixels:,}-pixel limit for the whole file",
+                f"too many frames: the first {frame + 1} of {frames} hold {total:,} pixels, "
+                f"over the {budget:,} all frames may hold",
             )
         later.load()
 

@@ -120,17 +120,30 @@ def test_a_many_frame_file_cut_short_in_a_later_frame_is_corrupt(fmt):
     assert decode_image(data[: int(len(data) * 0.8)], whole=False).frames == 3
 
 
-def test_frames_share_one_pixel_limit_and_a_frame_count_cap(monkeypatch):
-    data = _animation("GIF", frames=4, size=(100, 100))
-    assert decode_image(data, max_pixels=40_000).frames == 4
+def test_frames_share_a_bounded_pixel_budget_and_a_frame_count_cap(monkeypatch):
+    """All frames together may hold 10x the one-picture limit: a long 640x480 animation or a
+    stereo pair passes, while frames cannot multiply a bomb without bound."""
+    data = _animation("GIF", frames=12, size=(100, 100))
+    assert decode_image(data, max_pixels=12_000).frames == 12  # 120,000 <= 10 x 12,000
     with pytest.raises(ImageError) as raised:
-        decode_image(data, max_pixels=39_999)
-    assert raised.value.reason == "too_large" and "4 of 4 frames hold 40,000 pixels" in str(
-        raised.value
-    )
-    monkeypatch.setattr(images, "MAX_FRAMES", 3)
-    with pytest.raises(ImageError, match="too_large: 4 frames; at most 3"):
+        decode_image(data, max_pixels=10_000)
+    assert raised.value.reason == "too_large"
+    assert "too many frames: the first 11 of 12 hold 110,000 pixels" in str(raised.value)
+    monkeypatch.setattr(images, "MAX_FRAMES", 11)
+    with pytest.raises(ImageError, match="too_large: too many frames: 12 \\(at most 11\\)"):
         decode_image(data)
+
+
+def test_a_multi_picture_jpeg_whose_later_pictures_are_not_there_is_its_first_picture():
+    """An editor that keeps the first picture and the MPF index (not a cut: the first picture
+    ends whole) made an ordinary photo; cut inside its second picture, it is a cut download."""
+    from PIL import Image
+
+    data = _animation("MPO", frames=2, size=(160, 120))
+    second = Image.open(io.BytesIO(data))._MpoImageFile__mpoffsets[1]
+    assert decode_image(data[:second]).format == "MPO"
+    with pytest.raises(ImageError, match="corrupt"):
+        decode_image(data[: second + (len(data) - second) // 2])
 
 
 def test_a_tiff_with_impossible_samples_is_corrupt_without_a_log_line_naming_no_file(caplog):

@@ -92,7 +92,10 @@ def writing(out: str, changed: Callable[[], bool] | None = None) -> Iterator[Non
                 f"--out {out} was deleted or replaced while the ingest wrote to it ({reason});"
                 " run the ingest again"
             ) from exc
-        raise WriteError(f"--out {out}: {reason}") from exc
+        if cause.errno is not None:  # the OS refused this path: full, read-only, too long...
+            raise WriteError(f"--out {out}: {reason}") from exc
+        # no errno: Arrow's words for a bucket that did not answer, not a fault of the path
+        raise WriteError(f"writing to --out {out} failed: {reason}") from exc
 
 
 class _OutputFailureRecords(logging.Filter):

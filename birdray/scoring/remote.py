@@ -112,8 +112,10 @@ def publish(mirror: Path, uri: str, seen: bytes | None) -> None:
             fs.delete_dir(target)
         elif info.type == pafs.FileType.File:
             fs.delete_file(target)
-        if (mirror / name).exists():
-            pafs.copy_files(str(mirror / name), target, destination_filesystem=fs)
+        if (mirror / name).is_dir():  # checked file by file: a lost part is an error, not _SUCCESS
+            storage.upload_dir(mirror / name, storage.join(uri, name))
+        elif (mirror / name).exists():
+            storage.upload_file(mirror / name, storage.join(uri, name))
     with fs.open_output_stream(f"{root}/{SUCCESS}") as stream:
         stream.write((mirror / SUCCESS).read_bytes())
 

@@ -103,16 +103,16 @@ def _quiet_parser() -> None:
 
 
 def _ends_whole(chunks: deque[bytes], boundary: bytes) -> bool:
-    """Whether the body holds its closing boundary (the parser keeps the parts before a cut
-    silently). Looked for in the body's end, not in a copy of all of it."""
+    """Whether the body holds its closing boundary within its last ``_EPILOGUE`` bytes (the
+    parser keeps the parts before a cut silently), however the client chunked it. Looked for
+    in the body's end, not in a copy of all of it."""
     closing, tail = b"--" + boundary + b"--", b""
+    window = len(closing) + _EPILOGUE
     for chunk in reversed(chunks):
-        tail = chunk + tail
-        if closing in tail:
-            return True
-        if len(tail) > len(closing) + _EPILOGUE:
-            return False
-    return False
+        tail = chunk[-window:] + tail
+        if len(tail) >= window:
+            break
+    return closing in tail[-window:]
 
 
 async def read_form(
