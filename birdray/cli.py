@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from birdray import checks, storage
 from birdray import config as cfglib
-from birdray.runtime import keep_local_ray_on_loopback
+from birdray.runtime import keep_local_ray_on_loopback, task_cause
 
 # Errors a job raises about its inputs (a corrupt CUB line, a finished output, a broken registry
 # entry): one line, exit 1, like a usage error but found while running. By (module, class) name,
@@ -281,9 +281,7 @@ def _job_error(exc: BaseException) -> BaseException | None:
     ``errno``, and its text is the task's whole traceback, so what is judged and said is the
     task's own error (its ``cause``).
     """
-    task_error = getattr(sys.modules.get("ray.exceptions"), "RayTaskError", None)
-    if isinstance(task_error, type) and isinstance(exc, task_error):
-        exc = exc.cause
+    exc = task_cause(exc)
     if isinstance(exc, OSError) and exc.errno in storage.REFUSED_WRITE:
         return exc
     for module, cls_name in JOB_ERRORS:

@@ -281,3 +281,14 @@ def signals_received() -> Iterator[Callable[[], set[int]]]:
         signal.set_wakeup_fd(previous)
         os.close(read_end)
         os.close(write_end)
+
+
+def task_cause(error: BaseException) -> BaseException:
+    """The error a Ray task raised, for ``error`` as the driver got it: Ray re-raises it as
+    ``RayTaskError(<its class>)``, whose ``errno`` (for an ``OSError``) is None and whose text
+    is the task's whole traceback; the task's own error is its ``cause``. Any other error, and
+    any error while Ray was never imported, is itself."""
+    task_error = getattr(sys.modules.get("ray.exceptions"), "RayTaskError", None)
+    if isinstance(task_error, type) and isinstance(error, task_error) and error.cause is not None:
+        return error.cause
+    return error

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from birdray import storage
+from birdray.runtime import task_cause
 
 
 class WriteError(Exception):
@@ -23,14 +24,11 @@ class WriteError(Exception):
 
 def os_failure(error: BaseException) -> OSError | None:
     """The OS's error behind a failed write, wherever it was raised: ``error`` itself in the
-    driver, or the one a Ray task raised. Ray re-raises that in the driver as
-    ``RayTaskError(OSError)``: an ``OSError`` whose ``errno`` is None and whose text is the
-    task's whole traceback; the task's own error is its ``cause``. Ray's own errors that are
+    driver, or the one a Ray task raised (``runtime.task_cause``). Ray's own errors that are
     also ``OSError`` (``GetTimeoutError``) are not the storage's."""
-    from ray.exceptions import RayError, RayTaskError
+    from ray.exceptions import RayError
 
-    if isinstance(error, RayTaskError):
-        error = error.cause
+    error = task_cause(error)
     if isinstance(error, OSError) and not isinstance(error, RayError):
         return error
     return None
