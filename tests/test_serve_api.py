@@ -152,6 +152,12 @@ def test_response_shape_model_and_probes(app, predictor):
     for probe in ("healthz", "readyz"):  # HEAD was 405 (uptime checkers probe with HEAD)
         head = requests.head(f"{app}/{probe}", timeout=10)
         assert head.status_code == 200 and not head.content, (probe, head.status_code)
+    # a trailing slash: no 307 to a host named by the request's Host header, a 404 naming it
+    slash = requests.post(f"{app}/v1/predict/", files=png, headers={"Host": "evil.example"},
+                          allow_redirects=False, timeout=60)  # fmt: skip
+    assert_error(slash, 404, "not_found", None)
+    assert "Location" not in slash.headers and "evil" not in slash.text
+    assert slash.json()["error"]["message"].endswith("/v1/predict'"), slash.text
     spec = requests.get(f"{app}/openapi.json", timeout=10).json()
     paths = {"/v1/predict", "/v1/model", "/v1/explain", "/v1/feedback", "/healthz", "/readyz"}
     assert paths <= set(spec["paths"])

@@ -197,6 +197,7 @@ def create_api(
         title="birdray",
         version="1",
         description="Bird species from photos: calibrated top-k predictions and explanations.",
+        redirect_slashes=False,  # its 307 named a host taken from the request's Host header
     )
     install_error_handlers(app, auth_header=API_KEY_HEADER)
     if recorder is not None:

@@ -87,7 +87,13 @@ def install_error_handlers(app: FastAPI, auth_header: str) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         request.scope[CODE_KEY] = code
-        body = ApiError(exc.status_code, code, str(exc.detail)).body()
+        detail = str(exc.detail)
+        path, root = request.scope["path"], request.scope.get("root_path", "")
+        if exc.status_code == 404 and path.endswith("/"):  # no redirect: say where it is
+            routes = {getattr(route, "path", "") for route in request.app.routes}
+            if path.removeprefix(root).rstrip("/") in routes:
+                detail = f"no route {path!r}; the route is {path.rstrip('/')!r}"
+        body = ApiError(exc.status_code, code, detail).body()
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)  # 405: Allow
 
     @app.exception_handler(RequestValidationError)
