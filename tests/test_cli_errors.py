@@ -125,6 +125,11 @@ def test_jobs_entry_and_debug_flag(places):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "--classes" in proc.stderr
 
 
+SERVE_VALUES = [
+    ("--proxy", "nginx"), ("--colocate", "maybe"), ("--rollout-share", "2"),
+    ("--batch-wait-timeout-s", "-1"), ("--num-gpus", "nan"), ("--route-prefix", "v1"),
+    ("--name", " "), ("--host", "no-such-host.invalid"), ("--request-timeout-s", "0"),
+]  # fmt: skip
 IN_PROCESS_CASES = {
     "evaluate-no-model": (["evaluate", "--dataset", "{tmp}/not_a_dataset"], "--model"),
     "evaluate-latest-of-empty-registry": (
@@ -169,6 +174,11 @@ IN_PROCESS_CASES = {
         "--model",
     ),
     "serve-bad-port": (["serve", "--model", "{tmp}/nope", "--port", "99999"], "--port"),
+    # the app's own bounds and Serve's names were tracebacks before Ray started
+    **{
+        f"serve-bad-{flag[2:]}": (["serve", "--model", "{tmp}/nope", "--port", "0", flag, v], flag)
+        for flag, v in SERVE_VALUES
+    },
     "score-output-is-input": (
         ["score", "--input", "{tmp}/photos", "--output", "{tmp}/photos"],
         "--output",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -32,9 +33,68 @@ def _birdray_serve(tmp_path, port: int, *extra: str) -> subprocess.Popen:
     )
 
 
+def _tree(root: int) -> set[int]:
+    """``root`` and every process below it (a local Ray's GCS, raylet and workers)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (name) state ppid ...": the name may hold spaces and parentheses
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree, grew = tree | below, bool(below)
+    return tree
+
+
+def _listening_beyond_loopback(root: int) -> set[int]:
+    """TCP ports that processes of ``root``'s tree listen on at an address other than loopback."""
+    inodes = set()
+    for pid in _tree(root):
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            address, port = fields[1].split(":")
+            words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)]
+            ip = ipaddress.ip_address(b"".join(words))
+            mapped = getattr(ip, "ipv4_mapped", None)
+            if not (mapped or ip).is_loopback:
+                ports.add(int(port, 16))
+    return ports
+
+
+def _refuses_without_rays_token(port: int) -> bool:
+    """Whether Serve's internal gRPC service on ``port`` turns away a call without the token."""
+    import grpc
+    from ray.serve.generated import serve_pb2, serve_pb2_grpc
+
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        call = serve_pb2_grpc.ASGIServiceStub(channel).HandleRequest
+        try:
+            call(serve_pb2.ASGIRequest(pickled_request_metadata=b"not a pickle"), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_birdray_serve_command_serves_until_ctrl_c(tmp_path):
+    """It answers on the asked loopback port. The one port beyond loopback is Ray 2.60's own:
+    every Serve replica opens an internal gRPC server on all interfaces, which unpickles what
+    it is sent; Ray's token authentication (on by default for a new local Ray) must refuse a
+    caller without the token (README, Serve)."""
     port = free_port()
     proc = _birdray_serve(tmp_path, port)
     lines: list[str] = []
@@ -54,6 +114,9 @@ def test_birdray_serve_command_serves_until_ctrl_c(tmp_path):
         assert url == f"http://127.0.0.1:{port}", f"rc={proc.poll()}\n" + "".join(lines[-40:])
         resp = post_images(url, [("a.png", encode(random_rgb(41), "PNG"), "image/png")])
         assert resp.status_code == 200 and resp.json()["results"][0]["ok"]
+        beyond = _listening_beyond_loopback(proc.pid)
+        assert port not in beyond and len(beyond) <= 1, beyond  # the replica's, if any
+        assert all(_refuses_without_rays_token(p) for p in beyond), beyond
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         lines.append(out)

@@ -189,6 +189,25 @@ def test_birdray_serve_with_a_missing_key_stops_before_ray_starts(tmp_path, monk
     assert ray.is_initialized() == ray_before  # refused before any Ray or Serve started
 
 
+def test_birdray_serve_warns_when_rays_token_authentication_is_off(tmp_path, monkeypatch, caplog):
+    """With RAY_AUTH_MODE=disabled a replica's all-interfaces gRPC port runs what it is sent
+    (tests/test_serve_cli.py shows it answering without a token): the user is told at once."""
+    from birdray.config import resolve
+    from birdray.serve.job import ServeConfig, run_serve
+
+    package = make_package(tmp_path / "pkg")
+    monkeypatch.delenv("BIRDRAY_NOPE_KEY", raising=False)  # the app refuses it before Ray
+    values = {"model": str(package), "registry": "none", "api_key_env": "BIRDRAY_NOPE_KEY"}
+    for mode, warned in (("disabled", True), ("token", False)):
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+        caplog.clear()
+        waiting = pytest.raises(ValueError, match="BIRDRAY_NOPE_KEY")
+        with caplog.at_level("WARNING", logger="birdray.serve.job"), waiting:
+            run_serve(resolve(ServeConfig, values))
+        said = [r.getMessage() for r in caplog.records if "RAY_AUTH_MODE" in r.getMessage()]
+        assert bool(said) == warned, caplog.text
+
+
 def test_every_list_of_explanation_methods_is_the_explain_packages():
     """The HTTP contract and the dashboard keep torch-free copies; they must not drift."""
     from birdray.dashboard.client import EXPLAIN_METHODS as dashboard_methods

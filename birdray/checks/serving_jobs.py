@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
+from birdray import config as cfglib
 from birdray import storage
 from birdray.checks.common import (
     ALIAS_RE,
@@ -88,7 +90,7 @@ def _listenable(host: str, number: int, address: str | None) -> None:
     import sys
 
     ray = sys.modules.get("ray")
-    if not number or (ray is not None and ray.is_initialized()):
+    if ray is not None and ray.is_initialized():
         return
     if (address or os.environ.get("RAY_ADDRESS")) not in (None, "", "local"):
         return
@@ -127,7 +129,29 @@ def serve(cfg: Any) -> None:
         }
     )
     require(cfg.min_replicas <= cfg.max_replicas, "--min-replicas", "must be <= --max-replicas")
+    choice("--proxy", cfg.proxy, ("serve", "haproxy"))  # birdray.serve.proxy.PROXIES
+    require(cfg.route_prefix.startswith("/"), "--route-prefix", "must start with '/'")
+    require(bool(cfg.name.strip()), "--name", "the Serve application's name must not be empty")
+    _app_bounds(cfg)
     model(cfg.model, cfg.registry)  # last: it may read the registry
+
+
+def _app_bounds(cfg: Any) -> None:
+    """The app's own bounds (``check_bounds``, which the app applies again when it is built),
+    said with the flags' names: they were tracebacks before Ray started."""
+    from birdray.serve.app import app_args
+    from birdray.serve.args import AppArgs, check_bounds
+
+    args = app_args(cfg)
+    try:
+        check_bounds(cfglib.from_dict(AppArgs, args))
+    except ValueError as exc:
+        text = re.sub(
+            r"\b(" + "|".join(sorted(args, key=len, reverse=True)) + r")\b",
+            lambda found: "--" + found.group(1).replace("_", "-"),
+            str(exc),
+        )
+        raise UsageError(text) from exc
 
 
 def score(cfg: Any) -> None:

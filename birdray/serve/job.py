@@ -31,6 +31,13 @@ from birdray.serve.args import AppArgs, colocated
 from birdray.serve.proxy import check_proxy, check_proxy_name, choose_proxy, ensure_serve
 
 logger = logging.getLogger(__name__)
+# Ray 2.60's Serve replicas each open an internal gRPC server on all interfaces (whatever
+# --host says) that unpickles what it is sent; Ray's token authentication is its only guard.
+RAY_AUTH_DISABLED = (
+    "RAY_AUTH_MODE=disabled: each Serve replica's internal gRPC port listens on all interfaces "
+    "and runs what it is sent, so anyone who can reach this machine can run code as you; "
+    "unset RAY_AUTH_MODE (Ray's token authentication) unless this network is yours alone"
+)
 
 
 @dataclass
@@ -197,6 +204,8 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     """Serve a model over HTTP (local Ray unless --address); Ctrl-C stops it."""
     if cfg.host not in (LOOPBACK, "localhost") and not cfg.api_key_env:
         logger.warning("serving on %s without an API key (set --api-key-env)", cfg.host)
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+        logger.warning(RAY_AUTH_DISABLED)
     args = app_args(cfg)
     args.pop("model")
     args.pop("registry")
