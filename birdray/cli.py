@@ -251,6 +251,7 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def _run(name: str, job: Job, argv: list[str]) -> int:
+    cfglib.check_text_arguments(argv)
     parser, config_cls, function = build_parser(name, job)
     args = parser.parse_args(argv)
     del args.debug

@@ -71,9 +71,10 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
                 raise ValueError(value)
             return inner(value)
         if origin in (list, tuple, dict) or inner in (list, dict):
+            listed = origin in (list, tuple) or inner is list
             if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if origin in (list, tuple) or inner is list:
+                value = _yaml_value(value, listed)
+            if listed:
                 if not isinstance(value, (list, tuple)):
                     value = [value]
                 args = typing.get_args(inner)
@@ -86,7 +87,36 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         return value
     except (TypeError, ValueError) as exc:
         what = getattr(inner, "__name__", str(inner))
-        raise ConfigError(f"{flag(name)} ({name}): cannot read {value!r} as {what}") from exc
+        why = f": {exc}" if "YAML" in str(exc) else ""
+        raise ConfigError(f"{flag(name)} ({name}): cannot read {value!r} as {what}{why}") from exc
+
+
+def check_text_arguments(argv: list[str]) -> None:
+    """Every argument must be UTF-8 text: a path holding other bytes (a Latin-1 folder name)
+    reaches Python as lone surrogates, and Ray's worker, which takes the process's command line
+    as UTF-8, died inside ``ray.init`` with a ``UnicodeEncodeError`` traceback."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UsageError(
+                f"argument '{shown}' is not valid UTF-8 (Ray and Parquet need UTF-8 text): "
+                "rename it, or link to it under a UTF-8 name"
+            ) from None
+
+
+def _yaml_value(text: str, listed: bool) -> Any:
+    """A flag's YAML (``[1, 2]``, ``{a: 1}``). For a list, a bare word YAML cannot read (``*``,
+    ``&x``: alias and anchor marks) is that one word; a malformed collection is the user's error,
+    said as a ``ValueError`` (a ``yaml`` traceback before)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        if listed and not text.lstrip().startswith(("[", "{")):
+            return [text]
+        where = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"not valid YAML ({where})") from exc
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -46,7 +46,7 @@ def say(message: str) -> None:
 def _check_gpus(what: str, need: float, cluster: dict[str, float]) -> None:
     have_cpu, have_gpu = _have(cluster)
     if need > have_gpu + 1e-9:
-        hint = " (--use-gpu false / --num-gpus 0 runs on CPU)" if have_gpu == 0 else ""
+        hint = " (--device cpu --num-gpus 0 runs on CPU)" if have_gpu == 0 else ""
         raise ResourceError(
             f"{what} need {need:g} GPU; the cluster has {have_cpu:g} CPU and {have_gpu:g} GPU{hint}"
         )

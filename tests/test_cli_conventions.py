@@ -41,6 +41,18 @@ def test_bad_switch_value_and_abbreviations_are_usage_errors():
         _parse("train", ["--image", "64"])  # not a prefix of --image-size
 
 
+def test_list_flags_read_yaml_and_a_bare_word_yaml_refuses_is_that_word():
+    """``--extensions '*'`` (what --help and the "nothing to score" error suggest) was a
+    ``yaml.scanner.ScannerError`` traceback; a malformed list still is the user's error."""
+    places = ["--input", "photos", "--output", "scored"]
+    assert _parse("score", [*places, "--extensions", "*"]).extensions == ["*"]
+    assert _parse("score", [*places, "--extensions", "[jpg, png]"]).extensions == ["jpg", "png"]
+    assert _parse("benchmark", ["--concurrency", "[1, 8]"]).concurrency == [1, 8]
+    for argv in ([*places, "--extensions", "[jpg"], ["--concurrency", "{a"]):
+        with pytest.raises(cfglib.ConfigError, match=f"{argv[-2]}.*not valid YAML"):
+            _parse("score" if "--input" in argv else "benchmark", argv)
+
+
 def test_a_switch_before_a_positional_leaves_it_alone():
     cfg = _parse("benchmark", ["--smoke", "ingest"])
     assert cfg.smoke is True and cfg.stage == "ingest"

@@ -66,8 +66,10 @@ def test_serve_replicas_must_fit():
     plan_serve({"min_replicas": 1}, TWO_CPUS)  # 1 + 0.5 + 0.5 CPU
     with pytest.raises(ResourceError, match=r"3 model x 1 CPU .* need 4 CPU; the cluster has 2"):
         plan_serve({"min_replicas": 3, "max_replicas": 3}, TWO_CPUS)
-    with pytest.raises(ResourceError, match="0 GPU"):
+    with pytest.raises(ResourceError, match="0 GPU") as refused:
         plan_serve({"num_gpus": 1.0}, {"CPU": 8.0})
+    # serve and score have --device and --num-gpus; --use-gpu is training's flag
+    assert "(--device cpu --num-gpus 0 runs on CPU)" in str(refused.value)
 
 
 def test_watched_passes_items_and_errors_through():
