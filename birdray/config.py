@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -31,6 +32,48 @@ class UsageError(ConfigError):
     The message starts with the flag and says what was expected; the CLI prints it as one line
     and exits with status 2 (``birdray.checks`` raises it before anything is started).
     """
+
+
+# A config has a few anchors at most. Aliases of aliases multiply: 63 of them, 9 to a level, are
+# 43 million strings once anything walks the value (471 bytes grew past 1.4 GB); 20 stay small.
+MAX_YAML_ALIASES = 20
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice (the last one silently won) and more
+    than ``MAX_YAML_ALIASES`` alias uses (471 bytes of nested anchors grew past 1.4 GB)."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.YAMLError(
+                    f"key {key!r} is given twice (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _short(value: Any) -> str:
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxlist, shown.maxdict, shown.maxstring = 2, 4, 4, 40
+    return shown.repr(value)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as birdray reads every config and flag: safe types only, no repeated keys, few
+    aliases."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -69,6 +112,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if inner in (int, float, str):
             if inner is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
+            if isinstance(value, (bool, list, tuple, dict)):  # yes -> 1, [a, b] -> "['a', 'b']"
+                raise TypeError(value)
             return inner(value)
         if origin in (list, tuple, dict) or inner in (list, dict):
             listed = origin in (list, tuple) or inner is list
@@ -88,7 +133,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     except (TypeError, ValueError) as exc:
         what = getattr(inner, "__name__", str(inner))
         why = f": {exc}" if "YAML" in str(exc) else ""
-        raise ConfigError(f"{flag(name)} ({name}): cannot read {value!r} as {what}{why}") from exc
+        shown = _short(value)  # not the whole of a nested value
+        raise ConfigError(f"{flag(name)} ({name}): cannot read {shown} as {what}{why}") from exc
 
 
 def check_text_arguments(argv: list[str]) -> None:
@@ -111,7 +157,7 @@ def _yaml_value(text: str, listed: bool) -> Any:
     ``&x``: alias and anchor marks) is that one word; a malformed collection is the user's error,
     said as a ``ValueError`` (a ``yaml`` traceback before)."""
     try:
-        return yaml.safe_load(text)
+        return read_yaml(text)
     except yaml.YAMLError as exc:
         if listed and not text.lstrip().startswith(("[", "{")):
             return [text]
@@ -154,7 +200,15 @@ def config_path(config: str | Path) -> Path:
 
 def load_yaml(config: str | Path) -> dict[str, Any]:
     path = config_path(config)
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = read_yaml(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f"line {where.line + 1}: " if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not a valid config: {line}{problem}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
