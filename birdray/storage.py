@@ -219,6 +219,12 @@ def _listing(location: str | Path, recursive: bool) -> tuple[str, list[pafs.File
         return path, fs.get_file_info(selector)
 
 
+def names(location: str | Path) -> list[str]:
+    """Names directly under ``location``, files and folders (empty if it does not exist)."""
+    _, infos = _listing(location, recursive=False)
+    return sorted(i.base_name for i in infos)
+
+
 def child_dirs(location: str | Path) -> list[str]:
     """Names of the folders directly under ``location`` (empty if it does not exist)."""
     _, infos = _listing(location, recursive=False)

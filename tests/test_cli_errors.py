@@ -128,7 +128,7 @@ def test_jobs_entry_and_debug_flag(places):
 SERVE_VALUES = [
     ("--proxy", "nginx"), ("--colocate", "maybe"), ("--rollout-share", "2"),
     ("--batch-wait-timeout-s", "-1"), ("--num-gpus", "nan"), ("--route-prefix", "v1"),
-    ("--name", " "), ("--host", "no-such-host.invalid"), ("--request-timeout-s", "0"),
+    ("--name", " "), ("--request-timeout-s", "0"),
 ]  # fmt: skip
 IN_PROCESS_CASES = {
     "evaluate-no-model": (["evaluate", "--dataset", "{tmp}/not_a_dataset"], "--model"),
@@ -188,6 +188,24 @@ IN_PROCESS_CASES = {
     "score-bad-pool-size": (
         ["score", "--input", "x", "--output", "y", "--pool-size", "0"],
         "--pool-size",
+    ),
+    # a folder holding the input listed nothing (exit 1, a stray .lock); one not birdray's lost
+    # the user's files; limits below their floor made every row an error row (exit 0)
+    "score-output-holds-the-input": (
+        ["score", "--input", "{tmp}/photos", "--output", "{tmp}"],
+        "--output",
+    ),
+    "score-output-of-other-files": (
+        ["score", "--input", "{tmp}/photos", "--output", "{tmp}/registry"],
+        "--output",
+    ),
+    "score-negative-max-file-mb": (
+        ["score", "--input", "x", "--output", "y", "--max-file-mb", "-1"],
+        "--max-file-mb",
+    ),
+    "score-zero-max-pixels": (
+        ["score", "--input", "x", "--output", "y", "--max-pixels", "0"],
+        "--max-pixels",
     ),
     "explain-missing-image": (["explain", "--image", "{tmp}/nope.jpg"], "--image"),
     "explain-bad-method": (
@@ -532,3 +550,19 @@ def test_serve_on_a_port_in_use_is_one_line_before_ray(tmp_path):
     line = _one_line(done.stderr, "serve", "--port")
     assert f"127.0.0.1:{port}" in line and "in use" in line
     assert not any(said in done.stderr + done.stdout for said in RAY_LINES)
+
+
+@pytest.mark.parametrize("port", [0, 8123])
+def test_an_unresolvable_host_is_one_line_whatever_the_port(monkeypatch, port):
+    """With --port 0 the host went unchecked: Serve's proxy raised socket.gaierror after Ray
+    started. (The session's Ray runs in this process, so the check is asked as the CLI does
+    before a local Ray exists.)"""
+    import ray
+
+    from birdray.checks.serving_jobs import _listenable
+    from birdray.config import UsageError
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(UsageError, match="--host: cannot resolve 'no-such-host.invalid'"):
+        _listenable("no-such-host.invalid", port, None)

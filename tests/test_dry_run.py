@@ -176,3 +176,35 @@ def test_against_a_cluster_the_plan_uses_its_gpus(ray_cluster, dataset, capsys):
         assert "needs 4 GPU (4 x 1 GPU); the cluster has 1 GPU" in out
     finally:
         ray_cluster.remove_node(node)
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["train", "--lr", "1e400"], "--lr: must be a finite number, got inf"),
+        (["train", "--hflip", "2"], "--hflip: must be <= 1"),
+        (["train", "--stall-timeout-s", "-5"], "--stall-timeout-s: must be >= 0"),
+        (["train", "--arch", "no_such_net"], "--arch: 'no_such_net' is not a timm model"),
+        (["train", "--name", "../../escaped"], "--name: '../../escaped' must be one folder"),
+        (["tune", "--config", "sweep_demo", "--train", "{momentum: .nan}"], "--train (momentum)"),
+        (["tune", "--config", "sweep_demo", "--archs", "[resnet18, nonet]"], "--archs: 'nonet'"),
+        (["tune", "--config", "sweep_demo", "--name", ".."], "--name: '..' must be one folder"),
+        (["tune", "--config", "sweep_demo", "--archs", "[]"], "--archs: name at least one"),
+    ],
+    ids=["lr", "hflip", "stall", "arch", "name", "tune-nan", "tune-arch", "tune-name", "no-arch"],
+)
+def test_settings_that_cannot_train_stop_before_ray(
+    dataset, tmp_path, monkeypatch, capsys, argv, said
+):
+    """Each of these was accepted: an lr of inf (NaN weights), a run name that wrote outside
+    --storage-path, an architecture timm lacks (Ray started, then the first worker failed)."""
+    import ray
+
+    from birdray.cli import main
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--dataset", str(dataset)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"birdray {argv[0]}: error: ") and said in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()

@@ -14,7 +14,7 @@ from birdray.images import ImageError, decode_image
 from birdray.model.crop import decode_for_model, decode_side, eval_geometry
 from birdray.model.errors import ModelError
 from birdray.model.inference import Predictor
-from birdray.model.package import load_package, read_metadata, update_metadata
+from birdray.model.package import load_package, read_metadata, update_metadata, verify_package
 from birdray.model.preprocess import build_transform
 from tests.model_fixture import make_package
 
@@ -51,12 +51,13 @@ def test_pickle_file_is_never_loaded(tmp_path):
     assert "pickle" not in type(info.value).__name__.lower()
 
 
-def test_missing_metadata_field_is_clear(tmp_path):
+@pytest.mark.parametrize("name", ["class_names", "image_size"])  # image_size: a TypeError
+def test_missing_metadata_field_is_clear(tmp_path, name):
     path = make_package(tmp_path / "pkg")
     meta = json.loads((path / "metadata.json").read_text())
-    del meta["class_names"]
+    del meta[name]
     (path / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="class_names"):
+    with pytest.raises(ModelError, match=name):
         load_package(path)
 
 
@@ -143,3 +144,79 @@ def test_model_input_decode_is_smaller_as_strict_and_nearly_the_same(crop_mode):
     assert tiny.image.size == (200, 150)  # below 2x the side: decoded in full
     with pytest.raises(ImageError):
         decode_for_model(data[: len(data) * 2 // 3], cfg)  # truncated: refused as in full
+
+
+def _rehash(path, weights: bytes) -> None:
+    """Weights replaced by ``weights`` with a matching ``content_hash``: only the format can
+    tell them apart from a real package."""
+    import hashlib
+
+    (path / "model.safetensors").write_bytes(weights)
+    update_metadata(path, content_hash=hashlib.sha256(weights).hexdigest())
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated", "pickle"])
+def test_weights_that_are_not_whole_safetensors_are_refused_from_the_header(tmp_path, kind):
+    path = make_package(tmp_path / "pkg")
+    real = (path / "model.safetensors").read_bytes()
+    weights = {
+        "random": np.random.default_rng(0).bytes(5000),
+        "truncated": real[: len(real) // 2],
+        "pickle": b"\x80\x04K\x01.",
+    }[kind]
+    _rehash(path, weights)
+    with pytest.raises(ModelError, match="not a whole safetensors file"):
+        verify_package(path)
+
+
+@pytest.mark.parametrize("hash_", ["", None], ids=["empty", "missing"])
+def test_a_package_without_content_hash_is_refused(tmp_path, hash_):
+    path = make_package(tmp_path / "pkg")
+    meta = json.loads((path / "metadata.json").read_text())
+    if hash_ is None:
+        del meta["content_hash"]
+    else:
+        meta["content_hash"] = hash_
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="no content_hash"):
+        verify_package(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_classes": "many"}, "num_classes is 'many'"),
+        ({"class_names": 7}, "class_names is 7"),
+        ({"arch": 3}, "arch is 3"),
+        ({"schema_version": "2"}, "schema_version is '2'"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"data_config": []}, "data_config"),
+        ({"num_classes": 3}, "4 class_names for num_classes 3"),
+    ],
+)
+def test_metadata_fields_of_the_wrong_type_are_named(tmp_path, change, message):
+    path = make_package(tmp_path / "pkg")
+    meta = {**json.loads((path / "metadata.json").read_text()), **change}
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=message) as info:
+        read_metadata(path)
+    assert str(path / "metadata.json") in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"42", "holds a JSON int"),
+        (b'"arch num_classes"', "holds a JSON str"),
+        (b"[]", "holds a JSON list"),
+        (b'{"arch": ', "not valid JSON"),
+    ],
+)
+def test_malformed_metadata_is_one_model_error_naming_the_file(tmp_path, raw, message):
+    path = make_package(tmp_path / "pkg")
+    (path / "metadata.json").write_bytes(raw)
+    with pytest.raises(ModelError, match=message) as info:
+        verify_package(path)
+    assert str(path / "metadata.json") in str(info.value)

@@ -137,7 +137,11 @@ def test_clean_removes_what_killed_registrations_left_and_spares_running_ones(
 
 @pytest.mark.parametrize(
     "words, settings, message",
-    [(["v0001"], {}, "usage"), ([], {"stale_hours": -1.0}, "must be >= 0")],
+    [
+        (["v0001"], {}, "usage"),
+        ([], {"stale_hours": -1.0}, "must be >= 0"),
+        ([], {"stale_hours": float("nan")}, "must be >= 0"),  # nan < 0 is False too
+    ],
 )
 def test_clean_refuses_bad_arguments(registry, words, settings, message):
     with pytest.raises(RegistryError, match=message):
@@ -167,7 +171,7 @@ def test_concurrent_registrations_get_distinct_whole_versions(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad", ["v1", "../v0001", "v0001/../../x", "V0001", "prod", "/nonexistent"]
+    "bad", ["v1", "../v0001", "v0001/../../x", "V0001", "prod", "/nonexistent", "v0001\n"]
 )
 def test_malformed_version_names_are_refused(registry, bad):
     with pytest.raises(RegistryError, match="vNNNN"):
@@ -228,7 +232,9 @@ def test_aliases_move_with_history_and_roll_back_on_their_own(registry):
         resolve("champion", registry)
 
 
-@pytest.mark.parametrize("bad", ["latest", "v0007", "v12", "Candidate", "a" * 33, "../x", "-x"])
+@pytest.mark.parametrize(
+    "bad", ["latest", "v0007", "v12", "Candidate", "a" * 33, "../x", "-x", "beta\n", "latest\n"]
+)
 def test_bad_alias_names_are_refused(registry, bad):
     from birdray.registry import set_alias
 
@@ -296,3 +302,163 @@ def test_registry_add_and_alias_through_the_cli(tmp_path):
         "removed": [],
         "in_progress": [],
     }
+
+
+def _main(monkeypatch, *argv: str) -> int:
+    """``birdray *argv`` in this process, as a user runs it (no ``BIRDRAY_DEBUG``, no Ray)."""
+    import ray
+
+    from birdray.cli import main
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+    return main(list(argv))
+
+
+def _one_error_line(err: str, job: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"birdray {job}: error: "), err
+    return lines[0]
+
+
+def _break(package: Path, how: str) -> None:
+    """A package broken the ways `registry add` used to accept or crash on."""
+    import hashlib
+
+    meta_file, weights = package / "metadata.json", package / "model.safetensors"
+    meta = json.loads(meta_file.read_text())
+    if how == "random-weights-no-hash":
+        weights.write_bytes(bytes(range(256)) * 20)
+        meta["content_hash"] = ""
+    elif how == "truncated-weights-rehashed":
+        cut = weights.read_bytes()[:5000]
+        weights.write_bytes(cut)
+        meta["content_hash"] = hashlib.sha256(cut).hexdigest()
+    elif how == "no-hash":
+        del meta["content_hash"]
+    elif how == "wrong-types":
+        meta.update(num_classes="many", class_names=7)
+    elif how == "schema-string":
+        meta["schema_version"] = "2"
+    if how in ("non-utf8", "top-level-number", "top-level-string"):
+        raw = {
+            "non-utf8": b"\xff\xfe{}",
+            "top-level-number": b"42",
+            "top-level-string": b'"arch num_classes class_names data_config"',
+        }
+        meta_file.write_bytes(raw[how])
+    else:
+        meta_file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "random-weights-no-hash",
+        "truncated-weights-rehashed",
+        "no-hash",
+        "wrong-types",
+        "schema-string",
+        "non-utf8",
+        "top-level-number",
+        "top-level-string",
+    ],
+)
+def test_registry_add_refuses_a_package_that_cannot_load_in_one_line(
+    tmp_path, monkeypatch, capsys, how
+):
+    package = make_package(tmp_path / "pkg")
+    _break(package, how)
+    reg = tmp_path / "reg"
+    assert _main(monkeypatch, "registry", "add", str(package), "--registry", str(reg)) == 1
+    line = _one_error_line(capsys.readouterr().err, "registry")
+    assert "not a usable model package" in line and str(package) in line
+    assert not (reg / "models").exists() or list_versions(str(reg)) == []
+
+
+def test_registry_add_into_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    package = make_package(tmp_path / "pkg")
+    for target in (tmp_path / "file", tmp_path / "file" / "sub"):
+        (tmp_path / "file").write_text("x")
+        assert _main(monkeypatch, "registry", "add", str(package), "--registry", str(target)) == 2
+        assert "is a file" in _one_error_line(capsys.readouterr().err, "registry")
+    with pytest.raises(RegistryError, match="is a file"):  # the job function, without the CLI
+        run_registry(RegistryConfig(action="add", args=[str(package)], registry=str(target.parent)))
+
+
+def test_concurrent_adds_of_one_package_make_one_version(tmp_path, monkeypatch):
+    """Two `registry add` of the same weights at once: the second waits for the first and finds
+    its version (before: both looked, found nothing, and registered the weights twice)."""
+    import time
+
+    from birdray import storage
+
+    package = make_package(tmp_path / "pkg")
+    reg = str(tmp_path / "reg")
+    upload = storage.upload_file
+
+    def slow_upload(local, location):  # a big package: copying outlasts the other's lookup
+        time.sleep(0.5)
+        upload(local, location)
+
+    monkeypatch.setattr(storage, "upload_file", slow_upload)
+    got: list[dict] = []
+    add = RegistryConfig(action="add", args=[str(package)], registry=reg)
+    threads = [threading.Thread(target=lambda: got.append(run_registry(add))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert list_versions(reg) == ["v0001"]
+    assert sorted(r["added"] for r in got) == [False, True]
+    assert {r["version"] for r in got} == {"v0001"}
+
+
+def test_a_corrupt_commit_marker_is_one_line_and_list_shows_the_rest(registry, monkeypatch, capsys):
+    marker = Path(registry) / "models" / "v0002" / versions.COMMITTED
+    marker.write_text('{"version": "v00')  # truncated
+    rows = run_registry(RegistryConfig(action="list", registry=registry))
+    assert [r["version"] for r in rows] == ["v0001", "v0002", "v0003"]
+    assert "arch" in rows[0] and "arch" in rows[2]
+    assert str(marker) in rows[1]["error"]
+    for action in ("show", "promote"):
+        with pytest.raises(RegistryError, match="corrupt commit marker"):
+            run_registry(RegistryConfig(action=action, registry=registry, version="v0002"))
+    assert _main(monkeypatch, "registry", "show", "v0002", "--registry", registry) == 1
+    assert str(marker) in _one_error_line(capsys.readouterr().err, "registry")
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("ghost", "points at v0009, which the registry does not have"),
+        ("bad-marker", "corrupt commit marker"),
+        ("no-weights", "has no model.safetensors"),
+        ("bad-weights", "not a whole safetensors file"),
+        ("bad-metadata", "corrupt metadata"),
+    ],
+)
+def test_serve_preflight_refuses_a_broken_registry_before_ray(
+    registry, monkeypatch, capsys, how, message
+):
+    """Before: each passed the pre-flight, and Serve failed 30-55 s after Ray had started."""
+    from birdray.registry import pointer
+
+    promote(registry, "v0002")
+    v2 = Path(registry) / "models" / "v0002"
+    if how == "ghost":
+        pointer.append(registry, "promote", "v0009")
+    elif how == "bad-marker":
+        (v2 / versions.COMMITTED).write_text('{"version": "v00')
+    elif how == "no-weights":
+        (v2 / "model.safetensors").unlink()
+    elif how == "bad-weights":
+        (v2 / "model.safetensors").write_bytes(b"garbage\n")
+    else:
+        (v2 / "metadata.json").write_text('{"arch": ')
+    assert _main(monkeypatch, "serve", "--registry", registry, "--port", "0") == 2
+    line = _one_error_line(capsys.readouterr().err, "serve")
+    assert "--model" in line and message in line
+    if how != "ghost":  # promoting it is refused the same way; looking at it is not
+        assert _main(monkeypatch, "registry", "promote", "v0002", "--registry", registry) == 2
+        assert message in _one_error_line(capsys.readouterr().err, "registry")

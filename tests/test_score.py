@@ -349,12 +349,77 @@ def test_scores_an_ingested_parquet_split(ray_cluster, package, tmp_path):
     assert set(rescored["image_id"].to_pylist()) == dropped
 
 
+@pytest.mark.slow
+def test_resume_on_an_ingested_split_rescores_replaced_photos(ray_cluster, package, tmp_path):
+    """Dataset rows have no size or mtime: ``--resume`` reused every row after the split's
+    photos were replaced in place, and every row of an output made from another dataset."""
+    import shutil
+
+    import pyarrow as pa
+
+    from birdray.data.ingest import IngestConfig, run_ingest
+    from tests.cub_fixture import jpeg_bytes, write_layout
+
+    images = [(c, jpeg_bytes(color=(60 * c, 90, 200 - 40 * c)), t) for c in (1, 2) for t in (1, 0)]
+    dataset, out = tmp_path / "ds", tmp_path / "out"
+    run_ingest(IngestConfig(source=str(write_layout(tmp_path / "src", images).parent),
+                            out=str(dataset), val_fraction=0.0))  # fmt: skip
+    assert run_scoring(_cfg(dataset, out, package, split="test"))["scored"] == 2
+    same = run_scoring(_cfg(dataset, out, package, split="test", resume=True))
+    assert same["resume"] == {"reused": 2, "scored_now": 0}
+
+    other = tmp_path / "other"  # another dataset with the same relative paths
+    shutil.copytree(dataset, other)
+    moved = run_scoring(_cfg(other, out, package, split="test", resume=True))
+    assert moved["resume"] == {"reused": 0, "scored_now": 2}
+
+    for shard in (other / next(other.glob("shards-*")).name / "split=test").glob("*.parquet"):
+        table = pq.read_table(shard)  # the photos replaced, the ingest's hashes left as they were
+        at = table.schema.get_field_index("image")
+        swapped = pa.array([b"not an image any more"] * len(table), table.schema.field(at).type)
+        pq.write_table(table.set_column(at, table.schema.field(at), swapped), shard)
+    swapped = run_scoring(_cfg(other, out, package, split="test", resume=True))
+    assert swapped["resume"] == {"reused": 0, "scored_now": 2} and swapped["failed"] == 2
+
+
 def test_a_finished_output_is_not_overwritten_by_accident(scored, package):
     root, out, _ = scored
     before = (out / "_SUCCESS").read_text()
     with pytest.raises(RuntimeError, match="--resume or --overwrite"):
         run_scoring(_cfg(root, out, package))
     assert (out / "_SUCCESS").read_text() == before
+
+
+def test_an_album_with_a_manifest_and_a_link_to_the_output_scores_only_its_photos(
+    ray_cluster, package, tmp_path
+):
+    """Real folders' shapes, through the CLI door: another tool's manifest.json in the album
+    (refused as a damaged dataset), a link in it to the output (the last run's explanation PNGs
+    became photo rows, more each --resume), and a folder whose own name is not UTF-8 given
+    through a UTF-8 link (every photo was ``bad_filename``)."""
+    import os
+
+    album, out = tmp_path / "album", tmp_path / "out"
+    for i in range(3):
+        _photo(album / f"p{i}.jpg", seed=300 + i)
+    (album / "manifest.json").write_text('{"name": "Summer 2024", "photos": ["p0.jpg"]}')
+    out.mkdir()
+    (album / "results").symlink_to(out)
+    flags = ["--model", str(package), "--batch-size", "4", "--preprocess-cpus", "0.5"]
+    argv = ["score", "--input", str(album), "--output", str(out), *flags, "--explain-lowest", "2"]
+    for extra in ([], ["--resume", "true"]):
+        assert main([*argv, *extra]) == 0
+        rows = _rows(out)
+        assert sorted(rows["path"]) == [str(album / f"p{i}.jpg") for i in range(3)]
+    assert len(list((out / "explanations").glob("*.png"))) == 2
+
+    latin = tmp_path / os.fsdecode(b"l\xe9tin")
+    _photo(latin / "bird.jpg", seed=310)
+    (tmp_path / "link").symlink_to(latin)
+    assert main(["score", "--input", str(tmp_path / "link"), "--output", str(tmp_path / "o2"),
+                 *flags]) == 0  # fmt: skip
+    rows = _rows(tmp_path / "o2")
+    assert rows["path"].tolist() == [str(tmp_path / "link" / "bird.jpg")] and rows["ok"].all()
 
 
 def test_a_folder_lists_every_ending_the_decoder_reads_and_nothing_else(tmp_path):

@@ -124,3 +124,50 @@ def test_a_publish_that_dies_midway_never_looks_finished(s3_bucket, tmp_path, mo
     with pytest.raises(OutputError, match="another run published"):
         remote.publish(mirror, uri, seen=b'{"run_id": "v1"}')
     assert remote.marker(uri) == b'{"run_id": "v2"}'
+
+
+def test_a_damaged_shard_of_a_dataset_in_a_bucket_is_named_by_its_uri(s3_bucket, tmp_path):
+    """Each shard's footer is read through the bucket's client before any Ray work: a shard of
+    another schema is one error naming it; a README beside the shards is not data."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from birdray.scoring.sources import SourceError, list_inputs, open_source
+
+    uri = f"{s3_bucket}/shard-check"
+    manifest = {"schema_version": 1, "shards_dir": "shards-1", "splits": {"val": {}},
+                "counts": {}, "class_names": ["001.A"], "quarantine": {}}  # fmt: skip
+    _put(f"{uri}/manifest.json", json.dumps(manifest).encode())
+    table = pa.table({"image_id": [1, 2], "path": ["a.jpg", "b.jpg"], "image": [b"1", b"2"]})
+    pq.write_table(table, tmp_path / "good.parquet")
+    _put(f"{uri}/shards-1/split=val/good.parquet", (tmp_path / "good.parquet").read_bytes())
+    _put(f"{uri}/shards-1/split=val/README.txt", b"not data")
+    listing = list_inputs(open_source(uri, "val"), None, exclude=None)
+    assert listing["path"].to_pylist() == ["a.jpg", "b.jpg"]
+    pq.write_table(pa.table({"foo": [1]}), tmp_path / "foreign.parquet")
+    _put(f"{uri}/shards-1/split=val/foreign.parquet", (tmp_path / "foreign.parquet").read_bytes())
+    with pytest.raises(SourceError, match=f"shard {uri}/shards-1/split=val/foreign.parquet lacks"):
+        open_source(uri, "val")
+
+
+def test_a_prefix_of_someone_elses_objects_is_refused_and_left_alone(s3_bucket, tmp_path):
+    """Publishing replaces every result name under the prefix: a team's ``summary.json`` and
+    ``review/notes.txt`` there were overwritten and deleted (the local check skipped buckets)."""
+    uri = f"{s3_bucket}/team-space"
+    _put(f"{uri}/summary.json", b"their summary")
+    _put(f"{uri}/review/notes.txt", b"their notes")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(jpeg_bytes())
+    package = make_package(tmp_path / "pkg", num_classes=3)
+    cfg = ScoreConfig(input=str(photos), output=uri, model=str(package), registry="")
+    with pytest.raises(OutputError, match=r"not a birdray result \(review, summary.json\)"):
+        run_scoring(cfg)
+    assert storage.read_bytes(f"{uri}/summary.json") == b"their summary"
+    assert storage.read_bytes(f"{uri}/review/notes.txt") == b"their notes"
+    mirror = tmp_path / "mirror"
+    assert remote.foreign_prefix(f"{s3_bucket}/nothing-here", mirror) == ""  # a new prefix
+    _finished(mirror, "v1")  # this machine's committed run whose publish died: it may finish
+    assert remote.foreign_prefix(uri, mirror) == ""

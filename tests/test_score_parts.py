@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,17 +13,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from birdray.cli import main
-from birdray.config import ConfigError
-from birdray.scoring.job import ScoreConfig
+from birdray.config import ConfigError, UsageError
+from birdray.scoring.job import ScoreConfig, run_scoring
 from birdray.scoring.output import (
     SUCCESS,
     OutputError,
     PartWriter,
     commit,
+    foreign,
     locked,
+    new_run_id,
     read_rows,
-    reusable_rows,
 )
+from birdray.scoring.resume import input_identity, reusable_rows, write_inputs
 from birdray.scoring.sources import (
     SourceError,
     list_inputs,
@@ -212,10 +215,11 @@ def test_resume_reuses_only_ok_unchanged_rows_of_this_model(tmp_path):
     ]  # fmt: skip
     (tmp_path / "predictions").mkdir()
     pq.write_table(pa.Table.from_pylist(old, SCHEMA), tmp_path / "predictions" / "part-0.parquet")
-    (tmp_path / ".partial-x" / "predictions").mkdir(parents=True)
+    crash = tmp_path / ".partial-20260101-120000-0a1b2c"  # a run of birdray's (output.RUN_ID)
+    (crash / "predictions").mkdir(parents=True)
     crashed = pa.Table.from_pylist([_row("/from-crash")], SCHEMA)
-    pq.write_table(crashed, tmp_path / ".partial-x" / "predictions" / "part-0.parquet")
-    (tmp_path / ".partial-x" / "predictions" / "part-1.parquet").write_bytes(b"PAR1 torn")
+    pq.write_table(crashed, crash / "predictions" / "part-0.parquet")
+    (crash / "predictions" / "part-1.parquet").write_bytes(b"PAR1 torn")
     listing = pa.table(
         {
             "path": ["/keep", "/failed", "/other-model", "/changed", "/from-crash", "/new"],
@@ -238,12 +242,144 @@ def test_commit_swaps_results_and_writes_success_last(tmp_path):
     (staging / "predictions").mkdir(parents=True)
     (staging / "predictions" / "new.parquet").write_bytes(b"new")
     (staging / "summary.json").write_text('{"run": 2}')
-    (root / ".partial-crashed").mkdir()
+    (root / ".partial-20260101-120000-0a1b2c").mkdir()  # a crashed run of birdray's
     commit(root, staging, {"run_id": "run2"})
     assert [p.name for p in (root / "predictions").iterdir()] == ["new.parquet"]
     assert json.loads((root / "summary.json").read_text()) == {"run": 2}
     assert json.loads((root / SUCCESS).read_text())["run_id"] == "run2"
     assert sorted(p.name for p in root.iterdir()) == ["_SUCCESS", "predictions", "summary.json"]
+
+
+def _tree(root) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_a_folder_of_someone_elses_files_is_refused_and_left_alone(tmp_path, capsys):
+    """An --output holding no birdray result (here, a user's folders named like ours): the job
+    exited 0 after its commit had deleted review/labels.txt, explanations/notes.md, their
+    summary.json and .old-backup/. Now the pre-flight and the job refuse it, untouched, with or
+    without --overwrite (which replaces only a result of birdray's own)."""
+    from tests.model_fixture import make_package
+
+    package = make_package(tmp_path / "pkg")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"1")
+    mine = tmp_path / "mine"
+    files = {"review/labels.txt": "my labels", "explanations/notes.md": "notes",
+             "summary.json": '{"mine": true}', ".old-backup/keep.txt": "old",
+             ".partial-notes/x.txt": "draft", "notes.txt": "unrelated"}  # fmt: skip
+    for name, text in files.items():
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text(text)
+    before = _tree(mine)
+    argv = ["score", "--input", str(photos), "--model", str(package), "--output", str(mine)]
+    for extra in ([], ["--overwrite", "true"]):
+        assert main([*argv, *extra]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("birdray score: error: --output: ")
+        assert "explanations/, notes.txt, review/" in lines[0] and "new or empty folder" in lines[0]
+        with pytest.raises(OutputError, match="not a birdray result"):
+            run_scoring(ScoreConfig(input=str(photos), output=str(mine), model=str(package)))
+        assert _tree(mine) == before  # not even a .lock
+    (mine / "review" / "labels.txt").unlink()  # the pre-flight still says why, in one line
+    assert main(argv) == 2 and "not a birdray result" in capsys.readouterr().err
+    hidden = tmp_path / "finder"  # only hidden files (.DS_Store): birdray never touches them
+    (hidden / ".old-backup").mkdir(parents=True)
+    (hidden / ".DS_Store").write_bytes(b"\0")
+    assert foreign(hidden) == ""
+
+
+def test_commit_deletes_only_birdrays_own_leftovers(tmp_path):
+    """The clean-up after a commit matched ``.old-*`` and ``.partial-*``: a user's backup went."""
+    root = tmp_path / "out"
+    (root / "predictions").mkdir(parents=True)
+    (root / SUCCESS).write_text("{}")
+    users = [".old-backup/keep.txt", ".partial-notes/x.txt", ".old-2026/y.txt"]
+    for name in users:
+        (root / name).parent.mkdir(parents=True)
+        (root / name).write_text("theirs")
+    ours = [root / ".old-20260101-120000-0a1b2c", root / ".partial-20260101-120000-0a1b2c"]
+    for folder in ours:
+        folder.mkdir()
+    staging = root / f".partial-{new_run_id()}"
+    (staging / "predictions").mkdir(parents=True)
+    commit(root, staging, {"run_id": staging.name})
+    assert all((root / name).read_text() == "theirs" for name in users)
+    assert not any(p.exists() for p in [*ours, staging])
+
+
+@pytest.mark.parametrize("through", ["a link", "a plain path"])
+def test_an_output_that_holds_the_input_is_refused_before_anything(tmp_path, capsys, through):
+    """``--output`` a parent of ``--input``: the job listed nothing ('nothing to score', exit 1)
+    and left a .lock there; now one line, exit 2, links resolved."""
+    photos = tmp_path / "parent" / "photos"
+    photos.mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(b"1")
+    output = tmp_path / "parent"
+    if through == "a link":
+        output = tmp_path / "link"
+        output.symlink_to(tmp_path / "parent")
+    assert main(["score", "--input", str(photos), "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("birdray score: error: --output: ") and "holds --input" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "parent" / ".lock").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--max-file-mb", "-1"), ("--max-pixels", "0"), ("--max-file-mb", "nan"),
+     ("--stall-timeout-s", "nan"), ("--preprocess-cpus", "-0.5"), ("--rows-per-file", "0"),
+     ("--torch-threads", "-1"), ("--preprocess-memory-mb", "-1"), ("--num-gpus", "inf"),
+     ("--max-file-mb", "1e-9")],
+)  # fmt: skip
+def test_nonsense_limits_are_refused_naming_the_flag(capsys, flag, value):
+    """``--max-file-mb -1`` and ``--max-pixels 0`` made every row an error row, exit 0."""
+    assert main(["score", "--input", "x", "--output", "y", flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"error: {flag} " in err
+
+
+def _split(folder, images: dict[str, bytes], hashes: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = {"image_id": list(range(len(images))), "path": list(images),
+               "image": list(images.values()), "content_hash": list(hashes.values())}  # fmt: skip
+    table = pa.table(columns)
+    pq.write_table(table, folder / "part-0.parquet")
+
+
+def test_resume_on_a_dataset_reuses_only_rows_of_unchanged_photos(tmp_path):
+    """Dataset rows have no size or mtime, so (None, None) matched: rows of replaced photos,
+    or of another dataset, were reused. Identity is now the photo's hash plus its shard's."""
+    import shutil
+
+    from birdray.scoring.sources import Source, list_inputs
+
+    images = {f"c/{i}.jpg": b"photo %d" % i for i in range(3)}
+    hashes = {p: f"h{i}" for i, p in enumerate(images)}
+    _split(tmp_path / "ds" / "split=test", images, hashes)
+    source = Source("dataset", str(tmp_path / "ds"), "", str(tmp_path / "ds" / "split=test"))
+    out = tmp_path / "out"
+    (out / "predictions").mkdir(parents=True)
+    rows = [{**_row(p, size=None, mtime=None), "image_id": i} for i, p in enumerate(images)]
+    pq.write_table(pa.Table.from_pylist(rows, SCHEMA), out / "predictions" / "part-0.parquet")
+
+    def reused(src: Source) -> list[str]:
+        listing = list_inputs(src, None, None)
+        return sorted(reusable_rows(out, listing, "v1", input_identity(src))["path"].to_pylist())
+
+    assert reused(source) == []  # an output that never recorded what it was made from
+    write_inputs(out, input_identity(source))
+    assert reused(source) == sorted(images)
+    other = tmp_path / "other"  # a copy elsewhere: another shard, whatever the paths say
+    shutil.copytree(tmp_path / "ds", other)
+    assert reused(Source("dataset", str(other), "", str(other / "split=test"))) == []
+    # the photos replaced in place under the same hashes (the reviewer's rewrite of the shard)
+    _split(tmp_path / "ds" / "split=test", {p: b"not an image" for p in images}, hashes)
+    assert reused(source) == []
 
 
 def test_one_job_per_output_folder(tmp_path):
@@ -309,7 +445,7 @@ def test_decode_stage_turns_every_failure_into_an_error_string(tmp_path):
         batch, Source("folder", str(tmp_path), ""), json.dumps(config), 2**20, 10**6
     )
     codes = [e.split(":", 1)[0] for e in out["error"]]
-    assert codes == ["", "empty", "not_an_image", "unreadable", "file_too_big"]
+    assert codes == ["", "empty", "not_an_image", "missing", "file_too_big"]  # gone: as at listing
     assert out["pixels"].shape == (5, 3, 16, 16) and out["pixels"].dtype == np.uint8
     assert out["pixels"][0].mean() > 0 and out["pixels"][1:].max() == 0
     assert (out["width"][0], out["height"][0]) == (40, 30) and out["width"][1] == -1
@@ -393,3 +529,153 @@ def test_a_bucket_that_is_gone_ends_the_job_naming_it(tmp_path, monkeypatch):
 
     with pytest.raises(SourceError, match="cannot reach s3://birds/photos"):
         _stream_rows(Rows(), PartWriter(tmp_path, "part", 10))
+
+
+def _shards(dataset, rows: int = 3) -> Path:
+    """A small dataset as ingest lays it out (a manifest, a split folder of Parquet shards)."""
+    split = dataset / "shards-1" / "split=val"
+    split.mkdir(parents=True)
+    manifest = {"schema_version": 1, "shards_dir": "shards-1", "splits": {"val": {}},
+                "counts": {}, "class_names": ["001.A"], "quarantine": {}}  # fmt: skip
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    for n in range(2):
+        ids = list(range(n * rows, (n + 1) * rows))
+        table = pa.table(
+            {
+                "image_id": pa.array(ids, pa.int32()),
+                "path": [f"cub/{i}.jpg" for i in ids],
+                "image": pa.array([b"x"] * rows, pa.binary()),
+                "label": [0] * rows,
+            }
+        )
+        pq.write_table(table, split / f"part-{n}.parquet")
+    return split
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda f: f.write_bytes(bytes(range(256)) * 3), "is not a Parquet file: Parquet magic"),
+        (lambda f: f.write_bytes(b""), "is empty (0 bytes)"),
+        (
+            lambda f: pq.write_table(pa.table({"foo": [1, 2]}), f),
+            "lacks column(s) image_id, path, image (has foo)",
+        ),
+        (
+            lambda f: pq.write_table(pa.table({"image_id": ["a"], "path": ["p"], "image": [1]}), f),
+            "has columns of the wrong type: image_id is string, image is int64",
+        ),
+    ],
+    ids=["garbage", "zero_bytes", "foreign_schema", "wrong_types"],
+)
+def test_a_damaged_shard_is_one_line_naming_it_before_any_ray_work(tmp_path, capsys, damage, said):
+    """A garbage, empty or foreign shard in an ingested split was pyarrow's traceback (or a
+    RayTaskError from inside read_parquet): now the CLI says which shard and what is wrong."""
+    from tests.model_fixture import make_package
+
+    split = _shards(tmp_path / "ds")
+    damage(split / "part-1.parquet")
+    out = tmp_path / "out"
+    argv = ["score", "--input", str(tmp_path / "ds"), "--split", "val", "--output", str(out),
+            "--model", str(make_package(tmp_path / "pkg"))]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert f"shard {split / 'part-1.parquet'} {said}" in err
+    assert not (out / SUCCESS).exists()
+
+
+def test_files_beside_the_shards_are_not_data_as_for_ray_datas_reader(tmp_path):
+    """A README, ``_SUCCESS`` or ``.DS_Store`` in a split folder ended the job ("Could not open
+    Parquet input source"); Ray's read_parquet (training's and scoring's reader) skips them."""
+    split = _shards(tmp_path / "ds")
+    (split / "README.txt").write_text("hi")
+    (split / "_SUCCESS").write_bytes(b"")
+    (split / ".DS_Store").write_bytes(b"\0")
+    (split / ".hidden").mkdir()
+    (split / ".hidden" / "x.parquet").write_bytes(b"junk")
+    source = open_source(str(tmp_path / "ds"), "val")
+    listing = list_inputs(source, None, exclude=None)
+    assert listing["image_id"].to_pylist() == list(range(6))
+    from birdray.scoring.sources import read_many
+
+    assert read_many(source, ["cub/4.jpg"]) == {"cub/4.jpg": b"x"}
+
+
+def test_a_folder_of_photos_with_another_tools_manifest_is_scored_as_photos(tmp_path):
+    """An album export's (or a web app's) manifest.json made the folder a "dataset" and the job
+    refused it: "manifest.json lacks schema_version, shards_dir, ..."."""
+    from birdray.checks.serving_jobs import score as check_score
+
+    (tmp_path / "album").mkdir()
+    (tmp_path / "album" / "a.jpg").write_bytes(b"1")
+    (tmp_path / "album" / "manifest.json").write_text('{"name": "Summer", "photos": ["a.jpg"]}')
+    source = open_source(str(tmp_path / "album"))
+    assert source.kind == "folder"
+    listing = list_inputs(source, (".jpg",), exclude=None)
+    assert listing["path"].to_pylist() == [str(tmp_path / "album" / "a.jpg")]
+    cfg = ScoreConfig(input=str(tmp_path / "album"), output=str(tmp_path / "out"),
+                      model=str(tmp_path / "album"))  # fmt: skip
+    with pytest.raises(UsageError, match="^--model") as refused:  # past --input's check
+        check_score(cfg)
+    assert "--input" not in str(refused.value)
+
+
+def test_no_link_leads_the_listing_into_the_output_folder(tmp_path):
+    """The output was excluded by its path string: a link to it inside the input (or a link back
+    up, ``up -> ..``) listed the last run's explanation PNGs as photos, more at each rerun."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.jpg").write_bytes(b"1")
+    (out / "explanations").mkdir(parents=True)
+    (out / "explanations" / "0.png").write_bytes(b"2")
+    (src / "results").symlink_to(out)
+    (src / "sub" / "up").symlink_to(tmp_path)  # reaches in/ again and out/
+    (tmp_path / "outlink").symlink_to(out)
+    for exclude in (out, tmp_path / "outlink"):  # the output named through a link too
+        listing = list_inputs(open_source(str(src)), (".jpg", ".png"), exclude=exclude)
+        assert listing["path"].to_pylist() == [str(src / "a.jpg")]
+    every = list_inputs(open_source(str(src)), (".png",), exclude=None)
+    assert len(every) == 1  # without an output to skip, the PNG is listed (once, by one path)
+    (tmp_path / "inlink").symlink_to(src)
+    with pytest.raises(SourceError, match="must not be the --input folder itself"):
+        list_inputs(open_source(str(tmp_path / "inlink")), None, exclude=src)
+
+
+def test_a_file_deleted_after_listing_is_missing_as_at_listing(tmp_path):
+    """Listed, then deleted before its decode: "unreadable: [Errno 2] ..." while a file already
+    gone at listing was "missing" -- one condition, two codes."""
+    from birdray.scoring.decode import prepare_batch
+
+    (tmp_path / "a.jpg").write_bytes(b"1")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    source = open_source(str(tmp_path))
+    listing = list_inputs(source, (".jpg",), exclude=None)
+    (tmp_path / "a.jpg").unlink()
+    config = {"input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.5] * 3,
+              "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+    out = prepare_batch(listing, source, json.dumps(config), 2**20, 10**6)
+    at_listing = listing["error"][1].as_py()
+    assert at_listing.startswith("missing:")
+    assert list(out["error"]) == [at_listing, at_listing]
+
+
+def test_a_folder_name_that_is_not_utf8_is_named_and_a_utf8_link_to_it_scores(tmp_path):
+    """Under a folder whose name is not UTF-8, every photo was told to rename itself; and a link
+    with a UTF-8 name to that folder did not help, as the input was listed by its target."""
+    import os
+
+    bad = tmp_path / os.fsdecode(b"fold\xe9r")
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"1")
+    listing = list_inputs(open_source(str(tmp_path)), (".jpg",), exclude=None)
+    assert listing["path"].to_pylist() == [str(tmp_path / "fold\\xe9r" / "a.jpg")]
+    assert listing["error"].to_pylist() == [
+        "bad_filename: the folder name 'fold\\xe9r' is not valid UTF-8; rename it"
+    ]
+    (tmp_path / "link").symlink_to(bad)
+    source = open_source(str(tmp_path / "link"))
+    listing = list_inputs(source, (".jpg",), exclude=None)
+    assert listing["path"].to_pylist() == [str(tmp_path / "link" / "a.jpg")]
+    assert listing["error"].to_pylist() == [None]
+    assert read_file(source, listing["path"][0].as_py()) == b"1"

@@ -17,7 +17,7 @@ from birdray.devices import DEVICES, check_local
 
 MODEL_HELP = "a model package folder, or production|latest|vNNNN|ALIAS with --registry"
 # A registry alias (``candidate``, ``champion``), read with the registry's own alias reading.
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")  # \Z: "$" lets a final newline in
 
 
 def full_path(location: str) -> str:
@@ -76,11 +76,14 @@ def dataset(flag: str, location: str, split: str | None = None) -> dict[str, Any
     return manifest
 
 
-def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
+def model(model_ref: str, registry: str | None, flag: str = "--model", usable: bool = True) -> None:
     """``model_ref`` names a model package folder or a version the registry really has.
 
     The kind of reference comes from ``ModelRef`` (the one parser Serve, scoring and evaluation
-    resolve with); only the registry's public functions are read.
+    resolve with); only the registry's public functions are read. ``usable``: the version it
+    names now must also be whole (marker, metadata, weights file): a ghost version or deleted
+    weights otherwise failed Serve's deployment after Ray had started (``registry show`` of a
+    broken entry passes ``False``: looking at it is how one finds what broke).
     """
     from birdray.registry.ref import ModelRef
 
@@ -144,6 +147,19 @@ def model(model_ref: str, registry: str | None, flag: str = "--model") -> None:
             flag,
             f"the registry at {root} has no {ref} (it has: {', '.join(versions) or 'none'})",
         )
+    version = current if current else (versions[-1] if ref == "latest" else ref)
+    require(
+        version in versions,
+        flag,
+        f"{ref} in the registry at {root} points at {version}, which the registry does not "
+        f"have (it has: {', '.join(versions) or 'none'}); point {ref} at one it has",
+    )
+    if usable:
+        try:  # read through the registry: a folder or a bucket alike, no weights downloaded
+            reglib.check_usable(registry, version)
+        except (OSError, ValueError) as exc:  # RegistryError included
+            named = f"{ref} ({version})" if ref != version else version
+            raise UsageError(f"{flag} {named} cannot be used: {exc}") from None
 
 
 def positive(values: dict[str, float], minimum: float = 1) -> None:

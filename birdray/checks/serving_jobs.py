@@ -34,6 +34,7 @@ def registry(cfg: Any) -> None:
     words = list(cfg.args or [])
     if cfg.action == "add":  # the registry may not exist yet: add creates it
         require(len(words) == 1, "add", f"takes one model package folder, got {words}")
+        output("--registry", cfg.registry)  # a file, or a path under one: one line
         exists("add", words[0], "a model package folder")
         if not storage.is_remote(words[0]):
             model(words[0], None, "add")
@@ -51,12 +52,12 @@ def registry(cfg: Any) -> None:
     takes = 1 if cfg.action in ("show", "promote") else 0
     require(len(words) <= takes, cfg.action, f"takes {takes or 'no'} word(s), got {words}")
     ref = words[0] if words else cfg.version
-    if cfg.action in ("show", "promote"):
-        model(ref, cfg.registry, "--version")
+    if cfg.action in ("show", "promote"):  # show: a broken entry is there to be looked at
+        model(ref, cfg.registry, "--version", usable=cfg.action == "promote")
     elif cfg.action == "rollback":
         from birdray.registry import read_aliases, read_pointer
 
-        require(ALIAS_RE.match(cfg.alias) is not None, "--alias", f"{cfg.alias!r} is no alias")
+        require(ALIAS_RE.fullmatch(cfg.alias) is not None, "--alias", f"{cfg.alias!r} is no alias")
         history = read_pointer(cfg.registry, cfg.alias).get("history", [])
         set_ = ", ".join(read_aliases(cfg.registry)) or "none"
         require(
@@ -163,12 +164,14 @@ def score(cfg: Any) -> None:
         if is_dataset(cfg.input):
             dataset("--input", cfg.input, cfg.split)
     output("--output", cfg.output)
-    if not storage.is_remote(cfg.output) and not storage.is_remote(cfg.input):
-        require(
-            full_path(cfg.output) != full_path(cfg.input),
-            "--output",
-            "must not be the --input folder itself (use a subfolder)",
-        )
+    from birdray.scoring.output import clash, foreign
+
+    # the input itself or a folder holding it (results among the photos, the listing empty), and
+    # a folder of someone else's files (a commit replaced their summary.json, review/ ...)
+    require(not clash(cfg.output, cfg.input), "--output", clash(cfg.output, cfg.input))
+    if not storage.is_remote(cfg.output):
+        wrong = foreign(storage.local_path(cfg.output))
+        require(not wrong, "--output", wrong)
     model(cfg.model, cfg.registry)
     positive({"--explain-lowest": cfg.explain_lowest}, 0)
 

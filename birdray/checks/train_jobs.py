@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,10 @@ from birdray.checks.common import (
     require,
 )
 from birdray.config import UsageError
+from birdray.config import flag as flag_of
+
+SIGNED = ("seed", "inject_failure_at_epoch", "max_failures")  # negative means something there
+SHARES = ("drop_rate", "label_smoothing", "hflip", "scale_min")  # between 0 and 1
 
 
 def train(cfg: Any) -> None:
@@ -72,6 +78,8 @@ def train(cfg: Any) -> None:
     require(cfg.cpus_per_worker > 0, "--cpus-per-worker", "must be > 0")
     require(cfg.data_cpus > 0, "--data-cpus", "must be > 0")
     require(cfg.lr > 0, "--lr", "must be > 0")
+    settings(cfg, flag_of)
+    run_name("--name", cfg.name)
     from birdray.train.optim import unknown_optimizer
 
     why = unknown_optimizer(cfg.opt)  # else it failed in the first worker, retried --max-failures
@@ -84,6 +92,29 @@ def train(cfg: Any) -> None:
             "--registry",
             f"{cfg.registry} is a file; expected a registry folder",
         )
+
+
+def settings(cfg: Any, label: Any) -> None:
+    """Every number of a ``TrainConfig`` is finite (an lr of inf trained NaNs), none is negative
+    but where that means something, and shares are shares; the architecture is one timm knows
+    (else Ray started, a run folder was written, and the first worker failed). ``label`` turns
+    a field's name into what the user typed (``--lr``, or tune's ``--train (lr)``)."""
+    import timm
+
+    for spec in dataclasses.fields(cfg):
+        value, name = getattr(cfg, spec.name), spec.name
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        require(math.isfinite(value), label(name), f"must be a finite number, got {value}")
+        require(name in SIGNED or value >= 0, label(name), f"must be >= 0, got {value:g}")
+        require(name not in SHARES or value <= 1, label(name), f"must be <= 1, got {value:g}")
+    require(timm.is_model(cfg.arch), label("arch"), f"{cfg.arch!r} is not a timm model name")
+
+
+def run_name(label: str, name: str) -> None:
+    """A run's name is one folder under --storage-path: ``../../x`` wrote outside it."""
+    one_part = name == Path(name).name and name not in (".", "..") and "\\" not in name
+    require(one_part, label, f"{name!r} must be one folder name (no '/', '..')")
 
 
 def tune(cfg: Any) -> None:
@@ -121,6 +152,21 @@ def tune(cfg: Any) -> None:
     if cfg.registry:  # the winner is evaluated on it before it is registered
         require(cfg.eval_split in have, "--eval-split", f"{cfg.eval_split!r} is not in {have}")
     positive({"--epochs": cfg.epochs, "--num-samples": cfg.num_samples})
+    from birdray.config import ConfigError
+    from birdray.tune.job import base_train_config
+
+    require(bool(cfg.archs), "--archs", "name at least one timm architecture")
+    try:  # the sweep refuses these itself too, after its own checks
+        base = base_train_config(cfg)
+    except ConfigError as exc:
+        raise UsageError(f"--train: {exc}") from None
+    import timm
+
+    for arch in cfg.archs:
+        require(timm.is_model(arch), "--archs", f"{arch!r} is not a timm model name")
+    settings(base, lambda name: f"--train ({name})")
+    require(base.lr > 0 and base.batch_size >= 1, "--train", "lr must be > 0, batch_size >= 1")
+    run_name("--name", cfg.name)
     positive({"--grace-period": cfg.grace_period})
     positive({"--reduction-factor": cfg.reduction_factor}, 2)
     output("--storage-path", cfg.storage_path)

@@ -21,6 +21,9 @@ from birdray import storage
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "shards_dir", "splits", "counts", "class_names", "quarantine")
+# keys no other tool's manifest.json is likely to have (a web app's has name/icons/start_url, an
+# album export's name/photos): one of them makes a manifest.json birdray's, complete or not
+MARKERS = ("schema_version", "shards_dir", "class_names", "quarantine")
 
 
 class DatasetError(ValueError):
@@ -49,7 +52,7 @@ def load_manifest(dataset: str | Path) -> dict[str, Any]:
     path = storage.join(dataset, MANIFEST_FILE)
     try:
         manifest = json.loads(_manifest_bytes(dataset))
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not text at all
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
@@ -63,11 +66,25 @@ def load_manifest(dataset: str | Path) -> dict[str, Any]:
 
 
 def is_dataset(location: str | Path) -> bool:
-    """Whether ``location`` holds a manifest (complete or not: ``load_manifest`` judges that)."""
+    """Whether ``location`` holds birdray's manifest (complete or not: ``load_manifest`` judges
+    that). A photo folder may hold another tool's ``manifest.json`` (a web app's, an album
+    export's): valid JSON that is not an object with one of birdray's ``MARKERS`` is not a
+    dataset, so the folder is still scored as photos. One that is not valid JSON is taken as
+    birdray's, damaged, so the user hears what is wrong with it instead of a dataset silently
+    scored as a photo folder."""
+    path = storage.join(location, MANIFEST_FILE)
     try:
-        return storage.file_type(storage.join(location, MANIFEST_FILE)) == pafs.FileType.File
+        if storage.file_type(path) != pafs.FileType.File:
+            return False
     except ValueError:  # not a URI pyarrow knows; unreachable buckets raise, never "no"
         return False
+    try:
+        manifest = json.loads(storage.read_bytes(path))
+    except FileNotFoundError:  # removed since the look
+        return False
+    except ValueError:  # not JSON (or not text): damaged, and load_manifest says so
+        return True
+    return isinstance(manifest, dict) and any(key in manifest for key in MARKERS)
 
 
 def manifest_checksum(dataset: str | Path) -> str:

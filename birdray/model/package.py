@@ -9,8 +9,10 @@ preprocessing path), the calibration temperature and where the model came from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -49,19 +51,81 @@ class PackageMetadata:
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PackageMetadata:
-        known = {f for f in cls.__dataclass_fields__}
-        missing = [
-            k for k in ("arch", "num_classes", "class_names", "data_config") if k not in data
-        ]
+    def from_json(cls, data: Any) -> PackageMetadata:
+        """Metadata from parsed JSON, each field of the type consumers use it as: a wrong one
+        (``num_classes: "many"``) is refused here, not when Serve builds the model after Ray
+        has started."""
+        if not isinstance(data, dict):
+            raise ModelError(f"metadata.json: holds a JSON {type(data).__name__}, not an object")
+        missing = [k for k in REQUIRED if k not in data]
         if missing:
-            raise ModelError(f"metadata.json lacks {', '.join(missing)}")
-        if data.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise ModelError(f"metadata.json: lacks {', '.join(missing)}")
+        schema = data.get("schema_version", SCHEMA_VERSION)
+        if not _is_int(schema):
+            raise ModelError(f"metadata.json: schema_version is {schema!r}, not an integer")
+        if schema > SCHEMA_VERSION:
             raise ModelError(
-                f"package schema {data['schema_version']} is newer than this birdray "
+                f"metadata.json: package schema {schema} is newer than this birdray "
                 f"({SCHEMA_VERSION}); upgrade birdray"
             )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key, value in known.items():
+            if not FIELD_TYPES[key](value):
+                raise ModelError(
+                    f"metadata.json: {key} is {_shown(value)}, expected {FIELD_NAMES[key]}"
+                )
+        if len(known["class_names"]) != known["num_classes"]:
+            raise ModelError(
+                f"metadata.json: {len(known['class_names'])} class_names for num_classes "
+                f"{known['num_classes']}"
+            )
+        return cls(**known)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
+
+
+PREFIX = f"{METADATA_FILE}: "  # from_json's messages; read_metadata names the whole path instead
+# the fields without a default (image_size too: missing, it was a TypeError traceback)
+REQUIRED = tuple(
+    f.name
+    for f in dataclasses.fields(PackageMetadata)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+# Per field: (the test, what the message says is expected). ``arch`` is checked for being a name
+# only: whether timm knows it needs timm (and torch) imported, ~3 s; load_package says so.
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "arch": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
+    "num_classes": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "class_names": (
+        lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "a list of names",
+    ),
+    "data_config": (lambda v: isinstance(v, dict), "an object (timm's data config)"),
+    "image_size": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "temperature": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "metrics": (lambda v: isinstance(v, dict), "an object"),
+    "train_config": (lambda v: isinstance(v, dict), "an object"),
+    "dataset": (lambda v: isinstance(v, dict), "an object"),
+    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "provenance": (lambda v: isinstance(v, dict), "an object"),
+    "created_at": (_is_number, "a number"),
+    "content_hash": (lambda v: isinstance(v, str), "a string"),
+    "version": (lambda v: v is None or isinstance(v, str), "a version name or null"),
+    "schema_version": (_is_int, "an integer"),
+}
+FIELD_TYPES = {k: test for k, (test, _) in _FIELDS.items()}
+FIELD_NAMES = {k: name for k, (_, name) in _FIELDS.items()}
 
 
 @dataclass
@@ -123,13 +187,20 @@ def save_package(out_dir: str | Path, model: torch.nn.Module, metadata: PackageM
 
 def read_metadata(path: str | Path) -> PackageMetadata:
     meta_path = Path(path) / METADATA_FILE
+    if meta_path.is_dir():
+        raise ModelError(f"{meta_path} is a folder, not the package's metadata file")
     if not meta_path.is_file():
         raise ModelError(f"not a model package (no {METADATA_FILE}): {path}")
     try:
-        data = json.loads(meta_path.read_text())
+        data = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{meta_path} is not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ModelError(f"{meta_path} is not valid JSON: {exc}") from exc
-    return PackageMetadata.from_json(data)
+    try:
+        return PackageMetadata.from_json(data)
+    except ModelError as exc:
+        raise ModelError(f"{meta_path}: {str(exc).removeprefix(PREFIX)}") from None
 
 
 def check_fine_tune_source(
@@ -149,18 +220,74 @@ def check_fine_tune_source(
 
 
 def verify_package(path: str | Path) -> PackageMetadata:
-    """Metadata of a complete, untampered package; a clear ``ModelError`` otherwise."""
+    """Metadata of a complete, untampered package; a clear ``ModelError`` otherwise.
+
+    The weights must be a whole safetensors file (its header read: cheap) whose SHA-256 is the
+    metadata's ``content_hash``. ``save_package`` always writes that hash, so a package without
+    one was not made by birdray, or was edited: it is refused rather than trusted unchecked.
+    """
     meta = read_metadata(path)
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelError(f"model package {path} has no {WEIGHTS_FILE}")
-    actual = file_sha256(weights)
-    if meta.content_hash and actual != meta.content_hash:
+    check_safetensors(weights)
+    _check_hash(meta, file_sha256(weights), path)
+    return meta
+
+
+SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library's own bound on the JSON header
+
+
+def check_safetensors(weights: Path) -> None:
+    """``weights`` has a safetensors header (8-byte length, JSON table of tensors) whose tensors
+    fill the file exactly: random bytes, a pickle or a truncated copy are named here, in
+    milliseconds, not by the loader after Serve has started."""
+    size = weights.stat().st_size
+    with open(weights, "rb") as fh:
+        length = int.from_bytes(fh.read(8), "little") if size >= 8 else -1
+        if not 0 < length <= min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise _not_safetensors(weights, f"header length {length} in a {size}-byte file")
+        try:
+            header = json.loads(fh.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _not_safetensors(weights, "its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _not_safetensors(weights, "its header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not tensors:
+        raise _not_safetensors(weights, "its header lists no tensors")
+    end = 0
+    for name, entry in tensors.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise _not_safetensors(weights, f"tensor {name!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    if 8 + length + end != size:
+        raise _not_safetensors(
+            weights, f"its tensors need {8 + length + end} bytes, the file has {size} (truncated?)"
+        )
+
+
+def _not_safetensors(weights: Path, why: str) -> ModelError:
+    return ModelError(f"{weights} is not a whole safetensors file: {why}")
+
+
+def _check_hash(meta: PackageMetadata, actual: str, path: str | Path) -> None:
+    if not meta.content_hash:
+        raise ModelError(
+            f"model package {path}: metadata.json has no content_hash, so its weights cannot be "
+            "checked (birdray writes one into every package it saves)"
+        )
+    if actual != meta.content_hash:
         raise ModelError(
             f"model package {path}: weights hash {actual[:12]} does not match "
             f"metadata {meta.content_hash[:12]} (corrupt or half-written)"
         )
-    return meta
 
 
 def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelPackage:
@@ -179,12 +306,7 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
 
 
 def _check_bytes(meta: PackageMetadata, weights: bytes, path: str | Path) -> None:
-    actual = hashlib.sha256(weights).hexdigest()
-    if meta.content_hash and actual != meta.content_hash:
-        raise ModelError(
-            f"model package {path}: weights hash {actual[:12]} does not match "
-            f"metadata {meta.content_hash[:12]} (corrupt or half-written)"
-        )
+    _check_hash(meta, hashlib.sha256(weights).hexdigest(), path)
 
 
 def package_files(path: str | Path) -> dict[str, bytes]:

@@ -27,8 +27,10 @@ from birdray.registry.versions import (
     find_version,
     list_versions,
     register,
+    register_once,
 )
 from birdray.registry.views import (
+    check_usable,
     is_package_dir,
     latest_calibration,
     local_copy,
@@ -49,6 +51,7 @@ __all__ = [
     "RegistryError",
     "check_alias",
     "check_ref",
+    "check_usable",
     "check_version",
     "find_version",
     "is_package_dir",
@@ -61,6 +64,7 @@ __all__ = [
     "record_evaluation",
     "record_explanation",
     "register",
+    "register_once",
     "resolve",
     "rollback",
     "run_registry",

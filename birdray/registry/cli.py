@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from birdray import storage
 from birdray.config import field
 from birdray.model.errors import ModelError
-from birdray.model.package import verify_package
 from birdray.registry.pointer import PRODUCTION, read_aliases
 from birdray.registry.versions import (
     STALE_HOURS,
@@ -17,9 +17,8 @@ from birdray.registry.versions import (
     check_alias,
     check_ref,
     clean_abandoned,
-    find_version,
     list_versions,
-    register,
+    register_once,
 )
 from birdray.registry.views import (
     is_package_dir,
@@ -80,15 +79,9 @@ def add(registry: str, package: str, also_promote: bool) -> dict[str, Any]:
     """Register a trained package folder afterwards (once per weights); maybe promote it."""
     if not is_package_dir(package):
         raise RegistryError(f"{package!r} is not a model package folder (no metadata.json)")
-
-    try:
-        content_hash = verify_package(Path(package)).content_hash
-    except ModelError as exc:
-        raise RegistryError(f"{package}: not a usable model package: {exc}") from exc
-    version = find_version(registry, content_hash)
-    added = version is None
-    if added:
-        version = register(registry, package, {"source": str(Path(package).resolve())})
+    if not storage.is_remote(registry) and storage.local_path(registry).is_file():
+        raise RegistryError(f"no registry at {registry}: it is a file, not a folder")
+    version, added = register_once(registry, package, {"source": str(Path(package).resolve())})
     out: dict[str, Any] = {"version": version, "added": added}
     if also_promote:
         out["production"] = promote(registry, version)["version"]

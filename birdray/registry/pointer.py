@@ -24,7 +24,7 @@ from birdray.registry.versions import ALIAS_RE, RegistryError, check_alias, chec
 PRODUCTION = "production"
 ALIASES = "aliases"
 ENTRY_RE = re.compile(
-    r"^(\d{8})-(\d{19})-([0-9a-f]{12})-(promote|set|rollback)-(v\d{4,})(?:-from-(v\d{4,}))?\.json$"
+    r"^(\d{8})-(\d{19})-([0-9a-f]{12})-(promote|set|rollback)-(v\d{4,})(?:-from-(v\d{4,}))?\.json\Z"
 )
 
 
@@ -36,7 +36,7 @@ def _log(registry: str, alias: str = PRODUCTION) -> str:
 
 
 def _parse(name: str) -> dict[str, Any] | None:
-    match = ENTRY_RE.match(name)
+    match = ENTRY_RE.fullmatch(name)
     if not match:  # anything else (a stray or half-written temp file) is not an entry
         return None
     seq, ns, uid, action, version, previous = match.groups()
@@ -93,7 +93,7 @@ def read_aliases(registry: str) -> dict[str, dict[str, Any]]:
     for name in storage.list_files(storage.join(storage.absolute(registry), ALIASES)):
         alias, _, entry = name.partition("/")
         row = _parse(entry)
-        if row and ALIAS_RE.match(alias):
+        if row and ALIAS_RE.fullmatch(alias):
             grouped.setdefault(alias, []).append(row)
     found.update({alias: _order(rows) for alias, rows in sorted(grouped.items())})
     return {alias: _summary(rows) for alias, rows in found.items() if rows}

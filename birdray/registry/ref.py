@@ -48,9 +48,9 @@ class ModelRef:
             return "missing_path"  # a path (or a folder that is no package), never a version
         if name == "latest":
             return "latest"
-        if VERSION_RE.match(name):
+        if VERSION_RE.fullmatch(name):
             return "version"
-        if ALIAS_RE.match(name) and not NOT_ALIASES.match(name):
+        if ALIAS_RE.fullmatch(name) and not NOT_ALIASES.fullmatch(name):
             return "alias"
         return "invalid"
 

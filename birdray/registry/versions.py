@@ -23,17 +23,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from birdray import storage
+from birdray import locks, storage
 from birdray.model.errors import ModelError
 from birdray.model.package import METADATA_FILE, PackageMetadata, verify_package
 
-VERSION_RE = re.compile(r"^v(\d{4,})$")
+# Anchored with \Z, never $: "$" also matches before a final newline, so $'beta\n' passed as an
+# alias name and became a log folder no reader finds (``fullmatch`` is used all the same).
+VERSION_RE = re.compile(r"^v(\d{4,})\Z")
 COMMITTED = "_COMMITTED"
 ABANDONED = "_ABANDONED"  # left by ``registry clean`` where a never-committed version was
 CLAIM_PREFIX = ".claim-"
 EVALUATIONS = "evaluations"
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-NOT_ALIASES = re.compile(r"^(latest|v\d+)$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+NOT_ALIASES = re.compile(r"^(latest|v\d+)\Z")
 CLAIM_ATTEMPTS = 30
 STALE_HOURS = 24.0  # ``registry clean``: a never-committed version older than this was killed
 
@@ -44,14 +46,14 @@ class RegistryError(ValueError):
 
 def check_version(version: str) -> str:
     """``version`` if it is a version name (``v0003``); a clear error otherwise."""
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise RegistryError(f"{version!r} is not a registry version (expected vNNNN, e.g. v0003)")
     return version
 
 
 def check_alias(alias: str) -> str:
     """``alias`` if it can name an alias: a short lower-case word, not ``latest`` nor ``vNNNN``."""
-    if not isinstance(alias, str) or not ALIAS_RE.match(alias) or NOT_ALIASES.match(alias):
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or NOT_ALIASES.fullmatch(alias):
         raise RegistryError(
             f"{alias!r} is not a valid alias name (expected [a-z][a-z0-9_-]{{0,31}}, "
             "not 'latest' and not a version name like vNNNN)"
@@ -61,7 +63,7 @@ def check_alias(alias: str) -> str:
 
 def check_ref(ref: str) -> str:
     """A registry reference: ``latest``, a version name or an alias (``production``, ...)."""
-    if ref == "latest" or (isinstance(ref, str) and VERSION_RE.match(ref)):
+    if ref == "latest" or (isinstance(ref, str) and VERSION_RE.fullmatch(ref)):
         return ref
     try:
         return check_alias(ref)
@@ -85,7 +87,7 @@ def _files_by_version(registry: str) -> dict[str, list[str]]:
     by_version: dict[str, list[str]] = {}
     for name in storage.list_files(storage.join(storage.absolute(registry), "models")):
         version, _, rest = name.partition("/")
-        if rest and VERSION_RE.match(version):
+        if rest and VERSION_RE.fullmatch(version):
             by_version.setdefault(version, []).append(rest)
     return by_version
 
@@ -103,25 +105,37 @@ def list_versions(registry: str) -> list[str]:
 
 
 def read_marker(registry: str, version: str) -> dict[str, Any]:
-    """The version's commit marker; ``RegistryError`` when the version is not committed."""
+    """The version's commit marker; ``RegistryError`` when the version is not committed, or
+    when its marker is not the JSON object ``register`` wrote (a truncated or edited file)."""
+    location = storage.join(version_uri(registry, version), COMMITTED)
     try:
-        return json.loads(
-            storage.read_bytes(storage.join(version_uri(registry, version), COMMITTED))
-        )
+        marker = json.loads(storage.read_bytes(location))
     except FileNotFoundError:
         raise RegistryError(
             f"{registry}: no version {version!r}; have {list_versions(registry)}"
         ) from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise RegistryError(
+            f"registry entry {version}: corrupt commit marker {location}: {exc}"
+        ) from None
+    if not isinstance(marker, dict):
+        raise RegistryError(f"registry entry {version}: corrupt commit marker {location}")
+    return marker
 
 
 def stored_metadata(registry: str, version: str) -> dict[str, Any]:
     """``metadata.json`` as registered (without later calibration)."""
     read_marker(registry, version)
-    data = storage.read_bytes(storage.join(version_uri(registry, version), METADATA_FILE))
+    location = storage.join(version_uri(registry, version), METADATA_FILE)
     try:
-        return json.loads(data)
-    except json.JSONDecodeError as exc:
+        meta = json.loads(storage.read_bytes(location))
+    except FileNotFoundError:
+        raise RegistryError(f"registry entry {version} has no {location}") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
         raise RegistryError(f"registry entry {version} has corrupt metadata: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise RegistryError(f"registry entry {version} has corrupt metadata: {location}")
+    return meta
 
 
 def find_version(registry: str, content_hash: str) -> str | None:
@@ -193,6 +207,29 @@ def register(
     return version
 
 
+def register_once(
+    registry: str, package_dir: str | Path, provenance: dict[str, Any] | None = None
+) -> tuple[str, bool]:
+    """(version, added): the committed version already holding these weights, else a new one.
+
+    Looking and registering happen under one lock per registry on this machine, so two
+    ``registry add`` of one package at once make one version, not two of the same weights.
+    The lock is this machine's (``birdray.locks``, works for bucket registries too, since it
+    lives in the temp folder): writers on other machines are kept apart only by ``_claim``,
+    which keeps their numbers distinct but not their contents.
+    """
+    try:
+        content_hash = verify_package(package_dir).content_hash
+    except ModelError as exc:
+        raise RegistryError(f"{package_dir}: not a usable model package: {exc}") from exc
+    lock = locks.machine_lock_file("registry-add", storage.absolute(registry))
+    with locks.file_lock(lock, waiting_for=f"another registration into {registry}"):
+        found = find_version(registry, content_hash)
+        if found:
+            return found, False
+        return register(registry, package_dir, provenance), True
+
+
 def _claimed_at(registry: str, version: str, claim: str) -> float | None:
     try:
         when = json.loads(storage.read_bytes(storage.join(version_uri(registry, version), claim)))
@@ -226,8 +263,8 @@ def clean_abandoned(registry: str, stale_hours: float) -> dict[str, Any]:
     """Delete the files of registrations claimed more than ``stale_hours`` ago and never
     committed; younger ones may still be copying and are kept. A removed version keeps an
     ``_ABANDONED`` marker, so its number stays taken (numbers never repeat)."""
-    if stale_hours < 0:
-        raise RegistryError(f"--stale-hours {stale_hours}: must be >= 0")
+    if not stale_hours >= 0:  # nan compares False with everything: "< 0" let it through
+        raise RegistryError(f"--stale-hours {stale_hours}: must be >= 0 (a number; inf: never)")
     now, removed, in_progress = time.time(), [], []
     for entry in uncommitted_versions(registry):
         claimed_at, abandoned = entry.pop("claimed_at"), entry.pop("abandoned")

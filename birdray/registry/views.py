@@ -25,8 +25,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from birdray import storage
-from birdray.model.package import METADATA_FILE, PackageMetadata
+from birdray.model.errors import ModelError
+from birdray.model.package import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    PackageMetadata,
+    check_safetensors,
+)
 from birdray.registry import pointer
 from birdray.registry.versions import (
     COMMITTED,
@@ -89,7 +97,25 @@ def _merged(meta: dict[str, Any], calibration: dict[str, Any] | None) -> dict[st
 def version_metadata(registry: str, version: str) -> PackageMetadata:
     """The metadata a consumer of ``version`` sees (calibration applied), without the weights."""
     meta = _merged(stored_metadata(registry, version), latest_calibration(registry, version))
-    return PackageMetadata.from_json(meta)
+    try:
+        return PackageMetadata.from_json(meta)
+    except ModelError as exc:  # a registry command's one line (ModelError alone may not be)
+        raise RegistryError(f"registry entry {version} is unusable: {exc}") from None
+
+
+def check_usable(registry: str, version: str) -> None:
+    """``version`` is committed and whole: its marker and metadata read, its weights file is
+    there (and, on this machine's disk, is a whole safetensors file). No weights are downloaded:
+    this is the serve/score pre-flight, which must answer before Ray starts, not after."""
+    version_metadata(registry, version)
+    weights = storage.join(version_uri(registry, version), WEIGHTS_FILE)
+    if storage.file_type(weights) != pafs.FileType.File:
+        raise RegistryError(f"registry entry {version} has no {WEIGHTS_FILE} ({weights})")
+    if not storage.is_remote(weights):
+        try:
+            check_safetensors(storage.local_path(weights))
+        except ModelError as exc:
+            raise RegistryError(f"registry entry {version} is unusable: {exc}") from None
 
 
 def _own_file(name: str) -> bool:
@@ -176,7 +202,7 @@ def verified(registry: str, version: str) -> Path:
 def version_of(ref: str, registry: str) -> str:
     """The concrete version a reference names now (an alias or ``latest`` looked up)."""
     ref = check_ref(ref)
-    if VERSION_RE.match(ref):
+    if VERSION_RE.fullmatch(ref):
         return ref
     if ref == "latest":
         versions = list_versions(registry)

@@ -10,6 +10,7 @@ of CPU saved in each new worker process. A bucket that stops answering is the jo
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 from typing import Any
@@ -20,6 +21,7 @@ import pyarrow as pa
 from birdray.images import ImageError
 from birdray.model.crop import decode_for_model, uint8_eval_transform
 from birdray.scoring.sources import Source, read_file
+from birdray.scoring.walk import GONE
 from birdray.storage import FileTooBig
 
 UNREACHABLE = "unreachable"  # the error of a row whose bucket could not be reached at all: the
@@ -66,6 +68,8 @@ def _load_one(
     except OSError as exc:
         if source.prefix and not bucket_reachable(source):
             return None, MISSING, MISSING, f"{UNREACHABLE}: cannot reach {source.uri}: {exc}"
+        if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+            return None, MISSING, MISSING, GONE  # deleted since the listing: as if gone then
         return None, MISSING, MISSING, f"unreadable: {exc}"
     except Exception as exc:  # any other failure is still this file's row, never the job's end
         return None, MISSING, MISSING, f"preprocess_failed: {type(exc).__name__}: {exc}"

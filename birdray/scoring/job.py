@@ -10,17 +10,20 @@ the driver streams the rows into Parquet inside the output folder's staging area
 counts reconcile, and only then commits (see ``birdray.scoring.output``).
 
 ``--resume`` keeps the rows this model version already scored OK (in the finished output, or in
-the finished files of an interrupted run) for files that have not changed, and scores the rest.
-Failed rows are retried. Files no longer listed drop out: the output always describes the input.
+the finished files of an interrupted run) for inputs that have not changed (a file's size and
+mtime; a dataset row's photo hash and shard), and scores the rest. Failed rows are retried.
+Inputs no longer listed drop out: the output always describes the input.
+
+The output must be birdray's: new, empty or holding a birdray result (``output.foreign``), and
+neither the input folder nor one that holds it (``output.clash``).
 """
 
 from __future__ import annotations
 
+import math
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
@@ -44,15 +47,18 @@ from birdray.scoring.output import (
     SUMMARY_FILE,
     OutputError,
     PartWriter,
+    clash,
     commit,
+    foreign,
     locked,
-    reusable_rows,
+    new_run_id,
     summarize,
     write_csv,
     write_json,
     writing,
 )
-from birdray.scoring.remote import marker, mirror_of, publish, pull
+from birdray.scoring.remote import foreign_prefix, marker, mirror_of, publish, pull
+from birdray.scoring.resume import input_identity, reusable_rows, write_inputs
 from birdray.scoring.sources import (
     DEFAULT_EXTENSIONS,
     Source,
@@ -99,7 +105,9 @@ class ScoreConfig(ModelChoice):
     amp: bool = field(False, "bf16/fp16 autocast in the actors")
     top_k: int = field(5, "species kept per row, best first")
     low_confidence: float = field(0.5, "the summary counts scored rows below this confidence")
-    max_file_mb: float = field(50.0, "larger files become error rows without being read")
+    max_file_mb: float = field(
+        50.0, "larger files become error rows without being read (0: no limit)"
+    )
     max_pixels: int = field(DEFAULT_MAX_PIXELS, "larger images (width x height) become error rows")
     rows_per_file: int = field(50_000, "rows per output Parquet file")
     csv: bool = field(False, "also write predictions.csv")
@@ -113,15 +121,36 @@ class ScoreConfig(ModelChoice):
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
     def __post_init__(self) -> None:
+        # every number has a floor; a negative, NaN or infinite one (NaN passed every `< 0`
+        # check) made each row an error row, or a traceback, after Ray had started
+        floors = {
+            "--batch-size": (self.batch_size, 1),
+            "--pool-size": (self.pool_size, 1),
+            "--top-k": (self.top_k, 1),
+            "--rows-per-file": (self.rows_per_file, 1),
+            "--max-pixels": (self.max_pixels, 1),
+            "--max-file-mb": (self.max_file_mb, 0),
+            "--actor-cpus": (self.actor_cpus, 0),
+            "--num-gpus": (self.num_gpus, 0),
+            "--preprocess-cpus": (self.preprocess_cpus, 0),
+            "--preprocess-memory-mb": (self.preprocess_memory_mb, 0),
+            "--torch-threads": (self.torch_threads, 0),
+            "--stall-timeout-s": (self.stall_timeout_s, 0),
+            "--explain-lowest": (self.explain_lowest, 0),
+        }
         problems = [
+            (f"{flag} must be >= {low} (a finite number), got {value}", not _at_least(value, low))
+            for flag, (value, low) in floors.items()
+        ]
+        problems += [
             ("--input is required", not self.input),
             ("--output is required", not self.output),
-            ("--batch-size must be >= 1", self.batch_size < 1),
-            ("--pool-size must be >= 1", self.pool_size < 1),
-            ("--top-k must be >= 1", self.top_k < 1),
+            (
+                "--max-file-mb is under one byte (0: no limit)",
+                0 < self.max_file_mb * 2**20 < 1,
+            ),
             ("--low-confidence must be within [0, 1]", not 0.0 <= self.low_confidence <= 1.0),
             ("--review-below must be within [0, 1]", not 0.0 <= self.review_below <= 1.0),
-            ("--actor-cpus and --num-gpus must be >= 0", self.actor_cpus < 0 or self.num_gpus < 0),
             (
                 f"--explain-method must be one of {EXPLAIN_METHODS}",
                 self.explain_method not in EXPLAIN_METHODS,
@@ -131,6 +160,11 @@ class ScoreConfig(ModelChoice):
         wrong = [text for text, bad in problems if bad]
         if wrong:
             raise ConfigError("; ".join(wrong))
+
+
+def _at_least(value: float, low: float) -> bool:
+    """False for NaN and infinities too (``nan < 0`` is False, so ``< low`` let NaN through)."""
+    return math.isfinite(value) and value >= low
 
 
 def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
@@ -144,9 +178,11 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     package_path = cfg.ref.resolve()
     meta = read_metadata(package_path)  # the hash is checked once, when shipped to the actors
     version = meta.version or meta.content_hash[:12]
-    same = remote == source.uri.rstrip("/") if remote else root == Path(source.uri)
-    if source.kind == "folder" and same:
-        raise OutputError("--output must not be the --input folder itself (use a subfolder)")
+    wrong = clash(cfg.output, cfg.input) or (
+        foreign_prefix(remote, root) if remote else foreign(root)
+    )
+    if wrong:  # before the lock: not even a .lock goes into a folder that is not ours
+        raise OutputError(f"--output: {wrong}")
     with locked(root):
         seen = marker(remote) if remote else None  # publish refuses if this changes meanwhile
         if remote and not cfg.overwrite:
@@ -162,11 +198,15 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
             raise SourceError(
                 f"nothing to score under {cfg.input}: {_no_files(extensions, skipped)}"
             )
+        identity = input_identity(source)
         listed_at = time.time()
-        reused = reusable_rows(root, listing, version) if cfg.resume else SCHEMA.empty_table()
+        reused = (
+            reusable_rows(root, listing, version, identity) if cfg.resume else SCHEMA.empty_table()
+        )
         todo = listing.filter(pc.invert(pc.is_in(listing["path"], reused["path"])))
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        run_id = new_run_id()
         staging = root / f"{PARTIAL_PREFIX}{run_id}"
+        write_inputs(staging, identity)
         pred_dir = staging / PREDICTIONS
         kept = PartWriter(pred_dir, "reused", cfg.rows_per_file)
         kept.write(reused)

@@ -1,12 +1,17 @@
 """The output folder, written so that a half-finished job never looks finished.
 
 Layout: ``<output>/predictions/*.parquet``, ``predictions.csv`` (optional), ``summary.json``,
-``explanations/`` and ``review/`` (optional) and ``_SUCCESS``, which is written last and is the
-only sign that the rest belongs to one complete run. A run writes everything under
-``<output>/.partial-<run_id>/``; commit removes ``_SUCCESS``, swaps each result into place with a
-rename and writes ``_SUCCESS`` again. A run that fails leaves the previous complete result
-untouched, plus its partial folder, whose finished Parquet files ``--resume`` reuses. One run at
-a time holds ``<output>/.lock``.
+``explanations/`` and ``review/`` (optional), ``inputs.parquet`` (dataset input: what each row was
+made from, for ``--resume``) and ``_SUCCESS``, which is written last and is the only sign that the
+rest belongs to one complete run. A run writes everything under ``<output>/.partial-<run_id>/``;
+commit removes ``_SUCCESS``, swaps each result into place with a rename and writes ``_SUCCESS``
+again. A run that fails leaves the previous complete result untouched, plus its partial folder,
+whose finished Parquet files ``--resume`` reuses. One run at a time holds ``<output>/.lock``.
+
+birdray only ever replaces or deletes what it wrote: a folder that holds something, but no
+``_SUCCESS`` and no partial run of birdray's, is someone else's and is refused (``foreign``), and
+the clean-up after a commit matches birdray's own run-id names exactly (a user's ``.old-backup``
+is not one of them).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,8 +42,75 @@ CSV_FILE = "predictions.csv"
 SUMMARY_FILE = "summary.json"
 EXPLANATIONS = "explanations"
 REVIEW = "review"  # --review-below: the unsure photos, for people to label
-RESULTS = (PREDICTIONS, CSV_FILE, SUMMARY_FILE, EXPLANATIONS, REVIEW)
+INPUTS_FILE = "inputs.parquet"  # dataset input: path -> what was scored (``input_identity``)
+RESULTS = (PREDICTIONS, CSV_FILE, SUMMARY_FILE, EXPLANATIONS, REVIEW, INPUTS_FILE)
 PARTIAL_PREFIX = ".partial-"
+OLD_PREFIX = ".old-"  # a commit's previous results, deleted once _SUCCESS is written
+LOCK_FILE = ".lock"
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # new_run_id's shape, and nothing else's
+
+
+def new_run_id() -> str:
+    """Sortable by start time; unique enough that two runs never share a staging folder."""
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def own_runs(root: Path, prefix: str) -> list[Path]:
+    """birdray's own ``<prefix><run id>`` folders under ``root``, oldest first: only these may be
+    read as partial runs or deleted as leftovers (a user's ``.old-backup`` is not one)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.name.startswith(prefix) and RUN_ID.fullmatch(p.name[len(prefix) :]) and p.is_dir()
+    )
+
+
+def foreign(root: Path) -> str:
+    """Why ``root`` may not be written ('' when it may): it holds files but no birdray result.
+
+    A finished result (``_SUCCESS``) or a partial run of birdray's marks the folder as birdray's;
+    without one, whatever is there (even a ``summary.json`` or ``review/`` of the same name) is
+    the user's, and a commit would have replaced or deleted it."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return ""  # created by the run (a file in the way is the pre-flight's to refuse)
+    except OSError as exc:
+        return f"{root} cannot be listed ({exc.strerror or exc})"
+    if (root / SUCCESS).is_file() or own_runs(root, PARTIAL_PREFIX) or own_runs(root, OLD_PREFIX):
+        return ""
+    # hidden names (.DS_Store, an editor's swap file) are left alone: birdray's own hidden
+    # folders are matched by exact run id, so it never touches another's
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries if not e.name.startswith(".")]
+    if not names:
+        return ""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"{root} holds files that are not a birdray result ({shown}); birdray never replaces "
+        "what it did not write: choose a new or empty folder"
+    )
+
+
+def clash(output: str, input_: str) -> str:
+    """Why ``output`` cannot hold results for ``input_`` ('' when it can): the input folder itself,
+    or a folder that holds it (compared resolved, links too). A subfolder of the input is fine:
+    the listing leaves it out."""
+    if storage.is_remote(output) != storage.is_remote(input_):
+        return ""
+    if storage.is_remote(output):
+        out, inp = output.rstrip("/"), input_.rstrip("/")
+        same, holds = out == inp, inp.startswith(out + "/")
+    else:
+        out_path = storage.local_path(output).resolve()
+        in_path = storage.local_path(input_).resolve()
+        same, holds = out_path == in_path, out_path in in_path.parents
+    if same:
+        return "must not be the --input folder itself (use a subfolder)"
+    if holds:
+        return f"{output} holds --input {input_}; choose a folder outside it (or a subfolder of it)"
+    return ""
 
 
 class OutputError(RuntimeError):
@@ -118,44 +192,6 @@ def read_rows(folders: list[Path], columns: list[str] | None = None) -> pa.Table
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def reusable_rows(root: Path, listing: pa.Table, version: str) -> pa.Table:
-    """Rows ``--resume`` keeps: scored OK by this model version, for a file still listed unchanged.
-
-    Failed rows are not kept: their file is tried again (a fixed permission, a re-uploaded photo
-    or a transient read error deserve a second chance; a truly broken file just fails again).
-    """
-    folders = [
-        root / PREDICTIONS,
-        *sorted(p / PREDICTIONS for p in root.glob(PARTIAL_PREFIX + "*")),
-    ]
-    old = read_rows(folders)
-    old = old.filter(pc.and_(pc.equal(old["ok"], True), pc.equal(old["model_version"], version)))
-    if not len(old):
-        return SCHEMA.empty_table()
-    seen: dict[str, tuple] = {
-        p: (s, m)
-        for p, s, m in zip(
-            listing["path"].to_pylist(),
-            listing["file_size"].to_pylist(),
-            listing["mtime_ns"].to_pylist(),
-            strict=True,
-        )
-    }
-    keep, taken = [], set()
-    for i, (p, s, m) in enumerate(
-        zip(
-            old["path"].to_pylist(),
-            old["file_size"].to_pylist(),
-            old["mtime_ns"].to_pylist(),
-            strict=True,
-        )
-    ):
-        if p not in taken and seen.get(p) == (s, m):
-            keep.append(i)
-            taken.add(p)
-    return old.take(pa.array(keep, pa.int64()))
-
-
 def summarize(pred_dir: Path, listing: pa.Table, low_confidence: float) -> dict[str, Any]:
     """Counts read back from the written files; raises if they do not reconcile with the listing."""
     columns = ["path", "ok", "error", "species", "confidence", "node_id", "device"]
@@ -212,7 +248,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def commit(root: Path, staging: Path, marker: dict[str, Any]) -> None:
     """Swap the staged results in and write ``_SUCCESS`` last; stale partial runs go away."""
     (root / SUCCESS).unlink(missing_ok=True)  # from here until the end the folder is "unfinished"
-    trash = root / f".old-{staging.name.removeprefix(PARTIAL_PREFIX)}"
+    trash = root / f"{OLD_PREFIX}{staging.name.removeprefix(PARTIAL_PREFIX)}"
     trash.mkdir(exist_ok=True)
     for name in RESULTS:
         if (root / name).exists():
@@ -220,5 +256,6 @@ def commit(root: Path, staging: Path, marker: dict[str, Any]) -> None:
         if (staging / name).exists():
             os.replace(staging / name, root / name)
     write_json(root / SUCCESS, {**marker, "committed_at": time.time()})
-    for leftover in [trash, *root.glob(PARTIAL_PREFIX + "*"), *root.glob(".old-*")]:
+    # only birdray's own run folders: a user's .old-backup or .partial-notes is not ours to delete
+    for leftover in [trash, staging, *own_runs(root, PARTIAL_PREFIX), *own_runs(root, OLD_PREFIX)]:
         shutil.rmtree(leftover, ignore_errors=True)

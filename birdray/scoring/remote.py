@@ -46,6 +46,24 @@ def marker(location: str) -> bytes | None:
         return None
 
 
+def foreign_prefix(uri: str, mirror: Path) -> str:
+    """Why the bucket prefix ``uri`` may not be published to ('' when it may): it holds objects
+    but no birdray result. Publishing replaces every result name there (``summary.json``,
+    ``review/`` ...), so a prefix of someone else's objects would lose them. A publish of this
+    machine's that died halfway (its mirror committed, the bucket without ``_SUCCESS``) may
+    finish."""
+    if marker(uri) is not None or (mirror / SUCCESS).is_file():
+        return ""
+    held = storage.names(uri)
+    if not held:
+        return ""
+    shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+    return (
+        f"{uri} holds objects that are not a birdray result ({shown}); birdray never replaces "
+        "what it did not write: choose a new or empty prefix"
+    )
+
+
 @contextlib.contextmanager
 def _pull_lock(mirror: Path) -> Iterator[None]:
     """Readers sharing a mirror (dashboard sessions) take turns refreshing it."""

@@ -5,6 +5,8 @@ output must reconcile with); Ray tasks then read the bytes themselves (local fil
 blocking on a FIFO, buckets through pyarrow), so an unreadable file becomes an error row in a task
 instead of failing the listing. What cannot be read at all is found while listing, and gets its
 error row without a read.
+An ingested split's shards are checked when it is opened (each one's Parquet footer, before any
+Ray work), so a damaged or foreign shard is one error naming it, not a traceback from a reader.
 Local paths must be visible to every node (one machine, or a shared filesystem); object-store
 URIs (``s3://``, ``gs://``) work from anywhere.
 """
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from birdray import storage
 from birdray.data.manifest import is_dataset, split_path
 from birdray.images import IMAGE_SUFFIXES
+from birdray.scoring.walk import Identity, Listed, distinct, walk_local
 
 # what the one decoder reads (birdray.images), so a folder's .jfif is scored as ingest takes it
 DEFAULT_EXTENSIONS = list(IMAGE_SUFFIXES)
@@ -39,6 +43,12 @@ LISTING_SCHEMA = pa.schema(
         ("error", pa.string()),  # why a listed entry cannot be read, found while listing
     ]
 )
+# what scoring's and evaluation's stages read from every shard of a split, and of what type
+SHARD_COLUMNS = {
+    "image_id": pa.types.is_integer,
+    "path": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "image": lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t),
+}
 
 
 class SourceError(ValueError):
@@ -78,14 +88,28 @@ def open_source(input_uri: str, split: str = "test") -> Source:
             raise SourceError(f"input not found: {input_uri}")
         prefix = storage.scheme(input_uri)
         if is_dataset(input_uri):
-            return Source("dataset", input_uri, prefix, split_path(input_uri, split))
+            return _dataset(Source("dataset", input_uri, prefix, split_path(input_uri, split)))
         return Source("folder", input_uri, prefix)
     local = storage.local_path(input_uri)
     if not local.exists():
         raise SourceError(f"input not found: {local}")
     if local.is_dir() and is_dataset(local):
-        return Source("dataset", str(local), "", split_path(local, split))
-    return Source("folder", str(local), "")
+        return _dataset(Source("dataset", str(local), "", split_path(local, split)))
+    return Source("folder", _as_given(input_uri, local), "")
+
+
+def _as_given(input_uri: str, resolved: Path) -> str:
+    """The input's absolute path as the user gave it, links unresolved: rows name files the way
+    the user reaches them, and a UTF-8 link (``inlink -> in\\xe9``) lets photos in a folder whose
+    own name is not UTF-8 be scored. The resolved path where the two differ in what they reach
+    (``link/..`` is the link target's parent, not the link's) or for a ``file://`` URI."""
+    if storage.is_uri(input_uri):
+        return str(resolved)
+    given = os.path.abspath(os.path.expanduser(input_uri))
+    try:
+        return given if os.path.samefile(given, resolved) else str(resolved)
+    except OSError:
+        return str(resolved)
 
 
 def normalize_extensions(extensions: list[str]) -> tuple[str, ...] | None:
@@ -116,10 +140,10 @@ def list_inputs(
             "error": pa.nulls(len(table), pa.string()),
         }
         return pa.table(rows, schema=LISTING_SCHEMA).sort_by("path")
-    # the output folder (a path, or a URI in the input's own bucket) is never scored
-    skip = str(exclude).rstrip("/") + "/" if exclude is not None else None
+    # the output folder (a URI in the input's own bucket, or a local folder) is never scored
+    skip = str(exclude).rstrip("/") + "/" if exclude is not None and source.prefix else None
     rows: dict[str, list] = {name: [] for name in LISTING_SCHEMA.names}
-    for path, size, mtime_ns, error in _listed(source):
+    for path, size, mtime_ns, error in _listed(source, _identity(exclude, source)):
         if skip and (path + "/").startswith(skip):
             continue  # our own output folder inside the input: never score results
         folder = path.endswith("/")  # a folder that could not be listed: its files are unknown
@@ -130,37 +154,36 @@ def list_inputs(
         values = (path, None, size, mtime_ns, error)
         for name, value in zip(LISTING_SCHEMA.names, values, strict=True):
             rows[name].append(value)
-    rows["path"] = _distinct(rows["path"], rows["error"])
+    rows["path"] = distinct(rows["path"], rows["error"])
     return pa.table(rows, schema=LISTING_SCHEMA).sort_by("path")
 
 
-def _distinct(paths: list[str], errors: list[str | None]) -> list[str]:
-    """Paths with each shown once: a name that is not UTF-8 is shown escaped (``bird\\xe9.jpg``),
-    which a real file may be named literally; the escaped one gets a suffix, so every file keeps
-    its own row (two rows on one path ended the job at its count check)."""
-    taken = Counter(paths)
-    if len(taken) == len(paths):
-        return paths
-    out = list(paths)
-    for i, (path, error) in enumerate(zip(paths, errors, strict=True)):
-        if taken[path] > 1 and error and ESCAPED in error:
-            n = 2
-            while f"{path} (not UTF-8, {n})" in taken:
-                n += 1
-            out[i] = f"{path} (not UTF-8, {n})"
-            taken[path] -= 1
-            taken[out[i]] += 1
-    return out
+def _identity(exclude: str | Path | None, source: Source) -> Identity | None:
+    """The local output folder's identity, when the input is local too: a path string cannot
+    say whether a link (``photos/results -> ../out``, ``photos/up -> ..``) leads into it, so a
+    rerun scored the last run's explanation PNGs as photos. The input folder itself as the
+    output is refused: everything under it would be the job's own output."""
+    if exclude is None or source.prefix or storage.is_remote(exclude):
+        return None
+    try:
+        info = os.stat(exclude)
+    except OSError:  # not there (yet): nothing of it can be listed
+        return None
+    identity = (info.st_dev, info.st_ino)
+    try:
+        root = os.stat(source.uri)
+    except OSError:
+        return identity
+    if (root.st_dev, root.st_ino) == identity:
+        raise SourceError("--output must not be the --input folder itself (use a subfolder)")
+    return identity
 
 
-Listed = tuple[str, int | None, int | None, str | None]  # path, size, mtime_ns, error
-ESCAPED = ": the name is not valid UTF-8"  # in the error of a row whose path is shown escaped
-
-
-def _listed(source: Source) -> Iterator[Listed]:
-    """(path users see, size, mtime, listing error) of every file under the input."""
+def _listed(source: Source, skip: Identity | None = None) -> Iterator[Listed]:
+    """(path users see, size, mtime, listing error) of every file under the input; the folder
+    ``skip`` (the output's, local inputs only) and all under it are left out."""
     if not source.prefix:
-        yield from _walk_local(source.uri)
+        yield from walk_local(source.uri, skip)
         return
     fs, root = source.filesystem()
     info = fs.get_file_info(root)
@@ -174,62 +197,78 @@ def _listed(source: Source) -> Iterator[Listed]:
             yield source.prefix + item.path, item.size, item.mtime_ns, None
 
 
-def _walk_local(root: str) -> Iterator[Listed]:
-    """Every non-folder entry under ``root``, following folder links but each folder once (a
-    link back up would otherwise list the same photos forever). What cannot be scored still gets
-    its row: a FIFO, device or dangling link is listed with the reason (a read would block or
-    fail), and a name that is not UTF-8 is shown escaped with ``bad_filename``."""
-    seen: set[tuple[int, int]] = set()
-    folders = [root] if os.path.isdir(root) else []
-    if not folders:  # one file given as the input
-        yield _entry(root, None)
-    while folders:
-        folder = folders.pop()
-        try:
-            info = os.stat(folder)
-            if (info.st_dev, info.st_ino) in seen:
-                continue
-            seen.add((info.st_dev, info.st_ino))
-            entries = list(os.scandir(folder))
-        except OSError as exc:  # its files are unknown: one row says so, never a silent gap
-            shown, valid = storage.utf8_name(folder.rstrip("/"))
-            error = f"unreadable: cannot list this folder: {exc.strerror or exc}"
-            yield shown + "/", None, None, error + ("" if valid else ESCAPED)
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir():  # follows links; the seen set stops loops
-                    folders.append(entry.path)
-                    continue
-            except OSError:
-                pass
-            yield _entry(entry.path, entry)
+def _dataset(source: Source) -> Source:
+    """``source`` once every shard of its split has a Parquet footer with the columns scoring
+    reads. Checked here, before any Ray work: a damaged shard failed deep inside Ray's
+    read_parquet (or pyarrow's), a traceback naming no file a user could act on."""
+    fs, shards = _shards(source)
+    if not shards:
+        raise SourceError(f"{source.split_dir} holds no Parquet shards (*.parquet): re-run ingest")
+    with ThreadPoolExecutor(8) as pool:  # footers from a bucket: a request each
+        problems = list(pool.map(functools.partial(_shard_problem, fs), shards))
+    bad = [(info, problem) for info, problem in zip(shards, problems, strict=True) if problem]
+    if bad:
+        info, problem = bad[0]
+        more = f" ({len(bad) - 1} more shards are damaged too)" if len(bad) > 1 else ""
+        shown = source.prefix + info.path if source.prefix else info.path
+        raise SourceError(
+            f"damaged dataset {source.uri}: shard {shown} {problem}{more}; re-run ingest, or"
+            " remove the file if it is not the dataset's"
+        )
+    return source
 
 
-def _entry(path: str, entry: os.DirEntry | None) -> Listed:
-    shown, valid = storage.utf8_name(path)
-    if not valid:
-        return shown, None, None, f"bad_filename{ESCAPED}; rename the file"
+def _shard_problem(fs: pafs.FileSystem, info: pafs.FileInfo) -> str:
+    """What is wrong with one shard, from its footer alone ("" if nothing)."""
+    if info.size == 0:
+        return "is empty (0 bytes)"
     try:
-        info = entry.stat() if entry is not None else os.stat(path)
-    except FileNotFoundError:
-        return path, None, None, "missing: the file (or a link's target) does not exist"
+        schema = pq.read_schema(info.path, filesystem=fs)
+    except (pa.ArrowException, OSError) as exc:  # pyarrow names the file again: keep the reason
+        reason = str(exc).rsplit("': ", 1)[-1].rstrip(".")
+        return f"is not a Parquet file: {reason}"
+    lacking = [name for name in SHARD_COLUMNS if name not in schema.names]
+    if lacking:
+        return f"lacks column(s) {', '.join(lacking)} (has {', '.join(schema.names[:10])})"
+    wrong = [
+        f"{name} is {schema.field(name).type}"
+        for name, fits in SHARD_COLUMNS.items()
+        if not fits(schema.field(name).type)
+    ]
+    return f"has columns of the wrong type: {', '.join(wrong)}" if wrong else ""
+
+
+def _shards(source: Source) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+    """The split's shards as Ray Data's ``read_parquet`` (training's, evaluation's and scoring's
+    reader) takes them: ``*.parquet`` files at any depth whose path in the split folder starts
+    with neither ``.`` nor ``_``. Anything else there (a README, ``_SUCCESS``, ``.DS_Store``) is
+    not data, so pyarrow's own reads here skip it too, and every file Ray reads is checked."""
+    fs, root = storage.filesystem(source.split_dir)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except OSError as exc:
-        return path, None, None, f"unreadable: {exc.strerror or exc}"
-    if not stat.S_ISREG(info.st_mode):
-        return path, None, None, "unreadable: not a regular file (a FIFO, socket or device)"
-    return path, info.st_size, info.st_mtime_ns, None
+        raise SourceError(f"cannot list the shards in {source.split_dir}: {exc}") from exc
+    root = root.rstrip("/") + "/"
+    shards = [
+        info
+        for info in infos
+        if info.type == pafs.FileType.File
+        and info.path.lower().endswith(".parquet")
+        and not info.path[len(root) :].startswith((".", "_"))
+    ]
+    return fs, sorted(shards, key=lambda info: info.path)
 
 
 def split_columns(source: Source, columns: list[str]) -> pa.Table:
     """Some columns of a dataset split, read here by pyarrow: for a few small columns a Ray Data
     read (a listing task, then read tasks) cost ~2 s on 2 cores before any row."""
-    return _split_dataset(source).to_table(columns=columns)
+    return split_dataset(source).to_table(columns=columns)
 
 
-def _split_dataset(source: Source) -> pads.Dataset:
-    fs, path = storage.filesystem(source.split_dir)
-    return pads.dataset(path, filesystem=fs, format="parquet")
+def split_dataset(source: Source) -> pads.Dataset:
+    """A dataset split for pyarrow's own reads, of the very files Ray Data's reader takes."""
+    fs, shards = _shards(source)
+    return pads.dataset([info.path for info in shards], filesystem=fs, format="parquet")
 
 
 def read_file(source: Source, path: str, max_bytes: int = 0) -> bytes:
@@ -245,7 +284,7 @@ def read_file(source: Source, path: str, max_bytes: int = 0) -> bytes:
 def read_many(source: Source, paths: list[str]) -> dict[str, bytes]:
     """Bytes for a few paths (explanations); unreadable ones are left out."""
     if source.kind == "dataset":
-        table = _split_dataset(source).to_table(
+        table = split_dataset(source).to_table(
             columns=["path", "image"], filter=pc.field("path").isin(paths)
         )
         return dict(zip(table["path"].to_pylist(), table["image"].to_pylist(), strict=True))

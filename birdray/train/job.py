@@ -282,7 +282,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         "last": result.metrics,  # the final epoch's report
     }
     if cfg.registry:
-        from birdray.registry import register
+        from birdray.registry import register_once
 
-        summary["registered_version"] = register(cfg.registry, package, {"run": cfg.name})
+        version, _ = register_once(cfg.registry, package, {"run": cfg.name})  # weights once
+        summary["registered_version"] = version
     return summary

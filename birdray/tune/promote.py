@@ -63,11 +63,9 @@ def register_winner(
     registry: str, package: Path, provenance: dict[str, Any], force: bool
 ) -> dict[str, Any]:
     """Register the package (once per weights) and promote it if it wins."""
-    from birdray.model.package import read_metadata
-    from birdray.registry import find_version, promote, register
+    from birdray.registry import promote, register_once
 
-    content_hash = read_metadata(package).content_hash
-    version = find_version(registry, content_hash) or register(registry, package, provenance)
+    version, _ = register_once(registry, package, provenance)  # as `registry add`: one lock
     promoted, reason = decide(registry, version, force)
     if promoted:
         promote(registry, version)
