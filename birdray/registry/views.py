@@ -29,12 +29,8 @@ import pyarrow.fs as pafs
 
 from birdray import storage
 from birdray.model.errors import ModelError
-from birdray.model.package import (
-    METADATA_FILE,
-    WEIGHTS_FILE,
-    PackageMetadata,
-    check_safetensors,
-)
+from birdray.model.package import METADATA_FILE, WEIGHTS_FILE, PackageMetadata
+from birdray.model.safetensors_check import check_safetensors
 from birdray.registry import pointer
 from birdray.registry.versions import (
     COMMITTED,

@@ -84,12 +84,17 @@ def foreign(root: Path) -> str:
     # hidden names (.DS_Store, an editor's swap file) are left alone: birdray's own hidden
     # folders are matched by exact run id, so it never touches another's
     names = [e.name + ("/" if e.is_dir() else "") for e in entries if not e.name.startswith(".")]
+    return not_ours(str(root), names, "files", "folder")
+
+
+def not_ours(where: str, names: list[str], things: str, place: str) -> str:
+    """Why ``where`` is refused when it holds ``names`` ('' when it holds nothing)."""
     if not names:
         return ""
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return (
-        f"{root} holds files that are not a birdray result ({shown}); birdray never replaces "
-        "what it did not write: choose a new or empty folder"
+        f"{where} holds {things} that are not a birdray result ({shown}); birdray never replaces "
+        f"what it did not write: choose a new or empty {place}"
     )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from birdray import locks, storage
-from birdray.scoring.output import RESULTS, SUCCESS, OutputError
+from birdray.scoring.output import RESULTS, SUCCESS, OutputError, not_ours
 
 
 def mirror_of(uri: str, reader: str = "job") -> Path:
@@ -54,14 +54,7 @@ def foreign_prefix(uri: str, mirror: Path) -> str:
     finish."""
     if marker(uri) is not None or (mirror / SUCCESS).is_file():
         return ""
-    held = storage.names(uri)
-    if not held:
-        return ""
-    shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
-    return (
-        f"{uri} holds objects that are not a birdray result ({shown}); birdray never replaces "
-        "what it did not write: choose a new or empty prefix"
-    )
+    return not_ours(uri, storage.names(uri), "objects", "prefix")
 
 
 @contextlib.contextmanager
