@@ -83,7 +83,7 @@ cfg = {_config(128, "bicubic", 0.875, "center")!r}
 batch = pa.table({{"path": [{str(photo)!r}, "/nonexistent.jpg"], "file_size": [0, 0]}})
 out = prepare_batch(batch, Source("folder", {str(tmp_path)!r}, ""), json.dumps(cfg), 0, 10**8)
 assert out["pixels"].shape == (2, 3, 128, 128) and out["pixels"][0].any(), out["error"]
-assert out["error"][0] == "" and out["error"][1].startswith("unreadable"), out["error"]
+assert out["error"][0] == "" and out["error"][1].startswith("missing"), out["error"]
 loaded = sorted(m for m in ("torch", "timm", "torchvision") if m in sys.modules)
 print("loaded:", loaded)
 """

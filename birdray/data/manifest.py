@@ -82,7 +82,7 @@ def is_dataset(location: str | Path) -> bool:
         manifest = json.loads(storage.read_bytes(path))
     except FileNotFoundError:  # removed since the look
         return False
-    except ValueError:  # not JSON (or not text): damaged, and load_manifest says so
+    except (ValueError, PermissionError):  # damaged or unreadable: load_manifest says which
         return True
     return isinstance(manifest, dict) and any(key in manifest for key in MARKERS)
 
