@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import reprlib
 import types
 import typing
@@ -163,6 +164,25 @@ def _yaml_value(text: str, listed: bool) -> Any:
             return [text]
         where = getattr(exc, "problem", None) or type(exc).__name__
         raise ValueError(f"not valid YAML ({where})") from exc
+
+
+def numbers_out_of_range(
+    settings: Any, least: dict[str, float] | None = None
+) -> list[tuple[str, float, float]]:
+    """``(field, value, floor)`` of each number of the dataclass ``settings`` that is not finite
+    or below its floor (``least``, else 0; ``-math.inf`` for one that may be negative). NaN
+    passed every ``< 0`` check, and an inf lr or a negative delay went on to fail after Ray
+    had started; Serve's bounds, training's and scoring's pre-flights all ask this."""
+    least = least or {}
+    wrong = []
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        floor = least.get(spec.name, 0)
+        if not (math.isfinite(value) and value >= floor):
+            wrong.append((spec.name, value, floor))
+    return wrong
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

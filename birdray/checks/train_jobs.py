@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from birdray.checks.common import (
     positive,
     require,
 )
-from birdray.config import UsageError
+from birdray.config import UsageError, numbers_out_of_range
 from birdray.config import flag as flag_of
 
 SIGNED = ("seed", "inject_failure_at_epoch", "max_failures")  # negative means something there
@@ -101,13 +100,12 @@ def settings(cfg: Any, label: Any) -> None:
     a field's name into what the user typed (``--lr``, or tune's ``--train (lr)``)."""
     import timm
 
-    for spec in dataclasses.fields(cfg):
-        value, name = getattr(cfg, spec.name), spec.name
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
+    for name, value, _ in numbers_out_of_range(cfg, dict.fromkeys(SIGNED, -math.inf)):
         require(math.isfinite(value), label(name), f"must be a finite number, got {value}")
-        require(name in SIGNED or value >= 0, label(name), f"must be >= 0, got {value:g}")
-        require(name not in SHARES or value <= 1, label(name), f"must be <= 1, got {value:g}")
+        require(False, label(name), f"must be >= 0, got {value:g}")
+    for name in SHARES:
+        value = getattr(cfg, name)
+        require(value <= 1, label(name), f"must be <= 1, got {value:g}")
     require(timm.is_model(cfg.arch), label("arch"), f"{cfg.arch!r} is not a timm model name")
 
 

@@ -20,7 +20,6 @@ neither the input folder nor one that holds it (``output.clash``).
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from birdray import storage
-from birdray.config import ConfigError, field, to_dict
+from birdray.config import ConfigError, field, flag, numbers_out_of_range, to_dict
 from birdray.devices import DEVICE_HELP, gpus_to_use
 from birdray.explain.methods import METHODS as EXPLAIN_METHODS
 from birdray.images import DEFAULT_MAX_PIXELS
@@ -121,26 +120,12 @@ class ScoreConfig(ModelChoice):
     address: str = field("", "Ray address (empty: join RAY_ADDRESS or start a local Ray)")
 
     def __post_init__(self) -> None:
-        # every number has a floor; a negative, NaN or infinite one (NaN passed every `< 0`
-        # check) made each row an error row, or a traceback, after Ray had started
-        floors = {
-            "--batch-size": (self.batch_size, 1),
-            "--pool-size": (self.pool_size, 1),
-            "--top-k": (self.top_k, 1),
-            "--rows-per-file": (self.rows_per_file, 1),
-            "--max-pixels": (self.max_pixels, 1),
-            "--max-file-mb": (self.max_file_mb, 0),
-            "--actor-cpus": (self.actor_cpus, 0),
-            "--num-gpus": (self.num_gpus, 0),
-            "--preprocess-cpus": (self.preprocess_cpus, 0),
-            "--preprocess-memory-mb": (self.preprocess_memory_mb, 0),
-            "--torch-threads": (self.torch_threads, 0),
-            "--stall-timeout-s": (self.stall_timeout_s, 0),
-            "--explain-lowest": (self.explain_lowest, 0),
-        }
+        # every number has a floor (0, or 1 for these); a negative, NaN or infinite one made
+        # each row an error row, or a traceback, after Ray had started
+        at_least_one = ("batch_size", "pool_size", "top_k", "rows_per_file", "max_pixels")
         problems = [
-            (f"{flag} must be >= {low} (a finite number), got {value}", not _at_least(value, low))
-            for flag, (value, low) in floors.items()
+            (f"{flag(name)} must be >= {low:g} (a finite number), got {value}", True)
+            for name, value, low in numbers_out_of_range(self, dict.fromkeys(at_least_one, 1))
         ]
         problems += [
             ("--input is required", not self.input),
@@ -160,11 +145,6 @@ class ScoreConfig(ModelChoice):
         wrong = [text for text, bad in problems if bad]
         if wrong:
             raise ConfigError("; ".join(wrong))
-
-
-def _at_least(value: float, low: float) -> bool:
-    """False for NaN and infinities too (``nan < 0`` is False, so ``< low`` let NaN through)."""
-    return math.isfinite(value) and value >= low
 
 
 def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:

@@ -7,12 +7,10 @@ not import the deployments.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from dataclasses import dataclass
 
-from birdray.config import field
+from birdray.config import field, numbers_out_of_range
 from birdray.images import DEFAULT_MAX_ASPECT
 from birdray.registry.ref import ModelChoice
 from birdray.serve.rollout import check_rollout
@@ -135,13 +133,8 @@ def check_bounds(opts: AppArgs) -> None:
         if not opts.api_key_env.strip():
             raise ValueError("api_key_env is empty: name the variable that holds the API key")
         usable_api_key(opts.api_key_env, os.environ.get(opts.api_key_env, ""))
-    for spec in dataclasses.fields(opts):  # a count, size, share or delay is never negative
-        value = getattr(opts, spec.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        least = -1 if spec.name in UNLIMITED_ALLOWED else 0
-        if not (math.isfinite(value) and value >= least):
-            raise ValueError(f"{spec.name} must be a number >= {least} (got {value})")
+    for name, value, least in numbers_out_of_range(opts, dict.fromkeys(UNLIMITED_ALLOWED, -1)):
+        raise ValueError(f"{name} must be a number >= {least:g} (got {value})")
     if not opts.request_timeout_s > 0:
         raise ValueError(f"request_timeout_s must be > 0 (got {opts.request_timeout_s})")
     if opts.max_concurrent_requests < 0:
