@@ -264,7 +264,7 @@ def test_with_a_real_package_the_remaining_input_errors_are_one_line(places, mon
     assert main(argv) == 2
     _one_line(capsys.readouterr().err, "serve", "--api-key-env")
     (places / "done").mkdir()
-    (places / "done" / "_SUCCESS").write_text("")
+    (places / "done" / "_SUCCESS").write_text('{"run_id": "20260101-120000-0a1b2c"}')
     argv = ["score", "--input", str(places / "photos"), "--output", str(places / "done")]
     assert main([*argv, "--model", package]) == 1
     line = _one_line(capsys.readouterr().err, "score", "--resume")
@@ -566,3 +566,126 @@ def test_an_unresolvable_host_is_one_line_whatever_the_port(monkeypatch, port):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(UsageError, match="--host: cannot resolve 'no-such-host.invalid'"):
         _listenable("no-such-host.invalid", port, None)
+
+
+def _hand_dataset(root: Path, labelled: dict[str, bool | str], names: list[str]) -> Path:
+    """A dataset written by hand (no Ray): per split one shard of three photos, with a ``label``
+    column, without one (an unlabelled set, or another tool's Parquet), or with ``"text"``
+    labels (species names where class numbers belong)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    splits = {}
+    for n, (split, has_label) in enumerate(labelled.items()):
+        ids = [10 * n + i for i in range(3)]
+        columns = {
+            "image_id": pa.array(ids, pa.int64()),
+            "path": [f"{split}/{i}.png" for i in ids],
+            "image": pa.array([_png(i) for i in ids], pa.binary()),
+        }
+        if has_label == "text":
+            columns["label"] = [names[i % len(names)] for i in ids]
+        elif has_label:
+            columns["label"] = pa.array([i % len(names) for i in ids], pa.int32())
+        folder = root / "shards" / f"split={split}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table(columns), folder / "part-00000.parquet")
+        splits[split] = {"rows": len(ids)}
+    manifest = {"schema_version": 1, "shards_dir": "shards", "splits": splits, "class_names": names,
+                "counts": {}, "quarantine": []}  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture
+def evaluate_cli(tmp_path, monkeypatch, capsys):
+    """``birdray evaluate --model PKG *argv`` in this process, Ray and scoring forbidden:
+    returns (exit status, stderr)."""
+    import ray
+
+    import birdray.evaluate.job as job
+    from birdray.cli import main
+    from tests.model_fixture import make_package
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(job, "init_ray", lambda *a, **k: pytest.fail("scoring started"))
+    monkeypatch.delenv("BIRDRAY_DEBUG", raising=False)
+    names = ["001.A", "002.B", "003.C"]
+    package = str(make_package(tmp_path / "pkg", num_classes=3, class_names=names))
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = main(["evaluate", "--model", package, *argv])
+        return code, capsys.readouterr().err
+
+    run.names = names  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "labelled, argv, split",
+    [
+        ({"test": False}, [], "test"),  # an unlabelled ingest's report split
+        ({"test": True, "val": False}, [], "val"),  # val is read too: calibration fits on it
+        ({"test": False, "val": True}, ["--split", "test", "--no-calibrate"], "test"),
+    ],
+)
+def test_evaluate_refuses_a_split_without_labels_before_ray(
+    tmp_path, evaluate_cli, labelled, argv, split
+):
+    """Before: the pre-flight passed (it only read the manifest), Ray started, and the job died
+    reading ``label`` with a pyarrow traceback naming no split."""
+    dataset = _hand_dataset(tmp_path / "ds", labelled, evaluate_cli.names)
+    code, err = evaluate_cli("--dataset", str(dataset), *argv)
+    assert code == 2, err
+    line = _one_line(err, "evaluate", "--dataset")
+    assert f"the {split!r} split of {dataset}" in line
+    assert "lacks column(s) label" in line and f"split={split}/part-00000.parquet" in line
+
+
+@pytest.mark.timeout(300)
+def test_the_evaluate_job_itself_refuses_unusable_labels_before_ray(tmp_path, evaluate_cli):
+    """Without the CLI's pre-flight (a bucket dataset, a caller of ``run_evaluation``), the job
+    opens and checks the splits before it starts Ray: one error naming the split."""
+    from birdray.evaluate.job import EvaluateConfig, run_evaluation
+    from birdray.scoring.sources import SourceError
+
+    dataset = _hand_dataset(tmp_path / "ds", {"test": "text"}, evaluate_cli.names)
+    cfg = EvaluateConfig(model=str(tmp_path / "pkg"), dataset=str(dataset))
+    with pytest.raises(SourceError, match="the 'test' split .* label is string, expected integer"):
+        run_evaluation(cfg)
+    code, err = evaluate_cli("--dataset", str(dataset))
+    assert code == 2 and "expected integer class labels" in _one_line(err, "evaluate", "--dataset")
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_without_calibration_does_not_need_val_labels(tmp_path, evaluate_cli):
+    from birdray import checks
+    from birdray.evaluate.job import EvaluateConfig
+
+    dataset = _hand_dataset(tmp_path / "ds", {"test": True, "val": False}, evaluate_cli.names)
+    cfg = EvaluateConfig(model=str(tmp_path / "pkg"), dataset=str(dataset), calibrate=False)
+    checks.check("evaluate", cfg)  # val is not read: its lack of labels is not an error
+
+
+@pytest.mark.timeout(300)
+def test_exclude_ids_check_reads_the_shards_the_job_reads(tmp_path, evaluate_cli):
+    """Before: the --exclude-ids check read the whole split folder with pyarrow, so a README
+    or ``_SUCCESS`` beside the shards (which the job skips) was a traceback."""
+    from birdray import checks
+    from birdray.evaluate.job import EvaluateConfig
+
+    dataset = _hand_dataset(tmp_path / "ds", {"test": True}, evaluate_cli.names)
+    split = dataset / "shards" / "split=test"
+    (split / "README.txt").write_text("photos from the 2026 survey\n")
+    (split / "_SUCCESS").write_text("")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("0 1 2\n")  # every image of the split
+    code, err = evaluate_cli("--dataset", str(dataset), "--exclude-ids", str(ids))
+    assert code == 2, err
+    assert "excludes all 3 images of the 'test' split" in _one_line(err, "evaluate", "--exclude")
+    ids.write_text("0\n")  # some left: the pre-flight passes
+    cfg = EvaluateConfig(model=str(tmp_path / "pkg"), dataset=str(dataset), exclude_ids=str(ids))
+    checks.check("evaluate", cfg)

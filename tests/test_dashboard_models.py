@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -88,6 +89,35 @@ def test_registry_and_tune_comparison(small_registry, sweep_root, app_test):
     assert versions["version"].tolist() == ["v0001", "v0002"]
     assert versions["production"].tolist() == [False, True]
     assert any("v0001 → v0002" in str(c.value) for c in at.caption)
+
+
+def test_an_unreadable_production_version_is_said_and_the_rest_still_works(
+    small_registry, sweep_root, app_test, tmp_path
+):
+    """Production's ``calibration.json`` corrupt: the Production tab showed v0001's report
+    without a word that production is v0002 and cannot be read. Now it says so; the readable
+    version, the Tune comparison and the registry table (with the problem) stay usable."""
+    from birdray.registry import record_evaluation
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    record = record_evaluation(small_registry, "v0002", report, 1.5, {"test_top1": 0.5})
+    path = Path(record) / "calibration.json"
+    path.write_text("{not json")
+    try:
+        at = app_test(PAGE, BIRDRAY_REGISTRY=small_registry, BIRDRAY_SWEEP_DIR=sweep_root)
+        no_exceptions(at)
+        errors = texts(at, "error")
+        assert any("production version v0002 cannot be read" in e for e in errors), errors
+        assert any(str(path) in e and "corrupt calibration" in e for e in errors), errors
+        assert at.selectbox(key="model_version").value == "v0001"  # the readable one, shown
+        assert any("Winner: trial **t1** (resnet18)" in s for s in texts(at, "success"))
+        versions = next(t.value for t in at.dataframe if "version" in t.value.columns)
+        assert versions["version"].tolist() == ["v0001", "v0002"]  # listed, with its problem
+        assert "corrupt calibration" in versions["problem"].tolist()[1]
+    finally:
+        path.unlink()  # the record is then ignored, as the message advises
 
 
 @pytest.mark.ray

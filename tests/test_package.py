@@ -42,6 +42,19 @@ def test_tampered_weights_are_refused(tmp_path):
         load_package(path)
 
 
+def test_a_digest_given_is_checked_instead_of_hashing_again(tmp_path, monkeypatch):
+    """``register_once`` hashes the weights once and passes the digest to ``register``: the
+    package is still checked against it (metadata, header, hash), the file is not read again."""
+    import birdray.model.package as package
+
+    path = make_package(tmp_path / "pkg")
+    digest = read_metadata(path).content_hash
+    monkeypatch.setattr(package, "file_sha256", lambda *a: pytest.fail("hashed again"))
+    assert verify_package(path, digest).content_hash == digest
+    with pytest.raises(ModelError, match="does not match"):
+        verify_package(path, "0" * 64)  # weights that changed since they were hashed
+
+
 def test_pickle_file_is_never_loaded(tmp_path):
     path = make_package(tmp_path / "pkg")
     (path / "model.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle, not safetensors

@@ -462,3 +462,76 @@ def test_serve_preflight_refuses_a_broken_registry_before_ray(
     if how != "ghost":  # promoting it is refused the same way; looking at it is not
         assert _main(monkeypatch, "registry", "promote", "v0002", "--registry", registry) == 2
         assert message in _one_error_line(capsys.readouterr().err, "registry")
+
+
+CORRUPT_CALIBRATIONS = {
+    "not-json": (b'{"temperature": 1.', "is not valid JSON"),
+    "not-utf8": (b"\xff\xfe{}", "is not valid JSON"),
+    "a-list": (b"[1.5]", "holds a JSON list, not an object"),
+    "no-temperature": (b'{"metrics": {}}', "lacks temperature"),
+    "temperature-text": (b'{"temperature": "hot"}', "temperature is 'hot', expected a positive"),
+    "temperature-zero": (b'{"temperature": 0}', "temperature is 0, expected a positive number"),
+    "metrics-number": (b'{"temperature": 1.5, "metrics": 3}', "metrics is 3, expected an object"),
+    "metric-text": (
+        b'{"temperature": 1.5, "metrics": {"test_top1": "high"}}',
+        "metrics['test_top1'] is 'high', expected a number",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "body, message", CORRUPT_CALIBRATIONS.values(), ids=CORRUPT_CALIBRATIONS.keys()
+)
+def test_a_corrupt_calibration_is_one_line_naming_it_wherever_it_is_read(
+    registry, tmp_path, monkeypatch, capsys, body, message
+):
+    """Before: `registry show` printed a JSONDecodeError, TypeError or KeyError traceback (or
+    blamed metadata.json for the calibration's temperature); serve, scoring and the dashboard
+    read the same file through ``version_metadata``/``local_copy``."""
+    from birdray.registry import latest_calibration, local_copy, record_evaluation
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    record = Path(record_evaluation(registry, "v0002", report, 1.7, {"test_top1": 0.5}))
+    calibration = record / "calibration.json"
+    calibration.write_bytes(body)
+    assert _main(monkeypatch, "registry", "show", "v0002", "--registry", registry) == 1
+    line = _one_error_line(capsys.readouterr().err, "registry")
+    assert str(calibration) in line and message in line and "corrupt calibration" in line
+    for read in (latest_calibration, local_copy):  # a consumer's download refuses it the same
+        with pytest.raises(RegistryError, match="corrupt calibration"):
+            read(registry, "v0002")
+    rows = run_registry(RegistryConfig(action="list", registry=registry))
+    assert str(calibration) in rows[1]["error"] and "arch" in rows[0] and "arch" in rows[2]
+    promote(registry, "v0001")
+    set_production = ["registry", "alias", "set", "production", "v0002", "--registry", registry]
+    assert _main(monkeypatch, *set_production) == 2  # the pre-flight
+    assert str(calibration) in _one_error_line(capsys.readouterr().err, "registry")
+    assert _main(monkeypatch, "serve", "--model", "v0002", "--registry", registry) == 2
+    line = _one_error_line(capsys.readouterr().err, "serve")
+    assert "--model v0002 cannot be used" in line and str(calibration) in line
+    calibration.unlink()  # what the message advises: the record is then ignored
+    assert latest_calibration(registry, "v0002") is None
+    assert _main(monkeypatch, "registry", "show", "v0002", "--registry", registry) == 0
+
+
+def test_register_once_hashes_the_weights_once_and_still_verifies(tmp_path, monkeypatch):
+    """Before: ``verify_package`` hashed the weights in ``register_once`` and again inside
+    ``register`` (two full reads of a file of hundreds of MB for every `registry add`)."""
+    from birdray.model import package as pkg
+    from birdray.registry import register_once
+
+    package = make_package(tmp_path / "pkg")
+    hashed: list[str] = []
+    real = pkg.file_sha256
+    monkeypatch.setattr(pkg, "file_sha256", lambda path: hashed.append(str(path)) or real(path))
+    reg = str(tmp_path / "reg")
+    assert register_once(reg, package) == ("v0001", True)
+    assert hashed == [str(package / "model.safetensors")]
+    assert register_once(reg, package) == ("v0001", False)
+    weights = package / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # same size, other bytes
+    with pytest.raises(RegistryError, match="weights hash .* does not match"):
+        register_once(reg, package)
+    assert list_versions(reg) == ["v0001"]

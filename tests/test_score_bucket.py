@@ -152,16 +152,20 @@ def test_a_damaged_shard_of_a_dataset_in_a_bucket_is_named_by_its_uri(s3_bucket,
         open_source(uri, "val")
 
 
+def _one_photo_and_a_model(tmp_path: Path) -> tuple[Path, Path]:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(jpeg_bytes())
+    return photos, make_package(tmp_path / "pkg", num_classes=3)
+
+
 def test_a_prefix_of_someone_elses_objects_is_refused_and_left_alone(s3_bucket, tmp_path):
     """Publishing replaces every result name under the prefix: a team's ``summary.json`` and
     ``review/notes.txt`` there were overwritten and deleted (the local check skipped buckets)."""
     uri = f"{s3_bucket}/team-space"
     _put(f"{uri}/summary.json", b"their summary")
     _put(f"{uri}/review/notes.txt", b"their notes")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "a.jpg").write_bytes(jpeg_bytes())
-    package = make_package(tmp_path / "pkg", num_classes=3)
+    photos, package = _one_photo_and_a_model(tmp_path)
     cfg = ScoreConfig(input=str(photos), output=uri, model=str(package), registry="")
     with pytest.raises(OutputError, match=r"not a birdray result \(review, summary.json\)"):
         run_scoring(cfg)
@@ -171,3 +175,27 @@ def test_a_prefix_of_someone_elses_objects_is_refused_and_left_alone(s3_bucket, 
     assert remote.foreign_prefix(f"{s3_bucket}/nothing-here", mirror) == ""  # a new prefix
     _finished(mirror, "v1")  # this machine's committed run whose publish died: it may finish
     assert remote.foreign_prefix(uri, mirror) == ""
+
+
+def test_a_prefix_with_another_tools_success_is_refused_and_left_alone(s3_bucket, tmp_path):
+    """Spark and Hadoop write an empty ``_SUCCESS`` beside their part files: any ``_SUCCESS`` made
+    the prefix birdray's, so a publish (``--overwrite``) replaced it. Only birdray's own marker
+    (``output.is_result``, as for a folder) makes a prefix birdray's now."""
+    uri = f"{s3_bucket}/spark-out"
+    _put(f"{uri}/_SUCCESS", b"")
+    _put(f"{uri}/part-0000.parquet", b"PAR1 their rows")
+    photos, package = _one_photo_and_a_model(tmp_path)
+    for flag in ("overwrite", "resume"):
+        cfg = ScoreConfig(input=str(photos), output=uri, model=str(package), registry="")
+        setattr(cfg, flag, True)
+        with pytest.raises(OutputError, match=r"not a birdray result \(_SUCCESS, part-0000"):
+            run_scoring(cfg)
+    assert storage.read_bytes(f"{uri}/_SUCCESS") == b""
+    assert storage.read_bytes(f"{uri}/part-0000.parquet") == b"PAR1 their rows"
+    mirror = tmp_path / "mirror"
+    _finished(mirror, "v1")  # even beside a committed mirror: the bucket's _SUCCESS is theirs
+    assert "not a birdray result" in remote.foreign_prefix(uri, mirror)
+    assert not remote.pull(uri, mirror)  # not a finished result to show or resume from
+    assert not (mirror / "_SUCCESS").exists() and (mirror / "summary.json").exists()
+    _put(f"{uri}/_SUCCESS", b'{"run_id": "20260101-120000-0a1b2c", "committed_at": 1.0}')
+    assert remote.foreign_prefix(uri, tmp_path / "fresh") == ""  # birdray's marker: birdray's

@@ -20,11 +20,14 @@ from birdray.scoring.output import (
     OutputError,
     PartWriter,
     commit,
+    finished,
     foreign,
+    is_result,
     locked,
     new_run_id,
     read_rows,
 )
+from birdray.scoring.places import clash, odd_bucket_path
 from birdray.scoring.resume import input_identity, reusable_rows, write_inputs
 from birdray.scoring.sources import (
     SourceError,
@@ -679,3 +682,212 @@ def test_a_folder_name_that_is_not_utf8_is_named_and_a_utf8_link_to_it_scores(tm
     assert listing["path"].to_pylist() == [str(tmp_path / "link" / "a.jpg")]
     assert listing["error"].to_pylist() == [None]
     assert read_file(source, listing["path"][0].as_py()) == b"1"
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [b"", b"{}", b'{"status": "ok"}', b'{"run_id": 7}', b'{"run_id": ""}', b"[1, 2]",
+     b"SUCCESS\n", b"\xff\xfe\x00"],
+    ids=["spark_empty", "empty_object", "other_json", "run_id_not_text", "run_id_empty", "list",
+         "text", "not_utf8"],
+)  # fmt: skip
+def test_another_tools_success_file_does_not_make_a_folder_birdrays(tmp_path, capsys, marker):
+    """Spark and Hadoop write an empty ``_SUCCESS`` beside their part files: any ``_SUCCESS`` made
+    the folder birdray's, so ``--overwrite`` replaced or deleted the user's files. Only birdray's
+    own marker (a JSON object naming its run) does now; the folder is refused, untouched."""
+    from tests.model_fixture import make_package
+
+    assert not is_result(marker)
+    spark = tmp_path / "spark-out"
+    spark.mkdir()
+    (spark / SUCCESS).write_bytes(marker)
+    (spark / "part-0000.parquet").write_bytes(b"PAR1 their rows")
+    (spark / ".partial-20260101-120000-0a1b2c").mkdir()  # even beside a crashed run of ours
+    before = _tree(spark)
+    assert "not a birdray result (_SUCCESS, part-0000.parquet)" in foreign(spark)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"1")
+    package = make_package(tmp_path / "pkg")
+    argv = ["score", "--input", str(photos), "--model", str(package), "--output", str(spark)]
+    for flag in ("", "overwrite", "resume"):
+        assert main([*argv, *([f"--{flag}", "true"] if flag else [])]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not a birdray result" in err
+        cfg = ScoreConfig(input=str(photos), output=str(spark), model=str(package))
+        if flag:
+            setattr(cfg, flag, True)
+        with pytest.raises(OutputError, match="not a birdray result"):
+            run_scoring(cfg)
+        assert _tree(spark) == before  # not even a .lock
+    from birdray.dashboard.stage_reports import scoring_results
+
+    assert scoring_results(str(spark))["state"] == "foreign"  # not shown as birdray's result
+
+
+def test_only_birdrays_own_success_marks_a_finished_folder(tmp_path):
+    """What ``commit`` writes is birdray's marker; a folder it finished stays birdray's (for
+    ``--resume`` and ``--overwrite``), and an unreadable ``_SUCCESS`` (a folder, a FIFO) is not."""
+    import os
+
+    root = tmp_path / "out"
+    staging = root / f".partial-{new_run_id()}"
+    (staging / "predictions").mkdir(parents=True)
+    commit(root, staging, {"run_id": staging.name.removeprefix(".partial-"), "rows": 0})
+    assert is_result((root / SUCCESS).read_bytes()) and finished(root) and foreign(root) == ""
+    (root / "notes.txt").write_text("mine, beside a finished result of birdray's")
+    assert foreign(root) == ""  # as before: a finished folder of birdray's stays birdray's
+    assert is_result(b'{"run_id": "20260101-120000-0a1b2c", "committed_at": 1.5}')
+    assert not is_result(None) and not is_result(b" " * (2 << 20))  # none, or far too big
+    for odd in ("folder", "fifo"):
+        other = tmp_path / odd
+        other.mkdir()
+        (other / "part-0000.parquet").write_bytes(b"x")
+        if odd == "folder":
+            (other / SUCCESS).mkdir()
+        else:
+            os.mkfifo(other / SUCCESS)  # read without blocking: not a regular file
+        assert not finished(other) and "not a birdray result" in foreign(other)
+
+
+SAME = "must not be the --input folder itself"
+HOLDS = "holds --input"
+CLIMBS = "climbs out of its bucket"
+
+
+@pytest.mark.parametrize(
+    "output, input_, said",
+    [
+        ("s3://b/x", "s3://b/x", SAME),
+        ("s3://b//x", "s3://b/x", SAME),
+        ("s3://b/x/", "s3://b/x", SAME),
+        ("s3://b/./x", "s3://b/x", SAME),
+        ("s3://b/x/.", "s3://b//x//", SAME),
+        ("s3://b/y/../x", "s3://b/x", SAME),
+        ("s3://B/x", "s3://b/x", SAME),
+        ("s3://b/x?region=us-east-1", "s3://b/x", SAME),
+        ("s3://key:secret@b/x", "s3://b/x", SAME),
+        ("s3://b/a%20b", "s3://b/a b", SAME),
+        ("gs://b/./x/", "gs://b/x", SAME),
+        ("s3://b", "s3://b/x", HOLDS),
+        ("s3://b/", "s3://b//x/y", HOLDS),
+        ("s3://b/./", "s3://b/x", HOLDS),
+        ("s3://b/x", "s3://b/x/y", HOLDS),
+        ("s3://b//x", "s3://b/x/./y/", HOLDS),
+        ("s3://b/x/y/..", "s3://b/x/y", HOLDS),
+        ("s3://b/x/y", "s3://b/x", ""),  # a subfolder of the input: the listing leaves it out
+        ("s3://b/x/./y", "s3://b//x", ""),
+        ("s3://b/xy", "s3://b/x", ""),
+        ("s3://b/x", "s3://b/xy", ""),
+        ("s3://c/x", "s3://b/x", ""),
+        ("gs://b/x", "s3://b/x", ""),
+        ("s3://b/x", "/data/x", ""),
+        ("s3://b/../x", "s3://b/x", CLIMBS),
+        ("s3://b/x", "s3://b/x/../../y", CLIMBS),
+        ("s3://b/x/../..", "/data/x", CLIMBS),
+    ],
+)
+def test_bucket_uris_are_compared_as_the_store_sees_them(output, input_, said):
+    """``s3://b//x``, ``s3://b/x/`` and ``s3://b/./x`` were not the same prefix as ``s3://b/x``
+    (raw strings), so an --output that was, or held, the --input passed the check."""
+    wrong = clash(output, input_)
+    assert (said in wrong) if said else wrong == ""
+
+
+def test_an_odd_bucket_spelling_is_refused_with_the_plain_one(tmp_path, capsys, monkeypatch):
+    """The job left ``s3://b/./photos/scored`` (a subfolder of ``s3://b/photos``: no clash) in
+    the listing, whose paths are normalised, so a rerun scored its own results: the flags are
+    now refused before Ray, with the spelling to use; the plain ones still reach the next check."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    assert odd_bucket_path("s3://b/photos/scored/") == "" and odd_bucket_path("/a//b") == ""
+    assert odd_bucket_path("s3://b/x/../..").endswith("climbs out of its bucket with '..'")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for flag, value in (("--output", "s3://b/./photos/scored"), ("--input", "s3://b//photos")):
+        argv = {"--input": str(photos), "--output": str(tmp_path / "out"), "--model": "m"}
+        argv[flag] = value
+        assert main(["score", *[x for kv in argv.items() for x in kv]]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err, err
+        assert "write it as s3://b/photos" in err, err
+
+
+@pytest.mark.parametrize("where", ["opening the bucket", "reading the shards"])
+def test_a_dataset_that_cannot_be_read_for_resume_is_one_line_naming_it(
+    tmp_path, monkeypatch, where
+):
+    """A bucket refusing the connection (or the permission) while ``--resume`` read what each row
+    was made from was a raw OSError traceback; now it is the job's one-line error naming it."""
+    import errno
+
+    from birdray import storage
+    from birdray.cli import _job_error
+    from birdray.scoring import resume
+    from birdray.scoring.sources import Source
+
+    _split(tmp_path / "ds" / "split=test", {"a.jpg": b"1"}, {"a.jpg": "h0"})
+    source = Source("dataset", str(tmp_path / "ds"), "", str(tmp_path / "ds" / "split=test"))
+
+    def refused(*args, **kwargs):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr(storage if where == "opening the bucket" else resume,
+                        "filesystem" if where == "opening the bucket" else "split_columns",
+                        refused)  # fmt: skip
+    with pytest.raises(SourceError) as caught:
+        input_identity(source)
+    said = str(caught.value)
+    assert source.split_dir in said and "Connection refused" in said and "\n" not in said
+    assert _job_error(caught.value) is caught.value  # the CLI says it in one line, exit 1
+
+
+def test_a_dataset_in_a_bucket_that_refuses_the_connection_is_one_line(monkeypatch):
+    """The same through a real S3 client: nothing listens on the endpoint (one try, no waiting)."""
+    from birdray import storage
+    from birdray.runtime import free_port
+    from birdray.scoring.sources import Source
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(storage, "S3_ATTEMPTS", 1)
+    split = "s3://birds/gone/split=test"
+    with pytest.raises(SourceError, match=f"{split}: .*(?i:connect)"):
+        input_identity(Source("dataset", "s3://birds/gone", "s3://", split))
+
+
+def test_resume_keeps_rows_recorded_by_an_earlier_run_and_each_path_once(tmp_path):
+    """The identity is built and compared as columns now (a Python loop over a million rows
+    took seconds): a record written by an earlier run (``None@`` for a photo without a hash)
+    still matches, a dict still works as the identity, and a path scored twice is kept once,
+    from the finished result before a partial run."""
+    from birdray.scoring.sources import Source
+
+    images = {f"c/{i}.jpg": b"photo %d" % i for i in range(3)}
+    split = tmp_path / "ds" / "split=test"
+    _split(split, images, {"c/0.jpg": "h0", "c/1.jpg": None, "c/2.jpg": "h2"})
+    source = Source("dataset", str(tmp_path / "ds"), "", str(split))
+    shard = (split / "part-0.parquet").stat()
+    stamp = f"{split / 'part-0.parquet'}:{shard.st_size}:{shard.st_mtime_ns}"
+    earlier = {"c/0.jpg": f"h0@{stamp}", "c/1.jpg": f"None@{stamp}", "c/2.jpg": f"h2@{stamp}"}
+    identity = input_identity(source)
+    assert dict(zip(*identity.to_pydict().values(), strict=True)) == earlier
+    out = tmp_path / "out"
+    partial = out / ".partial-20260101-120000-0a1b2c"
+    for folder, version in ((out, "v1"), (partial, "v1")):
+        (folder / "predictions").mkdir(parents=True)
+        rows = [{**_row(p, version=version, size=None, mtime=None), "node_id": folder.name}
+                for p in [*images, "c/0.jpg"]]  # fmt: skip
+        pq.write_table(pa.Table.from_pylist(rows, SCHEMA), folder / "predictions" / "p.parquet")
+        pq.write_table(pa.table({"path": list(earlier), "content": list(earlier.values())}),
+                       folder / "inputs.parquet")  # fmt: skip
+    listing = list_inputs(source, None, None)
+    for given in (identity, earlier):
+        kept = reusable_rows(out, listing, "v1", given)
+        assert kept["path"].to_pylist() == list(images)
+        assert set(kept["node_id"].to_pylist()) == {"out"}
+    write_inputs(out / "again", earlier)  # a dict is written as the table would be
+    assert pq.read_table(out / "again" / "inputs.parquet").to_pydict() == identity.to_pydict()
+    (out / "predictions" / "p.parquet").unlink()  # now only the partial run has them
+    assert reusable_rows(out, listing, "v1", identity)["node_id"].to_pylist() == [partial.name] * 3
+    assert len(reusable_rows(out, listing, "v1", None)) == 0  # no identity: dataset rows rescored

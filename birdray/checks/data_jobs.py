@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from birdray import storage
 from birdray.checks.common import (
@@ -23,6 +23,9 @@ from birdray.checks.common import (
 from birdray.config import UsageError
 from birdray.data.cub import CubFormatError
 from birdray.data.folders import LAYOUTS, find_layout, read_layout
+
+if TYPE_CHECKING:
+    from birdray.scoring.sources import Source
 
 
 def synth(cfg: Any) -> None:
@@ -92,26 +95,40 @@ def evaluate(cfg: Any) -> None:
     device(cfg.device, cfg.address)
     require(bool(cfg.model or cfg.registry), "--model", f"is required ({MODEL_HELP})")
     model(cfg.model, cfg.registry)
-    dataset("--dataset", cfg.dataset, cfg.split)
+    manifest = dataset("--dataset", cfg.dataset, cfg.split)
+    sources = _labelled_splits(cfg, manifest["splits"])
     if cfg.exclude_ids:
-        _exclude_ids(cfg.exclude_ids, cfg.dataset, cfg.split)
+        _exclude_ids(cfg.exclude_ids, sources.get(cfg.split), cfg.split)
     if cfg.out:
         output("--out", cfg.out)
     positive({"--batch-size": cfg.batch_size, "--actors": cfg.actors})
 
 
-def _exclude_ids(path: str, location: str, split: str) -> None:
-    """Every token an id, and some image of the split left to report on (one column read)."""
-    import pyarrow.dataset as pads
+def _labelled_splits(cfg: Any, have: list[str]) -> dict[str, Source]:
+    """The splits evaluation reads (the report split, val to calibrate on), opened as the job
+    opens them: shards' footers, and a ``label`` column (an unlabelled split failed after Ray
+    started). A bucket's shards are the job's to read, before Ray all the same."""
+    from birdray.evaluate.inputs import open_splits, splits_read
+    from birdray.scoring.sources import SourceError
 
-    from birdray.data.manifest import split_path
+    if storage.is_remote(cfg.dataset):
+        return {}
+    try:
+        return open_splits(cfg.dataset, splits_read(cfg.split, cfg.calibrate, have))
+    except SourceError as exc:
+        raise UsageError(f"--dataset: {exc}") from None
+
+
+def _exclude_ids(path: str, source: Source | None, split: str) -> None:
+    """Every token an id, and some image of the split left to report on: one column read from
+    the shards the job reads (``source``; ``None`` for a bucket), a README beside them ignored."""
     from birdray.evaluate.exclude import nothing_left, read_exclude_ids
+    from birdray.scoring.sources import split_columns
 
     file("--exclude-ids", path, "a file of image ids")
     ids = read_exclude_ids(path)
-    if ids and not storage.is_remote(location):
-        fs, root = storage.filesystem(split_path(location, split))
-        listed = pads.dataset(root, filesystem=fs, format="parquet").to_table(["image_id"])
+    if ids and source is not None:
+        listed = split_columns(source, ["image_id"])
         left = set(listed["image_id"].to_pylist()) - set(ids)
         require(bool(left), "--exclude-ids", nothing_left(path, split, len(ids), listed.num_rows))
 

@@ -156,6 +156,11 @@ def _app_bounds(cfg: Any) -> None:
 
 
 def score(cfg: Any) -> None:
+    from birdray.scoring.places import odd_bucket_path
+
+    for flag, location in (("--input", cfg.input), ("--output", cfg.output)):
+        odd = odd_bucket_path(location)  # the listing's paths are normalised, the flag's were not
+        require(not odd, flag, odd)
     device(cfg.device, cfg.address)
     exists("--input", cfg.input, "an image folder, a bucket URI, or an ingested dataset")
     if not storage.is_remote(cfg.input):
@@ -164,7 +169,8 @@ def score(cfg: Any) -> None:
         if is_dataset(cfg.input):
             dataset("--input", cfg.input, cfg.split)
     output("--output", cfg.output)
-    from birdray.scoring.output import clash, foreign
+    from birdray.scoring.output import foreign
+    from birdray.scoring.places import clash
 
     # the input itself or a folder holding it (results among the photos, the listing empty), and
     # a folder of someone else's files (a commit replaced their summary.json, review/ ...)

@@ -43,7 +43,7 @@ def _json(path: Path) -> Any:
 
 @st.cache_data(show_spinner=False, ttl=15)
 def scoring_results(output: str) -> dict[str, Any]:
-    """``{"state": "missing" | "running" | "finished", "rows", "summary", "overlays"}``.
+    """``{"state": "missing" | "running" | "foreign" | "finished", "rows", "summary", "overlays"}``.
 
     Only an output with ``_SUCCESS`` is read: without it the folder may hold a half-written run.
     A bucket output (``s3://...``) is read from a local copy of its finished result.
@@ -63,6 +63,10 @@ def scoring_results(output: str) -> dict[str, Any]:
         return {"state": "missing"}
     if not (root / SUCCESS).is_file():
         return {"state": "running"}
+    from birdray.scoring.output import finished
+
+    if not finished(root):  # Spark's or Hadoop's empty _SUCCESS: another tool's files
+        return {"state": "foreign"}
     rows = pd.read_parquet(root / PREDICTIONS)
     rows["top_k"] = rows["top_k"].map(_top_k_text)
     index = _json(root / EXPLANATIONS / "index.json") or {}

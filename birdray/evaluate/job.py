@@ -14,7 +14,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from birdray.config import UsageError, field
 from birdray.data.manifest import DatasetError, load_manifest
 from birdray.devices import DEVICE_HELP, gpus_to_use
 from birdray.evaluate.exclude import nothing_left, read_exclude_ids
+from birdray.evaluate.inputs import open_splits, splits_read
 from birdray.evaluate.metrics import (
     calibration_bins,
     classification_metrics,
@@ -34,6 +35,9 @@ from birdray.registry import record_evaluation
 from birdray.registry.ref import ModelChoice
 from birdray.resources import plan_pool, watched
 from birdray.runtime import init_ray
+
+if TYPE_CHECKING:
+    from birdray.scoring.sources import Source
 
 
 @dataclass
@@ -52,14 +56,19 @@ class EvaluateConfig(ModelChoice):
 
 
 def score_splits(
-    package: Path, dataset: str, splits: list[str], cfg: EvaluateConfig
+    package: Path,
+    dataset: str,
+    splits: list[str],
+    cfg: EvaluateConfig,
+    sources: dict[str, Source] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Logits of each split, through batch scoring's own two stages (decode + eval transform in
     CPU tasks, the model in an actor pool): evaluation sees exactly the pixels scoring does.
 
     The splits are read as one stream through one actor pool: the model loads once (a second
-    pool's process start, torch import and model load cost ~4 s on 2 cores)."""
-    from birdray.scoring.sources import open_source, split_columns
+    pool's process start, torch import and model load cost ~4 s on 2 cores). ``sources``: the
+    splits as ``open_splits`` opened and checked them (opened here when not given)."""
+    from birdray.scoring.sources import split_columns
     from birdray.scoring.stages import (
         StagePlan,
         add_stages,
@@ -75,7 +84,7 @@ def score_splits(
                      preprocess_cpus=0.5)  # fmt: skip
     shipped = ship_package(package, cfg.address)
     data_config = config_json(read_metadata(package).data_config)
-    sources = {split: open_source(dataset, split) for split in splits}
+    sources = sources or open_splits(dataset, splits)
     rows = [listed_rows(source, None, plan) for source in sources.values()]
     first = next(iter(sources.values()))
     built = add_stages(
@@ -126,10 +135,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             f"(e.g. {', '.join(diff)}): wrong dataset for this model"
         )
     exclude = read_exclude_ids(cfg.exclude_ids)  # a bad token is an error before Ray starts
-    init_ray(cfg.address or None)
     calibrates = cfg.calibrate and "val" in manifest["splits"]
-    fit = calibrates and cfg.split != "val"  # val scored beside the report split, in one pool
-    scored = score_splits(package, cfg.dataset, [cfg.split] + (["val"] if fit else []), cfg)
+    splits = splits_read(cfg.split, cfg.calibrate, manifest["splits"])  # val in the same pool
+    sources = open_splits(cfg.dataset, splits)  # unlabelled or damaged shards: before Ray too
+    init_ray(cfg.address or None)
+    scored = score_splits(package, cfg.dataset, splits, cfg, sources)
     report = scored[cfg.split]
     keep = ~np.isin(report["image_id"], exclude)
     absent = len(set(exclude) - set(report["listed"].tolist()))

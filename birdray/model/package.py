@@ -220,19 +220,19 @@ def check_fine_tune_source(
     return meta
 
 
-def verify_package(path: str | Path) -> PackageMetadata:
+def verify_package(path: str | Path, digest: str = "") -> PackageMetadata:
     """Metadata of a complete, untampered package; a clear ``ModelError`` otherwise.
 
-    The weights must be a whole safetensors file (its header read: cheap) whose SHA-256 is the
-    metadata's ``content_hash``. ``save_package`` always writes that hash, so a package without
-    one was not made by birdray, or was edited: it is refused rather than trusted unchecked.
-    """
+    The weights must be a whole safetensors file (its header read: cheap) whose SHA-256 (``digest``
+    if the caller has just computed it: hashing is the cost here) is the metadata's
+    ``content_hash``. ``save_package`` always writes that hash, so a package without one was not
+    made by birdray, or was edited: it is refused rather than trusted unchecked."""
     meta = read_metadata(path)
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelError(f"model package {path} has no {WEIGHTS_FILE}")
     check_safetensors(weights)
-    _check_hash(meta, file_sha256(weights), path)
+    _check_hash(meta, digest or file_sha256(weights), path)
     return meta
 
 

@@ -12,12 +12,14 @@ A registry is a folder or a bucket URI (any pyarrow filesystem), written the sam
 
 Nothing is ever renamed or overwritten (object stores cannot rename a folder, and two writers
 must not clobber each other): see ``versions`` (register, commit marker), ``pointer`` (promotion
-logs per alias) and ``views`` (the local, calibrated folder consumers load). Serve, batch
-scoring, explanations and the dashboard resolve an alias/``latest``/``v0003``/a package path here.
+logs per alias), ``records`` (evaluations, explanations) and ``views`` (the local, calibrated
+folder consumers load). Serve, batch scoring, explanations and the dashboard resolve an
+alias/``latest``/``v0003``/a package path here.
 """
 
 from birdray.registry.cli import RegistryConfig, run_registry
 from birdray.registry.pointer import read_aliases, read_pointer
+from birdray.registry.records import latest_calibration, record_evaluation, record_explanation
 from birdray.registry.versions import (
     VERSION_RE,
     RegistryError,
@@ -32,11 +34,8 @@ from birdray.registry.versions import (
 from birdray.registry.views import (
     check_usable,
     is_package_dir,
-    latest_calibration,
     local_copy,
     promote,
-    record_evaluation,
-    record_explanation,
     resolve,
     rollback,
     set_alias,

@@ -178,11 +178,15 @@ def _package_files(package_dir: Path) -> list[Path]:
 
 
 def register(
-    registry: str, package_dir: str | Path, provenance: dict[str, Any] | None = None
+    registry: str,
+    package_dir: str | Path,
+    provenance: dict[str, Any] | None = None,
+    digest: str = "",
 ) -> str:
-    """Copy a verified package in as the next version; returns the version name."""
+    """Copy a verified package in as the next version; returns the version name. ``digest``:
+    the weights' SHA-256 the caller has just verified (``register_once``), not hashed again."""
     package_dir = Path(package_dir).resolve()
-    meta: PackageMetadata = verify_package(package_dir)
+    meta: PackageMetadata = verify_package(package_dir, digest)
     version, claim = _claim(registry)
     target = version_uri(registry, version)
     for path in _package_files(package_dir):  # weights, and reports made before registering
@@ -218,7 +222,7 @@ def register_once(
     lives in the temp folder): writers on other machines are kept apart only by ``_claim``,
     which keeps their numbers distinct but not their contents.
     """
-    try:
+    try:  # the one hash of the weights: ``register`` checks the package against it
         content_hash = verify_package(package_dir).content_hash
     except ModelError as exc:
         raise RegistryError(f"{package_dir}: not a usable model package: {exc}") from exc
@@ -227,7 +231,7 @@ def register_once(
         found = find_version(registry, content_hash)
         if found:
             return found, False
-        return register(registry, package_dir, provenance), True
+        return register(registry, package_dir, provenance, content_hash), True
 
 
 def _claimed_at(registry: str, version: str, claim: str) -> float | None:

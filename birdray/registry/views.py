@@ -7,9 +7,9 @@ marker. ``local_copy`` builds the folder every consumer reads (Serve replicas, b
 explanations, the dashboard): the version's files with the newest committed record's temperature
 and metrics merged into ``metadata.json`` and its reports as ``eval/``. ``explain-eval`` likewise
 writes an *explanation record* (``explanations/<id>/explain/``, then ``_COMMITTED``) served as the
-version's ``explain/`` (Serve's part profiles). Such a folder lives in a cache keyed by the
-version's commit id and the records' ids, so it is never stale; a local version without records is
-used where it lies.
+version's ``explain/`` (Serve's part profiles); ``records`` writes and reads both. Such a folder
+lives in a cache keyed by the version's commit id and the records' ids, so it is never stale; a
+local version without records is used where it lies.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,15 @@ from birdray.model.errors import ModelError
 from birdray.model.package import METADATA_FILE, WEIGHTS_FILE, PackageMetadata
 from birdray.model.safetensors_check import check_safetensors
 from birdray.registry import pointer
+from birdray.registry.records import (
+    CALIBRATION,
+    EXPLAIN_DIR,
+    EXPLANATIONS,
+    committed_records,
+    explanations,
+    latest_calibration,
+    merged,
+)
 from birdray.registry.versions import (
     COMMITTED,
     EVALUATIONS,
@@ -49,50 +56,14 @@ from birdray.registry.versions import (
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION = "calibration.json"
-EXPLANATIONS = "explanations"
-EXPLAIN_DIR = "explain"
-
 
 def cache_root() -> Path:
     return Path(os.environ.get("BIRDRAY_CACHE", Path.home() / ".cache" / "birdray")) / "registry"
 
 
-def _records(files: list[str], kind: str = EVALUATIONS, marker: str = CALIBRATION) -> list[str]:
-    """Committed records of one kind (ids, oldest first) among a version's files."""
-    done = {f.split("/")[1] for f in files if f.count("/") == 2 and f.startswith(f"{kind}/")}
-    return sorted(r for r in done if f"{kind}/{r}/{marker}" in files)
-
-
-def _explanations(files: list[str]) -> list[str]:
-    return _records(files, EXPLANATIONS, COMMITTED)
-
-
-def latest_calibration(registry: str, version: str) -> dict[str, Any] | None:
-    """The newest committed evaluation record's ``calibration.json`` (``None`` if none)."""
-    records = _records(storage.list_files(version_uri(registry, version)))
-    if not records:
-        return None
-    path = storage.join(version_uri(registry, version), EVALUATIONS, records[-1], CALIBRATION)
-    return {**json.loads(storage.read_bytes(path)), "record": records[-1]}
-
-
-def _merged(meta: dict[str, Any], calibration: dict[str, Any] | None) -> dict[str, Any]:
-    if not calibration:
-        return meta
-    provenance = {**meta.get("provenance", {}), "evaluation": calibration["record"]}
-    metrics = {**meta.get("metrics", {}), **calibration.get("metrics", {})}
-    return {
-        **meta,
-        "temperature": calibration["temperature"],
-        "metrics": metrics,
-        "provenance": provenance,
-    }
-
-
 def version_metadata(registry: str, version: str) -> PackageMetadata:
     """The metadata a consumer of ``version`` sees (calibration applied), without the weights."""
-    meta = _merged(stored_metadata(registry, version), latest_calibration(registry, version))
+    meta = merged(stored_metadata(registry, version), latest_calibration(registry, version))
     try:
         return PackageMetadata.from_json(meta)
     except ModelError as exc:  # a registry command's one line (ModelError alone may not be)
@@ -144,7 +115,7 @@ def local_copy(registry: str, version: str) -> Path:
             raise  # a version that is gone, or never copied here: the bucket's own error
         logger.warning("%s cannot be read (%s); using this machine's copy %s", src, exc, copy)
         return copy
-    records, explained = _records(files), _explanations(files)
+    records, explained = committed_records(files), explanations(files)
     if not storage.is_remote(src) and not records and not explained:
         return storage.local_path(src)
     newest = f"{records[-1] if records else ''}|{explained[-1] if explained else ''}"
@@ -152,6 +123,7 @@ def local_copy(registry: str, version: str) -> Path:
     cache = cache_root() / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (cache / METADATA_FILE).is_file():
         return _remember(kept, cache)
+    calibration = latest_calibration(registry, version, files)  # checked before any download
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=cache.parent))
     try:
@@ -161,14 +133,9 @@ def local_copy(registry: str, version: str) -> Path:
                 storage.download_file(storage.join(src, name), tmp / name)
         if explained:
             _fetch_record(src, files, f"{EXPLANATIONS}/{explained[-1]}/", COMMITTED, tmp)
-        calibration = None
         if records:
-            record = _fetch_record(src, files, f"{EVALUATIONS}/{records[-1]}/", CALIBRATION, tmp)
-            calibration = {
-                **json.loads(storage.read_bytes(storage.join(src, record + CALIBRATION))),
-                "record": records[-1],
-            }
-        meta = _merged(stored_metadata(registry, version), calibration)
+            _fetch_record(src, files, f"{EVALUATIONS}/{records[-1]}/", CALIBRATION, tmp)
+        meta = merged(stored_metadata(registry, version), calibration)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
         try:
             os.replace(tmp, cache)
@@ -254,43 +221,3 @@ def rollback(registry: str, alias: str = pointer.PRODUCTION) -> dict[str, Any]:
     verified(registry, previous)
     pointer.append(registry, "rollback", previous, current, alias=alias)
     return {"alias": alias, **pointer.read_pointer(registry, alias)}
-
-
-def _new_record(registry: str, version: str, kind: str, marker: str) -> str:
-    read_marker(registry, check_version(version))
-    seq = len(_records(storage.list_files(version_uri(registry, version)), kind, marker)) + 1
-    record = f"{seq:08d}-{time.time_ns():019d}-{uuid.uuid4().hex[:12]}"
-    return storage.join(version_uri(registry, version), kind, record)
-
-
-def _upload_tree(folder: Path, target: str) -> None:
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        storage.upload_file(path, storage.join(target, *path.relative_to(folder).parts))
-
-
-def record_evaluation(
-    registry: str, version: str, report_dir: str | Path, temperature: float, metrics: dict
-) -> str:
-    """Attach an evaluation (reports + calibration) to a committed version; returns its URI.
-
-    The reports are copied first and ``calibration.json`` last, so a record is used only once
-    whole; the version's own files are never touched.
-    """
-    target = _new_record(registry, version, EVALUATIONS, CALIBRATION)
-    _upload_tree(Path(report_dir), storage.join(target, "eval"))
-    body = {"temperature": float(temperature), "metrics": metrics, "evaluated_at": time.time()}
-    storage.put_bytes(storage.join(target, CALIBRATION), json.dumps(body, indent=2).encode())
-    return target
-
-
-def record_explanation(registry: str, version: str, explain_dir: str | Path) -> str:
-    """Attach ``explain-eval`` results (``explain/``: part profiles, plots) to a version.
-
-    Written like an evaluation record, committed by ``_COMMITTED`` last; ``local_copy`` serves the
-    newest one as the version's ``explain/``, so Serve's part profiles survive a bucket registry.
-    """
-    target = _new_record(registry, version, EXPLANATIONS, COMMITTED)
-    _upload_tree(Path(explain_dir), storage.join(target, EXPLAIN_DIR))
-    body = {"version": version, "recorded_at": time.time()}
-    storage.put_bytes(storage.join(target, COMMITTED), json.dumps(body).encode())
-    return target

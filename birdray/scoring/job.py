@@ -15,7 +15,7 @@ mtime; a dataset row's photo hash and shard), and scores the rest. Failed rows a
 Inputs no longer listed drop out: the output always describes the input.
 
 The output must be birdray's: new, empty or holding a birdray result (``output.foreign``), and
-neither the input folder nor one that holds it (``output.clash``).
+neither the input folder nor one that holds it (``places.clash``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from birdray.scoring.output import (
     SUMMARY_FILE,
     OutputError,
     PartWriter,
-    clash,
     commit,
     foreign,
     locked,
@@ -56,6 +55,7 @@ from birdray.scoring.output import (
     write_json,
     writing,
 )
+from birdray.scoring.places import clash, odd_bucket_path
 from birdray.scoring.remote import foreign_prefix, marker, mirror_of, publish, pull
 from birdray.scoring.resume import input_identity, reusable_rows, write_inputs
 from birdray.scoring.sources import (
@@ -158,8 +158,10 @@ def run_scoring(cfg: ScoreConfig, scorer_cls: type = Scorer) -> dict[str, Any]:
     package_path = cfg.ref.resolve()
     meta = read_metadata(package_path)  # the hash is checked once, when shipped to the actors
     version = meta.version or meta.content_hash[:12]
-    wrong = clash(cfg.output, cfg.input) or (
-        foreign_prefix(remote, root) if remote else foreign(root)
+    wrong = (
+        odd_bucket_path(cfg.output)
+        or clash(cfg.output, cfg.input)
+        or (foreign_prefix(remote, root) if remote else foreign(root))
     )
     if wrong:  # before the lock: not even a .lock goes into a folder that is not ours
         raise OutputError(f"--output: {wrong}")

@@ -9,9 +9,9 @@ again. A run that fails leaves the previous complete result untouched, plus its 
 whose finished Parquet files ``--resume`` reuses. One run at a time holds ``<output>/.lock``.
 
 birdray only ever replaces or deletes what it wrote: a folder that holds something, but no
-``_SUCCESS`` and no partial run of birdray's, is someone else's and is refused (``foreign``), and
-the clean-up after a commit matches birdray's own run-id names exactly (a user's ``.old-backup``
-is not one of them).
+``_SUCCESS`` of birdray's (``is_result``: Spark writes one too) and no partial run of birdray's,
+is someone else's and is refused (``foreign``), and the clean-up after a commit matches birdray's
+own run-id names exactly (a user's ``.old-backup`` is not one of them).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ PARTIAL_PREFIX = ".partial-"
 OLD_PREFIX = ".old-"  # a commit's previous results, deleted once _SUCCESS is written
 LOCK_FILE = ".lock"
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # new_run_id's shape, and nothing else's
+MARKER_MAX_BYTES = 1 << 20  # birdray's _SUCCESS is ~100 bytes; a bigger one is someone else's
 
 
 def new_run_id() -> str:
@@ -67,19 +68,42 @@ def own_runs(root: Path, prefix: str) -> list[Path]:
     )
 
 
+def is_result(marker: bytes | None) -> bool:
+    """Whether a ``_SUCCESS``'s bytes are birdray's: a JSON object naming its run (``run_id``).
+    Spark's and Hadoop's empty one, other JSON or unreadable bytes mark someone else's files."""
+    if not marker or len(marker) > MARKER_MAX_BYTES:
+        return False
+    try:
+        data = json.loads(marker)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
+    return isinstance(data, dict) and isinstance(data.get("run_id"), str) and data["run_id"] != ""
+
+
+def finished(root: Path) -> bool:
+    """Whether ``root`` holds a finished result of birdray's (its ``_SUCCESS`` is birdray's)."""
+    try:  # no blocking open of a FIFO, no reading a huge file
+        return is_result(storage.read_local_file(root / SUCCESS, MARKER_MAX_BYTES))
+    except OSError:
+        return False
+
+
 def foreign(root: Path) -> str:
     """Why ``root`` may not be written ('' when it may): it holds files but no birdray result.
 
-    A finished result (``_SUCCESS``) or a partial run of birdray's marks the folder as birdray's;
-    without one, whatever is there (even a ``summary.json`` or ``review/`` of the same name) is
-    the user's, and a commit would have replaced or deleted it."""
+    A finished result (birdray's ``_SUCCESS``) or, with no ``_SUCCESS`` at all, a partial run of
+    birdray's marks the folder as birdray's; otherwise what is there (even a ``summary.json`` of
+    the same name) is the user's, and a commit would have replaced or deleted it."""
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
         return ""  # created by the run (a file in the way is the pre-flight's to refuse)
     except OSError as exc:
         return f"{root} cannot be listed ({exc.strerror or exc})"
-    if (root / SUCCESS).is_file() or own_runs(root, PARTIAL_PREFIX) or own_runs(root, OLD_PREFIX):
+    if finished(root):
+        return ""
+    ours = own_runs(root, PARTIAL_PREFIX) or own_runs(root, OLD_PREFIX)
+    if ours and not os.path.lexists(root / SUCCESS):  # another tool's _SUCCESS: theirs anyway
         return ""
     # hidden names (.DS_Store, an editor's swap file) are left alone: birdray's own hidden
     # folders are matched by exact run id, so it never touches another's
@@ -96,26 +120,6 @@ def not_ours(where: str, names: list[str], things: str, place: str) -> str:
         f"{where} holds {things} that are not a birdray result ({shown}); birdray never replaces "
         f"what it did not write: choose a new or empty {place}"
     )
-
-
-def clash(output: str, input_: str) -> str:
-    """Why ``output`` cannot hold results for ``input_`` ('' when it can): the input folder itself,
-    or a folder that holds it (compared resolved, links too). A subfolder of the input is fine:
-    the listing leaves it out."""
-    if storage.is_remote(output) != storage.is_remote(input_):
-        return ""
-    if storage.is_remote(output):
-        out, inp = output.rstrip("/"), input_.rstrip("/")
-        same, holds = out == inp, inp.startswith(out + "/")
-    else:
-        out_path = storage.local_path(output).resolve()
-        in_path = storage.local_path(input_).resolve()
-        same, holds = out_path == in_path, out_path in in_path.parents
-    if same:
-        return "must not be the --input folder itself (use a subfolder)"
-    if holds:
-        return f"{output} holds --input {input_}; choose a folder outside it (or a subfolder of it)"
-    return ""
 
 
 class OutputError(RuntimeError):

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from birdray import locks, storage
-from birdray.scoring.output import RESULTS, SUCCESS, OutputError, not_ours
+from birdray.scoring.output import RESULTS, SUCCESS, OutputError, finished, is_result, not_ours
 
 
 def mirror_of(uri: str, reader: str = "job") -> Path:
@@ -39,7 +39,8 @@ def mirror_of(uri: str, reader: str = "job") -> Path:
 
 
 def marker(location: str) -> bytes | None:
-    """The content of ``location``'s ``_SUCCESS`` (which run finished it), or None."""
+    """The content of ``location``'s ``_SUCCESS`` (which run finished it), or None; whoever
+    wrote it (``output.is_result`` says whether birdray did)."""
     try:
         return storage.read_bytes(storage.join(location, SUCCESS))
     except FileNotFoundError:
@@ -49,10 +50,12 @@ def marker(location: str) -> bytes | None:
 def foreign_prefix(uri: str, mirror: Path) -> str:
     """Why the bucket prefix ``uri`` may not be published to ('' when it may): it holds objects
     but no birdray result. Publishing replaces every result name there (``summary.json``,
-    ``review/`` ...), so a prefix of someone else's objects would lose them. A publish of this
-    machine's that died halfway (its mirror committed, the bucket without ``_SUCCESS``) may
-    finish."""
-    if marker(uri) is not None or (mirror / SUCCESS).is_file():
+    ``review/`` ...), so a prefix of someone else's objects would lose them; a ``_SUCCESS`` that
+    is not birdray's (Spark's empty one) marks them as someone else's too, as for a folder. A
+    publish of this machine's that died halfway (its mirror committed, the bucket without
+    ``_SUCCESS``) may finish."""
+    found = marker(uri)
+    if is_result(found) or (found is None and finished(mirror)):
         return ""
     return not_ours(uri, storage.names(uri), "objects", "prefix")
 
@@ -72,7 +75,8 @@ def pull(uri: str, mirror: Path) -> bool:
     while it was taken: a copy made during someone's publish is thrown away, not trusted.
     """
     with _pull_lock(mirror):
-        remote = marker(uri)
+        found = marker(uri)
+        remote = found if is_result(found) else None  # another tool's _SUCCESS: no result
         local = (mirror / SUCCESS).read_bytes() if (mirror / SUCCESS).is_file() else None
         if remote == local:
             return remote is not None
@@ -90,7 +94,7 @@ def pull(uri: str, mirror: Path) -> bool:
                     (fresh / name).mkdir()  # copy_files fills a folder but does not create it
                 if kind != pafs.FileType.NotFound:
                     pafs.copy_files(f"{root}/{name}", str(fresh / name), source_filesystem=fs)
-            if marker(uri) != remote:
+            if marker(uri) != found:
                 return False  # published over while copying: "unfinished" until it settles
             for name in RESULTS:
                 _remove_local(mirror / name)

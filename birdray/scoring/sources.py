@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,12 +227,21 @@ def _shard_problem(fs: pafs.FileSystem, info: pafs.FileInfo) -> str:
     except (pa.ArrowException, OSError) as exc:  # pyarrow names the file again: keep the reason
         reason = str(exc).rsplit("': ", 1)[-1].rstrip(".")
         return f"is not a Parquet file: {reason}"
-    lacking = [name for name in SHARD_COLUMNS if name not in schema.names]
+    return columns_problem(schema, SHARD_COLUMNS)
+
+
+def columns_problem(
+    schema: pa.Schema, needed: dict[str, Callable[[pa.DataType], bool]], purpose: str = ""
+) -> str:
+    """What ``schema`` lacks of ``needed`` (name -> type test), or has of the wrong type ("" if
+    nothing); ``purpose`` says who needs the missing ones (scoring's columns, evaluation's)."""
+    lacking = [name for name in needed if name not in schema.names]
     if lacking:
-        return f"lacks column(s) {', '.join(lacking)} (has {', '.join(schema.names[:10])})"
+        has = ", ".join(schema.names[:10])
+        return f"lacks column(s) {', '.join(lacking)}{purpose} (has {has})"
     wrong = [
         f"{name} is {schema.field(name).type}"
-        for name, fits in SHARD_COLUMNS.items()
+        for name, fits in needed.items()
         if not fits(schema.field(name).type)
     ]
     return f"has columns of the wrong type: {', '.join(wrong)}" if wrong else ""

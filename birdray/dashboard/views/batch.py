@@ -158,6 +158,9 @@ def results_section() -> None:
     if results["state"] == "running":
         st.info(f"{folder} has no finished result yet (no _SUCCESS): a job may still be writing.")
         return
+    if results["state"] == "foreign":
+        st.warning(f"{folder} is not a birdray result: its _SUCCESS was written by another tool.")
+        return
     rows, summary = results["rows"], results["summary"]
     a, b, c, d = st.columns(4)
     a.metric("Files seen", summary.get("files_seen", len(rows)))

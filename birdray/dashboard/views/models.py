@@ -171,6 +171,9 @@ def production_tab(registry: dict) -> None:
         )
         return
     current = registry["pointer"].get("version")
+    broken = {r["version"]: r["problem"] for r in registry["rows"] if "problem" in r}
+    if current in broken:  # else the tab quietly showed another version as if it were it
+        st.error(f"The production version {current} cannot be read: {broken[current]}")
     index = versions.index(current) if current in versions else len(versions) - 1
     version = st.selectbox(
         "Version",
@@ -179,7 +182,11 @@ def production_tab(registry: dict) -> None:
         key="model_version",
         format_func=lambda v: f"{v} (production)" if v == current else v,
     )
-    report = model_report(settings.registry, version)
+    try:
+        report = model_report(settings.registry, version)
+    except Exception as exc:  # a broken version (marker, metadata, calibration): said, not a box
+        st.error(f"Cannot show {version}: {' '.join(str(exc).split())}")
+        return
     st.caption(
         f"{report['arch']} · {len(report['class_names'])} species · "
         f"temperature {report['temperature']:.2f} · {report['path']}"
