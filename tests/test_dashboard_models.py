@@ -120,6 +120,23 @@ def test_an_unreadable_production_version_is_said_and_the_rest_still_works(
         path.unlink()  # the record is then ignored, as the message advises
 
 
+def test_a_registry_of_unreadable_versions_is_not_called_empty(sweep_root, app_test, tmp_path):
+    """Its only version unreadable, the tab said "No model versions yet (train ...)"."""
+    from birdray.registry import record_evaluation
+
+    registry = str(tmp_path / "registry")
+    register(registry, make_package(tmp_path / "pkg"), {"run": "run0"})
+    promote(registry, "v0001")
+    (tmp_path / "report").mkdir()
+    record = record_evaluation(registry, "v0001", tmp_path / "report", 1.5, {})
+    (Path(record) / "calibration.json").write_text("[]")
+    at = app_test(PAGE, BIRDRAY_REGISTRY=registry, BIRDRAY_SWEEP_DIR=sweep_root)
+    no_exceptions(at)
+    assert any("production version v0001 cannot be read" in e for e in texts(at, "error"))
+    assert any("No version in" in w and "v0001" in w for w in texts(at, "warning"))
+    assert not any("No model versions" in i for i in texts(at, "info"))
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1500)

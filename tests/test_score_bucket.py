@@ -196,6 +196,24 @@ def test_a_prefix_with_another_tools_success_is_refused_and_left_alone(s3_bucket
     _finished(mirror, "v1")  # even beside a committed mirror: the bucket's _SUCCESS is theirs
     assert "not a birdray result" in remote.foreign_prefix(uri, mirror)
     assert not remote.pull(uri, mirror)  # not a finished result to show or resume from
+    from birdray.dashboard.stage_reports import scoring_results
+
+    assert scoring_results(uri)["state"] == "foreign"  # not "a job may still be writing"
     assert not (mirror / "_SUCCESS").exists() and (mirror / "summary.json").exists()
     _put(f"{uri}/_SUCCESS", b'{"run_id": "20260101-120000-0a1b2c", "committed_at": 1.0}')
     assert remote.foreign_prefix(uri, tmp_path / "fresh") == ""  # birdray's marker: birdray's
+
+
+def test_an_output_spelt_with_escapes_is_still_left_out_of_the_listing(s3_bucket):
+    """``--input s3://b/my%20photos --output s3://b/my%20photos/scored`` (a space must be
+    escaped): the listing's paths are the store's decoded keys (``my photos/...``) and the output
+    was compared as typed, so a rerun scored its own overlays."""
+    from birdray.scoring.places import clash, odd_bucket_path
+    from birdray.scoring.sources import list_inputs, open_source
+
+    photos, output = f"{s3_bucket}/my%20photos", f"{s3_bucket}/my%20photos/scored"
+    _put(f"{s3_bucket}/my photos/a.jpg".replace(" ", "%20"), jpeg_bytes())
+    _put(f"{output}/explanations/a.png", b"an overlay of ours")
+    assert clash(output, photos) == "" and odd_bucket_path(output) == ""  # a subfolder: allowed
+    listed = list_inputs(open_source(photos), None, exclude=output)["path"].to_pylist()
+    assert listed == [f"{s3_bucket}/my photos/a.jpg"], listed

@@ -782,6 +782,8 @@ CLIMBS = "climbs out of its bucket"
         ("s3://c/x", "s3://b/x", ""),
         ("gs://b/x", "s3://b/x", ""),
         ("s3://b/x", "/data/x", ""),
+        ("abfs://c2@acct/photos", "abfs://c1@acct/photos", ""),  # two Azure containers
+        ("abfs://c1@acct/x", "abfs://c1@acct/x/y", HOLDS),
         ("s3://b/../x", "s3://b/x", CLIMBS),
         ("s3://b/x", "s3://b/x/../../y", CLIMBS),
         ("s3://b/x/../..", "/data/x", CLIMBS),
@@ -803,6 +805,10 @@ def test_an_odd_bucket_spelling_is_refused_with_the_plain_one(tmp_path, capsys, 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
     assert odd_bucket_path("s3://b/photos/scored/") == "" and odd_bucket_path("/a//b") == ""
     assert odd_bucket_path("s3://b/x/../..").endswith("climbs out of its bucket with '..'")
+    # what the store sees (%2E is a dot), and a plain spelling pyarrow can parse, query kept
+    assert odd_bucket_path("s3://b/my%20run/%2E/x?endpoint_override=h").endswith(
+        "write it as s3://b/my%20run/x?endpoint_override=h"
+    )
     photos = tmp_path / "photos"
     photos.mkdir()
     for flag, value in (("--output", "s3://b/./photos/scored"), ("--input", "s3://b//photos")):

@@ -49,12 +49,16 @@ def scoring_results(output: str) -> dict[str, Any]:
     A bucket output (``s3://...``) is read from a local copy of its finished result.
     """
 
-    from birdray.scoring.remote import mirror_of, pull
+    from birdray.scoring.output import finished, is_result
+    from birdray.scoring.remote import marker, mirror_of, pull
 
     if storage.is_remote(output):
         uri = output.rstrip("/")
         root = mirror_of(uri, reader="dashboard")  # never the job's own working mirror
         if not pull(uri, root):
+            found = marker(uri)
+            if found is not None and not is_result(found):  # Spark's _SUCCESS, as for a folder
+                return {"state": "foreign"}
             exists = storage.file_type(uri) != pafs.FileType.NotFound
             return {"state": "running" if exists else "missing"}
     else:
@@ -63,8 +67,6 @@ def scoring_results(output: str) -> dict[str, Any]:
         return {"state": "missing"}
     if not (root / SUCCESS).is_file():
         return {"state": "running"}
-    from birdray.scoring.output import finished
-
     if not finished(root):  # Spark's or Hadoop's empty _SUCCESS: another tool's files
         return {"state": "foreign"}
     rows = pd.read_parquet(root / PREDICTIONS)
@@ -172,7 +174,7 @@ def registry_versions(registry: str) -> dict[str, Any]:
         try:
             meta = version_metadata(registry, version)  # metadata only: no weights downloaded
         except Exception as exc:  # a broken entry is listed as broken, not hidden
-            rows.append({"version": version, "problem": str(exc)[:200]})
+            rows.append({"version": version, "problem": str(exc)[:600]})  # paths are long
             continue
         rows.append(
             {

@@ -4,9 +4,11 @@ spelt as the store resolves them (``s3://b//x``, ``s3://b/./x`` and ``s3://b/x``
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from birdray import storage
+
+CREDENTIALS_IN_NETLOC = ("s3", "gs", "gcs")
 
 
 def bucket_key(uri: str) -> tuple[str, str, tuple[str, ...]]:
@@ -24,8 +26,10 @@ def bucket_key(uri: str) -> tuple[str, str, tuple[str, ...]]:
             segments.pop()
         else:
             raise ValueError(f"{uri} climbs out of its bucket with '..'")
-    bucket = parts.netloc.rpartition("@")[2].lower()  # credentials (user:secret@) are no part
-    return parts.scheme.lower(), bucket, tuple(segments)
+    scheme, bucket = parts.scheme.lower(), parts.netloc
+    if scheme in CREDENTIALS_IN_NETLOC:  # s3://key:secret@b: the credentials are no part of it
+        bucket = bucket.rpartition("@")[2].lower()  # (abfs://container@account: they are)
+    return scheme, bucket, tuple(segments)
 
 
 def odd_bucket_path(uri: str) -> str:
@@ -35,14 +39,17 @@ def odd_bucket_path(uri: str) -> str:
     not left out of the listing and a rerun scored its own results."""
     if not storage.is_remote(uri):
         return ""
-    path = urlsplit(uri).path.rstrip("/")
+    parts = urlsplit(uri)
+    path = unquote(parts.path).rstrip("/")  # %2E and %2F%2F are what the store sees: . and //
     if not any(seg in ("", ".", "..") for seg in path.split("/")[1:]):
         return ""
     try:
-        scheme, bucket, segments = bucket_key(uri)
+        segments = bucket_key(uri)[2]
     except ValueError as exc:
         return str(exc)
-    return f"{uri}: write it as {scheme}://{'/'.join((bucket, *segments))}"
+    query = f"?{parts.query}" if parts.query else ""  # an endpoint_override stays
+    plain = f"{parts.scheme}://{parts.netloc}/{quote('/'.join(segments))}{query}"
+    return f"{uri}: write it as {plain}"
 
 
 def clash(output: str, input_: str) -> str:

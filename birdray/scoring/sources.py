@@ -141,7 +141,9 @@ def list_inputs(
         }
         return pa.table(rows, schema=LISTING_SCHEMA).sort_by("path")
     # the output folder (a URI in the input's own bucket, or a local folder) is never scored
-    skip = str(exclude).rstrip("/") + "/" if exclude is not None and source.prefix else None
+    skip = None  # spelt as the listing spells paths: pyarrow's decoded key (%20 is a space)
+    if exclude is not None and source.prefix:
+        skip = source.prefix + storage.filesystem(str(exclude))[1].rstrip("/") + "/"
     rows: dict[str, list] = {name: [] for name in LISTING_SCHEMA.names}
     for path, size, mtime_ns, error in _listed(source, _identity(exclude, source)):
         if skip and (path + "/").startswith(skip):

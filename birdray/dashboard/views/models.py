@@ -165,15 +165,19 @@ def explain_scores(summary: dict) -> pd.DataFrame:
 
 def production_tab(registry: dict) -> None:
     versions = [r["version"] for r in registry["rows"] if "problem" not in r]
-    if not versions:
-        st.info(
-            f"No model versions in {settings.registry} yet (train and `birdray registry promote`)."
-        )
-        return
     current = registry["pointer"].get("version")
     broken = {r["version"]: r["problem"] for r in registry["rows"] if "problem" in r}
     if current in broken:  # else the tab quietly showed another version as if it were it
         st.error(f"The production version {current} cannot be read: {broken[current]}")
+    if not versions:
+        if broken:  # not "no versions yet": they are there, and the Registry tab says why
+            st.warning(f"No version in {settings.registry} can be read: {', '.join(broken)}.")
+        else:
+            st.info(
+                f"No model versions in {settings.registry} yet"
+                " (train and `birdray registry promote`)."
+            )
+        return
     index = versions.index(current) if current in versions else len(versions) - 1
     version = st.selectbox(
         "Version",
