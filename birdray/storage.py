@@ -90,13 +90,14 @@ def file_type(location: str | Path) -> pafs.FileType:
     return fs.get_file_info(path).type
 
 
-def read_bytes(location: str | Path) -> bytes:
-    """Raises ``FileNotFoundError`` for a missing file on any filesystem."""
+def read_bytes(location: str | Path, at_most: int = 0) -> bytes:
+    """The file's bytes, or its first ``at_most`` (0: all); ``FileNotFoundError`` for a missing
+    file on any filesystem."""
     fs, path = filesystem(location)
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise FileNotFoundError(location)
     with fs.open_input_stream(path) as stream:
-        return stream.read()
+        return stream.read(at_most) if at_most else stream.read()
 
 
 class NotRegularFile(OSError):

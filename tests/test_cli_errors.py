@@ -689,3 +689,28 @@ def test_exclude_ids_check_reads_the_shards_the_job_reads(tmp_path, evaluate_cli
     ids.write_text("0\n")  # some left: the pre-flight passes
     cfg = EvaluateConfig(model=str(tmp_path / "pkg"), dataset=str(dataset), exclude_ids=str(ids))
     checks.check("evaluate", cfg)
+
+
+def test_evaluate_reads_each_footer_once_and_names_damage_before_labels(tmp_path, monkeypatch):
+    """Scoring's column check and evaluation's label check are one pass over the footers (a
+    request each from a bucket); a damaged shard is named before a split's missing labels,
+    since it is what to mend first."""
+    import pyarrow.parquet as pq
+
+    import birdray.scoring.sources as sources
+    from birdray.evaluate.inputs import open_splits
+
+    dataset = _hand_dataset(tmp_path / "ds", {"test": True, "val": True}, ["001.A", "002.B"])
+    reads = []
+    real = pq.read_schema
+    monkeypatch.setattr(sources.pq, "read_schema", lambda p, **k: reads.append(p) or real(p, **k))
+    opened = open_splits(str(dataset), ["test", "val"])
+    assert sorted(opened) == ["test", "val"] and len(reads) == 2, reads
+
+    split = dataset / "shards" / "split=test"
+    pq.write_table(pq.read_table(split / "part-00000.parquet").drop(["label"]), split / "b.parquet")
+    with pytest.raises(sources.SourceError, match=r"'test' split .*/b\.parquet lacks column"):
+        open_splits(str(dataset), ["test"])
+    (split / "a.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(sources.SourceError, match=r"damaged dataset .*/a\.parquet is not a Parq"):
+        open_splits(str(dataset), ["test"])

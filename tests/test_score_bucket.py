@@ -204,6 +204,18 @@ def test_a_prefix_with_another_tools_success_is_refused_and_left_alone(s3_bucket
     assert remote.foreign_prefix(uri, tmp_path / "fresh") == ""  # birdray's marker: birdray's
 
 
+def test_a_huge_success_object_is_someone_elses_and_not_read_whole(s3_bucket, monkeypatch):
+    """birdray's ``_SUCCESS`` is ~100 bytes; a bucket's was read whole (a 2 GB object would have
+    been held in memory to decide it is not ours). One byte over the cap decides it now."""
+    uri = f"{s3_bucket}/huge-marker"
+    big = b'{"run_id": "20260101-120000-0a1b2c", "pad": "' + b"x" * (2 << 20) + b'"}'
+    _put(f"{uri}/_SUCCESS", big)
+    _put(f"{uri}/part-0000.parquet", b"PAR1 their rows")
+    seen = remote.marker(uri)
+    assert seen is not None and len(seen) == remote.MARKER_MAX_BYTES + 1 and big.startswith(seen)
+    assert "not a birdray result" in remote.foreign_prefix(uri, Path("/nonexistent-mirror"))
+
+
 def test_an_output_spelt_with_escapes_is_still_left_out_of_the_listing(s3_bucket):
     """``--input s3://b/my%20photos --output s3://b/my%20photos/scored`` (a space must be
     escaped): the listing's paths are the store's decoded keys (``my photos/...``) and the output

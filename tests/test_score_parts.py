@@ -750,6 +750,45 @@ def test_only_birdrays_own_success_marks_a_finished_folder(tmp_path):
         assert not finished(other) and "not a birdray result" in foreign(other)
 
 
+def test_a_success_file_nobody_may_read_is_named_not_called_another_tools(
+    tmp_path, monkeypatch, capsys
+):
+    """A ``_SUCCESS`` this user may not read (EACCES; simulated, as root reads everything) was
+    called "not a birdray result", as if another tool had written it. Whose files these are is
+    unknown: scoring and the dashboard say that the marker cannot be read, and write nothing."""
+    import birdray.scoring.output as output
+    from birdray.dashboard.stage_reports import scoring_results
+    from tests.model_fixture import make_package
+
+    root = tmp_path / "out"
+    staging = root / f".partial-{new_run_id()}"
+    (staging / "predictions").mkdir(parents=True)
+    commit(root, staging, {"run_id": staging.name.removeprefix(".partial-"), "rows": 0})
+    real = output.storage.read_local_file
+
+    def denied(path, max_bytes=0):
+        if Path(path).name == SUCCESS:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, max_bytes)
+
+    monkeypatch.setattr(output.storage, "read_local_file", denied)
+    said = foreign(root)
+    assert "_SUCCESS cannot be read (Permission denied)" in said and "birdray result" in said
+    assert not finished(root)
+    results = scoring_results.__wrapped__(str(root))
+    assert results["state"] == "unreadable" and "Permission denied" in results["why"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"1")
+    package = make_package(tmp_path / "pkg")
+    before = _tree(root)
+    argv = ["score", "--input", str(photos), "--model", str(package), "--output", str(root)]
+    assert main([*argv, "--overwrite", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be read (Permission denied)" in err
+    assert _tree(root) == before
+
+
 SAME = "must not be the --input folder itself"
 HOLDS = "holds --input"
 CLIMBS = "climbs out of its bucket"

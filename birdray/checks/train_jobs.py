@@ -101,8 +101,8 @@ def settings(cfg: Any, label: Any) -> None:
     import timm
 
     for name, value, _ in numbers_out_of_range(cfg, dict.fromkeys(SIGNED, -math.inf)):
-        require(math.isfinite(value), label(name), f"must be a finite number, got {value}")
-        require(False, label(name), f"must be >= 0, got {value:g}")
+        floor = "a finite number" if not math.isfinite(value) else ">= 0"
+        raise UsageError(f"{label(name)}: must be {floor}, got {value:g}")
     for name in SHARES:
         value = getattr(cfg, name)
         require(value <= 1, label(name), f"must be <= 1, got {value:g}")

@@ -43,31 +43,36 @@ def _json(path: Path) -> Any:
 
 @st.cache_data(show_spinner=False, ttl=15)
 def scoring_results(output: str) -> dict[str, Any]:
-    """``{"state": "missing" | "running" | "foreign" | "finished", "rows", "summary", "overlays"}``.
+    """``{"state": "missing" | "running" | "foreign" | "unreadable" | "finished", "rows", ...}``.
 
-    Only an output with ``_SUCCESS`` is read: without it the folder may hold a half-written run.
-    A bucket output (``s3://...``) is read from a local copy of its finished result.
+    Only an output with birdray's ``_SUCCESS`` is read: without it the folder may hold a
+    half-written run. A bucket output (``s3://...``) is read from a local copy of its finished
+    result. "unreadable" comes with ``why`` (a ``_SUCCESS`` this user may not read).
     """
 
-    from birdray.scoring.output import finished, is_result
-    from birdray.scoring.remote import marker, mirror_of, pull
+    from birdray.scoring.output import is_result, read_marker, unreadable_marker
+    from birdray.scoring.remote import mirror_of, pull_state
 
     if storage.is_remote(output):
         uri = output.rstrip("/")
         root = mirror_of(uri, reader="dashboard")  # never the job's own working mirror
-        if not pull(uri, root):
-            found = marker(uri)
-            if found is not None and not is_result(found):  # Spark's _SUCCESS, as for a folder
-                return {"state": "foreign"}
+        state = pull_state(uri, root)
+        if state == "foreign":  # Spark's _SUCCESS, as for a folder
+            return {"state": "foreign"}
+        if state != "finished":
             exists = storage.file_type(uri) != pafs.FileType.NotFound
             return {"state": "running" if exists else "missing"}
     else:
         root = storage.local_path(output)
     if not root.is_dir():
         return {"state": "missing"}
-    if not (root / SUCCESS).is_file():
+    try:
+        mark = read_marker(root)
+    except OSError as exc:
+        return {"state": "unreadable", "why": unreadable_marker(root, exc)}
+    if mark is None:
         return {"state": "running"}
-    if not finished(root):  # Spark's or Hadoop's empty _SUCCESS: another tool's files
+    if not is_result(mark):  # Spark's or Hadoop's empty _SUCCESS: another tool's files
         return {"state": "foreign"}
     rows = pd.read_parquet(root / PREDICTIONS)
     rows["top_k"] = rows["top_k"].map(_top_k_text)

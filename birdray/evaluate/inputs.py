@@ -10,12 +10,10 @@ job both open the splits here, through scoring's one reading of "the shards of a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pyarrow.dataset imports pandas, ~0.3 s: not at the CLI's start-up
     import pyarrow as pa
-    import pyarrow.dataset as pads
 
     from birdray.scoring.sources import Source
 
@@ -33,41 +31,27 @@ def splits_read(split: str, calibrate: bool, have: Iterable[str]) -> list[str]:
     return [split] + (["val"] if fit else [])
 
 
-def _problem(fragment: pads.ParquetFileFragment) -> str:
-    """What evaluation cannot use in one shard's schema ("" if nothing); read from its footer."""
-    from birdray.scoring.sources import columns_problem
-
-    problem = columns_problem(fragment.physical_schema, label_columns(), " that evaluation needs")
-    return problem + (", expected integer class labels" if "wrong type" in problem else "")
-
-
-def check_labelled(source: Source, split: str, why: str = "") -> Source:
-    """``source`` once every shard of ``split`` has the label columns; a ``SourceError`` naming
-    the split (and ``why`` it is read), the first such shard and the column otherwise."""
-    from birdray.scoring.sources import SourceError, split_dataset
-
-    fragments = list(split_dataset(source).get_fragments())
-    with ThreadPoolExecutor(8) as pool:  # footers from a bucket: a request each
-        problems = list(pool.map(_problem, fragments))
-    bad = [(f, p) for f, p in zip(fragments, problems, strict=True) if p]
-    if bad:
-        fragment, problem = bad[0]
-        more = f" ({len(bad) - 1} more shards too)" if len(bad) > 1 else ""
-        raise SourceError(
-            f"the {split!r} split of {source.uri}{why} cannot be evaluated: shard "
-            f"{source.prefix}{fragment.path} {problem}{more}; evaluate a labelled dataset "
-            "(birdray ingest of a labelled source), or score this one with birdray score"
-        )
-    return source
-
-
 def open_splits(dataset: str, splits: list[str]) -> dict[str, Source]:
-    """Each split's source, its shards' footers checked for scoring's columns and for labels."""
-    from birdray.scoring.sources import open_source
+    """Each split's source, its shards' footers read once for scoring's columns and for labels;
+    a split without labels is a ``SourceError`` naming it, why it is read, and its first such
+    shard."""
+    from birdray.scoring.sources import LacksColumns, Needs, SourceError, open_source
 
-    opened = {split: open_source(dataset, split) for split in splits}
+    needs = Needs(label_columns(), " that evaluation needs")
     fit = " (read to fit the temperature; --no-calibrate skips it)"
-    return {
-        split: check_labelled(source, split, fit if n and split == "val" else "")
-        for n, (split, source) in enumerate(opened.items())
-    }
+    opened = {}
+    for n, split in enumerate(splits):
+        try:
+            opened[split] = open_source(dataset, split, needs)
+        except LacksColumns as exc:
+            why = fit if n and split == "val" else ""
+            problem = exc.problem + (
+                ", expected integer class labels" if "wrong type" in exc.problem else ""
+            )
+            more = f" ({exc.more} more shards too)" if exc.more else ""
+            raise SourceError(
+                f"the {split!r} split of {dataset}{why} cannot be evaluated: shard "
+                f"{exc.shard} {problem}{more}; evaluate a labelled dataset "
+                "(birdray ingest of a labelled source), or score this one with birdray score"
+            ) from None
+    return opened

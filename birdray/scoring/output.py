@@ -80,10 +80,29 @@ def is_result(marker: bytes | None) -> bool:
     return isinstance(data, dict) and isinstance(data.get("run_id"), str) and data["run_id"] != ""
 
 
+def read_marker(root: Path) -> bytes | None:
+    """``root``'s ``_SUCCESS`` (None when there is none); a folder, FIFO or huge file of that
+    name is ``b""``, someone else's. ``OSError`` when it cannot be read (its permissions): then
+    whose files these are is unknown, and nobody may call them birdray's or another's."""
+    try:  # no blocking open of a FIFO, no reading a huge file
+        return storage.read_local_file(root / SUCCESS, MARKER_MAX_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (storage.NotRegularFile, storage.FileTooBig):
+        return b""
+
+
+def unreadable_marker(root: Path, exc: OSError) -> str:
+    return (
+        f"{root / SUCCESS} cannot be read ({exc.strerror or exc}), so whether {root} holds a"
+        " birdray result is unknown: let this user read it, or choose another output"
+    )
+
+
 def finished(root: Path) -> bool:
     """Whether ``root`` holds a finished result of birdray's (its ``_SUCCESS`` is birdray's)."""
-    try:  # no blocking open of a FIFO, no reading a huge file
-        return is_result(storage.read_local_file(root / SUCCESS, MARKER_MAX_BYTES))
+    try:
+        return is_result(read_marker(root))
     except OSError:
         return False
 
@@ -100,10 +119,14 @@ def foreign(root: Path) -> str:
         return ""  # created by the run (a file in the way is the pre-flight's to refuse)
     except OSError as exc:
         return f"{root} cannot be listed ({exc.strerror or exc})"
-    if finished(root):
+    try:
+        mark = read_marker(root)
+    except OSError as exc:
+        return unreadable_marker(root, exc)
+    if is_result(mark):
         return ""
     ours = own_runs(root, PARTIAL_PREFIX) or own_runs(root, OLD_PREFIX)
-    if ours and not os.path.lexists(root / SUCCESS):  # another tool's _SUCCESS: theirs anyway
+    if ours and mark is None:  # another tool's _SUCCESS: theirs anyway
         return ""
     # hidden names (.DS_Store, an editor's swap file) are left alone: birdray's own hidden
     # folders are matched by exact run id, so it never touches another's

@@ -26,7 +26,15 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from birdray import locks, storage
-from birdray.scoring.output import RESULTS, SUCCESS, OutputError, finished, is_result, not_ours
+from birdray.scoring.output import (
+    MARKER_MAX_BYTES,
+    RESULTS,
+    SUCCESS,
+    OutputError,
+    finished,
+    is_result,
+    not_ours,
+)
 
 
 def mirror_of(uri: str, reader: str = "job") -> Path:
@@ -41,8 +49,8 @@ def mirror_of(uri: str, reader: str = "job") -> Path:
 def marker(location: str) -> bytes | None:
     """The content of ``location``'s ``_SUCCESS`` (which run finished it), or None; whoever
     wrote it (``output.is_result`` says whether birdray did)."""
-    try:
-        return storage.read_bytes(storage.join(location, SUCCESS))
+    try:  # one byte over birdray's cap is enough to call a big one someone else's
+        return storage.read_bytes(storage.join(location, SUCCESS), MARKER_MAX_BYTES + 1)
     except FileNotFoundError:
         return None
 
@@ -69,7 +77,13 @@ def _pull_lock(mirror: Path) -> Iterator[None]:
 
 
 def pull(uri: str, mirror: Path) -> bool:
-    """Make the mirror's finished result the bucket's; returns whether the bucket has one.
+    """Make the mirror's finished result the bucket's; returns whether the bucket has one."""
+    return pull_state(uri, mirror) == "finished"
+
+
+def pull_state(uri: str, mirror: Path) -> str:
+    """``pull``, saying what the bucket held: "finished" (the mirror is now its result),
+    "foreign" (another tool's ``_SUCCESS``) or "unfinished" (none, or published over meanwhile).
 
     The copy goes to a temporary folder first and is used only if ``_SUCCESS`` did not change
     while it was taken: a copy made during someone's publish is thrown away, not trusted.
@@ -78,12 +92,13 @@ def pull(uri: str, mirror: Path) -> bool:
         found = marker(uri)
         remote = found if is_result(found) else None  # another tool's _SUCCESS: no result
         local = (mirror / SUCCESS).read_bytes() if (mirror / SUCCESS).is_file() else None
+        state = "unfinished" if found is None else "foreign"
         if remote == local:
-            return remote is not None
+            return "finished" if remote is not None else state
         mirror.mkdir(parents=True, exist_ok=True)
         (mirror / SUCCESS).unlink(missing_ok=True)
         if remote is None:  # never published, or a publish died: local rows stay for --resume
-            return False
+            return state
         fs, root = storage.filesystem(uri)
         fresh = mirror.parent / f".{mirror.name}.pull-{uuid.uuid4().hex[:8]}"
         try:
@@ -95,13 +110,13 @@ def pull(uri: str, mirror: Path) -> bool:
                 if kind != pafs.FileType.NotFound:
                     pafs.copy_files(f"{root}/{name}", str(fresh / name), source_filesystem=fs)
             if marker(uri) != found:
-                return False  # published over while copying: "unfinished" until it settles
+                return "unfinished"  # published over while copying, until it settles
             for name in RESULTS:
                 _remove_local(mirror / name)
                 if (fresh / name).exists():
                     (fresh / name).rename(mirror / name)
             (mirror / SUCCESS).write_bytes(remote)
-            return True
+            return "finished"
         finally:
             shutil.rmtree(fresh, ignore_errors=True)
 

@@ -55,6 +55,24 @@ class SourceError(ValueError):
     """An input that cannot be listed (missing folder, unknown split, bad URI)."""
 
 
+class LacksColumns(SourceError):
+    """Sound shards without the extra columns a caller asked for (``open_source``'s ``needs``):
+    the caller words the error (evaluation: "cannot be evaluated"), from the first such shard."""
+
+    def __init__(self, shard: str, problem: str, more: int):
+        super().__init__(f"shard {shard} {problem}")
+        self.shard, self.problem, self.more = shard, problem, more
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Columns a caller reads from every shard beyond scoring's (name -> type test), and who
+    needs them, for the error (" that evaluation needs")."""
+
+    columns: dict[str, Callable[[pa.DataType], bool]]
+    purpose: str = ""
+
+
 @dataclass(frozen=True)
 class Source:
     """A picklable description of the input that tasks on any node can reopen."""
@@ -75,8 +93,12 @@ class Source:
 _filesystem = functools.lru_cache(maxsize=8)(storage.filesystem)
 
 
-def open_source(input_uri: str, split: str = "test") -> Source:
-    """A folder/URI of images, or an ingested dataset (folder or URI with a manifest.json)."""
+def open_source(input_uri: str, split: str = "test", needs: Needs | None = None) -> Source:
+    """A folder/URI of images, or an ingested dataset (folder or URI with a manifest.json).
+
+    A dataset split's shard footers are read once, for scoring's columns and ``needs`` (extra
+    name -> type test, with who needs them): a damaged shard is a ``SourceError``, a sound one
+    without ``needs`` a ``LacksColumns``."""
     if not input_uri:
         raise SourceError("--input is required (a folder, a file URI, or an ingested dataset)")
     if storage.is_remote(input_uri):
@@ -88,13 +110,15 @@ def open_source(input_uri: str, split: str = "test") -> Source:
             raise SourceError(f"input not found: {input_uri}")
         prefix = storage.scheme(input_uri)
         if is_dataset(input_uri):
-            return _dataset(Source("dataset", input_uri, prefix, split_path(input_uri, split)))
+            return _dataset(
+                Source("dataset", input_uri, prefix, split_path(input_uri, split)), needs
+            )
         return Source("folder", input_uri, prefix)
     local = storage.local_path(input_uri)
     if not local.exists():
         raise SourceError(f"input not found: {local}")
     if local.is_dir() and is_dataset(local):
-        return _dataset(Source("dataset", str(local), "", split_path(local, split)))
+        return _dataset(Source("dataset", str(local), "", split_path(local, split)), needs)
     return Source("folder", _as_given(input_uri, local), "")
 
 
@@ -199,20 +223,24 @@ def _listed(source: Source, skip: Identity | None = None) -> Iterator[Listed]:
             yield source.prefix + item.path, item.size, item.mtime_ns, None
 
 
-def _dataset(source: Source) -> Source:
+def _dataset(source: Source, needs: Needs | None = None) -> Source:
     """``source`` once every shard of its split has a Parquet footer with the columns scoring
-    reads. Checked here, before any Ray work: a damaged shard failed deep inside Ray's
-    read_parquet (or pyarrow's), a traceback naming no file a user could act on."""
+    reads (and ``needs``). Checked here, before any Ray work: a damaged shard failed deep inside
+    Ray's read_parquet (or pyarrow's), a traceback naming no file a user could act on."""
     fs, shards = _shards(source)
     if not shards:
         raise SourceError(f"{source.split_dir} holds no Parquet shards (*.parquet): re-run ingest")
     with ThreadPoolExecutor(8) as pool:  # footers from a bucket: a request each
-        problems = list(pool.map(functools.partial(_shard_problem, fs), shards))
-    bad = [(info, problem) for info, problem in zip(shards, problems, strict=True) if problem]
-    if bad:
+        problems = list(pool.map(functools.partial(_shard_problem, fs, needs), shards))
+    for lacking in (False, True):  # damage first: it is what to mend before anything else
+        bad = [(i, p[1]) for i, p in zip(shards, problems, strict=True) if p[1] and p[0] == lacking]
+        if not bad:
+            continue
         info, problem = bad[0]
-        more = f" ({len(bad) - 1} more shards are damaged too)" if len(bad) > 1 else ""
         shown = source.prefix + info.path if source.prefix else info.path
+        if lacking:
+            raise LacksColumns(shown, problem, len(bad) - 1)
+        more = f" ({len(bad) - 1} more shards are damaged too)" if len(bad) > 1 else ""
         raise SourceError(
             f"damaged dataset {source.uri}: shard {shown} {problem}{more}; re-run ingest, or"
             " remove the file if it is not the dataset's"
@@ -220,16 +248,22 @@ def _dataset(source: Source) -> Source:
     return source
 
 
-def _shard_problem(fs: pafs.FileSystem, info: pafs.FileInfo) -> str:
-    """What is wrong with one shard, from its footer alone ("" if nothing)."""
+def _shard_problem(
+    fs: pafs.FileSystem, needs: Needs | None, info: pafs.FileInfo
+) -> tuple[bool, str]:
+    """What is wrong with one shard, from its footer alone ("" if nothing), and whether it is
+    only that it lacks ``needs`` (True) rather than damage or scoring's columns (False)."""
     if info.size == 0:
-        return "is empty (0 bytes)"
+        return False, "is empty (0 bytes)"
     try:
         schema = pq.read_schema(info.path, filesystem=fs)
     except (pa.ArrowException, OSError) as exc:  # pyarrow names the file again: keep the reason
         reason = str(exc).rsplit("': ", 1)[-1].rstrip(".")
-        return f"is not a Parquet file: {reason}"
-    return columns_problem(schema, SHARD_COLUMNS)
+        return False, f"is not a Parquet file: {reason}"
+    problem = columns_problem(schema, SHARD_COLUMNS)
+    if problem or needs is None:
+        return False, problem
+    return True, columns_problem(schema, needs.columns, needs.purpose)
 
 
 def columns_problem(

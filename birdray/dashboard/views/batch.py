@@ -161,6 +161,9 @@ def results_section() -> None:
     if results["state"] == "foreign":
         st.warning(f"{folder} is not a birdray result: its _SUCCESS was written by another tool.")
         return
+    if results["state"] == "unreadable":
+        st.error(results["why"])
+        return
     rows, summary = results["rows"], results["summary"]
     a, b, c, d = st.columns(4)
     a.metric("Files seen", summary.get("files_seen", len(rows)))
