@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -292,10 +293,38 @@ def _job_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def exit_with(code: int) -> NoReturn:
+    """End the ``birdray`` process with ``code`` (the console script, ``python -m``, jobs/*.py).
+
+    A job that ended early (Ctrl-C, an error) can leave Ray Data's threads running; Ray's exit
+    handler then shut Ray down under them, and an interrupted ingest died with SIGSEGV, or
+    printed "The core worker has already been shutdown" and exited 1, instead of 130 (3 of 9
+    tries). The job's own cleanup has run by now (its ``finally`` blocks), so such a process
+    leaves at once: Ray's reaper stops the local Ray it started, a cluster sees its driver gone.
+    A job that finished shuts Ray down deaf to Ctrl-C: cut short, that shutdown printed a
+    traceback under the job's result.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        if code != 0:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ray.shutdown()
+    raise SystemExit(code)
+
+
+def entry() -> NoReturn:
+    """The ``birdray`` console script."""
+    exit_with(main())
+
+
 def run_job(name: str, argv: list[str] | None = None) -> int:
     """Entry point for ``jobs/<name>.py``: the same parser and code path as ``birdray <name>``."""
     return main([name, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

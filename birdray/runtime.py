@@ -79,8 +79,11 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+STARTING_SAYS = "birdray: stopping once Ray has started (Ctrl-C again: now)"
+
+
 @contextlib.contextmanager
-def interrupts_held() -> Iterator[list[int]]:
+def interrupts_held(say: str = "") -> Iterator[list[int]]:
     """Ctrl-C or SIGTERM inside the block acts when it ends; the block sees them in the list.
 
     Some bookkeeping must not be cut in half. Interrupted inside ``Popen`` (after the fork,
@@ -88,22 +91,34 @@ def interrupts_held() -> Iterator[list[int]]:
     running. Interrupted between starting a pool worker and recording it, ``ProcessPoolExecutor``
     sent its stop sentinels to the wrong workers and ``shutdown`` waited forever for one that
     never got its own (``birdray synth``, CI caught both). A block that waits for long can poll
-    the list and wind down at once. Outside the main thread Python delivers no signals, so
+    the list and wind down at once, or ``say`` what it waits for: then the first signal prints
+    that, and a second one acts at once. Outside the main thread Python delivers no signals, so
     there is nothing to hold.
     """
     held: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
+    forced = False
+
+    def hold(signum: int, _: Any) -> None:
+        nonlocal forced
+        held.append(signum)
+        if say and len(held) == 1:
+            print(say, file=sys.stderr, flush=True)
+        elif say:  # asked twice: the user would rather have it now
+            forced = True
+            raise KeyboardInterrupt
+
     # one the process ignores (a script's ``birdray synth &``) stays ignored, not held
     signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in signals}
+    previous = {sig: signal.signal(sig, hold) for sig in signals}
     try:
         yield held
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for signum in held[:1]:
+        for signum in held[:1] if not forced else []:
             signal.raise_signal(signum)  # now handled as it would have been
 
 
@@ -200,20 +215,23 @@ def init_ray(
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "local":
-        ray.init(address=address, **kwargs)
-    else:
-        keep_local_ray_on_loopback()
-        with _own_address_for_cluster_processes():
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                include_dashboard=kwargs.pop("include_dashboard", True),
-                dashboard_host=kwargs.pop("dashboard_host", LOOPBACK),
-                _node_ip_address=LOOPBACK,
-                **kwargs,
-            )
+    # Ctrl-C in ray.init, while its driver was still connecting, made Ray shut the new node down
+    # under it, and the process died with SIGSEGV instead of saying "interrupted" (exit 130)
+    with interrupts_held(STARTING_SAYS):
+        if address and address != "local":
+            ray.init(address=address, **kwargs)
+        else:
+            keep_local_ray_on_loopback()
+            with _own_address_for_cluster_processes():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    include_dashboard=kwargs.pop("include_dashboard", True),
+                    dashboard_host=kwargs.pop("dashboard_host", LOOPBACK),
+                    _node_ip_address=LOOPBACK,
+                    **kwargs,
+                )
     # From here this process never calls ray.init() by itself: a Ray Data thread still running
     # at exit (a job that failed mid-stream) did, after Ray's atexit shutdown, and joined another
     # user's Ray on the machine ("Found multiple active Ray instances ... Connecting to latest").

@@ -1,6 +1,6 @@
 """`ray job submit -- python jobs/evaluate.py ...`: same parser and code as `birdray evaluate`."""
 
-from birdray.cli import run_job
+from birdray.cli import exit_with, run_job
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("evaluate"))
+    exit_with(run_job("evaluate"))

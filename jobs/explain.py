@@ -1,6 +1,6 @@
 """``python jobs/explain.py ...`` is ``birdray explain ...``: same parser, same code."""
 
-from birdray.cli import run_job
+from birdray.cli import exit_with, run_job
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("explain"))
+    exit_with(run_job("explain"))

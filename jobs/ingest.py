@@ -1,6 +1,6 @@
 """`ray job submit -- python jobs/ingest.py ...`: the same parser and code as `birdray ingest`."""
 
-from birdray.cli import run_job
+from birdray.cli import exit_with, run_job
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("ingest"))
+    exit_with(run_job("ingest"))

@@ -470,6 +470,56 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert err.strip().splitlines()[-1] == "birdray synth: interrupted" and "Traceback" not in err
 
 
+def _children_named(pid: int, name: str) -> list[int]:
+    """The processes ``pid`` started that are called ``name`` (from /proc; no psutil here)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm_end = (text := stat.read_text()).rindex(")")
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        comm, ppid = text[text.index("(") + 1 : comm_end], int(text[comm_end + 2 :].split()[1])
+        if ppid == pid and comm == name:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("moment", ["ray_starting", "data_running"])
+def test_ctrl_c_during_a_ray_job_is_one_line_and_exit_130(tmp_path, moment):
+    """``birdray ingest`` interrupted while Ray started died with SIGSEGV (Ray shut down a node
+    whose driver was still connecting); interrupted while Ray Data ran, it printed "The core
+    worker has already been shutdown" and exited 1 (Ray's exit handler shut Ray down under Ray
+    Data's threads): 3 of 9 tries. Now a Ctrl-C while Ray starts acts once it has started, and
+    an interrupted process leaves without shutting Ray down under running threads."""
+    from tests.cub_fixture import jpeg_bytes, write_layout
+
+    photo = jpeg_bytes(size=(480, 360))  # a few seconds of Ray Data work on 2 cores
+    write_layout(tmp_path, [(1 + i % 3, photo, i % 2 == 0) for i in range(900)])
+    argv = ["ingest", "--source", str(tmp_path / "CUB_200_2011"), "--out", str(tmp_path / "out")]
+    proc = birdray_process(argv, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
+    lines: list[str] = []
+    if moment == "ray_starting":  # Ray's first process is up: ray.init has seconds to go
+        deadline = time.time() + 120
+        while not _children_named(proc.pid, "gcs_server") and time.time() < deadline:
+            time.sleep(0.05)
+    else:
+        for line in proc.stderr:
+            lines.append(line)
+            if "Execution plan of Dataset" in line:
+                break
+    assert proc.poll() is None, "".join(lines)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    err = "".join(lines) + err
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "birdray ingest: interrupted", err
+    assert "Traceback" not in err and "core worker" not in err.lower()
+    if moment == "ray_starting":
+        assert "birdray: stopping once Ray has started" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_ctrl_c_inside_a_locks_handling_is_still_an_interrupt(monkeypatch, capsys):
     """Ctrl-C during ``birdray score`` once landed while ``queue.get`` restored its lock, and
     CPython raised ``RuntimeError: release unlocked lock`` while handling the KeyboardInterrupt:

@@ -97,6 +97,20 @@ def test_an_interrupt_inside_interrupts_held_acts_when_the_block_ends():
     assert seen_inside == [signal.SIGINT]
 
 
+def test_a_held_wait_says_what_it_waits_for_and_a_second_ctrl_c_acts_at_once(capsys):
+    """Ray's start holds Ctrl-C (interrupted halfway it crashed): the first says so, and a
+    user who presses it again is not made to wait; the held one is not raised twice."""
+    reached = []
+    with pytest.raises(KeyboardInterrupt), runtime.interrupts_held("waiting for X") as held:
+        signal.raise_signal(signal.SIGINT)
+        reached.append("after the first")
+        signal.raise_signal(signal.SIGINT)
+        reached.append("after the second")  # never: the second acts at once
+    assert reached == ["after the first"] and held == [signal.SIGINT, signal.SIGINT]
+    assert capsys.readouterr().err == "waiting for X\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_signal_the_process_ignores_stays_ignored_inside_interrupts_held():
     """A script's ``birdray synth &`` runs with SIGINT ignored: holding it turned the Ctrl-C
     meant for the script into one that stopped the job."""
