@@ -11,6 +11,8 @@ found before Ray starts (``birdray.checks``); ``--debug`` shows the traceback in
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -18,6 +20,8 @@ import logging
 import os
 import signal
 import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -293,32 +297,57 @@ def _job_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def exit_with(code: int) -> NoReturn:
-    """End the ``birdray`` process with ``code`` (the console script, ``python -m``, jobs/*.py).
+def finish(job: Callable[[], int]) -> NoReturn:
+    """Run ``job`` (``main``, or a jobs/*.py ``run_job``) and end the process with its code: the
+    console script, ``python -m birdray.cli`` and jobs/*.py all end here.
 
     A job that ended early (Ctrl-C, an error) can leave Ray Data's threads running; Ray's exit
     handler then shut Ray down under them, and an interrupted ingest died with SIGSEGV, or
-    printed "The core worker has already been shutdown" and exited 1, instead of 130 (3 of 9
-    tries). The job's own cleanup has run by now (its ``finally`` blocks), so such a process
-    leaves at once: Ray's reaper stops the local Ray it started, a cluster sees its driver gone.
-    A job that finished shuts Ray down deaf to Ctrl-C: cut short, that shutdown printed a
-    traceback under the job's result.
+    printed "The core worker has already been shutdown" and exited 1, instead of 130. The
+    job's own cleanup has run by now (its ``finally`` blocks), so such a process leaves at once
+    (``_leave``); what ``main`` lets through (a bug, ``--debug``) is printed first, as Python
+    would, and leaves the same way.
     """
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        if code != 0:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        ray.shutdown()
-    raise SystemExit(code)
+    try:
+        code = job()
+    except SystemExit as exc:  # argparse's usage errors and --help
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, int | None):
+            print(exc.code, file=sys.stderr)
+    except BaseException as exc:  # printed, then the exit code says it
+        traceback.print_exc()
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    _leave(code)
 
 
 def entry() -> NoReturn:
     """The ``birdray`` console script."""
-    exit_with(main())
+    finish(main)
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit; with Ray started in this process, without Ray's exit handler where it would race
+    threads still running. The local Ray's processes end with this one (they share its fate);
+    what ``ray.shutdown`` would also have done, deleting the objects Ray spilled to disk (its
+    session folders stay), is done here. A finished job exits normally, ignoring Ctrl-C once
+    its threads are joined: cut short, Ray's shutdown printed a traceback under the result."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        raise SystemExit(code)
+    if code == 0:  # atexit runs the last registered first: before Ray's own shutdown
+        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        raise SystemExit(0)
+    with contextlib.suppress(Exception):  # Ray's own cleanup: best effort, on the way out
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is not None and node.is_head():
+            node.destroy_external_storage()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # `birdray ... | head`: a closed pipe
+            stream.flush()
+    os._exit(code)
 
 
 def run_job(name: str, argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-STARTING_SAYS = "birdray: stopping once Ray has started (Ctrl-C again: now)"
+STARTING_SAYS = "birdray: stopping once Ray has started (interrupt again to stop now)"
 
 
 @contextlib.contextmanager
@@ -92,23 +92,21 @@ def interrupts_held(say: str = "") -> Iterator[list[int]]:
     sent its stop sentinels to the wrong workers and ``shutdown`` waited forever for one that
     never got its own (``birdray synth``, CI caught both). A block that waits for long can poll
     the list and wind down at once, or ``say`` what it waits for: then the first signal prints
-    that, and a second one acts at once. Outside the main thread Python delivers no signals, so
-    there is nothing to hold.
+    that, and a second one ends the process at once (exit 130), since whatever the block
+    guards would break if cut. A handler the block installs itself stays. Outside the main
+    thread Python delivers no signals, so there is nothing to hold.
     """
     held: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    forced = False
 
     def hold(signum: int, _: Any) -> None:
-        nonlocal forced
         held.append(signum)
-        if say and len(held) == 1:
-            print(say, file=sys.stderr, flush=True)
-        elif say:  # asked twice: the user would rather have it now
-            forced = True
-            raise KeyboardInterrupt
+        if say:  # os.write: print() in a handler can meet a half-done write to stderr
+            os.write(2, f"{say}\n".encode() if len(held) == 1 else b"birdray: interrupted\n")
+        if say and len(held) > 1:
+            os._exit(130)
 
     # one the process ignores (a script's ``birdray synth &``) stays ignored, not held
     signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
@@ -117,9 +115,27 @@ def interrupts_held(say: str = "") -> Iterator[list[int]]:
         yield held
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for signum in held[:1] if not forced else []:
+            if signal.getsignal(sig) is hold:
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for signum in held[:1]:
             signal.raise_signal(signum)  # now handled as it would have been
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_sigterm() -> Iterator[None]:
+    """``ray.init`` in the main thread replaces the SIGTERM handler with its own (exit 15, no
+    "interrupted" line), in the middle of starting. It sets it through this one function,
+    silenced here so that a SIGTERM is held like Ctrl-C while Ray starts and acts as Ctrl-C
+    after."""
+    from ray._private import utils
+
+    install = getattr(utils, "set_sigterm_handler", None)
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if install is not None:
+            utils.set_sigterm_handler = install
 
 
 def keep_local_ray_on_loopback() -> None:
@@ -216,8 +232,10 @@ def init_ray(
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Ctrl-C in ray.init, while its driver was still connecting, made Ray shut the new node down
-    # under it, and the process died with SIGSEGV instead of saying "interrupted" (exit 130)
-    with interrupts_held(STARTING_SAYS):
+    # under it, and the process died with SIGSEGV instead of saying "interrupted" (exit 130);
+    # SIGTERM stops a job as Ctrl-C does (README), not with Ray's own exit 15
+    sigterm_as_ctrl_c()
+    with interrupts_held(STARTING_SAYS), _ray_keeps_our_sigterm():
         if address and address != "local":
             ray.init(address=address, **kwargs)
         else:

@@ -1,6 +1,6 @@
 """`ray job submit -- python jobs/batch_score.py ...`: the same code path as `birdray score`."""
 
-from birdray.cli import exit_with, run_job
+from birdray.cli import finish, run_job
 
 if __name__ == "__main__":
-    exit_with(run_job("score"))
+    finish(lambda: run_job("score"))

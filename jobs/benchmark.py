@@ -4,7 +4,7 @@ Each stage runs birdray's path, its bare limit and its plain-tool peer (DataLoad
 FastAPI app, a single-process ingest) in this one invocation; `--no-peers` skips the peers.
 """
 
-from birdray.cli import exit_with, run_job
+from birdray.cli import finish, run_job
 
 if __name__ == "__main__":
-    exit_with(run_job("benchmark"))
+    finish(lambda: run_job("benchmark"))

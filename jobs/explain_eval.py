@@ -1,6 +1,6 @@
 """``python jobs/explain_eval.py ...`` is ``birdray explain-eval ...``: same parser, same code."""
 
-from birdray.cli import exit_with, run_job
+from birdray.cli import finish, run_job
 
 if __name__ == "__main__":
-    exit_with(run_job("explain-eval"))
+    finish(lambda: run_job("explain-eval"))

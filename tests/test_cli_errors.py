@@ -470,6 +470,32 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert err.strip().splitlines()[-1] == "birdray synth: interrupted" and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "body, code, said",
+    [
+        ("return 0", 0, ""),
+        ("return 2", 2, ""),
+        ("raise ValueError('a bug')", 1, "ValueError: a bug"),  # what main lets through
+        ("raise KeyboardInterrupt", 130, "KeyboardInterrupt"),  # under --debug
+        ("raise SystemExit('usage: ...')", 1, "usage: ..."),
+        ("raise SystemExit(None)", 0, ""),
+    ],
+)
+def test_every_entry_ends_through_finish_with_the_jobs_code(body, code, said):
+    """The console script, ``python -m birdray.cli`` and jobs/*.py end through ``finish``,
+    which must keep each outcome's exit code and words (in a process of its own: with Ray up,
+    it leaves with ``os._exit``)."""
+    script = f"from birdray.cli import finish\ndef job():\n    {body}\nfinish(job)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr and (said or done.stderr == "")
+    for job in (ROOT / "jobs").glob("*.py"):  # each jobs/*.py ends the same way
+        assert "finish(lambda: run_job(" in job.read_text(), job
+
+
 def _children_named(pid: int, name: str) -> list[int]:
     """The processes ``pid`` started that are called ``name`` (from /proc; no psutil here)."""
     found = []
@@ -485,13 +511,22 @@ def _children_named(pid: int, name: str) -> list[int]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("moment", ["ray_starting", "data_running"])
-def test_ctrl_c_during_a_ray_job_is_one_line_and_exit_130(tmp_path, moment):
+@pytest.mark.parametrize(
+    "moment, signum",
+    [
+        ("ray_starting", signal.SIGINT),
+        ("ray_starting", signal.SIGTERM),  # ray.init installs its own (exit 15, no line)
+        ("data_running", signal.SIGTERM),  # `ray job stop`, a service manager, `kill`
+    ],
+    ids=["ctrl_c_ray_starting", "sigterm_ray_starting", "sigterm_data_running"],
+)
+def test_ctrl_c_during_a_ray_job_is_one_line_and_exit_130(tmp_path, moment, signum):
     """``birdray ingest`` interrupted while Ray started died with SIGSEGV (Ray shut down a node
     whose driver was still connecting); interrupted while Ray Data ran, it printed "The core
     worker has already been shutdown" and exited 1 (Ray's exit handler shut Ray down under Ray
-    Data's threads): 3 of 9 tries. Now a Ctrl-C while Ray starts acts once it has started, and
-    an interrupted process leaves without shutting Ray down under running threads."""
+    Data's threads): 3 of 9 tries. SIGTERM, after ``ray.init`` installed Ray's handler, ended a
+    job with exit 15 and no line. Now an interrupt while Ray starts acts once it has started,
+    and an interrupted process leaves without shutting Ray down under running threads."""
     from tests.cub_fixture import jpeg_bytes, write_layout
 
     photo = jpeg_bytes(size=(480, 360))  # a few seconds of Ray Data work on 2 cores
@@ -509,7 +544,7 @@ def test_ctrl_c_during_a_ray_job_is_one_line_and_exit_130(tmp_path, moment):
             if "Execution plan of Dataset" in line:
                 break
     assert proc.poll() is None, "".join(lines)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     err = "".join(lines) + err
     assert proc.returncode == 130, err
@@ -761,6 +796,10 @@ def test_evaluate_reads_each_footer_once_and_names_damage_before_labels(tmp_path
     pq.write_table(pq.read_table(split / "part-00000.parquet").drop(["label"]), split / "b.parquet")
     with pytest.raises(sources.SourceError, match=r"'test' split .*/b\.parquet lacks column"):
         open_splits(str(dataset), ["test"])
-    (split / "a.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(sources.SourceError, match=r"damaged dataset .*/a\.parquet is not a Parq"):
+    (split / "z.parquet").write_bytes(b"PAR1 not really")  # after b.parquet in shard order
+    with pytest.raises(sources.SourceError, match=r"damaged dataset .*/z\.parquet is not a Parq"):
         open_splits(str(dataset), ["test"])
+    (split / "z.parquet").unlink()  # test lacks labels, val is damaged: the damage is said first
+    (dataset / "shards" / "split=val" / "part-00000.parquet").write_bytes(b"PAR1 torn")
+    with pytest.raises(sources.SourceError, match=r"damaged dataset .*split=val/part-00000"):
+        open_splits(str(dataset), ["test", "val"])

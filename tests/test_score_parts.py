@@ -727,7 +727,8 @@ def test_another_tools_success_file_does_not_make_a_folder_birdrays(tmp_path, ca
 
 def test_only_birdrays_own_success_marks_a_finished_folder(tmp_path):
     """What ``commit`` writes is birdray's marker; a folder it finished stays birdray's (for
-    ``--resume`` and ``--overwrite``), and an unreadable ``_SUCCESS`` (a folder, a FIFO) is not."""
+    ``--resume`` and ``--overwrite``), and an unreadable ``_SUCCESS`` (a folder, a FIFO, a
+    dangling link) is not."""
     import os
 
     root = tmp_path / "out"
@@ -748,6 +749,10 @@ def test_only_birdrays_own_success_marks_a_finished_folder(tmp_path):
         else:
             os.mkfifo(other / SUCCESS)  # read without blocking: not a regular file
         assert not finished(other) and "not a birdray result" in foreign(other)
+    dangling = tmp_path / "dangling"  # beside a crashed run of ours: still not ours to replace
+    (dangling / ".partial-20260101-120000-0a1b2c").mkdir(parents=True)
+    (dangling / SUCCESS).symlink_to(tmp_path / "nowhere")
+    assert not finished(dangling) and "not a birdray result" in foreign(dangling)
 
 
 def test_a_success_file_nobody_may_read_is_named_not_called_another_tools(
@@ -783,6 +788,7 @@ def test_a_success_file_nobody_may_read_is_named_not_called_another_tools(
     package = make_package(tmp_path / "pkg")
     before = _tree(root)
     argv = ["score", "--input", str(photos), "--model", str(package), "--output", str(root)]
+    capsys.readouterr()  # Streamlit's import-time warnings: not the job's
     assert main([*argv, "--overwrite", "true"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot be read (Permission denied)" in err

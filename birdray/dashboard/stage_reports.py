@@ -56,7 +56,10 @@ def scoring_results(output: str) -> dict[str, Any]:
     if storage.is_remote(output):
         uri = output.rstrip("/")
         root = mirror_of(uri, reader="dashboard")  # never the job's own working mirror
-        state = pull_state(uri, root)
+        try:
+            state = pull_state(uri, root)
+        except OSError as exc:  # a _SUCCESS this user may not read (403), a bucket gone
+            return {"state": "unreadable", "why": f"{uri} cannot be read: {exc}"}
         if state == "foreign":  # Spark's _SUCCESS, as for a folder
             return {"state": "foreign"}
         if state != "finished":

@@ -39,19 +39,21 @@ def open_splits(dataset: str, splits: list[str]) -> dict[str, Source]:
 
     needs = Needs(label_columns(), " that evaluation needs")
     fit = " (read to fit the temperature; --no-calibrate skips it)"
-    opened = {}
-    for n, split in enumerate(splits):
+    opened, unlabelled = {}, []
+    for n, split in enumerate(splits):  # every split opened first: damage in any is said first
         try:
             opened[split] = open_source(dataset, split, needs)
         except LacksColumns as exc:
-            why = fit if n and split == "val" else ""
-            problem = exc.problem + (
-                ", expected integer class labels" if "wrong type" in exc.problem else ""
-            )
-            more = f" ({exc.more} more shards too)" if exc.more else ""
-            raise SourceError(
-                f"the {split!r} split of {dataset}{why} cannot be evaluated: shard "
-                f"{exc.shard} {problem}{more}; evaluate a labelled dataset "
-                "(birdray ingest of a labelled source), or score this one with birdray score"
-            ) from None
+            unlabelled.append((split, fit if n and split == "val" else "", exc))
+    if unlabelled:
+        split, why, exc = unlabelled[0]
+        problem = exc.problem + (
+            ", expected integer class labels" if "wrong type" in exc.problem else ""
+        )
+        more = f" ({exc.more} more shards too)" if exc.more else ""
+        raise SourceError(
+            f"the {split!r} split of {dataset}{why} cannot be evaluated: shard "
+            f"{exc.shard} {problem}{more}; evaluate a labelled dataset "
+            "(birdray ingest of a labelled source), or score this one with birdray score"
+        )
     return opened
