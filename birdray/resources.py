@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from birdray.config import from_dict
-
 T = TypeVar("T")
 
 DATA_CPUS = 1.0  # Ray Data's ListFiles/read tasks take one whole CPU (no API to lower it in 2.60)
@@ -34,7 +32,7 @@ class StallError(RuntimeError):
     """A running pipeline produced nothing for ``stall_timeout_s`` seconds."""
 
 
-def _have(cluster: dict[str, float]) -> tuple[float, float]:
+def cluster_cpus_gpus(cluster: dict[str, float]) -> tuple[float, float]:
     return float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
 
 
@@ -43,8 +41,8 @@ def say(message: str) -> None:
     print(f"birdray: {message}", file=sys.stderr, flush=True)
 
 
-def _check_gpus(what: str, need: float, cluster: dict[str, float]) -> None:
-    have_cpu, have_gpu = _have(cluster)
+def check_gpus(what: str, need: float, cluster: dict[str, float]) -> None:
+    have_cpu, have_gpu = cluster_cpus_gpus(cluster)
     if need > have_gpu + 1e-9:
         hint = " (--device cpu --num-gpus 0 runs on CPU)" if have_gpu == 0 else ""
         raise ResourceError(
@@ -67,7 +65,7 @@ def plan_workers(
     function). Workers asking more than the cluster has is an error; workers that fit but leave
     Ray Data nothing get the largest fraction that does (printed), down to ``MIN_WORKER_CPUS``.
     """
-    have_cpu, have_gpu = _have(cluster)
+    have_cpu, have_gpu = cluster_cpus_gpus(cluster)
     what = (
         f"{num_workers} workers x {cpus_per_worker:g} CPU"
         + (" + 1 GPU" if use_gpu else "")
@@ -112,9 +110,9 @@ def plan_pool(
     data_cpus: float = DATA_CPUS,
 ) -> int:
     """Actors of a Ray Data pool that fit beside its ``data_cpus`` of read/decode tasks."""
-    have_cpu, have_gpu = _have(cluster)
+    have_cpu, have_gpu = cluster_cpus_gpus(cluster)
     if gpus_per_actor > 0:
-        _check_gpus(f"{what} actors x {gpus_per_actor:g} GPU", gpus_per_actor, cluster)
+        check_gpus(f"{what} actors x {gpus_per_actor:g} GPU", gpus_per_actor, cluster)
     fits_cpu = (have_cpu - data_cpus) / cpus_per_actor if cpus_per_actor > 0 else size
     fits_gpu = have_gpu / gpus_per_actor if gpus_per_actor > 0 else size
     fits = min(size, math.floor(fits_cpu + 1e-9), math.floor(fits_gpu + 1e-9))
@@ -129,31 +127,6 @@ def plan_pool(
             f" tasks would not fit the cluster's {have_cpu:g} CPU / {have_gpu:g} GPU; using {fits}"
         )
     return fits
-
-
-def plan_serve(args: dict[str, Any], cluster: dict[str, float]) -> None:
-    """The Serve app's replicas (``AppArgs`` fields; autoscaling starts at ``min_replicas``)
-    must fit the cluster's totals, or they would wait for a node forever."""
-    from birdray.serve.args import AppArgs, colocated
-
-    opts = from_dict(AppArgs, dict(args))
-    replicas = {
-        "model": (opts.min_replicas, opts.model_num_cpus, opts.num_gpus),
-        "ingress": (opts.ingress_replicas, opts.ingress_num_cpus, 0.0),
-    }
-    if colocated(opts):  # the model lives in each ingress replica, with its CPUs and GPUs
-        cpus, gpus = opts.ingress_num_cpus + opts.model_num_cpus, opts.num_gpus
-        replicas = {"ingress with the model": (opts.ingress_replicas, cpus, gpus)}
-    if opts.candidate:  # the rollout's second model deployment, same options
-        replicas["candidate"] = replicas["model"]
-    if opts.explain:
-        replicas["explainer"] = (1, opts.explain_num_cpus, opts.explain_num_gpus)
-    have_cpu = _have(cluster)[0]
-    cpu = sum(n * c for n, c, _ in replicas.values())
-    text = " + ".join(f"{n} {name} x {c:g} CPU" for name, (n, c, _) in replicas.items())
-    if cpu > have_cpu + 1e-9:
-        raise ResourceError(f"Serve replicas {text} need {cpu:g} CPU; the cluster has {have_cpu:g}")
-    _check_gpus("the Serve replicas", sum(n * g for n, _, g in replicas.values()), cluster)
 
 
 def pending_report() -> str:

@@ -145,3 +145,64 @@ def test_ingest_with_a_bad_store_is_one_line_before_ray(tmp_path, no_ray, capsys
     (tmp_path / "answers").write_text("not a folder")
     assert main([*ingest, "--feedback", str(tmp_path / "answers")]) == 2
     assert "--feedback: " in _one_line(capsys.readouterr().err, "ingest")
+
+
+# ---- a store that cannot be written now (2026-12-07: it was a 500 with a traceback in Serve) --
+
+
+def test_a_store_that_cannot_be_written_says_why_in_one_line_and_keeps_nothing(tmp_path):
+    from birdray.feedback.store import FeedbackUnavailable
+
+    (tmp_path / "feedback").write_text("x")  # the folder replaced by a plain file
+    item = Feedback(b"img-a", "a.jpg", "v0001", "001.A", "001.A")
+    with pytest.raises(FeedbackUnavailable) as info:
+        append(str(tmp_path / "feedback"), [item])
+    assert info.value.reason == "a file stands where its folder should be"
+    assert str(tmp_path / "feedback") in str(info.value) and str(tmp_path) not in info.value.reason
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback"]
+
+
+@pytest.mark.timeout(120)
+def test_a_bucket_that_is_not_there_is_unavailable_not_a_crash(s3_bucket):
+    from birdray.feedback.store import FeedbackUnavailable
+
+    item = Feedback(b"img-a", "a.jpg", "v0001", "001.A", "001.A")
+    with pytest.raises(FeedbackUnavailable) as info:
+        append("s3://no-such-bucket-for-feedback/feedback", [item])
+    reason = info.value.reason
+    assert "\n" not in reason and "no-such-bucket-for-feedback" not in reason, reason
+    assert 0 < len(reason) <= 200
+
+
+def test_an_answer_that_is_a_class_named_like_a_reserved_answer_is_a_species(tmp_path):
+    """A class ``not_a_bird`` (an own-photos folder name): Serve says it is a class
+    (``is_class``), the verdict follows, and ingest reads it by the verdict."""
+    from birdray.feedback.store import is_reserved
+
+    assert Feedback(b"x", "x.jpg", "v1", "not_a_bird", "not_a_bird").verdict == "not_a_bird"
+    as_class = Feedback(b"x", "x.jpg", "v1", "not_a_bird", "not_a_bird", is_class=True)
+    assert as_class.verdict == "confirmed"
+    assert Feedback(b"x", "x.jpg", "v1", "Robin", "unsure", is_class=True).verdict == "corrected"
+    assert Feedback(b"x", "x.jpg", "v1", "Robin", "unsure", is_class=False).verdict == "unsure"
+    with pytest.raises(ValueError):
+        Feedback(b"x", "x.jpg", "v1", "Robin", "Wren", is_class=False)
+    assert is_reserved("unsure", "unsure") and not is_reserved("corrected", "unsure")
+    assert is_reserved(None, "not_a_bird") and not is_reserved(None, "Robin")
+
+
+def test_the_feedback_report_counts_a_class_named_unsure_as_a_species():
+    """An own-photos model may have a class ``unsure``: its rows (verdict confirmed/corrected)
+    are answers about that species; only a reserved verdict is "unsure" the answer."""
+    from birdray.feedback.report import species_report
+
+    rows = [
+        {"answer": "unsure", "predicted": "unsure", "verdict": "confirmed"},
+        {"answer": "unsure", "predicted": "robin", "verdict": "corrected"},
+        {"answer": "unsure", "predicted": "robin", "verdict": "unsure"},
+        {"answer": "not_a_bird", "predicted": "robin", "verdict": "not_a_bird"},
+        {"answer": "unsure", "predicted": "robin"},  # stored before verdicts: the answer decides
+    ]
+    report = species_report(rows)
+    assert report["unsure"] == 2 and report["not_a_bird"] == 1
+    assert report["species"]["unsure"]["answers"] == 2
+    assert report["species"]["unsure"]["predicted_instead"] == {"robin": 1}

@@ -21,10 +21,10 @@ from birdray.resources import (
     ResourceError,
     StallError,
     plan_pool,
-    plan_serve,
     plan_workers,
     watched,
 )
+from birdray.serve.fit import plan_redeploy, plan_serve
 from birdray.train.job import TrainConfig, check_resources
 
 TWO_CPUS = {"CPU": 2.0}
@@ -70,6 +70,44 @@ def test_serve_replicas_must_fit():
         plan_serve({"num_gpus": 1.0}, {"CPU": 8.0})
     # serve and score have --device and --num-gpus; --use-gpu is training's flag
     assert "(--device cpu --num-gpus 0 runs on CPU)" in str(refused.value)
+
+
+DEFAULTS = {"model": "v0001", "registry": "", "colocate": "auto"}  # as start_local deploys
+
+
+def test_redeploy_surges_only_beside_what_is_free(capsys):
+    swap = {**DEFAULTS, "model": "v0002"}
+    # the defaults on 2 CPUs: ingress+model 1.5 + explainer 0.5 hold them all; a surge of the two
+    # could never be scheduled (the swap hung): replace in place, said once with the numbers
+    assert plan_redeploy(DEFAULTS, swap, {"CPU": 0.0}, TWO_CPUS) == 0
+    said = capsys.readouterr().err
+    assert "max_surge_percent 100 needs 2 CPU and 0 GPU beside the running replicas" in said
+    assert "0 CPU and 0 GPU free; each replica is replaced in place" in said
+    no_explainer = {**DEFAULTS, "explain": False}
+    assert plan_redeploy(no_explainer, no_explainer, {"CPU": 0.5}, TWO_CPUS) == 0
+    assert "needs 1.5 CPU" in capsys.readouterr().err
+    # room for the surge: as asked, nothing said
+    assert plan_redeploy(DEFAULTS, swap, {"CPU": 2.0}, {"CPU": 4.0}) == 100
+    assert plan_redeploy(DEFAULTS, {**swap, "max_surge_percent": 0}, {"CPU": 0.0}, TWO_CPUS) == 0
+    assert capsys.readouterr().err == ""
+    # room for some: the largest surge that fits (1 of 4 ingress replicas + the explainer)
+    four = {**DEFAULTS, "ingress_replicas": 4}
+    assert plan_redeploy(four, four, {"CPU": 3.0}, {"CPU": 9.0}) == 25
+    assert "max_surge_percent 25 instead" in capsys.readouterr().err
+    # one GPU held by the model replica: its surge twin needs a second one
+    gpu = {**DEFAULTS, "explain": False, "num_gpus": 1.0}
+    assert plan_redeploy(gpu, gpu, {"CPU": 6.0, "GPU": 0.0}, {"CPU": 8.0, "GPU": 1.0}) == 0
+    assert "needs 1.5 CPU and 1 GPU" in capsys.readouterr().err
+
+
+def test_redeploy_that_cannot_fit_even_in_place_is_refused_at_once():
+    bigger = {**DEFAULTS, "model_num_cpus": 1.5}  # 2 + 0.5 CPU in a 2.5 CPU cluster, 0 free
+    with pytest.raises(ResourceError, match=r"need 0\.5 CPU and 0 GPU more than the running") as e:
+        plan_redeploy(DEFAULTS, bigger, {"CPU": 0.0}, {"CPU": 2.5})
+    assert "the cluster has 0 CPU and 0 GPU free (of 2.5 CPU, 0 GPU)" in str(e.value)
+    # a candidate for a rollout: model + candidate + ingress + explainer = 3 CPU > 2
+    with pytest.raises(ResourceError, match=r"need 3 CPU; the cluster has 2"):
+        plan_redeploy(DEFAULTS, {**DEFAULTS, "candidate": "v0002"}, {"CPU": 0.0}, TWO_CPUS)
 
 
 def test_watched_passes_items_and_errors_through():

@@ -470,6 +470,9 @@ def test_api_key_required_when_configured(guarded):
     assert requests.get(f"{url}/v1/model", timeout=10).status_code == 401
     good = post_images(url, [("a.png", data, "image/png")], headers={"X-API-Key": KEY})
     assert good.status_code == 200 and good.json()["results"][0]["ok"]
+    for padded in (f"{KEY} ", f"{KEY}\t"):  # RFC 9110: not part of the value (HAProxy's view)
+        sent = requests.get(f"{url}/v1/model", headers={"X-API-Key": padded}, timeout=10)
+        assert sent.status_code == 200, (repr(padded), sent.text)
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
     fields = {"predicted": "x", "model_version": "y", "species": "z"}
     assert_error(send_feedback(url, data, **fields), 401, "unauthorized", None)

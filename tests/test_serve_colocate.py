@@ -10,9 +10,10 @@ from ray import serve
 from birdray.model.crop import decode_for_model
 from birdray.model.inference import Predictor
 from birdray.registry.ref import ModelRef
-from birdray.resources import ResourceError, plan_serve
+from birdray.resources import ResourceError
 from birdray.serve.app import build_app, live_user_configs
 from birdray.serve.args import AppArgs, colocated
+from birdray.serve.fit import plan_serve
 from birdray.serve.job import ServeConfig
 from tests.serve_fixtures import (
     encode,

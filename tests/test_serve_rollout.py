@@ -335,3 +335,101 @@ def test_demo_shadow_stage_with_a_candidate_that_preprocesses_differently(
     print(f"\n{line}")
     assert line.startswith("v0002 agreed with production v0001 on ")
     assert " of 5 images (" in line
+
+
+# --- a swap on the user's 2-CPU Ray, with the real default replica sizes -------------------------
+
+SWAP_DRIVER = """
+import json, sys, threading, time
+import requests
+import birdray.serve.job as job
+from birdray.serve.job import start_local
+
+registry, port = sys.argv[1], int(sys.argv[2])
+# what a user types: defaults (colocated ingress+model 1.5 CPU, explainer 0.5 CPU) on 2 CPUs
+srv = start_local(model="v0001", registry=registry, port=port, num_cpus=2)
+answers, stop = [], threading.Event()
+
+def post():
+    with requests.Session() as session:
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                resp = session.post(srv.url + "/v1/predict", timeout=60,
+                                    files={"files": ("b.png", IMAGE, "image/png")})
+                answers.append([resp.status_code, resp.headers.get("x-model-version"),
+                                round(time.monotonic() - start, 2)])
+            except Exception as exc:
+                answers.append(["error", repr(exc)[:200], round(time.monotonic() - start, 2)])
+            time.sleep(0.1)
+
+IMAGE = bytes.fromhex(sys.argv[3])
+loader = threading.Thread(target=post, daemon=True)
+loader.start()
+time.sleep(1)
+out = {}
+started = time.monotonic()
+try:
+    out["swapped"] = srv.swap("v0002", timeout_s=90)
+except Exception as exc:
+    out["swap_error"] = f"{type(exc).__name__}: {exc}"
+out["swap_s"] = round(time.monotonic() - started, 1)
+time.sleep(1)
+out["answers"] = list(answers)
+# the bound itself: a plan that wrongly lets the surge through must not block forever
+job.plan_redeploy = lambda *args: 100
+started = time.monotonic()
+try:
+    srv.swap("v0001", timeout_s=8)
+    out["bounded"] = "returned"
+except Exception as exc:
+    out["bounded"] = f"{type(exc).__name__}: {exc}"
+out["bounded_s"] = round(time.monotonic() - started, 1)
+time.sleep(1)
+stop.set()
+loader.join(70)
+out["answers_after"] = answers[len(out["answers"]):]
+print("SWAP-RESULT", json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.slow  # its own 2-CPU Ray in a subprocess, as the user starts it
+@pytest.mark.timeout(360)
+def test_swap_on_a_2_cpu_ray_with_default_sizes_replaces_in_place_and_is_bounded(registry):
+    """Defaults on 2 CPUs hold all of them (1.5 + 0.5): the surge replicas can never be
+    scheduled, so the swap says so and replaces in place (Serve holds requests meanwhile)
+    instead of waiting forever; and a redeploy that cannot finish ends at its timeout."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from birdray.runtime import free_port
+
+    image = encode(random_rgb(71), "PNG").hex()
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SWAP_DRIVER, registry, str(free_port()), image],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("SWAP-RESULT ")]
+    assert lines, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    out = json.loads(lines[-1].split(" ", 1)[1])
+    said = [ln for ln in proc.stderr.splitlines() if "birdray: resources: redeploy" in ln]
+    print(f"\nswap {out['swap_s']} s; {said}\nbounded {out['bounded_s']} s: {out['bounded']}")
+    assert out.get("swapped") == "v0002", out.get("swap_error")
+    assert out["swap_s"] < 90  # its timeout_s: it did not end by timing out
+    # one line, with the numbers: what the surge needs, what is free, what is done instead
+    assert len(said) == 1 and "needs 2 CPU" in said[0] and "0 CPU and 0 GPU free" in said[0]
+    assert "replaced in place" in said[0]
+    answers = out["answers"]
+    assert answers and all(a[0] == 200 for a in answers), answers
+    versions = [a[1] for a in answers]
+    assert versions[0] == "v0001" and versions[-1] == "v0002"
+    assert max(a[2] for a in answers) < 50  # held while replaced, within request_timeout_s
+    # the bound: ends at its timeout naming what waits, while the old replicas keep answering
+    assert out["bounded"].startswith("TimeoutError"), out["bounded"]
+    assert "not (re)deployed after 8 s" in out["bounded"] and "CPU" in out["bounded"]
+    assert out["bounded_s"] < 20
+    after = out["answers_after"]
+    assert after and all(a[0] == 200 and a[1] == "v0002" for a in after), after

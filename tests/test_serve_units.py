@@ -161,8 +161,11 @@ def test_explain_target_that_is_not_a_class_is_422(target):
     with pytest.raises(ApiError) as info:
         BirdIngress.func_or_class._target(None, target, classes)
     assert (info.value.status, info.value.code) == (422, "invalid_parameter")
-    assert BirdIngress.func_or_class._target(None, "2", classes) == 2
+    assert BirdIngress.func_or_class._target(None, "002", classes) == 1  # species 002
+    assert BirdIngress.func_or_class._target(None, "0", classes) == 0  # label 0: one reading
     assert BirdIngress.func_or_class._target(None, "laysan_albatross", classes) == 1
+    with pytest.raises(ApiError, match="ambiguous"):  # label 2 or species 002: never guessed
+        BirdIngress.func_or_class._target(None, "2", classes)
 
 
 def test_birdray_serve_with_a_missing_key_stops_before_ray_starts(tmp_path, monkeypatch, capsys):
@@ -356,3 +359,222 @@ def test_feedback_into_a_folder_the_reader_refuses_stops_the_app_before_it_start
     a_file.write_text("x")
     with pytest.raises(ValueError, match="feedback_dir: .*is a file"):
         build_app({"registry": registry, "explain": False, "feedback_dir": str(a_file)})
+
+
+# --- a hostile-client session (2026-12-07): store failures, reserved answers, Unicode, key ----
+
+
+class _Metrics:
+    def __init__(self):
+        self.outcomes: list[str] = []
+
+    def feedback(self, outcome: str) -> None:
+        self.outcomes.append(outcome)
+
+
+class _FeedbackService:
+    """``BirdIngress``'s feedback route around a fixed model, with no Ray: ``create_api``'s
+    ``Service`` for ``POST /v1/feedback``."""
+
+    def __init__(self, feedback_dir, classes, version="v0001"):
+        from birdray.serve.feedback_route import FeedbackRoute
+        from birdray.serve.rollout import CANDIDATE, PRODUCTION
+
+        class Route(FeedbackRoute):
+            async def _current(self, refresh=False, role=PRODUCTION):
+                return self._infos[role]
+
+        self.route = route = Route()
+        route._feedback_dir, route._metrics, route._limits = str(feedback_dir), _Metrics(), LIMITS
+        route._models = {PRODUCTION: object(), CANDIDATE: None}
+        route._infos = {PRODUCTION: {"version": version, "classes": list(classes)}}
+        self.feedback = route.feedback
+
+    def client(self):
+        from fastapi.testclient import TestClient
+
+        return TestClient(create_api(self, LIMITS, api_key="k"), raise_server_exceptions=False)
+
+    def send(self, image: bytes, **fields: str):
+        files = {"file": ("bird.png", image, "image/png")}
+        return self.client().post(
+            "/v1/feedback", files=files, data=fields, headers={"X-API-Key": "k"}
+        )
+
+
+def _stored(location) -> list[dict]:
+    from birdray.feedback.store import read_all
+
+    return read_all(str(location)).to_pylist()
+
+
+def test_a_feedback_store_that_cannot_be_written_is_503_counted_and_stores_nothing(
+    tmp_path, monkeypatch, caplog
+):
+    """The --feedback-dir folder replaced by a file was 500 ``internal_error`` ("FileExistsError:
+    the server failed"), a traceback in the replica log, and not in the feedback metric."""
+    import errno
+
+    from birdray import storage
+
+    store = tmp_path / "feedback"
+    service = _FeedbackService(store, ["001.Robin", "002.Wren"])
+    image, good = encode(random_rgb(3), "PNG"), {"predicted": "Robin", "model_version": "v0001"}
+    assert service.send(image, **good, species="Wren").status_code == 200
+    store_rows = _stored(store)
+    moved = tmp_path / "moved"
+    store.rename(moved)
+    store.write_text("someone's notes")  # the folder replaced by a plain file
+    with caplog.at_level("WARNING"):
+        resp = service.send(image, **good, species="Robin")
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["Retry-After"] and resp.json()["error"]["code"] == "feedback_unavailable"
+    message = resp.json()["error"]["message"]
+    assert "a file stands where its folder should be" in message and "nothing was stored" in message
+    assert str(tmp_path) not in message and "\n" not in message and "Traceback" not in message
+    assert "Traceback" not in caplog.text and str(store) in caplog.text  # the path: operator's
+    assert store.read_text() == "someone's notes"
+
+    store.unlink()
+    moved.rename(store)
+
+    def disk_full(location, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(location))
+
+    monkeypatch.setattr(storage, "put_bytes", disk_full)
+    resp = service.send(image, **good, species="Robin")
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "feedback_unavailable"
+    assert "(No space left on device)" in resp.json()["error"]["message"]
+    assert str(tmp_path) not in resp.json()["error"]["message"]
+    assert _stored(store) == store_rows  # nothing half-stored
+    assert service.route._metrics.outcomes == ["corrected", *["feedback_unavailable"] * 2]
+
+
+def test_a_class_named_not_a_bird_or_unsure_is_that_class(tmp_path):
+    """Own-photos classes are folder names: a class ``not_a_bird`` or ``unsure`` could never be
+    confirmed or corrected (the reserved answer took the name first), nor reach ingest."""
+    from birdray.data.feedback import feedback_items
+
+    store = tmp_path / "feedback"
+    classes = ["not_a_bird", "Robin", "unsure"]
+    service = _FeedbackService(store, classes)
+    answers = [("not_a_bird", "not_a_bird"), ("Robin", "unsure"), ("unsure", "NOT_A_BIRD")]
+    for i, (said, right) in enumerate(answers):
+        resp = service.send(
+            encode(random_rgb(10 + i), "PNG"), predicted=said, model_version="v0001", species=right
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["species"] == right.lower()
+    rows = [(r["answer"], r["verdict"]) for r in _stored(store)]
+    assert rows == [
+        ("not_a_bird", "confirmed"),
+        ("unsure", "corrected"),
+        ("not_a_bird", "corrected"),
+    ]
+    assert service.route._metrics.outcomes == ["confirmed", "corrected", "corrected"]
+    items, entry = feedback_items(str(store), classes, 0, {})  # ingest reads them as classes
+    assert [item["class_name"] for item in items] == ["not_a_bird", "unsure", "not_a_bird"]
+    assert entry["skipped"] == {}
+
+    # a model without such classes: the reserved answers, in any case, as before
+    plain = _FeedbackService(tmp_path / "plain", ["001.Robin", "002.Wren"])
+    resp = plain.send(encode(random_rgb(20), "PNG"), predicted="Robin", model_version="v0001",
+                      species="Not_A_Bird")  # fmt: skip
+    assert (resp.status_code, resp.json()["verdict"]) == (200, "not_a_bird"), resp.text
+    items, entry = feedback_items(str(tmp_path / "plain"), ["001.Robin", "not_a_bird"], 0, {})
+    assert items == [] and entry["skipped"] == {"not_a_bird": 1}  # the answer, not a class
+    # two classes that differ by case only: never guessed, not taken for the answer either
+    twins = _FeedbackService(tmp_path / "twins", ["Unsure", "UNSURE", "Robin"])
+    resp = twins.send(encode(random_rgb(21), "PNG"), predicted="Robin", model_version="v0001",
+                      species="unsure")  # fmt: skip
+    assert resp.status_code == 422 and "could be any of Unsure, UNSURE" in resp.text
+
+
+def test_class_names_match_in_any_unicode_normal_form(tmp_path):
+    """macOS folder names are NFD: ``Mésange_bleue`` typed (NFC) was 422 ``unknown_species``
+    where the two look identical; the answer is the model's own spelling."""
+    import unicodedata
+
+    nfd, nfc = (unicodedata.normalize(form, "Mésange_bleue") for form in ("NFD", "NFC"))
+    assert nfd != nfc
+    classes = ["001.Rotkehlchen", f"002.{nfd}"]
+    service = _FeedbackService(tmp_path / "feedback", classes)
+    image = encode(random_rgb(30), "PNG")
+    resp = service.send(image, predicted=f"002.{nfc}", model_version="v0001", species=nfc)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["species"] == f"002.{nfd}" and resp.json()["verdict"] == "confirmed"
+    row = _stored(tmp_path / "feedback")[0]
+    assert (row["predicted"], row["answer"]) == (f"002.{nfd}", f"002.{nfd}")
+    target = BirdIngress.func_or_class._target
+    assert target(None, nfc, classes) == target(None, nfc.upper(), classes) == 1
+    assert target(None, f"002.{nfc}", classes) == 1
+    # two classes spelled alike in two forms: each exact spelling is its own, nothing guessed
+    twins = [nfc, nfd]
+    assert (target(None, nfc, twins), target(None, nfd, twins)) == (0, 1)
+    with pytest.raises(ApiError):
+        target(None, nfc.upper(), twins)
+
+
+class _Echo:
+    """A service that answers with what the routes passed it."""
+
+    async def model_info(self):
+        return {"ok": True}
+
+    async def predict(self, uploads, top_k, client_key=None):
+        return {"version": "v1"}, [{"top_k": top_k}]
+
+    async def explain(self, upload, method, target, client_key=None):
+        return {"method": method, "target": target, "client_key": client_key}
+
+
+def test_explain_passes_the_client_key_as_predict_does():
+    """Under a canary ``X-Client-Key`` keeps a client on one model for /v1/predict; /v1/explain
+    never read it, and explained production's answer to a client the candidate answered."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_api(_Echo(), LIMITS))
+    files = {"file": ("a.png", encode(random_rgb(1), "PNG"), "image/png")}
+    sent = client.post("/v1/explain", files=files, headers={"X-Client-Key": "alice"})
+    assert sent.status_code == 200 and sent.json()["client_key"] == "alice"
+    assert client.post("/v1/explain", files=files).json()["client_key"] is None
+
+
+def test_an_api_key_with_spaces_or_tabs_around_it_is_the_key_but_nothing_else_is():
+    """``X-API-Key: s3cret-key `` was 401 through Serve's proxy, 200 through HAProxy (which drops
+    the whitespace around a field value, RFC 9110): now 200 through both."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_api(_Echo(), LIMITS, api_key="s3cret-key"))
+    for sent in ("s3cret-key", "s3cret-key ", "s3cret-key\t", " \ts3cret-key \t"):
+        assert client.get("/v1/model", headers={"X-API-Key": sent}).status_code == 200, sent
+    for sent in ("", " ", "\t", "s3cret-ke", "s3cret-key x", "s3cret- key", b"s3cret-key\xa0"):
+        resp = client.get("/v1/model", headers={"X-API-Key": sent})
+        assert resp.status_code == 401, repr(sent)
+    assert client.get("/v1/model").status_code == 401
+
+
+def test_an_empty_parameter_is_not_sent_wherever_it_is():
+    """``?top_k=`` alone was the default, but beside a form field ``top_k=3`` it was 422 "sent
+    twice with different values: '', '3'"; an empty ``?method=`` was 422 before the body."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_api(_Echo(), LIMITS))
+    files = {"files": ("a.png", encode(random_rgb(1), "PNG"), "image/png")}
+
+    def top_k(query: str, **form: str):
+        resp = client.post(f"/v1/predict{query}", files=files, data=form)
+        return resp.json()["results"][0]["top_k"] if resp.status_code == 200 else resp.json()
+
+    assert top_k("?top_k=") == top_k("?top_k=%20") == top_k("", top_k="") == 5
+    assert top_k("?top_k=", top_k="3") == top_k("?top_k=3", top_k="") == 3
+    assert top_k("?top_k=&top_k=4") == top_k("?top_k=4&top_k=", top_k=" ") == 4
+    assert top_k("?top_k=2", top_k="3")["error"]["code"] == "invalid_parameter"
+    error = top_k("?top_k=x")["error"]["message"]
+    assert "leave it out, or empty, for 5" in error
+    explain = {"file": ("a.png", encode(random_rgb(1), "PNG"), "image/png")}
+    resp = client.post("/v1/explain?method=&target=", files=explain, data={"target": "2"})
+    assert resp.json() == {"method": None, "target": "2"}, resp.text
+    request = _request([b""], b"", query=b"top_k=")
+    assert form_or_query(request, {"top_k": "3"}, "top_k") == "3"
+    assert form_or_query(_request([b""], b"", query=b"top_k="), {}, "top_k") is None

@@ -59,7 +59,8 @@ def stored_answers(location: str) -> tuple[dict[str, str], str]:
 
 def species_picker(settings: Settings, key: str, label: str = "The right species") -> str | None:
     """A searchable choice (type to filter) of the model's species, 'not a bird' or 'unsure'."""
-    options = [*served_classes(settings), NOT_A_BIRD, UNSURE]
+    classes = served_classes(settings)  # a class named "unsure" is that class, listed once
+    options = [*classes, *(a for a in (NOT_A_BIRD, UNSURE) if a not in classes)]
     return st.selectbox(
         label,
         options,

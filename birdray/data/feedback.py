@@ -5,8 +5,9 @@ official splits, so a model trained with feedback is still measured on the same 
 A photo whose bytes are already in the dataset is not added again (one that is a val or test photo
 would leak evaluation data into training). The species must be one of the dataset's classes, in
 the dataset's spelling or the part after the number, any case where that names one class (how
-Serve accepts it: ``birdray.class_names``); an ambiguous answer is skipped and counted. The rows
-go through the same decoder and quarantine as the source's images.
+Serve accepts it: ``birdray.class_names``); an ambiguous answer is skipped and counted. A
+``not_a_bird``/``unsure`` answer is told apart from a class of that name by the row's verdict, as
+Serve stored it. The rows go through the same decoder and quarantine as the source's images.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from birdray.class_names import ClassIndex
-from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
+from birdray.feedback.store import is_reserved, read_feedback
 
 LABELLED = ("confirmed", "corrected")
 
@@ -55,8 +56,8 @@ def feedback_items(
     items, used = [], []
     for row in table.to_pylist():
         answer = (row["answer"] or "").strip()
-        if answer in (NOT_A_BIRD, UNSURE):
-            skipped[answer] += 1
+        if is_reserved(row["verdict"], answer):  # not a class named so: the verdict says
+            skipped[row["verdict"] or answer] += 1
             continue
         label = labels.get(answer)
         if label is None:  # several classes differ from it only by case: never guess one

@@ -20,7 +20,7 @@ from typing import Any
 from birdray import storage
 from birdray.class_names import ClassIndex
 from birdray.config import ConfigError, field
-from birdray.feedback.store import NOT_A_BIRD, UNSURE, read_feedback
+from birdray.feedback.store import NOT_A_BIRD, UNSURE, is_reserved, read_feedback
 from birdray.images import ImageError
 from birdray.registry.ref import MODEL_HELP, ModelRef
 
@@ -52,7 +52,7 @@ def species_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
     other: Counter[str] = Counter()
     for row in rows:
         answer = row["answer"]
-        if answer in (NOT_A_BIRD, UNSURE):
+        if is_reserved(row.get("verdict"), answer):  # not a class named "unsure"
             other[answer] += 1
             continue
         per[answer]["answers"] += 1

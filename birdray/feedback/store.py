@@ -7,7 +7,13 @@ reading: ``read_feedback`` keeps, per SHA-256 of the image bytes, the newest ans
 
 A store that is not one (a plain file, an ingested dataset, a torn or foreign Parquet file in it)
 raises ``FeedbackError`` naming the path and what was expected: a bad part is never skipped, as
-that would drop its answer silently, nor left to fail deep inside pyarrow.
+that would drop its answer silently, nor left to fail deep inside pyarrow. A store that cannot
+be written (the folder replaced by a file, a full disk, a bucket outage) raises
+``FeedbackUnavailable`` with a one-line reason; nothing of the answer is left behind.
+
+``not_a_bird`` and ``unsure`` are answers only where the model has no class of that name (an
+own-photos dataset may have a folder ``unsure``): a row's ``verdict`` says which it was, and
+readers go by the verdict (``is_reserved``), not by the answer's spelling.
 """
 
 from __future__ import annotations
@@ -51,6 +57,35 @@ class FeedbackError(ValueError):
     expected (the CLI prints it as one line)."""
 
 
+class FeedbackUnavailable(OSError):
+    """The store could not take an answer now (nothing of it was stored): ``reason`` is one
+    line fit for a client, without paths; ``str()`` names the path too, for the operator."""
+
+    def __init__(self, location: str, reason: str):
+        super().__init__(f"cannot write to the feedback store {location}: {reason}")
+        self.location, self.reason = location, reason
+
+
+def _reason(exc: OSError, root: str) -> str:
+    """One line saying why a write failed, without the store's path (a client sees it)."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):  # mkdir met a file
+        return "a file stands where its folder should be"
+    text = exc.strerror or str(exc).strip() or type(exc).__name__
+    text = text.splitlines()[0]
+    if text.startswith("When ") and ": " in text:  # pyarrow S3: "When writing key 'k' in ...: "
+        text = text.split(": ", 1)[1]
+    text = text.replace(root, "<store>")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def is_reserved(verdict: str | None, answer: str | None) -> bool:
+    """Whether a stored row is a ``not_a_bird``/``unsure`` answer rather than a species: its
+    verdict says so (the answer may be a class that is spelled the same way)."""
+    if verdict:
+        return verdict in (NOT_A_BIRD, UNSURE)
+    return (answer or "").strip() in (NOT_A_BIRD, UNSURE)
+
+
 @dataclass(frozen=True)
 class Feedback:
     """One person's answer about one image (labels already checked against the served model)."""
@@ -61,6 +96,13 @@ class Feedback:
     predicted: str
     answer: str
     note: str = ""
+    # whether ``answer`` is a class of the model; None: any answer but not_a_bird/unsure is.
+    # Callers that know the classes say so: a model may have a class named not_a_bird.
+    is_class: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_class is False and self.answer not in (NOT_A_BIRD, UNSURE):
+            raise ValueError(f"answer {self.answer!r} is neither a class nor {NOT_A_BIRD}/{UNSURE}")
 
     @property
     def sha256(self) -> str:
@@ -68,7 +110,10 @@ class Feedback:
 
     @property
     def verdict(self) -> str:
-        if self.answer in (NOT_A_BIRD, UNSURE):
+        is_class = self.is_class
+        if is_class is None:
+            is_class = self.answer not in (NOT_A_BIRD, UNSURE)
+        if not is_class:
             return self.answer
         return "confirmed" if self.answer == self.predicted else "corrected"
 
@@ -98,8 +143,12 @@ def append(location: str, items: list[Feedback]) -> str:
     ]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
-    path = storage.join(storage.absolute(location), _row_name(now_ns))
-    storage.put_bytes(path, buf.getvalue())
+    root = storage.absolute(location)
+    path = storage.join(root, _row_name(now_ns))
+    try:  # one atomic write: a failed one leaves no file (the temporary is removed)
+        storage.put_bytes(path, buf.getvalue())
+    except OSError as exc:  # pyarrow's bucket errors are OSErrors too
+        raise FeedbackUnavailable(root, _reason(exc, root)) from exc
     return path
 
 

@@ -30,6 +30,7 @@ VERSION_HEADER = "X-Model-Version"  # the version that answered
 METHODS = ("gradcam", "saliency", "integrated_gradients", "gradcam_early")
 
 
+OWS = " \t"  # the whitespace HTTP allows around a field value (RFC 9110 5.6.3)
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 1000
 
@@ -37,8 +38,10 @@ MAX_TOP_K = 1000
 def form_or_query(request: Request, texts: dict[str, str], name: str) -> str | None:
     """A parameter from the query or a form text field (HTML forms and many clients send the
     latter); sent twice with different values (in the URL, the form, or one of each) is an
-    error, never a silent pick."""
-    values = request.query_params.getlist(name) + ([texts[name]] if name in texts else [])
+    error, never a silent pick. An empty (or blank) value is not sent, wherever it is: an HTML
+    form's untouched field sends ``top_k=``, which means the default, alone or beside a value."""
+    given = request.query_params.getlist(name) + ([texts[name]] if name in texts else [])
+    values = [value for value in given if value.strip()]
     if len({value.strip() for value in values}) > 1:
         raise ApiError(
             422,
@@ -46,7 +49,7 @@ def form_or_query(request: Request, texts: dict[str, str], name: str) -> str | N
             f"{name} sent {'twice' if len(values) == 2 else f'{len(values)} times'} with "
             "different values: " + ", ".join(shown(value) for value in values[:3]),
         )
-    return values[0] if values and values[0] else None
+    return values[0] if values else None
 
 
 def parse_top_k(value: str | None) -> int:
@@ -58,7 +61,8 @@ def parse_top_k(value: str | None) -> int:
         raise ApiError(
             422,
             "invalid_parameter",
-            f"top_k must be a whole number 1-{MAX_TOP_K} (got {shown(value)})",
+            f"top_k must be a whole number 1-{MAX_TOP_K} (got {shown(value)}); leave it out, or "
+            f"empty, for {DEFAULT_TOP_K}",
         )
     return int(digits)
 
@@ -77,7 +81,7 @@ class Service(Protocol):
     async def rollout(self) -> dict[str, Any]: ...
 
     async def explain(
-        self, upload: Upload, method: str | None, target: str | None
+        self, upload: Upload, method: str | None, target: str | None, client_key: str | None = None
     ) -> dict[str, Any]: ...
 
     async def feedback(self, upload: Upload, fields: dict[str, str]) -> dict[str, Any]: ...
@@ -210,11 +214,15 @@ def create_api(
             recorder.upload(request.scope["route"].path, time.perf_counter() - start)
         return uploads, texts
 
+    expected = None if api_key is None else api_key.strip(OWS).encode()
+
     async def authorized(request: Request) -> None:
-        if api_key is None:
+        if expected is None:
             return
-        sent = request.headers.get(API_KEY_HEADER, "")  # decoded as Latin-1: its bytes again
-        if not hmac.compare_digest(sent.encode("latin-1"), api_key.encode()):
+        # decoded as Latin-1: its bytes again. Spaces and tabs around a field value are not
+        # part of it (RFC 9110 5.5): HAProxy drops them, Serve's proxy did not (401 there only)
+        sent = request.headers.get(API_KEY_HEADER, "").strip(OWS)
+        if not hmac.compare_digest(sent.encode("latin-1"), expected):
             raise ApiError(401, "unauthorized", f"missing or wrong {API_KEY_HEADER} header")
 
     probe = ["GET", "HEAD"]  # uptime checkers and load balancers often probe with HEAD
@@ -289,10 +297,12 @@ def create_api(
             "(also read from a form field)",
         ),
         target: str | None = Query(
-            None, description="class index or species; default: predicted (or a form field)"
+            None,
+            description="species name, its number (001) or a label as /v1/predict returns it; "
+            "default: predicted (or a form field)",
         ),
     ) -> dict[str, Any]:
-        if method is not None and method not in METHODS:  # refused before reading the body
+        if method and method.strip() and method not in METHODS:  # before reading the body
             raise ApiError(422, "invalid_parameter", f"method must be one of {', '.join(METHODS)}")
         async with admitted():
             uploads, texts = await read_all(request, "file")
@@ -304,7 +314,8 @@ def create_api(
                 )
             if len(uploads) != 1:
                 raise ApiError(400, "too_many_files", "send exactly one image as field 'file'")
-            return await service.explain(uploads[0], method, target)
+            client = request.headers.get(CLIENT_KEY_HEADER) or None  # predict's model for it
+            return await service.explain(uploads[0], method, target, client)
 
     @app.post(
         "/v1/feedback",

@@ -2,12 +2,15 @@
 
 A mixin of ``BirdIngress`` (kept apart so the ingress stays readable): the answer must name the
 version that was served (production, or a canary's candidate), a species of that model (or
-``not_a_bird``/``unsure``), and an image the one decoder accepts; a refused answer stores nothing.
+``not_a_bird``/``unsure``, where the model has no class of that name), and an image the one decoder
+accepts; a refused answer stores nothing. A store that cannot be written is 503
+``feedback_unavailable`` (``Retry-After``) with a one-line reason, never a 500 with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from birdray.class_names import ClassIndex
@@ -18,6 +21,7 @@ from birdray.serve.uploads import Upload, decode_upload, shown
 
 MAX_NOTE_CHARS = 1000
 FEEDBACK_ANSWERS = (feedback_store.NOT_A_BIRD, feedback_store.UNSURE)
+logger = logging.getLogger(__name__)
 
 
 class FeedbackRoute:
@@ -39,6 +43,9 @@ class FeedbackRoute:
         except ApiError as exc:
             self._metrics.feedback(exc.code)
             raise
+        except Exception:  # a bug: still counted (the error handler answers 500)
+            self._metrics.feedback("internal_error")
+            raise
         self._metrics.feedback(result["verdict"])
         return result
 
@@ -57,17 +64,33 @@ class FeedbackRoute:
             raise ApiError(422, "note_too_long", f"note is longer than {MAX_NOTE_CHARS} characters")
         info = await self._served(fields["model_version"].strip())  # stripped as the others are
         predicted = self._class_name(fields["predicted"], info["classes"], "predicted")
-        answer = fields["species"].strip()
-        if answer.lower() in FEEDBACK_ANSWERS:  # NOT_A_BIRD is no class: the answer meant
-            answer = answer.lower()
-        else:
-            answer = self._class_name(answer, info["classes"], "species")
+        answer, is_class = self._answer(fields["species"], info["classes"])
         await asyncio.to_thread(decode_upload, upload, self._limits)
         item = feedback_store.Feedback(
-            upload.data, upload.name, info["version"], predicted, answer, note
+            upload.data, upload.name, info["version"], predicted, answer, note, is_class
         )
-        await asyncio.to_thread(feedback_store.append, self._feedback_dir, [item])
+        try:
+            await asyncio.to_thread(feedback_store.append, self._feedback_dir, [item])
+        except feedback_store.FeedbackUnavailable as exc:
+            logger.warning("feedback not stored: %s", exc)  # the path, for the operator
+            raise ApiError(
+                503,
+                "feedback_unavailable",
+                f"the feedback store cannot take answers now ({exc.reason}); nothing was "
+                "stored: retry later",
+            ) from None
         return {"stored": True, "sha256": item.sha256, "verdict": item.verdict, "species": answer}
+
+    def _answer(self, given: str, classes: list[str]) -> tuple[str, bool]:
+        """The species answer and whether it is a class: a class of the model first (an
+        own-photos model may have classes named not_a_bird or unsure), then the reserved
+        answers in any case, then 422 (``_class_name``)."""
+        index = ClassIndex.of(classes)
+        text = given.strip()
+        named = index.get(text) is not None or index.could_mean(text)
+        if not named and text.lower() in FEEDBACK_ANSWERS:  # no class so named: the answer
+            return text.lower(), False
+        return self._class_name(text, classes, "species"), True
 
     async def _served(self, version: str) -> dict[str, Any]:
         """The info of the served model (production, or a canary's candidate) named ``version``;
@@ -96,7 +119,7 @@ class FeedbackRoute:
                 422,
                 "unknown_species",
                 f"{what} {shown(given)} could be any of {', '.join(could)} (they differ only by "
-                "case): give the exact spelling",
+                "case or Unicode form): give the exact spelling",
             )
         answers = f" (nor {' or '.join(FEEDBACK_ANSWERS)})" if what == "species" else ""
         raise ApiError(

@@ -10,9 +10,11 @@ arrays and the ingress redoes them once with the new transform.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
+from PIL import Image
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -52,6 +54,7 @@ class BirdIngress(FeedbackRoute):
         feedback_dir: str | None = None,
         candidate: DeploymentHandle | None = None,
         model: dict[str, Any] | None = None,
+        candidate_explainer: DeploymentHandle | None = None,
     ):
         self._local = None  # with a model deployment: no torch here (``uint8_eval_transform``)
         if model is not None:  # colocated: BirdClassifier's own code, batching here, inline
@@ -60,6 +63,9 @@ class BirdIngress(FeedbackRoute):
         self._api_key = api_key_from_env(api_key_env)
         self._classifier, self._explainer = classifier, explainer
         self._models = {PRODUCTION: classifier, CANDIDATE: candidate}
+        # an explainer per model version served; a canary's candidate may have none (then its
+        # clients' explanations come from production's, and say so: ``explain``)
+        self._explainers = {PRODUCTION: explainer, CANDIDATE: candidate_explainer}
         self._limits = admission_limit(limits)
         self._infos: dict[str, dict[str, Any]] = {}  # per role: model info + its "transform"
         self._metrics = ServeMetrics()
@@ -268,30 +274,149 @@ class BirdIngress(FeedbackRoute):
         self._tally.shadow(production, candidate, same, delta, conf)
 
     def _target(self, target: str | None, classes: list[str]) -> int | None:
-        if target is None or target == "":
-            return None
-        index = target.isascii() and target.isdigit() and len(target) <= 9  # not "²", not 10^5000
-        if index and int(target) < len(classes):
-            return int(target)
-        label = ClassIndex.of(classes).get(target)  # names differing only by case: exact only
-        if label is None:
-            raise ApiError(
-                422, "invalid_parameter", f"unknown or ambiguous target class {shown(target)}"
-            )
-        return label
+        return target_label(target, classes)
 
     async def explain(
-        self, upload: Upload, method: str | None, target: str | None
+        self,
+        upload: Upload,
+        method: str | None,
+        target: str | None,
+        client_key: str | None = None,
     ) -> dict[str, Any]:
-        if self._explainer is None:
+        """The explanation of the answer ``/v1/predict`` gives this client: the model the
+        rollout picks for ``client_key`` (``Rollout.answering``, the one routing decision), or,
+        when that is a candidate with no explainer deployed, production's, and ``rollout`` in
+        the answer says which version is explained and why."""
+        if self._explainers[PRODUCTION] is None:
             raise ApiError(404, "explain_disabled", "this app was built with explain=false")
-        info = await self._current()
+        role, mode = self._rollout.answering(client_key), self._rollout.mode
+        explained = role if self._explainers[role] is not None else PRODUCTION
+        info = await self._current(role=explained)
         label = self._target(target, info["classes"])
-        # the same decode as /v1/predict (a large JPEG at the scale the model needs), so both
-        # answer with the same confidence; regions and parts come back in the photo's pixels
-        decoded = await asyncio.to_thread(decode_upload, upload, self._limits, info["decode_side"])
+        # the same decode as /v1/predict (a large JPEG at the scale the model needs), then no
+        # more pixels than the model's resize keeps: the model sees /v1/predict's pixels (same
+        # confidence) and the explainer's cost is bounded by the model's input, not the photo;
+        # regions and parts come back in the photo's pixels
+        decoded = await asyncio.to_thread(self._decode_for_explainer, upload, info)
         result = await answer(
-            self._explainer.explain.remote(decoded.image, method, label), "explain"
+            self._explainers[explained].explain.remote(decoded.image, method, label), "explain"
         )
         result["image"] = {"width": decoded.width, "height": decoded.height}
+        result["rollout"] = await self._explained_for(role, explained, mode, client_key, result)
         return in_photo_pixels(result, decoded)
+
+    def _decode_for_explainer(self, upload: Upload, info: dict[str, Any]) -> DecodedImage:
+        decoded = decode_upload(upload, self._limits, info["decode_side"])
+        return at_model_scale(decoded, info["data_config"], info["decode_side"])
+
+    async def _explained_for(
+        self, role: str, explained: str, mode: str, client_key: str | None, result: dict
+    ) -> dict[str, Any]:
+        """Which model ``/v1/predict`` answers this request with, which one was explained, and
+        why they differ when they do."""
+        version = result["model_version"]
+        answering = version
+        if role != explained:
+            answering = (await self._current(role=role))["version"]
+        block: dict[str, Any] = {
+            "mode": mode,
+            "predict": {"role": role, "model_version": answering},
+            "explained": {"role": explained, "model_version": version},
+            "same_model": role == explained,
+        }
+        if role != explained:
+            who = (
+                f"this client's ({CLIENT_KEY_HEADER}) /v1/predict answers come"
+                if client_key
+                else f"this request (no {CLIENT_KEY_HEADER}: drawn at random) would be answered"
+            )
+            block["note"] = (
+                f"{who} from the {mode}'s candidate {answering}, which has no explainer "
+                f"deployed: this explains production {version}, whose answer may differ"
+            )
+        return block
+
+
+def at_model_scale(decoded: DecodedImage, data_config: dict[str, Any], side: int) -> DecodedImage:
+    """``decoded`` with its picture shrunk to what the model's eval resize keeps, when it holds
+    at least twice the ``side`` the model needs (``decode_side``): the bound a JPEG's draft
+    decode already gives, for every format, so a 121 KB PNG of 6000x6000 costs an explanation
+    what a photo costs. ``width``/``height`` stay the photo's (``in_photo_pixels``).
+
+    For the configs the Pillow crop reproduces (``covered``, centre crop), the picture is
+    resized exactly as the eval transform would resize it (size, filter), which then has nothing
+    left to resize: the model sees the pixels ``/v1/predict`` gives it. Other configs keep their
+    aspect with the short side at ``side``.
+    """
+    from birdray.model.crop import covered, eval_geometry
+
+    image = decoded.image
+    if min(image.size) < 2 * side:
+        return decoded
+    center = (data_config.get("crop_mode") or "center") == "center"
+    if covered(data_config) and center:
+        g = eval_geometry(data_config, image.width, image.height)
+        size = (round(g.scale_x * image.width), round(g.scale_y * image.height))
+        name = str(data_config.get("interpolation", "bilinear")).upper()
+        small = image.resize(size, Image.Resampling[name])
+    else:
+        scale = side / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        small = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return dataclasses.replace(decoded, image=small)
+
+
+def _number(text: str) -> int | None:
+    """ASCII digits as a number (None otherwise); not "²" or "٣", not 10^5000."""
+    digits = text.isascii() and text.isdigit() and len(text) <= 9
+    return int(text) if digits else None
+
+
+def target_label(target: str | None, classes: list[str]) -> int | None:
+    """The class an explain ``target`` names (None: the predicted one); 422 otherwise.
+
+    A target may be a species' name (``001.Black_footed_Albatross``, or ``Black_footed_Albatross``,
+    any case where that names one class: ``ClassIndex``), the number its name starts with
+    (``001``, ``1``), or a label as ``/v1/predict`` returns it (0-based, no leading zeros:
+    ``0``). CUB's names number species from 1 and labels count from 0, so ``1`` could be
+    species 001 or label 1 (species 002): a target read two ways that name two classes is
+    refused, with both readings, never guessed. ``001`` is not how a label is written: it is
+    species 001.
+    """
+    if target is None or not target.strip():
+        return None
+    text = target.strip()
+    index = ClassIndex.of(classes)
+    readings: dict[int, str] = {}
+    named = index.get(text)
+    if named is not None:
+        readings[named] = f"the species {classes[named]!r}"
+    number = _number(text)
+    if number is not None:
+        if str(number) == text and number < len(classes):
+            readings.setdefault(number, f"label {number} ({classes[number]!r})")
+        numbered = [
+            label
+            for label, name in enumerate(classes)
+            if "." in name and _number(name.split(".", 1)[0]) == number
+        ]
+        exact = [label for label in numbered if classes[label].split(".", 1)[0] == text]
+        numbered = exact or numbered
+        for label in numbered:
+            readings.setdefault(label, f"species number {number} ({classes[label]!r})")
+    if len(readings) == 1:
+        return next(iter(readings))
+    if readings:
+        ways = " or ".join(list(readings.values())[:3])
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"target {shown(text)} is ambiguous: it could mean {ways}; send the species' name",
+        )
+    could = index.could_mean(text)
+    detail = f" (it could mean {', '.join(repr(c) for c in could[:3])})" if could else ""
+    if number is not None:
+        detail = f" (labels are 0-{len(classes) - 1}, written without leading zeros)"
+    raise ApiError(
+        422, "invalid_parameter", f"unknown or ambiguous target class {shown(text)}{detail}"
+    )

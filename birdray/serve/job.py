@@ -2,9 +2,11 @@
 
 ``start_local`` is the programmatic door the demo and tests use: start Serve, deploy the app,
 wait until ``/readyz`` answers, return where it listens. ``LocalServe.swap`` redeploys with a
-new model reference; old replicas keep serving until the new ones are ready (``max_surge_percent``),
-so no request is dropped. Config-file deployments swap in place instead: change
-``user_config.model`` of ``BirdClassifier`` (and ``BirdExplainer``) and ``serve deploy`` again.
+new model reference; old replicas keep serving until the new ones are ready (``max_surge_percent``)
+when the cluster has room for both, else each is replaced in place (requests wait in Serve's queues
+meanwhile, one line says so); either way no request is dropped and the swap is bounded in time.
+Config-file deployments swap in place instead: change ``user_config.model`` of ``BirdClassifier``
+(and ``BirdExplainer``) and ``serve deploy`` again.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from ray import serve
 from birdray import config as cfglib
 from birdray.config import field
 from birdray.devices import gpus_to_use
-from birdray.resources import plan_serve
+from birdray.resources import pending_report
 from birdray.runtime import LOOPBACK, init_ray, sigterm_as_ctrl_c
 from birdray.serve.app import app_args, build_app
 from birdray.serve.args import AppArgs, colocated
+from birdray.serve.fit import plan_redeploy, plan_serve
 from birdray.serve.proxy import check_proxy, check_proxy_name, choose_proxy, ensure_serve
 
 logger = logging.getLogger(__name__)
@@ -79,6 +82,36 @@ def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | Non
     raise TimeoutError(f"{url}/readyz not ready after {timeout_s:.0f}s: {last}")
 
 
+def wait_running(name: str, timeout_s: float) -> None:
+    """Wait until Serve reports app ``name`` RUNNING (a redeploy's replicas all replaced);
+    ``RuntimeError`` when it failed, ``TimeoutError`` after ``timeout_s`` naming the deployments
+    not done and what waits for resources in Ray."""
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(name)
+        if app is None:
+            raise RuntimeError(f"Serve application {name!r} is gone")
+        if app.status == ApplicationStatus.RUNNING:
+            return
+        if app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise RuntimeError(f"Serve could not deploy {name!r}: {app.message}")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    waiting = "; ".join(
+        f"{dep} {info.status.value}" + (f" ({info.message})" if info.message else "")
+        for dep, info in app.deployments.items()
+        if info.status.value != "HEALTHY"
+    )
+    raise TimeoutError(
+        f"Serve application {name!r} not (re)deployed after {timeout_s:.0f} s: "
+        f"{waiting or app.status.value}; Ray: {pending_report()}. Serve keeps trying to start "
+        "the waiting replicas; replicas not yet replaced keep serving"
+    )
+
+
 def shadow_agreement(
     url: str, timeout_s: float = 60.0, headers: dict[str, str] | None = None
 ) -> str:
@@ -125,13 +158,30 @@ class LocalServe:
 
     def redeploy(self, timeout_s: float = 120.0, **changes: Any) -> str:
         """Redeploy with some ``AppArgs`` changed (``candidate``, ``rollout``, ``rollout_share``
-        after ``registry promote candidate``...); returns the production version serving then."""
+        after ``registry promote candidate``...); returns the production version serving then.
+
+        Old replicas serve until their replacements are ready when the surge replicas
+        (``max_surge_percent``) fit beside them in the free resources; otherwise a smaller surge,
+        or replacement in place, is used and one line says so with the numbers. A new app that
+        cannot fit at all is refused (``ResourceError``) before anything changes. The whole
+        redeploy is bounded by ``timeout_s``: ``TimeoutError`` names what Serve could not
+        schedule (the old version keeps serving; Serve keeps trying)."""
 
         args = {**self.args, **changes}
-        # serve.run returns once the rollout is done (old replicas served until then)
-        serve.run(build_app(args), name=self.name, route_prefix=self.route_prefix)
+        app = build_app(args)  # validates args and model references before anything changes
+        surge = plan_redeploy(self.args, args, ray.available_resources(), ray.cluster_resources())
+        if surge != cfglib.from_dict(AppArgs, dict(args)).max_surge_percent:
+            app = build_app({**args, "max_surge_percent": surge})  # this rollout only
+        deadline = time.monotonic() + timeout_s
+        # not serve.run: it waits for RUNNING without a limit (forever, for a pending replica)
+        serve.run_many(
+            [serve.RunTarget(app, name=self.name, route_prefix=self.route_prefix)],
+            wait_for_applications_running=False,
+        )
         self.args = args
-        self.model_version = wait_ready(self.url, timeout_s)["model_version"]
+        wait_running(self.name, deadline - time.monotonic())
+        left = max(1.0, deadline - time.monotonic())
+        self.model_version = wait_ready(self.url, left)["model_version"]
         return self.model_version
 
     def stop(self) -> None:
@@ -181,10 +231,16 @@ def start_local(
     plan_serve(args, cluster)  # fits, or fails now
     base = ensure_serve(host, port, app_kwargs.get("request_timeout_s"))
     check_proxy(proxy)
-    serve.run(app, name=name, route_prefix=route_prefix)
+    deadline = time.monotonic() + ready_timeout_s
+    # bounded, unlike serve.run (a replica no node can take would keep it waiting forever)
+    serve.run_many(
+        [serve.RunTarget(app, name=name, route_prefix=route_prefix)],
+        wait_for_applications_running=False,
+    )
+    wait_running(name, ready_timeout_s)
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
     url = f"{base}{prefix}"
-    ready = wait_ready(url, ready_timeout_s)
+    ready = wait_ready(url, max(1.0, deadline - time.monotonic()))
     return LocalServe(url, name, route_prefix, args, ready["model_version"])
 
 
