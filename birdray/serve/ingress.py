@@ -10,19 +10,17 @@ arrays and the ingress redoes them once with the new transform.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from typing import Any
 
-from PIL import Image
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from birdray.class_names import ClassIndex
 from birdray.images import DecodedImage
 from birdray.serve.api import CLIENT_KEY_HEADER, create_api
 from birdray.serve.classifier import BirdClassifier
 from birdray.serve.errors import ApiError
+from birdray.serve.explain_request import at_model_scale, target_label
 from birdray.serve.feedback_route import FeedbackRoute
 from birdray.serve.metrics import ServeMetrics
 from birdray.serve.replica import InProcess, admission_limit, answer, api_key_from_env
@@ -33,7 +31,7 @@ from birdray.serve.rollout import (
     Tally,
     agreement,
 )
-from birdray.serve.uploads import Limits, Upload, decode_upload, in_photo_pixels, shown
+from birdray.serve.uploads import Limits, Upload, decode_upload, in_photo_pixels
 
 
 def _ms(start: float) -> float:
@@ -335,88 +333,3 @@ class BirdIngress(FeedbackRoute):
                 f"deployed: this explains production {version}, whose answer may differ"
             )
         return block
-
-
-def at_model_scale(decoded: DecodedImage, data_config: dict[str, Any], side: int) -> DecodedImage:
-    """``decoded`` with its picture shrunk to what the model's eval resize keeps, when it holds
-    at least twice the ``side`` the model needs (``decode_side``): the bound a JPEG's draft
-    decode already gives, for every format, so a 121 KB PNG of 6000x6000 costs an explanation
-    what a photo costs. ``width``/``height`` stay the photo's (``in_photo_pixels``).
-
-    For the configs the Pillow crop reproduces (``covered``, centre crop), the picture is
-    resized exactly as the eval transform would resize it (size, filter), which then has nothing
-    left to resize: the model sees the pixels ``/v1/predict`` gives it. Other configs keep their
-    aspect with the short side at ``side``.
-    """
-    from birdray.model.crop import covered, eval_geometry
-
-    image = decoded.image
-    if min(image.size) < 2 * side:
-        return decoded
-    center = (data_config.get("crop_mode") or "center") == "center"
-    if covered(data_config) and center:
-        g = eval_geometry(data_config, image.width, image.height)
-        size = (round(g.scale_x * image.width), round(g.scale_y * image.height))
-        name = str(data_config.get("interpolation", "bilinear")).upper()
-        small = image.resize(size, Image.Resampling[name])
-    else:
-        scale = side / min(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        small = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return dataclasses.replace(decoded, image=small)
-
-
-def _number(text: str) -> int | None:
-    """ASCII digits as a number (None otherwise); not "²" or "٣", not 10^5000."""
-    digits = text.isascii() and text.isdigit() and len(text) <= 9
-    return int(text) if digits else None
-
-
-def target_label(target: str | None, classes: list[str]) -> int | None:
-    """The class an explain ``target`` names (None: the predicted one); 422 otherwise.
-
-    A target may be a species' name (``001.Black_footed_Albatross``, or ``Black_footed_Albatross``,
-    any case where that names one class: ``ClassIndex``), the number its name starts with
-    (``001``, ``1``), or a label as ``/v1/predict`` returns it (0-based, no leading zeros:
-    ``0``). CUB's names number species from 1 and labels count from 0, so ``1`` could be
-    species 001 or label 1 (species 002): a target read two ways that name two classes is
-    refused, with both readings, never guessed. ``001`` is not how a label is written: it is
-    species 001.
-    """
-    if target is None or not target.strip():
-        return None
-    text = target.strip()
-    index = ClassIndex.of(classes)
-    readings: dict[int, str] = {}
-    named = index.get(text)
-    if named is not None:
-        readings[named] = f"the species {classes[named]!r}"
-    number = _number(text)
-    if number is not None:
-        if str(number) == text and number < len(classes):
-            readings.setdefault(number, f"label {number} ({classes[number]!r})")
-        numbered = [
-            label
-            for label, name in enumerate(classes)
-            if "." in name and _number(name.split(".", 1)[0]) == number
-        ]
-        exact = [label for label in numbered if classes[label].split(".", 1)[0] == text]
-        numbered = exact or numbered
-        for label in numbered:
-            readings.setdefault(label, f"species number {number} ({classes[label]!r})")
-    if len(readings) == 1:
-        return next(iter(readings))
-    if readings:
-        ways = " or ".join(list(readings.values())[:3])
-        raise ApiError(
-            422,
-            "invalid_parameter",
-            f"target {shown(text)} is ambiguous: it could mean {ways}; send the species' name",
-        )
-    could = index.could_mean(text)
-    detail = f" (it could mean {', '.join(repr(c) for c in could[:3])})" if could else ""
-    if number is not None:
-        detail = f" (labels are 0-{len(classes) - 1}, written without leading zeros)"
-    raise ApiError(
-        422, "invalid_parameter", f"unknown or ambiguous target class {shown(text)}{detail}"
-    )
