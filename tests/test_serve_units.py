@@ -574,7 +574,7 @@ def test_an_empty_parameter_is_not_sent_wherever_it_is():
     assert "leave it out, or empty, for 5" in error
     explain = {"file": ("a.png", encode(random_rgb(1), "PNG"), "image/png")}
     resp = client.post("/v1/explain?method=&target=", files=explain, data={"target": "2"})
-    assert resp.json() == {"method": None, "target": "2"}, resp.text
+    assert resp.json() == {"method": None, "target": "2", "client_key": None}, resp.text
     request = _request([b""], b"", query=b"top_k=")
     assert form_or_query(request, {"top_k": "3"}, "top_k") == "3"
     assert form_or_query(_request([b""], b"", query=b"top_k="), {}, "top_k") is None
