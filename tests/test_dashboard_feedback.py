@@ -192,3 +192,18 @@ def test_a_bad_feedback_store_is_said_on_review_not_shown_as_unanswered(
     assert len(warnings) == 1, dump(at)
     assert str(bad) in warnings[0] and "is empty (0 bytes)" in warnings[0]
     assert "the other 1 of 2 files are readable" in warnings[0]
+
+
+def test_the_picker_offers_unsure_only_where_feedback_would_read_it_so():
+    """With a class ``002.Unsure`` the picker offered it and "unsure"; choosing "unsure" ("I'm
+    not sure") was stored as that class, corrected, a training label. Offered as Serve reads."""
+    from birdray.dashboard.feedback_ui import answer_options
+
+    assert answer_options(["001.Robin", "002.Wren"]) == [
+        "001.Robin",
+        "002.Wren",
+        "not_a_bird",
+        "unsure",
+    ]
+    assert answer_options(["001.Robin", "002.Unsure"]) == ["001.Robin", "002.Unsure", "not_a_bird"]
+    assert answer_options(["not_a_bird", "robin"]) == ["not_a_bird", "robin", "unsure"]

@@ -67,10 +67,17 @@ def test_a_target_of_cubs_species_number_is_that_species_never_a_shifted_index()
     assert _target("002.Laysan_Albatross") == _target("laysan_albatross") == 1
     assert _target("0") == 0  # label 0: no species is numbered 0
     assert _target(None) is None and _target("") is None and _target(" ") is None
-    # "2": label 2 (003) or species 002? Two classes: refused, never guessed
-    for text, label, number in [("1", "002.Laysan", "001.Black"), ("2", "003.Sooty", "002.Lay")]:
+    # unpadded: a label, as /v1/predict returns it (CUB spells no species "2")
+    assert _target("1") == 1 and _target("2") == 2
+    # CUB's 100-199 are both a label and another species' number: refused, never guessed
+    cub = [f"{i:03d}.Species_{i}" for i in range(1, 201)]
+    assert _target("099", cub) == 98 and _target("99", cub) == 99 and _target("200", cub) == 199
+    for text, label, number in [
+        ("150", "151.Species_151", "150.Species_150"),
+        ("100", "101", "100"),
+    ]:
         with pytest.raises(ApiError) as info:
-            _target(text)
+            _target(text, cub)
         assert (info.value.status, info.value.code) == (422, "invalid_parameter")
         message = info.value.message
         assert "ambiguous" in message and label in message and number in message
@@ -210,3 +217,22 @@ def test_a_huge_picture_reaches_the_explainer_at_the_models_scale_with_predicts_
     small = _ingress()
     asyncio.run(small.explain(_png((130, 90)), None, None))
     assert small._explainers["production"].images[0].size == (130, 90)
+
+
+def test_a_squash_models_huge_picture_is_resized_as_its_eval_transform_resizes_it():
+    """A ``crop_mode: squash`` config took the aspect-keeping branch: the model saw pixels
+    resampled twice (up to 6 levels off /v1/predict's). Squash is resized as its transform does."""
+    from birdray.images import decode_image
+    from birdray.model.crop import covered, uint8_eval_transform
+    from birdray.serve.explain_request import at_model_scale
+
+    squash = {**DATA_CONFIG, "crop_mode": "squash", "crop_pct": 1.0}
+    assert covered(squash)
+    noise = np.random.default_rng(3).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    decoded = decode_image(buf.getvalue())
+    small = at_model_scale(decoded, squash, side=64)
+    assert max(small.image.size) < 1200  # shrunk
+    uint8 = uint8_eval_transform(squash)
+    assert np.array_equal(uint8(small.image), uint8(decoded.image))

@@ -100,6 +100,25 @@ def test_redeploy_surges_only_beside_what_is_free(capsys):
     assert "needs 1.5 CPU and 1 GPU" in capsys.readouterr().err
 
 
+def test_a_redeploy_that_grows_a_deployment_counts_the_growth_beside_the_surge():
+    """Serve starts ceil(p x n) plus the growth n - n_old beside every old replica (with 0, the
+    growth alone): counting the larger of the two instead planned a surge whose last replica
+    could never start, and old ones stop only once the new count is reached: a stall."""
+    from birdray.serve.fit import surge_need
+
+    old = {"BirdClassifier": ("model", 1, 1.0, 0.0)}
+    two = {"BirdClassifier": ("model", 2, 1.0, 0.0)}
+    assert surge_need(old, two, 50) == (2.0, 0.0)  # 1 surge + 1 growth, not max(1, 1)
+    assert surge_need(old, two, 0) == (1.0, 0.0)  # the growth first, then one for one
+    halves = {"BirdClassifier": ("model", 2, 0.5, 0.0)}  # smaller, more: 2 x 0.5 beside 1 x 1
+    assert surge_need({"BirdClassifier": ("model", 1, 2.0, 0.0)}, halves, 0) == (0.5, 0.0)
+    assert surge_need(two, old, 100) == (0.0, 0.0)  # shrinking: the extra one stops first
+    grown = {**DEFAULTS, "explain": False, "colocate": "off", "min_replicas": 2, "max_replicas": 2}
+    base = {**DEFAULTS, "explain": False, "colocate": "off"}
+    # ingress 0.5 + 2 model replicas = 2.5 CPU at surge 50: only 1.5 free, so replace in place
+    assert plan_redeploy(base, {**grown, "max_surge_percent": 50}, {"CPU": 1.5}, {"CPU": 3.0}) == 0
+
+
 def test_redeploy_that_cannot_fit_even_in_place_is_refused_at_once():
     bigger = {**DEFAULTS, "model_num_cpus": 1.5}  # 2 + 0.5 CPU in a 2.5 CPU cluster, 0 free
     with pytest.raises(ResourceError, match=r"need 0\.5 CPU and 0 GPU more than the running") as e:

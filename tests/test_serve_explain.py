@@ -194,7 +194,7 @@ def test_explain_target_method_and_errors(app):
     for params, code in [
         ({"method": "lime"}, "invalid_parameter"),
         ({"target": "Dodo"}, "invalid_parameter"),
-        ({"target": "2"}, "invalid_parameter"),  # label 2 (003) or species 002: not guessed
+        ({"target": "7"}, "invalid_parameter"),  # no label 7, no species spelled "7"
     ]:
         resp = post_explain(app, data, **params)
         assert resp.status_code == 422 and resp.json()["error"]["code"] == code

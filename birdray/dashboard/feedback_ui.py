@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from birdray.class_names import ClassIndex
 from birdray.dashboard.client import (
     FeedbackRefused,
     ServiceError,
@@ -57,10 +58,17 @@ def stored_answers(location: str) -> tuple[dict[str, str], str]:
     return answers, ""
 
 
+def answer_options(classes: list[str]) -> list[str]:
+    """The model's classes, then 'not a bird' and 'unsure' where /v1/feedback would read them
+    so: a class it matches (``002.Unsure``, any case) is that class, never offered twice."""
+    index = ClassIndex.of(classes)
+    reserved = [a for a in (NOT_A_BIRD, UNSURE) if index.get(a) is None and not index.could_mean(a)]
+    return [*classes, *reserved]
+
+
 def species_picker(settings: Settings, key: str, label: str = "The right species") -> str | None:
     """A searchable choice (type to filter) of the model's species, 'not a bird' or 'unsure'."""
-    classes = served_classes(settings)  # a class named "unsure" is that class, listed once
-    options = [*classes, *(a for a in (NOT_A_BIRD, UNSURE) if a not in classes)]
+    options = answer_options(served_classes(settings))
     return st.selectbox(
         label,
         options,

@@ -66,16 +66,15 @@ class FeedbackUnavailable(OSError):
         self.location, self.reason = location, reason
 
 
-def _reason(exc: OSError, root: str) -> str:
-    """One line saying why a write failed, without the store's path (a client sees it)."""
+def _reason(exc: OSError) -> str:
+    """One line saying why a write failed, for a client: a fixed phrase, never the store's
+    words (a bucket's error names the bucket, key, account or service identity; the server's
+    log has them)."""
     if isinstance(exc, (FileExistsError, NotADirectoryError)):  # mkdir met a file
         return "a file stands where its folder should be"
-    text = exc.strerror or str(exc).strip() or type(exc).__name__
-    text = text.splitlines()[0]
-    if text.startswith("When ") and ": " in text:  # pyarrow S3: "When writing key 'k' in ...: "
-        text = text.split(": ", 1)[1]
-    text = text.replace(root, "<store>")
-    return text if len(text) <= 200 else text[:197] + "..."
+    if exc.errno is not None and exc.strerror:  # the C library's phrase: "No space left..."
+        return exc.strerror
+    return f"the store did not take the write ({type(exc).__name__})"
 
 
 def is_reserved(verdict: str | None, answer: str | None) -> bool:
@@ -148,7 +147,7 @@ def append(location: str, items: list[Feedback]) -> str:
     try:  # one atomic write: a failed one leaves no file (the temporary is removed)
         storage.put_bytes(path, buf.getvalue())
     except OSError as exc:  # pyarrow's bucket errors are OSErrors too
-        raise FeedbackUnavailable(root, _reason(exc, root)) from exc
+        raise FeedbackUnavailable(root, _reason(exc)) from exc
     return path
 
 

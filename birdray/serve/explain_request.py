@@ -22,7 +22,7 @@ def at_model_scale(decoded: DecodedImage, data_config: dict[str, Any], side: int
     decode already gives, for every format, so a 121 KB PNG of 6000x6000 costs an explanation
     what a photo costs. ``width``/``height`` stay the photo's (``in_photo_pixels``).
 
-    For the configs the Pillow crop reproduces (``covered``, centre crop), the picture is
+    For the configs the Pillow crop reproduces (``covered``: centre crop or squash), the picture is
     resized exactly as the eval transform would resize it (size, filter), which then has nothing
     left to resize: the model sees the pixels ``/v1/predict`` gives it. Other configs keep their
     aspect with the short side at ``side``.
@@ -32,8 +32,7 @@ def at_model_scale(decoded: DecodedImage, data_config: dict[str, Any], side: int
     image = decoded.image
     if min(image.size) < 2 * side:
         return decoded
-    center = (data_config.get("crop_mode") or "center") == "center"
-    if covered(data_config) and center:
+    if covered(data_config):  # centre crop or squash: the eval resize's own size and filter
         g = eval_geometry(data_config, image.width, image.height)
         size = (round(g.scale_x * image.width), round(g.scale_y * image.height))
         name = str(data_config.get("interpolation", "bilinear")).upper()
@@ -55,12 +54,11 @@ def target_label(target: str | None, classes: list[str]) -> int | None:
     """The class an explain ``target`` names (None: the predicted one); 422 otherwise.
 
     A target may be a species' name (``001.Black_footed_Albatross``, or ``Black_footed_Albatross``,
-    any case where that names one class: ``ClassIndex``), the number its name starts with
-    (``001``, ``1``), or a label as ``/v1/predict`` returns it (0-based, no leading zeros:
-    ``0``). CUB's names number species from 1 and labels count from 0, so ``1`` could be
-    species 001 or label 1 (species 002): a target read two ways that name two classes is
-    refused, with both readings, never guessed. ``001`` is not how a label is written: it is
-    species 001.
+    any case where that names one class: ``ClassIndex``), the number its name starts with,
+    spelled as the name spells it (``001``), or a label as ``/v1/predict`` returns it (0-based,
+    no leading zeros: ``0``, ``57``). CUB numbers species from 1 with three digits and labels
+    count from 0, so ``100``-``199`` are both a label and another species' number: a target
+    read two ways that name two classes is refused, with both readings, never guessed.
     """
     if target is None or not target.strip():
         return None
@@ -74,13 +72,11 @@ def target_label(target: str | None, classes: list[str]) -> int | None:
     if number is not None:
         if str(number) == text and number < len(classes):
             readings.setdefault(number, f"label {number} ({classes[number]!r})")
-        numbered = [
+        numbered = [  # spelled as the name spells it: 001 is species 001, 1 is label 1
             label
             for label, name in enumerate(classes)
-            if "." in name and _number(name.split(".", 1)[0]) == number
+            if "." in name and name.split(".", 1)[0] == text
         ]
-        exact = [label for label in numbered if classes[label].split(".", 1)[0] == text]
-        numbered = exact or numbered
         for label in numbered:
             readings.setdefault(label, f"species number {number} ({classes[label]!r})")
     if len(readings) == 1:

@@ -72,7 +72,8 @@ class FeedbackRoute:
         try:
             await asyncio.to_thread(feedback_store.append, self._feedback_dir, [item])
         except feedback_store.FeedbackUnavailable as exc:
-            logger.warning("feedback not stored: %s", exc)  # the path, for the operator
+            # the path and the store's own words, for the operator
+            logger.warning("feedback not stored: %s: %s", exc, exc.__cause__)
             raise ApiError(
                 503,
                 "feedback_unavailable",

@@ -62,21 +62,22 @@ def plan_serve(args: dict[str, Any], cluster: dict[str, float]) -> None:
 
 def surge_need(old: Replicas, new: Replicas, surge_percent: int) -> tuple[float, float]:
     """CPU and GPU a redeploy from ``old`` to ``new`` takes beyond what ``old`` holds, at its
-    peak, with Serve's ``max_surge_percent``: each deployment of both restarts (``serve.run``
-    gives every deployment a new code version) and starts ``ceil(percent x replicas)`` new
-    replicas before stopping old ones (0: stops first, then starts: only growth counts); a new
-    deployment starts whole; a removed one gives its share back."""
+    peak, with Serve's ``max_surge_percent``. Each deployment of both restarts (``serve.run``
+    gives every deployment a new code version); Serve first starts, beside every old replica,
+    ``ceil(percent x n)`` plus the growth ``n - n_old`` of new ones, at most ``n``
+    (``deployment_state._surge_replicas_to_start``; with 0 only the growth), then swaps the
+    rest one for one, ending at the new size. A new deployment starts whole; a removed one gives
+    its share back."""
     cpu = gpu = 0.0
     for name, (_, n, c, g) in new.items():
         if name not in old:
             cpu, gpu = cpu + n * c, gpu + n * g
             continue
         _, n_old, c_old, g_old = old[name]
-        # Serve's own rounding (deployment_state._surge_replicas_to_start); 0: none
-        extra = min(n, (surge_percent * n + 99) // 100) if surge_percent > 0 else 0
-        # new replicas beside all the old ones, or (at the end) the new size for the old one
-        cpu += max(extra * c, n * c - n_old * c_old, 0.0)
-        gpu += max(extra * g, n * g - n_old * g_old, 0.0)
+        surge = (surge_percent * n + 99) // 100 if surge_percent > 0 else 0  # Serve's ceiling
+        first = max(0, min(n, surge + n - n_old))  # started beside all the old replicas
+        cpu += max(first * c, n * c - n_old * c_old, 0.0)
+        gpu += max(first * g, n * g - n_old * g_old, 0.0)
     for name, (_, n, c, g) in old.items():
         if name not in new:
             cpu, gpu = cpu - n * c, gpu - n * g

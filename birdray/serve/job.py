@@ -3,8 +3,10 @@
 ``start_local`` is the programmatic door the demo and tests use: start Serve, deploy the app,
 wait until ``/readyz`` answers, return where it listens. ``LocalServe.swap`` redeploys with a
 new model reference; old replicas keep serving until the new ones are ready (``max_surge_percent``)
-when the cluster has room for both, else each is replaced in place (requests wait in Serve's queues
-meanwhile, one line says so); either way no request is dropped and the swap is bounded in time.
+when the cluster has room for both, else each is replaced in place (one line says so): then
+requests wait in Serve's queues while a replica restarts, and with a single ingress replica (the
+2-CPU default) those beyond its queue, or waiting past the request timeout, are answered with an
+error. Either way the swap is bounded in time.
 Config-file deployments swap in place instead: change ``user_config.model`` of ``BirdClassifier``
 (and ``BirdExplainer``) and ``serve deploy`` again.
 """
@@ -168,10 +170,10 @@ class LocalServe:
         schedule (the old version keeps serving; Serve keeps trying)."""
 
         args = {**self.args, **changes}
-        app = build_app(args)  # validates args and model references before anything changes
         surge = plan_redeploy(self.args, args, ray.available_resources(), ray.cluster_resources())
-        if surge != cfglib.from_dict(AppArgs, dict(args)).max_surge_percent:
-            app = build_app({**args, "max_surge_percent": surge})  # this rollout only
+        # built once (model references resolved once), with this rollout's surge; it validates
+        # args and references before anything changes
+        app = build_app({**args, "max_surge_percent": surge})
         deadline = time.monotonic() + timeout_s
         # not serve.run: it waits for RUNNING without a limit (forever, for a pending replica)
         serve.run_many(
@@ -237,7 +239,7 @@ def start_local(
         [serve.RunTarget(app, name=name, route_prefix=route_prefix)],
         wait_for_applications_running=False,
     )
-    wait_running(name, ready_timeout_s)
+    wait_running(name, deadline - time.monotonic())
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
     url = f"{base}{prefix}"
     ready = wait_ready(url, max(1.0, deadline - time.monotonic()))
