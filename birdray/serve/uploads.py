@@ -237,7 +237,8 @@ def decode_upload(upload: Upload, limits: Limits, min_side: int = 0) -> DecodedI
 
 def in_photo_pixels(result: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:
     """An explanation of ``decoded.image`` with its regions (boxes, peaks) and located parts in
-    the photo's own pixels; the overlays keep the decoded size, which ``overlay_size`` gives."""
+    the photo's own pixels; the overlays keep the size explained (``at_model_scale``), which
+    ``overlay_size`` gives."""
     shown = decoded.image
     sx, sy = decoded.width / shown.width, decoded.height / shown.height
     result["overlay_size"] = {"width": shown.width, "height": shown.height}
