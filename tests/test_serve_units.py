@@ -580,3 +580,27 @@ def test_an_empty_parameter_is_not_sent_wherever_it_is():
     request = _request([b""], b"", query=b"top_k=")
     assert form_or_query(request, {"top_k": "3"}, "top_k") == "3"
     assert form_or_query(_request([b""], b"", query=b"top_k="), {}, "top_k") is None
+
+
+def test_birdray_serve_that_cannot_fit_this_machine_is_refused_before_ray_starts(tmp_path):
+    """A rollout's candidate on 2 CPUs (3 CPU of replicas) was refused only after a local Ray
+    had started (~5 s): the CPUs a local Ray gets are known before it starts. (A process of its
+    own: in this one a session Ray may run, whose CPUs the job would use.)"""
+    import os
+    import subprocess
+    import sys
+
+    package = str(make_package(tmp_path / "pkg"))
+    argv = ["serve", "--model", package, "--registry", "none", "--blocking", "false"]
+    env = {**os.environ, "RAY_ADDRESS": "", "BIRDRAY_DEBUG": ""}
+
+    def run(*more: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "birdray.cli", *argv, *more]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    one = run("--num-cpus", "1")
+    assert one.returncode == 2 and len(one.stderr.strip().splitlines()) == 1, one.stderr
+    assert "need 2 CPU; the cluster has 1 (--num-cpus" in one.stderr
+    rollout = run("--num-cpus", "2", "--candidate", package)
+    assert rollout.returncode == 2 and "need 3 CPU; the cluster has 2" in rollout.stderr
+    assert "Ray instance" not in one.stderr + rollout.stderr  # no Ray was started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 from birdray import config as cfglib
@@ -134,7 +135,32 @@ def serve(cfg: Any) -> None:
     require(cfg.route_prefix.startswith("/"), "--route-prefix", "must start with '/'")
     require(bool(cfg.name.strip()), "--name", "the Serve application's name must not be empty")
     _app_bounds(cfg)
+    _fits_here(cfg)
     model(cfg.model, cfg.registry)  # last: it may read the registry
+
+
+def _fits_here(cfg: Any) -> None:
+    """A local Ray's CPUs are known before it starts (``--num-cpus``, else what Ray would
+    declare here): replicas that cannot fit them are refused now, not after Ray's start (~5 s).
+    A cluster's resources, and GPUs (``--device auto``), are judged once Ray is up."""
+    from birdray.devices import joins_cluster
+
+    ray = sys.modules.get("ray")  # a Ray this process runs already is the one the job uses
+    if joins_cluster(cfg.address) or (ray is not None and ray.is_initialized()):
+        return
+    from birdray.plan import local_cpus
+    from birdray.resources import ResourceError
+    from birdray.serve.app import app_args
+    from birdray.serve.fit import plan_serve
+
+    cpus = float(cfg.num_cpus) if cfg.num_cpus else float(local_cpus())
+    try:
+        plan_serve(app_args(cfg), {"CPU": cpus, "GPU": float("inf")})
+    except ResourceError as exc:
+        where = "--num-cpus" if cfg.num_cpus else f"this machine's {cpus:g} CPUs"
+        raise UsageError(
+            f"{exc} ({where}; lower the replicas' CPUs, e.g. --model-num-cpus)"
+        ) from None
 
 
 def _app_bounds(cfg: Any) -> None:
