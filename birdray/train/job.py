@@ -246,7 +246,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     # written on this machine first, then copied next to them
     run_dir = (Path(LOCAL_STAGING) if remote else storage.local_path(cfg.storage_path)) / cfg.name
     save_config(cfg, run_dir / "config.yaml")
-    trainer, data_config, manifest = build_trainer(cfg)
+    from birdray.train.failures import FailureLog, read_failures  # ray.train: after init_ray
+
+    run_location = storage.join(storage.absolute(cfg.storage_path), cfg.name)
+    failure_log = FailureLog(run_location, cfg.max_failures)
+    trainer, data_config, manifest = build_trainer(cfg, callbacks=[failure_log])
     previous_sigint = signal.getsignal(signal.SIGINT)
     with signals_received() as received:
         try:
@@ -280,6 +284,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         else None,
         "best": json.loads((package / "metadata.json").read_text())["metrics"],  # exported
         "last": result.metrics,  # the final epoch's report
+        # the worker failures Ray Train restarted from a checkpoint (max_failures), with why
+        "worker_failures": read_failures(run_location),
     }
     if cfg.registry:
         from birdray.registry import register_once

@@ -188,6 +188,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "device": device.type,
             "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
             "torch_threads": torch.get_num_threads(),  # rank 0's
+            # this attempt's first epoch, resumed from a checkpoint (a worker failure's restart,
+            # or a resubmitted run): validation is decoded again, and the run's restarts count
+            "resumed": float(epoch == start_epoch and epoch > 0),
             **val,
         }
         history.append(metrics)
