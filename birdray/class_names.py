@@ -15,6 +15,7 @@ only in normalisation form are matched exactly, as case is.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -44,7 +45,13 @@ class ClassIndex:
     ambiguous_normal: dict[str, tuple[int, ...]]  # an NFC spelling -> the classes it could mean
 
     @classmethod
-    def of(cls, class_names: list[str]) -> ClassIndex:
+    def of(cls, class_names: list[str] | tuple[str, ...]) -> ClassIndex:
+        """Built once per distinct list (a feedback request reads it three times, for 200
+        classes); the index is never changed after it is built, so sharing it is safe."""
+        return _index_of(tuple(class_names))
+
+    @classmethod
+    def build(cls, class_names: tuple[str, ...]) -> ClassIndex:
         tails = Counter(_tail(name) for name in class_names)
         exact = {name: label for label, name in enumerate(class_names)}
         for label, name in enumerate(class_names):  # a short name when no other class has it
@@ -95,3 +102,8 @@ class ClassIndex:
 
     def __contains__(self, answer: object) -> bool:
         return isinstance(answer, str) and self.get(answer) is not None
+
+
+@functools.lru_cache(maxsize=16)  # the served models' lists, a dataset's: a handful
+def _index_of(class_names: tuple[str, ...]) -> ClassIndex:
+    return ClassIndex.build(class_names)

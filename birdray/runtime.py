@@ -80,6 +80,7 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 STARTING_SAYS = "birdray: stopping once Ray has started (interrupt again to stop now)"
+TRAIN_POLL_S = 0.25  # Ray Train controller polls (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): see init_ray
 
 
 @contextlib.contextmanager
@@ -224,6 +225,10 @@ def init_ray(
     starts a private local Ray on loopback (never silently joining some other local cluster).
     """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train's controller collects each worker's report when it polls (every 2 s by default)
+    # and a worker's second report waits for the first to be collected: epochs shorter than the
+    # poll (a small dataset, a GPU) waited for it, and every run's end was noticed up to 2 s late
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_S))
     import ray
 
     quiet_progress_when_logged()

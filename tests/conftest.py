@@ -58,6 +58,8 @@ def ray_cluster():
             "dashboard_host": "127.0.0.1",
             "dashboard_port": free_port(),  # a Ray dashboard already on 8265 must not clash
             "node_ip_address": "127.0.0.1",
+            # metrics reach Ray's /metrics every 2 s, not 10: the tests polling it wait less
+            "_system_config": {"metrics_report_interval_ms": 2000},
         },
     )
     ray.init(address=cluster.address, log_to_driver=False)

@@ -93,7 +93,7 @@ def test_submit_follow_and_browse_a_scoring_job(jobs_api, photos, tmp_path, app_
         succeeded = any("SUCCEEDED" in s for s in texts(at, "success"))
         if succeeded and any(m.label == "Files seen" for m in at.metric):
             break
-        time.sleep(5)
+        time.sleep(2)
     else:
         pytest.fail(
             "the job's results never appeared:\n" + "\n".join(str(c.value) for c in at.code)

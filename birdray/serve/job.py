@@ -267,7 +267,8 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     args = app_args(cfg)
     args.pop("model")
     args.pop("registry")
-    take_sigterm = cfg.blocking and sigterm_as_ctrl_c()
+    if cfg.blocking:  # SIGTERM stops it as Ctrl-C does (init_ray keeps Ray's handler out)
+        sigterm_as_ctrl_c()
     try:
         local = start_local(
             cfg.model,
@@ -295,8 +296,6 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     summary = {"url": local.url, "app": cfg.name, "model_version": local.model_version}
     if not cfg.blocking:
         return summary
-    if take_sigterm:
-        sigterm_as_ctrl_c()  # again: ray.init installs its own (exit 15)
     print("serving; press Ctrl-C to stop")
     try:
         while True:
