@@ -89,6 +89,21 @@ def test_after_init_ray_nothing_reconnects_by_itself():
     assert done.stdout.strip().splitlines()[-1].startswith("refused"), done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("exported, polls", [(None, str(runtime.TRAIN_POLL_S)), ("3", "3")])
+def test_ray_trains_controller_polls_often_unless_the_user_says(
+    ray_cluster, monkeypatch, exported, polls
+):
+    """Its 2 s default held every epoch shorter than that to 2 s (a worker's next report waits
+    for the previous one to be collected); the variable is read by the driver's trainer."""
+    if exported is None:
+        monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    else:
+        monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", exported)
+    runtime.init_ray()  # joined: the session's Ray is already up
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == polls
+    assert float(polls) < 2.0 or exported
+
+
 def test_an_interrupt_inside_interrupts_held_acts_when_the_block_ends():
     seen_inside = None
     with pytest.raises(KeyboardInterrupt), runtime.interrupts_held() as held:
