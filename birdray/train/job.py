@@ -26,14 +26,11 @@ from birdray.data.feedback import training_record
 from birdray.data.manifest import DatasetError, load_manifest, manifest_checksum
 from birdray.devices import gpus_to_use
 from birdray.model.errors import ModelError
-from birdray.model.factory import arch_data_config, create_model
 from birdray.model.package import PackageMetadata, check_fine_tune_source, save_package
 from birdray.plots import training_curves
 from birdray.resources import ResourceError, plan_workers
 from birdray.runtime import init_ray, signals_received
 from birdray.train.config import TrainConfig, short_of_one_batch
-from birdray.train.data import build_datasets, train_transform_kwargs
-from birdray.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
 from birdray.train.optim import unknown_optimizer
 
 __all__ = ["ResourceError", "TrainConfig", "build_trainer", "export_package", "run_training"]
@@ -103,6 +100,11 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None):
     """A TorchTrainer for the recipe (used by ``run_training`` and each Tune trial)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    # torch and timm (seconds) only once a run is built: a usage error is said before them
+    from birdray.model.factory import arch_data_config
+    from birdray.train.data import build_datasets, train_transform_kwargs
+    from birdray.train.loop import train_loop_per_worker
 
     # workers run in another folder: absolute paths, in a copy (the caller's config is theirs)
     paths = ("dataset", "pretrained_file", "init_from")
@@ -180,11 +182,11 @@ def export_package(
     provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Turn a training checkpoint into the one model artifact (safetensors + metadata)."""
-    import torch  # after birdray.model's fixed import order (model.package above), never before
+    from birdray.model.factory import create_model  # the fixed torch/timm import order first
+    from birdray.train.loop import read_checkpoint
 
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+        state, history = read_checkpoint(folder)
     model = create_model(cfg.arch, num_classes=len(manifest["class_names"]))
     try:
         model.load_state_dict(state["model"])
@@ -214,6 +216,8 @@ def export_package(
 
 def _run_history(checkpoint) -> list[dict[str, Any]]:
     """The whole run's per-epoch history, from its last checkpoint (the best may be earlier)."""
+    from birdray.train.loop import HISTORY_FILE
+
     with checkpoint.as_directory() as folder:
         return json.loads((Path(folder) / HISTORY_FILE).read_text())
 

@@ -77,6 +77,12 @@ def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
     raise RuntimeError(f"injected failure in epoch {epoch} (inject_failure_at_epoch)")
 
 
+def read_checkpoint(folder: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A checkpoint folder's training state (model, optimizer, scheduler, epoch) and history."""
+    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    return state, json.loads(Path(folder, HISTORY_FILE).read_text())
+
+
 def _load_state(model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]:
     import ray.train
 
@@ -84,8 +90,7 @@ def _load_state(model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]
     if checkpoint is None:
         return 0, []
     with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-        history = json.loads(Path(folder, HISTORY_FILE).read_text())
+        state, history = read_checkpoint(folder)
     getattr(model, "module", model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
