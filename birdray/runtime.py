@@ -213,6 +213,14 @@ def quiet_stale_cpu_warning(settle_s: float = 3.0) -> None:
         ray_data_log.addFilter(_StaleNoCpuWarning(settle_s))
 
 
+def train_polls_often() -> None:
+    """Ray Train's controller collects each worker's report when it polls (every 2 s by default),
+    and a worker's second report waits for the first to be collected: epochs shorter than the
+    poll (a small dataset, a GPU) lasted a poll, and every run's end was noticed up to 2 s late.
+    Read where ``fit()`` runs (the driver; a Tune trial's actor); a value the user set wins."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_S))
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: float | None = None,
@@ -225,10 +233,7 @@ def init_ray(
     starts a private local Ray on loopback (never silently joining some other local cluster).
     """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    # Ray Train's controller collects each worker's report when it polls (every 2 s by default)
-    # and a worker's second report waits for the first to be collected: epochs shorter than the
-    # poll (a small dataset, a GPU) waited for it, and every run's end was noticed up to 2 s late
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_S))
+    train_polls_often()
     import ray
 
     quiet_progress_when_logged()

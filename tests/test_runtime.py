@@ -101,7 +101,6 @@ def test_ray_trains_controller_polls_often_unless_the_user_says(
         monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", exported)
     runtime.init_ray()  # joined: the session's Ray is already up
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == polls
-    assert float(polls) < 2.0 or exported
 
 
 def test_an_interrupt_inside_interrupts_held_acts_when_the_block_ends():

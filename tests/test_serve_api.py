@@ -149,7 +149,7 @@ def test_response_shape_model_and_probes(app, predictor):
     ready = requests.get(f"{app}/readyz", timeout=10)
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "model_version": predictor.version}
-    for probe in ("healthz", "readyz"):  # HEAD was 405 (uptime checkers probe with HEAD)
+    for probe in ("healthz", "readyz", "v1/model", "v1/rollout"):  # HEAD was 405 (probes)
         head = requests.head(f"{app}/{probe}", timeout=10)
         assert head.status_code == 200 and not head.content, (probe, head.status_code)
     # a trailing slash: no 307 to a host named by the request's Host header, a 404 naming it

@@ -237,12 +237,15 @@ def create_api(
     async def readyz() -> dict[str, Any]:
         return await service.readiness()
 
-    @app.get("/v1/model", summary="The served model", dependencies=[Depends(authorized)])
+    @app.api_route(  # HEAD too: a GET resource (RFC 9110 9.3.2), 405 before
+        "/v1/model", methods=probe, summary="The served model", dependencies=[Depends(authorized)]
+    )
     async def model() -> dict[str, Any]:
         return await service.model_info()
 
-    @app.get(
+    @app.api_route(
         "/v1/rollout",
+        methods=probe,
         summary="Rollout mode, share, production and candidate versions, what was compared",
         dependencies=[Depends(authorized)],
     )

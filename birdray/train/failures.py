@@ -1,10 +1,12 @@
-"""Why a run restarted: each worker failure Ray Train recovered from, kept beside its checkpoints.
+"""Why a run restarted: each worker failure Ray Train saw, kept beside its checkpoints.
 
 Ray Train retries a failed worker group from the last checkpoint (``max_failures``) and says so
 only in its controller's log, so a summary showed a run that quietly redid its epochs from a
 checkpoint, and nobody could tell a recovery from a bug. ``FailureLog`` runs in the controller
 and writes every failure it sees to ``<storage_path>/<name>/failures.json``, local or bucket (the
-checkpoints' storage, which every node reaches); ``run_training`` adds them to its summary.
+checkpoints' storage, which every node reaches), each tagged with its submission;
+``run_training`` puts this submission's in its summary. A worker group that never started is
+retried by Ray as a controller failure, which reaches no callback: not recorded here.
 """
 
 from __future__ import annotations
@@ -20,35 +22,65 @@ from birdray import storage
 
 logger = logging.getLogger(__name__)
 FAILURES_FILE = "failures.json"
-ERROR_CHARS = 400  # one line of the error: the controller's log keeps the traceback
+ERROR_CHARS = 600  # its head and tail: the controller's log keeps the traceback
+
+
+def one_line(error: BaseException) -> str:
+    """The error in one line; a dead worker's health check gives the death's own reason."""
+    error = getattr(error, "health_check_failure", None) or error  # Ray's wrapper says "failed"
+    said = " ".join(f"{type(error).__name__}: {error}".split())
+    if len(said) <= ERROR_CHARS:
+        return said
+    half = ERROR_CHARS // 2
+    return f"{said[:half]} ... {said[-half:]}"
+
+
+def read_failures(run_location: str, submission: float | None = None) -> list[dict[str, Any]]:
+    """The run's recorded worker failures (of one submission when given); none when absent."""
+    try:
+        failures = json.loads(storage.read_bytes(storage.join(run_location, FAILURES_FILE)))
+    except FileNotFoundError:
+        return []
+    return [f for f in failures if submission is None or f.get("submission") == submission]
 
 
 class FailureLog(UserCallback):
-    """Records each worker's error as Ray Train's controller sees it, before it retries."""
+    """Records each worker failure as Ray Train's controller sees it, before it retries."""
 
     def __init__(self, run_location: str, max_failures: int):
-        self.location = storage.join(run_location, FAILURES_FILE)
+        self.run_location = run_location
         self.max_failures = max_failures
-        self.failures: list[dict[str, Any]] = []
+        self.submission = round(time.time(), 3)  # a resubmitted run keeps earlier ones apart
+        self.failures = 0
+        self._last_seen: list[tuple[int, str]] = []
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
-        seen = round(time.time(), 3)  # one failure, however many workers it took down
-        for rank, error in sorted(worker_exceptions.items()):
-            said = " ".join(f"{type(error).__name__}: {error}".split())[:ERROR_CHARS]
-            self.failures.append({"time": seen, "rank": rank, "error": said})
+        try:  # anything raised here would fail the run instead of letting Ray retry it
+            self._record(worker_exceptions)
+        except Exception:
+            logger.exception("birdray: a worker failure was not recorded")
+
+    def _record(self, worker_exceptions: dict[int, Exception]) -> None:
+        seen = [(rank, one_line(error)) for rank, error in sorted(worker_exceptions.items())]
+        if seen == self._last_seen:  # polled again while Ray waits out a preemption
+            return
+        self._last_seen = seen
+        self.failures += 1
+        at = round(time.time(), 3)
+        for rank, said in seen:
             logger.warning(
                 "birdray: training worker %d failed (%s); failure %d, max_failures %d",
-                rank, said, len(self.failures), self.max_failures,
+                rank, said, self.failures, self.max_failures,
             )  # fmt: skip
         try:
-            storage.write_bytes_atomic(self.location, json.dumps(self.failures).encode())
-        except OSError as exc:  # the retry matters more than its record
-            logger.warning("birdray: %s not written: %s", self.location, exc)
-
-
-def read_failures(run_location: str) -> list[dict[str, Any]]:
-    """The run's recorded worker failures (none when the file is absent)."""
-    try:
-        return json.loads(storage.read_bytes(storage.join(run_location, FAILURES_FILE)))
-    except FileNotFoundError:
-        return []
+            kept = read_failures(self.run_location)
+        except (OSError, ValueError):  # unreadable: this submission's failures still count
+            kept = []
+        kept += [
+            {"submission": self.submission, "failure": self.failures, "time": at, "rank": r,
+             "error": said}
+            for r, said in seen
+        ]  # fmt: skip
+        storage.write_bytes_atomic(
+            storage.join(self.run_location, FAILURES_FILE), json.dumps(kept).encode()
+        )

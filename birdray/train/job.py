@@ -236,6 +236,16 @@ def write_history(history: list[dict[str, Any]], run_dir: Path) -> Path:
     return path
 
 
+def _failures_of(log) -> list[dict[str, Any]] | str:
+    """This submission's recorded worker failures; a run that trained is not failed by them."""
+    from birdray.train.failures import read_failures
+
+    try:
+        return read_failures(log.run_location, log.submission)
+    except (OSError, ValueError) as exc:
+        return f"unreadable: {exc}"
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train with Ray Train and export the best checkpoint as a model package."""
 
@@ -250,7 +260,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     # written on this machine first, then copied next to them
     run_dir = (Path(LOCAL_STAGING) if remote else storage.local_path(cfg.storage_path)) / cfg.name
     save_config(cfg, run_dir / "config.yaml")
-    from birdray.train.failures import FailureLog, read_failures  # ray.train: after init_ray
+    from birdray.train.failures import FailureLog  # imports ray.train: after init_ray
 
     run_location = storage.join(storage.absolute(cfg.storage_path), cfg.name)
     failure_log = FailureLog(run_location, cfg.max_failures)
@@ -289,7 +299,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         "best": json.loads((package / "metadata.json").read_text())["metrics"],  # exported
         "last": result.metrics,  # the final epoch's report
         # the worker failures Ray Train restarted from a checkpoint (max_failures), with why
-        "worker_failures": read_failures(run_location),
+        "worker_failures": _failures_of(failure_log),
     }
     if cfg.registry:
         from birdray.registry import register_once

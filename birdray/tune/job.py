@@ -23,7 +23,7 @@ from typing import Any
 from birdray import storage
 from birdray.config import ConfigError, from_dict, save_config
 from birdray.resources import DATA_CPUS
-from birdray.runtime import init_ray, signals_received
+from birdray.runtime import init_ray, signals_received, train_polls_often
 from birdray.train.config import TrainConfig
 from birdray.train.job import build_trainer, check_reachable, check_resources
 from birdray.tune.config import (
@@ -118,6 +118,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    train_polls_often()  # this actor runs fit(): on a joined cluster it has Ray's env, not ours
     cfg = trial_config(base, config, tune.get_context().get_trial_id())
     trainer, _, _ = build_trainer(cfg, callbacks=[TuneReportCallback()])
     result = trainer.fit()
