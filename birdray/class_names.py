@@ -51,7 +51,7 @@ class ClassIndex:
         return _index_of(tuple(class_names))
 
     @classmethod
-    def build(cls, class_names: tuple[str, ...]) -> ClassIndex:
+    def _build(cls, class_names: tuple[str, ...]) -> ClassIndex:
         tails = Counter(_tail(name) for name in class_names)
         exact = {name: label for label, name in enumerate(class_names)}
         for label, name in enumerate(class_names):  # a short name when no other class has it
@@ -106,4 +106,4 @@ class ClassIndex:
 
 @functools.lru_cache(maxsize=16)  # the served models' lists, a dataset's: a handful
 def _index_of(class_names: tuple[str, ...]) -> ClassIndex:
-    return ClassIndex.build(class_names)
+    return ClassIndex._build(class_names)

@@ -80,7 +80,7 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 STARTING_SAYS = "birdray: stopping once Ray has started (interrupt again to stop now)"
-TRAIN_POLL_S = 0.25  # Ray Train controller polls (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): see init_ray
+TRAIN_POLL_S = 0.25  # Ray Train's controller poll (see train_polls_often)
 
 
 @contextlib.contextmanager

@@ -251,6 +251,7 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(
         assert summary["last"]["device"] == "cpu"  # and fell back to CPU: no CUDA here
         stored = f"{s3_bucket}/gpu-test/runs/gpu"  # checkpoints by Ray Train, the rest uploaded
         assert summary["uploaded_to"] == stored
+        assert summary["worker_failures"] == []  # none recorded: the bucket has no record
         fs, root = storage.filesystem(stored)
         files = [
             info.path.removeprefix(root + "/")

@@ -25,21 +25,30 @@ def test_a_failure_is_one_line_with_the_deaths_own_reason():
     assert long.endswith(" tail") and " ... " in long
 
 
-def test_failures_are_kept_per_submission_once_each(tmp_path):
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_failures_are_kept_per_submission_once_each(tmp_path, where, request):
+    from birdray import storage
     from birdray.train.failures import FAILURES_FILE, FailureLog, read_failures
 
-    first = FailureLog(str(tmp_path), max_failures=2)
+    run = str(tmp_path) if where == "local" else f"{request.getfixturevalue('s3_bucket')}/f/run"
+    assert read_failures(run) == []  # none yet: absent, not an error
+    first = FailureLog(run, max_failures=2)
     first.after_exception(None, {1: RuntimeError("boom"), 0: RuntimeError("gloo peer gone")})
     first.after_exception(None, {1: RuntimeError("boom"), 0: RuntimeError("gloo peer gone")})
-    assert [(f["failure"], f["rank"]) for f in read_failures(str(tmp_path))] == [(1, 0), (1, 1)]
-    first.submission -= 1  # a resubmission of the same run, later
-    second = FailureLog(str(tmp_path), max_failures=2)
-    second.after_exception(None, {0: RuntimeError("again")})
-    assert [f["error"] for f in read_failures(str(tmp_path), second.submission)] == [
-        "RuntimeError: again"
+    first.after_exception(None, {0: RuntimeError("boom again")})
+    assert [(f["failure"], f["rank"]) for f in read_failures(run)] == [(1, 0), (1, 1), (2, 0)]
+    restarted = FailureLog(run, max_failures=2)  # the controller's copy, built again by Ray
+    restarted.submission = first.submission
+    restarted.after_exception(None, {1: RuntimeError("third")})
+    assert read_failures(run)[-1]["failure"] == 3  # counted from the record, not from 0
+    later = FailureLog(run, max_failures=2)  # a resubmission of the same run
+    later.submission = first.submission + 1
+    later.after_exception(None, {0: RuntimeError("again")})
+    assert [(f["failure"], f["error"]) for f in read_failures(run, later.submission)] == [
+        (1, "RuntimeError: again")
     ]
-    assert len(read_failures(str(tmp_path))) == 3  # the earlier submission's are kept
-    assert len(json.loads((tmp_path / FAILURES_FILE).read_text())) == 3
+    assert len(read_failures(run)) == 5  # the earlier submission's are kept
+    assert len(json.loads(storage.read_bytes(storage.join(run, FAILURES_FILE)))) == 5
 
 
 def test_a_record_that_cannot_be_written_does_not_fail_the_run(tmp_path, caplog):

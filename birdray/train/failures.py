@@ -51,7 +51,6 @@ class FailureLog(UserCallback):
         self.run_location = run_location
         self.max_failures = max_failures
         self.submission = round(time.time(), 3)  # a resubmitted run keeps earlier ones apart
-        self.failures = 0
         self._last_seen: list[tuple[int, str]] = []
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
@@ -65,19 +64,20 @@ class FailureLog(UserCallback):
         if seen == self._last_seen:  # polled again while Ray waits out a preemption
             return
         self._last_seen = seen
-        self.failures += 1
-        at = round(time.time(), 3)
+        try:
+            kept = read_failures(self.run_location)
+        except (OSError, ValueError):  # unreadable: replaced by this failure's record
+            kept = []
+        # counted from the record: a restarted controller gets this callback as it was built
+        number = 1 + len({f["failure"] for f in kept if f.get("submission") == self.submission})
         for rank, said in seen:
             logger.warning(
                 "birdray: training worker %d failed (%s); failure %d, max_failures %d",
-                rank, said, self.failures, self.max_failures,
+                rank, said, number, self.max_failures,
             )  # fmt: skip
-        try:
-            kept = read_failures(self.run_location)
-        except (OSError, ValueError):  # unreadable: this submission's failures still count
-            kept = []
+        at = round(time.time(), 3)
         kept += [
-            {"submission": self.submission, "failure": self.failures, "time": at, "rank": r,
+            {"submission": self.submission, "failure": number, "time": at, "rank": r,
              "error": said}
             for r, said in seen
         ]  # fmt: skip

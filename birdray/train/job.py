@@ -216,10 +216,10 @@ def export_package(
 
 def _run_history(checkpoint) -> list[dict[str, Any]]:
     """The whole run's per-epoch history, from its last checkpoint (the best may be earlier)."""
-    from birdray.train.loop import HISTORY_FILE
+    from birdray.train.loop import read_history
 
     with checkpoint.as_directory() as folder:
-        return json.loads((Path(folder) / HISTORY_FILE).read_text())
+        return read_history(folder)
 
 
 def write_history(history: list[dict[str, Any]], run_dir: Path) -> Path:

@@ -77,10 +77,15 @@ def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
     raise RuntimeError(f"injected failure in epoch {epoch} (inject_failure_at_epoch)")
 
 
+def read_history(folder: str | Path) -> list[dict[str, Any]]:
+    """A checkpoint folder's per-epoch history (the whole run up to it)."""
+    return json.loads(Path(folder, HISTORY_FILE).read_text())
+
+
 def read_checkpoint(folder: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A checkpoint folder's training state (model, optimizer, scheduler, epoch) and history."""
     state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-    return state, json.loads(Path(folder, HISTORY_FILE).read_text())
+    return state, read_history(folder)
 
 
 def _load_state(model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]:
